@@ -1,0 +1,118 @@
+"""Model bundles: a directory with config, vocabulary, decoder weights, normalisation, metrics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.config import ModelConfig
+from model.encoder import EncoderInfo
+from model.layers import CaptionDecoder
+from model.vocab import Vocabulary
+
+FORMAT = 1
+CONFIG, VOCAB, WEIGHTS = "config.json", "vocab.json", "decoder.weights.h5"
+NORMALIZATION, METRICS = "normalization.npz", "metrics.json"
+
+
+class BundleError(Exception):
+    """A bundle is missing, malformed or does not fit the encoder at hand."""
+
+
+class EncoderMismatch(BundleError):
+    """The bundle was trained on features of a different encoder."""
+
+
+@dataclass(frozen=True)
+class FeatureNorm:
+    """Per-channel standardisation of encoder features, fitted on the training features."""
+
+    mean: np.ndarray  # (F,) float32
+    std: np.ndarray  # (F,) float32
+
+    @classmethod
+    def fit(cls, features: np.ndarray, chunk: int = 256) -> FeatureNorm:
+        """Mean and std per channel over all images and locations of features (N, L, F)."""
+        total = np.zeros(features.shape[-1])
+        squares = np.zeros(features.shape[-1])
+        for start in range(0, len(features), chunk):  # chunked: features may be a memmap
+            part = np.asarray(features[start : start + chunk], dtype=np.float64)
+            total += part.sum(axis=(0, 1))
+            squares += np.square(part).sum(axis=(0, 1))
+        count = features.shape[0] * features.shape[1]
+        mean = total / count
+        std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+        # Channels that never fire keep a unit scale instead of dividing by zero.
+        return cls(mean.astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32))
+
+
+@dataclass
+class Bundle:
+    """Everything needed to caption with a trained decoder on a matching encoder."""
+
+    config: ModelConfig
+    vocab: Vocabulary
+    decoder: CaptionDecoder
+    norm: FeatureNorm
+    encoder: EncoderInfo
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def check_encoder(self, encoder: EncoderInfo) -> None:
+        """Raise EncoderMismatch unless `encoder` has the fingerprint this bundle was trained on."""
+        if encoder.fingerprint != self.encoder.fingerprint:
+            raise EncoderMismatch(
+                f"bundle was trained on encoder {self.encoder.fingerprint} "
+                f"({self.encoder.weights}); this encoder is {encoder.fingerprint} "
+                f"({encoder.weights})"
+            )
+
+
+def save_bundle(bundle: Bundle, path: Path) -> Path:
+    """Write a bundle directory atomically (built beside it, then renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    config = {
+        "format": FORMAT,
+        "model": bundle.config.to_dict(),
+        "encoder": {"weights": bundle.encoder.weights, "fingerprint": bundle.encoder.fingerprint},
+    }
+    (staging / CONFIG).write_text(json.dumps(config, indent=2))
+    bundle.vocab.save(staging / VOCAB)
+    bundle.decoder.save_weights(staging / WEIGHTS)
+    np.savez(staging / NORMALIZATION, mean=bundle.norm.mean, std=bundle.norm.std)
+    (staging / METRICS).write_text(json.dumps(bundle.metrics, indent=2))
+    if path.exists():
+        shutil.rmtree(path)
+    staging.rename(path)
+    return path
+
+
+def load_bundle(path: Path) -> Bundle:
+    """Read a bundle directory written by `save_bundle`, or raise BundleError."""
+    path = Path(path)
+    missing = [n for n in (CONFIG, VOCAB, WEIGHTS, NORMALIZATION) if not (path / n).is_file()]
+    if missing:
+        raise BundleError(f"{path} is not a model bundle: missing {', '.join(missing)}")
+    config = json.loads((path / CONFIG).read_text())
+    if config.get("format") != FORMAT:
+        raise BundleError(f"{path}: bundle format {config.get('format')} is not {FORMAT}")
+    model_config = ModelConfig.from_dict(config["model"])
+    decoder = CaptionDecoder.from_model_config(model_config)
+    decoder.load_weights(path / WEIGHTS)
+    stats = np.load(path / NORMALIZATION)
+    metrics_file = path / METRICS
+    return Bundle(
+        config=model_config,
+        vocab=Vocabulary.load(path / VOCAB),
+        decoder=decoder,
+        norm=FeatureNorm(stats["mean"], stats["std"]),
+        encoder=EncoderInfo(**config["encoder"]),
+        metrics=json.loads(metrics_file.read_text()) if metrics_file.is_file() else {},
+    )

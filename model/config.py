@@ -1,0 +1,30 @@
+"""The model's sizes, saved with every bundle and used to rebuild the decoder."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Decoder dimensions and decoding defaults (the encoder is fixed: InceptionV3, 299×299)."""
+
+    vocab_size: int = 5004  # top 5,000 words + <pad> <start> <end> <unk>
+    feature_dim: int = 2048  # channels of InceptionV3's last feature map
+    num_locations: int = 64  # 8×8 grid of that feature map, flattened row-major
+    embedding_dim: int = 256  # image features and words are both projected to this size
+    units: int = 512  # GRU state size
+    attention_units: int = 512  # Bahdanau attention's hidden size
+    max_length: int = 20  # default cap on emitted words at inference
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Rebuild a config, ignoring keys this version does not know."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

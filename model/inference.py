@@ -1,0 +1,133 @@
+"""Captions with attention for a batch of images, decoded inside one compiled graph."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from model.bundle import Bundle
+from model.encoder import Encoder
+from model.images import IMAGE_SIZE, decode_image
+from model.search import SearchOutput, beam_search, greedy_search
+from model.vocab import END_ID
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    """One image's caption: words, their log-probabilities and attention (T, 64)."""
+
+    text: str
+    tokens: list[str]  # emitted words, <end> excluded
+    log_probs: list[float]  # one per word
+    attention: np.ndarray  # (T, 64) float32, one row per word, each row sums to 1
+    ended: bool  # False when max_length cut the caption before <end>
+    end_log_prob: float | None  # log-probability of <end>, when emitted
+
+    @property
+    def score(self) -> float:
+        """Log-probability of the whole caption, <end> included."""
+        return float(sum(self.log_probs) + (self.end_log_prob or 0.0))
+
+
+class Decoding:
+    """A trained decoder with its normalisation: encoder features → captions."""
+
+    def __init__(self, bundle: Bundle, length_penalty: float = 0.6) -> None:
+        self.bundle = bundle
+        self.length_penalty = length_penalty
+        self._mean = tf.constant(bundle.norm.mean)  # (F,)
+        self._std = tf.constant(bundle.norm.std)
+        self._compiled: dict[int, tf.types.experimental.GenericFunction] = {}
+
+    def search(self, features, beam_size: int = 1, max_length: int | None = None) -> SearchOutput:
+        """Run the compiled search on raw encoder features (B, 64, 2048)."""
+        if beam_size < 1:
+            raise ValueError("beam_size must be at least 1")
+        length = max_length or self.bundle.config.max_length
+        if length < 1:
+            raise ValueError("max_length must be at least 1")
+        if beam_size not in self._compiled:
+            self._compiled[beam_size] = self._compile(beam_size)
+        features = tf.convert_to_tensor(features, tf.float32)
+        return self._compiled[beam_size](features, tf.constant(length, tf.int32))
+
+    def _compile(self, beam_size: int):
+        config = self.bundle.config
+        spec = tf.TensorSpec((None, config.num_locations, config.feature_dim), tf.float32)
+
+        def run(features, max_length):
+            standardised = (features - self._mean) / self._std
+            if beam_size == 1:
+                return greedy_search(self.bundle.decoder, standardised, max_length)
+            return beam_search(
+                self.bundle.decoder, standardised, max_length, beam_size, self.length_penalty
+            )
+
+        return tf.function(run, input_signature=[spec, tf.TensorSpec((), tf.int32)])
+
+    def caption_features(
+        self, features, beam_size: int = 1, max_length: int | None = None
+    ) -> list[CaptionResult]:
+        """Captions for encoder features (B, 64, 2048)."""
+        output = self.search(features, beam_size, max_length)
+        return to_results(output, self.bundle.vocab.tokens)
+
+
+def to_results(output: SearchOutput, words: Sequence[str]) -> list[CaptionResult]:
+    """Cut each sequence at its first <end> and look its words up."""
+    tokens, log_probs = output.tokens.numpy(), output.log_probs.numpy()
+    attention = output.attention.numpy()
+    results = []
+    for ids, lps, alphas in zip(tokens, log_probs, attention, strict=True):
+        ends = np.flatnonzero(ids == END_ID)
+        n = int(ends[0]) if len(ends) else len(ids)
+        text_tokens = [words[i] for i in ids[:n]]
+        results.append(
+            CaptionResult(
+                text=" ".join(text_tokens),
+                tokens=text_tokens,
+                log_probs=[float(x) for x in lps[:n]],
+                attention=alphas[:n],
+                ended=bool(len(ends)),
+                end_log_prob=float(lps[n]) if len(ends) else None,
+            )
+        )
+    return results
+
+
+class Captioner:
+    """A bundle on a matching encoder: preprocessed images (B, 299, 299, 3) → captions."""
+
+    def __init__(self, bundle: Bundle, encoder: Encoder, length_penalty: float = 0.6) -> None:
+        bundle.check_encoder(encoder.info)
+        self.bundle = bundle
+        self.encoder = encoder
+        self.decoding = Decoding(bundle, length_penalty)
+
+    @property
+    def vocab(self):
+        """The bundle's vocabulary."""
+        return self.bundle.vocab
+
+    def caption_batch(
+        self, images: np.ndarray, beam_size: int = 1, max_length: int | None = None
+    ) -> list[CaptionResult]:
+        """Caption preprocessed images (B, 299, 299, 3) float32 in one batched pass."""
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+            raise ValueError(f"images must be (B, 299, 299, 3), not {images.shape}")
+        if len(images) == 0:
+            return []
+        features = self.encoder(images)  # (B, 64, 2048), stays a tensor
+        return self.decoding.caption_features(features, beam_size, max_length)
+
+    def caption_bytes(self, images: Sequence[bytes], **options) -> list[CaptionResult]:
+        """Decode image files (raising ImageError for bad bytes) and caption them."""
+        return self.caption_batch(np.stack([decode_image(data) for data in images]), **options)
+
+    def warm_up(self, batch_size: int = 1) -> None:
+        """Trace and run the graphs once so the first real batch pays no compile time."""
+        self.caption_batch(np.zeros((batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32))

@@ -1,0 +1,150 @@
+"""Greedy and beam search inside one graph: a `tf.while_loop` that stops when all have ended."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from model.layers import CaptionDecoder
+from model.vocab import END_ID, PAD_ID, START_ID
+
+
+class SearchOutput(NamedTuple):
+    """Per image: token ids (B, T), their log-probabilities (B, T), attention (B, T, L)."""
+
+    tokens: tf.Tensor
+    log_probs: tf.Tensor
+    attention: tf.Tensor
+
+
+def greedy_search(decoder: CaptionDecoder, features: tf.Tensor, max_length) -> SearchOutput:
+    """Most likely word at each step, for standardised features (B, L, F)."""
+    values, keys = decoder.encode(features)  # (B, L, E), (B, L, A), once per image
+    batch = tf.shape(features)[0]
+    arrays = [tf.TensorArray(dtype, size=0, dynamic_size=True) for dtype in (tf.int32, tf.float32)]
+    arrays.append(tf.TensorArray(tf.float32, size=0, dynamic_size=True))
+
+    def body(t, tokens, state, done, out_tokens, out_log_probs, out_attention):
+        logits, state, weights = decoder.step(tokens, values, keys, state)
+        log_probs = word_log_probs(logits)  # (B, V)
+        tokens = tf.argmax(log_probs, axis=-1, output_type=tf.int32)  # (B,)
+        chosen = tf.gather(log_probs, tokens, batch_dims=1)  # (B,)
+        tokens = tf.where(done, PAD_ID, tokens)  # finished sequences emit <pad> at no cost
+        chosen = tf.where(done, 0.0, chosen)
+        return (
+            t + 1,
+            tokens,
+            state,
+            done | (tokens == END_ID),
+            out_tokens.write(t, tokens),
+            out_log_probs.write(t, chosen),
+            out_attention.write(t, weights),
+        )
+
+    def cond(t, tokens, state, done, *arrays):
+        return (t < max_length) & ~tf.reduce_all(done)
+
+    start = tf.fill([batch], START_ID)
+    done = tf.zeros([batch], tf.bool)
+    loop = tf.while_loop(cond, body, [0, start, decoder.initial_state(batch), done, *arrays])
+    tokens, log_probs, attention = (a.stack() for a in loop[4:])  # (T, B, …)
+    return SearchOutput(
+        tf.transpose(tokens), tf.transpose(log_probs), tf.transpose(attention, [1, 0, 2])
+    )
+
+
+def beam_search(
+    decoder: CaptionDecoder,
+    features: tf.Tensor,
+    max_length,
+    beam_size: int,
+    length_penalty: float = 0.6,
+) -> SearchOutput:
+    """Batched beam search; per image the best beam by score / ((5 + length) / 6) ** penalty.
+
+    Beams that emitted <end> are preferred; when none did by `max_length`, the best unfinished
+    beam is returned, so every image gets a caption.
+    """
+    k, vocab = beam_size, decoder.vocab_size
+    batch = tf.shape(features)[0]
+    values, keys = decoder.encode(features)  # once per image, then one copy per beam
+    values, keys = tf.repeat(values, k, axis=0), tf.repeat(keys, k, axis=0)  # (B·K, L, …)
+    locations = features.shape[1]
+    # Only beam 0 is live at first, so the first step's K best words are K different words.
+    scores = tf.tile(tf.constant([[0.0] + [-float("inf")] * (k - 1)]), [batch, 1])  # (B, K)
+    pad_only = tf.where(tf.range(vocab) == PAD_ID, 0.0, -float("inf"))  # (V,)
+
+    def body(t, tokens, state, scores, finished, seqs, seq_log_probs, seq_attention):
+        logits, state, weights = decoder.step(tokens, values, keys, state)
+        log_probs = tf.reshape(word_log_probs(logits), (batch, k, vocab))
+        # A finished beam continues only with <pad>, at no cost: it keeps its score and slot.
+        log_probs = tf.where(finished[..., None], pad_only, log_probs)
+        total = tf.reshape(scores[..., None] + log_probs, (batch, k * vocab))
+        scores, flat = tf.math.top_k(total, k)  # (B, K): best K of all beams' continuations
+        parent, words = flat // vocab, flat % vocab  # (B, K)
+
+        def pick(x):  # reorder per-beam tensors (B, K, …) by parent beam
+            return tf.gather(x, parent, batch_dims=1)
+
+        chosen = tf.gather(tf.reshape(log_probs, (batch, k * vocab)), flat, batch_dims=1)
+        weights = pick(tf.reshape(weights, (batch, k, locations)))  # (B, K, L)
+        units = decoder.units
+        state = tf.reshape(pick(tf.reshape(state, (batch, k, units))), (batch * k, units))
+        return (
+            t + 1,
+            tf.reshape(words, [-1]),
+            state,
+            scores,
+            pick(finished) | (words == END_ID),
+            tf.concat([pick(seqs), words[..., None]], axis=-1),  # (B, K, t+1)
+            tf.concat([pick(seq_log_probs), chosen[..., None]], axis=-1),
+            tf.concat([pick(seq_attention), weights[:, :, None]], axis=2),  # (B, K, t+1, L)
+        )
+
+    def cond(t, tokens, state, scores, finished, *sequences):
+        return (t < max_length) & ~tf.reduce_all(finished)
+
+    start = [
+        0,
+        tf.fill([batch * k], START_ID),
+        decoder.initial_state(batch * k),
+        scores,
+        tf.zeros([batch, k], tf.bool),
+        tf.zeros([batch, k, 0], tf.int32),
+        tf.zeros([batch, k, 0]),
+        tf.zeros([batch, k, 0, locations]),
+    ]
+    invariants = [
+        tf.TensorShape([]),
+        tf.TensorShape([None]),
+        tf.TensorShape([None, decoder.units]),
+        tf.TensorShape([None, k]),
+        tf.TensorShape([None, k]),
+        tf.TensorShape([None, k, None]),
+        tf.TensorShape([None, k, None]),
+        tf.TensorShape([None, k, None, locations]),
+    ]
+    loop = tf.while_loop(cond, body, start, shape_invariants=invariants)
+    _, _, _, scores, finished, seqs, seq_log_probs, seq_attention = loop
+    best = best_beams(scores, finished, seqs, length_penalty)  # (B,)
+    return SearchOutput(
+        tf.gather(seqs, best, batch_dims=1),
+        tf.gather(seq_log_probs, best, batch_dims=1),
+        tf.gather(seq_attention, best, batch_dims=1),
+    )
+
+
+def best_beams(scores, finished, seqs, length_penalty: float) -> tf.Tensor:
+    """Index (B,) of each image's best beam: ended beams first, then length-normalised score."""
+    lengths = tf.reduce_sum(tf.cast(seqs != PAD_ID, tf.float32), axis=-1)  # (B, K), with <end>
+    normalised = scores / ((5.0 + lengths) / 6.0) ** length_penalty
+    any_finished = tf.reduce_any(finished, axis=-1, keepdims=True)
+    normalised = tf.where(any_finished & ~finished, -float("inf"), normalised)
+    return tf.argmax(normalised, axis=-1, output_type=tf.int32)
+
+
+def word_log_probs(logits: tf.Tensor) -> tf.Tensor:
+    """Log-softmax over the vocabulary with <pad> and <start> ruled out (never emitted)."""
+    never = tf.one_hot(PAD_ID, logits.shape[-1]) + tf.one_hot(START_ID, logits.shape[-1])
+    return tf.nn.log_softmax(logits - 1e9 * never)
