@@ -1,0 +1,235 @@
+"""The `captioner` command: make data, train, caption and evaluate from the shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run one subcommand; returns the exit status."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
+        if os.environ.get("CAPTIONER_DEBUG"):
+            raise
+        print(f"captioner: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser with all subcommands."""
+    root = argparse.ArgumentParser(prog="captioner", description=__doc__)
+    commands = root.add_subparsers(required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="make datasets").add_subparsers(required=True)
+    shapes = data.add_parser("shapes", help="write the synthetic shapes set (COCO format)")
+    shapes.add_argument("out", type=Path)
+    shapes.add_argument("--n", type=int, default=1500, help="number of images")
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--val-fraction", type=float, default=0.2)
+    shapes.set_defaults(run=run_data_shapes)
+
+    train = commands.add_parser("train", help="train a model bundle on a COCO-format dataset")
+    train.add_argument("--data", type=Path, required=True, help="dataset folder")
+    train.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    _dataset_options(train)
+    train.add_argument("--epochs", type=int, default=20)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    train.add_argument("--vocab-size", type=int, default=5000, help="words kept")
+    train.add_argument("--max-words", type=int, default=30, help="training captions cut to this")
+    train.add_argument("--attention-reg", type=float, default=0.0, help="doubly stochastic λ")
+    train.add_argument("--patience", type=int, default=3, help="early stopping, in epochs")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--work-dir", type=Path, help="checkpoints (default: OUT.work)")
+    train.set_defaults(run=run_train)
+
+    caption = commands.add_parser("caption", help="caption image files with a bundle")
+    caption.add_argument("bundle", type=Path)
+    caption.add_argument("images", type=Path, nargs="+")
+    _decoding_options(caption)
+    caption.add_argument("--attention-png", type=Path, metavar="DIR", help="write heatmap grids")
+    caption.add_argument("--json", action="store_true", help="print one JSON object per image")
+    caption.set_defaults(run=run_caption)
+
+    evaluate = commands.add_parser("eval", help="score a bundle on a dataset split")
+    evaluate.add_argument("bundle", type=Path)
+    evaluate.add_argument("--data", type=Path, required=True)
+    evaluate.add_argument("--split", default="val", choices=["train", "val", "test"])
+    evaluate.add_argument("--limit", type=int, help="score only the first N images")
+    _dataset_options(evaluate)
+    _decoding_options(evaluate)
+    evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
+    evaluate.set_defaults(run=run_eval)
+    return root
+
+
+def _dataset_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--split-file", type=Path, help="Karpathy split file (dataset_coco.json)")
+    command.add_argument(
+        "--encoder",
+        help="encoder weights: imagenet, seed:N or a file (default: seed:0 or the bundle's)",
+    )
+    command.add_argument("--cache", type=Path, help="feature cache folder")
+
+
+def _decoding_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    command.add_argument("--max-length", type=int, help="most words per caption")
+    if "--encoder" not in command._option_string_actions:
+        command.add_argument("--encoder", help="encoder weights (default: the bundle's)")
+
+
+def progress_bar(total: int, desc: str, unit: str = "img") -> tqdm:
+    """A progress bar on stderr, quiet when stderr is not a terminal and CI asks for calm."""
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
+
+
+def run_data_shapes(args: argparse.Namespace) -> None:
+    """`captioner data shapes OUT`."""
+    from model.shapes import write_shapes_dataset
+
+    with progress_bar(args.n, "images") as bar:
+        write_shapes_dataset(args.out, args.n, args.seed, args.val_fraction, bar.update)
+    print(f"wrote {args.n} images and COCO annotations to {args.out}")
+
+
+def run_train(args: argparse.Namespace) -> None:
+    """`captioner train --data DIR --out BUNDLE`."""
+    from model.data import check_images, load_dataset
+    from model.encoder import DEFAULT_WEIGHTS, Encoder
+    from model.training import Callbacks, TrainConfig, train
+
+    splits = load_dataset(args.data, args.split_file)
+    for role in ("train", "val"):
+        if not splits.get(role):
+            raise ValueError(f"{args.data} has no {role} split")
+        check_images(splits[role])
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+        vocab_size=args.vocab_size, max_caption_words=args.max_words,
+        attention_reg=args.attention_reg, seed=args.seed, patience=args.patience,
+    )  # fmt: skip
+    encoder = Encoder(args.encoder or DEFAULT_WEIGHTS)
+    with TrainingBars() as bars:
+        bundle = train(
+            splits, encoder, args.out, config, work_dir=args.work_dir, cache_dir=args.cache,
+            callbacks=Callbacks(bars.progress, bars.epoch_end, bars.features),
+        )  # fmt: skip
+    print(f"bundle written to {args.out}")
+    print(json.dumps(bundle.metrics["val"], indent=1))
+
+
+class TrainingBars:
+    """tqdm bars for feature extraction and epochs, plus one line per finished epoch."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def __enter__(self) -> TrainingBars:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _reset(self, total: int, desc: str, unit: str) -> tqdm:
+        if self.bar is None or self.bar.desc != desc:
+            self._close()
+            self.bar = progress_bar(total, desc, unit)
+        return self.bar
+
+    def features(self, split: str, done: int, total: int) -> None:
+        bar = self._reset(total, f"features {split}", "img")
+        bar.update(done - bar.n)
+
+    def progress(self, p) -> None:
+        bar = self._reset(p.steps, f"epoch {p.epoch}/{p.epochs}", "step")
+        bar.update(p.step - bar.n)
+        bar.set_postfix(loss=f"{p.loss:.3f}", img_s=f"{p.images_per_s:.0f}", eta=f"{p.eta_s:.0f}s")
+
+    def epoch_end(self, row: dict) -> None:
+        self._close()
+        scores = " ".join(f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float))
+        print(f"epoch {row['epoch']}: {scores}", file=sys.stderr)
+
+
+def load_captioner(bundle_dir: Path, encoder_weights: str | None):
+    """A Captioner for a bundle, on the encoder it names (or `encoder_weights`)."""
+    from model.bundle import load_bundle
+    from model.encoder import Encoder
+    from model.inference import Captioner
+
+    bundle = load_bundle(bundle_dir)
+    return Captioner(bundle, Encoder(encoder_weights or bundle.encoder.weights))
+
+
+def run_caption(args: argparse.Namespace) -> int:
+    """`captioner caption BUNDLE IMAGE…`: one line (or JSON object) per image."""
+    from model.images import ImageError, open_image, preprocess
+    from model.plots import save_attention_png
+
+    captioner = load_captioner(args.bundle, args.encoder)
+    failed = 0
+    for path in args.images:
+        try:
+            image = open_image(path.read_bytes())
+        except (OSError, ImageError) as exc:
+            failed += 1
+            print(f"{path}: error: {exc}", file=sys.stderr)
+            continue
+        (result,) = captioner.caption_batch(preprocess(image)[None], args.beam, args.max_length)
+        picture = None
+        if args.attention_png:
+            picture = args.attention_png / f"{path.stem}.attention.png"
+            save_attention_png(picture, image, result.tokens, result.attention)
+        print(format_caption(path, result, picture, args.json))
+    return 1 if failed else 0
+
+
+def format_caption(path: Path, result, picture: Path | None, as_json: bool) -> str:
+    """One output line for a captioned image."""
+    if not as_json:
+        return f"{path}: {result.text}" + (f"  [{picture}]" if picture else "")
+    return json.dumps({
+        "image": str(path), "caption": result.text, "tokens": result.tokens,
+        "log_probs": [round(x, 5) for x in result.log_probs], "score": round(result.score, 5),
+        "ended": result.ended, "attention_png": str(picture) if picture else None,
+    })  # fmt: skip
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    """`captioner eval BUNDLE --data DIR`: BLEU-1…4, CIDEr-D, exact match, localisation."""
+    from model.data import check_images, load_dataset
+    from model.evaluation import caption_features, score
+    from model.features import extract_features
+
+    captioner = load_captioner(args.bundle, args.encoder)
+    examples = load_dataset(args.data, args.split_file).get(args.split, [])[: args.limit]
+    if not examples:
+        raise ValueError(f"{args.data} has no {args.split} split")
+    check_images(examples)
+    cache = args.cache or args.bundle.with_name(args.bundle.name + ".work") / "features"
+    with progress_bar(len(examples), f"features {args.split}") as bar:
+        features = extract_features(captioner.encoder, examples, cache, progress=bar.update)
+    results = caption_features(captioner.decoding, features, args.beam)
+    scores = {"images": len(examples), **score(examples, results)}
+    if args.json:
+        print(json.dumps(scores))
+    else:
+        for key, value in scores.items():
+            print(f"{key:>12}  {value if value is None or key == 'images' else round(value, 4)}")

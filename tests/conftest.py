@@ -1,0 +1,68 @@
+"""Shared fixtures: one seeded encoder, a small random bundle, and a bundle trained via the CLI."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# Big enough that 25 epochs learn the shapes grammar, small enough for a few minutes on 2 cores.
+SHAPES_IMAGES = 900
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    """The offline default encoder (seed:0), built once."""
+    from model.encoder import Encoder
+
+    return Encoder("seed:0")
+
+
+@pytest.fixture(scope="session")
+def random_bundle(encoder):
+    """An untrained bundle with a 30-word vocabulary, for shape and plumbing tests."""
+    import keras
+
+    from model.bundle import Bundle, FeatureNorm
+    from model.config import ModelConfig
+    from model.layers import CaptionDecoder
+    from model.vocab import SPECIALS, Vocabulary
+
+    keras.utils.set_random_seed(7)
+    vocab = Vocabulary(SPECIALS + tuple(f"word{i}" for i in range(26)))
+    config = ModelConfig(vocab_size=len(vocab), max_length=8)
+    norm = FeatureNorm(np.full(2048, 5e-4, np.float32), np.full(2048, 8e-4, np.float32))
+    decoder = CaptionDecoder.from_model_config(config)
+    return Bundle(config, vocab, decoder, norm, encoder.info)
+
+
+@pytest.fixture(scope="session")
+def images() -> np.ndarray:
+    """Four random preprocessed images (4, 299, 299, 3) in [-1, 1]."""
+    return np.random.default_rng(0).uniform(-1, 1, (4, 299, 299, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def shapes_dir(tmp_path_factory) -> Path:
+    """A generated shapes dataset (80% train, 20% val), written by the CLI."""
+    from captioner.cli import main
+
+    out = tmp_path_factory.mktemp("shapes")
+    assert main(["data", "shapes", str(out), "--n", str(SHAPES_IMAGES), "--seed", "1"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(shapes_dir, tmp_path_factory) -> Path:
+    """A bundle trained on the shapes set with `captioner train` (the slow part of the suite)."""
+    from captioner.cli import main
+
+    out = tmp_path_factory.mktemp("trained") / "bundle"
+    args = ["train", "--data", str(shapes_dir), "--out", str(out), "--epochs", "25"]
+    assert main([*args, "--patience", "6", "--cache", str(shapes_dir / "features")]) == 0
+    return out

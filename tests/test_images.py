@@ -1,0 +1,98 @@
+"""Image bytes to encoder input: every mode to RGB, and a clear error for what is not an image."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.images import ImageError, decode_image, open_image
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **params) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def png(size=(40, 30), color=(200, 30, 30)) -> bytes:
+    return encode(Image.new("RGB", size, color))
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "empty_image"),
+        (b"hello, this is text and not a picture", "not_an_image"),
+        (b"%PDF-1.4\n%\xe2\xe3", "not_an_image"),
+        (png()[:60], "corrupt_image"),  # header intact, pixel data cut off
+    ],
+    ids=["empty", "text", "pdf", "truncated"],
+)
+def test_bad_bytes_give_a_clear_error(data, code):
+    with pytest.raises(ImageError) as info:
+        decode_image(data)
+    assert info.value.code == code
+    assert info.value.message
+
+
+def test_too_many_pixels_is_refused_before_decoding():
+    with pytest.raises(ImageError) as info:
+        decode_image(png((400, 300)), max_pixels=100_000)
+    assert info.value.code == "image_too_large"
+
+
+def test_output_is_inception_input():
+    array = decode_image(png())
+    assert array.shape == (299, 299, 3) and array.dtype == np.float32
+    assert -1.0 <= array.min() and array.max() <= 1.0
+    np.testing.assert_allclose(array[150, 150], np.array([200, 30, 30]) / 127.5 - 1, atol=1e-6)
+
+
+def rgba_on_transparent() -> bytes:
+    return encode(Image.new("RGBA", (20, 20), (0, 0, 0, 0)))
+
+
+def palette_with_transparency() -> bytes:
+    image = Image.new("P", (20, 20), 0)
+    image.putpalette([0, 0, 0] * 256)
+    return encode(image, transparency=0)
+
+
+def sixteen_bit_grey() -> bytes:
+    return encode(Image.fromarray(np.full((20, 20), 65535, np.uint16)))
+
+
+def cmyk_jpeg() -> bytes:
+    return encode(Image.new("CMYK", (20, 20), (0, 0, 0, 0)), "JPEG")
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("RGB", (20, 20), c) for c in ((255, 255, 255), (0, 0, 0))]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+
+
+def grey_alpha() -> bytes:
+    return encode(Image.new("LA", (20, 20), (0, 0)))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [rgba_on_transparent, palette_with_transparency, sixteen_bit_grey, cmyk_jpeg, animated_gif,
+     grey_alpha],
+)  # fmt: skip
+def test_every_mode_becomes_white_rgb(make):
+    # Each image is white once converted: transparency on white, 16-bit max, no ink, frame 0.
+    image = open_image(make())
+    assert image.mode == "RGB"
+    assert np.asarray(image).min() >= 250
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (60, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
+    upright = open_image(encode(image, "JPEG", exif=exif.tobytes()))
+    assert upright.size == (20, 60)

@@ -1,0 +1,114 @@
+"""The model end to end on random weights: shapes, dtypes, search, bundles, encoder identity."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from model.bundle import EncoderMismatch, load_bundle, save_bundle
+from model.encoder import Encoder
+from model.inference import Captioner, Decoding
+from model.search import beam_search, greedy_search
+
+
+def test_encoder_gives_64_locations_of_2048_float32(encoder, images):
+    features = encoder(images)
+    assert features.shape == (4, 64, 2048)
+    assert features.dtype == tf.float32
+    assert np.isfinite(features.numpy()).all()
+
+
+def test_seeded_encoder_is_identical_in_another_process(encoder):
+    code = "from model.encoder import Encoder; print(Encoder('seed:0').fingerprint)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == encoder.fingerprint
+    assert len(encoder.fingerprint) == 16
+
+
+def test_teacher_forcing_shapes(random_bundle):
+    features = tf.random.normal((3, 64, 2048))
+    tokens = tf.constant(np.random.default_rng(0).integers(4, 30, (3, 7)), tf.int32)
+    logits, weights = random_bundle.decoder(features, tokens)
+    assert logits.shape == (3, 7, 30) and weights.shape == (3, 7, 64)
+    np.testing.assert_allclose(weights.numpy().sum(-1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_caption_batch_results_are_consistent(random_bundle, encoder, images, beam_size):
+    results = Captioner(random_bundle, encoder).caption_batch(images, beam_size=beam_size)
+    assert len(results) == 4
+    for result in results:
+        assert result.text == " ".join(result.tokens)
+        assert len(result.tokens) == len(result.log_probs) <= random_bundle.config.max_length
+        assert result.attention.shape == (len(result.tokens), 64)
+        assert result.attention.dtype == np.float32
+        np.testing.assert_allclose(result.attention.sum(-1), 1.0, rtol=1e-4)
+        assert all(lp <= 0 for lp in result.log_probs)
+        assert not {"<pad>", "<start>", "<end>"} & set(result.tokens)
+
+
+def test_beam_of_one_equals_greedy(random_bundle):
+    features = tf.random.normal((6, 64, 2048), seed=1)
+    greedy = tf.function(lambda f: greedy_search(random_bundle.decoder, f, 8))(features)
+    beam = tf.function(lambda f: beam_search(random_bundle.decoder, f, 8, 1))(features)
+    np.testing.assert_array_equal(beam.tokens.numpy(), greedy.tokens.numpy())
+    np.testing.assert_allclose(beam.log_probs.numpy(), greedy.log_probs.numpy(), atol=1e-6)
+    np.testing.assert_allclose(beam.attention.numpy(), greedy.attention.numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_a_caption_comes_back_when_no_beam_ends(random_bundle, beam_size):
+    decoder = random_bundle.decoder
+    saved = decoder.fc2.bias.numpy()
+    never_end = saved.copy()
+    never_end[2] = -1e4  # <end> can never win
+    decoder.fc2.bias.assign(never_end)
+    try:
+        results = Decoding(random_bundle).caption_features(
+            tf.random.normal((3, 64, 2048)), beam_size=beam_size, max_length=5
+        )
+    finally:
+        decoder.fc2.bias.assign(saved)
+    assert [len(r.tokens) for r in results] == [5, 5, 5]
+    assert not any(r.ended for r in results)
+    assert all(r.end_log_prob is None for r in results)
+
+
+def test_beam_search_finds_a_caption_at_least_as_likely_as_greedy(random_bundle):
+    features = tf.random.normal((8, 64, 2048), seed=3)
+    decoding = Decoding(random_bundle, length_penalty=0.0)
+    greedy = decoding.caption_features(features, beam_size=1)
+    beam = decoding.caption_features(features, beam_size=5)
+    better_or_equal = [b.score >= g.score - 1e-4 for b, g in zip(beam, greedy, strict=True)]
+    assert sum(better_or_equal) >= 7  # beam search is not guaranteed, but nearly always
+
+
+def test_bundle_save_load_gives_identical_captions(random_bundle, encoder, images, tmp_path):
+    before = Captioner(random_bundle, encoder).caption_batch(images, beam_size=2)
+    save_bundle(random_bundle, tmp_path / "bundle")
+    loaded = load_bundle(tmp_path / "bundle")
+    after = Captioner(loaded, encoder).caption_batch(images, beam_size=2)
+    assert [r.tokens for r in after] == [r.tokens for r in before]
+    for a, b in zip(after, before, strict=True):
+        np.testing.assert_allclose(a.log_probs, b.log_probs, atol=1e-5)
+        np.testing.assert_allclose(a.attention, b.attention, atol=1e-5)
+    assert loaded.config == random_bundle.config
+    assert loaded.encoder == encoder.info
+
+
+def test_bundle_for_another_encoder_is_refused(random_bundle):
+    other = Encoder("seed:1")
+    assert other.fingerprint != random_bundle.encoder.fingerprint
+    with pytest.raises(EncoderMismatch, match=random_bundle.encoder.fingerprint):
+        Captioner(random_bundle, other)
+
+
+def test_caption_batch_refuses_wrong_shapes(random_bundle, encoder):
+    captioner = Captioner(random_bundle, encoder)
+    with pytest.raises(ValueError, match="299"):
+        captioner.caption_batch(np.zeros((2, 224, 224, 3), np.float32))
+    assert captioner.caption_batch(np.zeros((0, 299, 299, 3), np.float32)) == []

@@ -1,0 +1,97 @@
+"""Training on generated shapes: it learns, resumes, is deterministic, and the CLI serves it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from captioner.cli import main
+from model.data import load_dataset
+from model.features import cache_path, extract_features
+from model.training import Callbacks, TrainConfig, train
+
+pytestmark = pytest.mark.slow
+
+
+def test_trained_model_captions_held_out_images(trained_bundle, shapes_dir, capsys):
+    assert main(["eval", str(trained_bundle), "--data", str(shapes_dir), "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert set(scores) >= {"bleu1", "bleu2", "bleu3", "bleu4", "cider", "exact_match"}
+    assert scores["images"] == 180
+    assert scores["bleu4"] >= 0.9
+    assert scores["localization"] >= 0.8  # attention lands on the object each word names
+
+
+def test_beam_search_scores_as_well_as_greedy(trained_bundle, shapes_dir, capsys):
+    args = ["eval", str(trained_bundle), "--data", str(shapes_dir), "--json", "--limit", "60"]
+    main(args)
+    greedy = json.loads(capsys.readouterr().out)
+    main([*args, "--beam", "3"])
+    beam = json.loads(capsys.readouterr().out)
+    assert beam["bleu4"] >= greedy["bleu4"] - 0.05
+
+
+def test_caption_cli_writes_captions_and_attention_pictures(
+    trained_bundle, shapes_dir, tmp_path, capsys
+):
+    images = sorted((shapes_dir / "images" / "val").glob("*.png"))[:2]
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    paths = [str(p) for p in [*images, bad]]
+    args = ["caption", str(trained_bundle), *paths, "--beam", "3", "--json"]
+    assert main([*args, "--attention-png", str(tmp_path / "att")]) == 1  # one image was bad
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [line["image"] for line in lines] == paths[:2]
+    references = json.loads((shapes_dir / "annotations" / "captions_val.json").read_text())
+    truth = {a["caption"] for a in references["annotations"]}
+    assert all(line["caption"] in truth for line in lines)
+    assert all(len(line["tokens"]) == len(line["log_probs"]) for line in lines)
+    for line in lines:
+        assert (tmp_path / "att").joinpath(line["attention_png"].split("/")[-1]).stat().st_size
+    assert "bad.png: error: the data is not an image" in err
+
+
+def test_training_resumes_and_is_deterministic(shapes_dir, encoder, tmp_path):
+    splits = load_dataset(shapes_dir)
+    cache = shapes_dir / "features"  # filled by the trained_bundle fixture or computed here
+    config = TrainConfig(epochs=3, patience=10, val_images=40, seed=3)
+    straight = train(splits, encoder, tmp_path / "a", config, cache_dir=cache)
+    rows: list[dict] = []
+    first = TrainConfig(epochs=2, patience=10, val_images=40, seed=3)
+    train(splits, encoder, tmp_path / "b", first, cache_dir=cache)
+    resumed = train(
+        splits, encoder, tmp_path / "b", config, cache_dir=cache,
+        callbacks=Callbacks(epoch_end=rows.append),
+    )  # fmt: skip
+    assert [row["epoch"] for row in rows] == [3]  # only the missing epoch ran
+    losses = [[row["loss"] for row in b.metrics["history"]] for b in (straight, resumed)]
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
+    for a, b in zip(straight.decoder.weights, resumed.decoder.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_progress_reports_steps_loss_and_eta(shapes_dir, encoder, tmp_path):
+    splits = load_dataset(shapes_dir)
+    seen = []
+    config = TrainConfig(epochs=1, val_images=20, batch_size=32)
+    train(splits, encoder, tmp_path / "c", config, cache_dir=shapes_dir / "features",
+          callbacks=Callbacks(progress=seen.append))  # fmt: skip
+    steps = len(splits["train"]) // 32 + 1
+    assert [p.step for p in seen][-1] == steps == seen[-1].steps
+    assert all(p.loss > 0 and p.images_per_s > 0 and p.eta_s >= 0 for p in seen)
+    assert seen[-1].eta_s == 0
+
+
+def test_features_are_cached_per_encoder_fingerprint(shapes_dir, encoder, tmp_path):
+    examples = load_dataset(shapes_dir)["val"][:3]
+    first = extract_features(encoder, examples, tmp_path)
+    path = cache_path(tmp_path, encoder, examples)
+    assert path.parent.name == encoder.fingerprint
+    stamp = path.stat().st_mtime_ns
+    second = extract_features(encoder, examples, tmp_path)
+    assert path.stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(first, second)
+    assert first.shape == (3, 64, 2048) and first.dtype == np.float16
