@@ -32,15 +32,27 @@ class CaptionResult:
         return float(sum(self.log_probs) + (self.end_log_prob or 0.0))
 
 
-class Decoding:
-    """A trained decoder with its normalisation: encoder features → captions."""
+def bucket(batch_size: int) -> int:
+    """The padded batch size: a power of two up to 64, then a multiple of 64."""
+    if batch_size <= 64:
+        return 1 << max(batch_size - 1, 0).bit_length()
+    return -(-batch_size // 64) * 64
 
-    def __init__(self, bundle: Bundle, length_penalty: float = 0.6) -> None:
+
+class Decoding:
+    """A trained decoder with its normalisation: encoder features → captions.
+
+    Each (beam size, max length) pair compiles once, with XLA by default; batches are padded to
+    `bucket` sizes so XLA compiles a handful of shapes, not one per batch size.
+    """
+
+    def __init__(self, bundle: Bundle, length_penalty: float = 0.6, xla: bool = True) -> None:
         self.bundle = bundle
         self.length_penalty = length_penalty
+        self.xla = xla
         self._mean = tf.constant(bundle.norm.mean)  # (F,)
         self._std = tf.constant(bundle.norm.std)
-        self._compiled: dict[int, tf.types.experimental.GenericFunction] = {}
+        self._compiled: dict[tuple[int, int], tf.types.experimental.GenericFunction] = {}
 
     def search(self, features, beam_size: int = 1, max_length: int | None = None) -> SearchOutput:
         """Run the compiled search on raw encoder features (B, 64, 2048)."""
@@ -49,16 +61,20 @@ class Decoding:
         length = max_length or self.bundle.config.max_length
         if length < 1:
             raise ValueError("max_length must be at least 1")
-        if beam_size not in self._compiled:
-            self._compiled[beam_size] = self._compile(beam_size)
+        if (beam_size, length) not in self._compiled:
+            self._compiled[beam_size, length] = self._compile(beam_size, length)
         features = tf.convert_to_tensor(features, tf.float32)
-        return self._compiled[beam_size](features, tf.constant(length, tf.int32))
+        batch = features.shape[0]
+        padding = bucket(batch) - batch
+        padded = tf.pad(features, [[0, padding], [0, 0], [0, 0]])  # (bucket, 64, 2048)
+        output = self._compiled[beam_size, length](padded)
+        return SearchOutput(*(tensor[:batch] for tensor in output))
 
-    def _compile(self, beam_size: int):
+    def _compile(self, beam_size: int, max_length: int):
         config = self.bundle.config
         spec = tf.TensorSpec((None, config.num_locations, config.feature_dim), tf.float32)
 
-        def run(features, max_length):
+        def run(features):
             standardised = (features - self._mean) / self._std
             if beam_size == 1:
                 return greedy_search(self.bundle.decoder, standardised, max_length)
@@ -66,7 +82,15 @@ class Decoding:
                 self.bundle.decoder, standardised, max_length, beam_size, self.length_penalty
             )
 
-        return tf.function(run, input_signature=[spec, tf.TensorSpec((), tf.int32)])
+        return tf.function(run, input_signature=[spec], jit_compile=self.xla)
+
+    def warm_up(self, max_batch: int, beam_size: int = 1) -> None:
+        """Compile every batch bucket up to `max_batch`, so no request waits for XLA."""
+        size = 1
+        while size <= bucket(max_batch):
+            config = self.bundle.config
+            self.search(np.zeros((size, config.num_locations, config.feature_dim)), beam_size)
+            size = bucket(size + 1)
 
     def caption_features(
         self, features, beam_size: int = 1, max_length: int | None = None
@@ -128,6 +152,7 @@ class Captioner:
         """Decode image files (raising ImageError for bad bytes) and caption them."""
         return self.caption_batch(np.stack([decode_image(data) for data in images]), **options)
 
-    def warm_up(self, batch_size: int = 1) -> None:
-        """Trace and run the graphs once so the first real batch pays no compile time."""
-        self.caption_batch(np.zeros((batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32))
+    def warm_up(self, max_batch: int = 1) -> None:
+        """Run the encoder once and compile the decoder for every batch size up to `max_batch`."""
+        self.caption_batch(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32))
+        self.decoding.warm_up(max_batch)

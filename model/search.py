@@ -1,4 +1,8 @@
-"""Greedy and beam search inside one graph: a `tf.while_loop` that stops when all have ended."""
+"""Greedy and beam search inside one graph: a `tf.while_loop` that stops when all have ended.
+
+Outputs live in fixed-size buffers (one column per step, written with `tf.where`), so both
+searches have static shapes and compile with XLA.
+"""
 
 from __future__ import annotations
 
@@ -11,19 +15,27 @@ from model.vocab import END_ID, PAD_ID, START_ID
 
 
 class SearchOutput(NamedTuple):
-    """Per image: token ids (B, T), their log-probabilities (B, T), attention (B, T, L)."""
+    """Per image: token ids (B, T), their log-probabilities (B, T), attention (B, T, L).
+
+    T is the maximum length; columns after a sequence's <end> hold <pad>, 0 and 0.
+    """
 
     tokens: tf.Tensor
     log_probs: tf.Tensor
     attention: tf.Tensor
 
 
-def greedy_search(decoder: CaptionDecoder, features: tf.Tensor, max_length) -> SearchOutput:
+def write_column(buffer: tf.Tensor, t, column: tf.Tensor, time_axis: int) -> tf.Tensor:
+    """`buffer` with index t of `time_axis` set to `column` (buffer's shape without that axis)."""
+    length = buffer.shape[time_axis]
+    at_t = tf.reshape(tf.range(length) == t, [length] + [1] * (buffer.shape.rank - time_axis - 1))
+    return tf.where(at_t, tf.expand_dims(column, time_axis), buffer)
+
+
+def greedy_search(decoder: CaptionDecoder, features: tf.Tensor, max_length: int) -> SearchOutput:
     """Most likely word at each step, for standardised features (B, L, F)."""
     values, keys = decoder.encode(features)  # (B, L, E), (B, L, A), once per image
-    batch = tf.shape(features)[0]
-    arrays = [tf.TensorArray(dtype, size=0, dynamic_size=True) for dtype in (tf.int32, tf.float32)]
-    arrays.append(tf.TensorArray(tf.float32, size=0, dynamic_size=True))
+    batch, locations = tf.shape(features)[0], features.shape[1]
 
     def body(t, tokens, state, done, out_tokens, out_log_probs, out_attention):
         logits, state, weights = decoder.step(tokens, values, keys, state)
@@ -32,32 +44,37 @@ def greedy_search(decoder: CaptionDecoder, features: tf.Tensor, max_length) -> S
         chosen = tf.gather(log_probs, tokens, batch_dims=1)  # (B,)
         tokens = tf.where(done, PAD_ID, tokens)  # finished sequences emit <pad> at no cost
         chosen = tf.where(done, 0.0, chosen)
+        weights = tf.where(done[:, None], 0.0, weights)
         return (
             t + 1,
             tokens,
             state,
             done | (tokens == END_ID),
-            out_tokens.write(t, tokens),
-            out_log_probs.write(t, chosen),
-            out_attention.write(t, weights),
+            write_column(out_tokens, t, tokens, 1),  # (B, T)
+            write_column(out_log_probs, t, chosen, 1),  # (B, T)
+            write_column(out_attention, t, weights, 1),  # (B, T, L)
         )
 
-    def cond(t, tokens, state, done, *arrays):
+    def cond(t, tokens, state, done, *buffers):
         return (t < max_length) & ~tf.reduce_all(done)
 
-    start = tf.fill([batch], START_ID)
-    done = tf.zeros([batch], tf.bool)
-    loop = tf.while_loop(cond, body, [0, start, decoder.initial_state(batch), done, *arrays])
-    tokens, log_probs, attention = (a.stack() for a in loop[4:])  # (T, B, …)
-    return SearchOutput(
-        tf.transpose(tokens), tf.transpose(log_probs), tf.transpose(attention, [1, 0, 2])
-    )
+    start = [
+        0,
+        tf.fill([batch], START_ID),
+        decoder.initial_state(batch),
+        tf.zeros([batch], tf.bool),
+        tf.fill([batch, max_length], PAD_ID),
+        tf.zeros([batch, max_length]),
+        tf.zeros([batch, max_length, locations]),
+    ]
+    loop = tf.while_loop(cond, body, start, maximum_iterations=max_length)
+    return SearchOutput(*loop[4:])
 
 
 def beam_search(
     decoder: CaptionDecoder,
     features: tf.Tensor,
-    max_length,
+    max_length: int,
     beam_size: int,
     length_penalty: float = 0.6,
 ) -> SearchOutput:
@@ -67,12 +84,9 @@ def beam_search(
     beam is returned, so every image gets a caption.
     """
     k, vocab = beam_size, decoder.vocab_size
-    batch = tf.shape(features)[0]
+    batch, locations = tf.shape(features)[0], features.shape[1]
     values, keys = decoder.encode(features)  # once per image, then one copy per beam
     values, keys = tf.repeat(values, k, axis=0), tf.repeat(keys, k, axis=0)  # (B·K, L, …)
-    locations = features.shape[1]
-    # Only beam 0 is live at first, so the first step's K best words are K different words.
-    scores = tf.tile(tf.constant([[0.0] + [-float("inf")] * (k - 1)]), [batch, 1])  # (B, K)
     pad_only = tf.where(tf.range(vocab) == PAD_ID, 0.0, -float("inf"))  # (V,)
 
     def body(t, tokens, state, scores, finished, seqs, seq_log_probs, seq_attention):
@@ -88,7 +102,8 @@ def beam_search(
             return tf.gather(x, parent, batch_dims=1)
 
         chosen = tf.gather(tf.reshape(log_probs, (batch, k * vocab)), flat, batch_dims=1)
-        weights = pick(tf.reshape(weights, (batch, k, locations)))  # (B, K, L)
+        was_finished = pick(finished)
+        weights = tf.where(was_finished[..., None], 0.0, pick(tf.reshape(weights, (batch, k, -1))))
         units = decoder.units
         state = tf.reshape(pick(tf.reshape(state, (batch, k, units))), (batch * k, units))
         return (
@@ -96,36 +111,28 @@ def beam_search(
             tf.reshape(words, [-1]),
             state,
             scores,
-            pick(finished) | (words == END_ID),
-            tf.concat([pick(seqs), words[..., None]], axis=-1),  # (B, K, t+1)
-            tf.concat([pick(seq_log_probs), chosen[..., None]], axis=-1),
-            tf.concat([pick(seq_attention), weights[:, :, None]], axis=2),  # (B, K, t+1, L)
+            was_finished | (words == END_ID),
+            write_column(pick(seqs), t, words, 2),  # (B, K, T)
+            write_column(pick(seq_log_probs), t, chosen, 2),  # (B, K, T)
+            write_column(pick(seq_attention), t, weights, 2),  # (B, K, T, L)
         )
 
-    def cond(t, tokens, state, scores, finished, *sequences):
+    def cond(t, tokens, state, scores, finished, *buffers):
         return (t < max_length) & ~tf.reduce_all(finished)
 
+    # Only beam 0 is live at first, so the first step's K best words are K different words.
+    scores = tf.tile(tf.constant([[0.0] + [-float("inf")] * (k - 1)]), [batch, 1])  # (B, K)
     start = [
         0,
         tf.fill([batch * k], START_ID),
         decoder.initial_state(batch * k),
         scores,
         tf.zeros([batch, k], tf.bool),
-        tf.zeros([batch, k, 0], tf.int32),
-        tf.zeros([batch, k, 0]),
-        tf.zeros([batch, k, 0, locations]),
+        tf.fill([batch, k, max_length], PAD_ID),
+        tf.zeros([batch, k, max_length]),
+        tf.zeros([batch, k, max_length, locations]),
     ]
-    invariants = [
-        tf.TensorShape([]),
-        tf.TensorShape([None]),
-        tf.TensorShape([None, decoder.units]),
-        tf.TensorShape([None, k]),
-        tf.TensorShape([None, k]),
-        tf.TensorShape([None, k, None]),
-        tf.TensorShape([None, k, None]),
-        tf.TensorShape([None, k, None, locations]),
-    ]
-    loop = tf.while_loop(cond, body, start, shape_invariants=invariants)
+    loop = tf.while_loop(cond, body, start, maximum_iterations=max_length)
     _, _, _, scores, finished, seqs, seq_log_probs, seq_attention = loop
     best = best_beams(scores, finished, seqs, length_penalty)  # (B,)
     return SearchOutput(

@@ -142,6 +142,7 @@ class Trainer:
         )  # fmt: skip
         self.manager = tf.train.CheckpointManager(checkpoint, self.work_dir / "checkpoints", 2)
         self.history: list[dict] = []
+        self.decoding = Decoding(bundle)  # traced once, reused by every validation
         if self.manager.latest_checkpoint:
             checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
             self.history = json.loads(self._history_file.read_text())[: int(self.epoch)]
@@ -199,7 +200,7 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, loss: float, val: tuple, callbacks: Callbacks) -> None:
         examples, features = val
-        scores = score(examples, caption_features(Decoding(self.bundle), features))
+        scores = score(examples, caption_features(self.decoding, features))
         row = {"epoch": epoch, "loss": loss, **scores}
         self.history.append(row)
         value = scores[self.config.monitor]

@@ -112,3 +112,37 @@ def test_caption_batch_refuses_wrong_shapes(random_bundle, encoder):
     with pytest.raises(ValueError, match="299"):
         captioner.caption_batch(np.zeros((2, 224, 224, 3), np.float32))
     assert captioner.caption_batch(np.zeros((0, 299, 299, 3), np.float32)) == []
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_xla_and_plain_graphs_agree(random_bundle, beam_size):
+    features = tf.random.normal((5, 64, 2048), 5e-4, 8e-4, seed=4)
+    xla = Decoding(random_bundle, xla=True).caption_features(features, beam_size)
+    plain = Decoding(random_bundle, xla=False).caption_features(features, beam_size)
+    assert [r.tokens for r in xla] == [r.tokens for r in plain]
+    for a, b in zip(xla, plain, strict=True):
+        np.testing.assert_allclose(a.log_probs, b.log_probs, atol=1e-4)
+
+
+def test_padding_to_a_bucket_changes_no_caption(random_bundle):
+    features = tf.random.normal((5, 64, 2048), 5e-4, 8e-4, seed=5)  # padded to 8
+    decoding = Decoding(random_bundle)
+    together = decoding.caption_features(features, beam_size=2)
+    alone = [decoding.caption_features(features[i : i + 1], beam_size=2)[0] for i in range(5)]
+    assert [r.tokens for r in together] == [r.tokens for r in alone]
+
+
+def test_buckets_are_powers_of_two_then_multiples_of_64():
+    from model.inference import bucket
+
+    assert [bucket(n) for n in (1, 2, 3, 5, 32, 33, 64, 65, 130)] == [
+        1,
+        2,
+        4,
+        8,
+        32,
+        64,
+        64,
+        128,
+        192,
+    ]
