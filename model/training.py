@@ -131,6 +131,7 @@ class Trainer:
 
     def __init__(self, bundle: Bundle, config: TrainConfig, work_dir: Path) -> None:
         self.bundle, self.config, self.work_dir = bundle, config, Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
         self.optimizer = keras.optimizers.Adam(config.learning_rate)
         self.optimizer.build(bundle.decoder.trainable_variables)  # so a restore has slots to fill
         self.epoch = tf.Variable(0, dtype=tf.int64)  # epochs completed

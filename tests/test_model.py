@@ -146,3 +146,34 @@ def test_buckets_are_powers_of_two_then_multiples_of_64():
         128,
         192,
     ]
+
+
+def test_encoder_loads_a_local_weights_file(encoder, tmp_path):
+    path = tmp_path / "inception.weights.h5"
+    encoder.model.save_weights(path)
+    from_file = Encoder(str(path))
+    assert from_file.fingerprint == encoder.fingerprint
+    assert from_file.info.weights == str(path)
+
+
+def test_unknown_encoder_weights_are_refused():
+    with pytest.raises(ValueError, match="imagenet"):
+        Encoder("/no/such/weights.h5")
+
+
+def test_caption_bytes_raises_the_image_error(random_bundle, encoder):
+    from model.images import ImageError
+
+    with pytest.raises(ImageError) as info:
+        Captioner(random_bundle, encoder).caption_bytes([b"GIF89a broken"])
+    assert info.value.code in {"corrupt_image", "not_an_image"}
+
+
+def test_attention_penalty_adds_to_the_loss(random_bundle):
+    from model.training import caption_loss
+
+    features = tf.random.normal((2, 64, 2048))
+    tokens = tf.constant([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0]], tf.int32)
+    plain = float(caption_loss(random_bundle.decoder, features, tokens))
+    penalised = float(caption_loss(random_bundle.decoder, features, tokens, attention_reg=1.0))
+    assert penalised > plain > 0
