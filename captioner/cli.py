@@ -49,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--vocab-size", type=int, default=5000, help="words kept")
     train.add_argument("--max-words", type=int, default=30, help="training captions cut to this")
     train.add_argument("--attention-reg", type=float, default=0.0, help="doubly stochastic λ")
+    train.add_argument("--clip-norm", type=float, default=5.0, help="gradient norm cap")
     train.add_argument("--patience", type=int, default=3, help="early stopping, in epochs")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--work-dir", type=Path, help="checkpoints (default: OUT.work)")
@@ -118,7 +119,8 @@ def run_train(args: argparse.Namespace) -> None:
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
         vocab_size=args.vocab_size, max_caption_words=args.max_words,
-        attention_reg=args.attention_reg, seed=args.seed, patience=args.patience,
+        attention_reg=args.attention_reg, clip_norm=args.clip_norm or None, seed=args.seed,
+        patience=args.patience,
     )  # fmt: skip
     encoder = Encoder(args.encoder or DEFAULT_WEIGHTS)
     with TrainingBars() as bars:

@@ -34,6 +34,7 @@ class TrainConfig:
     vocab_size: int = 5000  # words kept; the four specials come on top
     max_caption_words: int = 30  # longer training captions are cut
     attention_reg: float = 0.0  # λ of the doubly stochastic attention penalty (SAT eq. 14)
+    clip_norm: float | None = 5.0  # global gradient norm cap: keeps Adam stable near zero loss
     seed: int = 0
     patience: int = 3  # stop after this many epochs without a better `monitor`
     monitor: str = "bleu4"  # validation metric (higher is better) for early stopping
@@ -132,7 +133,9 @@ class Trainer:
     def __init__(self, bundle: Bundle, config: TrainConfig, work_dir: Path) -> None:
         self.bundle, self.config, self.work_dir = bundle, config, Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self.optimizer = keras.optimizers.Adam(config.learning_rate)
+        self.optimizer = keras.optimizers.Adam(
+            config.learning_rate, global_clipnorm=config.clip_norm
+        )
         self.optimizer.build(bundle.decoder.trainable_variables)  # so a restore has slots to fill
         self.epoch = tf.Variable(0, dtype=tf.int64)  # epochs completed
         self.best = tf.Variable(-math.inf, dtype=tf.float64)
