@@ -1,6 +1,6 @@
 """Model speed on this machine: encoder vs encoder+decode, compiled vs eager decode and training.
 
-Prints one JSON object. Run: `python benchmarks/bench_model.py [--reps 5]`.
+Prints one JSON object. Run: `python benchmarks/bench_model.py [--reps 11]`.
 The decoder has the full-size vocabulary (5,004) and random weights, with <end> suppressed so
 every caption runs the whole 20 steps: the slowest case for decoding.
 """
@@ -149,7 +149,7 @@ def train_figures(bundle: Bundle, reps: int) -> dict:
 def main() -> None:
     """Run every measurement and print one JSON object."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--reps", type=int, default=5, help="timed calls per figure")
+    parser.add_argument("--reps", type=int, default=11, help="timed calls per figure")
     reps = parser.parse_args().reps
     encoder = Encoder("seed:0")
     bundle = full_size_bundle(encoder)
