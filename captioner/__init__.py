@@ -1,0 +1,1 @@
+"""The `captioner` command-line entry point (`captioner.cli:main`)."""

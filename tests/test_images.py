@@ -96,3 +96,13 @@ def test_exif_orientation_is_applied():
     exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
     upright = open_image(encode(image, "JPEG", exif=exif.tobytes()))
     assert upright.size == (20, 60)
+
+
+def test_image_and_vocabulary_modules_do_not_load_tensorflow():
+    # The API validates images with these modules and must never import TensorFlow.
+    import subprocess
+    import sys
+
+    code = "import sys, model.images, model.vocab; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
