@@ -1,0 +1,101 @@
+"""Settings: the one module that reads the environment.
+
+With nothing set, the embedded mode applies: a SQLite file, a local-directory blob store and
+Celery's filesystem broker, all under one data directory, so everything runs with no servers.
+Setting `DATABASE_URL` selects production mode, where `BROKER_URL` and `S3_BUCKET` are required
+(a missing one fails at start-up, not at the first request).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A required setting is missing or a value cannot be parsed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable; built once by `from_env` and passed to whoever needs it."""
+
+    data_dir: Path  # CAPTIONER_DATA_DIR: embedded database, blobs, broker folders, bundles
+    database_url: str  # DATABASE_URL: postgresql+psycopg2://… or sqlite:///…
+    broker_url: str  # BROKER_URL: redis://… or filesystem://
+    s3_bucket: str | None  # S3_BUCKET: None means the local blob store under data_dir/blobs
+    s3_endpoint_url: str | None = None  # S3_ENDPOINT_URL: MinIO or moto; None for AWS
+    s3_region: str = "us-east-1"  # AWS_REGION
+    s3_access_key: str | None = field(default=None, repr=False)  # AWS_ACCESS_KEY_ID
+    s3_secret_key: str | None = field(default=None, repr=False)  # AWS_SECRET_ACCESS_KEY
+    model_bundle: Path | None = None  # MODEL_BUNDLE: bundle directory the workers load
+    encoder_weights: str | None = None  # ENCODER_WEIGHTS: override the bundle's encoder source
+    batch_max_size: int = 32  # BATCH_MAX_SIZE: most jobs in one forward pass
+    batch_max_wait_ms: int = 50  # BATCH_MAX_WAIT_MS: longest wait after a batch's first job
+    max_image_bytes: int = 10 * 1024 * 1024  # MAX_IMAGE_BYTES: larger uploads are refused
+    max_image_pixels: int = 50_000_000  # MAX_IMAGE_PIXELS: decompression-bomb guard
+    job_max_attempts: int = 3  # JOB_MAX_ATTEMPTS: then the job fails for good
+    job_lease_seconds: int = 300  # JOB_LEASE_SECONDS: a running job's lease before re-queueing
+
+    @property
+    def embedded(self) -> bool:
+        """True when no servers are configured (SQLite, local blobs, filesystem broker)."""
+        return self.database_url.startswith("sqlite")
+
+    def with_overrides(self, **changes) -> Settings:
+        """A copy with some fields replaced (tests and the CLI use it)."""
+        return replace(self, **changes)
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from the environment (or `environ`), once."""
+    env = os.environ if environ is None else environ
+    data_dir = Path(env.get("CAPTIONER_DATA_DIR", "captioner-data")).absolute()
+    database_url = env.get("DATABASE_URL", f"sqlite:///{data_dir / 'captioner.db'}")
+    production = not database_url.startswith("sqlite")
+    bundle = env.get("MODEL_BUNDLE")
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        broker_url=_required(env, "BROKER_URL") if production else env.get(
+            "BROKER_URL", "filesystem://"),
+        s3_bucket=_required(env, "S3_BUCKET") if production else env.get("S3_BUCKET"),
+        s3_endpoint_url=env.get("S3_ENDPOINT_URL"),
+        s3_region=env.get("AWS_REGION", "us-east-1"),
+        s3_access_key=env.get("AWS_ACCESS_KEY_ID"),
+        s3_secret_key=env.get("AWS_SECRET_ACCESS_KEY"),
+        model_bundle=Path(bundle) if bundle else None,
+        encoder_weights=env.get("ENCODER_WEIGHTS"),
+        batch_max_size=_int(env, "BATCH_MAX_SIZE", 32),
+        batch_max_wait_ms=_int(env, "BATCH_MAX_WAIT_MS", 50),
+        max_image_bytes=_int(env, "MAX_IMAGE_BYTES", 10 * 1024 * 1024),
+        max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 50_000_000),
+        job_max_attempts=_int(env, "JOB_MAX_ATTEMPTS", 3),
+        job_lease_seconds=_int(env, "JOB_LEASE_SECONDS", 300),
+    )  # fmt: skip
+
+
+# Variables production needs set for every service (docker-compose is checked against this).
+REQUIRED_IN_PRODUCTION = ("DATABASE_URL", "BROKER_URL", "S3_BUCKET")
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name)
+    if not value:
+        raise SettingsError(f"{name} must be set when DATABASE_URL points at a server")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < 1:
+        raise SettingsError(f"{name} must be at least 1, not {value}")
+    return value

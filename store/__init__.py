@@ -1,0 +1,1 @@
+"""Persistence: the database, the job tables and the blob store (the only boto3 user)."""

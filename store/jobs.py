@@ -1,0 +1,196 @@
+"""Job records. Every status change is one guarded UPDATE, so a terminal status is never lost."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from store.models import TERMINAL, Batch, Job, JobStatus, as_utc, utcnow
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What the API knows when it records a job."""
+
+    owner: str
+    image_key: str
+    image_bytes: int
+    image_format: str
+    image_width: int
+    image_height: int
+    beam_size: int = 1
+    max_length: int = 20
+    webhook_url: str | None = None
+    webhook_events: list[str] | None = None
+    batch_id: uuid.UUID | None = None
+    deadline_at: datetime | None = None
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a worker stores for a captioned image."""
+
+    caption: str
+    tokens: list[str]
+    token_log_probs: list[float]
+    model_version: str
+    attention_key: str
+    attention_shape: list[int]
+    predict_ms: float
+    batch_size: int
+
+
+def create_job(session: Session, new: NewJob) -> Job:
+    """Insert a queued job (flushed, not committed: the caller's session commits)."""
+    job = Job(**asdict(new), status=JobStatus.QUEUED.value, attempts=0)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def create_batch(session: Session, owner: str, size: int, webhook_url=None, events=None) -> Batch:
+    """Insert a batch record; its jobs refer to it by `batch_id`."""
+    batch = Batch(owner=owner, size=size, webhook_url=webhook_url, webhook_events=events)
+    session.add(batch)
+    session.flush()
+    return batch
+
+
+def get_job(session: Session, job_id: uuid.UUID, owner: str | None = None) -> Job | None:
+    """The job, or None (also when it belongs to another owner)."""
+    job = session.get(Job, job_id)
+    return job if job is not None and owner in (None, job.owner) else None
+
+
+def list_jobs(
+    session: Session,
+    owner: str,
+    status: str | None = None,
+    after: tuple[datetime, uuid.UUID] | None = None,
+    limit: int = 50,
+    batch_id: uuid.UUID | None = None,
+) -> list[Job]:
+    """An owner's jobs, newest first; `after` is the (created_at, id) of the last one seen."""
+    query = select(Job).where(Job.owner == owner)
+    if status:
+        query = query.where(Job.status == status)
+    if batch_id:
+        query = query.where(Job.batch_id == batch_id)
+    if after:
+        created, job_id = after
+        query = query.where(
+            or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id))
+        )
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    return list(session.scalars(query))
+
+
+def mark_enqueued(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
+    """Record that the ids reached the broker (the sweeper re-sends those that did not)."""
+    session.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=utcnow()))
+
+
+def _claimable(now: datetime):
+    # Queued, or running under a lease that expired (its worker died mid-batch).
+    return or_(
+        Job.status == JobStatus.QUEUED.value,
+        and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now),
+    )
+
+
+def claim_jobs(
+    session: Session, job_ids: Sequence[uuid.UUID], lease_seconds: int, max_attempts: int
+) -> list[Job]:
+    """Move claimable jobs to running (attempts + 1, leased) and return them.
+
+    Jobs already terminal or leased elsewhere are skipped; jobs past their deadline become
+    aborted, and jobs out of attempts fail, instead of running again.
+    """
+    now = utcnow()
+    mine = and_(Job.id.in_(job_ids), _claimable(now))
+    _finish_where(
+        session,
+        and_(mine, Job.deadline_at < now),
+        JobStatus.ABORTED,
+        "deadline_passed",
+        "the job's deadline passed before it started",
+        now,
+    )
+    _finish_where(
+        session,
+        and_(mine, Job.attempts >= max_attempts),
+        JobStatus.FAILED,
+        "too_many_attempts",
+        f"gave up after {max_attempts} attempts",
+        now,
+    )
+    claimed = session.scalars(
+        update(Job)
+        .where(mine)
+        .values(
+            status=JobStatus.RUNNING.value,
+            attempts=Job.attempts + 1,
+            started_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+        )
+        .returning(Job),
+        execution_options={"synchronize_session": False},
+    )
+    return list(claimed)  # fmt: skip
+
+
+def finish_job(session: Session, job: Job, result: JobResult) -> bool:
+    """Store a caption on a running job; False when the job was meanwhile finished elsewhere."""
+    now = utcnow()
+    created, started = as_utc(job.created_at), as_utc(job.started_at) or now
+    values = asdict(result) | {
+        "status": JobStatus.SUCCEEDED.value,
+        "finished_at": now,
+        "lease_expires_at": None,
+        "queue_ms": (started - created).total_seconds() * 1000,
+        "total_ms": (now - created).total_seconds() * 1000,
+    }
+    running = and_(Job.id == job.id, Job.status == JobStatus.RUNNING.value)
+    return session.execute(update(Job).where(running).values(**values)).rowcount == 1
+
+
+def fail_job(session: Session, job_id: uuid.UUID, code: str, message: str) -> bool:
+    """Fail a job that is not yet terminal, with a stable code and a readable message."""
+    where = and_(Job.id == job_id, Job.status.not_in(TERMINAL))
+    return _finish_where(session, where, JobStatus.FAILED, code, message, utcnow()) == 1
+
+
+def cancel_job(session: Session, job_id: uuid.UUID) -> bool:
+    """Cancel a queued job (it will never run); False when it already started or ended."""
+    queued = and_(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
+    values = {"status": JobStatus.CANCELED.value, "finished_at": utcnow()}
+    return session.execute(update(Job).where(queued).values(**values)).rowcount == 1
+
+
+def expired_or_unsent(session: Session, unsent_after: timedelta) -> list[uuid.UUID]:
+    """Ids the sweeper should enqueue again: leases expired, or never reached the broker."""
+    now = utcnow()
+    lost = and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now)
+    unsent = and_(
+        Job.status == JobStatus.QUEUED.value,
+        Job.enqueued_at.is_(None),
+        Job.created_at < now - unsent_after,
+    )
+    return list(session.scalars(select(Job.id).where(or_(lost, unsent))))
+
+
+def _finish_where(session, where, status: JobStatus, code: str, message: str, now) -> int:
+    values = {
+        "status": status.value,
+        "error_code": code,
+        "error_message": message,
+        "finished_at": now,
+        "lease_expires_at": None,
+    }
+    return session.execute(update(Job).where(where).values(**values)).rowcount

@@ -1,0 +1,142 @@
+"""The database tables: jobs (the record of every caption request) and batches."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    Uuid,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Named constraints, so migrations can drop and downgrade them by name on every database.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    """Declarative base with the naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class JobStatus(enum.StrEnum):
+    """queued → running → succeeded | failed | canceled; aborted: deadline passed before start."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    ABORTED = "aborted"
+
+    @property
+    def is_terminal(self) -> bool:
+        """A terminal status is final: nothing overwrites it."""
+        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+TERMINAL = tuple(s.value for s in JobStatus if s.is_terminal)
+_STATUS_CHECK = "status IN (" + ", ".join(f"'{s.value}'" for s in JobStatus) + ")"
+
+
+def utcnow() -> datetime:
+    """The current time in UTC, timezone-aware."""
+    return datetime.now(UTC)
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """A timestamp read back from the database as aware UTC (SQLite drops the zone)."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _now_column() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+
+
+class Batch(Base):
+    """Up to 100 jobs submitted together; its status is derived from theirs."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(Integer)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_events: Mapped[list[str] | None] = mapped_column(Json)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class Job(Base):
+    """One image to caption: request, lifecycle, result, timings."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(_STATUS_CHECK, name="status"),
+        CheckConstraint("attempts >= 0", name="attempts"),
+        Index("ix_jobs_owner_created", "owner", "created_at", "id"),  # listing, newest first
+        Index("ix_jobs_status_lease", "status", "lease_expires_at"),  # the sweeper's scan
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    owner: Mapped[str] = mapped_column(String(64))
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("batches.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The request
+    image_key: Mapped[str] = mapped_column(String(256))
+    image_bytes: Mapped[int] = mapped_column(Integer)
+    image_format: Mapped[str] = mapped_column(String(16))
+    image_width: Mapped[int] = mapped_column(Integer)
+    image_height: Mapped[int] = mapped_column(Integer)
+    beam_size: Mapped[int] = mapped_column(Integer, default=1)
+    max_length: Mapped[int] = mapped_column(Integer, default=20)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_events: Mapped[list[str] | None] = mapped_column(Json)
+    # The result
+    caption: Mapped[str | None] = mapped_column(Text)
+    tokens: Mapped[list[str] | None] = mapped_column(Json)
+    token_log_probs: Mapped[list[float] | None] = mapped_column(Json)
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    attention_key: Mapped[str | None] = mapped_column(String(256))
+    attention_shape: Mapped[list[int] | None] = mapped_column(Json)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    # Timings
+    queue_ms: Mapped[float | None] = mapped_column(Float)  # created → started
+    predict_ms: Mapped[float | None] = mapped_column(Float)  # the batch's forward pass
+    total_ms: Mapped[float | None] = mapped_column(Float)  # created → finished
+    batch_size: Mapped[int | None] = mapped_column(Integer)  # jobs in its forward pass
+    created_at: Mapped[datetime] = _now_column()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    @property
+    def job_status(self) -> JobStatus:
+        """The status as an enum."""
+        return JobStatus(self.status)

@@ -1,0 +1,165 @@
+"""The job store on real Postgres (and SQLite for the embedded mode): migrations and lifecycle."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, inspect, update
+
+from store import jobs
+from store.db import Database
+from store.migrate import downgrade, upgrade
+from store.models import Base, Job, JobStatus, utcnow
+from tests.databases import fresh_postgres
+
+
+@pytest.fixture(scope="module", params=["postgres", "sqlite"])
+def db(request, tmp_path_factory):
+    """A migrated database of each kind, shared by the module's tests."""
+    if request.param == "postgres":
+        with fresh_postgres() as url:
+            upgrade(url)
+            database = Database(url)
+            yield database
+            database.dispose()
+    else:
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'jobs.db'}"
+        upgrade(url)
+        yield Database(url)
+
+
+def new_job(**changes) -> jobs.NewJob:
+    fields = dict(owner="tenant", image_key="images/x", image_bytes=10, image_format="PNG",
+                  image_width=4, image_height=3)  # fmt: skip
+    return jobs.NewJob(**(fields | changes))
+
+
+def result(**changes) -> jobs.JobResult:
+    fields = dict(caption="a red circle", tokens=["a", "red", "circle"],
+                  token_log_probs=[-0.1, -0.2, -0.3], model_version="v1",
+                  attention_key="attention/x.npy", attention_shape=[3, 64], predict_ms=12.5,
+                  batch_size=4)  # fmt: skip
+    return jobs.JobResult(**(fields | changes))
+
+
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+def test_migrations_go_up_down_and_up_and_match_the_models(kind, tmp_path):
+    with fresh_postgres() if kind == "postgres" else _sqlite(tmp_path) as url:
+        upgrade(url)
+        engine = create_engine(url)
+        assert {"jobs", "batches"} <= set(inspect(engine).get_table_names())
+        with engine.connect() as connection:
+            diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+        assert diff == []  # the migration creates exactly what the models declare
+        downgrade(url)
+        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+        upgrade(url)
+        assert "jobs" in inspect(engine).get_table_names()
+        engine.dispose()
+
+
+class _sqlite:
+    def __init__(self, tmp_path):
+        self.url = f"sqlite:///{tmp_path / 'm.db'}"
+
+    def __enter__(self) -> str:
+        return self.url
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def test_a_job_runs_once_and_its_result_is_final(db):
+    with db.session() as s:
+        job_id = jobs.create_job(s, new_job()).id
+    with db.session() as s:
+        (claimed,) = jobs.claim_jobs(s, [job_id], lease_seconds=60, max_attempts=3)
+        assert claimed.status == "running" and claimed.attempts == 1
+    with db.session() as s:
+        assert jobs.claim_jobs(s, [job_id], 60, 3) == []  # leased: nobody else takes it
+        assert jobs.finish_job(s, claimed, result())
+    with db.session() as s:
+        assert not jobs.finish_job(s, claimed, result(caption="again"))  # terminal stays
+        assert not jobs.fail_job(s, job_id, "x", "y")
+        assert not jobs.cancel_job(s, job_id)
+        job = jobs.get_job(s, job_id)
+        assert (job.status, job.caption, job.batch_size) == ("succeeded", "a red circle", 4)
+        assert job.tokens == ["a", "red", "circle"] and job.attention_shape == [3, 64]
+        assert job.total_ms >= job.queue_ms >= 0
+        assert jobs.get_job(s, job_id, owner="someone else") is None
+
+
+def test_a_canceled_job_is_never_claimed(db):
+    with db.session() as s:
+        job_id = jobs.create_job(s, new_job()).id
+    with db.session() as s:
+        assert jobs.cancel_job(s, job_id)
+        assert jobs.claim_jobs(s, [job_id], 60, 3) == []
+        assert jobs.get_job(s, job_id).status == JobStatus.CANCELED
+
+
+def test_an_expired_lease_is_claimed_again_until_attempts_run_out(db):
+    with db.session() as s:
+        job_id = jobs.create_job(s, new_job()).id
+    for attempt in (1, 2):
+        with db.session() as s:
+            (job,) = jobs.claim_jobs(s, [job_id], 60, max_attempts=2)
+            assert job.attempts == attempt
+            s.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow()))
+    with db.session() as s:
+        assert job_id in jobs.expired_or_unsent(s, timedelta(minutes=1))
+        assert jobs.claim_jobs(s, [job_id], 60, max_attempts=2) == []
+        job = jobs.get_job(s, job_id)
+        assert (job.status, job.error_code) == ("failed", "too_many_attempts")
+
+
+def test_a_job_past_its_deadline_is_aborted_not_run(db):
+    with db.session() as s:
+        job_id = jobs.create_job(s, new_job(deadline_at=utcnow() - timedelta(seconds=1))).id
+    with db.session() as s:
+        assert jobs.claim_jobs(s, [job_id], 60, 3) == []
+        assert jobs.get_job(s, job_id).status == JobStatus.ABORTED
+
+
+def test_jobs_list_newest_first_with_a_cursor(db):
+    owner = f"lister-{uuid.uuid4().hex[:6]}"
+    with db.session() as s:
+        ids = [jobs.create_job(s, new_job(owner=owner)).id for _ in range(5)]
+        jobs.cancel_job(s, ids[0])
+    with db.session() as s:
+        first = jobs.list_jobs(s, owner, limit=3)
+        rest = jobs.list_jobs(s, owner, after=(first[-1].created_at, first[-1].id), limit=3)
+        assert len(first) == 3 and len(rest) == 2
+        assert {j.id for j in first + rest} == set(ids)
+        assert [j.id for j in jobs.list_jobs(s, owner, status="canceled")] == [ids[0]]
+
+
+def test_unsent_jobs_are_found_by_the_sweeper(db):
+    with db.session() as s:
+        job = jobs.create_job(s, new_job(owner="sweep"))
+        sent = jobs.create_job(s, new_job(owner="sweep"))
+        jobs.mark_enqueued(s, [sent.id])
+        s.execute(update(Job).where(Job.owner == "sweep").values(
+            created_at=utcnow() - timedelta(minutes=5)))  # fmt: skip
+    with db.session() as s:
+        found = jobs.expired_or_unsent(s, timedelta(minutes=1))
+        assert job.id in found and sent.id not in found
+
+
+def test_concurrent_claims_give_each_job_to_one_worker(db):
+    with db.session() as s:
+        ids = [jobs.create_job(s, new_job()).id for _ in range(40)]
+
+    def claim(_) -> list[uuid.UUID]:
+        with db.session() as s:
+            return [j.id for j in jobs.claim_jobs(s, ids, 60, 3)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(claim, range(4)))
+    claimed = [job_id for ids_ in results for job_id in ids_]
+    assert sorted(claimed) == sorted(ids)  # every job once, none twice
