@@ -1,0 +1,30 @@
+"""The HTTP API (Flask): `create_app()` builds it; it never imports TensorFlow or `model/`."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from api.errors import register_error_handlers
+from api.services import Services
+from captioner.settings import Settings, from_env
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
+    """The app for `settings` (read from the environment when not given)."""
+    settings = settings or (services.settings if services else from_env())
+    app = Flask(__name__)
+    # Up to 100 base64 images per request (batches); each image is checked on its own.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_image_bytes * 4 // 3 * 100 + (1 << 20)
+    app.json.sort_keys = False
+    app.extensions["captioner"] = services or Services.from_settings(settings)
+    register_blueprints(app)
+    register_error_handlers(app)
+    return app
+
+
+def register_blueprints(app: Flask) -> None:
+    """Attach every blueprint."""
+    from api import health, jobs
+
+    app.register_blueprint(health.bp)
+    app.register_blueprint(jobs.bp)

@@ -1,0 +1,36 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+
+from api.services import services
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    """The process answers."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    """Database, broker and blob store all reachable: 200, else 503 naming the failures."""
+    checks = {"database": services().db.check, "blob_store": services().blobs.check,
+              "broker": _check_broker}  # fmt: skip
+    failures = {}
+    for name, check in checks.items():
+        try:
+            check()
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            failures[name] = f"{type(exc).__name__}: {exc}"[:300]
+    if failures:
+        return jsonify({"status": "unavailable", "failures": failures}), 503
+    return jsonify({"status": "ready"})
+
+
+def _check_broker() -> None:
+    with services().celery.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=2)

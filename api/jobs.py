@@ -1,0 +1,143 @@
+"""/v1/jobs: submit an image, read a job, list jobs, cancel a queued job."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import time
+import uuid
+from datetime import datetime
+
+from flask import Blueprint, current_app, jsonify, request
+
+from api.errors import ApiError
+from api.images import inspect_image
+from api.serialize import encode_cursor, job_json
+from api.services import services
+from api.uploads import read_submission
+from captioner.broker import enqueue_caption
+from store import jobs
+from store.models import JobStatus
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+OWNER = "default"  # one tenant until API keys exist
+MAX_WAIT_S = 60
+PAGE_MAX = 100
+
+
+@bp.post("")
+def submit_job():
+    """Validate, store the image, record the job, enqueue it: 202 (200 if done within wait)."""
+    data, options = read_submission(request)
+    svc = services()
+    info = inspect_image(data, svc.settings.max_image_bytes, svc.settings.max_image_pixels)
+    job_id = uuid.uuid4()
+    key = f"images/{job_id}"
+    svc.blobs.put(key, data, f"image/{info.format.lower()}")
+    new = jobs.NewJob(owner=OWNER, image_key=key, image_bytes=len(data),
+                      image_format=info.format, image_width=info.width,
+                      image_height=info.height, beam_size=options.beam_size,
+                      max_length=options.max_length, id=job_id)  # fmt: skip
+    with svc.db.session() as session:
+        jobs.create_job(session, new)
+    enqueue(job_id)
+    return respond_after_wait(job_id)
+
+
+def enqueue(job_id: uuid.UUID) -> None:
+    """Send the id to the broker; if that fails the row stays unsent for the sweeper."""
+    svc = services()
+    try:
+        enqueue_caption(svc.celery, str(job_id))
+    except Exception:  # noqa: BLE001 - the job is recorded; the sweeper sends it later
+        current_app.logger.exception("could not enqueue job %s", job_id)
+        return
+    with svc.db.session() as session:
+        jobs.mark_enqueued(session, [job_id])
+
+
+def respond_after_wait(job_id: uuid.UUID):
+    """Honour `Prefer: wait=N`: hold up to N seconds for a terminal status."""
+    wait = prefer_wait(request.headers.get("Prefer", ""))
+    deadline = time.monotonic() + wait
+    while True:
+        with services().db.session() as session:
+            job = jobs.get_job(session, job_id)
+            body = job_json(job)
+        if JobStatus(job.status).is_terminal or time.monotonic() >= deadline:
+            break
+        time.sleep(0.05)
+    done = JobStatus(job.status).is_terminal
+    response = jsonify(body)
+    response.status_code = 200 if done else 202
+    response.headers["Location"] = body["urls"]["self"]
+    if wait:
+        response.headers["Preference-Applied"] = f"wait={wait:g}"
+    return response
+
+
+def prefer_wait(header: str) -> float:
+    """Seconds asked for by `Prefer: wait=N` (RFC 7240), capped; 0 when absent or malformed."""
+    match = re.search(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", header)
+    return min(float(match.group(1)), MAX_WAIT_S) if match else 0.0
+
+
+@bp.get("/<uuid:job_id>")
+def get_job(job_id: uuid.UUID):
+    """One job: status, result or error, timings, links."""
+    with services().db.session() as session:
+        return jsonify(job_json(find_job(session, job_id)))
+
+
+@bp.get("")
+def list_jobs():
+    """Jobs newest first; `status` filters, `cursor` continues, `limit` ≤ 100."""
+    status = request.args.get("status")
+    if status and status not in {s.value for s in JobStatus}:
+        raise ApiError(
+            400, "invalid_status", f"status must be one of {[s.value for s in JobStatus]}"
+        )
+    limit = request.args.get("limit", "50")
+    if not limit.isdigit() or not 1 <= int(limit) <= PAGE_MAX:
+        raise ApiError(400, "invalid_limit", f"limit must be from 1 to {PAGE_MAX}")
+    after = decode_cursor(request.args.get("cursor"))
+    with services().db.session() as session:
+        page = jobs.list_jobs(session, OWNER, status, after, int(limit))
+        body = {
+            "jobs": [job_json(job) for job in page],
+            "next_cursor": encode_cursor(page[-1]) if len(page) == int(limit) else None,
+        }
+    return jsonify(body)
+
+
+@bp.post("/<uuid:job_id>/cancel")
+def cancel_job(job_id: uuid.UUID):
+    """Cancel a queued job: it will never run. 409 once it has started or ended."""
+    with services().db.session() as session:
+        job = find_job(session, job_id)
+        if not jobs.cancel_job(session, job_id):
+            raise ApiError(409, "not_cancelable", f"the job is {job.status}; only queued jobs "
+                           "can be canceled")  # fmt: skip
+        session.refresh(job)
+        return jsonify(job_json(job))
+
+
+def find_job(session, job_id: uuid.UUID):
+    """The caller's job or a 404."""
+    job = jobs.get_job(session, job_id, owner=OWNER)
+    if job is None:
+        raise ApiError(404, "job_not_found", f"no job {job_id}")
+    return job
+
+
+def decode_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
+    """The (created_at, id) inside a cursor from `encode_cursor`, or a 400."""
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, job_id = raw.split("|")
+        return datetime.fromisoformat(created.replace("Z", "+00:00")), uuid.UUID(job_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from None

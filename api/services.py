@@ -1,0 +1,34 @@
+"""What the API talks to: the database, the blob store and the broker, built once per app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import current_app
+
+from captioner.broker import make_celery
+from captioner.settings import Settings
+from store.blobs import BlobStore, open_blob_store
+from store.db import Database
+
+
+@dataclass
+class Services:
+    """The app's connections; tests may build one with their own parts."""
+
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+    celery: Celery
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        """Connections as the settings describe them (nothing is contacted yet)."""
+        return cls(settings, Database(settings.database_url), open_blob_store(settings),
+                   make_celery(settings))  # fmt: skip
+
+
+def services() -> Services:
+    """The current app's services."""
+    return current_app.extensions["captioner"]

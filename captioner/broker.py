@@ -1,0 +1,46 @@
+"""The Celery app both sides share: the API sends tasks by name, workers run them."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from captioner.settings import Settings
+
+QUEUES = ("inference", "training", "webhooks")
+CAPTION_TASK = "worker.caption"  # the API enqueues by name and never imports worker code
+
+
+def make_celery(settings: Settings, name: str = "captioner") -> Celery:
+    """A Celery app on the configured broker (Redis, or folders under data_dir when embedded)."""
+    app = Celery(name, broker=settings.broker_url)
+    options = {}
+    if settings.broker_url.startswith("filesystem://"):
+        folder = settings.data_dir / "broker"
+        (folder / "out").mkdir(parents=True, exist_ok=True)
+        (folder / "processed").mkdir(parents=True, exist_ok=True)
+        options = {
+            "data_folder_in": str(folder / "out"),
+            "data_folder_out": str(folder / "out"),
+            "processed_folder": str(folder / "processed"),
+            "store_processed": False,
+        }
+    else:
+        # Longer than any task may run, or Redis hands an unacknowledged task out twice.
+        options = {"visibility_timeout": 3600}
+    app.conf.update(
+        broker_transport_options=options,
+        broker_connection_retry_on_startup=True,
+        task_default_queue="inference",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,  # a killed worker's jobs go back on the queue
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,  # Postgres is the record of every job, not Celery
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return app
+
+
+def enqueue_caption(app: Celery, job_id: str) -> None:
+    """Put a job id on the inference queue."""
+    app.send_task(CAPTION_TASK, args=[job_id], queue="inference")

@@ -1,0 +1,175 @@
+"""The HTTP API against real Postgres, Redis and an S3 server (moto): submit, read, cancel."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import pytest
+import redis
+from PIL import Image
+
+from api import create_app
+from captioner.settings import Settings
+from store.migrate import upgrade
+from tests.databases import fresh_postgres
+from tests.s3 import ACCESS_KEY, REGION, SECRET_KEY, moto_s3_server
+
+REDIS_URL = "redis://127.0.0.1:6379/11"  # a database of its own, emptied by the fixture
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory):
+    """Production-mode settings on throwaway Postgres, Redis and S3."""
+    with moto_s3_server() as endpoint, fresh_postgres() as database_url:
+        upgrade(database_url)
+        yield Settings(
+            data_dir=tmp_path_factory.mktemp("api"), database_url=database_url,
+            broker_url=REDIS_URL, s3_bucket="api-tests", s3_endpoint_url=endpoint,
+            s3_region=REGION, s3_access_key=ACCESS_KEY, s3_secret_key=SECRET_KEY,
+            max_image_bytes=200_000, max_image_pixels=1_000_000,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def app(settings):
+    app = create_app(settings)
+    app.extensions["captioner"].blobs.ensure_bucket()
+    yield app
+    app.extensions["captioner"].db.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def queue():
+    """The inference queue in Redis, emptied before each test."""
+    connection = redis.Redis.from_url(REDIS_URL)
+    connection.flushdb()
+    yield connection
+    connection.close()
+
+
+def queued_ids(connection) -> list[str]:
+    """Job ids waiting on the inference queue (Celery messages, oldest first)."""
+    messages = [json.loads(raw) for raw in reversed(connection.lrange("inference", 0, -1))]
+    return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
+
+
+def png(size=(64, 48)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_multipart_upload_is_stored_recorded_and_enqueued(client, app, queue):
+    data = png()
+    response = client.post("/v1/jobs", data={"image": (io.BytesIO(data), "red.png"),
+                                             "beam_size": "3"})  # fmt: skip
+    assert response.status_code == 202
+    job = response.get_json()
+    assert job["status"] == "queued" and job["options"] == {"beam_size": 3, "max_length": 20}
+    assert job["image"] == {"format": "PNG", "width": 64, "height": 48, "bytes": len(data)}
+    assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert queued_ids(queue) == [job["id"]]
+    assert app.extensions["captioner"].blobs.get(f"images/{job['id']}") == data
+    assert client.get(job["urls"]["self"]).get_json()["status"] == "queued"
+
+
+def test_json_base64_upload_is_accepted(client, queue):
+    body = {"image": base64.b64encode(png()).decode(), "max_length": 12}
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 202
+    assert response.get_json()["options"]["max_length"] == 12
+    assert queued_ids(queue) == [response.get_json()["id"]]
+
+
+def truncated() -> bytes:
+    return png((200, 200))[:300]
+
+
+@pytest.mark.parametrize(
+    ("send", "status", "code"),
+    [
+        ({"data": {"image": (io.BytesIO(b"just text"), "x.png")}}, 415, "not_an_image"),
+        ({"data": {"image": (io.BytesIO(truncated()), "x.png")}}, 400, "corrupt_image"),
+        ({"data": {"image": (io.BytesIO(b""), "x.png")}}, 400, "empty_image"),
+        ({"data": {"image": (io.BytesIO(b"\x89PNG" + bytes(300_000)), "x.png")}}, 413,
+         "image_too_large"),
+        ({"data": {"image": (io.BytesIO(png((1200, 1000))), "x.png")}}, 413, "image_too_large"),
+        ({"data": {"file": (io.BytesIO(png()), "x.png")}}, 400, "missing_image"),
+        ({"json": {"image": "not base64!"}}, 400, "invalid_base64"),
+        ({"json": ["image"]}, 400, "invalid_json"),
+        ({"json": {"image": base64.b64encode(png()).decode(), "beam_size": 0}}, 400,
+         "invalid_option"),
+        ({"json": {"image": base64.b64encode(png()).decode(), "max_length": "7.5"}}, 400,
+         "invalid_option"),
+        ({"data": png(), "content_type": "image/png"}, 415, "unsupported_media_type"),
+    ],
+    ids=["text", "truncated", "empty", "too-many-bytes", "too-many-pixels", "no-image-field",
+         "bad-base64", "json-list", "beam-0", "length-float", "raw-body"],
+)  # fmt: skip
+def test_bad_uploads_get_a_4xx_and_nothing_is_enqueued(client, queue, send, status, code):
+    before = client.get("/v1/jobs?limit=100").get_json()["jobs"]
+    response = client.post("/v1/jobs", **send)
+    assert response.status_code == status
+    assert response.get_json()["error"]["code"] == code
+    assert response.get_json()["error"]["message"]
+    assert queued_ids(queue) == []
+    assert client.get("/v1/jobs?limit=100").get_json()["jobs"] == before
+
+
+def test_cancel_before_start_and_only_once(client, queue):
+    job = client.post("/v1/jobs", json={"image": base64.b64encode(png()).decode()}).get_json()
+    response = client.post(job["urls"]["cancel"])
+    assert response.status_code == 200 and response.get_json()["status"] == "canceled"
+    again = client.post(job["urls"]["cancel"])
+    assert again.status_code == 409 and again.get_json()["error"]["code"] == "not_cancelable"
+
+
+def test_listing_filters_by_status_and_pages_with_a_cursor(client, queue):
+    ids = [client.post("/v1/jobs", json={"image": base64.b64encode(png()).decode()})
+           .get_json()["id"] for _ in range(3)]  # fmt: skip
+    client.post(f"/v1/jobs/{ids[0]}/cancel")
+    first = client.get("/v1/jobs?limit=2").get_json()
+    assert [j["id"] for j in first["jobs"]] == ids[:0:-1]  # newest first
+    rest = client.get(f"/v1/jobs?limit=2&cursor={first['next_cursor']}").get_json()
+    assert rest["jobs"][0]["id"] == ids[0]
+    canceled = client.get("/v1/jobs?status=canceled&limit=100").get_json()["jobs"]
+    assert ids[0] in {j["id"] for j in canceled}
+    assert client.get("/v1/jobs?status=bogus").status_code == 400
+    assert client.get("/v1/jobs?cursor=%%%").get_json()["error"]["code"] == "invalid_cursor"
+
+
+def test_prefer_wait_holds_then_answers_202_while_queued(client, queue):
+    body = {"image": base64.b64encode(png()).decode()}
+    response = client.post("/v1/jobs", json=body, headers={"Prefer": "wait=1"})
+    assert response.status_code == 202  # no worker runs in this module
+    assert response.headers["Preference-Applied"] == "wait=1"
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("get", "/v1/jobs/00000000-0000-0000-0000-000000000000", 404),
+    ("get", "/v1/jobs/not-a-uuid", 404),
+    ("delete", "/v1/jobs", 405),
+    ("get", "/nowhere", 404),
+])  # fmt: skip
+def test_errors_are_json(client, method, path, status):
+    response = getattr(client, method)(path)
+    assert response.status_code == status
+    assert set(response.get_json()["error"]) == {"code", "message"}
+
+
+def test_health_and_readiness(client, settings):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/readyz").get_json() == {"status": "ready"}
+    broken = create_app(settings.with_overrides(
+        database_url="postgresql+psycopg2://postgres@127.0.0.1:1/nothing",
+        broker_url="redis://127.0.0.1:1/0", s3_endpoint_url="http://127.0.0.1:1"))  # fmt: skip
+    response = broken.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert set(response.get_json()["failures"]) == {"database", "broker", "blob_store"}
