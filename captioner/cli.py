@@ -43,6 +43,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--data", type=Path, required=True, help="dataset folder")
     train.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     _dataset_options(train)
+    _encoder_option(train, "seed:0")
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
@@ -59,6 +60,7 @@ def parser() -> argparse.ArgumentParser:
     caption.add_argument("bundle", type=Path)
     caption.add_argument("images", type=Path, nargs="+")
     _decoding_options(caption)
+    _encoder_option(caption, "the bundle's")
     caption.add_argument("--attention-png", type=Path, metavar="DIR", help="write heatmap grids")
     caption.add_argument("--json", action="store_true", help="print one JSON object per image")
     caption.set_defaults(run=run_caption)
@@ -70,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, help="score only the first N images")
     _dataset_options(evaluate)
     _decoding_options(evaluate)
+    _encoder_option(evaluate, "the bundle's")
     evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
     evaluate.set_defaults(run=run_eval)
     return root
@@ -77,22 +80,22 @@ def parser() -> argparse.ArgumentParser:
 
 def _dataset_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--split-file", type=Path, help="Karpathy split file (dataset_coco.json)")
-    command.add_argument(
-        "--encoder",
-        help="encoder weights: imagenet, seed:N or a file (default: seed:0 or the bundle's)",
-    )
     command.add_argument("--cache", type=Path, help="feature cache folder")
 
 
 def _decoding_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
     command.add_argument("--max-length", type=int, help="most words per caption")
-    if "--encoder" not in command._option_string_actions:
-        command.add_argument("--encoder", help="encoder weights (default: the bundle's)")
+
+
+def _encoder_option(command: argparse.ArgumentParser, default: str) -> None:
+    command.add_argument(
+        "--encoder", help=f"encoder weights: imagenet, seed:N or a file (default: {default})"
+    )
 
 
 def progress_bar(total: int, desc: str, unit: str = "img") -> tqdm:
-    """A progress bar on stderr, quiet when stderr is not a terminal and CI asks for calm."""
+    """A progress bar on stderr that disappears when done."""
     return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False)
 
 

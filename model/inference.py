@@ -86,9 +86,9 @@ class Decoding:
 
     def warm_up(self, max_batch: int, beam_size: int = 1) -> None:
         """Compile every batch bucket up to `max_batch`, so no request waits for XLA."""
+        config = self.bundle.config
         size = 1
         while size <= bucket(max_batch):
-            config = self.bundle.config
             self.search(np.zeros((size, config.num_locations, config.feature_dim)), beam_size)
             size = bucket(size + 1)
 
@@ -130,11 +130,6 @@ class Captioner:
         self.bundle = bundle
         self.encoder = encoder
         self.decoding = Decoding(bundle, length_penalty)
-
-    @property
-    def vocab(self):
-        """The bundle's vocabulary."""
-        return self.bundle.vocab
 
     def caption_batch(
         self, images: np.ndarray, beam_size: int = 1, max_length: int | None = None

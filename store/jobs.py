@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from store.models import TERMINAL, Batch, Job, JobStatus, as_utc, utcnow
+from store.models import TERMINAL, Job, JobStatus, as_utc, utcnow
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,6 @@ def create_job(session: Session, new: NewJob) -> Job:
     session.add(job)
     session.flush()
     return job
-
-
-def create_batch(session: Session, owner: str, size: int, webhook_url=None, events=None) -> Batch:
-    """Insert a batch record; its jobs refer to it by `batch_id`."""
-    batch = Batch(owner=owner, size=size, webhook_url=webhook_url, webhook_events=events)
-    session.add(batch)
-    session.flush()
-    return batch
 
 
 def get_job(session: Session, job_id: uuid.UUID, owner: str | None = None) -> Job | None:
