@@ -9,5 +9,5 @@ Public entry points, by module (nothing is re-exported here, so that `model.imag
 - `model.images.decode_image`    image bytes to encoder input, or `ImageError` with a `code`
 - `model.training.train`         a bundle from a COCO-format dataset
 - `model.evaluation.score`       BLEU-1…4, CIDEr-D, exact match, attention localisation
-- `model.shapes.write_shapes_dataset`, `model.plots.save_attention_png`
+- `model.shapes.write_shapes_dataset`  a synthetic COCO-format set
 """

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.plots import (
+from captioner.plots import (
     LABEL_HEIGHT,
     MARGIN,
     jet,

@@ -1,4 +1,4 @@
-"""Attention pictures: one tile per generated word with its attention as a heat map."""
+"""Attention pictures with Pillow only: shared by the CLI and the API (which never loads TF)."""
 
 from __future__ import annotations
 
