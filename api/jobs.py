@@ -18,6 +18,7 @@ from api.services import services
 from api.uploads import read_submission
 from captioner.broker import enqueue_caption
 from store import jobs
+from store.keys import image_key
 from store.models import JobStatus
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -33,7 +34,7 @@ def submit_job():
     svc = services()
     info = inspect_image(data, svc.settings.max_image_bytes, svc.settings.max_image_pixels)
     job_id = uuid.uuid4()
-    key = f"images/{job_id}"
+    key = image_key(job_id)
     svc.blobs.put(key, data, f"image/{info.format.lower()}")
     new = jobs.NewJob(owner=OWNER, image_key=key, image_bytes=len(data),
                       image_format=info.format, image_width=info.width,
