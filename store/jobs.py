@@ -97,7 +97,11 @@ def _claimable(now: datetime):
 
 
 def claim_jobs(
-    session: Session, job_ids: Sequence[uuid.UUID], lease_seconds: int, max_attempts: int
+    session: Session,
+    job_ids: Sequence[uuid.UUID],
+    lease_seconds: int,
+    max_attempts: int,
+    worker: str | None = None,
 ) -> list[Job]:
     """Move claimable jobs to running (attempts + 1, leased) and return them.
 
@@ -130,6 +134,7 @@ def claim_jobs(
             attempts=Job.attempts + 1,
             started_at=now,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
+            worker=worker,
         )
         .returning(Job),
         execution_options={"synchronize_session": False},
@@ -165,16 +170,36 @@ def cancel_job(session: Session, job_id: uuid.UUID) -> bool:
     return session.execute(update(Job).where(queued).values(**values)).rowcount == 1
 
 
-def expired_or_unsent(session: Session, unsent_after: timedelta) -> list[uuid.UUID]:
-    """Ids the sweeper should enqueue again: leases expired, or never reached the broker."""
+def release_job(session: Session, job_id: uuid.UUID) -> bool:
+    """Put a running job back in the queue after a temporary failure (its attempt still counts)."""
+    running = and_(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
+    values = {"status": JobStatus.QUEUED.value, "lease_expires_at": None}
+    return session.execute(update(Job).where(running).values(**values)).rowcount == 1
+
+
+def jobs_to_resend(
+    session: Session, unsent_after: timedelta, resend_after: timedelta
+) -> list[uuid.UUID]:
+    """Ids the sweeper should enqueue again, after requeueing running jobs whose lease expired.
+
+    A queued job is sent again when it never reached the broker (`unsent_after` after creation)
+    or when its message may have been lost (`resend_after` after the last send): duplicate
+    messages are harmless, because only one claim of a job can succeed.
+    """
     now = utcnow()
     lost = and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now)
-    unsent = and_(
-        Job.status == JobStatus.QUEUED.value,
-        Job.enqueued_at.is_(None),
-        Job.created_at < now - unsent_after,
-    )
-    return list(session.scalars(select(Job.id).where(or_(lost, unsent))))
+    requeued = session.scalars(
+        update(Job).where(lost)
+        .values(status=JobStatus.QUEUED.value, lease_expires_at=None)
+        .returning(Job.id),
+        execution_options={"synchronize_session": False},
+    )  # fmt: skip
+    ids = set(requeued)
+    unsent = and_(Job.enqueued_at.is_(None), Job.created_at < now - unsent_after)
+    stale = Job.enqueued_at < now - resend_after
+    queued = and_(Job.status == JobStatus.QUEUED.value, or_(unsent, stale))
+    ids.update(session.scalars(select(Job.id).where(queued)))
+    return sorted(ids)
 
 
 def _finish_where(session, where, status: JobStatus, code: str, message: str, now) -> int:

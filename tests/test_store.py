@@ -112,7 +112,8 @@ def test_an_expired_lease_is_claimed_again_until_attempts_run_out(db):
             assert job.attempts == attempt
             s.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow()))
     with db.session() as s:
-        assert job_id in jobs.expired_or_unsent(s, timedelta(minutes=1))
+        assert jobs.jobs_to_resend(s, timedelta(minutes=1), timedelta(minutes=1)) == [job_id]
+        assert jobs.get_job(s, job_id).status == JobStatus.QUEUED  # requeued, lease dropped
         assert jobs.claim_jobs(s, [job_id], 60, max_attempts=2) == []
         job = jobs.get_job(s, job_id)
         assert (job.status, job.error_code) == ("failed", "too_many_attempts")
@@ -139,16 +140,27 @@ def test_jobs_list_newest_first_with_a_cursor(db):
         assert [j.id for j in jobs.list_jobs(s, owner, status="canceled")] == [ids[0]]
 
 
-def test_unsent_jobs_are_found_by_the_sweeper(db):
+def test_unsent_and_long_unclaimed_jobs_are_found_by_the_sweeper(db):
     with db.session() as s:
-        job = jobs.create_job(s, new_job(owner="sweep"))
-        sent = jobs.create_job(s, new_job(owner="sweep"))
-        jobs.mark_enqueued(s, [sent.id])
+        unsent, sent, stale = (jobs.create_job(s, new_job(owner="sweep")).id for _ in range(3))
+        jobs.mark_enqueued(s, [sent, stale])
         s.execute(update(Job).where(Job.owner == "sweep").values(
             created_at=utcnow() - timedelta(minutes=5)))  # fmt: skip
+        s.execute(update(Job).where(Job.id == stale).values(
+            enqueued_at=utcnow() - timedelta(minutes=10)))  # fmt: skip
     with db.session() as s:
-        found = jobs.expired_or_unsent(s, timedelta(minutes=1))
-        assert job.id in found and sent.id not in found
+        found = jobs.jobs_to_resend(s, timedelta(minutes=1), timedelta(minutes=5))
+        assert unsent in found and stale in found and sent not in found
+
+
+def test_a_released_job_goes_back_to_the_queue_and_keeps_its_attempt(db):
+    with db.session() as s:
+        job_id = jobs.create_job(s, new_job()).id
+        jobs.claim_jobs(s, [job_id], 60, 3, worker="w1")
+    with db.session() as s:
+        assert jobs.release_job(s, job_id) and not jobs.release_job(s, job_id)
+        (job,) = jobs.claim_jobs(s, [job_id], 60, 3, worker="w2")
+        assert (job.attempts, job.worker) == (2, "w2")
 
 
 def test_concurrent_claims_give_each_job_to_one_worker(db):
