@@ -15,15 +15,10 @@ $(BIN)/captioner: pyproject.toml
 
 install: $(BIN)/captioner
 
-# Generate the shapes set, train a bundle (reused when present), score it, caption a few images.
+# The whole job with no servers: generate the shapes set, train a bundle (reused when present),
+# start the pipeline (embedded mode), caption held-out images through the HTTP API.
 demo: install
-	test -f $(DATA)/shapes/annotations/captions_val.json || \
-		$(BIN)/captioner data shapes $(DATA)/shapes --n 1500
-	test -f $(DATA)/bundle/config.json || \
-		$(BIN)/captioner train --data $(DATA)/shapes --out $(DATA)/bundle --epochs $(EPOCHS) --patience 5
-	$(BIN)/captioner eval $(DATA)/bundle --data $(DATA)/shapes
-	$(BIN)/captioner caption $(DATA)/bundle --beam 3 --attention-png $(DATA)/attention \
-		$$(ls $(DATA)/shapes/images/val/*.png | head -n 6)
+	$(BIN)/captioner demo --data $(DATA) --epochs $(EPOCHS)
 
 test: install
 	$(BIN)/python -m pytest
@@ -33,6 +28,7 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_model.py
+	$(BIN)/python benchmarks/bench_pipeline.py
 
 clean:
 	rm -rf $(VENV) $(DATA)

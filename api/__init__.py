@@ -24,7 +24,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
 def register_blueprints(app: Flask) -> None:
     """Attach every blueprint."""
-    from api import health, jobs
+    from api import attention, batches, health, jobs
 
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
+    app.register_blueprint(attention.bp)
+    app.register_blueprint(batches.bp)

@@ -7,15 +7,16 @@ import binascii
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
 from flask import Blueprint, current_app, jsonify, request
 
 from api.errors import ApiError
-from api.images import inspect_image
+from api.images import ImageInfo, inspect_image
 from api.serialize import encode_cursor, job_json
 from api.services import services
-from api.uploads import read_submission
+from api.uploads import Options, read_submission
 from captioner.broker import enqueue_caption
 from store import jobs
 from store.keys import image_key
@@ -25,37 +26,48 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 OWNER = "default"  # one tenant until API keys exist
 MAX_WAIT_S = 60
 PAGE_MAX = 100
+WAIT_POLL_S = 0.02  # `Prefer: wait` re-reads the job this often: at most 20 ms late
 
 
 @bp.post("")
 def submit_job():
     """Validate, store the image, record the job, enqueue it: 202 (200 if done within wait)."""
     data, options = read_submission(request)
-    svc = services()
-    info = inspect_image(data, svc.settings.max_image_bytes, svc.settings.max_image_pixels)
+    settings = services().settings
+    info = inspect_image(data, settings.max_image_bytes, settings.max_image_pixels)
+    new = stored_job(data, info, options)
+    with services().db.session() as session:
+        jobs.create_job(session, new)
+    enqueue([new.id])
+    return respond_after_wait(new.id)
+
+
+def stored_job(data: bytes, info: ImageInfo, options: Options) -> jobs.NewJob:
+    """Put a checked image in the blob store and describe its job (not yet recorded)."""
     job_id = uuid.uuid4()
     key = image_key(job_id)
-    svc.blobs.put(key, data, f"image/{info.format.lower()}")
-    new = jobs.NewJob(owner=OWNER, image_key=key, image_bytes=len(data),
-                      image_format=info.format, image_width=info.width,
-                      image_height=info.height, beam_size=options.beam_size,
-                      max_length=options.max_length, id=job_id)  # fmt: skip
-    with svc.db.session() as session:
-        jobs.create_job(session, new)
-    enqueue(job_id)
-    return respond_after_wait(job_id)
+    services().blobs.put(key, data, f"image/{info.format.lower()}")
+    return jobs.NewJob(owner=OWNER, image_key=key, image_bytes=len(data),
+                       image_format=info.format, image_width=info.width,
+                       image_height=info.height, beam_size=options.beam_size,
+                       max_length=options.max_length, id=job_id)  # fmt: skip
 
 
-def enqueue(job_id: uuid.UUID) -> None:
-    """Send the id to the broker; if that fails the row stays unsent for the sweeper."""
+def enqueue(job_ids: Sequence[uuid.UUID]) -> None:
+    """Send the ids to the broker; those not sent stay unsent in their rows for the sweeper."""
     svc = services()
-    try:
-        enqueue_caption(svc.celery, str(job_id))
-    except Exception:  # noqa: BLE001 - the job is recorded; the sweeper sends it later
-        current_app.logger.exception("could not enqueue job %s", job_id)
-        return
-    with svc.db.session() as session:
-        jobs.mark_enqueued(session, [job_id])
+    sent = []
+    for job_id in job_ids:
+        try:
+            enqueue_caption(svc.celery, str(job_id))
+        except Exception:  # noqa: BLE001 - the jobs are recorded; the sweeper sends them later
+            # A broker that refused one id would likely make each of the rest wait out a timeout.
+            current_app.logger.exception("could not enqueue job %s", job_id)
+            break
+        sent.append(job_id)
+    if sent:
+        with svc.db.session() as session:
+            jobs.mark_enqueued(session, sent)
 
 
 def respond_after_wait(job_id: uuid.UUID):
@@ -68,7 +80,7 @@ def respond_after_wait(job_id: uuid.UUID):
             body = job_json(job)
         if JobStatus(job.status).is_terminal or time.monotonic() >= deadline:
             break
-        time.sleep(0.05)
+        time.sleep(WAIT_POLL_S)
     done = JobStatus(job.status).is_terminal
     response = jsonify(body)
     response.status_code = 200 if done else 202

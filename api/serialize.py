@@ -1,4 +1,4 @@
-"""The JSON shape of a job, as GET returns it (and webhooks will send it)."""
+"""The JSON shapes of a job and a batch, as GET returns them (and webhooks will send them)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import url_for
 
-from store.models import Job, JobStatus, as_utc
+from store.models import Batch, Job, JobStatus, as_utc
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -45,13 +45,34 @@ def job_json(job: Job) -> dict[str, Any]:
 
 
 def job_urls(job: Job, done: bool) -> dict[str, str]:
-    """Links to the job and, once it succeeded, to its attention map."""
+    """Links to the job, its batch if any, and, once it succeeded, its attention map."""
     urls = {"self": url_for("jobs.get_job", job_id=job.id),
             "cancel": url_for("jobs.cancel_job", job_id=job.id)}  # fmt: skip
+    if job.batch_id:
+        urls["batch"] = url_for("batches.get_batch", batch_id=job.batch_id)
     if done:
-        urls["attention"] = urls["self"] + "/attention"
-        urls["attention_png"] = urls["self"] + "/attention.png"
+        urls["attention"] = url_for("attention.get_attention", job_id=job.id)
+        urls["attention_png"] = url_for("attention.get_attention_png", job_id=job.id)
     return urls
+
+
+def batch_json(batch: Batch, jobs: list[Job]) -> dict[str, Any]:
+    """Progress of a batch: `running` until every job is terminal, counts per status, its jobs."""
+    counts = {status.value: 0 for status in JobStatus}
+    for job in jobs:
+        counts[job.status] += 1
+    done = all(JobStatus(job.status).is_terminal for job in jobs)
+    finished = [as_utc(job.finished_at) for job in jobs if job.finished_at]
+    return {
+        "id": str(batch.id),
+        "size": batch.size,
+        "status": "completed" if done else "running",
+        "counts": counts,
+        "created_at": iso(batch.created_at),
+        "finished_at": iso(max(finished)) if done and finished else None,
+        "jobs": [job_json(job) for job in jobs],
+        "urls": {"self": url_for("batches.get_batch", batch_id=batch.id)},
+    }
 
 
 def encode_cursor(job: Job) -> str:

@@ -1,4 +1,4 @@
-"""Reading a submission: a multipart file or base64 JSON, plus validated options."""
+"""Reading a submission: one image or a batch, as multipart files or base64 JSON, plus options."""
 
 from __future__ import annotations
 
@@ -10,17 +10,19 @@ from typing import Any
 from flask import Request
 
 from api.errors import ApiError
+from store.jobs import DEFAULT_BEAM_SIZE, DEFAULT_MAX_LENGTH
 
 LIMITS = {"beam_size": (1, 10), "max_length": (1, 50)}
-DEFAULTS = {"beam_size": 1, "max_length": 20}
+DEFAULTS = {"beam_size": DEFAULT_BEAM_SIZE, "max_length": DEFAULT_MAX_LENGTH}
+MAX_BATCH = 100
 
 
 @dataclass(frozen=True)
 class Options:
     """Per-job decoding options."""
 
-    beam_size: int = 1
-    max_length: int = 20
+    beam_size: int = DEFAULT_BEAM_SIZE
+    max_length: int = DEFAULT_MAX_LENGTH
 
 
 def read_submission(request: Request) -> tuple[bytes, Options]:
@@ -30,28 +32,57 @@ def read_submission(request: Request) -> tuple[bytes, Options]:
         if upload is None:
             raise ApiError(400, "missing_image", "send the image as a multipart file named 'image'")
         return upload.read(), parse_options(request.form)
-    if request.mimetype == "application/json":
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            raise ApiError(400, "invalid_json", "the body must be a JSON object")
-        return decode_base64(body.get("image")), parse_options(body)
-    raise ApiError(
-        415,
-        "unsupported_media_type",
-        "send multipart/form-data with an 'image' file, or JSON with base64 'image'",
-    )
+    body = json_object(request, "an 'image' file", "base64 'image'")
+    return decode_base64(body.get("image"), "'image'"), parse_options(body)
 
 
-def decode_base64(value: Any) -> bytes:
-    """Standard base64 (a data: URL prefix is allowed) to bytes."""
+def read_batch(request: Request) -> tuple[list[bytes], Options]:
+    """The images (in order) and shared options of a batch POST, or a 4xx ApiError."""
+    if request.mimetype == "multipart/form-data":
+        uploads = request.files.getlist("images")
+        check_batch_size(len(uploads))
+        return [upload.read() for upload in uploads], parse_options(request.form)
+    body = json_object(request, "files named 'images'", "a list of base64 'images'")
+    values = body.get("images", [])
+    if not isinstance(values, list):
+        raise ApiError(400, "invalid_images", "'images' must be a list of base64 strings")
+    check_batch_size(len(values))
+    images = [decode_base64(value, f"images[{i}]") for i, value in enumerate(values)]
+    return images, parse_options(body)
+
+
+def check_batch_size(count: int) -> None:
+    """A 400 unless a batch holds from 1 to MAX_BATCH images."""
+    if count == 0:
+        raise ApiError(400, "empty_batch", "a batch needs at least one image under 'images'")
+    if count > MAX_BATCH:
+        raise ApiError(400, "batch_too_large", f"{count} images; a batch holds at most {MAX_BATCH}")
+
+
+def json_object(request: Request, multipart_hint: str, json_hint: str) -> dict[str, Any]:
+    """The JSON object in the body; 415 for other media types, 400 for other JSON."""
+    if request.mimetype != "application/json":
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send multipart/form-data with {multipart_hint}, or JSON with {json_hint}",
+        )
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    return body
+
+
+def decode_base64(value: Any, name: str = "'image'") -> bytes:
+    """Standard base64 (a data: URL prefix is allowed) to bytes; `name` says where it was."""
     if not isinstance(value, str) or not value:
-        raise ApiError(400, "missing_image", "'image' must be a base64 string")
+        raise ApiError(400, "missing_image", f"{name} must be a base64 string")
     if value.startswith("data:"):
         value = value.partition(",")[2]
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(400, "invalid_base64", "'image' is not valid base64") from None
+        raise ApiError(400, "invalid_base64", f"{name} is not valid base64") from None
 
 
 def parse_options(source) -> Options:

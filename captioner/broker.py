@@ -8,6 +8,7 @@ from captioner.settings import Settings
 
 QUEUES = ("inference", "training", "webhooks")
 CAPTION_TASK = "worker.caption"  # the API enqueues by name and never imports worker code
+SWEEP_TASK = "worker.sweep"
 
 
 def make_celery(settings: Settings, name: str = "captioner") -> Celery:
@@ -18,11 +19,14 @@ def make_celery(settings: Settings, name: str = "captioner") -> Celery:
         folder = settings.data_dir / "broker"
         (folder / "out").mkdir(parents=True, exist_ok=True)
         (folder / "processed").mkdir(parents=True, exist_ok=True)
+        (folder / "control").mkdir(parents=True, exist_ok=True)
         options = {
             "data_folder_in": str(folder / "out"),
             "data_folder_out": str(folder / "out"),
             "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),  # remote control (default: ./control)
             "store_processed": False,
+            "polling_interval": 0.05,  # seconds; the default 1 s would add to every job's latency
         }
     else:
         # Longer than any task may run, or Redis hands an unacknowledged task out twice.

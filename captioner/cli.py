@@ -1,4 +1,4 @@
-"""The `captioner` command: make data, train, caption and evaluate from the shell."""
+"""The `captioner` command: make data, train, caption, evaluate, and run the service."""
 
 from __future__ import annotations
 
@@ -75,6 +75,11 @@ def parser() -> argparse.ArgumentParser:
     _encoder_option(evaluate, "the bundle's")
     evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
     evaluate.set_defaults(run=run_eval)
+
+    from captioner import demo, service
+
+    service.add_commands(commands)
+    demo.add_command(commands)
     return root
 
 
@@ -104,7 +109,9 @@ def run_data_shapes(args: argparse.Namespace) -> None:
     from model.shapes import write_shapes_dataset
 
     with progress_bar(args.n, "images") as bar:
-        write_shapes_dataset(args.out, args.n, args.seed, args.val_fraction, bar.update)
+        # The callback reports images done so far; tqdm's update takes the increment.
+        write_shapes_dataset(args.out, args.n, args.seed, args.val_fraction,
+                             lambda done: bar.update(done - bar.n))  # fmt: skip
     print(f"wrote {args.n} images and COCO annotations to {args.out}")
 
 

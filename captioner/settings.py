@@ -77,6 +77,28 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
     )  # fmt: skip
 
 
+def to_env(settings: Settings) -> dict[str, str]:
+    """The environment variables that `from_env` reads back as `settings` (for child processes)."""
+    optional = {
+        "S3_BUCKET": settings.s3_bucket, "S3_ENDPOINT_URL": settings.s3_endpoint_url,
+        "AWS_ACCESS_KEY_ID": settings.s3_access_key,
+        "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key,
+        "MODEL_BUNDLE": settings.model_bundle, "ENCODER_WEIGHTS": settings.encoder_weights,
+    }  # fmt: skip
+    env = {
+        "CAPTIONER_DATA_DIR": settings.data_dir, "DATABASE_URL": settings.database_url,
+        "BROKER_URL": settings.broker_url, "AWS_REGION": settings.s3_region,
+        "BATCH_MAX_SIZE": settings.batch_max_size,
+        "BATCH_MAX_WAIT_MS": settings.batch_max_wait_ms,
+        "MAX_IMAGE_BYTES": settings.max_image_bytes,
+        "MAX_IMAGE_PIXELS": settings.max_image_pixels,
+        "JOB_MAX_ATTEMPTS": settings.job_max_attempts,
+        "JOB_LEASE_SECONDS": settings.job_lease_seconds,
+    }  # fmt: skip
+    env |= {name: value for name, value in optional.items() if value is not None}
+    return {name: str(value) for name, value in env.items()}
+
+
 # Variables production needs set for every service (docker-compose is checked against this).
 REQUIRED_IN_PRODUCTION = ("DATABASE_URL", "BROKER_URL", "S3_BUCKET")
 

@@ -84,12 +84,13 @@ class Decoding:
 
         return tf.function(run, input_signature=[spec], jit_compile=self.xla)
 
-    def warm_up(self, max_batch: int, beam_size: int = 1) -> None:
+    def warm_up(self, max_batch: int, beam_size: int = 1, max_length: int | None = None) -> None:
         """Compile every batch bucket up to `max_batch`, so no request waits for XLA."""
         config = self.bundle.config
         size = 1
         while size <= bucket(max_batch):
-            self.search(np.zeros((size, config.num_locations, config.feature_dim)), beam_size)
+            features = np.zeros((size, config.num_locations, config.feature_dim))
+            self.search(features, beam_size, max_length)
             size = bucket(size + 1)
 
     def caption_features(
@@ -147,7 +148,7 @@ class Captioner:
         """Decode image files (raising ImageError for bad bytes) and caption them."""
         return self.caption_batch(np.stack([decode_image(data) for data in images]), **options)
 
-    def warm_up(self, max_batch: int = 1) -> None:
+    def warm_up(self, max_batch: int = 1, max_length: int | None = None) -> None:
         """Run the encoder once and compile the decoder for every batch size up to `max_batch`."""
         self.caption_batch(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32))
-        self.decoding.warm_up(max_batch)
+        self.decoding.warm_up(max_batch, max_length=max_length)

@@ -12,6 +12,9 @@ from sqlalchemy.orm import Session
 
 from store.models import TERMINAL, Job, JobStatus, as_utc, utcnow
 
+DEFAULT_BEAM_SIZE = 1  # greedy
+DEFAULT_MAX_LENGTH = 20  # words
+
 
 @dataclass(frozen=True)
 class NewJob:
@@ -23,8 +26,8 @@ class NewJob:
     image_format: str
     image_width: int
     image_height: int
-    beam_size: int = 1
-    max_length: int = 20
+    beam_size: int = DEFAULT_BEAM_SIZE
+    max_length: int = DEFAULT_MAX_LENGTH
     webhook_url: str | None = None
     webhook_events: list[str] | None = None
     batch_id: uuid.UUID | None = None

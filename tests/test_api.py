@@ -4,66 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 
 import pytest
-import redis
-from PIL import Image
 
 from api import create_app
-from captioner.settings import Settings
-from store.migrate import upgrade
-from tests.databases import fresh_postgres
-from tests.s3 import ACCESS_KEY, REGION, SECRET_KEY, moto_s3_server
+from tests.api_helpers import png, queued_ids
 
-REDIS_URL = "redis://127.0.0.1:6379/11"  # a database of its own, emptied by the fixture
-
-
-@pytest.fixture(scope="module")
-def settings(tmp_path_factory):
-    """Production-mode settings on throwaway Postgres, Redis and S3."""
-    with moto_s3_server() as endpoint, fresh_postgres() as database_url:
-        upgrade(database_url)
-        yield Settings(
-            data_dir=tmp_path_factory.mktemp("api"), database_url=database_url,
-            broker_url=REDIS_URL, s3_bucket="api-tests", s3_endpoint_url=endpoint,
-            s3_region=REGION, s3_access_key=ACCESS_KEY, s3_secret_key=SECRET_KEY,
-            max_image_bytes=200_000, max_image_pixels=1_000_000,
-        )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def app(settings):
-    app = create_app(settings)
-    app.extensions["captioner"].blobs.ensure_bucket()
-    yield app
-    app.extensions["captioner"].db.dispose()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
-def queue():
-    """The inference queue in Redis, emptied before each test."""
-    connection = redis.Redis.from_url(REDIS_URL)
-    connection.flushdb()
-    yield connection
-    connection.close()
-
-
-def queued_ids(connection) -> list[str]:
-    """Job ids waiting on the inference queue (Celery messages, oldest first)."""
-    messages = [json.loads(raw) for raw in reversed(connection.lrange("inference", 0, -1))]
-    return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
-
-
-def png(size=(64, 48)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (200, 30, 30)).save(buffer, "PNG")
-    return buffer.getvalue()
+pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, queue
 
 
 def test_multipart_upload_is_stored_recorded_and_enqueued(client, app, queue):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from captioner.settings import SettingsError, from_env
+from captioner.settings import Settings, SettingsError, from_env, to_env
 
 
 def test_nothing_set_means_embedded_under_one_data_dir(tmp_path):
@@ -32,3 +34,17 @@ def test_bad_numbers_are_named(value):
 def test_secrets_stay_out_of_the_repr():
     settings = from_env({"AWS_SECRET_ACCESS_KEY": "hunter2", "AWS_ACCESS_KEY_ID": "AKIA"})
     assert "hunter2" not in repr(settings) and "AKIA" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        Settings(Path("/d"), "sqlite:////d/c.db", "filesystem://", None),
+        Settings(Path("/d"), "postgresql+psycopg2://u:p@h/db", "redis://h:6379/0", "bucket",
+                 s3_endpoint_url="http://minio:9000", s3_access_key="a", s3_secret_key="s",
+                 model_bundle=Path("/models/current"), encoder_weights="seed:3",
+                 batch_max_size=8, batch_max_wait_ms=20, job_lease_seconds=60),
+    ],
+)  # fmt: skip
+def test_child_processes_read_back_the_same_settings(settings):
+    assert from_env(to_env(settings)) == settings

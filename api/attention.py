@@ -1,0 +1,99 @@
+"""/v1/jobs/{id}/attention: a succeeded job's attention weights, raw, as JSON, or as a picture."""
+
+from __future__ import annotations
+
+import io
+import math
+import uuid
+
+import numpy as np
+from flask import Blueprint, jsonify, request, send_file
+from PIL import Image, ImageOps
+
+from api.errors import ApiError
+from api.jobs import find_job
+from api.services import services
+from captioner.plots import render_attention_grid
+from store.blobs import BlobNotFound
+from store.keys import attention_key, attention_png_key, image_key
+from store.models import Job, JobStatus
+
+bp = Blueprint("attention", __name__, url_prefix="/v1/jobs")
+FORMATS = ("npy", "json")
+
+
+@bp.get("/<uuid:job_id>/attention")
+def get_attention(job_id: uuid.UUID):
+    """The (T, 64) float16 weights as the stored .npy, or as T grids of 8×8 with `?format=json`."""
+    form = request.args.get("format", "npy")
+    if form not in FORMATS:
+        raise ApiError(400, "invalid_format", f"format must be one of {list(FORMATS)}")
+    job = succeeded_job(job_id)
+    data = stored_blob(attention_key(job.id), "attention_missing", "attention weights")
+    if form == "npy":
+        return send_file(io.BytesIO(data), mimetype="application/octet-stream",
+                         as_attachment=True, download_name=f"{job.id}.attention.npy")  # fmt: skip
+    weights = parse_attention(job, data)  # (T, g*g)
+    grid = math.isqrt(weights.shape[1])
+    cells = weights.astype(np.float64).reshape(len(weights), grid, grid)  # (T, g, g)
+    return jsonify({"job_id": str(job.id), "tokens": job.tokens, "shape": list(cells.shape),
+                    "attention": cells.round(6).tolist()})  # fmt: skip
+
+
+@bp.get("/<uuid:job_id>/attention.png")
+def get_attention_png(job_id: uuid.UUID):
+    """The per-word heat-map grid as a PNG, rendered on first request and cached in blobs."""
+    job = succeeded_job(job_id)
+    blobs = services().blobs
+    try:
+        picture = blobs.get(attention_png_key(job.id))
+    except BlobNotFound:
+        picture = render_png(job)
+        blobs.put(attention_png_key(job.id), picture, "image/png")
+    return send_file(io.BytesIO(picture), mimetype="image/png")
+
+
+def succeeded_job(job_id: uuid.UUID) -> Job:
+    """The caller's job if it succeeded; 404 when unknown, 409 while it has no attention."""
+    with services().db.session() as session:
+        job = find_job(session, job_id)
+    if job.status != JobStatus.SUCCEEDED:
+        raise ApiError(409, "attention_not_ready", f"the job is {job.status}; attention "
+                       "exists once it has succeeded")  # fmt: skip
+    return job
+
+
+def stored_blob(key: str, code: str, what: str) -> bytes:
+    """The blob under `key`, or a 404 with `code` when it is gone."""
+    try:
+        return services().blobs.get(key)
+    except BlobNotFound:
+        raise ApiError(404, code, f"the {what} are not in the blob store ({key})") from None
+
+
+def parse_attention(job: Job, data: bytes) -> np.ndarray:
+    """The .npy as a (T, g*g) array with one row per token, or a 500 naming the job."""
+    try:
+        weights = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ApiError(500, "attention_unreadable", f"job {job.id}: {exc}") from None
+    tokens, cells = len(job.tokens or ()), weights.shape[-1] if weights.ndim else 0
+    fits = weights.ndim == 2 and cells > 0 and math.isqrt(cells) ** 2 == cells
+    if not fits or len(weights) != tokens or not np.issubdtype(weights.dtype, np.floating):
+        message = f"job {job.id}: attention {weights.shape} does not fit {tokens} tokens"
+        raise ApiError(500, "attention_unreadable", message)
+    return weights
+
+
+def render_png(job: Job) -> bytes:
+    """Draw the grid from the stored weights and the original image."""
+    data = stored_blob(attention_key(job.id), "attention_missing", "attention weights")
+    weights = parse_attention(job, data)  # (T, g*g)
+    original = stored_blob(image_key(job.id), "image_missing", "original image bytes")
+    with Image.open(io.BytesIO(original)) as image:
+        image.seek(0)
+        picture = ImageOps.exif_transpose(image).convert("RGB")
+    grid = render_attention_grid(picture, job.tokens, weights.astype(np.float32))
+    buffer = io.BytesIO()
+    grid.save(buffer, "PNG")
+    return buffer.getvalue()

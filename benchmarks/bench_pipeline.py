@@ -1,0 +1,190 @@
+"""The whole pipeline against the bare model, in one run on one machine.
+
+Prints one JSON object. Run from the repository root (Postgres and Redis running):
+`python benchmarks/bench_pipeline.py [--jobs 256] [--batch 32]`.
+
+- `raw_images_per_s`: `Captioner.caption_batch` on pre-decoded images at the worker's batch
+  size, in this process, measured before and after the pipeline runs (the mean is reported).
+- `pipeline_jobs_per_s`: jobs submitted over HTTP by 8 client threads as fast as the API takes
+  them, through Redis to one worker process, to `succeeded` in Postgres with attention in S3
+  (moto). The rate is taken over the middle 80% of completions, leaving out ramp-up and drain.
+- `p50_ms`, `p95_ms`: one job at a time (low load), from the HTTP request to the answer that
+  it succeeded (`Prefer: wait`), measured by the client.
+- `single_image_ms`: `caption_batch` on one pre-decoded image, in this process.
+The decoder has the full-size vocabulary with random weights and `<end>` suppressed, so every
+caption runs all 20 steps: the slowest case for decoding, as in bench_model.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import redis  # noqa: E402
+
+from benchmarks.bench_model import full_size_bundle  # noqa: E402
+from captioner.client import Client  # noqa: E402
+from captioner.processes import api_server, start_worker, stop, wait_ready  # noqa: E402
+from captioner.settings import Settings  # noqa: E402
+from model.bundle import load_bundle, save_bundle  # noqa: E402
+from model.encoder import Encoder  # noqa: E402
+from model.images import decode_image  # noqa: E402
+from model.inference import Captioner  # noqa: E402
+from model.shapes import write_shapes_dataset  # noqa: E402
+from store.blobs import open_blob_store  # noqa: E402
+from store.migrate import upgrade  # noqa: E402
+from tests.databases import fresh_postgres  # noqa: E402
+from tests.s3 import ACCESS_KEY, REGION, SECRET_KEY, moto_s3_server  # noqa: E402
+
+REDIS_URL = "redis://127.0.0.1:6379/13"
+
+
+def raw_images_per_s(captioner: Captioner, images: np.ndarray, batch: int, reps: int) -> float:
+    """Median images/s of caption_batch at `batch` (after one warm-up call)."""
+    chunk = images[:batch]
+    captioner.caption_batch(chunk)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        captioner.caption_batch(chunk)
+        times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
+
+
+def single_image_ms(captioner: Captioner, images: np.ndarray, reps: int) -> float:
+    """Median milliseconds to caption one pre-decoded image."""
+    captioner.caption_batch(images[:1])
+    times = []
+    for i in range(reps):
+        start = time.perf_counter()
+        captioner.caption_batch(images[i % len(images)][None])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def low_load_latency(client: Client, pngs: list[bytes], n: int) -> list[float]:
+    """End-to-end milliseconds of `n` jobs sent one at a time, each waited for."""
+    client.submit(pngs[0], wait=60)  # the first request opens connections
+    latencies = []
+    for i in range(n):
+        start = time.perf_counter()
+        job = client.submit(pngs[i % len(pngs)], wait=60)
+        latencies.append((time.perf_counter() - start) * 1000)
+        if job["status"] != "succeeded":
+            raise RuntimeError(f"job ended {job['status']}: {job['error']}")
+    return latencies
+
+
+def saturation(client: Client, pngs: list[bytes], n: int) -> dict:
+    """Submit `n` jobs from 8 threads at once; the sustained completion rate and batch sizes."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        ids = [
+            job["id"] for job in pool.map(client.submit, (pngs[i % len(pngs)] for i in range(n)))
+        ]
+    submitted_s = time.perf_counter() - started
+    jobs = [client.wait_for(job_id, timeout=1200) for job_id in ids]
+    if any(job["status"] != "succeeded" for job in jobs):
+        raise RuntimeError("some jobs did not succeed")
+    finished = sorted(datetime.datetime.fromisoformat(j["timings"]["finished_at"]) for j in jobs)
+    low, high = n // 10, n - 1 - n // 10
+    window = (finished[high] - finished[low]).total_seconds()
+    sizes = [job["timings"]["batch_size"] for job in jobs]
+    return {
+        "pipeline_jobs_per_s": (high - low) / window,
+        "overall_jobs_per_s": n / (time.perf_counter() - started),
+        "submit_s": submitted_s,
+        "mean_batch_size": statistics.mean(sizes),
+        "max_batch_size": max(sizes),
+    }
+
+
+def make_inputs(workdir: Path, encoder: Encoder) -> tuple[Path, list[bytes], np.ndarray]:
+    """A saved full-size random bundle, 64 shapes PNGs, and the same images decoded."""
+    bundle = save_bundle(full_size_bundle(encoder), workdir / "bundle")
+    write_shapes_dataset(workdir / "shapes", 64, seed=3, val_fraction=0.0)
+    paths = sorted((workdir / "shapes" / "images" / "train").glob("*.png"))
+    pngs = [p.read_bytes() for p in paths]
+    return bundle, pngs, np.stack([decode_image(data) for data in pngs])
+
+
+def run_pipeline(workdir: Path, bundle: Path, pngs: list[bytes], args) -> dict:
+    """Postgres, Redis, moto S3, one worker process and the API: latency, then saturation."""
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    with moto_s3_server() as endpoint, fresh_postgres() as database_url:
+        upgrade(database_url)
+        settings = Settings(
+            data_dir=workdir / "service", database_url=database_url, broker_url=REDIS_URL,
+            s3_bucket="bench", s3_endpoint_url=endpoint, s3_region=REGION,
+            s3_access_key=ACCESS_KEY, s3_secret_key=SECRET_KEY, model_bundle=bundle,
+            batch_max_size=args.batch, batch_max_wait_ms=args.max_wait_ms,
+        )  # fmt: skip
+        open_blob_store(settings).ensure_bucket()
+        log = workdir / "worker.log"
+        worker = start_worker(settings, log, "bench@%h")
+        try:
+            wait_ready(worker, log)
+            with api_server(settings) as url:
+                client = Client(url)
+                latencies = low_load_latency(client, pngs, args.latency_jobs)
+                figures = saturation(client, pngs, args.jobs)
+        finally:
+            stop([worker])
+    return figures | {
+        "p50_ms": statistics.median(latencies),
+        "p95_ms": float(np.percentile(latencies, 95)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=256, help="jobs in the saturation run")
+    parser.add_argument("--latency-jobs", type=int, default=30, help="jobs sent one at a time")
+    parser.add_argument("--batch", type=int, default=32, help="the worker's BATCH_MAX_SIZE")
+    parser.add_argument("--max-wait-ms", type=int, default=50, help="BATCH_MAX_WAIT_MS")
+    parser.add_argument("--reps", type=int, default=7)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        encoder = Encoder("seed:0")
+        bundle, pngs, images = make_inputs(workdir, encoder)
+        captioner = Captioner(load_bundle(bundle), encoder)
+        raw_before = raw_images_per_s(captioner, images, args.batch, args.reps)
+        single = single_image_ms(captioner, images, args.reps * 3)
+        figures = run_pipeline(workdir, bundle, pngs, args)
+        raw_after = raw_images_per_s(captioner, images, args.batch, args.reps)
+    raw = (raw_before + raw_after) / 2
+    result = {
+        "pipeline_jobs_per_s": round(figures.pop("pipeline_jobs_per_s"), 2),
+        "raw_images_per_s": round(raw, 2),
+        "ratio": None,
+        "p50_ms": round(figures.pop("p50_ms"), 1),
+        "p95_ms": round(figures.pop("p95_ms"), 1),
+        "single_image_ms": round(single, 1),
+        "raw_before": round(raw_before, 2),
+        "raw_after": round(raw_after, 2),
+        **{key: round(value, 2) for key, value in figures.items()},
+        "batch": args.batch, "jobs": args.jobs, "latency_jobs": args.latency_jobs,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "date": datetime.date.today().isoformat(),
+    }  # fmt: skip
+    result["ratio"] = round(result["pipeline_jobs_per_s"] / raw, 3)
+    result["p50_minus_single_ms"] = round(result["p50_ms"] - result["single_image_ms"], 1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

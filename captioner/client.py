@@ -1,0 +1,75 @@
+"""A small HTTP client for the API (standard library only), used by the demo and benchmarks."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
+
+
+class ApiError(RuntimeError):
+    """The API answered with an error status; `code` is its error code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+
+
+class Client:
+    """Calls the captioner API at `base_url` (no proxies: it is usually on loopback)."""
+
+    def __init__(self, base_url: str, timeout: float = 120) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def submit(self, image: bytes, wait: float = 0, **options: Any) -> dict:
+        """POST /v1/jobs with base64 image data; `wait` asks the API to hold for the result."""
+        headers = {"Prefer": f"wait={wait:g}"} if wait else {}
+        body = {"image": base64.b64encode(image).decode(), **options}
+        return self.request("POST", "/v1/jobs", body, headers)
+
+    def submit_batch(self, images: list[bytes], **options: Any) -> dict:
+        """POST /v1/batches with up to 100 images."""
+        body = {"images": [base64.b64encode(i).decode() for i in images], **options}
+        return self.request("POST", "/v1/batches", body)
+
+    def job(self, job_id: str) -> dict:
+        """GET /v1/jobs/{id}."""
+        return self.request("GET", f"/v1/jobs/{job_id}")
+
+    def wait_for(self, job_id: str, timeout: float = 300, poll_s: float = 0.1) -> dict:
+        """Poll a job until its status is terminal."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["status"] in TERMINAL:
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout} s")
+            time.sleep(poll_s)
+
+    def request(self, method: str, path: str, body: Any = None, headers=None) -> dict:
+        """Send a JSON request and decode the JSON answer; raises ApiError on 4xx/5xx."""
+        data = json.dumps(body).encode() if body is not None else None
+        return json.loads(self.get_bytes(path, method, data, headers or {}))
+
+    def get_bytes(self, path: str, method: str = "GET", data: bytes | None = None,
+                  headers: dict | None = None) -> bytes:  # fmt: skip
+        """The raw body of a response (for .npy and .png downloads)."""
+        request = urllib.request.Request(self.base_url + path, data, method=method)
+        request.add_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            request.add_header(name, value)
+        try:
+            with self._opener.open(request, timeout=self.timeout) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            error = json.loads(exc.read() or b"{}").get("error", {})
+            raise ApiError(exc.code, error.get("code", "?"), error.get("message", "")) from None

@@ -1,0 +1,143 @@
+"""Service commands: `captioner migrate | worker | beat | api | up`.
+
+Each reads the settings from the environment; with nothing set they run the embedded mode
+(SQLite, local blobs and the filesystem broker under CAPTIONER_DATA_DIR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from captioner.broker import QUEUES
+from captioner.processes import api_server, background, worker_command
+from captioner.settings import Settings, from_env
+
+WORKER_CONCURRENCY = 4  # training and webhook workers: the work is I/O or one run at a time
+
+
+def add_commands(commands) -> None:
+    """Register the service subcommands on the CLI's subparsers."""
+    migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
+    migrate.set_defaults(run=run_migrate)
+
+    worker = commands.add_parser("worker", help="run a Celery worker")
+    worker.add_argument("--queue", default="inference",
+                        help=f"comma-separated queues from {', '.join(QUEUES)}")  # fmt: skip
+    worker.add_argument("--gpus", choices=["all", "none"], default="none",
+                        help="all: a process per visible GPU (one CPU worker if none)")  # fmt: skip
+    worker.add_argument("--name", help="Celery node name (default: QUEUE@HOSTNAME)")
+    worker.add_argument("--concurrency", type=int, help="pool threads (default: 2 × batch size)")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(run=run_worker)
+
+    beat = commands.add_parser("beat", help="run the scheduler that triggers the sweeper")
+    beat.set_defaults(run=run_beat)
+
+    for name, text in (("api", "serve the HTTP API"), ("up", "run the API and the workers")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--host", default="127.0.0.1")
+        command.add_argument("--port", type=int, default=8000)
+        command.set_defaults(run=run_api if name == "api" else run_up)
+
+
+def run_migrate(_args: argparse.Namespace) -> None:
+    """Bring the database schema to the newest migration."""
+    settings = from_env()
+    migrate(settings)
+    print(f"database schema is up to date ({redact(settings.database_url)})")
+
+
+def migrate(settings: Settings) -> None:
+    """Upgrade the schema (creating the data directory for the embedded database)."""
+    from store.migrate import upgrade
+
+    if settings.embedded:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """A worker on the given queues; with `--gpus all`, one pinned process per GPU."""
+    from worker.gpus import child_argv, plan_workers, supervise, visible_gpus
+
+    queues = [q.strip() for q in args.queue.split(",") if q.strip()]
+    unknown = sorted(set(queues) - set(QUEUES))
+    if unknown or not queues:
+        raise ValueError(f"unknown queue {unknown or args.queue!r}; choose from {QUEUES}")
+    name = args.name or f"{queues[0]}@%h"
+    if args.gpus == "all" and "inference" in queues:
+        plan = plan_workers(visible_gpus(), name)
+        if plan[0].env:  # at least one GPU: a pinned child process each
+            return supervise(plan, child_argv(",".join(queues)))
+    return start_worker(from_env(), queues, name, args.concurrency, args.loglevel)
+
+
+def start_worker(settings: Settings, queues: list[str], name: str, concurrency: int | None,
+                 loglevel: str) -> int:  # fmt: skip
+    """Run a Celery worker in this process until it is stopped."""
+    from worker.app import create_worker_app
+
+    if settings.embedded:
+        migrate(settings)
+    if concurrency is None:
+        inference = "inference" in queues
+        concurrency = 2 * settings.batch_max_size if inference else WORKER_CONCURRENCY
+    app = create_worker_app(settings)
+    app.worker_main([
+        "worker", "--queues", ",".join(queues), "--hostname", name, "--pool", "threads",
+        "--concurrency", str(concurrency), "--loglevel", loglevel,
+        "--without-gossip", "--without-mingle",
+    ])  # fmt: skip
+    return 0
+
+
+def run_beat(_args: argparse.Namespace) -> None:
+    """Celery beat with the sweeper's schedule (run exactly one)."""
+    from worker.app import create_worker_app
+
+    settings = from_env()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    schedule = settings.data_dir / "celerybeat-schedule"
+    create_worker_app(settings).start(["beat", "--schedule", str(schedule), "--loglevel", "INFO"])
+
+
+def run_api(args: argparse.Namespace) -> None:
+    """The API on a threaded development server (production uses gunicorn: see the README)."""
+    settings = from_env()
+    if settings.embedded:
+        migrate(settings)
+    serve_api(settings, args.host, args.port)
+
+
+def serve_api(settings: Settings, host: str, port: int) -> None:
+    """Serve the API until interrupted."""
+    with api_server(settings, host, port) as url:
+        print(f"API on {url}  (data: {settings.data_dir}); Ctrl-C stops", file=sys.stderr)
+        threading.Event().wait()
+
+
+def run_up(args: argparse.Namespace) -> None:
+    """Migrate, start an inference worker (one per GPU) and the sweeper, then serve the API."""
+    settings = from_env()
+    migrate(settings)
+    stop_on_sigterm()
+    workers = [*worker_command("inference"), "--gpus", "all"]
+    with background([workers, [sys.executable, "-m", "captioner", "beat"]]):
+        serve_api(settings, args.host, args.port)
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM into a normal exit, so the child processes are stopped on the way out."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
+def redact(url: str) -> str:
+    """A database URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':')[0]}:***@{host}"

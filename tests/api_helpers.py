@@ -1,0 +1,29 @@
+"""Test helper (not a test module): what the API tests share besides fixtures."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+from PIL import Image
+
+REDIS_URL = "redis://127.0.0.1:6379/11"  # a database of its own, emptied by the `queue` fixture
+
+
+def queued_ids(connection) -> list[str]:
+    """Job ids waiting on the inference queue (Celery messages, oldest first)."""
+    messages = [json.loads(raw) for raw in reversed(connection.lrange("inference", 0, -1))]
+    return [json.loads(base64.b64decode(m["body"]))[0][0] for m in messages]
+
+
+def png(size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    """A small solid-colour PNG."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def b64(data: bytes) -> str:
+    """Standard base64 text, as JSON submissions carry images."""
+    return base64.b64encode(data).decode()

@@ -1,0 +1,174 @@
+"""/v1/jobs/{id}/attention[.png] against real Postgres and moto S3, on jobs the store finished."""
+
+from __future__ import annotations
+
+import io
+import uuid
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from api.jobs import OWNER
+from captioner.plots import LABEL_HEIGHT, MARGIN, tile_box
+from store import jobs
+from store.keys import attention_key, attention_png_key, image_key
+from tests.api_helpers import b64, png
+
+pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, queue
+
+TOKENS = ["a", "red", "circle"]
+
+
+def weights(rows: int = len(TOKENS)) -> np.ndarray:
+    """Attention as the worker stores it: (T, 64) float16, each row summing to about 1."""
+    raw = np.random.default_rng(rows).random((rows, 64))
+    return (raw / raw.sum(axis=1, keepdims=True)).astype(np.float16)
+
+
+def npy(array: np.ndarray) -> bytes:
+    """The array as .npy bytes."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def succeeded_job(app, attention: bytes | None, image: bytes | None = None) -> uuid.UUID:
+    """A job taken through create, claim and finish; `attention` None leaves its .npy out."""
+    svc, job_id = app.extensions["captioner"], uuid.uuid4()
+    svc.blobs.put(image_key(job_id), image or png(), "image/png")
+    new = jobs.NewJob(owner=OWNER, image_key=image_key(job_id), image_bytes=1,
+                      image_format="PNG", image_width=64, image_height=48, id=job_id)  # fmt: skip
+    with svc.db.session() as session:
+        jobs.create_job(session, new)
+    with svc.db.session() as session:
+        [job] = jobs.claim_jobs(session, [job_id], lease_seconds=60, max_attempts=3)
+        result = jobs.JobResult(caption=" ".join(TOKENS), tokens=TOKENS,
+                                token_log_probs=[-0.1] * len(TOKENS), model_version="v1",
+                                attention_key=attention_key(job_id),
+                                attention_shape=[len(TOKENS), 64], predict_ms=1.0,
+                                batch_size=1)  # fmt: skip
+        assert jobs.finish_job(session, job, result)
+    if attention is not None:
+        svc.blobs.put(attention_key(job_id), attention)
+    return job_id
+
+
+def test_raw_attention_is_the_stored_npy(client, app):
+    stored = weights()
+    job_id = succeeded_job(app, npy(stored))
+    job = client.get(f"/v1/jobs/{job_id}").get_json()
+    assert job["urls"]["attention"] == f"/v1/jobs/{job_id}/attention"
+    assert job["urls"]["attention_png"] == f"/v1/jobs/{job_id}/attention.png"
+    response = client.get(job["urls"]["attention"])
+    assert response.status_code == 200 and response.mimetype == "application/octet-stream"
+    assert f"{job_id}.attention.npy" in response.headers["Content-Disposition"]
+    loaded = np.load(io.BytesIO(response.data), allow_pickle=False)
+    assert loaded.dtype == np.float16 and loaded.shape == (3, 64)
+    assert np.array_equal(loaded, stored)
+    assert client.get(f"/v1/jobs/{job_id}/attention?format=npy").data == response.data
+
+
+def test_json_attention_is_one_8x8_grid_per_token(client, app):
+    stored = weights()
+    job_id = succeeded_job(app, npy(stored))
+    body = client.get(f"/v1/jobs/{job_id}/attention?format=json").get_json()
+    assert body["job_id"] == str(job_id) and body["tokens"] == TOKENS
+    assert body["shape"] == [3, 8, 8]
+    grids = np.array(body["attention"])
+    assert grids.shape == (3, 8, 8)
+    assert np.allclose(grids, stored.astype(np.float64).reshape(3, 8, 8), atol=1e-6)
+    assert body["attention"][1][2][5] == round(float(stored[1, 2 * 8 + 5]), 6)  # row-major
+
+
+def test_png_grid_is_rendered_once_then_served_from_the_cache(client, app):
+    job_id = succeeded_job(app, npy(weights()))
+    response = client.get(f"/v1/jobs/{job_id}/attention.png")
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    with Image.open(io.BytesIO(response.data)) as grid:
+        assert grid.format == "PNG"
+        # The plain image and one tile per token, four to a row: a single row here.
+        assert grid.size == (MARGIN + 4 * (224 + MARGIN), MARGIN + LABEL_HEIGHT + 224 + MARGIN)
+    blobs = app.extensions["captioner"].blobs
+    assert blobs.get(attention_png_key(job_id)) == response.data
+    marker = png((5, 5))
+    blobs.put(attention_png_key(job_id), marker, "image/png")
+    assert client.get(f"/v1/jobs/{job_id}/attention.png").data == marker
+
+
+def gif_green_then_red() -> bytes:
+    """An animated GIF whose first frame is green."""
+    frames = [Image.new("RGB", (32, 32), colour) for colour in ((0, 200, 0), (200, 0, 0))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    return buffer.getvalue()
+
+
+def jpeg_upside_down() -> bytes:
+    """Red left, blue right as stored; EXIF orientation 3 says to turn it 180° (blue left)."""
+    image = Image.new("RGB", (64, 48), (220, 0, 0))
+    image.paste((0, 0, 220), (32, 0, 64, 48))
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif, quality=95)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("image", "channel"),
+    [(gif_green_then_red(), 1), (jpeg_upside_down(), 2)],
+    ids=["gif-first-frame", "jpeg-exif-orientation"],
+)
+def test_png_grid_shows_the_image_as_viewers_do(client, app, image, channel):
+    job_id = succeeded_job(app, npy(weights()), image=image)
+    response = client.get(f"/v1/jobs/{job_id}/attention.png")
+    with Image.open(io.BytesIO(response.data)) as grid:
+        left, top, _, bottom = tile_box(0, columns=4)  # the plain image, no heat
+        pixel = grid.convert("RGB").getpixel((left + 40, (top + bottom) // 2))
+    assert max(range(3), key=lambda c: pixel[c]) == channel, pixel
+
+
+def make_job(kind: str, app, client) -> str:
+    """The id of a job in the state `kind` names."""
+    if kind == "queued":
+        return client.post("/v1/jobs", json={"image": b64(png())}).get_json()["id"]
+    if kind == "failed":
+        job_id = client.post("/v1/jobs", json={"image": b64(png())}).get_json()["id"]
+        with app.extensions["captioner"].db.session() as session:
+            jobs.fail_job(session, uuid.UUID(job_id), "model_error", "boom")
+        return job_id
+    attention = {"succeeded": npy(weights()), "no-npy": None, "corrupt-npy": b"not an npy",
+                 "wrong-rows": npy(weights(5))}[kind]  # fmt: skip
+    return str(succeeded_job(app, attention))
+
+
+@pytest.mark.parametrize(
+    ("kind", "suffix", "status", "code", "names"),
+    [
+        ("queued", "/attention", 409, "attention_not_ready", "queued"),
+        ("queued", "/attention.png", 409, "attention_not_ready", "queued"),
+        ("failed", "/attention?format=json", 409, "attention_not_ready", "failed"),
+        ("unknown", "/attention", 404, "job_not_found", "no job"),
+        ("unknown", "/attention.png", 404, "job_not_found", "no job"),
+        ("no-npy", "/attention", 404, "attention_missing", "attention/"),
+        ("no-npy", "/attention?format=json", 404, "attention_missing", "attention/"),
+        ("no-npy", "/attention.png", 404, "attention_missing", "attention/"),
+        ("succeeded", "/attention?format=xml", 400, "invalid_format", "json"),
+        ("succeeded", "/attention?format=", 400, "invalid_format", "npy"),
+        ("corrupt-npy", "/attention?format=json", 500, "attention_unreadable", "job"),
+        ("wrong-rows", "/attention.png", 500, "attention_unreadable", "3 tokens"),
+    ],
+)  # fmt: skip
+def test_attention_errors(client, app, queue, kind, suffix, status, code, names):
+    job_id = str(uuid.uuid4()) if kind == "unknown" else make_job(kind, app, client)
+    response = client.get(f"/v1/jobs/{job_id}{suffix}")
+    assert response.status_code == status
+    error = response.get_json()["error"]
+    assert error["code"] == code and names in error["message"]
+    assert not app.extensions["captioner"].blobs.exists(attention_png_key(job_id))
+
+
+def test_a_queued_job_has_no_attention_links(client, queue):
+    job = client.post("/v1/jobs", json={"image": b64(png())}).get_json()
+    assert "attention" not in job["urls"] and "attention_png" not in job["urls"]

@@ -1,0 +1,192 @@
+"""The whole pipeline with real parts: HTTP API → Redis → Celery worker processes → Postgres + S3.
+
+Two worker processes (each loading the trained bundle) share the inference queue; the API runs
+on a real HTTP server; S3 is a moto server and Postgres a fresh database. The embedded mode runs
+the same flow with no servers at all.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from PIL import Image
+from sqlalchemy import select, update
+
+from captioner.broker import SWEEP_TASK, make_celery
+from captioner.client import Client
+from captioner.processes import api_server, start_worker, stop, wait_ready
+from captioner.service import migrate
+from captioner.settings import Settings, from_env
+from store.blobs import open_blob_store
+from store.db import Database
+from store.keys import attention_key, image_key
+from store.migrate import upgrade
+from store.models import Job, utcnow
+from tests.databases import fresh_postgres
+from tests.s3 import ACCESS_KEY, REGION, SECRET_KEY, moto_s3_server
+
+REDIS_URL = "redis://127.0.0.1:6379/12"  # a database of its own, emptied by the fixture
+WORKERS = ("one@pipeline", "two@pipeline")
+BATCH = 8
+
+
+@dataclass
+class Stack:
+    """A running pipeline and handles on its parts."""
+
+    settings: Settings
+    client: Client
+    db: Database
+    blobs: object
+    celery: object
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, trained_bundle):
+    """Postgres, Redis, moto S3, two worker processes and the API on a loopback port."""
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    logs = tmp_path_factory.mktemp("worker-logs")
+    with moto_s3_server() as endpoint, fresh_postgres() as database_url:
+        upgrade(database_url)
+        settings = Settings(
+            data_dir=tmp_path_factory.mktemp("pipeline"), database_url=database_url,
+            broker_url=REDIS_URL, s3_bucket="pipeline", s3_endpoint_url=endpoint,
+            s3_region=REGION, s3_access_key=ACCESS_KEY, s3_secret_key=SECRET_KEY,
+            model_bundle=trained_bundle, batch_max_size=BATCH, job_lease_seconds=120,
+        )  # fmt: skip
+        blobs = open_blob_store(settings)
+        blobs.ensure_bucket()
+        workers = [start_worker(settings, logs / f"{name}.log", name) for name in WORKERS]
+        db = Database(database_url)
+        try:
+            for worker, name in zip(workers, WORKERS, strict=True):
+                wait_ready(worker, logs / f"{name}.log")
+            with api_server(settings) as url:
+                yield Stack(settings, Client(url), db, blobs, make_celery(settings))
+        finally:
+            stop(workers)
+            db.dispose()
+
+
+@pytest.fixture(scope="module")
+def val_images(shapes_dir) -> list[bytes]:
+    """The held-out shapes images as PNG bytes."""
+    return [p.read_bytes() for p in sorted((shapes_dir / "images" / "val").glob("*.png"))]
+
+
+def job_rows(db: Database, ids) -> dict[str, Job]:
+    with db.session() as session:
+        rows = session.scalars(select(Job).where(Job.id.in_([uuid.UUID(i) for i in ids])))
+        return {str(job.id): job for job in rows}
+
+
+def test_concurrent_jobs_get_the_models_own_captions_once_each(
+    stack, val_images, trained_bundle, encoder
+):
+    from model.bundle import load_bundle
+    from model.images import decode_image
+    from model.inference import Captioner
+
+    images = val_images[:100]
+    with ThreadPoolExecutor(16) as pool:
+        submitted = list(pool.map(stack.client.submit, images))
+    jobs = [stack.client.wait_for(job["id"], timeout=600) for job in submitted]
+    assert [job["status"] for job in jobs] == ["succeeded"] * len(images)
+
+    direct = Captioner(load_bundle(trained_bundle), encoder).caption_batch(
+        np.stack([decode_image(data) for data in images])
+    )
+    for job, expected in zip(jobs, direct, strict=True):
+        result = job["result"]
+        assert result["tokens"] == expected.tokens and result["caption"] == expected.text
+        np.testing.assert_allclose(result["token_log_probs"], expected.log_probs, atol=1e-3)
+        attention = np.load(io.BytesIO(stack.blobs.get(attention_key(job["id"]))))
+        assert attention.dtype == np.float16 and attention.shape == (len(expected.tokens), 64)
+        assert result["attention_shape"] == list(attention.shape)
+        np.testing.assert_allclose(attention, expected.attention, atol=2e-3)
+        assert result["model_version"].startswith(trained_bundle.name)
+
+    timings = [job["timings"] for job in jobs]
+    assert max(t["batch_size"] for t in timings) > 1
+    assert all(t["batch_size"] <= BATCH and t["predict_ms"] > 0 for t in timings)
+    rows = job_rows(stack.db, [job["id"] for job in jobs])
+    assert {row.attempts for row in rows.values()} == {1}  # no job was captioned twice
+    assert {row.worker for row in rows.values()} == set(WORKERS)  # both workers took a share
+
+
+def pause(stack: Stack) -> None:
+    stack.celery.control.cancel_consumer("inference", destination=list(WORKERS), reply=True)
+
+
+def resume(stack: Stack) -> None:
+    stack.celery.control.add_consumer("inference", destination=list(WORKERS), reply=True)
+
+
+def test_a_canceled_job_never_runs_and_bad_images_fail_while_workers_carry_on(stack, val_images):
+    pause(stack)
+    try:
+        canceled, corrupt, missing = (stack.client.submit(val_images[0])["id"] for _ in range(3))
+        stack.client.request("POST", f"/v1/jobs/{canceled}/cancel")
+        stack.blobs.put(image_key(corrupt), b"\x89PNG\r\n\x1a\n but the rest is gone")
+        stack.blobs.delete(image_key(missing))
+    finally:
+        resume(stack)
+    after = stack.client.submit(val_images[1], wait=120)
+    assert after["status"] == "succeeded"
+    ended = {job_id: stack.client.wait_for(job_id) for job_id in (canceled, corrupt, missing)}
+    assert redis.Redis.from_url(REDIS_URL).llen("inference") == 0  # every message was consumed
+    assert ended[canceled]["status"] == "canceled" and ended[canceled]["attempts"] == 0
+    assert ended[canceled]["timings"]["started_at"] is None
+    assert ended[corrupt]["error"]["code"] in {"corrupt_image", "not_an_image"}
+    assert ended[missing]["error"]["code"] == "image_missing"
+    assert {ended[j]["status"] for j in (corrupt, missing)} == {"failed"}
+
+
+def test_the_sweeper_resends_a_job_whose_worker_died(stack, val_images):
+    pause(stack)
+    try:
+        job_id = stack.client.submit(val_images[2])["id"]
+        redis.Redis.from_url(REDIS_URL).delete("inference")  # its message went with the worker
+        expired = utcnow() - timedelta(seconds=1)
+        with stack.db.session() as session:  # …which had claimed it, and its lease ran out
+            session.execute(update(Job).where(Job.id == uuid.UUID(job_id)).values(
+                status="running", attempts=1, lease_expires_at=expired))  # fmt: skip
+    finally:
+        resume(stack)
+    stack.celery.send_task(SWEEP_TASK, queue="inference")
+    job = stack.client.wait_for(job_id, timeout=120)
+    assert (job["status"], job["attempts"]) == ("succeeded", 2)
+
+
+def test_the_embedded_mode_runs_the_same_flow_with_no_servers(
+    tmp_path: Path, trained_bundle, val_images
+):
+    settings = from_env({"CAPTIONER_DATA_DIR": str(tmp_path / "data"),
+                         "MODEL_BUNDLE": str(trained_bundle), "BATCH_MAX_SIZE": "4"})  # fmt: skip
+    assert settings.embedded and settings.broker_url.startswith("filesystem")
+    migrate(settings)
+    log = tmp_path / "worker.log"
+    worker = start_worker(settings, log, "embedded@pipeline")
+    try:
+        wait_ready(worker, log)
+        with api_server(settings) as url:
+            client = Client(url)
+            with ThreadPoolExecutor(6) as pool:
+                ids = [job["id"] for job in pool.map(client.submit, val_images[:6])]
+            jobs = [client.wait_for(job_id, timeout=300) for job_id in ids]
+            picture = client.get_bytes(f"/v1/jobs/{ids[0]}/attention.png")
+    finally:
+        stop([worker])
+    assert [job["status"] for job in jobs] == ["succeeded"] * 6
+    for job in jobs:
+        stored = tmp_path / "data" / "blobs" / attention_key(job["id"])
+        assert np.load(stored).shape == (len(job["result"]["tokens"]), 64)
+    assert Image.open(io.BytesIO(picture)).format == "PNG"

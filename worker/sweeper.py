@@ -1,0 +1,37 @@
+"""The sweeper: jobs whose worker died, or whose message never reached the queue, are sent again."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from celery import Celery
+
+from captioner.broker import enqueue_caption
+from captioner.settings import Settings
+from store import jobs
+from store.db import Database
+
+log = logging.getLogger(__name__)
+UNSENT_AFTER = timedelta(seconds=30)  # the API marks a job sent right after committing it
+RESEND_LEASES = 4  # a queued job unclaimed for this many leases may have lost its message
+
+
+def sweep(settings: Settings, db: Database, app: Celery) -> int:
+    """Requeue expired leases, resend unsent or long-unclaimed jobs; returns how many were sent."""
+    resend_after = timedelta(seconds=settings.job_lease_seconds * RESEND_LEASES)
+    with db.session() as session:
+        ids = jobs.jobs_to_resend(session, UNSENT_AFTER, resend_after)
+    sent = []
+    for job_id in ids:
+        try:
+            enqueue_caption(app, str(job_id))
+        except Exception:  # noqa: BLE001 - the next sweep tries again
+            log.exception("could not resend job %s", job_id)
+            break
+        sent.append(job_id)
+    if sent:
+        with db.session() as session:
+            jobs.mark_enqueued(session, sent)
+        log.info("sweeper resent %d jobs", len(sent))
+    return len(sent)

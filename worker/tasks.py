@@ -1,0 +1,38 @@
+"""Thin Celery tasks: each loads what it needs by id and hands the work to `worker.inference`."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+from captioner.broker import CAPTION_TASK, SWEEP_TASK
+from worker.inference import JobSkipped, TemporaryFailure
+from worker.sweeper import sweep
+
+log = logging.getLogger(__name__)
+RETRY_DELAY_S = 5
+
+
+def register_tasks(app: Celery) -> None:
+    """Attach the tasks to `app` (its `captioner` attribute holds the worker's state)."""
+
+    @app.task(name=CAPTION_TASK, bind=True, max_retries=None)
+    def caption(self, job_id: str) -> None:
+        """Caption one job; skipped when already terminal or claimed elsewhere."""
+        inference = self.app.captioner.inference
+        if inference is None:
+            raise RuntimeError("this worker does not consume the inference queue")
+        try:
+            outcome = inference.caption(job_id)
+        except JobSkipped:
+            outcome = "skipped (terminal, canceled or leased elsewhere)"
+        except TemporaryFailure as exc:
+            raise self.retry(exc=exc, countdown=RETRY_DELAY_S) from exc
+        log.info("job %s %s", job_id, outcome)
+
+    @app.task(name=SWEEP_TASK, ignore_result=True)
+    def sweep_jobs() -> int:
+        """Send lost jobs again (scheduled by `captioner beat`)."""
+        state = app.captioner
+        return sweep(state.settings, state.database(), app)
