@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= data
-EPOCHS ?= 30
 
 .PHONY: install demo test lint bench clean
 
@@ -18,7 +17,7 @@ install: $(BIN)/captioner
 # The whole job with no servers: generate the shapes set, train a bundle (reused when present),
 # start the pipeline (embedded mode), caption held-out images through the HTTP API.
 demo: install
-	$(BIN)/captioner demo --data $(DATA) --epochs $(EPOCHS)
+	$(BIN)/captioner demo --data $(DATA)
 
 test: install
 	$(BIN)/python -m pytest

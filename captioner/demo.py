@@ -24,8 +24,10 @@ def add_command(commands) -> None:
     """Register `captioner demo`."""
     demo = commands.add_parser("demo", help="generate data, train, run the pipeline, caption")
     demo.add_argument("--data", type=Path, default=Path("data"), help="where everything goes")
-    demo.add_argument("--n", type=int, default=1500, help="shapes images to generate")
-    demo.add_argument("--epochs", type=int, default=30, help="most training epochs")
+    demo.add_argument("--n", type=int, default=1000, help="shapes images (a tenth held out)")
+    demo.add_argument("--epochs", type=int, default=12, help="most training epochs")
+    demo.add_argument("--patience", type=int, default=3, help="early stopping, in epochs")
+    demo.add_argument("--batch-size", type=int, default=32, help="training batch size")
     demo.add_argument("--submit", type=int, default=24, help="held-out images to caption")
     demo.set_defaults(run=run_demo)
 
@@ -39,7 +41,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """Run the four steps; exit status 0 when every submitted image got a caption."""
     started = time.monotonic()
     dataset = ensure_dataset(args.data / "shapes", args.n)
-    bundle = ensure_bundle(dataset, args.data / "bundle", args.epochs)
+    bundle = ensure_bundle(dataset, args.data / "bundle", args)
     from model.data import load_dataset
 
     examples = load_dataset(dataset)["val"][: args.submit]
@@ -59,12 +61,12 @@ def ensure_dataset(out: Path, n: int) -> Path:
         step(1, f"dataset: reusing {out}")
     else:
         step(1, f"dataset: generating {n} shapes images in {out}")
-        if main(["data", "shapes", str(out), "--n", str(n)]) != 0:
+        if main(["data", "shapes", str(out), "--n", str(n), "--val-fraction", "0.1"]) != 0:
             raise RuntimeError("could not generate the shapes set")
     return out
 
 
-def ensure_bundle(dataset: Path, out: Path, epochs: int) -> Path:
+def ensure_bundle(dataset: Path, out: Path, options: argparse.Namespace) -> Path:
     """A trained bundle at `out`, trained on `dataset` unless already there."""
     from captioner.cli import main
 
@@ -72,8 +74,9 @@ def ensure_bundle(dataset: Path, out: Path, epochs: int) -> Path:
         step(2, f"model: reusing {out} (delete it to train again)")
         return out
     step(2, f"model: training on {dataset} (seeded offline encoder, early stopping)")
-    args = ["train", "--data", str(dataset), "--out", str(out), "--epochs", str(epochs)]
-    if main([*args, "--patience", "5"]) != 0:
+    args = ["train", "--data", str(dataset), "--out", str(out), "--epochs", str(options.epochs)]
+    args += ["--patience", str(options.patience), "--batch-size", str(options.batch_size)]
+    if main(args) != 0:
         raise RuntimeError("training failed")
     return out
 
@@ -89,7 +92,7 @@ def caption_through_api(data: Path, bundle: Path, examples) -> list[dict]:
     migrate(settings)
     log = service / "worker.log"
     step(3, f"pipeline: starting a worker (log: {log}) and the API")
-    worker = start_worker(settings, log, "demo@%h")
+    worker = start_worker(settings, log, "demo@%h", gpus="all")
     try:
         with api_server(settings) as url:
             client = Client(url)

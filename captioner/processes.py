@@ -6,6 +6,7 @@ pipeline the same way, through these helpers.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -21,12 +22,15 @@ READY_MARK = " ready."  # what Celery logs once a worker consumes (after the mod
 
 
 @contextmanager
-def api_server(settings: Settings, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+def api_server(settings: Settings, host: str = "127.0.0.1", port: int = 0,
+               access_log: bool = False) -> Iterator[str]:  # fmt: skip
     """Serve the API on a background thread for the block; yields its base URL."""
     from werkzeug.serving import make_server
 
     from api import create_app
 
+    # Werkzeug logs every request at INFO; keep that for `captioner up`, not for the demo.
+    logging.getLogger("werkzeug").setLevel(logging.INFO if access_log else logging.WARNING)
     app = create_app(settings)
     server = make_server(host, port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="api", daemon=True)
@@ -39,19 +43,20 @@ def api_server(settings: Settings, host: str = "127.0.0.1", port: int = 0) -> It
         app.extensions["captioner"].db.dispose()
 
 
-def worker_command(queues: str = "inference", name: str | None = None) -> list[str]:
-    """The command line of one worker process."""
-    command = [sys.executable, "-m", "captioner", "worker", "--queue", queues]
+def worker_command(queues: str = "inference", name: str | None = None, gpus: str = "none"
+                   ) -> list[str]:  # fmt: skip
+    """The command line of a worker (`gpus="all"`: one process per visible GPU)."""
+    command = [sys.executable, "-m", "captioner", "worker", "--queue", queues, "--gpus", gpus]
     return command + (["--name", name] if name else [])
 
 
 def start_worker(settings: Settings, log: Path, name: str, queues: str = "inference",
-                 env: dict[str, str] | None = None) -> subprocess.Popen:  # fmt: skip
+                 gpus: str = "none") -> subprocess.Popen:  # fmt: skip
     """Start a worker process for `settings`, its output going to `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    environ = os.environ | to_env(settings) | {"TF_CPP_MIN_LOG_LEVEL": "2"} | (env or {})
+    environ = os.environ | to_env(settings) | {"TF_CPP_MIN_LOG_LEVEL": "2"}
     with open(log, "ab") as out:
-        return subprocess.Popen(worker_command(queues, name), env=environ, stdout=out,
+        return subprocess.Popen(worker_command(queues, name, gpus), env=environ, stdout=out,
                                 stderr=subprocess.STDOUT)  # fmt: skip
 
 

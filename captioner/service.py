@@ -7,6 +7,7 @@ Each reads the settings from the environment; with nothing set they run the embe
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
@@ -114,7 +115,10 @@ def run_api(args: argparse.Namespace) -> None:
 
 def serve_api(settings: Settings, host: str, port: int) -> None:
     """Serve the API until interrupted."""
-    with api_server(settings, host, port) as url:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    with api_server(settings, host, port, access_log=True) as url:
         print(f"API on {url}  (data: {settings.data_dir}); Ctrl-C stops", file=sys.stderr)
         threading.Event().wait()
 
@@ -124,7 +128,7 @@ def run_up(args: argparse.Namespace) -> None:
     settings = from_env()
     migrate(settings)
     stop_on_sigterm()
-    workers = [*worker_command("inference"), "--gpus", "all"]
+    workers = worker_command("inference", gpus="all")
     with background([workers, [sys.executable, "-m", "captioner", "beat"]]):
         serve_api(settings, args.host, args.port)
 

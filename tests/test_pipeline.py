@@ -174,7 +174,7 @@ def test_the_embedded_mode_runs_the_same_flow_with_no_servers(
     assert settings.embedded and settings.broker_url.startswith("filesystem")
     migrate(settings)
     log = tmp_path / "worker.log"
-    worker = start_worker(settings, log, "embedded@pipeline")
+    worker = start_worker(settings, log, "embedded@pipeline", gpus="all")  # one CPU worker here
     try:
         wait_ready(worker, log)
         with api_server(settings) as url:

@@ -1,8 +1,8 @@
 """The workers' Celery app: `create_worker_app(settings)`, or `celery -A worker.app:celery_app`.
 
 Inference workers run Celery's threads pool: TensorFlow is not fork-safe, and the threads share
-one resident model through the micro-batcher. The model loads in `worker_init`, before the
-worker consumes anything, so a worker is never handed jobs it cannot yet run.
+one resident model through the micro-batcher. The model loads in `celeryd_after_setup`, before
+the worker consumes anything, so a worker is never handed jobs it cannot yet run.
 """
 
 from __future__ import annotations
@@ -64,15 +64,16 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
 def connect_lifecycle(app: Celery) -> None:
     """Load the model when an inference worker starts; drain its batcher when it stops."""
 
-    def on_init(sender, **_) -> None:
-        if sender.app is app and "inference" in app.amqp.queues.consume_from:
-            app.captioner.inference = Inference(app.captioner.settings, sender.hostname)
+    def on_setup(sender, instance, **_) -> None:
+        if instance.app is app and "inference" in app.amqp.queues.consume_from:
+            app.captioner.inference = Inference(app.captioner.settings, instance.hostname)
 
     def on_shutdown(sender, **_) -> None:
         if sender.app is app and app.captioner.inference is not None:
             app.captioner.inference.close()
 
-    signals.worker_init.connect(on_init, weak=False)
+    # After logging is set up and -Q applied, before the pool and the consumer start.
+    signals.celeryd_after_setup.connect(on_setup, weak=False)
     signals.worker_shutdown.connect(on_shutdown, weak=False)
 
 

@@ -6,10 +6,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from captioner.processes import worker_command
 
 
 @dataclass(frozen=True)
@@ -69,4 +70,4 @@ def supervise(plan: Sequence[WorkerProcess], argv: Sequence[str]) -> int:
 
 def child_argv(queues: str) -> list[str]:
     """The command that starts one pinned worker process (same interpreter, same CLI)."""
-    return [sys.executable, "-m", "captioner", "worker", "--queue", queues, "--gpus", "none"]
+    return worker_command(queues, gpus="none")
