@@ -26,7 +26,6 @@ bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 OWNER = "default"  # one tenant until API keys exist
 MAX_WAIT_S = 60
 PAGE_MAX = 100
-WAIT_POLL_S = 0.02  # `Prefer: wait` re-reads the job this often: at most 20 ms late
 
 
 @bp.post("")
@@ -74,13 +73,15 @@ def respond_after_wait(job_id: uuid.UUID):
     """Honour `Prefer: wait=N`: hold up to N seconds for a terminal status."""
     wait = prefer_wait(request.headers.get("Prefer", ""))
     deadline = time.monotonic() + wait
-    while True:
-        with services().db.session() as session:
-            job = jobs.get_job(session, job_id)
-            body = job_json(job)
-        if JobStatus(job.status).is_terminal or time.monotonic() >= deadline:
-            break
-        time.sleep(WAIT_POLL_S)
+    with services().notifier.listening(job_id) as pause:  # subscribed before the first read
+        while True:
+            with services().db.session() as session:
+                job = jobs.get_job(session, job_id)
+                body = job_json(job)
+            left = deadline - time.monotonic()
+            if JobStatus(job.status).is_terminal or left <= 0:
+                break
+            pause(left)
     done = JobStatus(job.status).is_terminal
     response = jsonify(body)
     response.status_code = 200 if done else 202
@@ -133,7 +134,9 @@ def cancel_job(job_id: uuid.UUID):
             raise ApiError(409, "not_cancelable", f"the job is {job.status}; only queued jobs "
                            "can be canceled")  # fmt: skip
         session.refresh(job)
-        return jsonify(job_json(job))
+        body = job_json(job)
+    services().notifier.finished(job_id)
+    return jsonify(body)
 
 
 def find_job(session, job_id: uuid.UUID):

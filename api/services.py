@@ -8,6 +8,7 @@ from celery import Celery
 from flask import current_app
 
 from captioner.broker import make_celery
+from captioner.notify import Notifier
 from captioner.settings import Settings
 from store.blobs import BlobStore, open_blob_store
 from store.db import Database
@@ -21,12 +22,13 @@ class Services:
     db: Database
     blobs: BlobStore
     celery: Celery
+    notifier: Notifier
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
         """Connections as the settings describe them (nothing is contacted yet)."""
         return cls(settings, Database(settings.database_url), open_blob_store(settings),
-                   make_celery(settings))  # fmt: skip
+                   make_celery(settings), Notifier(settings.broker_url))  # fmt: skip
 
 
 def services() -> Services:

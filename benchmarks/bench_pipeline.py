@@ -75,27 +75,37 @@ def single_image_ms(captioner: Captioner, images: np.ndarray, reps: int) -> floa
     return statistics.median(times) * 1000
 
 
-def low_load_latency(client: Client, pngs: list[bytes], n: int) -> list[float]:
-    """End-to-end milliseconds of `n` jobs sent one at a time, each waited for."""
+def low_load_latency(client: Client, pngs: list[bytes], n: int) -> dict:
+    """Percentiles of `n` jobs sent one at a time, each waited for, and where the time went."""
     client.submit(pngs[0], wait=60)  # the first request opens connections
-    latencies = []
+    latencies, jobs = [], []
     for i in range(n):
         start = time.perf_counter()
         job = client.submit(pngs[i % len(pngs)], wait=60)
         latencies.append((time.perf_counter() - start) * 1000)
         if job["status"] != "succeeded":
             raise RuntimeError(f"job ended {job['status']}: {job['error']}")
-    return latencies
+        jobs.append(job["timings"])
+    # Server-side parts (medians): row created → claimed, the forward pass, created → finished.
+    parts = {
+        key: statistics.median(t[key] for t in jobs)
+        for key in ("queue_ms", "predict_ms", "total_ms")
+    }
+    return {
+        "p50_ms": statistics.median(latencies),
+        "p95_ms": float(np.percentile(latencies, 95)),
+        **{f"low_load_{key}": value for key, value in parts.items()},
+    }
 
 
 def saturation(client: Client, pngs: list[bytes], n: int) -> dict:
     """Submit `n` jobs from 8 threads at once; the sustained completion rate and batch sizes."""
     started = time.perf_counter()
+    images = [pngs[i % len(pngs)] for i in range(n)]
     with ThreadPoolExecutor(8) as pool:
-        ids = [
-            job["id"] for job in pool.map(client.submit, (pngs[i % len(pngs)] for i in range(n)))
-        ]
+        ids = [job["id"] for job in pool.map(client.submit, images)]
     submitted_s = time.perf_counter() - started
+    submitted_at = datetime.datetime.now(datetime.UTC)
     jobs = [client.wait_for(job_id, timeout=1200) for job_id in ids]
     if any(job["status"] != "succeeded" for job in jobs):
         raise RuntimeError("some jobs did not succeed")
@@ -103,8 +113,11 @@ def saturation(client: Client, pngs: list[bytes], n: int) -> dict:
     low, high = n // 10, n - 1 - n // 10
     window = (finished[high] - finished[low]).total_seconds()
     sizes = [job["timings"]["batch_size"] for job in jobs]
+    after = [t for t in finished if t > submitted_at]  # no HTTP submissions competing for CPU
+    drain = (len(after) - 1) / (after[-1] - after[0]).total_seconds() if len(after) > 1 else None
     return {
         "pipeline_jobs_per_s": (high - low) / window,
+        "drain_jobs_per_s": drain,
         "overall_jobs_per_s": n / (time.perf_counter() - started),
         "submit_s": submitted_s,
         "mean_batch_size": statistics.mean(sizes),
@@ -139,14 +152,11 @@ def run_pipeline(workdir: Path, bundle: Path, pngs: list[bytes], args) -> dict:
             wait_ready(worker, log)
             with api_server(settings) as url:
                 client = Client(url)
-                latencies = low_load_latency(client, pngs, args.latency_jobs)
+                latency = low_load_latency(client, pngs, args.latency_jobs)
                 figures = saturation(client, pngs, args.jobs)
         finally:
             stop([worker])
-    return figures | {
-        "p50_ms": statistics.median(latencies),
-        "p95_ms": float(np.percentile(latencies, 95)),
-    }
+    return figures | latency
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from captioner.notify import Notifier
 from captioner.settings import Settings
 from store import jobs
 from store.blobs import BlobNotFound, open_blob_store
@@ -52,6 +53,7 @@ class Inference:
         self.worker = worker
         self.db = Database(settings.database_url)
         self.blobs = open_blob_store(settings)
+        self.notifier = Notifier(settings.broker_url)
         self.captioner, self.model_version = load_model(settings)
         self.batcher = MicroBatcher(
             self._run_batch, settings.batch_max_size, settings.batch_max_wait_ms / 1000
@@ -133,12 +135,14 @@ class Inference:
         with self.db.session() as session:
             if not jobs.finish_job(session, job, stored):
                 log.warning("job %s was finished elsewhere; its result here is dropped", job.id)
+        self.notifier.finished(job.id)
 
     def fail(self, job_id: uuid.UUID, code: str, message: str) -> None:
         """Fail a job for good, with a code the API shows."""
         log.info("job %s failed: %s: %s", job_id, code, message)
         with self.db.session() as session:
             jobs.fail_job(session, job_id, code, message)
+        self.notifier.finished(job_id)
 
     def close(self) -> None:
         """Finish queued batches and close connections."""
