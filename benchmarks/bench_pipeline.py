@@ -125,6 +125,25 @@ def saturation(client: Client, pngs: list[bytes], n: int) -> dict:
     }
 
 
+def cpu_seconds(worker_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by each part of the pipeline on this machine (from /proc)."""
+    roles = {"worker": 0.0, "api_and_client": 0.0, "s3_moto": 0.0, "postgres": 0.0, "redis": 0.0}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid = int(stat.parent.name)
+            cmdline = (stat.parent / "cmdline").read_bytes().decode(errors="replace")
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, ValueError):
+            continue  # the process ended meanwhile
+        role = ("worker" if pid == worker_pid else "api_and_client" if pid == os.getpid()
+                else "s3_moto" if "moto_server" in cmdline else "postgres" if "postgres" in cmdline
+                else "redis" if "redis-server" in cmdline else None)  # fmt: skip
+        if role:
+            roles[role] += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return roles
+
+
 def make_inputs(workdir: Path, encoder: Encoder) -> tuple[Path, list[bytes], np.ndarray]:
     """A saved full-size random bundle, 64 shapes PNGs, and the same images decoded."""
     bundle = save_bundle(full_size_bundle(encoder), workdir / "bundle")
@@ -153,10 +172,15 @@ def run_pipeline(workdir: Path, bundle: Path, pngs: list[bytes], args) -> dict:
             with api_server(settings) as url:
                 client = Client(url)
                 latency = low_load_latency(client, pngs, args.latency_jobs)
+                before = cpu_seconds(worker.pid)
                 figures = saturation(client, pngs, args.jobs)
+                after = cpu_seconds(worker.pid)
         finally:
             stop([worker])
-    return figures | latency
+    used = {role: after[role] - before[role] for role in after}
+    total = sum(used.values())
+    shares = {f"cpu_share_{role}": seconds / total for role, seconds in used.items()}
+    return figures | latency | shares
 
 
 def main() -> None:
