@@ -16,6 +16,8 @@ def make_celery(settings: Settings, name: str = "captioner") -> Celery:
     app = Celery(name, broker=settings.broker_url)
     options = {}
     if settings.broker_url.startswith("filesystem://"):
+        # Kombu's own filesystem transport can hand a consumer a half-written message.
+        app.conf.broker_transport = "captioner.fstransport:Transport"
         folder = settings.data_dir / "broker"
         (folder / "out").mkdir(parents=True, exist_ok=True)
         (folder / "processed").mkdir(parents=True, exist_ok=True)

@@ -73,11 +73,11 @@ def run_worker(args: argparse.Namespace) -> int:
         plan = plan_workers(visible_gpus(), name)
         if plan[0].env:  # at least one GPU: a pinned child process each
             return supervise(plan, child_argv(",".join(queues)))
-    return start_worker(from_env(), queues, name, args.concurrency, args.loglevel)
+    return run_celery_worker(from_env(), queues, name, args.concurrency, args.loglevel)
 
 
-def start_worker(settings: Settings, queues: list[str], name: str, concurrency: int | None,
-                 loglevel: str) -> int:  # fmt: skip
+def run_celery_worker(settings: Settings, queues: list[str], name: str, concurrency: int | None,
+                      loglevel: str) -> int:  # fmt: skip
     """Run a Celery worker in this process until it is stopped."""
     from worker.app import create_worker_app
 
