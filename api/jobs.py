@@ -72,16 +72,7 @@ def enqueue(job_ids: Sequence[uuid.UUID]) -> None:
 def respond_after_wait(job_id: uuid.UUID):
     """Honour `Prefer: wait=N`: hold up to N seconds for a terminal status."""
     wait = prefer_wait(request.headers.get("Prefer", ""))
-    deadline = time.monotonic() + wait
-    with services().notifier.listening(job_id) as pause:  # subscribed before the first read
-        while True:
-            with services().db.session() as session:
-                job = jobs.get_job(session, job_id)
-                body = job_json(job)
-            left = deadline - time.monotonic()
-            if JobStatus(job.status).is_terminal or left <= 0:
-                break
-            pause(left)
+    job, body = wait_for_terminal(job_id, wait) if wait else read_job(job_id)
     done = JobStatus(job.status).is_terminal
     response = jsonify(body)
     response.status_code = 200 if done else 202
@@ -89,6 +80,25 @@ def respond_after_wait(job_id: uuid.UUID):
     if wait:
         response.headers["Preference-Applied"] = f"wait={wait:g}"
     return response
+
+
+def read_job(job_id: uuid.UUID):
+    """The job and its JSON, read once."""
+    with services().db.session() as session:
+        job = jobs.get_job(session, job_id)
+        return job, job_json(job)
+
+
+def wait_for_terminal(job_id: uuid.UUID, wait: float):
+    """Re-read the job each time its finish is announced (or at the fallback) until `wait` ends."""
+    deadline = time.monotonic() + wait
+    with services().notifier.listening(job_id) as pause:  # subscribed before the first read
+        while True:
+            job, body = read_job(job_id)
+            left = deadline - time.monotonic()
+            if JobStatus(job.status).is_terminal or left <= 0:
+                return job, body
+            pause(left)
 
 
 def prefer_wait(header: str) -> float:

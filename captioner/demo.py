@@ -100,8 +100,7 @@ def caption_through_api(data: Path, bundle: Path, examples) -> list[dict]:
             batch = client.submit_batch(images)
             step(4, f"captioning: {len(images)} held-out images sent to {url}/v1/batches")
             wait_for_batch(client, batch["id"], len(images), worker, log)
-            return [client.job(job["id"]) | {"png": fetch_png(client, job["id"])}
-                    for job in batch["jobs"]]  # fmt: skip
+            return [with_png(client, client.job(job["id"])) for job in batch["jobs"]]
     finally:
         stop([worker])
 
@@ -122,10 +121,10 @@ def wait_for_batch(client: Client, batch_id: str, total: int, worker, log: Path)
             time.sleep(0.2)
 
 
-def fetch_png(client: Client, job_id: str) -> bytes | None:
-    """A job's attention grid, when it succeeded."""
-    urls = client.job(job_id)["urls"]
-    return client.get_bytes(urls["attention_png"]) if "attention_png" in urls else None
+def with_png(client: Client, job: dict) -> dict:
+    """The job with its attention grid under "png" (None unless it succeeded)."""
+    url = job["urls"].get("attention_png")
+    return job | {"png": client.get_bytes(url) if url else None}
 
 
 def report(examples, jobs: list[dict], pictures: Path) -> int:

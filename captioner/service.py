@@ -62,7 +62,7 @@ def migrate(settings: Settings) -> None:
 
 def run_worker(args: argparse.Namespace) -> int:
     """A worker on the given queues; with `--gpus all`, one pinned process per GPU."""
-    from worker.gpus import child_argv, plan_workers, supervise, visible_gpus
+    from worker.gpus import plan_workers, supervise, visible_gpus
 
     queues = [q.strip() for q in args.queue.split(",") if q.strip()]
     unknown = sorted(set(queues) - set(QUEUES))
@@ -72,7 +72,7 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.gpus == "all" and "inference" in queues:
         plan = plan_workers(visible_gpus(), name)
         if plan[0].env:  # at least one GPU: a pinned child process each
-            return supervise(plan, child_argv(",".join(queues)))
+            return supervise(plan, worker_command(",".join(queues), gpus="none"))
     return run_celery_worker(from_env(), queues, name, args.concurrency, args.loglevel)
 
 

@@ -10,8 +10,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from captioner.processes import worker_command
-
 
 @dataclass(frozen=True)
 class WorkerProcess:
@@ -66,8 +64,3 @@ def supervise(plan: Sequence[WorkerProcess], argv: Sequence[str]) -> int:
     for child in children:
         child.wait()
     return exited
-
-
-def child_argv(queues: str) -> list[str]:
-    """The command that starts one pinned worker process (same interpreter, same CLI)."""
-    return worker_command(queues, gpus="none")
