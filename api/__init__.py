@@ -24,9 +24,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
 def register_blueprints(app: Flask) -> None:
     """Attach every blueprint."""
-    from api import attention, batches, health, jobs
+    from api import attention, batches, health, jobs, webhooks
 
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(attention.bp)
     app.register_blueprint(batches.bp)
+    app.register_blueprint(webhooks.bp)

@@ -9,9 +9,9 @@ from flask import Blueprint, jsonify, request
 from api.errors import ApiError
 from api.images import ImageInfo, inspect_image
 from api.jobs import OWNER, enqueue, stored_job
-from api.serialize import batch_json
 from api.services import services
 from api.uploads import read_batch
+from captioner.payloads import batch_json
 from store import batches
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
@@ -24,7 +24,8 @@ def submit_batch():
     infos = inspect_all(images)
     new_jobs = [stored_job(data, info, options) for data, info in zip(images, infos, strict=True)]
     with services().db.session() as session:
-        batch = batches.create_batch(session, OWNER, new_jobs)
+        batch = batches.create_batch(session, OWNER, new_jobs, options.webhook_url,
+                                     options.webhook_events)  # fmt: skip
         members = batches.batch_jobs(session, batch.id)
     enqueue([job.id for job in members])
     body = batch_json(batch, members)

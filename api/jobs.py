@@ -8,19 +8,20 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from flask import Blueprint, current_app, jsonify, request
 
 from api.errors import ApiError
 from api.images import ImageInfo, inspect_image
-from api.serialize import encode_cursor, job_json
 from api.services import services
 from api.uploads import Options, read_submission
 from captioner.broker import enqueue_caption
+from captioner.payloads import iso, job_json
 from store import jobs
 from store.keys import image_key
-from store.models import JobStatus
+from store.models import Job, JobStatus
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 OWNER = "default"  # one tenant until API keys exist
@@ -34,7 +35,8 @@ def submit_job():
     data, options = read_submission(request)
     settings = services().settings
     info = inspect_image(data, settings.max_image_bytes, settings.max_image_pixels)
-    new = stored_job(data, info, options)
+    new = replace(stored_job(data, info, options), webhook_url=options.webhook_url,
+                  webhook_events=list(options.webhook_events or ()) or None)  # fmt: skip
     with services().db.session() as session:
         jobs.create_job(session, new)
     enqueue([new.id])
@@ -167,3 +169,9 @@ def decode_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
         return datetime.fromisoformat(created.replace("Z", "+00:00")), uuid.UUID(job_id)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from None
+
+
+def encode_cursor(job: Job) -> str:
+    """An opaque cursor for the page after `job`."""
+    raw = f"{iso(job.created_at)}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")

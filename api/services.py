@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from celery import Celery
 from flask import current_app
 
-from captioner.broker import make_celery
+from captioner.broker import delivery_sender, make_celery
 from captioner.notify import Notifier
 from captioner.settings import Settings
 from store.blobs import BlobStore, open_blob_store
@@ -27,8 +28,9 @@ class Services:
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
         """Connections as the settings describe them (nothing is contacted yet)."""
-        return cls(settings, Database(settings.database_url), open_blob_store(settings),
-                   make_celery(settings), Notifier(settings.broker_url))  # fmt: skip
+        celery, db = make_celery(settings), Database(settings.database_url)
+        db.after_commit.append(delivery_sender(celery, logging.getLogger("api")))
+        return cls(settings, db, open_blob_store(settings), celery, Notifier(settings.broker_url))
 
 
 def services() -> Services:

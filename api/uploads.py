@@ -6,23 +6,27 @@ import base64
 import binascii
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Request
 
 from api.errors import ApiError
-from store.jobs import DEFAULT_BEAM_SIZE, DEFAULT_MAX_LENGTH
+from store.jobs import DEFAULT_BEAM_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS
 
 LIMITS = {"beam_size": (1, 10), "max_length": (1, 50)}
 DEFAULTS = {"beam_size": DEFAULT_BEAM_SIZE, "max_length": DEFAULT_MAX_LENGTH}
 MAX_BATCH = 100
+MAX_URL_CHARS = 2048
 
 
 @dataclass(frozen=True)
 class Options:
-    """Per-job decoding options."""
+    """Per-job decoding options, and the webhook to tell (for a batch: about the batch)."""
 
     beam_size: int = DEFAULT_BEAM_SIZE
     max_length: int = DEFAULT_MAX_LENGTH
+    webhook_url: str | None = None
+    webhook_events: tuple[str, ...] | None = None  # in WEBHOOK_EVENTS order; None without a URL
 
 
 def read_submission(request: Request) -> tuple[bytes, Options]:
@@ -86,8 +90,8 @@ def decode_base64(value: Any, name: str = "'image'") -> bytes:
 
 
 def parse_options(source) -> Options:
-    """beam_size and max_length as whole numbers within their limits."""
-    values = {}
+    """beam_size and max_length as whole numbers within their limits, and the webhook."""
+    values = parse_webhook(source)
     for name, (low, high) in LIMITS.items():
         raw = source.get(name, DEFAULTS[name])
         try:
@@ -100,3 +104,35 @@ def parse_options(source) -> Options:
             raise ApiError(400, "invalid_option", f"{name} must be from {low} to {high}")
         values[name] = value
     return Options(**values)
+
+
+def parse_webhook(source) -> dict[str, Any]:
+    """`webhook` (an http(s) URL) and `webhook_events` (default completed), checked."""
+    url, events = source.get("webhook"), source.get("webhook_events")
+    if hasattr(source, "getlist"):  # a form: the field may repeat
+        events = ",".join(source.getlist("webhook_events"))
+    if url in (None, ""):
+        if events not in (None, "", []):
+            raise ApiError(400, "invalid_webhook", "webhook_events needs a webhook URL")
+        return {}
+    if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
+        raise ApiError(400, "invalid_webhook", f"webhook must be a URL of at most "
+                       f"{MAX_URL_CHARS} characters")  # fmt: skip
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ApiError(400, "invalid_webhook", "webhook must be an http:// or https:// URL")
+    return {"webhook_url": url, "webhook_events": parse_events(events)}
+
+
+def parse_events(events: Any) -> tuple[str, ...]:
+    """A list, or comma-separated text, of names from WEBHOOK_EVENTS."""
+    if events in (None, "", []):
+        return DEFAULT_WEBHOOK_EVENTS
+    names = events.split(",") if isinstance(events, str) else events
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ApiError(400, "invalid_webhook_events", "webhook_events must be a list of names")
+    unknown = sorted({n.strip() for n in names} - set(WEBHOOK_EVENTS))
+    if unknown:
+        raise ApiError(400, "invalid_webhook_events", f"unknown webhook_events {unknown}; "
+                       f"choose from {list(WEBHOOK_EVENTS)}")  # fmt: skip
+    return tuple(e for e in WEBHOOK_EVENTS if e in {n.strip() for n in names})

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 
 from captioner.settings import Settings
+from store.deliveries import NEW as NEW_DELIVERIES
 
 QUEUES = ("inference", "training", "webhooks")
 CAPTION_TASK = "worker.caption"  # the API enqueues by name and never imports worker code
 SWEEP_TASK = "worker.sweep"
+DELIVER_TASK = "worker.deliver"  # one webhook delivery attempt
+SWEEP_DELIVERIES_TASK = "worker.sweep_deliveries"
 
 
 def make_celery(settings: Settings, name: str = "captioner") -> Celery:
@@ -50,3 +55,25 @@ def make_celery(settings: Settings, name: str = "captioner") -> Celery:
 def enqueue_caption(app: Celery, job_id: str) -> None:
     """Put a job id on the inference queue."""
     app.send_task(CAPTION_TASK, args=[job_id], queue="inference")
+
+
+def enqueue_delivery(app: Celery, delivery_id: str, countdown: float = 0) -> None:
+    """Put a webhook delivery on the webhooks queue (after `countdown` seconds)."""
+    app.send_task(DELIVER_TASK, args=[delivery_id], queue="webhooks", countdown=countdown or None)
+
+
+def delivery_sender(app: Celery, log: logging.Logger):
+    """A `Database.after_commit` hook that sends the deliveries a transaction recorded.
+
+    A send that fails is only logged: the delivery is in the database, and the sweeper sends it.
+    """
+
+    def send(info: dict) -> None:
+        for delivery_id in info.pop(NEW_DELIVERIES, ()):
+            try:
+                enqueue_delivery(app, str(delivery_id))
+            except Exception:  # noqa: BLE001 - the sweeper sends it later
+                log.exception("could not enqueue webhook delivery %s", delivery_id)
+                return
+
+    return send

@@ -13,6 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+# Seconds before each attempt: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h.
+DEFAULT_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
+UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
 
 class SettingsError(ValueError):
     """A required setting is missing or a value cannot be parsed."""
@@ -38,6 +42,14 @@ class Settings:
     max_image_pixels: int = 50_000_000  # MAX_IMAGE_PIXELS: decompression-bomb guard
     job_max_attempts: int = 3  # JOB_MAX_ATTEMPTS: then the job fails for good
     job_lease_seconds: int = 300  # JOB_LEASE_SECONDS: a running job's lease before re-queueing
+    sweep_interval_s: float = 30.0  # SWEEP_INTERVAL_S: how often beat runs the sweepers
+    webhook_timeout_s: float = 15.0  # WEBHOOK_TIMEOUT_S: an attempt without a 2xx by then fails
+    # WEBHOOK_SCHEDULE: delay before each attempt (Standard Webhooks' schedule), e.g. "0,5s,5m"
+    webhook_schedule: tuple[float, ...] = DEFAULT_SCHEDULE
+    webhook_jitter: float = 0.1  # WEBHOOK_JITTER: each delay is scaled by 1 ± this, at random
+    webhook_secret_grace_s: float = (
+        86400.0  # WEBHOOK_SECRET_GRACE_S: old secret's life after rotation
+    )
 
     @property
     def embedded(self) -> bool:
@@ -74,6 +86,11 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 50_000_000),
         job_max_attempts=_int(env, "JOB_MAX_ATTEMPTS", 3),
         job_lease_seconds=_int(env, "JOB_LEASE_SECONDS", 300),
+        sweep_interval_s=_float(env, "SWEEP_INTERVAL_S", 30.0),
+        webhook_timeout_s=_float(env, "WEBHOOK_TIMEOUT_S", 15.0),
+        webhook_schedule=_schedule(env.get("WEBHOOK_SCHEDULE")) or DEFAULT_SCHEDULE,
+        webhook_jitter=_float(env, "WEBHOOK_JITTER", 0.1, low=0.0),
+        webhook_secret_grace_s=_float(env, "WEBHOOK_SECRET_GRACE_S", 86400.0, low=0.0),
     )  # fmt: skip
 
 
@@ -94,6 +111,11 @@ def to_env(settings: Settings) -> dict[str, str]:
         "MAX_IMAGE_PIXELS": settings.max_image_pixels,
         "JOB_MAX_ATTEMPTS": settings.job_max_attempts,
         "JOB_LEASE_SECONDS": settings.job_lease_seconds,
+        "SWEEP_INTERVAL_S": settings.sweep_interval_s,
+        "WEBHOOK_TIMEOUT_S": settings.webhook_timeout_s,
+        "WEBHOOK_SCHEDULE": ",".join(f"{delay:g}s" for delay in settings.webhook_schedule),
+        "WEBHOOK_JITTER": settings.webhook_jitter,
+        "WEBHOOK_SECRET_GRACE_S": settings.webhook_secret_grace_s,
     }  # fmt: skip
     env |= {name: value for name, value in optional.items() if value is not None}
     return {name: str(value) for name, value in env.items()}
@@ -121,3 +143,35 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     if value < 1:
         raise SettingsError(f"{name} must be at least 1, not {value}")
     return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float = 0.001) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+    if not value >= low:
+        raise SettingsError(f"{name} must be at least {low:g}, not {raw}")
+    return value
+
+
+def _schedule(raw: str | None) -> tuple[float, ...]:
+    """'0,5s,5m,2h' as seconds (0, 5, 300, 7200); a bare number is seconds. Empty: ()."""
+    if not raw or not raw.strip():
+        return ()
+    delays = []
+    for part in raw.split(","):
+        part = part.strip().lower()
+        unit = next((u for u in ("ms", "s", "m", "h") if part.endswith(u)), "")
+        try:
+            delays.append(float(part.removesuffix(unit)) * UNITS.get(unit, 1.0))
+        except ValueError:
+            raise SettingsError(
+                f"WEBHOOK_SCHEDULE: {part!r} is not a delay like 0, 5s, 5m or 2h"
+            ) from None
+    if any(delay < 0 for delay in delays):
+        raise SettingsError("WEBHOOK_SCHEDULE: delays cannot be negative")
+    return tuple(delays)

@@ -1,4 +1,7 @@
-"""Batch records: a batch and all its jobs are inserted together, in submission order."""
+"""Batch records: a batch and all its jobs are inserted together, in submission order.
+
+`batch_jobs` (defined beside the job updates that also need it) lists them back.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +10,29 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import timedelta
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from store.jobs import NewJob
+from store.jobs import NewJob, batch_jobs  # noqa: F401 - part of this module's interface
 from store.models import Batch, Job, JobStatus, utcnow
 
 
-def create_batch(session: Session, owner: str, new_jobs: Sequence[NewJob]) -> Batch:
-    """Insert a batch and its queued jobs (flushed, not committed: the caller's session commits)."""
+def create_batch(
+    session: Session,
+    owner: str,
+    new_jobs: Sequence[NewJob],
+    webhook_url: str | None = None,
+    webhook_events: Sequence[str] | None = None,
+) -> Batch:
+    """Insert a batch and its queued jobs (flushed, not committed: the caller's session commits).
+
+    The batch's webhook is told about the batch as a whole, not about each job.
+    """
     if any(new.owner != owner for new in new_jobs):
         raise ValueError(f"every job of a batch must belong to its owner {owner!r}")
     now = utcnow()
-    batch = Batch(id=uuid.uuid4(), owner=owner, size=len(new_jobs), created_at=now)
+    batch = Batch(id=uuid.uuid4(), owner=owner, size=len(new_jobs), created_at=now,
+                  webhook_url=webhook_url,
+                  webhook_events=list(webhook_events) if webhook_url else None)  # fmt: skip
     session.add(batch)
     session.flush()  # the jobs' foreign key needs the batch row first
     for index, new in enumerate(new_jobs):
@@ -35,9 +48,3 @@ def get_batch(session: Session, batch_id: uuid.UUID, owner: str | None = None) -
     """The batch, or None (also when it belongs to another owner)."""
     batch = session.get(Batch, batch_id)
     return batch if batch is not None and owner in (None, batch.owner) else None
-
-
-def batch_jobs(session: Session, batch_id: uuid.UUID) -> list[Job]:
-    """The batch's jobs in submission order."""
-    query = select(Job).where(Job.batch_id == batch_id).order_by(Job.created_at, Job.id)
-    return list(session.scalars(query))

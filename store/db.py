@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 
 class Database:
-    """An engine and its session factory; `session()` commits or rolls back."""
+    """An engine and its session factory; `session()` commits or rolls back.
+
+    `after_commit` holds callables run with `session.info` once a session has committed (the
+    API and workers use it to send the webhook deliveries a transaction recorded).
+    """
 
     def __init__(self, url: str, echo: bool = False) -> None:
         self.url = url
         self.engine = make_engine(url, echo)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.after_commit: list[Callable[[dict], None]] = []
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session that commits on success and rolls back on error."""
-        with self._sessions() as session, session.begin():
-            yield session
+        with self._sessions() as session:
+            with session.begin():
+                yield session
+            for hook in self.after_commit:
+                hook(session.info)
 
     def check(self) -> None:
         """Raise unless the database answers a trivial query (for /readyz)."""
@@ -31,6 +40,16 @@ class Database:
     def dispose(self) -> None:
         """Close pooled connections (after a fork, or at shutdown)."""
         self.engine.dispose()
+
+
+def insert_or_ignore(session: Session, model, values: dict, **conflict):
+    """INSERT … ON CONFLICT DO NOTHING on either database (rowcount 0: the row existed).
+
+    `conflict` names the unique index: index_elements, and index_where for a partial one.
+    """
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(model).values(**values).on_conflict_do_nothing(**conflict)
+    return session.execute(statement)
 
 
 def make_engine(url: str, echo: bool = False) -> Engine:

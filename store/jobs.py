@@ -1,4 +1,9 @@
-"""Job records. Every status change is one guarded UPDATE, so a terminal status is never lost."""
+"""Job records. Every status change is one guarded UPDATE, so a terminal status is never lost.
+
+A change a webhook asked about records its delivery in the same transaction (see
+`store.deliveries`): `start` when a job is first claimed, `completed` on every terminal status,
+and a batch's `completed` once, when its last job ends.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from store.models import TERMINAL, Job, JobStatus, as_utc, utcnow
+from captioner.payloads import batch_json, job_json
+from store.deliveries import Event, record_event, was_recorded
+from store.models import TERMINAL, Batch, Job, JobStatus, as_utc, utcnow
 
 DEFAULT_BEAM_SIZE = 1  # greedy
 DEFAULT_MAX_LENGTH = 20  # words
+WEBHOOK_EVENTS = ("start", "completed")  # what a job or a batch can ask to be told
+DEFAULT_WEBHOOK_EVENTS = ("completed",)
+PAST = {"start": "started", "completed": "completed"}  # job.started, batch.completed, …
 
 
 @dataclass(frozen=True)
@@ -129,20 +139,12 @@ def claim_jobs(
         f"gave up after {max_attempts} attempts",
         now,
     )
-    claimed = session.scalars(
-        update(Job)
-        .where(mine)
-        .values(
-            status=JobStatus.RUNNING.value,
-            attempts=Job.attempts + 1,
-            started_at=now,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            worker=worker,
-        )
-        .returning(Job),
-        execution_options={"synchronize_session": False},
-    )
-    return list(claimed)  # fmt: skip
+    claimed = _update_jobs(session, mine, {
+        "status": JobStatus.RUNNING.value, "attempts": Job.attempts + 1, "started_at": now,
+        "lease_expires_at": now + timedelta(seconds=lease_seconds), "worker": worker,
+    })  # fmt: skip
+    announce(session, claimed, "start")
+    return claimed
 
 
 def finish_job(session: Session, job: Job, result: JobResult) -> bool:
@@ -157,7 +159,9 @@ def finish_job(session: Session, job: Job, result: JobResult) -> bool:
         "total_ms": (now - created).total_seconds() * 1000,
     }
     running = and_(Job.id == job.id, Job.status == JobStatus.RUNNING.value)
-    return session.execute(update(Job).where(running).values(**values)).rowcount == 1
+    finished = _update_jobs(session, running, values)
+    announce(session, finished, "completed")
+    return bool(finished)
 
 
 def fail_job(session: Session, job_id: uuid.UUID, code: str, message: str) -> bool:
@@ -170,7 +174,9 @@ def cancel_job(session: Session, job_id: uuid.UUID) -> bool:
     """Cancel a queued job (it will never run); False when it already started or ended."""
     queued = and_(Job.id == job_id, Job.status == JobStatus.QUEUED.value)
     values = {"status": JobStatus.CANCELED.value, "finished_at": utcnow()}
-    return session.execute(update(Job).where(queued).values(**values)).rowcount == 1
+    canceled = _update_jobs(session, queued, values)
+    announce(session, canceled, "completed")
+    return bool(canceled)
 
 
 def release_job(session: Session, job_id: uuid.UUID) -> bool:
@@ -213,4 +219,49 @@ def _finish_where(session, where, status: JobStatus, code: str, message: str, no
         "finished_at": now,
         "lease_expires_at": None,
     }
-    return session.execute(update(Job).where(where).values(**values)).rowcount
+    finished = _update_jobs(session, where, values)
+    announce(session, finished, "completed")
+    return len(finished)
+
+
+def _update_jobs(session: Session, where, values: dict) -> list[Job]:
+    """UPDATE the matching jobs and return them as they are now."""
+    statement = update(Job).where(where).values(**values).returning(Job)
+    options = {"synchronize_session": False, "populate_existing": True}
+    return list(session.scalars(statement, execution_options=options))
+
+
+def batch_jobs(session: Session, batch_id: uuid.UUID) -> list[Job]:
+    """The batch's jobs in submission order, as committed now."""
+    query = select(Job).where(Job.batch_id == batch_id).order_by(Job.created_at, Job.id)
+    return list(session.scalars(query, execution_options={"populate_existing": True}))
+
+
+def wants(owner: Job | Batch | None, when: str) -> bool:
+    """Whether a job or batch asked for a webhook on `when` (start or completed)."""
+    return bool(owner and owner.webhook_url and when in (owner.webhook_events or ()))
+
+
+def announce(session: Session, changed: Sequence[Job], when: str) -> None:
+    """Record the deliveries owed now that `changed` jobs started or ended (`when`)."""
+    for job in changed:
+        if wants(job, when):
+            event = Event(job.owner, "job", job.id, f"job.{PAST[when]}", job.webhook_url,
+                          job_json(job))  # fmt: skip
+            record_event(session, event)
+    for batch_id in sorted({job.batch_id for job in changed if job.batch_id}):
+        _announce_batch(session, batch_id, when)
+
+
+def _announce_batch(session: Session, batch_id: uuid.UUID, when: str) -> None:
+    """A batch starts with its first job and completes once, when its last job ends."""
+    batch, event = session.get(Batch, batch_id), f"batch.{PAST[when]}"
+    if not wants(batch, when) or was_recorded(session, batch_id, event):
+        return
+    if when == "completed":
+        # Of two jobs ending at once, the one that locks second sees the other one ended.
+        session.execute(select(Batch.id).where(Batch.id == batch_id).with_for_update())
+    members = batch_jobs(session, batch_id)
+    if when == "start" or all(JobStatus(job.status).is_terminal for job in members):
+        data = batch_json(batch, members)
+        record_event(session, Event(batch.owner, "batch", batch.id, event, batch.webhook_url, data))

@@ -1,4 +1,4 @@
-"""The database tables: jobs (the record of every caption request) and batches."""
+"""The database tables: jobs (every caption request), batches, webhook deliveries and secrets."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
     Uuid,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -57,7 +59,19 @@ class JobStatus(enum.StrEnum):
 
 
 TERMINAL = tuple(s.value for s in JobStatus if s.is_terminal)
-_STATUS_CHECK = "status IN (" + ", ".join(f"'{s.value}'" for s in JobStatus) + ")"
+
+
+class DeliveryStatus(enum.StrEnum):
+    """pending → sending → delivered, or back to pending (a retry), or failed for good."""
+
+    PENDING = "pending"  # waiting for next_attempt_at
+    SENDING = "sending"  # an attempt is in flight, under a lease
+    DELIVERED = "delivered"  # the endpoint answered 2xx
+    FAILED = "failed"  # out of attempts, or the endpoint answered 410 Gone
+
+
+def _status_check(statuses: type[enum.StrEnum]) -> str:
+    return "status IN (" + ", ".join(f"'{s.value}'" for s in statuses) + ")"
 
 
 def utcnow() -> datetime:
@@ -94,7 +108,7 @@ class Job(Base):
 
     __tablename__ = "jobs"
     __table_args__ = (
-        CheckConstraint(_STATUS_CHECK, name="status"),
+        CheckConstraint(_status_check(JobStatus), name="status"),
         CheckConstraint("attempts >= 0", name="attempts"),
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),  # listing, newest first
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),  # the sweeper's scan
@@ -141,3 +155,69 @@ class Job(Base):
     def job_status(self) -> JobStatus:
         """The status as an enum."""
         return JobStatus(self.status)
+
+
+_CURRENT = text("expires_at IS NULL")
+
+
+class WebhookSecret(Base):
+    """An owner's signing secret: the current one, or a rotated-out one valid until expires_at."""
+
+    __tablename__ = "webhook_secrets"
+    __table_args__ = (
+        # At most one current secret per owner.
+        Index("uq_webhook_secrets_current", "owner", unique=True,
+              postgresql_where=_CURRENT, sqlite_where=_CURRENT),
+    )  # fmt: skip
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    secret: Mapped[str] = mapped_column(String(128))  # whsec_ + base64 (HMAC needs it in clear)
+    created_at: Mapped[datetime] = _now_column()
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Delivery(Base):
+    """One webhook message (one event of one resource), sent until it is delivered or given up."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        CheckConstraint(_status_check(DeliveryStatus), name="status"),
+        UniqueConstraint("resource_id", "event"),  # an event is announced once
+        Index("ix_deliveries_status_next", "status", "next_attempt_at"),  # the sweeper's scan
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    owner: Mapped[str] = mapped_column(String(64))
+    resource_type: Mapped[str] = mapped_column(String(16))  # job | batch | training_run
+    resource_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    event: Mapped[str] = mapped_column(String(32))  # job.started, job.completed, batch.completed
+    url: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)  # the JSON sent, the same bytes on every attempt
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # every attempt, replays included
+    step: Mapped[int] = mapped_column(Integer, default=0)  # place in the retry schedule
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now_column()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    @property
+    def message_id(self) -> str:
+        """The `webhook-id` header: the same on every attempt and replay."""
+        return f"msg_{self.id.hex}"
+
+
+class DeliveryAttempt(Base):
+    """One POST of a delivery: when, what came back, how long it took."""
+
+    __tablename__ = "delivery_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("deliveries.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)  # 1 for the first attempt
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    latency_ms: Mapped[float] = mapped_column(Float)
+    status_code: Mapped[int | None] = mapped_column(Integer)  # None when no response came
+    error: Mapped[str | None] = mapped_column(Text)  # why it failed, None on success
+    response: Mapped[str | None] = mapped_column(Text)  # the start of the response body

@@ -12,14 +12,19 @@ from dataclasses import dataclass
 
 from celery import Celery, signals
 
-from captioner.broker import SWEEP_TASK, make_celery
+from captioner.broker import (
+    SWEEP_DELIVERIES_TASK,
+    SWEEP_TASK,
+    delivery_sender,
+    make_celery,
+)
 from captioner.settings import Settings, from_env
 from store.db import Database
 from worker.inference import Inference
 from worker.tasks import register_tasks
+from worker.webhooks import Sender
 
 log = logging.getLogger(__name__)
-SWEEP_EVERY_S = 30
 
 
 @dataclass
@@ -27,16 +32,23 @@ class WorkerState:
     """What one worker process keeps between tasks."""
 
     settings: Settings
+    app: Celery
     inference: Inference | None = None  # only on workers that consume the inference queue
     _database: Database | None = None
+    _sender: Sender | None = None
 
     def database(self) -> Database:
-        """The process's database (the inference runtime's, when there is one)."""
-        if self.inference is not None:
-            return self.inference.db
+        """The process's database; deliveries its transactions record go to the webhooks queue."""
         if self._database is None:
             self._database = Database(self.settings.database_url)
+            self._database.after_commit.append(delivery_sender(self.app, log))
         return self._database
+
+    def sender(self) -> Sender:
+        """The process's webhook sender."""
+        if self._sender is None:
+            self._sender = Sender(self.settings, self.database(), self.app)
+        return self._sender
 
 
 def create_worker_app(settings: Settings | None = None) -> Celery:
@@ -48,17 +60,21 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
         # One batch computing while the next one's images are fetched and decoded.
         worker_concurrency=2 * settings.batch_max_size,
         beat_schedule={
-            "sweep": {
-                "task": SWEEP_TASK,
-                "schedule": SWEEP_EVERY_S,
-                "options": {"queue": "inference", "expires": SWEEP_EVERY_S},
-            }
+            "sweep": sweep_entry(SWEEP_TASK, "inference", settings.sweep_interval_s),
+            "sweep-deliveries": sweep_entry(
+                SWEEP_DELIVERIES_TASK, "webhooks", settings.sweep_interval_s
+            ),
         },
     )
-    app.captioner = WorkerState(settings)
+    app.captioner = WorkerState(settings, app)
     register_tasks(app)
     connect_lifecycle(app)
     return app
+
+
+def sweep_entry(task: str, queue: str, every_s: float) -> dict:
+    """A beat entry that runs `task` on `queue` every `every_s` (a late one is dropped)."""
+    return {"task": task, "schedule": every_s, "options": {"queue": queue, "expires": every_s}}
 
 
 def connect_lifecycle(app: Celery) -> None:
@@ -66,11 +82,14 @@ def connect_lifecycle(app: Celery) -> None:
 
     def on_setup(sender, instance, **_) -> None:
         if instance.app is app and "inference" in app.amqp.queues.consume_from:
-            app.captioner.inference = Inference(app.captioner.settings, instance.hostname)
+            state = app.captioner
+            state.inference = Inference(state.settings, instance.hostname, state.database())
 
     def on_shutdown(sender, **_) -> None:
-        if sender.app is app and app.captioner.inference is not None:
-            app.captioner.inference.close()
+        if sender.app is app:
+            if app.captioner.inference is not None:
+                app.captioner.inference.close()
+            app.captioner.database().dispose()
 
     # After logging is set up and -Q applied, before the pool and the consumer start.
     signals.celeryd_after_setup.connect(on_setup, weak=False)

@@ -48,10 +48,10 @@ class TemporaryFailure(Exception):
 class Inference:
     """A loaded model behind a micro-batcher, plus the store it reads jobs from and writes to."""
 
-    def __init__(self, settings: Settings, worker: str) -> None:
+    def __init__(self, settings: Settings, worker: str, db: Database) -> None:
         self.settings = settings
         self.worker = worker
-        self.db = Database(settings.database_url)
+        self.db = db
         self.blobs = open_blob_store(settings)
         self.notifier = Notifier(settings.broker_url)
         self.captioner, self.model_version = load_model(settings)
@@ -147,7 +147,6 @@ class Inference:
     def close(self) -> None:
         """Finish queued batches and close connections."""
         self.batcher.stop(timeout=60)
-        self.db.dispose()
 
 
 def load_model(settings: Settings):

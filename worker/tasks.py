@@ -6,7 +6,7 @@ import logging
 
 from celery import Celery
 
-from captioner.broker import CAPTION_TASK, SWEEP_TASK
+from captioner.broker import CAPTION_TASK, DELIVER_TASK, SWEEP_DELIVERIES_TASK, SWEEP_TASK
 from worker.inference import JobSkipped, TemporaryFailure
 from worker.sweeper import sweep
 
@@ -36,3 +36,13 @@ def register_tasks(app: Celery) -> None:
         """Send lost jobs again (scheduled by `captioner beat`)."""
         state = app.captioner
         return sweep(state.settings, state.database(), app)
+
+    @app.task(name=DELIVER_TASK, ignore_result=True)
+    def deliver(delivery_id: str) -> None:
+        """One attempt of a webhook delivery (the webhooks queue)."""
+        log.info("delivery %s %s", delivery_id, app.captioner.sender().deliver(delivery_id))
+
+    @app.task(name=SWEEP_DELIVERIES_TASK, ignore_result=True)
+    def sweep_deliveries() -> int:
+        """Send deliveries that are due (scheduled by `captioner beat` on the webhooks queue)."""
+        return app.captioner.sender().sweep()

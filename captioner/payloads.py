@@ -1,14 +1,14 @@
-"""The JSON shapes of a job and a batch, as GET returns them (and webhooks will send them)."""
+"""The JSON shapes of a job and a batch: what GET returns and what webhooks send.
+
+Plain functions of the rows (no Flask), so workers build the same objects as the API.
+"""
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 from typing import Any
 
-from flask import url_for
-
-from store.models import Batch, Job, JobStatus, as_utc
+from store.models import Batch, Delivery, DeliveryAttempt, DeliveryStatus, Job, JobStatus, as_utc
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -40,19 +40,27 @@ def job_json(job: Job) -> dict[str, Any]:
             "finished_at": iso(job.finished_at), "queue_ms": job.queue_ms,
             "predict_ms": job.predict_ms, "total_ms": job.total_ms, "batch_size": job.batch_size,
         },
+        "webhook": webhook_json(job),
         "urls": job_urls(job, done),
     }  # fmt: skip
 
 
+def webhook_json(owner: Job | Batch) -> dict[str, Any] | None:
+    """Where and on which events a job or batch is announced, or None."""
+    if not owner.webhook_url:
+        return None
+    return {"url": owner.webhook_url, "events": owner.webhook_events}
+
+
 def job_urls(job: Job, done: bool) -> dict[str, str]:
     """Links to the job, its batch if any, and, once it succeeded, its attention map."""
-    urls = {"self": url_for("jobs.get_job", job_id=job.id),
-            "cancel": url_for("jobs.cancel_job", job_id=job.id)}  # fmt: skip
+    urls = {"self": f"/v1/jobs/{job.id}", "cancel": f"/v1/jobs/{job.id}/cancel",
+            "deliveries": f"/v1/jobs/{job.id}/deliveries"}  # fmt: skip
     if job.batch_id:
-        urls["batch"] = url_for("batches.get_batch", batch_id=job.batch_id)
+        urls["batch"] = f"/v1/batches/{job.batch_id}"
     if done:
-        urls["attention"] = url_for("attention.get_attention", job_id=job.id)
-        urls["attention_png"] = url_for("attention.get_attention_png", job_id=job.id)
+        urls["attention"] = f"/v1/jobs/{job.id}/attention"
+        urls["attention_png"] = f"/v1/jobs/{job.id}/attention.png"
     return urls
 
 
@@ -70,12 +78,33 @@ def batch_json(batch: Batch, jobs: list[Job]) -> dict[str, Any]:
         "counts": counts,
         "created_at": iso(batch.created_at),
         "finished_at": iso(max(finished)) if done and finished else None,
+        "webhook": webhook_json(batch),
         "jobs": [job_json(job) for job in jobs],
-        "urls": {"self": url_for("batches.get_batch", batch_id=batch.id)},
+        "urls": {
+            "self": f"/v1/batches/{batch.id}",
+            "deliveries": f"/v1/batches/{batch.id}/deliveries",
+        },
     }
 
 
-def encode_cursor(job: Job) -> str:
-    """An opaque cursor for the page after `job`."""
-    raw = f"{iso(job.created_at)}|{job.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def delivery_json(delivery: Delivery, attempts: list[DeliveryAttempt]) -> dict[str, Any]:
+    """A webhook delivery: what was announced where, its state, and every attempt."""
+    return {
+        "id": str(delivery.id),
+        "webhook_id": delivery.message_id,
+        "event": delivery.event,
+        "resource": {"type": delivery.resource_type, "id": str(delivery.resource_id)},
+        "url": delivery.url,
+        "status": delivery.status,
+        "attempt_count": delivery.attempts,
+        "next_attempt_at": iso(delivery.next_attempt_at)
+        if delivery.status == DeliveryStatus.PENDING else None,
+        "created_at": iso(delivery.created_at),
+        "finished_at": iso(delivery.finished_at),
+        "attempts": [{
+            "number": a.number, "started_at": iso(a.started_at), "status_code": a.status_code,
+            "latency_ms": round(a.latency_ms, 1), "error": a.error, "response": a.response,
+        } for a in attempts],
+        "urls": {"self": f"/v1/deliveries/{delivery.id}",
+                 "replay": f"/v1/deliveries/{delivery.id}/replay"},
+    }  # fmt: skip

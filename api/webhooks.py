@@ -1,0 +1,102 @@
+"""Webhooks: the signing secret (show, rotate), each resource's delivery log, and replay."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from flask import Blueprint, jsonify, request
+
+from api.errors import ApiError
+from api.jobs import OWNER, find_job
+from api.services import services
+from captioner.payloads import delivery_json, iso
+from store import batches, deliveries, webhook_secrets
+
+bp = Blueprint("webhooks", __name__, url_prefix="/v1")
+MAX_GRACE_S = 7 * 86400
+
+
+@bp.get("/webhooks/secret")
+def get_secret():
+    """The secret webhooks are signed with, and rotated-out ones still valid."""
+    with services().db.session() as session:
+        return jsonify(secrets_json(webhook_secrets.secrets_in_use(session, OWNER)))
+
+
+@bp.post("/webhooks/secret/rotate")
+def rotate_secret():
+    """A new secret; the old one keeps signing for `grace_seconds` (default: the setting)."""
+    body = request.get_json(silent=True) if request.content_length else {}
+    grace = (body or {}).get("grace_seconds", services().settings.webhook_secret_grace_s)
+    if not isinstance(body, dict) or isinstance(grace, bool) or not isinstance(grace, int | float):
+        raise ApiError(400, "invalid_grace", "send a JSON object with numeric grace_seconds")
+    if not 0 <= grace <= MAX_GRACE_S:
+        raise ApiError(400, "invalid_grace", f"grace_seconds must be from 0 to {MAX_GRACE_S}")
+    with services().db.session() as session:
+        rotated = webhook_secrets.rotate(session, OWNER, timedelta(seconds=grace))
+        return jsonify(secrets_json(rotated))
+
+
+def secrets_json(in_use) -> dict:
+    """The current secret first, then the previous ones with their expiry."""
+    current, *previous = in_use
+    return {
+        "secret": current.secret,
+        "created_at": iso(current.created_at),
+        "previous": [{"secret": s.secret, "expires_at": iso(s.expires_at)} for s in previous],
+    }
+
+
+@bp.get("/jobs/<uuid:job_id>/deliveries")
+def job_deliveries(job_id: uuid.UUID):
+    """Every webhook delivery of a job, with its attempts."""
+    with services().db.session() as session:
+        find_job(session, job_id)
+        return jsonify(deliveries_json(session, job_id))
+
+
+@bp.get("/batches/<uuid:batch_id>/deliveries")
+def batch_deliveries(batch_id: uuid.UUID):
+    """Every webhook delivery of a batch, with its attempts."""
+    with services().db.session() as session:
+        if batches.get_batch(session, batch_id, owner=OWNER) is None:
+            raise ApiError(404, "batch_not_found", f"no batch {batch_id}")
+        return jsonify(deliveries_json(session, batch_id))
+
+
+def deliveries_json(session, resource_id: uuid.UUID) -> dict:
+    """A resource's deliveries, oldest first."""
+    found = deliveries.list_deliveries(session, resource_id)
+    attempts = deliveries.attempts_of(session, [d.id for d in found])
+    return {"deliveries": [delivery_json(d, attempts[d.id]) for d in found]}
+
+
+@bp.get("/deliveries/<uuid:delivery_id>")
+def get_delivery(delivery_id: uuid.UUID):
+    """One delivery with its attempts."""
+    with services().db.session() as session:
+        delivery = find_delivery(session, delivery_id)
+        attempts = deliveries.attempts_of(session, [delivery_id])[delivery_id]
+        return jsonify(delivery_json(delivery, attempts))
+
+
+@bp.post("/deliveries/<uuid:delivery_id>/replay")
+def replay_delivery(delivery_id: uuid.UUID):
+    """Send a delivery again, same webhook-id, from the start of the schedule: 202."""
+    with services().db.session() as session:
+        find_delivery(session, delivery_id)
+        if not deliveries.replay(session, delivery_id):
+            raise ApiError(409, "delivery_in_flight", "an attempt is in flight; replay it after")
+        session.expire_all()
+        delivery = find_delivery(session, delivery_id)
+        body = delivery_json(delivery, deliveries.attempts_of(session, [delivery_id])[delivery_id])
+    return jsonify(body), 202
+
+
+def find_delivery(session, delivery_id: uuid.UUID):
+    """The caller's delivery or a 404."""
+    delivery = deliveries.get_delivery(session, delivery_id, OWNER)
+    if delivery is None:
+        raise ApiError(404, "delivery_not_found", f"no delivery {delivery_id}")
+    return delivery

@@ -1,0 +1,156 @@
+"""The webhook sender: one attempt of one delivery per task, on the `webhooks` queue.
+
+An attempt claims the delivery (so no two senders make it), signs the stored body with every
+secret in use, POSTs it with a timeout, logs the outcome and settles the delivery: delivered on
+a 2xx; otherwise retried after the schedule's next delay (± jitter, or later if `Retry-After`
+asks on 429/503), or failed once the schedule is spent. `410 Gone` stops every pending delivery
+to that endpoint. Short delays are Celery countdowns; the sweeper sends the longer ones, and
+anything a dead worker left owed, once they are due.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import urllib.error
+import urllib.request
+import uuid
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
+
+from celery import Celery
+
+from captioner.broker import enqueue_delivery
+from captioner.settings import Settings
+from captioner.signatures import signed_headers
+from store import deliveries
+from store.db import Database
+from store.deliveries import AttemptRecord
+from store.models import Delivery, utcnow
+from store.webhook_secrets import secrets_in_use
+
+log = logging.getLogger(__name__)
+COUNTDOWN_MAX_S = 60  # longer waits are left to the sweeper (Redis holds countdowns in memory)
+SWEEP_SLACK = timedelta(seconds=2)  # a due delivery's own message usually arrives first
+RESPONSE_CHARS = 500  # of the response body kept in the log
+USER_AGENT = "captioner-webhooks/1"
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # a 3xx is a failed attempt, not followed
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
+
+
+class Sender:
+    """Makes delivery attempts, and puts the next ones on the webhooks queue of `app`."""
+
+    def __init__(self, settings: Settings, db: Database, app: Celery, rng=random.random) -> None:
+        self.settings = settings
+        self.db = db
+        self.app = app
+        self.rng = rng
+
+    def deliver(self, delivery_id: str) -> str:
+        """One attempt, if the delivery is due and ours; returns what happened, for the log."""
+        lease = timedelta(seconds=self.settings.webhook_timeout_s + 60)
+        with self.db.session() as session:
+            delivery = deliveries.claim(session, uuid.UUID(delivery_id), lease)
+            if delivery is None:
+                return "skipped (not due, in flight elsewhere, waiting its turn, or settled)"
+            secrets = [s.secret for s in secrets_in_use(session, delivery.owner)]
+        body = delivery.body.encode()
+        headers = signed_headers(secrets, delivery.message_id, body)
+        record, retry_after = post(delivery.url, headers, body, self.settings.webhook_timeout_s)
+        return self._settle(delivery, record, retry_after)
+
+    def _settle(self, delivery: Delivery, record: AttemptRecord, retry_after: float | None) -> str:
+        retry_in = None if record.error is None else self.retry_delay(delivery, retry_after)
+        if record.status_code == 410:
+            retry_in = None
+        retry_at = utcnow() + timedelta(seconds=retry_in) if retry_in is not None else None
+        with self.db.session() as session:
+            status = deliveries.finish_attempt(session, delivery, record, retry_at)
+            if record.status_code == 410:
+                deliveries.stop_endpoint(session, delivery.owner, delivery.url)
+            waiting = deliveries.due_ids(session, delivery.resource_id)  # held back by this one
+        waiting = [other for other in waiting if other != delivery.id]
+        if retry_in is not None and retry_in <= COUNTDOWN_MAX_S:
+            enqueue_delivery(self.app, str(delivery.id), retry_in)
+        for other in waiting:
+            enqueue_delivery(self.app, str(other))
+        outcome = record.status_code or record.error
+        log.info("delivery %s attempt %d: %s → %s", delivery.id, delivery.attempts, outcome, status)
+        return status
+
+    def retry_delay(self, delivery: Delivery, retry_after: float | None) -> float | None:
+        """Seconds until the next attempt, or None when the schedule is spent."""
+        schedule = self.settings.webhook_schedule
+        step = delivery.step + 1
+        if step >= len(schedule):
+            return None
+        jitter = self.settings.webhook_jitter
+        delay = schedule[step] * (1 + jitter * (2 * self.rng() - 1))
+        if retry_after is not None:  # the receiver asked for more time (429/503)
+            delay = max(delay, min(retry_after, max(schedule)))
+        return delay
+
+    def sweep(self) -> int:
+        """Send every delivery that is due (after freeing dead senders' leases)."""
+        with self.db.session() as session:
+            due = deliveries.due_ids(session, slack=SWEEP_SLACK)
+        for delivery_id in due:
+            enqueue_delivery(self.app, str(delivery_id))
+        if due:
+            log.info("delivery sweeper sent %d", len(due))
+        return len(due)
+
+
+def post(url: str, headers: dict[str, str], body: bytes, timeout: float):
+    """POST `body`; returns (the attempt's record, seconds asked for by Retry-After or None)."""
+    started, clock = utcnow(), time.perf_counter()
+    headers = headers | {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    code, text, error, retry_after = None, None, None, None
+    try:
+        with _opener.open(request, timeout=timeout) as response:
+            code, text = response.status, response.read(RESPONSE_CHARS)
+    except urllib.error.HTTPError as exc:  # a status outside 2xx (3xx included)
+        code, text = exc.code, exc.read(RESPONSE_CHARS)
+        retry_after = (
+            parse_retry_after(exc.headers.get("Retry-After")) if code in (429, 503) else None
+        )
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        error = describe(exc)
+    latency_ms = (time.perf_counter() - clock) * 1000
+    if error is None and latency_ms > timeout * 1000:
+        error = f"no complete response within {timeout:g} s"
+    if error is None and not 200 <= code < 300:
+        error = f"HTTP {code}"
+    response_text = text.decode("utf-8", "replace") if text else None
+    return AttemptRecord(started, latency_ms, code, error, response_text), retry_after
+
+
+def describe(exc: Exception) -> str:
+    """A short reason for a failed connection."""
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+        return "timed out"
+    return f"{type(reason).__name__}: {reason}"
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (moment - (now or utcnow())).total_seconds())
