@@ -28,9 +28,11 @@ def get_secret():
 def rotate_secret():
     """A new secret; the old one keeps signing for `grace_seconds` (default: the setting)."""
     body = request.get_json(silent=True) if request.content_length else {}
-    grace = (body or {}).get("grace_seconds", services().settings.webhook_secret_grace_s)
-    if not isinstance(body, dict) or isinstance(grace, bool) or not isinstance(grace, int | float):
+    if not isinstance(body, dict):
         raise ApiError(400, "invalid_grace", "send a JSON object with numeric grace_seconds")
+    grace = body.get("grace_seconds", services().settings.webhook_secret_grace_s)
+    if isinstance(grace, bool) or not isinstance(grace, int | float):
+        raise ApiError(400, "invalid_grace", "grace_seconds must be a number of seconds")
     if not 0 <= grace <= MAX_GRACE_S:
         raise ApiError(400, "invalid_grace", f"grace_seconds must be from 0 to {MAX_GRACE_S}")
     with services().db.session() as session:

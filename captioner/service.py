@@ -34,7 +34,7 @@ def add_commands(commands) -> None:
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(run=run_worker)
 
-    beat = commands.add_parser("beat", help="run the scheduler that triggers the sweeper")
+    beat = commands.add_parser("beat", help="run the scheduler that triggers the sweepers")
     beat.set_defaults(run=run_beat)
 
     for name, text in (("api", "serve the HTTP API"), ("up", "run the API and the workers")):
@@ -124,12 +124,13 @@ def serve_api(settings: Settings, host: str, port: int) -> None:
 
 
 def run_up(args: argparse.Namespace) -> None:
-    """Migrate, start an inference worker (one per GPU) and the sweeper, then serve the API."""
+    """Migrate, start the workers (inference: one per GPU; webhooks) and beat, serve the API."""
     settings = from_env()
     migrate(settings)
     stop_on_sigterm()
-    workers = worker_command("inference", gpus="all")
-    with background([workers, [sys.executable, "-m", "captioner", "beat"]]):
+    inference = worker_command("inference", gpus="all")
+    webhooks = worker_command("webhooks")
+    with background([inference, webhooks, [sys.executable, "-m", "captioner", "beat"]]):
         serve_api(settings, args.host, args.port)
 
 

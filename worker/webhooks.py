@@ -42,7 +42,8 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_opener = urllib.request.build_opener(_NoRedirects)
+# No proxies from the environment: a proxy meant for package downloads must not see callbacks.
+_opener = urllib.request.build_opener(_NoRedirects, urllib.request.ProxyHandler({}))
 
 
 class Sender:
