@@ -16,7 +16,8 @@ from captioner.broker import QUEUES
 from captioner.processes import api_server, background, worker_command
 from captioner.settings import Settings, from_env
 
-WORKER_CONCURRENCY = 4  # training and webhook workers: the work is I/O or one run at a time
+WORKER_CONCURRENCY = 4  # training workers: one run at a time each
+WEBHOOK_CONCURRENCY = 32  # webhook workers wait on receivers: a few slow ones must not stall all
 
 
 def add_commands(commands) -> None:
@@ -30,7 +31,8 @@ def add_commands(commands) -> None:
     worker.add_argument("--gpus", choices=["all", "none"], default="none",
                         help="all: a process per visible GPU (one CPU worker if none)")  # fmt: skip
     worker.add_argument("--name", help="Celery node name (default: QUEUE@HOSTNAME)")
-    worker.add_argument("--concurrency", type=int, help="pool threads (default: 2 × batch size)")
+    worker.add_argument("--concurrency", type=int, help="pool threads (inference: 2 × batch "
+                        "size, webhooks: 32, else 4)")  # fmt: skip
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(run=run_worker)
 
@@ -84,8 +86,11 @@ def run_celery_worker(settings: Settings, queues: list[str], name: str, concurre
     if settings.embedded:
         migrate(settings)
     if concurrency is None:
-        inference = "inference" in queues
-        concurrency = 2 * settings.batch_max_size if inference else WORKER_CONCURRENCY
+        concurrency = WORKER_CONCURRENCY
+        if "webhooks" in queues:
+            concurrency = WEBHOOK_CONCURRENCY
+        if "inference" in queues:
+            concurrency = 2 * settings.batch_max_size
     app = create_worker_app(settings)
     app.worker_main([
         "worker", "--queues", ",".join(queues), "--hostname", name, "--pool", "threads",

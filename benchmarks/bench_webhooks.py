@@ -1,0 +1,171 @@
+"""Webhook delivery against bare HTTP POSTs to the same receiver, in one run on one machine.
+
+Prints one JSON object. Run from the repository root (Postgres and Redis running):
+`python benchmarks/bench_webhooks.py [--jobs 400]`.
+
+- `raw_posts_per_s`: signed POSTs of a job-sized body straight to a loopback receiver from as
+  many threads as the webhook worker has (`worker.webhooks.post`, no database, no queue).
+- `deliveries_per_s`: jobs with a webhook are canceled through the API from 8 threads (no
+  inference worker: the events cost no model time); each cancel records a delivery with the
+  status change, the webhook worker claims, signs, POSTs and logs it. Rate over the middle 80%
+  of arrivals at the receiver.
+- `p50_ms`, `p95_ms`: from the cancel's HTTP answer to the message's arrival, at that load.
+- `low_load_p50_ms`: the same, one job at a time.
+- `duplicates`: webhook-ids that arrived more than once (0 expected with no failures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import redis  # noqa: E402
+
+from captioner.client import Client  # noqa: E402
+from captioner.processes import api_server, start_worker, stop, wait_ready  # noqa: E402
+from captioner.service import WEBHOOK_CONCURRENCY  # noqa: E402
+from captioner.settings import Settings  # noqa: E402
+from captioner.signatures import new_secret, signed_headers  # noqa: E402
+from store.blobs import open_blob_store  # noqa: E402
+from store.migrate import upgrade  # noqa: E402
+from tests.databases import fresh_postgres  # noqa: E402
+from tests.receiver import receiver  # noqa: E402
+from tests.s3 import ACCESS_KEY, REGION, SECRET_KEY, moto_s3_server  # noqa: E402
+from worker.webhooks import post  # noqa: E402
+
+REDIS_URL = "redis://127.0.0.1:6379/9"
+
+
+def png() -> bytes:
+    """A small image to submit (its job is canceled, so any valid image will do)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def raw_posts_per_s(url: str, body: bytes, n: int) -> float:
+    """Signed POSTs per second from WEBHOOK_CONCURRENCY threads."""
+    secret = new_secret()
+
+    def send(i: int) -> None:
+        record, _ = post(url, signed_headers([secret], f"msg_raw{i}", body), body, 15)
+        if record.error:
+            raise RuntimeError(record.error)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(WEBHOOK_CONCURRENCY) as pool:
+        list(pool.map(send, range(n)))
+    return n / (time.perf_counter() - started)
+
+
+def cancel_all(client: Client, ids: list[str], threads: int) -> dict[str, float]:
+    """Cancel the jobs; when each cancel answered (time.monotonic)."""
+
+    def cancel(job_id: str) -> tuple[str, float]:
+        client.request("POST", f"/v1/jobs/{job_id}/cancel")
+        return job_id, time.monotonic()
+
+    with ThreadPoolExecutor(threads) as pool:
+        return dict(pool.map(cancel, ids))
+
+
+def arrivals(sink, path: str, n: int) -> dict[str, float]:
+    """Job id → first arrival time, once `n` messages came; also checks for repeats."""
+    messages = sink.wait(path, n, timeout=600)
+    first: dict[str, float] = {}
+    for message in messages:
+        first.setdefault(json.loads(message.body)["data"]["id"], message.at)
+    return first
+
+
+def run(args) -> dict:
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    with (tempfile.TemporaryDirectory() as tmp, moto_s3_server() as endpoint,
+          fresh_postgres() as database_url, receiver() as sink):  # fmt: skip
+        upgrade(database_url)
+        settings = Settings(
+            data_dir=Path(tmp), database_url=database_url, broker_url=REDIS_URL,
+            s3_bucket="bench", s3_endpoint_url=endpoint, s3_region=REGION,
+            s3_access_key=ACCESS_KEY, s3_secret_key=SECRET_KEY,
+        )  # fmt: skip
+        open_blob_store(settings).ensure_bucket()
+        log = Path(tmp) / "webhooks.log"
+        worker = start_worker(settings, log, "webhooks@bench", "webhooks")
+        try:
+            wait_ready(worker, log)
+            with api_server(settings) as url:
+                return measure(Client(url), sink, args)
+        finally:
+            stop([worker])
+
+
+def measure(client: Client, sink, args) -> dict:
+    image, url = png(), sink.script("/hook")
+
+    def submit(_=None) -> str:
+        return client.submit(image, webhook=url)["id"]
+
+    one = submit()
+    body = json.dumps({"type": "job.completed", "data": client.job(one)}).encode()
+    raw = raw_posts_per_s(sink.url("/raw"), body, args.jobs)
+
+    low = []
+    for _ in range(args.latency_jobs):
+        job_id = submit()
+        answered = cancel_all(client, [job_id], 1)[job_id]
+        count = len(sink.received("/hook")) + 1
+        low.append((arrivals(sink, "/hook", count)[job_id] - answered) * 1000)
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(submit, range(args.jobs)))
+    done = len(sink.received("/hook"))
+    answered = cancel_all(client, ids, 8)
+    arrived = arrivals(sink, "/hook", done + len(ids))
+    times = sorted(arrived[job_id] for job_id in ids)
+    cut = len(times) // 10
+    latencies = [(arrived[j] - answered[j]) * 1000 for j in ids]
+    messages = sink.received("/hook")
+    webhook_ids = [m.headers["webhook-id"] for m in messages]
+    return {
+        "deliveries_per_s": (len(times) - 1 - 2 * cut) / (times[-1 - cut] - times[cut]),
+        "raw_posts_per_s": raw,
+        "p50_ms": statistics.median(latencies),
+        "p95_ms": statistics.quantiles(latencies, n=20)[-1],
+        "low_load_p50_ms": statistics.median(low),
+        "duplicates": len(webhook_ids) - len(set(webhook_ids)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=400, help="deliveries in the loaded run")
+    parser.add_argument("--latency-jobs", type=int, default=20, help="deliveries one at a time")
+    args = parser.parse_args()
+    figures = run(args)
+    result = {key: round(value, 2) for key, value in figures.items()}
+    result["ratio"] = round(figures["deliveries_per_s"] / figures["raw_posts_per_s"], 3)
+    result |= {
+        "jobs": args.jobs, "sender_threads": WEBHOOK_CONCURRENCY,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "date": datetime.date.today().isoformat(),
+    }  # fmt: skip
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
