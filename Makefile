@@ -28,6 +28,7 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_webhooks.py
 
 clean:
 	rm -rf $(VENV) $(DATA)

@@ -119,17 +119,18 @@ def stop_endpoint(session: Session, owner: str, url: str) -> int:
     return session.execute(update(Delivery).where(pending).values(**values)).rowcount
 
 
-def due_ids(session: Session, resource_id: uuid.UUID | None = None, slack=timedelta()) -> list:
-    """Ids of pending deliveries due `slack` ago (of one resource, if given).
-
-    First, deliveries whose sender died mid-attempt (an expired lease) become pending again.
-    """
+def free_expired_leases(session: Session) -> int:
+    """Deliveries whose sender died mid-attempt (the lease ran out) become pending, due now."""
     now = utcnow()
     expired = and_(Delivery.status == SENDING, Delivery.lease_expires_at < now)
     freed = {"status": PENDING, "lease_expires_at": None, "next_attempt_at": now}
-    session.execute(update(Delivery).where(expired).values(**freed))
+    return session.execute(update(Delivery).where(expired).values(**freed)).rowcount
+
+
+def due_ids(session: Session, resource_id: uuid.UUID | None = None, slack=timedelta()) -> list:
+    """Ids of pending deliveries due `slack` ago (of one resource, if given), oldest first."""
     query = select(Delivery.id).where(
-        Delivery.status == PENDING, Delivery.next_attempt_at <= now - slack
+        Delivery.status == PENDING, Delivery.next_attempt_at <= utcnow() - slack
     )
     if resource_id is not None:
         query = query.where(Delivery.resource_id == resource_id)

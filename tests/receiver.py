@@ -97,8 +97,11 @@ def receiver() -> Iterator[Receiver]:
         def log_message(self, *args) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 128  # the default 5 resets connections under a burst
+
+    server = Server(("127.0.0.1", 0), Handler)
     state = Receiver(server.server_port)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -102,6 +102,7 @@ class Sender:
     def sweep(self) -> int:
         """Send every delivery that is due (after freeing dead senders' leases)."""
         with self.db.session() as session:
+            deliveries.free_expired_leases(session)
             due = deliveries.due_ids(session, slack=SWEEP_SLACK)
         for delivery_id in due:
             enqueue_delivery(self.app, str(delivery_id))
