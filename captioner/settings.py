@@ -133,26 +133,21 @@ def _required(env: Mapping[str, str], name: str) -> str:
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, not {raw!r}") from None
-    if value < 1:
-        raise SettingsError(f"{name} must be at least 1, not {value}")
-    return value
+    return _number(env, name, default, int, 1, "a whole number")
 
 
 def _float(env: Mapping[str, str], name: str, default: float, low: float = 0.001) -> float:
+    return _number(env, name, default, float, low, "a number")
+
+
+def _number(env: Mapping[str, str], name: str, default, kind: type, low, what: str):
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = float(raw)
+        value = kind(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be a number, not {raw!r}") from None
+        raise SettingsError(f"{name} must be {what}, not {raw!r}") from None
     if not value >= low:
         raise SettingsError(f"{name} must be at least {low:g}, not {raw}")
     return value

@@ -66,3 +66,12 @@ def trained_bundle(shapes_dir, tmp_path_factory) -> Path:
     args = ["train", "--data", str(shapes_dir), "--out", str(out), "--epochs", "25"]
     assert main([*args, "--patience", "6", "--cache", str(shapes_dir / "features")]) == 0
     return out
+
+
+@pytest.fixture(scope="module", params=["postgres", "sqlite"])
+def db(request, tmp_path_factory):
+    """A migrated database of each kind, shared by a module's tests (store tests)."""
+    from tests.databases import migrated_database
+
+    with migrated_database(request.param, tmp_path_factory.mktemp("sqlite")) as database:
+        yield database

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from sqlalchemy import create_engine, text
 
@@ -28,3 +28,32 @@ def fresh_postgres() -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@contextmanager
+def migrated_database(kind: str, folder) -> Iterator:
+    """A `store.db.Database` migrated to the newest schema: a fresh Postgres database
+    (`kind="postgres"`) or a SQLite file in `folder`; disposed of afterwards."""
+    from store.db import Database
+    from store.migrate import upgrade
+
+    with (
+        fresh_postgres()
+        if kind == "postgres"
+        else nullcontext(f"sqlite:///{folder / 'store.db'}") as url
+    ):
+        upgrade(url)
+        database = Database(url)
+        try:
+            yield database
+        finally:
+            database.dispose()
+
+
+def new_job(**changes):
+    """A `store.jobs.NewJob` for a small PNG of owner "tenant", with `changes`."""
+    from store.jobs import NewJob
+
+    fields = dict(owner="tenant", image_key="images/x", image_bytes=10, image_format="PNG",
+                  image_width=4, image_height=3)  # fmt: skip
+    return NewJob(**(fields | changes))

@@ -13,32 +13,11 @@ from sqlalchemy import update
 from store import batches, deliveries, jobs, webhook_secrets
 from store.db import Database
 from store.deliveries import AttemptRecord
-from store.migrate import upgrade
 from store.models import Delivery, Job, utcnow
-from tests.databases import fresh_postgres
+from tests.databases import new_job
 
 LEASE = timedelta(seconds=60)
 HOOK = "https://example.com/hook"
-
-
-@pytest.fixture(scope="module", params=["postgres", "sqlite"])
-def db(request, tmp_path_factory):
-    if request.param == "postgres":
-        with fresh_postgres() as url:
-            upgrade(url)
-            database = Database(url)
-            yield database
-            database.dispose()
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'deliveries.db'}"
-        upgrade(url)
-        yield Database(url)
-
-
-def new_job(**changes) -> jobs.NewJob:
-    fields = dict(owner="tenant", image_key="images/x", image_bytes=10, image_format="PNG",
-                  image_width=4, image_height=3)  # fmt: skip
-    return jobs.NewJob(**(fields | changes))
 
 
 def result() -> jobs.JobResult:

@@ -12,31 +12,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, update
 
 from store import jobs
-from store.db import Database
 from store.migrate import downgrade, upgrade
 from store.models import Base, Job, JobStatus, utcnow
-from tests.databases import fresh_postgres
-
-
-@pytest.fixture(scope="module", params=["postgres", "sqlite"])
-def db(request, tmp_path_factory):
-    """A migrated database of each kind, shared by the module's tests."""
-    if request.param == "postgres":
-        with fresh_postgres() as url:
-            upgrade(url)
-            database = Database(url)
-            yield database
-            database.dispose()
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'jobs.db'}"
-        upgrade(url)
-        yield Database(url)
-
-
-def new_job(**changes) -> jobs.NewJob:
-    fields = dict(owner="tenant", image_key="images/x", image_bytes=10, image_format="PNG",
-                  image_width=4, image_height=3)  # fmt: skip
-    return jobs.NewJob(**(fields | changes))
+from tests.databases import fresh_postgres, new_job
 
 
 def result(**changes) -> jobs.JobResult:
