@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,7 +12,7 @@ import pytest
 
 from captioner.settings import DEFAULT_SCHEDULE, Settings, SettingsError, from_env, to_env
 from store.models import Delivery
-from worker.webhooks import Sender, parse_retry_after
+from worker.webhooks import Sender, parse_retry_after, post
 
 SPEC_SCHEDULE_S = [0, 5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 14 * 3600, 20 * 3600,
                    24 * 3600]  # fmt: skip
@@ -72,3 +74,23 @@ def test_retry_after_reads_seconds_and_http_dates():
     assert parse_retry_after("Sat, 21 Nov 2026 12:01:30 GMT", now) == 90
     assert parse_retry_after("Sat, 21 Nov 2026 11:00:00 GMT", now) == 0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_a_garbled_or_refused_answer_is_a_logged_failure_not_a_crash():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+
+        def answer_garbage() -> None:
+            connection, _ = server.accept()
+            with connection:
+                connection.recv(65536)
+                connection.sendall(b"this is not HTTP\r\n\r\n")
+
+        thread = threading.Thread(target=answer_garbage)
+        thread.start()
+        record, retry_after = post(f"http://127.0.0.1:{port}/", {}, b"{}", timeout=5)
+        thread.join()
+    assert record.status_code is None and "BadStatusLine" in record.error
+    assert retry_after is None
+    refused, _ = post(f"http://127.0.0.1:{port}/", {}, b"{}", timeout=5)  # nothing listens now
+    assert refused.status_code is None and "Connection" in refused.error

@@ -10,6 +10,7 @@ anything a dead worker left owed, once they are due.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import random
 import time
@@ -69,9 +70,8 @@ class Sender:
         return self._settle(delivery, record, retry_after)
 
     def _settle(self, delivery: Delivery, record: AttemptRecord, retry_after: float | None) -> str:
-        retry_in = None if record.error is None else self.retry_delay(delivery, retry_after)
-        if record.status_code == 410:
-            retry_in = None
+        final = record.error is None or record.status_code == 410  # delivered, or Gone
+        retry_in = None if final else self.retry_delay(delivery, retry_after)
         retry_at = utcnow() + timedelta(seconds=retry_in) if retry_in is not None else None
         with self.db.session() as session:
             status = deliveries.finish_attempt(session, delivery, record, retry_at)
@@ -125,7 +125,7 @@ def post(url: str, headers: dict[str, str], body: bytes, timeout: float):
         retry_after = (
             parse_retry_after(exc.headers.get("Retry-After")) if code in (429, 503) else None
         )
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
         error = describe(exc)
     latency_ms = (time.perf_counter() - clock) * 1000
     if error is None and latency_ms > timeout * 1000:
