@@ -12,7 +12,7 @@ from api.jobs import OWNER, enqueue, stored_job
 from api.services import services
 from api.uploads import read_batch
 from captioner.payloads import batch_json
-from store import batches
+from store import batches, jobs
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
@@ -26,7 +26,7 @@ def submit_batch():
     with services().db.session() as session:
         batch = batches.create_batch(session, OWNER, new_jobs, options.webhook_url,
                                      options.webhook_events)  # fmt: skip
-        members = batches.batch_jobs(session, batch.id)
+        members = jobs.batch_jobs(session, batch.id)
     enqueue([job.id for job in members])
     body = batch_json(batch, members)
     response = jsonify(body)
@@ -54,4 +54,4 @@ def get_batch(batch_id: uuid.UUID):
         batch = batches.get_batch(session, batch_id, owner=OWNER)
         if batch is None:
             raise ApiError(404, "batch_not_found", f"no batch {batch_id}")
-        return jsonify(batch_json(batch, batches.batch_jobs(session, batch_id)))
+        return jsonify(batch_json(batch, jobs.batch_jobs(session, batch_id)))

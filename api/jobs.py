@@ -17,7 +17,7 @@ from api.errors import ApiError
 from api.images import ImageInfo, inspect_image
 from api.services import services
 from api.uploads import Options, read_submission
-from captioner.broker import enqueue_caption
+from captioner.broker import enqueue_jobs
 from captioner.payloads import iso, job_json
 from store import jobs
 from store.keys import image_key
@@ -57,18 +57,7 @@ def stored_job(data: bytes, info: ImageInfo, options: Options) -> jobs.NewJob:
 def enqueue(job_ids: Sequence[uuid.UUID]) -> None:
     """Send the ids to the broker; those not sent stay unsent in their rows for the sweeper."""
     svc = services()
-    sent = []
-    for job_id in job_ids:
-        try:
-            enqueue_caption(svc.celery, str(job_id))
-        except Exception:  # noqa: BLE001 - the jobs are recorded; the sweeper sends them later
-            # A broker that refused one id would likely make each of the rest wait out a timeout.
-            current_app.logger.exception("could not enqueue job %s", job_id)
-            break
-        sent.append(job_id)
-    if sent:
-        with svc.db.session() as session:
-            jobs.mark_enqueued(session, sent)
+    enqueue_jobs(svc.celery, svc.db, job_ids, current_app.logger)
 
 
 def respond_after_wait(job_id: uuid.UUID):

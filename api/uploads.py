@@ -131,8 +131,9 @@ def parse_events(events: Any) -> tuple[str, ...]:
     names = events.split(",") if isinstance(events, str) else events
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ApiError(400, "invalid_webhook_events", "webhook_events must be a list of names")
-    unknown = sorted({n.strip() for n in names} - set(WEBHOOK_EVENTS))
+    asked = {name.strip() for name in names}
+    unknown = sorted(asked - set(WEBHOOK_EVENTS))
     if unknown:
         raise ApiError(400, "invalid_webhook_events", f"unknown webhook_events {unknown}; "
                        f"choose from {list(WEBHOOK_EVENTS)}")  # fmt: skip
-    return tuple(e for e in WEBHOOK_EVENTS if e in {n.strip() for n in names})
+    return tuple(event for event in WEBHOOK_EVENTS if event in asked)

@@ -78,22 +78,24 @@ def deliveries_json(session, resource_id: uuid.UUID) -> dict:
 def get_delivery(delivery_id: uuid.UUID):
     """One delivery with its attempts."""
     with services().db.session() as session:
-        delivery = find_delivery(session, delivery_id)
-        attempts = deliveries.attempts_of(session, [delivery_id])[delivery_id]
-        return jsonify(delivery_json(delivery, attempts))
+        return jsonify(one_delivery_json(session, find_delivery(session, delivery_id)))
 
 
 @bp.post("/deliveries/<uuid:delivery_id>/replay")
 def replay_delivery(delivery_id: uuid.UUID):
     """Send a delivery again, same webhook-id, from the start of the schedule: 202."""
     with services().db.session() as session:
-        find_delivery(session, delivery_id)
+        delivery = find_delivery(session, delivery_id)
         if not deliveries.replay(session, delivery_id):
             raise ApiError(409, "delivery_in_flight", "an attempt is in flight; replay it after")
-        session.expire_all()
-        delivery = find_delivery(session, delivery_id)
-        body = delivery_json(delivery, deliveries.attempts_of(session, [delivery_id])[delivery_id])
+        session.refresh(delivery)
+        body = one_delivery_json(session, delivery)
     return jsonify(body), 202
+
+
+def one_delivery_json(session, delivery) -> dict:
+    """A delivery with its attempts."""
+    return delivery_json(delivery, deliveries.attempts_of(session, [delivery.id])[delivery.id])
 
 
 def find_delivery(session, delivery_id: uuid.UUID):

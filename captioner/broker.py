@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 
 from celery import Celery
 
 from captioner.settings import Settings
+from store.db import Database
 from store.deliveries import NEW as NEW_DELIVERIES
+from store.jobs import mark_enqueued
 
 QUEUES = ("inference", "training", "webhooks")
 CAPTION_TASK = "worker.caption"  # the API enqueues by name and never imports worker code
@@ -62,18 +65,37 @@ def enqueue_delivery(app: Celery, delivery_id: str, countdown: float = 0) -> Non
     app.send_task(DELIVER_TASK, args=[delivery_id], queue="webhooks", countdown=countdown or None)
 
 
-def delivery_sender(app: Celery, log: logging.Logger):
-    """A `Database.after_commit` hook that sends the deliveries a transaction recorded.
+def send_each(send: Callable[[str], None], ids: Iterable, log: logging.Logger) -> list:
+    """Call `send(str(id))` for each id until the broker refuses one (logged); the ids sent.
 
-    A send that fails is only logged: the delivery is in the database, and the sweeper sends it.
+    What was not sent stays recorded in the database, for a sweeper to send later. Stopping at
+    the first refusal spares the rest from each waiting out the same broker timeout.
     """
+    sent = []
+    for item in ids:
+        try:
+            send(str(item))
+        except Exception:  # noqa: BLE001 - recorded in the database; a sweeper sends it later
+            log.exception("could not enqueue %s", item)
+            break
+        sent.append(item)
+    return sent
+
+
+def enqueue_jobs(app: Celery, db: Database, job_ids: Iterable, log: logging.Logger) -> int:
+    """Send jobs to the inference queue and mark those sent (the sweeper resends the rest)."""
+    sent = send_each(lambda job_id: enqueue_caption(app, job_id), job_ids, log)
+    if sent:
+        with db.session() as session:
+            mark_enqueued(session, sent)
+    return len(sent)
+
+
+def delivery_sender(app: Celery, log: logging.Logger) -> Callable[[dict], None]:
+    """A `Database.after_commit` hook that sends the deliveries a transaction recorded."""
 
     def send(info: dict) -> None:
-        for delivery_id in info.pop(NEW_DELIVERIES, ()):
-            try:
-                enqueue_delivery(app, str(delivery_id))
-            except Exception:  # noqa: BLE001 - the sweeper sends it later
-                log.exception("could not enqueue webhook delivery %s", delivery_id)
-                return
+        send_each(lambda delivery_id: enqueue_delivery(app, delivery_id),
+                  info.pop(NEW_DELIVERIES, ()), log)  # fmt: skip
 
     return send

@@ -1,6 +1,6 @@
 """Batch records: a batch and all its jobs are inserted together, in submission order.
 
-`batch_jobs` (defined beside the job updates that also need it) lists them back.
+`store.jobs.batch_jobs` lists them back.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
-from store.jobs import NewJob, batch_jobs  # noqa: F401 - part of this module's interface
+from store.jobs import NewJob
 from store.models import Batch, Job, JobStatus, utcnow
 
 

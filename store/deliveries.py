@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import and_, exists, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
+from captioner.payloads import iso
 from store.db import insert_or_ignore
 from store.models import Delivery, DeliveryAttempt, DeliveryStatus, utcnow
 
@@ -50,8 +51,7 @@ class AttemptRecord:
 def record_event(session: Session, event: Event) -> bool:
     """Add a pending delivery, due now; False when the resource's event was already recorded."""
     now = utcnow()
-    body = {"type": event.event, "timestamp": now.isoformat().replace("+00:00", "Z"),
-            "data": event.data}  # fmt: skip
+    body = {"type": event.event, "timestamp": iso(now), "data": event.data}
     row = {
         "id": uuid.uuid4(), "owner": event.owner, "resource_type": event.resource_type,
         "resource_id": event.resource_id, "event": event.event, "url": event.url,

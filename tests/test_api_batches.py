@@ -143,7 +143,7 @@ def test_store_keeps_submission_order_even_against_id_order(app):
     with db.session() as session:
         batch_id = batches.create_batch(session, "tenant", new).id
     with db.session() as session:
-        assert [job.id for job in batches.batch_jobs(session, batch_id)] == ids
+        assert [job.id for job in jobs.batch_jobs(session, batch_id)] == ids
         assert batches.get_batch(session, batch_id, owner="someone else") is None
         assert batches.get_batch(session, batch_id, owner="tenant").size == 5
     with pytest.raises(ValueError, match="owner"), db.session() as session:

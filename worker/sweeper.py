@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from celery import Celery
 
-from captioner.broker import enqueue_caption
+from captioner.broker import enqueue_jobs
 from captioner.settings import Settings
 from store import jobs
 from store.db import Database
@@ -22,16 +22,7 @@ def sweep(settings: Settings, db: Database, app: Celery) -> int:
     resend_after = timedelta(seconds=settings.job_lease_seconds * RESEND_LEASES)
     with db.session() as session:
         ids = jobs.jobs_to_resend(session, UNSENT_AFTER, resend_after)
-    sent = []
-    for job_id in ids:
-        try:
-            enqueue_caption(app, str(job_id))
-        except Exception:  # noqa: BLE001 - the next sweep tries again
-            log.exception("could not resend job %s", job_id)
-            break
-        sent.append(job_id)
+    sent = enqueue_jobs(app, db, ids, log)
     if sent:
-        with db.session() as session:
-            jobs.mark_enqueued(session, sent)
-        log.info("sweeper resent %d jobs", len(sent))
-    return len(sent)
+        log.info("sweeper resent %d jobs", sent)
+    return sent

@@ -22,7 +22,7 @@ from email.utils import parsedate_to_datetime
 
 from celery import Celery
 
-from captioner.broker import enqueue_delivery
+from captioner.broker import enqueue_delivery, send_each
 from captioner.settings import Settings
 from captioner.signatures import signed_headers
 from store import deliveries
@@ -104,11 +104,10 @@ class Sender:
         with self.db.session() as session:
             deliveries.free_expired_leases(session)
             due = deliveries.due_ids(session, slack=SWEEP_SLACK)
-        for delivery_id in due:
-            enqueue_delivery(self.app, str(delivery_id))
-        if due:
-            log.info("delivery sweeper sent %d", len(due))
-        return len(due)
+        sent = send_each(lambda delivery_id: enqueue_delivery(self.app, delivery_id), due, log)
+        if sent:
+            log.info("delivery sweeper sent %d", len(sent))
+        return len(sent)
 
 
 def post(url: str, headers: dict[str, str], body: bytes, timeout: float):
