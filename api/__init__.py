@@ -24,10 +24,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
 def register_blueprints(app: Flask) -> None:
     """Attach every blueprint."""
-    from api import attention, batches, health, jobs, webhooks
+    from api import attention, batches, datasets, health, jobs, models, training, webhooks
 
-    app.register_blueprint(health.bp)
-    app.register_blueprint(jobs.bp)
-    app.register_blueprint(attention.bp)
-    app.register_blueprint(batches.bp)
-    app.register_blueprint(webhooks.bp)
+    for module in (health, jobs, attention, batches, webhooks, datasets, training, models):
+        app.register_blueprint(module.bp)

@@ -9,14 +9,15 @@ from werkzeug.exceptions import HTTPException
 class ApiError(Exception):
     """An error the client can act on: HTTP status, stable code, readable message."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, **details) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.details = details  # more fields for the body, e.g. every bad entry of a dataset
 
 
-def error_response(status: int, code: str, message: str):
+def error_response(status: int, code: str, message: str, **details):
     """The JSON error body with its status."""
-    return jsonify({"error": {"code": code, "message": message}}), status
+    return jsonify({"error": {"code": code, "message": message, **details}}), status
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -24,7 +25,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message)
+        return error_response(exc.status, exc.code, exc.message, **exc.details)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

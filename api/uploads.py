@@ -106,8 +106,8 @@ def parse_options(source) -> Options:
     return Options(**values)
 
 
-def parse_webhook(source) -> dict[str, Any]:
-    """`webhook` (an http(s) URL) and `webhook_events` (default completed), checked."""
+def parse_webhook(source, allowed: tuple[str, ...] = WEBHOOK_EVENTS) -> dict[str, Any]:
+    """`webhook` (an http(s) URL) and `webhook_events` (from `allowed`; default completed)."""
     url, events = source.get("webhook"), source.get("webhook_events")
     if hasattr(source, "getlist"):  # a form: the field may repeat
         events = ",".join(source.getlist("webhook_events"))
@@ -121,19 +121,19 @@ def parse_webhook(source) -> dict[str, Any]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ApiError(400, "invalid_webhook", "webhook must be an http:// or https:// URL")
-    return {"webhook_url": url, "webhook_events": parse_events(events)}
+    return {"webhook_url": url, "webhook_events": parse_events(events, allowed)}
 
 
-def parse_events(events: Any) -> tuple[str, ...]:
-    """A list, or comma-separated text, of names from WEBHOOK_EVENTS."""
+def parse_events(events: Any, allowed: tuple[str, ...] = WEBHOOK_EVENTS) -> tuple[str, ...]:
+    """A list, or comma-separated text, of names from `allowed`, in its order."""
     if events in (None, "", []):
         return DEFAULT_WEBHOOK_EVENTS
     names = events.split(",") if isinstance(events, str) else events
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ApiError(400, "invalid_webhook_events", "webhook_events must be a list of names")
     asked = {name.strip() for name in names}
-    unknown = sorted(asked - set(WEBHOOK_EVENTS))
+    unknown = sorted(asked - set(allowed))
     if unknown:
         raise ApiError(400, "invalid_webhook_events", f"unknown webhook_events {unknown}; "
-                       f"choose from {list(WEBHOOK_EVENTS)}")  # fmt: skip
-    return tuple(event for event in WEBHOOK_EVENTS if event in asked)
+                       f"choose from {list(allowed)}")  # fmt: skip
+    return tuple(event for event in allowed if event in asked)

@@ -10,6 +10,7 @@ from flask import Blueprint, jsonify, request
 from api.errors import ApiError
 from api.jobs import OWNER, find_job
 from api.services import services
+from api.training import find_run
 from captioner.payloads import delivery_json, iso
 from store import batches, deliveries, webhook_secrets
 
@@ -65,6 +66,14 @@ def batch_deliveries(batch_id: uuid.UUID):
         if batches.get_batch(session, batch_id, owner=OWNER) is None:
             raise ApiError(404, "batch_not_found", f"no batch {batch_id}")
         return jsonify(deliveries_json(session, batch_id))
+
+
+@bp.get("/training-runs/<uuid:run_id>/deliveries")
+def run_deliveries(run_id: uuid.UUID):
+    """Every webhook delivery of a training run (progress included), with its attempts."""
+    with services().db.session() as session:
+        find_run(session, run_id)
+        return jsonify(deliveries_json(session, run_id))
 
 
 def deliveries_json(session, resource_id: uuid.UUID) -> dict:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from celery import Celery
 
 from captioner.settings import Settings
+from store import training
 from store.db import Database
 from store.deliveries import NEW as NEW_DELIVERIES
 from store.jobs import mark_enqueued
@@ -17,6 +18,7 @@ CAPTION_TASK = "worker.caption"  # the API enqueues by name and never imports wo
 SWEEP_TASK = "worker.sweep"
 DELIVER_TASK = "worker.deliver"  # one webhook delivery attempt
 SWEEP_DELIVERIES_TASK = "worker.sweep_deliveries"
+TRAIN_TASK = "worker.train"  # one training run, on the training queue
 
 
 def make_celery(settings: Settings, name: str = "captioner") -> Celery:
@@ -65,6 +67,11 @@ def enqueue_delivery(app: Celery, delivery_id: str, countdown: float = 0) -> Non
     app.send_task(DELIVER_TASK, args=[delivery_id], queue="webhooks", countdown=countdown or None)
 
 
+def enqueue_training(app: Celery, run_id: str) -> None:
+    """Put a training run on the training queue."""
+    app.send_task(TRAIN_TASK, args=[run_id], queue="training")
+
+
 def send_each(send: Callable[[str], None], ids: Iterable, log: logging.Logger) -> list:
     """Call `send(str(id))` for each id until the broker refuses one (logged); the ids sent.
 
@@ -88,6 +95,15 @@ def enqueue_jobs(app: Celery, db: Database, job_ids: Iterable, log: logging.Logg
     if sent:
         with db.session() as session:
             mark_enqueued(session, sent)
+    return len(sent)
+
+
+def enqueue_runs(app: Celery, db: Database, run_ids: Iterable, log: logging.Logger) -> int:
+    """Send training runs to the training queue and mark those sent."""
+    sent = send_each(lambda run_id: enqueue_training(app, run_id), run_ids, log)
+    if sent:
+        with db.session() as session:
+            training.mark_enqueued(session, sent)
     return len(sent)
 
 

@@ -10,15 +10,17 @@ import urllib.request
 from typing import Any
 
 TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
+ZIP = {"Content-Type": "application/zip"}
 
 
 class ApiError(RuntimeError):
     """The API answered with an error status; `code` is its error code."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, error: dict | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
+        self.error = error or {}  # the whole error object (e.g. a dataset's `problems`)
 
 
 class Client:
@@ -55,6 +57,23 @@ class Client:
                 raise TimeoutError(f"job {job_id} is still {job['status']} after {timeout} s")
             time.sleep(poll_s)
 
+    def upload_dataset(self, archive: bytes, name: str = "dataset") -> dict:
+        """POST /v1/datasets with a zip or tar archive as the body."""
+        return json.loads(self.get_bytes(f"/v1/datasets?name={name}", "POST", archive, ZIP))
+
+    def wait_for_run(self, run_id: str, seen=None, timeout: float = 3600) -> dict:
+        """Poll a training run until it ends, passing each state to `seen` if given."""
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.request("GET", f"/v1/training-runs/{run_id}")
+            if seen is not None:
+                seen(run)
+            if run["status"] in TERMINAL:
+                return run
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"training run {run_id} is still {run['status']}")
+            time.sleep(0.5)
+
     def request(self, method: str, path: str, body: Any = None, headers=None) -> dict:
         """Send a JSON request and decode the JSON answer; raises ApiError on 4xx/5xx."""
         data = json.dumps(body).encode() if body is not None else None
@@ -72,4 +91,5 @@ class Client:
                 return response.read()
         except urllib.error.HTTPError as exc:
             error = json.loads(exc.read() or b"{}").get("error", {})
-            raise ApiError(exc.code, error.get("code", "?"), error.get("message", "")) from None
+            raise ApiError(exc.code, error.get("code", "?"), error.get("message", ""),
+                           error) from None  # fmt: skip

@@ -1,8 +1,10 @@
 """`captioner demo`: the whole job on a fresh machine, with no servers and no internet.
 
-Generates the synthetic shapes set, trains a bundle (or reuses one), starts the pipeline in the
-embedded mode (a worker process and the HTTP API), submits held-out images through the API,
-and prints each caption beside the true one with its attention picture, then the accuracy.
+Starts the service in the embedded mode (the HTTP API, a training worker and an inference
+worker), trains a model through the API on the built-in synthetic shapes set, waits for it with
+a progress bar, and, once the inference worker serves the new version, captions freshly drawn
+shapes images through the API and prints each caption beside the true one with its attention
+picture, then the accuracy.
 """
 
 from __future__ import annotations
@@ -11,24 +13,28 @@ import argparse
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
+from types import SimpleNamespace
 
 from captioner.client import Client
 from captioner.processes import api_server, start_worker, stop, tail
 from captioner.settings import from_env
 
 STEPS = 4
+KEPT = ("datasets", "features")  # reused by the next demo: the shapes set and its features
+HELD_OUT_SEED = 12345  # the images to caption are drawn apart from the training set
 
 
 def add_command(commands) -> None:
     """Register `captioner demo`."""
-    demo = commands.add_parser("demo", help="generate data, train, run the pipeline, caption")
+    demo = commands.add_parser("demo", help="train through the API, then caption through it")
     demo.add_argument("--data", type=Path, default=Path("data"), help="where everything goes")
-    demo.add_argument("--n", type=int, default=1000, help="shapes images (a tenth held out)")
+    demo.add_argument("--n", type=int, default=1000, help="shapes images (a fifth held out)")
     demo.add_argument("--epochs", type=int, default=12, help="most training epochs")
     demo.add_argument("--patience", type=int, default=3, help="early stopping, in epochs")
     demo.add_argument("--batch-size", type=int, default=32, help="training batch size")
-    demo.add_argument("--submit", type=int, default=24, help="held-out images to caption")
+    demo.add_argument("--submit", type=int, default=24, help="new images to caption")
     demo.set_defaults(run=run_demo)
 
 
@@ -40,76 +46,131 @@ def step(number: int, text: str) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     """Run the four steps; exit status 0 when every submitted image got a caption."""
     started = time.monotonic()
-    dataset = ensure_dataset(args.data / "shapes", args.n)
-    bundle = ensure_bundle(dataset, args.data / "bundle", args)
-    from model.data import load_dataset
-
-    examples = load_dataset(dataset)["val"][: args.submit]
-    jobs = caption_through_api(args.data, bundle, examples)
-    correct = report(examples, jobs, args.data / "attention")
-    share = correct / len(examples)
-    print(f"\naccuracy: {correct}/{len(examples)} captions exactly right ({share:.0%}); "
-          f"the demo took {time.monotonic() - started:.0f} s")  # fmt: skip
-    return 0 if all(job["status"] == "succeeded" for job in jobs) else 1
-
-
-def ensure_dataset(out: Path, n: int) -> Path:
-    """The shapes set under `out`, generated unless already there."""
-    from captioner.cli import main
-
-    if (out / "annotations" / "captions_val.json").is_file():
-        step(1, f"dataset: reusing {out}")
-    else:
-        step(1, f"dataset: generating {n} shapes images in {out}")
-        if main(["data", "shapes", str(out), "--n", str(n), "--val-fraction", "0.1"]) != 0:
-            raise RuntimeError("could not generate the shapes set")
-    return out
-
-
-def ensure_bundle(dataset: Path, out: Path, options: argparse.Namespace) -> Path:
-    """A trained bundle at `out`, trained on `dataset` unless already there."""
-    from captioner.cli import main
-
-    if (out / "config.json").is_file():
-        step(2, f"model: reusing {out} (delete it to train again)")
-        return out
-    step(2, f"model: training on {dataset} (seeded offline encoder, early stopping)")
-    args = ["train", "--data", str(dataset), "--out", str(out), "--epochs", str(options.epochs)]
-    args += ["--patience", str(options.patience), "--batch-size", str(options.batch_size)]
-    if main(args) != 0:
-        raise RuntimeError("training failed")
-    return out
-
-
-def caption_through_api(data: Path, bundle: Path, examples) -> list[dict]:
-    """Start a worker and the API (embedded mode), submit the images as a batch, wait."""
-    service = data / "service"
-    shutil.rmtree(service, ignore_errors=True)  # a fresh queue and database for every demo
-    settings = from_env({"CAPTIONER_DATA_DIR": str(service), "MODEL_BUNDLE": str(bundle),
-                         "BATCH_MAX_SIZE": "8"})  # fmt: skip
+    service = fresh_service(args.data / "service")
+    settings = from_env({"CAPTIONER_DATA_DIR": str(service), "BATCH_MAX_SIZE": "8",
+                         "MODEL_POLL_S": "0.5"})  # fmt: skip
     from captioner.service import migrate
 
     migrate(settings)
-    log = service / "worker.log"
-    step(3, f"pipeline: starting a worker (log: {log}) and the API")
-    worker = start_worker(settings, log, "demo@%h", gpus="all")
-    try:
-        with api_server(settings) as url:
-            client = Client(url)
-            images = [example.path.read_bytes() for example in examples]
-            batch = client.submit_batch(images)
-            step(4, f"captioning: {len(images)} held-out images sent to {url}/v1/batches")
-            wait_for_batch(client, batch["id"], len(images), worker, log)
-            return [with_png(client, client.job(job["id"])) for job in batch["jobs"]]
-    finally:
-        stop([worker])
+    step(1, f"service: starting the API, a training and an inference worker (logs: {service})")
+    with ExitStack() as stack:
+        workers = {queue: start_worker(settings, service / f"{queue}.log", f"{queue}@%h", queue)
+                   for queue in ("training", "inference")}  # fmt: skip
+        stack.callback(stop, list(workers.values()))
+        client = Client(stack.enter_context(api_server(settings)))
+        run = train_through_api(client, args, workers["training"], service / "training.log")
+        version = run["model_version"]
+        wait_for_version(client, version, workers["inference"], service / "inference.log")
+        examples = held_out(args.data / "held-out", args.submit)
+        jobs = caption_through_api(client, examples, workers["inference"],
+                                   service / "inference.log")  # fmt: skip
+    correct = report(examples, jobs, args.data / "attention")
+    share = correct / len(examples)
+    print(f"\naccuracy: {correct}/{len(examples)} captions exactly right ({share:.0%}) by model "
+          f"{version}; the demo took {time.monotonic() - started:.0f} s")  # fmt: skip
+    return 0 if all(job["status"] == "succeeded" for job in jobs) else 1
+
+
+def fresh_service(folder: Path) -> Path:
+    """An empty service folder (database, blobs, queue), keeping the reusable caches."""
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.name not in KEPT:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def train_through_api(client: Client, args: argparse.Namespace, worker, log: Path) -> dict:
+    """POST /v1/training-runs on the shapes set, promoted when done; follow it to its end."""
+    body = {
+        "dataset": {"type": "shapes", "size": args.n, "seed": 0},
+        "hyperparameters": {"epochs": args.epochs, "batch_size": args.batch_size,
+                            "patience": args.patience},
+        "promotion": {"policy": "always", "metric": "bleu4"},
+    }  # fmt: skip
+    run = client.request("POST", "/v1/training-runs", body)
+    step(2, f"training: run {run['id']} on {args.n} shapes images (seeded offline encoder)")
+    with RunBars() as bars:
+        run = client.wait_for_run(run["id"], seen=lambda r: bars.show(r, worker, log))
+    if run["status"] != "succeeded":
+        raise RuntimeError(f"training run {run['status']}: {run['error']}\n{tail(log)}")
+    scores = run["history"][-1]
+    print(
+        f"model {run['model_version']} registered and promoted; last epoch: bleu4 "
+        f"{scores['bleu4']:.3f}, exact match {scores['exact_match']:.0%}",
+        file=sys.stderr,
+    )
+    return run
+
+
+class RunBars:
+    """Progress bars for a run's phases (dataset, features, epochs) and a line per epoch."""
+
+    def __init__(self) -> None:
+        from captioner.cli import TrainingBars
+
+        self.bars = TrainingBars()
+        self.epochs_shown = 0
+
+    def __enter__(self) -> RunBars:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bars.__exit__(*exc)
+
+    def show(self, run: dict, worker, log: Path) -> None:
+        """Update the bars from one GET of the run."""
+        if worker.poll() is not None:
+            raise RuntimeError(f"the training worker stopped:\n{tail(log)}")
+        for row in run["history"][self.epochs_shown :]:
+            self.bars.epoch_end(row)
+            self.epochs_shown += 1
+        progress = run["progress"] or {}
+        phase = progress.get("phase")
+        if phase in ("dataset", "features"):
+            self.bars.features(progress.get("split", "dataset"), progress["done"],
+                               progress["total"])  # fmt: skip
+        elif phase == "training" and progress["epoch"] > self.epochs_shown:
+            self.bars.progress(SimpleNamespace(**progress))
+
+
+def wait_for_version(client: Client, version: str, worker, log: Path) -> None:
+    """Wait until the inference worker serves `version` (it loads the model first)."""
+    step(3, f"rollout: the inference worker loads {version}")
+    while True:
+        workers = client.request("GET", "/v1/workers")["workers"]
+        if any(w["model_version"] == version for w in workers):
+            return
+        if worker.poll() is not None:
+            raise RuntimeError(f"the inference worker stopped:\n{tail(log)}")
+        time.sleep(0.2)
+
+
+def held_out(folder: Path, n: int):
+    """`n` new shapes images, drawn with another seed than the training set."""
+    from model.data import load_dataset
+    from model.shapes import write_shapes_dataset
+
+    if not (folder / "annotations" / "captions_val.json").is_file():
+        write_shapes_dataset(folder, n, HELD_OUT_SEED, val_fraction=1.0)
+    return load_dataset(folder)["val"][:n]
+
+
+def caption_through_api(client: Client, examples, worker, log: Path) -> list[dict]:
+    """Submit the images as one batch and wait for every job."""
+    images = [example.path.read_bytes() for example in examples]
+    batch = client.submit_batch(images)
+    step(4, f"captioning: {len(images)} new images sent to {client.base_url}/v1/batches")
+    wait_for_batch(client, batch["id"], len(images), worker, log)
+    return [with_png(client, client.job(job["id"])) for job in batch["jobs"]]
 
 
 def wait_for_batch(client: Client, batch_id: str, total: int, worker, log: Path) -> None:
     """Show a progress bar until every job of the batch is terminal."""
     from captioner.cli import progress_bar
 
-    with progress_bar(total, "captioned (the worker loads the model first)", "job") as bar:
+    with progress_bar(total, "captioned", "job") as bar:
         while True:
             batch = client.request("GET", f"/v1/batches/{batch_id}")
             done = total - batch["counts"]["queued"] - batch["counts"]["running"]

@@ -1,4 +1,5 @@
-"""The JSON shapes of a job and a batch: what GET returns and what webhooks send.
+"""The JSON shapes of jobs, batches, training runs, model versions and datasets: what GET
+returns and what webhooks send.
 
 Plain functions of the rows (no Flask), so workers build the same objects as the API.
 """
@@ -8,7 +9,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from store.models import Batch, Delivery, DeliveryAttempt, DeliveryStatus, Job, JobStatus, as_utc
+from store.models import (
+    Batch,
+    Dataset,
+    Delivery,
+    DeliveryAttempt,
+    DeliveryStatus,
+    Job,
+    JobStatus,
+    ModelVersion,
+    TrainingRun,
+    WorkerModel,
+    as_utc,
+)
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -45,8 +58,8 @@ def job_json(job: Job) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def webhook_json(owner: Job | Batch) -> dict[str, Any] | None:
-    """Where and on which events a job or batch is announced, or None."""
+def webhook_json(owner: Job | Batch | TrainingRun) -> dict[str, Any] | None:
+    """Where and on which events a job, batch or training run is announced, or None."""
     if not owner.webhook_url:
         return None
     return {"url": owner.webhook_url, "events": owner.webhook_events}
@@ -108,3 +121,89 @@ def delivery_json(delivery: Delivery, attempts: list[DeliveryAttempt]) -> dict[s
         "urls": {"self": f"/v1/deliveries/{delivery.id}",
                  "replay": f"/v1/deliveries/{delivery.id}/replay"},
     }  # fmt: skip
+
+
+def version_name(number: int | None) -> str | None:
+    """A registry version's name ("v3"), or None."""
+    return f"v{number}" if number is not None else None
+
+
+def run_json(run: TrainingRun) -> dict[str, Any]:
+    """A training run: request, status, progress, validation history and outcome."""
+    return {
+        "id": str(run.id),
+        "status": run.status,
+        "dataset": run.dataset,
+        "hyperparameters": run.hyperparameters,
+        "base_version": version_name(run.base_version),
+        "promotion": run.promotion,
+        "attempts": run.attempts,
+        "cancel_requested": run.cancel_requested_at is not None,
+        "progress": run.progress,
+        "history": run.history or [],
+        "model_version": version_name(run.model_version),
+        "promotion_result": run.promotion_result,
+        "checkpoint": {"key": f"training/{run.id}/"} if run.history else None,
+        "error": {"code": run.error_code, "message": run.error_message}
+        if run.error_code else None,
+        "created_at": iso(run.created_at),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "webhook": webhook_json(run),
+        "urls": {"self": f"/v1/training-runs/{run.id}",
+                 "cancel": f"/v1/training-runs/{run.id}/cancel",
+                 "deliveries": f"/v1/training-runs/{run.id}/deliveries"},
+    }  # fmt: skip
+
+
+def model_json(version: ModelVersion) -> dict[str, Any]:
+    """A registered model version: where it came from, how well it scored, whether it serves."""
+    metrics = version.metrics or {}
+    return {
+        "version": version.version,
+        "active": version.active,
+        "parent": version_name(version.parent),
+        "training_run_id": str(version.training_run_id) if version.training_run_id else None,
+        "dataset": version.dataset,
+        "encoder": {"weights": version.encoder_weights,
+                    "fingerprint": version.encoder_fingerprint},
+        "metrics": metrics.get("val", {}),
+        "best_epoch": metrics.get("best_epoch"),
+        "history": metrics.get("history", []),
+        "bundle": {"key": version.bundle_key, "digest": version.digest},
+        "created_at": iso(version.created_at),
+        "promoted_at": iso(version.promoted_at),
+        "urls": {"self": f"/v1/models/{version.version}",
+                 "promote": f"/v1/models/{version.version}/promote"},
+    }  # fmt: skip
+
+
+def worker_json(worker: WorkerModel) -> dict[str, Any]:
+    """What one inference worker serves, and the version it refused, if any."""
+    refused = None
+    if worker.refused_version:
+        refused = {"version": worker.refused_version, "reason": worker.refused_reason}
+    return {
+        "worker": worker.worker,
+        "model_version": worker.model_version,
+        "refused": refused,
+        "swap_ms": worker.swap_ms,
+        "swapped_at": iso(worker.swapped_at),
+        "seen_at": iso(worker.seen_at),
+    }
+
+
+def dataset_json(dataset: Dataset) -> dict[str, Any]:
+    """An uploaded dataset: its size per split."""
+    return {
+        "id": str(dataset.id),
+        "name": dataset.name,
+        "format": dataset.format,
+        "bytes": dataset.bytes,
+        "unpacked_bytes": dataset.unpacked_bytes,
+        "images": dataset.images,
+        "captions": dataset.captions,
+        "splits": dataset.splits,
+        "created_at": iso(dataset.created_at),
+        "urls": {"self": f"/v1/datasets/{dataset.id}"},
+    }

@@ -16,7 +16,7 @@ from captioner.broker import QUEUES
 from captioner.processes import api_server, background, worker_command
 from captioner.settings import Settings, from_env
 
-WORKER_CONCURRENCY = 4  # training workers: one run at a time each
+TRAINING_CONCURRENCY = 1  # a training worker runs one run at a time on its GPU
 WEBHOOK_CONCURRENCY = 32  # webhook workers wait on receivers: a few slow ones must not stall all
 
 
@@ -32,7 +32,7 @@ def add_commands(commands) -> None:
                         help="all: a process per visible GPU (one CPU worker if none)")  # fmt: skip
     worker.add_argument("--name", help="Celery node name (default: QUEUE@HOSTNAME)")
     worker.add_argument("--concurrency", type=int, help="pool threads (inference: 2 × batch "
-                        "size, webhooks: 32, else 4)")  # fmt: skip
+                        "size, webhooks: 32, training: 1)")  # fmt: skip
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(run=run_worker)
 
@@ -86,7 +86,7 @@ def run_celery_worker(settings: Settings, queues: list[str], name: str, concurre
     if settings.embedded:
         migrate(settings)
     if concurrency is None:
-        concurrency = WORKER_CONCURRENCY
+        concurrency = TRAINING_CONCURRENCY
         if "webhooks" in queues:
             concurrency = WEBHOOK_CONCURRENCY
         if "inference" in queues:
@@ -129,13 +129,14 @@ def serve_api(settings: Settings, host: str, port: int) -> None:
 
 
 def run_up(args: argparse.Namespace) -> None:
-    """Migrate, start the workers (inference: one per GPU; webhooks) and beat, serve the API."""
+    """Migrate, start the workers (inference: one per GPU; training; webhooks) and beat, serve
+    the API."""
     settings = from_env()
     migrate(settings)
     stop_on_sigterm()
-    inference = worker_command("inference", gpus="all")
-    webhooks = worker_command("webhooks")
-    with background([inference, webhooks, [sys.executable, "-m", "captioner", "beat"]]):
+    workers = [worker_command("inference", gpus="all"), worker_command("training"),
+               worker_command("webhooks")]  # fmt: skip
+    with background([*workers, [sys.executable, "-m", "captioner", "beat"]]):
         serve_api(settings, args.host, args.port)
 
 

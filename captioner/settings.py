@@ -50,6 +50,10 @@ class Settings:
     webhook_secret_grace_s: float = (
         86400.0  # WEBHOOK_SECRET_GRACE_S: old secret's life after rotation
     )
+    model_poll_s: float = 2.0  # MODEL_POLL_S: how often inference workers look for a new model
+    training_lease_s: float = 120.0  # TRAINING_LEASE_S: a silent training worker is dead by then
+    training_max_attempts: int = 3  # TRAINING_MAX_ATTEMPTS: worker deaths before a run fails
+    max_dataset_bytes: int = 2 * 1024**3  # MAX_DATASET_BYTES: larger archives are refused
 
     @property
     def embedded(self) -> bool:
@@ -91,6 +95,10 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         webhook_schedule=_schedule(env.get("WEBHOOK_SCHEDULE")) or DEFAULT_SCHEDULE,
         webhook_jitter=_float(env, "WEBHOOK_JITTER", 0.1, low=0.0),
         webhook_secret_grace_s=_float(env, "WEBHOOK_SECRET_GRACE_S", 86400.0, low=0.0),
+        model_poll_s=_float(env, "MODEL_POLL_S", 2.0),
+        training_lease_s=_float(env, "TRAINING_LEASE_S", 120.0, low=3.0),
+        training_max_attempts=_int(env, "TRAINING_MAX_ATTEMPTS", 3),
+        max_dataset_bytes=_int(env, "MAX_DATASET_BYTES", 2 * 1024**3),
     )  # fmt: skip
 
 
@@ -116,6 +124,9 @@ def to_env(settings: Settings) -> dict[str, str]:
         "WEBHOOK_SCHEDULE": ",".join(f"{delay:g}s" for delay in settings.webhook_schedule),
         "WEBHOOK_JITTER": settings.webhook_jitter,
         "WEBHOOK_SECRET_GRACE_S": settings.webhook_secret_grace_s,
+        "MODEL_POLL_S": settings.model_poll_s, "TRAINING_LEASE_S": settings.training_lease_s,
+        "TRAINING_MAX_ATTEMPTS": settings.training_max_attempts,
+        "MAX_DATASET_BYTES": settings.max_dataset_bytes,
     }  # fmt: skip
     env |= {name: value for name, value in optional.items() if value is not None}
     return {name: str(value) for name, value in env.items()}

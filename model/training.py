@@ -51,6 +51,7 @@ class Progress:
     steps: int
     loss: float  # mean loss so far this epoch
     images_per_s: float
+    steps_per_s: float
     eta_s: float  # for the whole run, at the current pace
 
 
@@ -61,6 +62,11 @@ class Callbacks:
     progress: Callable[[Progress], None] | None = None
     epoch_end: Callable[[dict], None] | None = None  # receives the epoch's history row
     features: Callable[[str, int, int], None] | None = None  # (split, done, total) images
+    should_stop: Callable[[], bool] | None = None  # asked before every step; True stops the run
+
+
+class Stopped(Exception):
+    """`should_stop` said so; the last checkpoint is the last finished epoch."""
 
 
 def caption_loss(decoder, features, tokens, attention_reg: float = 0.0):
@@ -189,6 +195,8 @@ class Trainer:
         steps = math.ceil(n / self.config.batch_size)
         total = tf.constant(0.0)
         for step, (features, tokens) in enumerate(data, 1):
+            if callbacks.should_stop and callbacks.should_stop():
+                raise Stopped(f"stopped in epoch {epoch} before step {step}")
             total += train_step(features, tokens)
             if callbacks.progress and (step % 10 == 0 or step == steps):
                 elapsed = time.monotonic() - start
@@ -198,7 +206,7 @@ class Trainer:
                 callbacks.progress(
                     Progress(epoch, self.config.epochs, step, steps, float(total) / step,
                              (steps_done * self.config.batch_size + images) / elapsed,
-                             pace * remaining)
+                             1 / pace, pace * remaining)
                 )  # fmt: skip
         return float(total) / steps
 
@@ -230,25 +238,24 @@ def train(
     work_dir: Path | None = None,
     cache_dir: Path | None = None,
     callbacks: Callbacks = Callbacks(),
+    base: Bundle | None = None,
 ) -> Bundle:
-    """Train a decoder on the `train` split, validate on `val`, save the best as a bundle."""
+    """Train a decoder on the `train` split, validate on `val`, save the best as a bundle.
+
+    With a `base` bundle, training starts from its weights and keeps its vocabulary and
+    feature normalisation (fine-tuning); otherwise from a fresh decoder.
+    """
+    if base is not None:
+        base.check_encoder(encoder.info)
     train_examples, val_examples = splits["train"], splits["val"][: config.val_images]
     out = Path(out)
     work_dir = Path(work_dir or out.with_name(out.name + ".work"))
     cache_dir = Path(cache_dir or work_dir / "features")
-    vocab = Vocabulary.build((c for e in train_examples for c in e.captions), config.vocab_size)
     train_features = _features(encoder, train_examples, cache_dir, "train", callbacks)
     val_features = _features(encoder, val_examples, cache_dir, "val", callbacks)
     keras.utils.set_random_seed(config.seed)
-    model_config = ModelConfig(**{**model_config.to_dict(), "vocab_size": len(vocab)})
-    bundle = Bundle(
-        config=model_config,
-        vocab=vocab,
-        decoder=CaptionDecoder.from_model_config(model_config),
-        norm=FeatureNorm.fit(train_features),
-        encoder=encoder.info,
-    )
-    index, tokens = encode_captions(train_examples, vocab, config.max_caption_words)
+    bundle = base or new_bundle(train_examples, train_features, encoder, config, model_config)
+    index, tokens = encode_captions(train_examples, bundle.vocab, config.max_caption_words)
     trainer = Trainer(bundle, config, work_dir)
     started = time.monotonic()
     history = trainer.fit((train_features, index, tokens), (val_examples, val_features), callbacks)
@@ -265,6 +272,20 @@ def train(
     }
     save_bundle(bundle, out)
     return bundle
+
+
+def new_bundle(examples: Sequence[Example], features: np.ndarray, encoder: Encoder,
+               config: TrainConfig, model_config: ModelConfig) -> Bundle:  # fmt: skip
+    """An untrained decoder with the vocabulary and normalisation of these training examples."""
+    vocab = Vocabulary.build((c for e in examples for c in e.captions), config.vocab_size)
+    model_config = ModelConfig(**{**model_config.to_dict(), "vocab_size": len(vocab)})
+    return Bundle(
+        config=model_config,
+        vocab=vocab,
+        decoder=CaptionDecoder.from_model_config(model_config),
+        norm=FeatureNorm.fit(features),
+        encoder=encoder.info,
+    )
 
 
 def _features(encoder, examples, cache_dir, split: str, callbacks: Callbacks) -> np.ndarray:

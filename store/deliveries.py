@@ -48,21 +48,32 @@ class AttemptRecord:
     response: str | None  # the start of the response body
 
 
-def record_event(session: Session, event: Event) -> bool:
-    """Add a pending delivery, due now; False when the resource's event was already recorded."""
+def record_event(session: Session, event: Event, sequence: int = 0) -> bool:
+    """Add a pending delivery, due now; False when the resource's event was already recorded.
+
+    `sequence` numbers the repeats of an event that happens more than once (progress).
+    """
     now = utcnow()
     body = {"type": event.event, "timestamp": iso(now), "data": event.data}
     row = {
         "id": uuid.uuid4(), "owner": event.owner, "resource_type": event.resource_type,
-        "resource_id": event.resource_id, "event": event.event, "url": event.url,
+        "resource_id": event.resource_id, "event": event.event, "sequence": sequence,
+        "url": event.url,
         "body": json.dumps(body, separators=(",", ":")), "status": PENDING, "attempts": 0,
         "step": 0, "next_attempt_at": now, "created_at": now,
     }  # fmt: skip
-    inserted = insert_or_ignore(session, Delivery, row, index_elements=["resource_id", "event"])
+    inserted = insert_or_ignore(
+        session, Delivery, row, index_elements=["resource_id", "event", "sequence"]
+    )
     if inserted.rowcount != 1:
         return False
     session.info.setdefault(NEW, []).append(row["id"])
     return True
+
+
+def retried(event: str) -> bool:
+    """Whether a failed attempt is tried again: not for progress, which the next one replaces."""
+    return not event.endswith(".progress")
 
 
 def was_recorded(session: Session, resource_id: uuid.UUID, event: str) -> bool:

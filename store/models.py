@@ -1,4 +1,5 @@
-"""The database tables: jobs (every caption request), batches, webhook deliveries and secrets."""
+"""The database tables: jobs and batches, webhook deliveries and secrets, and the training side
+(datasets, training runs, the model registry and the inference workers serving it)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -183,7 +186,8 @@ class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         CheckConstraint(_status_check(DeliveryStatus), name="status"),
-        UniqueConstraint("resource_id", "event"),  # an event is announced once
+        # An event is announced once; progress events are numbered by `sequence`.
+        UniqueConstraint("resource_id", "event", "sequence"),
         Index("ix_deliveries_status_next", "status", "next_attempt_at"),  # the sweeper's scan
     )
 
@@ -191,7 +195,8 @@ class Delivery(Base):
     owner: Mapped[str] = mapped_column(String(64))
     resource_type: Mapped[str] = mapped_column(String(16))  # job | batch | training_run
     resource_id: Mapped[uuid.UUID] = mapped_column(Uuid)
-    event: Mapped[str] = mapped_column(String(32))  # job.started, job.completed, batch.completed
+    event: Mapped[str] = mapped_column(String(32))  # job.started, training_run.progress, …
+    sequence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     url: Mapped[str] = mapped_column(Text)
     body: Mapped[str] = mapped_column(Text)  # the JSON sent, the same bytes on every attempt
     status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING.value)
@@ -221,3 +226,122 @@ class DeliveryAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)  # None when no response came
     error: Mapped[str | None] = mapped_column(Text)  # why it failed, None on success
     response: Mapped[str | None] = mapped_column(Text)  # the start of the response body
+
+
+class RunStatus(enum.StrEnum):
+    """queued → running → succeeded | failed | canceled (a crashed run goes back to queued)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """A terminal status is final."""
+        return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+class Dataset(Base):
+    """An uploaded COCO-format archive, checked on upload, stored as one blob."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_owner_created", "owner", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    owner: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    archive_key: Mapped[str] = mapped_column(String(256))
+    format: Mapped[str] = mapped_column(String(8))  # zip | tar
+    bytes: Mapped[int] = mapped_column(BigInteger)  # the archive
+    unpacked_bytes: Mapped[int] = mapped_column(BigInteger)
+    splits: Mapped[dict] = mapped_column(Json)  # {"train": {"images": n, "captions": m}, …}
+    images: Mapped[int] = mapped_column(Integer)  # captioned images, all splits
+    captions: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _now_column()
+
+
+class ModelVersion(Base):
+    """A registered model: its bundle in the blob store and where it came from."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        # Exactly one version serves at a time (none before the first promotion).
+        Index("uq_model_versions_active", "active", unique=True,
+              postgresql_where=text("active"), sqlite_where=text("active")),
+        {"sqlite_autoincrement": True},  # a number is never reused, even after a rollback
+    )  # fmt: skip
+
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    bundle_key: Mapped[str] = mapped_column(String(256))  # models/v3/ (a folder of blobs)
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 of the decoder weights
+    parent: Mapped[int | None] = mapped_column(ForeignKey("model_versions.number"))
+    training_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)  # None when imported
+    dataset: Mapped[dict | None] = mapped_column(Json)  # as the training run named it
+    encoder_weights: Mapped[str] = mapped_column(String(256))
+    encoder_fingerprint: Mapped[str] = mapped_column(String(32))
+    metrics: Mapped[dict] = mapped_column(Json)  # the bundle's metrics.json
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    promoted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now_column()
+
+    @property
+    def version(self) -> str:
+        """The version's name, as jobs record it: v1, v2, …"""
+        return f"v{self.number}"
+
+
+class TrainingRun(Base):
+    """A request to train a model version, its progress, and what came of it."""
+
+    __tablename__ = "training_runs"
+    __table_args__ = (
+        CheckConstraint(_status_check(RunStatus), name="status"),
+        Index("ix_training_runs_owner_created", "owner", "created_at"),
+        Index("ix_training_runs_status_lease", "status", "lease_expires_at"),  # the sweeper
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    owner: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED.value)
+    # The request
+    dataset: Mapped[dict] = mapped_column(Json)  # {"type": "shapes", "size", "seed"} | upload
+    dataset_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("datasets.id"))
+    hyperparameters: Mapped[dict] = mapped_column(Json)
+    base_version: Mapped[int | None] = mapped_column(ForeignKey("model_versions.number"))
+    promotion: Mapped[dict] = mapped_column(Json)  # {"policy": "if_better", "metric": "bleu4"}
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_events: Mapped[list[str] | None] = mapped_column(Json)
+    # The execution
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    progress: Mapped[dict | None] = mapped_column(Json)  # the latest training.Progress
+    history: Mapped[list[dict] | None] = mapped_column(Json)  # validation metrics per epoch
+    progress_events: Mapped[int] = mapped_column(Integer, default=0)  # progress webhooks sent
+    progress_announced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The outcome
+    model_version: Mapped[int | None] = mapped_column(ForeignKey("model_versions.number"))
+    promotion_result: Mapped[dict | None] = mapped_column(Json)  # promoted, and why (not)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now_column()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WorkerModel(Base):
+    """What an inference worker serves, as it last reported (the rollout's progress)."""
+
+    __tablename__ = "worker_models"
+
+    worker: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_version: Mapped[str | None] = mapped_column(String(64))  # serving now
+    refused_version: Mapped[str | None] = mapped_column(String(64))  # the active one, if refused
+    refused_reason: Mapped[str | None] = mapped_column(Text)
+    swap_ms: Mapped[float | None] = mapped_column(Float)  # download, load and warm-up, last swap
+    swapped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -22,6 +22,7 @@ from captioner.settings import Settings, from_env
 from store.db import Database
 from worker.inference import Inference
 from worker.tasks import register_tasks
+from worker.training import Training
 from worker.webhooks import Sender
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class WorkerState:
     settings: Settings
     app: Celery
     inference: Inference | None = None  # only on workers that consume the inference queue
+    training: Training | None = None  # only on workers that consume the training queue
     _database: Database | None = None
     _sender: Sender | None = None
 
@@ -78,11 +80,18 @@ def sweep_entry(task: str, queue: str, every_s: float) -> dict:
 
 
 def connect_lifecycle(app: Celery) -> None:
-    """Load the model when an inference worker starts; drain its batcher when it stops."""
+    """Load the model when an inference worker starts; drain its batcher when it stops.
+
+    A training worker sets up its (lazy) state here too.
+    """
 
     def on_setup(sender, instance, **_) -> None:
-        if instance.app is app and "inference" in app.amqp.queues.consume_from:
-            state = app.captioner
+        if instance.app is not app:
+            return
+        state, queues = app.captioner, app.amqp.queues.consume_from
+        if "training" in queues:
+            state.training = Training(state.settings, instance.hostname, state.database())
+        if "inference" in queues:  # may wait here for the first promoted model
             state.inference = Inference(state.settings, instance.hostname, state.database())
 
     def on_shutdown(sender, **_) -> None:

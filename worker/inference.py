@@ -1,4 +1,4 @@
-"""The inference worker's resident state: the model, the micro-batcher, and one job's path.
+"""The inference worker's resident state: the served model, the micro-batcher, one job's path.
 
 `Inference.caption(job_id)` runs in one of the pool's threads: claim the job, fetch and decode
 its image (overlapping the model's work on the previous batch), hand it to the batcher, then
@@ -7,13 +7,11 @@ store the attention array and the caption. Celery acknowledges the message only 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +22,7 @@ from store.blobs import BlobNotFound, open_blob_store
 from store.db import Database
 from store.keys import attention_key
 from worker.batcher import MicroBatcher
+from worker.rollout import Rollout
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +34,7 @@ class Captioned:
     result: object  # model.inference.CaptionResult
     predict_ms: float  # the whole batch's forward pass
     batch_size: int
+    model_version: str  # the version that ran the batch (a swap may follow it)
 
 
 class JobSkipped(Exception):
@@ -54,7 +54,8 @@ class Inference:
         self.db = db
         self.blobs = open_blob_store(settings)
         self.notifier = Notifier(settings.broker_url)
-        self.captioner, self.model_version = load_model(settings)
+        self.rollout = Rollout(settings, worker, db, self.blobs)
+        self.rollout.start()
         self.batcher = MicroBatcher(
             self._run_batch, settings.batch_max_size, settings.batch_max_wait_ms / 1000
         )
@@ -113,11 +114,13 @@ class Inference:
 
     def _run_batch(self, options: tuple[int, int], images: list[np.ndarray]) -> list[Captioned]:
         beam_size, max_length = options
+        served = self.rollout.served  # one model for the whole batch, even if a swap comes
         started = time.perf_counter()
-        results = self.captioner.caption_batch(np.stack(images), beam_size, max_length)
+        results = served.captioner.caption_batch(np.stack(images), beam_size, max_length)
         predict_ms = (time.perf_counter() - started) * 1000
-        log.info("batch of %d (beam %d) in %.0f ms", len(images), beam_size, predict_ms)
-        return [Captioned(r, predict_ms, len(images)) for r in results]
+        log.info("batch of %d (beam %d) on %s in %.0f ms", len(images), beam_size,
+                 served.version, predict_ms)  # fmt: skip
+        return [Captioned(r, predict_ms, len(images), served.version) for r in results]
 
     def _store(self, job, captioned: Captioned) -> None:
         result = captioned.result
@@ -128,7 +131,7 @@ class Inference:
         self.blobs.put(key, buffer.getvalue(), "application/x-npy")
         stored = jobs.JobResult(
             caption=result.text, tokens=result.tokens, token_log_probs=result.log_probs,
-            model_version=self.model_version, attention_key=key,
+            model_version=captioned.model_version, attention_key=key,
             attention_shape=list(attention.shape), predict_ms=captioned.predict_ms,
             batch_size=captioned.batch_size,
         )  # fmt: skip
@@ -145,39 +148,6 @@ class Inference:
         self.notifier.finished(job_id)
 
     def close(self) -> None:
-        """Finish queued batches and close connections."""
+        """Stop following the registry and finish queued batches."""
+        self.rollout.stop()
         self.batcher.stop(timeout=60)
-
-
-def load_model(settings: Settings):
-    """The bundle on its encoder, warmed up for default options: (captioner, model version)."""
-    from model.bundle import load_bundle
-    from model.encoder import Encoder
-    from model.inference import Captioner
-
-    if settings.model_bundle is None:
-        raise RuntimeError("MODEL_BUNDLE must name a model bundle directory for inference")
-    enable_memory_growth()
-    started = time.perf_counter()
-    bundle = load_bundle(settings.model_bundle)
-    captioner = Captioner(bundle, Encoder(settings.encoder_weights or bundle.encoder.weights))
-    captioner.warm_up(settings.batch_max_size, jobs.DEFAULT_MAX_LENGTH)
-    version = bundle_version(settings.model_bundle)
-    log.info("model %s ready in %.1f s", version, time.perf_counter() - started)
-    return captioner, version
-
-
-def bundle_version(path: Path) -> str:
-    """A bundle's version: its directory name and a hash of its decoder weights."""
-    from model.bundle import WEIGHTS
-
-    digest = hashlib.sha256((Path(path) / WEIGHTS).read_bytes()).hexdigest()
-    return f"{Path(path).name}-{digest[:8]}"
-
-
-def enable_memory_growth() -> None:
-    """Let TensorFlow take GPU memory as it needs it, not all of it at start."""
-    import tensorflow as tf
-
-    for gpu in tf.config.list_physical_devices("GPU"):
-        tf.config.experimental.set_memory_growth(gpu, True)

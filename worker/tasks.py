@@ -1,4 +1,4 @@
-"""Thin Celery tasks: each loads what it needs by id and hands the work to `worker.inference`."""
+"""Thin Celery tasks: each takes an id and hands the work to the worker's resident state."""
 
 from __future__ import annotations
 
@@ -6,9 +6,16 @@ import logging
 
 from celery import Celery
 
-from captioner.broker import CAPTION_TASK, DELIVER_TASK, SWEEP_DELIVERIES_TASK, SWEEP_TASK
+from captioner.broker import (
+    CAPTION_TASK,
+    DELIVER_TASK,
+    SWEEP_DELIVERIES_TASK,
+    SWEEP_TASK,
+    TRAIN_TASK,
+)
 from worker.inference import JobSkipped, TemporaryFailure
 from worker.sweeper import sweep
+from worker.training import LostLease, RunSkipped
 
 log = logging.getLogger(__name__)
 RETRY_DELAY_S = 5
@@ -46,3 +53,17 @@ def register_tasks(app: Celery) -> None:
     def sweep_deliveries() -> int:
         """Send deliveries that are due (scheduled by `captioner beat` on the webhooks queue)."""
         return app.captioner.sender().sweep()
+
+    @app.task(name=TRAIN_TASK, ignore_result=True)
+    def train(run_id: str) -> None:
+        """One training run, to its end (the training queue)."""
+        state = app.captioner.training
+        if state is None:
+            raise RuntimeError("this worker does not consume the training queue")
+        try:
+            outcome = state.run(run_id)
+        except RunSkipped:
+            outcome = "skipped (terminal, canceled or held by another worker)"
+        except LostLease:
+            outcome = "stopped: another worker took the run over"
+        log.info("training run %s %s", run_id, outcome)

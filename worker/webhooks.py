@@ -71,6 +71,7 @@ class Sender:
 
     def _settle(self, delivery: Delivery, record: AttemptRecord, retry_after: float | None) -> str:
         final = record.error is None or record.status_code == 410  # delivered, or Gone
+        final = final or not deliveries.retried(delivery.event)
         retry_in = None if final else self.retry_delay(delivery, retry_after)
         retry_at = utcnow() + timedelta(seconds=retry_in) if retry_in is not None else None
         with self.db.session() as session:

@@ -1,0 +1,84 @@
+"""/v1/datasets: upload a COCO-format archive for training runs; it is checked before it is kept."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+from flask import Blueprint, jsonify, request
+
+from api.errors import ApiError
+from api.jobs import OWNER
+from api.services import services
+from captioner.datasets import DatasetError, inspect_archive
+from captioner.payloads import dataset_json
+from store import datasets
+from store.models import Dataset
+
+bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
+RAW_TYPES = ("application/zip", "application/x-tar", "application/gzip", "application/x-gzip",
+             "application/octet-stream")  # fmt: skip
+
+
+@bp.post("")
+def upload_dataset():
+    """Check the archive (every bad entry is named in a 400), store it, record it: 201."""
+    settings = services().settings
+    request.max_content_length = settings.max_dataset_bytes
+    with tempfile.TemporaryDirectory() as folder:
+        path, name = save_upload(Path(folder) / "archive")
+        try:
+            summary = inspect_archive(path, max_image_pixels=settings.max_image_pixels)
+        except DatasetError as exc:
+            raise ApiError(400, "invalid_dataset", str(exc), problems=exc.problems) from None
+        dataset_id = uuid.uuid4()
+        key = datasets.dataset_key(dataset_id)
+        services().blobs.put(key, path.read_bytes(), f"application/{summary.format}")
+        row = Dataset(id=dataset_id, owner=OWNER, name=name, archive_key=key,
+                      format=summary.format, bytes=path.stat().st_size,
+                      unpacked_bytes=summary.unpacked_bytes, splits=summary.splits,
+                      images=summary.images, captions=summary.captions)  # fmt: skip
+    with services().db.session() as session:
+        body = dataset_json(datasets.create_dataset(session, row))
+    return jsonify(body), 201, {"Location": body["urls"]["self"]}
+
+
+def save_upload(path: Path) -> tuple[Path, str]:
+    """The archive (a multipart file named 'archive', or the raw body) on disk, and its name."""
+    if request.mimetype == "multipart/form-data":
+        upload = request.files.get("archive")
+        if upload is None:
+            raise ApiError(400, "missing_archive", "send the archive as a multipart file "
+                           "named 'archive'")  # fmt: skip
+        upload.save(path)
+        name = request.form.get("name") or upload.filename or "dataset"
+    elif request.mimetype in RAW_TYPES:
+        with open(path, "wb") as out:
+            shutil.copyfileobj(request.stream, out, 1 << 20)
+        name = request.args.get("name", "dataset")
+    else:
+        raise ApiError(415, "unsupported_media_type", "send a zip or tar archive as a multipart "
+                       f"file named 'archive', or as the body with one of {RAW_TYPES}")  # fmt: skip
+    if path.stat().st_size == 0:
+        raise ApiError(400, "missing_archive", "the archive is empty")
+    return path, name[:200]
+
+
+@bp.get("")
+def list_datasets():
+    """The caller's datasets, newest first."""
+    with services().db.session() as session:
+        found = datasets.list_datasets(session, OWNER)
+        return jsonify({"datasets": [dataset_json(d) for d in found]})
+
+
+@bp.get("/<uuid:dataset_id>")
+def get_dataset(dataset_id: uuid.UUID):
+    """One dataset: its size per split."""
+    with services().db.session() as session:
+        dataset = datasets.get_dataset(session, dataset_id, owner=OWNER)
+        if dataset is None:
+            raise ApiError(404, "dataset_not_found", f"no dataset {dataset_id}")
+        return jsonify(dataset_json(dataset))

@@ -1,0 +1,58 @@
+"""/v1/models: the registry's versions, promotion (and so rollback), and the workers' rollout."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+
+from api.errors import ApiError
+from api.services import services
+from captioner.payloads import model_json, worker_json
+from store import registry
+
+bp = Blueprint("models", __name__, url_prefix="/v1")
+SEEN_POLLS = 5  # a worker silent for this many poll periods is left out of the rollout view
+
+
+@bp.get("/models")
+def list_models():
+    """Every version, newest first, and which one is active."""
+    with services().db.session() as session:
+        versions = registry.list_versions(session)
+        active = next((v.version for v in versions if v.active), None)
+        return jsonify({"active": active, "models": [model_json(v) for v in versions]})
+
+
+@bp.get("/models/<name>")
+def get_model(name: str):
+    """One version: metrics, lineage, bundle, whether it is active."""
+    with services().db.session() as session:
+        return jsonify(model_json(find_version(session, name)))
+
+
+@bp.post("/models/<name>/promote")
+def promote_model(name: str):
+    """Make a version the active one; workers swap to it within seconds. Older: a rollback."""
+    with services().db.session() as session:
+        version = registry.promote(session, find_version(session, name).number)
+        body = model_json(version)
+    return jsonify(body)
+
+
+@bp.get("/workers")
+def list_workers():
+    """Inference workers seen lately, with the version each one serves (or refused)."""
+    within = max(10.0, SEEN_POLLS * services().settings.model_poll_s)
+    with services().db.session() as session:
+        workers = registry.serving_workers(session, within)
+        active = registry.active_version(session)
+        return jsonify({"active": active.version if active else None,
+                        "workers": [worker_json(w) for w in workers]})  # fmt: skip
+
+
+def find_version(session, name: str):
+    """The version named "v3" (or "3"), or a 404."""
+    number = registry.version_number(name)
+    version = registry.get_version(session, number) if number is not None else None
+    if version is None:
+        raise ApiError(404, "model_not_found", f"no model version {name!r}")
+    return version

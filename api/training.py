@@ -1,0 +1,177 @@
+"""/v1/training-runs: start a run on the training queue, follow it, cancel it."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request
+
+from api.errors import ApiError
+from api.jobs import OWNER
+from api.services import services
+from api.uploads import parse_webhook
+from captioner.broker import enqueue_runs
+from captioner.payloads import run_json
+from store import datasets, registry, training
+
+bp = Blueprint("training", __name__, url_prefix="/v1/training-runs")
+# name: (default, lowest, highest); whole numbers unless the default is a float
+HYPERPARAMETERS = {
+    "epochs": (10, 1, 1000),
+    "batch_size": (64, 1, 1024),
+    "learning_rate": (1e-3, 1e-7, 1.0),
+    "vocab_size": (5000, 10, 50_000),  # kept from the base model's vocabulary when there is one
+    "seed": (0, 0, 2**31 - 1),
+    "patience": (3, 1, 1000),  # early stopping: epochs without a better validation metric
+}
+SHAPES = {"size": (1000, 20, 100_000), "seed": (0, 0, 2**31 - 1)}
+POLICIES = ("never", "always", "if_better")
+METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "exact_match")  # model.metrics' names
+DEFAULT_METRIC = "bleu4"
+
+
+@bp.post("")
+def start_run():
+    """Check the request, record the run, put it on the training queue: 201."""
+    body = request_json()
+    known = {"dataset", "hyperparameters", "base_version", "promotion", "webhook",
+             "webhook_events"}  # fmt: skip
+    refuse_unknown(body, known, "field")
+    promotion = parse_promotion(body.get("promotion"))
+    hyperparameters = parse_numbers(
+        body.get("hyperparameters"), HYPERPARAMETERS, "hyperparameters"
+    ) | {"monitor": promotion["metric"]}
+    with services().db.session() as session:
+        dataset, dataset_id = parse_dataset(session, body.get("dataset"))
+        new = training.NewRun(
+            owner=OWNER, dataset=dataset, dataset_id=dataset_id, hyperparameters=hyperparameters,
+            base_version=parse_base(session, body.get("base_version")), promotion=promotion,
+            **webhook_fields(body),
+        )  # fmt: skip
+        run = training.create_run(session, new)
+    enqueue_runs(services().celery, services().db, [run.id], current_app.logger)
+    with services().db.session() as session:
+        body = run_json(training.get_run(session, run.id))
+    return jsonify(body), 201, {"Location": body["urls"]["self"]}
+
+
+def request_json() -> dict[str, Any]:
+    """The body as a JSON object, or a 415/400 saying what to send."""
+    if request.mimetype != "application/json":
+        raise ApiError(415, "unsupported_media_type", "send a JSON object (application/json)")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    return body
+
+
+def refuse_unknown(values: dict, known: set[str], what: str) -> None:
+    """A 400 naming fields the API does not know (a typo would otherwise pass silently)."""
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ApiError(400, f"unknown_{what}", f"unknown {what}s {unknown}; "
+                       f"known: {sorted(known)}")  # fmt: skip
+
+
+def parse_numbers(values: Any, limits: dict[str, tuple], where: str) -> dict[str, Any]:
+    """Numbers within their limits, defaults filled in, or a 400 naming the bad one."""
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ApiError(400, f"invalid_{where}", f"{where} must be a JSON object")
+    refuse_unknown(values, set(limits), where.rstrip("s"))
+    parsed = {}
+    for name, (default, low, high) in limits.items():
+        value = values.get(name, default)
+        kinds = (int, float) if isinstance(default, float) else (int,)
+        if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+            kind = "a number" if isinstance(default, float) else "a whole number"
+            raise ApiError(400, f"invalid_{where}", f"{where}.{name} must be {kind} from "
+                           f"{low:g} to {high:g}")  # fmt: skip
+        parsed[name] = value
+    return parsed
+
+
+def parse_promotion(value: Any) -> dict[str, Any]:
+    """{"policy", "metric"}: never, always, or if_better on a validation metric."""
+    value = {"policy": "if_better"} if value is None else value
+    if isinstance(value, str):
+        value = {"policy": value}
+    if not isinstance(value, dict) or value.get("policy") not in POLICIES:
+        raise ApiError(400, "invalid_promotion", f"promotion.policy must be one of {POLICIES}")
+    refuse_unknown(value, {"policy", "metric"}, "promotion field")
+    metric = value.get("metric", DEFAULT_METRIC)
+    if metric not in METRICS:
+        raise ApiError(400, "invalid_promotion", f"promotion.metric must be one of {METRICS}")
+    return {"policy": value["policy"], "metric": metric}
+
+
+def parse_dataset(session, value: Any) -> tuple[dict[str, Any], uuid.UUID | None]:
+    """The built-in shapes set with its size, or an uploaded dataset's id (which must exist)."""
+    if not isinstance(value, dict) or value.get("type") not in ("shapes", "upload"):
+        raise ApiError(400, "invalid_dataset", 'dataset must be {"type": "shapes", "size": N} '
+                       'or {"type": "upload", "id": DATASET_ID}')  # fmt: skip
+    if value["type"] == "shapes":
+        spec = {k: v for k, v in value.items() if k != "type"}
+        return {"type": "shapes", **parse_numbers(spec, SHAPES, "dataset")}, None
+    refuse_unknown(value, {"type", "id"}, "dataset field")
+    try:
+        dataset_id = uuid.UUID(str(value.get("id")))
+    except ValueError:
+        raise ApiError(400, "invalid_dataset", "dataset.id must be a dataset's id") from None
+    found = datasets.get_dataset(session, dataset_id, owner=OWNER)
+    if found is None:
+        raise ApiError(400, "invalid_dataset", f"no dataset {dataset_id}; upload one first")
+    return {"type": "upload", "id": str(dataset_id), "name": found.name}, dataset_id
+
+
+def parse_base(session, value: Any) -> int | None:
+    """A registered version to start from ("v3"), or None."""
+    if value is None:
+        return None
+    number = registry.version_number(str(value))
+    if number is None or registry.get_version(session, number) is None:
+        raise ApiError(400, "invalid_base_version", f"no model version {value!r}")
+    return number
+
+
+def webhook_fields(body: dict) -> dict[str, Any]:
+    """webhook_url and webhook_events (start, progress, completed) for the run, if asked."""
+    parsed = parse_webhook(body, training.EVENTS)
+    if not parsed:
+        return {}
+    return {"webhook_url": parsed["webhook_url"], "webhook_events": list(parsed["webhook_events"])}
+
+
+@bp.get("")
+def list_runs():
+    """The newest runs first (up to 100)."""
+    with services().db.session() as session:
+        return jsonify({"training_runs": [run_json(r) for r in training.list_runs(session, OWNER)]})
+
+
+@bp.get("/<uuid:run_id>")
+def get_run(run_id: uuid.UUID):
+    """One run: status, progress, validation history, the version it produced."""
+    with services().db.session() as session:
+        return jsonify(run_json(find_run(session, run_id)))
+
+
+@bp.post("/<uuid:run_id>/cancel")
+def cancel_run(run_id: uuid.UUID):
+    """Cancel: at once if queued (200), at the next step if running (202); 409 once ended."""
+    with services().db.session() as session:
+        run = find_run(session, run_id)
+        changed = training.cancel_run(session, run_id)
+        if changed is None:
+            raise ApiError(409, "not_cancelable", f"the run is {run.status}")
+        body = run_json(changed)
+    return jsonify(body), 200 if body["status"] == "canceled" else 202
+
+
+def find_run(session, run_id: uuid.UUID):
+    """The caller's run or a 404."""
+    run = training.get_run(session, run_id, owner=OWNER)
+    if run is None:
+        raise ApiError(404, "training_run_not_found", f"no training run {run_id}")
+    return run

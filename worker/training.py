@@ -1,0 +1,284 @@
+"""The training worker: one run at a time, on the `training` queue.
+
+`Training.run(run_id)` claims the run, readies its dataset (the built-in shapes set, or an
+uploaded archive) and its base model, restores the last checkpoint from the blob store if an
+earlier attempt left one, trains, registers the best weights as a new model version and applies
+the run's promotion policy. A heartbeat thread renews the run's lease, stores its progress and
+picks up cancel requests; the training loop stops at the next step once one arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+from captioner.datasets import DatasetError, extract_archive
+from captioner.settings import Settings
+from store import registry, training
+from store.blobs import open_blob_store
+from store.datasets import dataset_key
+from store.db import Database
+from store.models import RunStatus, TrainingRun
+from worker.bundles import fetch_bundle, register_bundle
+from worker.checkpoints import CheckpointSync
+
+log = logging.getLogger(__name__)
+SHAPES_VAL_FRACTION = 0.2
+
+
+class RunSkipped(Exception):
+    """The run is not ours: terminal, canceled, or held by another worker."""
+
+
+class LostLease(Exception):
+    """Another worker took the run over (this one was silent past its lease)."""
+
+
+class Beat(threading.Thread):
+    """Renews a run's lease every few seconds, storing its latest progress; notes cancels."""
+
+    def __init__(self, db: Database, run_id: uuid.UUID, worker: str, lease_s: float) -> None:
+        super().__init__(name=f"heartbeat-{run_id}", daemon=True)
+        self.db, self.run_id, self.worker, self.lease_s = db, run_id, worker, lease_s
+        self.progress: dict | None = None  # replaced (not mutated) by the training thread
+        self.canceled = threading.Event()
+        self.lost = threading.Event()
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(min(self.lease_s / 4, 5.0)):
+            self.beat()
+
+    def beat(self) -> None:
+        """One renewal; errors are logged and the next beat tries again."""
+        try:
+            with self.db.session() as session:
+                state = training.heartbeat(session, self.run_id, self.worker, self.lease_s,
+                                           self.progress)  # fmt: skip
+        except Exception:  # noqa: BLE001 - a database blip must not stop training
+            log.exception("heartbeat of run %s failed", self.run_id)
+            return
+        if not state.ours:
+            self.lost.set()
+        if state.cancel:
+            self.canceled.set()
+
+    def should_stop(self) -> bool:
+        """Asked before every training step."""
+        return self.canceled.is_set() or self.lost.is_set()
+
+    def stop(self) -> None:
+        """End the thread (after one last beat, so the final progress is stored)."""
+        self._done.set()
+        self.join(timeout=30)
+
+
+class Training:
+    """A training worker's resident state: encoders by weights, the blob store, the database."""
+
+    def __init__(self, settings: Settings, worker: str, db: Database) -> None:
+        self.settings, self.worker, self.db = settings, worker, db
+        self.blobs = open_blob_store(settings)
+        self._encoders: dict[str, object] = {}  # InceptionV3 takes seconds to build
+
+    def run(self, run_id: str) -> str:
+        """Take one run to a terminal status (or leave it to a worker that took it over)."""
+        settings = self.settings
+        with self.db.session() as session:
+            run = training.claim_run(session, uuid.UUID(run_id), self.worker,
+                                     settings.training_lease_s,
+                                     settings.training_max_attempts)  # fmt: skip
+        if run is None:
+            raise RunSkipped(run_id)
+        beat = Beat(self.db, run.id, self.worker, settings.training_lease_s)
+        beat.start()
+        try:
+            return self._run(run, beat)
+        finally:
+            beat.stop()
+
+    def _run(self, run: TrainingRun, beat: Beat) -> str:
+        from model.bundle import BundleError
+        from model.data import DatasetError as FolderError
+        from model.training import Stopped
+
+        try:
+            outcome = self._train(run, beat)
+        except Stopped:
+            if beat.lost.is_set():
+                raise LostLease(str(run.id)) from None
+            return self._finish(run, RunStatus.CANCELED, error_code="canceled",
+                                error_message="canceled; its last checkpoint is kept")  # fmt: skip
+        except (DatasetError, FolderError) as exc:
+            return self._finish(run, RunStatus.FAILED, error_code="invalid_dataset",
+                                error_message=str(exc))  # fmt: skip
+        except BundleError as exc:
+            return self._finish(run, RunStatus.FAILED, error_code="incompatible_base",
+                                error_message=str(exc))  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - any other failure ends the run, with its reason
+            log.exception("training run %s failed", run.id)
+            return self._finish(run, RunStatus.FAILED, error_code="training_failed",
+                                error_message=f"{type(exc).__name__}: {exc}")  # fmt: skip
+        return self._finish(run, RunStatus.SUCCEEDED, **outcome)
+
+    def _finish(self, run: TrainingRun, status: RunStatus, **values) -> str:
+        promote = values.pop("promote", None)
+        with self.db.session() as session:
+            if promote is not None:
+                registry.promote(session, promote)
+            if not training.finish_run(session, run.id, self.worker, status, **values):
+                log.warning("run %s was taken over; its outcome here is dropped", run.id)
+        return status.value
+
+    def _train(self, run: TrainingRun, beat: Beat) -> dict:
+        """Train, register the version, decide its promotion: the run's outcome fields."""
+        from model.data import check_images, load_dataset
+        from model.training import Callbacks, TrainConfig, train
+
+        splits = load_dataset(self.dataset_folder(run, beat))
+        for role in ("train", "val"):
+            check_images(splits.get(role, []))
+        base = self._base_bundle(run)
+        encoder = self.encoder(base.encoder.weights if base else None)
+        work = self.settings.data_dir / "training" / str(run.id)
+        sync = CheckpointSync(self.blobs, f"training/{run.id}/", work / "work")
+        resumed = sync.restore()
+        config = TrainConfig(**run.hyperparameters)
+        callbacks = RunCallbacks(self.db, run, self.worker, beat, sync, resumed)
+        bundle = train(splits, encoder, work / "bundle", config, work_dir=work / "work",
+                       cache_dir=self.settings.data_dir / "features",
+                       callbacks=callbacks.as_callbacks(Callbacks), base=base)  # fmt: skip
+        number = register_bundle(self.db, self.blobs, work / "bundle", bundle.metrics,
+                                 (encoder.weights, encoder.fingerprint), parent=run.base_version,
+                                 training_run_id=run.id, dataset=run.dataset)  # fmt: skip
+        decision = self._decide(run, bundle, encoder, splits["val"][: config.val_images])
+        shutil.rmtree(work, ignore_errors=True)  # the checkpoint stays in the blob store
+        return {"model_version": number, "promotion_result": decision,
+                "promote": number if decision["promoted"] else None}  # fmt: skip
+
+    def encoder(self, weights: str | None):
+        """The encoder for these weights (the setting wins), built once per process."""
+        from model.encoder import DEFAULT_WEIGHTS, Encoder
+
+        weights = self.settings.encoder_weights or weights or DEFAULT_WEIGHTS
+        if weights not in self._encoders:
+            self._encoders[weights] = Encoder(weights)
+        return self._encoders[weights]
+
+    def _base_bundle(self, run: TrainingRun):
+        from model.bundle import load_bundle
+
+        if run.base_version is None:
+            return None
+        with self.db.session() as session:
+            version = registry.get_version(session, run.base_version)
+        return load_bundle(fetch_bundle(self.blobs, version, self.settings.data_dir))
+
+    def dataset_folder(self, run: TrainingRun, beat: Beat) -> Path:
+        """The run's dataset on this machine, made or fetched once and then reused."""
+        spec, root = run.dataset, self.settings.data_dir / "datasets"
+        if spec["type"] == "shapes":
+            folder = root / f"shapes-{spec['size']}-{spec['seed']}"
+            if not folder.is_dir():
+                _publish(folder, lambda staging: write_shapes(staging, spec, beat))
+            return folder
+        folder = root / str(run.dataset_id)
+        if not folder.is_dir():
+            with tempfile.NamedTemporaryFile(dir=root.parent, suffix=".archive") as archive:
+                archive.write(self.blobs.get(dataset_key(run.dataset_id)))
+                archive.flush()
+                extract_archive(Path(archive.name), folder)
+        return dataset_root(folder)
+
+    def _decide(self, run: TrainingRun, bundle, encoder, val_examples) -> dict:
+        """Whether the new version should serve, under the run's promotion policy, and why."""
+        policy, metric = run.promotion["policy"], run.promotion.get("metric")
+        candidate = bundle.metrics["val"].get(metric) if metric else None
+        if policy != "if_better":
+            return {"promoted": policy == "always", "reason": f"policy {policy}",
+                    "metric": metric, "candidate": candidate, "active": None}  # fmt: skip
+        with self.db.session() as session:
+            active = registry.active_version(session)
+        if active is None:
+            return {"promoted": True, "reason": "no version was active", "metric": metric,
+                    "candidate": candidate, "active": None}  # fmt: skip
+        if active.encoder_fingerprint != encoder.fingerprint:
+            return {"promoted": False, "reason": f"{active.version} uses another encoder",
+                    "metric": metric, "candidate": candidate, "active": None}  # fmt: skip
+        current = self._score(active, encoder, val_examples)[metric]
+        better = candidate is not None and (current is None or candidate > current)
+        verdict = "better than" if better else "not better than"
+        return {"promoted": better, "metric": metric, "candidate": candidate, "active": current,
+                "reason": f"{metric} {candidate} is {verdict} {active.version}'s {current} "
+                "on this run's validation images"}  # fmt: skip
+
+    def _score(self, version, encoder, examples) -> dict:
+        """The version's validation scores on `examples` (their features are cached)."""
+        from model.bundle import load_bundle
+        from model.evaluation import caption_features, score
+        from model.features import extract_features
+        from model.inference import Decoding
+
+        bundle = load_bundle(fetch_bundle(self.blobs, version, self.settings.data_dir))
+        features = extract_features(encoder, examples, self.settings.data_dir / "features")
+        return score(examples, caption_features(Decoding(bundle), features))
+
+
+class RunCallbacks:
+    """The training loop's hooks for one run: progress to the heartbeat, epochs to the store."""
+
+    def __init__(self, db, run, worker, beat, sync, resumed: int | None) -> None:
+        self.db, self.run, self.worker, self.beat, self.sync = db, run, worker, beat, sync
+        self.resumed = resumed  # epochs done before this attempt, when it resumed
+
+    def as_callbacks(self, kind):
+        """A model.training.Callbacks bound to this run."""
+        return kind(progress=self.progress, epoch_end=self.epoch_end, features=self.features,
+                    should_stop=self.beat.should_stop)  # fmt: skip
+
+    def progress(self, p) -> None:
+        self.beat.progress = {"phase": "training", **asdict(p),
+                              "resumed_from_epoch": self.resumed}  # fmt: skip
+
+    def features(self, split: str, done: int, total: int) -> None:
+        self.beat.progress = {"phase": "features", "split": split, "done": done, "total": total}
+
+    def epoch_end(self, row: dict) -> None:
+        self.sync.upload()  # the checkpoint first: the history then never runs ahead of it
+        history = [*(self.run.history or [])[: row["epoch"] - 1], row]
+        self.run.history = history
+        with self.db.session() as session:
+            training.record_epoch(session, self.run.id, self.worker, history)
+
+
+def write_shapes(folder: Path, spec: dict, beat: Beat) -> None:
+    """Generate the built-in shapes set, reporting progress as it goes."""
+    from model.shapes import write_shapes_dataset
+
+    def progress(done: int) -> None:
+        beat.progress = {"phase": "dataset", "done": done, "total": spec["size"]}
+
+    write_shapes_dataset(folder, spec["size"], spec["seed"], SHAPES_VAL_FRACTION, progress)
+
+
+def _publish(folder: Path, make) -> None:
+    """Make a folder beside its final place, then rename it there (never seen half-made)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        make(staging)
+        staging.rename(folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def dataset_root(folder: Path) -> Path:
+    """The folder holding annotations/: the extraction folder or its one subfolder."""
+    if (folder / "annotations").is_dir():
+        return folder
+    return next(path for path in folder.iterdir() if (path / "annotations").is_dir())
