@@ -49,10 +49,8 @@ def start_run():
             base_version=parse_base(session, body.get("base_version")), promotion=promotion,
             **webhook_fields(body),
         )  # fmt: skip
-        run = training.create_run(session, new)
-    enqueue_runs(services().celery, services().db, [run.id], current_app.logger)
-    with services().db.session() as session:
-        body = run_json(training.get_run(session, run.id))
+        body = run_json(training.create_run(session, new))
+    enqueue_runs(services().celery, services().db, [uuid.UUID(body["id"])], current_app.logger)
     return jsonify(body), 201, {"Location": body["urls"]["self"]}
 
 

@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from captioner.broker import QUEUES
 from captioner.processes import api_server, background, worker_command
@@ -36,6 +37,12 @@ def add_commands(commands) -> None:
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(run=run_worker)
 
+    models = commands.add_parser("models", help="the model registry").add_subparsers(required=True)
+    imported = models.add_parser("import", help="register a bundle made by `captioner train`")
+    imported.add_argument("bundle", type=Path)
+    imported.add_argument("--promote", action="store_true", help="make it the active version")
+    imported.set_defaults(run=run_import)
+
     beat = commands.add_parser("beat", help="run the scheduler that triggers the sweepers")
     beat.set_defaults(run=run_beat)
 
@@ -60,6 +67,22 @@ def migrate(settings: Settings) -> None:
     if settings.embedded:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
+
+
+def run_import(args: argparse.Namespace) -> None:
+    """Upload a bundle to the blob store and register it as a new version."""
+    from store.blobs import open_blob_store
+    from store.db import Database
+    from worker.bundles import import_bundle
+
+    settings = from_env()
+    migrate(settings)
+    db = Database(settings.database_url)
+    try:
+        version = import_bundle(db, open_blob_store(settings), args.bundle, args.promote)
+    finally:
+        db.dispose()
+    print(f"registered {args.bundle} as {version}" + (" (active)" if args.promote else ""))
 
 
 def run_worker(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ under `data_dir/models/` and downloads it at most once.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -50,3 +51,17 @@ def register_bundle(db: Database, blobs: BlobStore, bundle_dir: Path, metrics: d
         # Uploaded before the row commits: a version in the registry always has its files.
         upload_dir(blobs, bundle_dir, version.bundle_key)
         return version.number
+
+
+def import_bundle(db: Database, blobs: BlobStore, bundle_dir: Path, promote: bool = False) -> str:
+    """Register a bundle made elsewhere (`captioner train`) as a version; its name."""
+    config = json.loads((Path(bundle_dir) / "config.json").read_text())
+    metrics_file = Path(bundle_dir) / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    encoder = (config["encoder"]["weights"], config["encoder"]["fingerprint"])
+    number = register_bundle(db, blobs, bundle_dir, metrics, encoder,
+                             dataset={"type": "import", "path": str(bundle_dir)})  # fmt: skip
+    if promote:
+        with db.session() as session:
+            registry.promote(session, number)
+    return f"v{number}"

@@ -73,7 +73,7 @@ class Beat(threading.Thread):
         return self.canceled.is_set() or self.lost.is_set()
 
     def stop(self) -> None:
-        """End the thread (after one last beat, so the final progress is stored)."""
+        """End the thread."""
         self._done.set()
         self.join(timeout=30)
 
@@ -98,33 +98,30 @@ class Training:
         beat = Beat(self.db, run.id, self.worker, settings.training_lease_s)
         beat.start()
         try:
-            return self._run(run, beat)
+            status, values = self._outcome(run, beat)
         finally:
             beat.stop()
+        if beat.lost.is_set():
+            raise LostLease(run_id)
+        return self._finish(run, status, progress=beat.progress, **values)
 
-    def _run(self, run: TrainingRun, beat: Beat) -> str:
+    def _outcome(self, run: TrainingRun, beat: Beat) -> tuple[RunStatus, dict]:
+        """Train; the terminal status and the fields to store with it."""
         from model.bundle import BundleError
         from model.data import DatasetError as FolderError
         from model.training import Stopped
 
         try:
-            outcome = self._train(run, beat)
+            return RunStatus.SUCCEEDED, self._train(run, beat)
         except Stopped:
-            if beat.lost.is_set():
-                raise LostLease(str(run.id)) from None
-            return self._finish(run, RunStatus.CANCELED, error_code="canceled",
-                                error_message="canceled; its last checkpoint is kept")  # fmt: skip
+            return RunStatus.CANCELED, _error("canceled", "canceled; its last checkpoint is kept")
         except (DatasetError, FolderError) as exc:
-            return self._finish(run, RunStatus.FAILED, error_code="invalid_dataset",
-                                error_message=str(exc))  # fmt: skip
+            return RunStatus.FAILED, _error("invalid_dataset", str(exc))
         except BundleError as exc:
-            return self._finish(run, RunStatus.FAILED, error_code="incompatible_base",
-                                error_message=str(exc))  # fmt: skip
+            return RunStatus.FAILED, _error("incompatible_base", str(exc))
         except Exception as exc:  # noqa: BLE001 - any other failure ends the run, with its reason
             log.exception("training run %s failed", run.id)
-            return self._finish(run, RunStatus.FAILED, error_code="training_failed",
-                                error_message=f"{type(exc).__name__}: {exc}")  # fmt: skip
-        return self._finish(run, RunStatus.SUCCEEDED, **outcome)
+            return RunStatus.FAILED, _error("training_failed", f"{type(exc).__name__}: {exc}")
 
     def _finish(self, run: TrainingRun, status: RunStatus, **values) -> str:
         promote = values.pop("promote", None)
@@ -189,6 +186,7 @@ class Training:
             return folder
         folder = root / str(run.dataset_id)
         if not folder.is_dir():
+            root.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=root.parent, suffix=".archive") as archive:
                 archive.write(self.blobs.get(dataset_key(run.dataset_id)))
                 archive.flush()
@@ -254,6 +252,10 @@ class RunCallbacks:
         self.run.history = history
         with self.db.session() as session:
             training.record_epoch(session, self.run.id, self.worker, history)
+
+
+def _error(code: str, message: str) -> dict:
+    return {"error_code": code, "error_message": message}
 
 
 def write_shapes(folder: Path, spec: dict, beat: Beat) -> None:
