@@ -14,8 +14,8 @@ $(BIN)/captioner: pyproject.toml
 
 install: $(BIN)/captioner
 
-# The whole job with no servers: generate the shapes set, train a bundle (reused when present),
-# start the pipeline (embedded mode), caption held-out images through the HTTP API.
+# The whole job with no servers: start the API and workers, train a model through the API,
+# start the pipeline (embedded mode), caption new images through the HTTP API.
 demo: install
 	$(BIN)/captioner demo --data $(DATA)
 
@@ -29,6 +29,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_webhooks.py
+	$(BIN)/python benchmarks/bench_training.py
 
 clean:
 	rm -rf $(VENV) $(DATA)

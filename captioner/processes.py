@@ -60,6 +60,14 @@ def start_worker(settings: Settings, log: Path, name: str, queues: str = "infere
                                 stderr=subprocess.STDOUT)  # fmt: skip
 
 
+def start_beat(settings: Settings, log: Path) -> subprocess.Popen:
+    """Start `captioner beat` (the sweepers' schedule) for `settings`, its output going to `log`."""
+    environ = os.environ | to_env(settings)
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "captioner", "beat"], env=environ,
+                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+
+
 def wait_ready(process: subprocess.Popen, log: Path, timeout: float = 300) -> None:
     """Block until the worker logs that it is ready; raise with its log if it dies or hangs."""
     deadline = time.monotonic() + timeout

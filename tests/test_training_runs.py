@@ -22,7 +22,7 @@ import redis
 
 from captioner.client import Client
 from captioner.datasets import pack_dataset
-from captioner.processes import READY_MARK, api_server, start_worker, stop, wait_ready
+from captioner.processes import READY_MARK, api_server, start_beat, start_worker, stop, wait_ready
 from captioner.settings import Settings, to_env
 from model.shapes import write_shapes_dataset
 from store.blobs import open_blob_store
@@ -98,10 +98,7 @@ def stack(tmp_path_factory):
             webhook_schedule=(0.0, 0.5, 0.5), webhook_timeout_s=2.0,
         )  # fmt: skip
         open_blob_store(settings).ensure_bucket()
-        beat = subprocess.Popen([sys.executable, "-m", "captioner", "beat"],
-                                env=os.environ | to_env(settings),
-                                stdout=(logs / "beat.log").open("wb"),
-                                stderr=subprocess.STDOUT)  # fmt: skip
+        beat = start_beat(settings, logs / "beat.log")
         stack = Stack(settings, None, sink, logs, {})
         try:
             for queue in ("training", "inference", "webhooks"):

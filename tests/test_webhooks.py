@@ -21,8 +21,8 @@ import redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from captioner.client import ApiError, Client
-from captioner.processes import api_server, start_worker, stop, wait_ready
-from captioner.settings import Settings, to_env
+from captioner.processes import api_server, start_beat, start_worker, stop, wait_ready
+from captioner.settings import Settings
 from captioner.signatures import VerificationError, verify
 from store.blobs import open_blob_store
 from store.migrate import upgrade
@@ -74,10 +74,7 @@ def stack(tmp_path_factory, trained_bundle):
         )  # fmt: skip
         open_blob_store(settings).ensure_bucket()
         inference = start_worker(settings, logs / "inference.log", "inference@test")
-        beat = subprocess.Popen([sys.executable, "-m", "captioner", "beat"],
-                                env=os.environ | to_env(settings),
-                                stdout=(logs / "beat.log").open("wb"),
-                                stderr=subprocess.STDOUT)  # fmt: skip
+        beat = start_beat(settings, logs / "beat.log")
         stack = None
         try:
             wait_ready(inference, logs / "inference.log")

@@ -125,11 +125,11 @@ class Training:
 
     def _finish(self, run: TrainingRun, status: RunStatus, **values) -> str:
         promote = values.pop("promote", None)
-        with self.db.session() as session:
-            if promote is not None:
-                registry.promote(session, promote)
+        with self.db.session() as session:  # the run ends and its version serves together
             if not training.finish_run(session, run.id, self.worker, status, **values):
                 log.warning("run %s was taken over; its outcome here is dropped", run.id)
+            elif promote is not None:
+                registry.promote(session, promote)
         return status.value
 
     def _train(self, run: TrainingRun, beat: Beat) -> dict:
