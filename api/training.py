@@ -40,7 +40,7 @@ def start_run():
     refuse_unknown(body, known, "field")
     promotion = parse_promotion(body.get("promotion"))
     hyperparameters = parse_numbers(
-        body.get("hyperparameters"), HYPERPARAMETERS, "hyperparameters"
+        body.get("hyperparameters"), HYPERPARAMETERS, "hyperparameters", "hyperparameter"
     ) | {"monitor": promotion["metric"]}
     with services().db.session() as session:
         dataset, dataset_id = parse_dataset(session, body.get("dataset"))
@@ -72,12 +72,12 @@ def refuse_unknown(values: dict, known: set[str], what: str) -> None:
                        f"known: {sorted(known)}")  # fmt: skip
 
 
-def parse_numbers(values: Any, limits: dict[str, tuple], where: str) -> dict[str, Any]:
+def parse_numbers(values: Any, limits: dict[str, tuple], where: str, field: str) -> dict[str, Any]:
     """Numbers within their limits, defaults filled in, or a 400 naming the bad one."""
     values = {} if values is None else values
     if not isinstance(values, dict):
         raise ApiError(400, f"invalid_{where}", f"{where} must be a JSON object")
-    refuse_unknown(values, set(limits), where.rstrip("s"))
+    refuse_unknown(values, set(limits), field)
     parsed = {}
     for name, (default, low, high) in limits.items():
         value = values.get(name, default)
@@ -111,7 +111,7 @@ def parse_dataset(session, value: Any) -> tuple[dict[str, Any], uuid.UUID | None
                        'or {"type": "upload", "id": DATASET_ID}')  # fmt: skip
     if value["type"] == "shapes":
         spec = {k: v for k, v in value.items() if k != "type"}
-        return {"type": "shapes", **parse_numbers(spec, SHAPES, "dataset")}, None
+        return {"type": "shapes", **parse_numbers(spec, SHAPES, "dataset", "dataset")}, None
     refuse_unknown(value, {"type", "id"}, "dataset field")
     try:
         dataset_id = uuid.UUID(str(value.get("id")))

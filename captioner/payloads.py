@@ -21,6 +21,7 @@ from store.models import (
     TrainingRun,
     WorkerModel,
     as_utc,
+    version_name,
 )
 
 
@@ -121,11 +122,6 @@ def delivery_json(delivery: Delivery, attempts: list[DeliveryAttempt]) -> dict[s
         "urls": {"self": f"/v1/deliveries/{delivery.id}",
                  "replay": f"/v1/deliveries/{delivery.id}/replay"},
     }  # fmt: skip
-
-
-def version_name(number: int | None) -> str | None:
-    """A registry version's name ("v3"), or None."""
-    return f"v{number}" if number is not None else None
 
 
 def run_json(run: TrainingRun) -> dict[str, Any]:

@@ -23,7 +23,8 @@ DEFAULT_BEAM_SIZE = 1  # greedy
 DEFAULT_MAX_LENGTH = 20  # words
 WEBHOOK_EVENTS = ("start", "completed")  # what a job or a batch can ask to be told
 DEFAULT_WEBHOOK_EVENTS = ("completed",)
-PAST = {"start": "started", "completed": "completed"}  # job.started, batch.completed, …
+# The event name each moment takes: job.started, batch.completed, training_run.progress, …
+PAST = {"start": "started", "progress": "progress", "completed": "completed"}
 
 
 @dataclass(frozen=True)
@@ -237,8 +238,8 @@ def batch_jobs(session: Session, batch_id: uuid.UUID) -> list[Job]:
     return list(session.scalars(query, execution_options={"populate_existing": True}))
 
 
-def wants(owner: Job | Batch | None, when: str) -> bool:
-    """Whether a job or batch asked for a webhook on `when` (start or completed)."""
+def wants(owner, when: str) -> bool:
+    """Whether a job, batch or training run asked for a webhook on `when` (a key of PAST)."""
     return bool(owner and owner.webhook_url and when in (owner.webhook_events or ()))
 
 

@@ -262,6 +262,11 @@ class Dataset(Base):
     created_at: Mapped[datetime] = _now_column()
 
 
+def version_name(number: int | None) -> str | None:
+    """A registry version's name, as jobs record it: v1, v2, … (None for None)."""
+    return f"v{number}" if number is not None else None
+
+
 class ModelVersion(Base):
     """A registered model: its bundle in the blob store and where it came from."""
 
@@ -288,8 +293,8 @@ class ModelVersion(Base):
 
     @property
     def version(self) -> str:
-        """The version's name, as jobs record it: v1, v2, …"""
-        return f"v{self.number}"
+        """The version's name (v3)."""
+        return version_name(self.number)
 
 
 class TrainingRun(Base):

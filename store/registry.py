@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
-from store.models import ModelVersion, WorkerModel, utcnow
+from store.models import ModelVersion, WorkerModel, utcnow, version_name
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def register(session: Session, new: NewVersion) -> ModelVersion:
 
 def bundle_prefix(number: int) -> str:
     """Where a version's bundle files live in the blob store."""
-    return f"models/v{number}/"
+    return f"models/{version_name(number)}/"
 
 
 def get_version(session: Session, number: int) -> ModelVersion | None:

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from captioner.payloads import run_json
 from store.deliveries import Event, record_event
+from store.jobs import PAST, wants
 from store.models import RunStatus, TrainingRun, utcnow
 
 PROGRESS_EVERY = timedelta(seconds=10)  # progress webhooks are throttled to one per this
@@ -114,7 +115,7 @@ def heartbeat(session: Session, run_id: uuid.UUID, worker: str, lease_s: float,
     if not rows:
         return Heartbeat(ours=False, cancel=False)
     run = rows[0]
-    if progress is not None and _wants(run, "progress"):
+    if progress is not None and wants(run, "progress"):
         _announce_progress(session, run, now)
     return Heartbeat(ours=True, cancel=run.cancel_requested_at is not None)
 
@@ -167,9 +168,8 @@ def runs_to_resend(session: Session, unsent_after: timedelta) -> list[uuid.UUID]
     released = _update(session, expired, {"status": QUEUED, "lease_expires_at": None})
     unsent = and_(TrainingRun.status == QUEUED, TrainingRun.enqueued_at.is_(None),
                   TrainingRun.created_at < now - unsent_after)  # fmt: skip
-    return sorted(
-        {run.id for run in released} | set(session.scalars(select(TrainingRun.id).where(unsent)))
-    )
+    never_sent = session.scalars(select(TrainingRun.id).where(unsent))
+    return sorted({run.id for run in released} | set(never_sent))
 
 
 def _terminal(status: RunStatus, code: str | None = None, message: str | None = None) -> dict:
@@ -188,13 +188,8 @@ def _update(session: Session, where, values: dict) -> list:
     return rows
 
 
-def _wants(run: TrainingRun, when: str) -> bool:
-    return bool(run.webhook_url and when in (run.webhook_events or ()))
-
-
 def _announce(session: Session, run: TrainingRun, when: str, sequence: int = 0) -> None:
-    if _wants(run, when):
-        name = {"start": "started", "progress": "progress", "completed": "completed"}[when]
-        event = Event(run.owner, "training_run", run.id, f"training_run.{name}",
+    if wants(run, when):
+        event = Event(run.owner, "training_run", run.id, f"training_run.{PAST[when]}",
                       run.webhook_url, run_json(run))  # fmt: skip
         record_event(session, event, sequence)

@@ -15,7 +15,7 @@ from typing import Any
 from store import registry
 from store.blobs import BlobStore, download_dir, upload_dir
 from store.db import Database
-from store.models import ModelVersion
+from store.models import ModelVersion, version_name
 
 WEIGHTS = "decoder.weights.h5"  # model.bundle.WEIGHTS, without importing TensorFlow here
 
@@ -64,4 +64,4 @@ def import_bundle(db: Database, blobs: BlobStore, bundle_dir: Path, promote: boo
     if promote:
         with db.session() as session:
             registry.promote(session, number)
-    return f"v{number}"
+    return version_name(number)

@@ -9,7 +9,6 @@ one. A bundle trained on another encoder is refused (and reported), and the old 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -22,7 +21,7 @@ from store.blobs import BlobStore
 from store.db import Database
 from store.jobs import DEFAULT_MAX_LENGTH
 from store.models import ModelVersion, utcnow
-from worker.bundles import WEIGHTS, fetch_bundle
+from worker.bundles import fetch_bundle, weights_digest
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +137,7 @@ class Rollout:
 
 def bundle_version(path: Path) -> str:
     """A local bundle's version (MODEL_BUNDLE): its directory name and its weights' hash."""
-    digest = hashlib.sha256((Path(path) / WEIGHTS).read_bytes()).hexdigest()
-    return f"{Path(path).name}-{digest[:8]}"
+    return f"{Path(path).name}-{weights_digest(path)[:8]}"
 
 
 def enable_memory_growth() -> None:

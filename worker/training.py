@@ -135,7 +135,7 @@ class Training:
     def _train(self, run: TrainingRun, beat: Beat) -> dict:
         """Train, register the version, decide its promotion: the run's outcome fields."""
         from model.data import check_images, load_dataset
-        from model.training import Callbacks, TrainConfig, train
+        from model.training import TrainConfig, train
 
         splits = load_dataset(self.dataset_folder(run, beat))
         for role in ("train", "val"):
@@ -149,7 +149,7 @@ class Training:
         callbacks = RunCallbacks(self.db, run, self.worker, beat, sync, resumed)
         bundle = train(splits, encoder, work / "bundle", config, work_dir=work / "work",
                        cache_dir=self.settings.data_dir / "features",
-                       callbacks=callbacks.as_callbacks(Callbacks), base=base)  # fmt: skip
+                       callbacks=callbacks.as_callbacks(), base=base)  # fmt: skip
         number = register_bundle(self.db, self.blobs, work / "bundle", bundle.metrics,
                                  (encoder.weights, encoder.fingerprint), parent=run.base_version,
                                  training_run_id=run.id, dataset=run.dataset)  # fmt: skip
@@ -197,23 +197,24 @@ class Training:
         """Whether the new version should serve, under the run's promotion policy, and why."""
         policy, metric = run.promotion["policy"], run.promotion.get("metric")
         candidate = bundle.metrics["val"].get(metric) if metric else None
+
+        def verdict(promoted: bool, reason: str, current: float | None = None) -> dict:
+            return {"promoted": promoted, "reason": reason, "metric": metric,
+                    "candidate": candidate, "active": current}  # fmt: skip
+
         if policy != "if_better":
-            return {"promoted": policy == "always", "reason": f"policy {policy}",
-                    "metric": metric, "candidate": candidate, "active": None}  # fmt: skip
+            return verdict(policy == "always", f"policy {policy}")
         with self.db.session() as session:
             active = registry.active_version(session)
         if active is None:
-            return {"promoted": True, "reason": "no version was active", "metric": metric,
-                    "candidate": candidate, "active": None}  # fmt: skip
+            return verdict(True, "no version was active")
         if active.encoder_fingerprint != encoder.fingerprint:
-            return {"promoted": False, "reason": f"{active.version} uses another encoder",
-                    "metric": metric, "candidate": candidate, "active": None}  # fmt: skip
+            return verdict(False, f"{active.version} uses another encoder")
         current = self._score(active, encoder, val_examples)[metric]
         better = candidate is not None and (current is None or candidate > current)
-        verdict = "better than" if better else "not better than"
-        return {"promoted": better, "metric": metric, "candidate": candidate, "active": current,
-                "reason": f"{metric} {candidate} is {verdict} {active.version}'s {current} "
-                "on this run's validation images"}  # fmt: skip
+        comparison = "better than" if better else "not better than"
+        return verdict(better, f"{metric} {candidate} is {comparison} {active.version}'s "
+                       f"{current} on this run's validation images", current)  # fmt: skip
 
     def _score(self, version, encoder, examples) -> dict:
         """The version's validation scores on `examples` (their features are cached)."""
@@ -234,10 +235,12 @@ class RunCallbacks:
         self.db, self.run, self.worker, self.beat, self.sync = db, run, worker, beat, sync
         self.resumed = resumed  # epochs done before this attempt, when it resumed
 
-    def as_callbacks(self, kind):
+    def as_callbacks(self):
         """A model.training.Callbacks bound to this run."""
-        return kind(progress=self.progress, epoch_end=self.epoch_end, features=self.features,
-                    should_stop=self.beat.should_stop)  # fmt: skip
+        from model.training import Callbacks
+
+        return Callbacks(progress=self.progress, epoch_end=self.epoch_end,
+                         features=self.features, should_stop=self.beat.should_stop)  # fmt: skip
 
     def progress(self, p) -> None:
         self.beat.progress = {"phase": "training", **asdict(p),
