@@ -34,6 +34,7 @@ print('\n'.join(p['dependencies'] + p['optional-dependencies'][sys.argv[1]]))" "
 
 COPY alembic.ini ./
 COPY migrations/ migrations/
+COPY core/ core/
 COPY model/ model/
 COPY captioner/ captioner/
 COPY store/ store/

@@ -6,7 +6,7 @@ from flask import Flask
 
 from api.errors import register_error_handlers
 from api.services import Services
-from captioner.settings import Settings, from_env
+from core.settings import Settings, from_env
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:

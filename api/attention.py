@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 from api.errors import ApiError
 from api.jobs import find_job
 from api.services import services
-from captioner.plots import render_attention_grid
+from core.plots import render_attention_grid
 from store.blobs import BlobNotFound
 from store.keys import attention_key, attention_png_key, image_key
 from store.models import Job, JobStatus

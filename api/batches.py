@@ -11,8 +11,8 @@ from api.images import ImageInfo, inspect_image
 from api.jobs import OWNER, enqueue, stored_job
 from api.services import services
 from api.uploads import read_batch
-from captioner.payloads import batch_json
 from store import batches, jobs
+from store.payloads import batch_json
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 

@@ -12,10 +12,10 @@ from flask import Blueprint, jsonify, request
 from api.errors import ApiError
 from api.jobs import OWNER
 from api.services import services
-from captioner.datasets import DatasetError, inspect_archive
-from captioner.payloads import dataset_json
+from core.archives import DatasetError, inspect_archive
 from store import datasets
 from store.models import Dataset
+from store.payloads import dataset_json
 
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
 RAW_TYPES = ("application/zip", "application/x-tar", "application/gzip", "application/x-gzip",

@@ -11,17 +11,16 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from api.errors import ApiError
 from api.images import ImageInfo, inspect_image
 from api.services import services
 from api.uploads import Options, read_submission
-from captioner.broker import enqueue_jobs
-from captioner.payloads import iso, job_json
 from store import jobs
 from store.keys import image_key
 from store.models import Job, JobStatus
+from store.payloads import iso, job_json
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 OWNER = "default"  # one tenant until API keys exist
@@ -56,8 +55,9 @@ def stored_job(data: bytes, info: ImageInfo, options: Options) -> jobs.NewJob:
 
 def enqueue(job_ids: Sequence[uuid.UUID]) -> None:
     """Send the ids to the broker; those not sent stay unsent in their rows for the sweeper."""
-    svc = services()
-    enqueue_jobs(svc.celery, svc.db, job_ids, current_app.logger)
+    sent = services().broker.jobs(job_ids)
+    with services().db.session() as session:
+        jobs.mark_enqueued(session, sent)
 
 
 def respond_after_wait(job_id: uuid.UUID):

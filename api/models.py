@@ -6,8 +6,8 @@ from flask import Blueprint, jsonify
 
 from api.errors import ApiError
 from api.services import services
-from captioner.payloads import model_json, worker_json
 from store import registry
+from store.payloads import model_json, worker_json
 
 bp = Blueprint("models", __name__, url_prefix="/v1")
 SEEN_POLLS = 5  # a worker silent for this many poll periods is left out of the rollout view

@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from celery import Celery
 from flask import current_app
 
-from captioner.broker import delivery_sender, make_celery
-from captioner.notify import Notifier
-from captioner.settings import Settings
+from core.broker import Broker, make_celery
+from core.notify import Notifier
+from core.settings import Settings
 from store.blobs import BlobStore, open_blob_store
 from store.db import Database
+from store.deliveries import after_commit_sender
 
 
 @dataclass
@@ -22,15 +22,16 @@ class Services:
     settings: Settings
     db: Database
     blobs: BlobStore
-    celery: Celery
+    broker: Broker
     notifier: Notifier
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
         """Connections as the settings describe them (nothing is contacted yet)."""
-        celery, db = make_celery(settings), Database(settings.database_url)
-        db.after_commit.append(delivery_sender(celery, logging.getLogger("api")))
-        return cls(settings, db, open_blob_store(settings), celery, Notifier(settings.broker_url))
+        broker = Broker(make_celery(settings), logging.getLogger("api"))
+        db = Database(settings.database_url)
+        db.after_commit.append(after_commit_sender(broker.deliveries))
+        return cls(settings, db, open_blob_store(settings), broker, Notifier(settings.broker_url))
 
 
 def services() -> Services:

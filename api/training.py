@@ -5,15 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from api.errors import ApiError
 from api.jobs import OWNER
 from api.services import services
 from api.uploads import parse_webhook
-from captioner.broker import enqueue_runs
-from captioner.payloads import run_json
 from store import datasets, registry, training
+from store.payloads import run_json
 
 bp = Blueprint("training", __name__, url_prefix="/v1/training-runs")
 # name: (default, lowest, highest); whole numbers unless the default is a float
@@ -50,7 +49,9 @@ def start_run():
             **webhook_fields(body),
         )  # fmt: skip
         body = run_json(training.create_run(session, new))
-    enqueue_runs(services().celery, services().db, [uuid.UUID(body["id"])], current_app.logger)
+    sent = services().broker.runs([uuid.UUID(body["id"])])
+    with services().db.session() as session:
+        training.mark_enqueued(session, sent)
     return jsonify(body), 201, {"Location": body["urls"]["self"]}
 
 

@@ -11,8 +11,8 @@ from api.errors import ApiError
 from api.jobs import OWNER, find_job
 from api.services import services
 from api.training import find_run
-from captioner.payloads import delivery_json, iso
 from store import batches, deliveries, webhook_secrets
+from store.payloads import delivery_json, iso
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
 MAX_GRACE_S = 7 * 86400

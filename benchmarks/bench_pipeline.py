@@ -38,7 +38,7 @@ import redis  # noqa: E402
 from benchmarks.bench_model import full_size_bundle  # noqa: E402
 from captioner.client import Client  # noqa: E402
 from captioner.processes import api_server, start_worker, stop, wait_ready  # noqa: E402
-from captioner.settings import Settings  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from model.bundle import load_bundle, save_bundle  # noqa: E402
 from model.encoder import Encoder  # noqa: E402
 from model.images import decode_image  # noqa: E402

@@ -89,7 +89,7 @@ def swap_times(folder: Path, swaps: int, image: bytes) -> dict:
     from captioner.client import Client
     from captioner.processes import api_server, start_worker, stop, wait_ready
     from captioner.service import migrate
-    from captioner.settings import from_env
+    from core.settings import from_env
     from store.blobs import open_blob_store
     from store.db import Database
     from worker.bundles import import_bundle

@@ -32,12 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis  # noqa: E402
 
-from captioner.broker import make_celery  # noqa: E402
 from captioner.client import Client  # noqa: E402
 from captioner.processes import api_server, start_worker, stop, wait_ready  # noqa: E402
 from captioner.service import WEBHOOK_CONCURRENCY  # noqa: E402
-from captioner.settings import Settings  # noqa: E402
-from captioner.signatures import new_secret, signed_headers  # noqa: E402
+from core.broker import make_celery  # noqa: E402
+from core.settings import Settings  # noqa: E402
+from core.signatures import new_secret, signed_headers  # noqa: E402
 from store.blobs import open_blob_store  # noqa: E402
 from store.migrate import upgrade  # noqa: E402
 from tests.databases import fresh_postgres  # noqa: E402

@@ -192,7 +192,7 @@ def load_captioner(bundle_dir: Path, encoder_weights: str | None):
 
 def run_caption(args: argparse.Namespace) -> int:
     """`captioner caption BUNDLE IMAGE…`: one line (or JSON object) per image."""
-    from captioner.plots import save_attention_png
+    from core.plots import save_attention_png
     from model.images import ImageError, open_image, preprocess
 
     captioner = load_captioner(args.bundle, args.encoder)

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 from captioner.client import Client
 from captioner.processes import api_server, start_worker, stop, tail
-from captioner.settings import from_env
+from core.settings import from_env
 
 STEPS = 4
 KEPT = ("datasets", "features")  # reused by the next demo: the shapes set and its features

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from captioner.settings import Settings, to_env
+from core.settings import Settings, to_env
 
 READY_MARK = " ready."  # what Celery logs once a worker consumes (after the model loaded)
 

@@ -13,9 +13,9 @@ import sys
 import threading
 from pathlib import Path
 
-from captioner.broker import QUEUES
 from captioner.processes import api_server, background, worker_command
-from captioner.settings import Settings, from_env
+from core.broker import QUEUES
+from core.settings import Settings, from_env
 
 TRAINING_CONCURRENCY = 1  # a training worker runs one run at a time on its GPU
 WEBHOOK_CONCURRENCY = 32  # webhook workers wait on receivers: a few slow ones must not stall all

@@ -13,7 +13,7 @@ def database_url() -> str:
     url = context.config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from captioner.settings import from_env
+    from core.settings import from_env
 
     return from_env().database_url
 

@@ -21,7 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 if TYPE_CHECKING:
-    from captioner.settings import Settings
+    from core.settings import Settings
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 _MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404"})

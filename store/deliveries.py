@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,9 +18,9 @@ from typing import Any
 from sqlalchemy import and_, exists, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from captioner.payloads import iso
 from store.db import insert_or_ignore
 from store.models import Delivery, DeliveryAttempt, DeliveryStatus, utcnow
+from store.payloads import iso
 
 NEW = "new_deliveries"  # session.info key: ids of deliveries recorded in this session
 PENDING, SENDING = DeliveryStatus.PENDING.value, DeliveryStatus.SENDING.value
@@ -69,6 +70,16 @@ def record_event(session: Session, event: Event, sequence: int = 0) -> bool:
         return False
     session.info.setdefault(NEW, []).append(row["id"])
     return True
+
+
+def after_commit_sender(send: Callable[[list], object]) -> Callable[[dict], None]:
+    """A `Database.after_commit` hook handing `send` the deliveries a transaction recorded."""
+
+    def hook(info: dict) -> None:
+        if info.get(NEW):
+            send(info.pop(NEW))
+
+    return hook
 
 
 def retried(event: str) -> bool:

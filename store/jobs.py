@@ -15,9 +15,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from captioner.payloads import batch_json, job_json
 from store.deliveries import Event, record_event, was_recorded
 from store.models import TERMINAL, Batch, Job, JobStatus, as_utc, utcnow
+from store.payloads import batch_json, job_json
 
 DEFAULT_BEAM_SIZE = 1  # greedy
 DEFAULT_MAX_LENGTH = 20  # words
@@ -99,6 +99,8 @@ def list_jobs(
 
 def mark_enqueued(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
     """Record that the ids reached the broker (the sweeper re-sends those that did not)."""
+    if not job_ids:
+        return
     session.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=utcnow()))
 
 

@@ -17,10 +17,10 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from captioner.payloads import run_json
 from store.deliveries import Event, record_event
 from store.jobs import PAST, wants
 from store.models import RunStatus, TrainingRun, utcnow
+from store.payloads import run_json
 
 PROGRESS_EVERY = timedelta(seconds=10)  # progress webhooks are throttled to one per this
 EVENTS = ("start", "progress", "completed")  # what a run can ask to be told
@@ -72,6 +72,8 @@ def list_runs(session: Session, owner: str, limit: int = 50) -> list[TrainingRun
 
 def mark_enqueued(session: Session, run_ids: list[uuid.UUID]) -> None:
     """Note that these runs' messages reached the broker."""
+    if not run_ids:
+        return
     query = update(TrainingRun).where(TrainingRun.id.in_(run_ids))
     session.execute(query.values(enqueued_at=utcnow()))
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from captioner.signatures import new_secret
+from core.signatures import new_secret
 from store.db import insert_or_ignore
 from store.models import WebhookSecret, utcnow
 

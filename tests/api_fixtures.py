@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from api import create_app
-from captioner.settings import Settings
+from core.settings import Settings
 from store.migrate import upgrade
 from tests.api_helpers import REDIS_URL
 from tests.databases import fresh_postgres

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from api.jobs import OWNER
-from captioner.plots import LABEL_HEIGHT, MARGIN, tile_box
+from core.plots import LABEL_HEIGHT, MARGIN, tile_box
 from store import jobs
 from store.keys import attention_key, attention_png_key, image_key
 from tests.api_helpers import b64, png

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import uuid
 from dataclasses import replace
 
@@ -11,6 +12,7 @@ from sqlalchemy import func, select
 
 from api import create_app
 from api.services import Services
+from core.broker import Broker
 from store import batches, jobs
 from store.models import Batch, Job
 from tests.api_helpers import b64, png, queued_ids
@@ -150,21 +152,21 @@ def test_store_keeps_submission_order_even_against_id_order(app):
         batches.create_batch(session, "someone else", new[:1])
 
 
-class FlakyBroker:
+class FlakyCelery:
     """Takes `accept` tasks, then refuses: a broker that went away mid-batch."""
 
     def __init__(self, accept: int) -> None:
         self.accept, self.sent = accept, []
 
-    def send_task(self, name: str, args: list, queue: str) -> None:
+    def send_task(self, name: str, args: list, queue: str, countdown=None) -> None:
         if len(self.sent) == self.accept:
             raise ConnectionError("broker gone")
         self.sent.append(args[0])
 
 
 def test_ids_the_broker_refused_stay_unsent_for_the_sweeper(settings):
-    broker = FlakyBroker(accept=2)
-    services = replace(Services.from_settings(settings), celery=broker)
+    broker = FlakyCelery(accept=2)
+    services = replace(Services.from_settings(settings), broker=Broker(broker, logging.getLogger()))
     services.blobs.ensure_bucket()
     client = create_app(services=services).test_client()
     batch = client.post("/v1/batches", json={"images": [b64(png())] * 4}).get_json()

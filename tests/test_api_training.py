@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from captioner.datasets import pack_dataset
+from core.archives import pack_dataset
 from model.shapes import write_shapes_dataset
 from store import registry
 

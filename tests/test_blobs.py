@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.settings import Settings
+from core.settings import Settings
 from store.blobs import (
     BlobNotFound,
     BlobStore,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from captioner.datasets import (
+from core.archives import (
     DatasetError,
     DatasetSummary,
     extract_archive,

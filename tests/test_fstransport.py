@@ -1,4 +1,5 @@
-"""The embedded broker: messages written by one process are read whole by a fast-polling other."""
+"""The embedded broker: messages written by one process are read whole by a fast-polling other,
+and everything it writes stays in its folder."""
 
 from __future__ import annotations
 
@@ -6,14 +7,14 @@ import multiprocessing
 
 from kombu import Connection
 
-from captioner.fstransport import Transport
+from core.broker import filesystem_options
+from core.fstransport import Transport
 
 MESSAGES = 400
 
 
 def connection(folder) -> Connection:
-    options = {"data_folder_in": str(folder), "data_folder_out": str(folder),
-               "processed_folder": str(folder), "polling_interval": 0.0005}  # fmt: skip
+    options = filesystem_options(folder, polling_interval=0.0005)
     return Connection("filesystem://", transport=Transport, transport_options=options)
 
 
@@ -26,7 +27,10 @@ def produce(folder) -> None:
         queue.close()
 
 
-def test_a_fast_consumer_never_sees_a_partial_message(tmp_path):
+def test_a_fast_consumer_never_sees_a_partial_message(tmp_path, monkeypatch):
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)  # kombu's default control folder is ./control
     producer = multiprocessing.get_context("spawn").Process(target=produce, args=(tmp_path,))
     producer.start()
     seen = []
@@ -40,3 +44,4 @@ def test_a_fast_consumer_never_sees_a_partial_message(tmp_path):
         queue.close()
     producer.join(timeout=60)
     assert sorted(seen) == list(range(MESSAGES))
+    assert list(workdir.iterdir()) == []  # nothing written outside the broker's folder

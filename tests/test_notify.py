@@ -6,7 +6,7 @@ import threading
 import time
 import uuid
 
-from captioner.notify import POLL_S, Notifier
+from core.notify import POLL_S, Notifier
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 

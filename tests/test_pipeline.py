@@ -20,11 +20,11 @@ import redis
 from PIL import Image
 from sqlalchemy import select, update
 
-from captioner.broker import SWEEP_TASK, make_celery
 from captioner.client import Client
 from captioner.processes import api_server, start_worker, stop, wait_ready
 from captioner.service import migrate
-from captioner.settings import Settings, from_env
+from core.broker import SWEEP_TASK, make_celery
+from core.settings import Settings, from_env
 from store.blobs import open_blob_store
 from store.db import Database
 from store.keys import attention_key, image_key

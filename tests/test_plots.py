@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.plots import (
+from core.plots import (
     LABEL_HEIGHT,
     MARGIN,
     jet,

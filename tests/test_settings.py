@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.settings import Settings, SettingsError, from_env, to_env
+from core.settings import Settings, SettingsError, from_env, to_env
 
 
 def test_nothing_set_means_embedded_under_one_data_dir(tmp_path):

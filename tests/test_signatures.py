@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from captioner.signatures import VerificationError, new_secret, sign, signed_headers, verify
+from core.signatures import VerificationError, new_secret, sign, signed_headers, verify
 
 # The example in the Standard Webhooks documentation.
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"

@@ -21,9 +21,9 @@ import pytest
 import redis
 
 from captioner.client import Client
-from captioner.datasets import pack_dataset
 from captioner.processes import READY_MARK, api_server, start_beat, start_worker, stop, wait_ready
-from captioner.settings import Settings, to_env
+from core.archives import pack_dataset
+from core.settings import Settings, to_env
 from model.shapes import write_shapes_dataset
 from store.blobs import open_blob_store
 from store.migrate import upgrade

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.settings import DEFAULT_SCHEDULE, Settings, SettingsError, from_env, to_env
+from core.settings import DEFAULT_SCHEDULE, Settings, SettingsError, from_env, to_env
 from store.models import Delivery
 from worker.webhooks import Sender, parse_retry_after, post
 
@@ -21,7 +21,7 @@ SPEC_SCHEDULE_S = [0, 5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 14 * 36
 def sender(rng: float, schedule=DEFAULT_SCHEDULE, jitter=0.1) -> Sender:
     settings = Settings(Path("."), "sqlite://", "filesystem://", None,
                         webhook_schedule=schedule, webhook_jitter=jitter)  # fmt: skip
-    return Sender(settings, db=None, app=None, rng=lambda: rng)
+    return Sender(settings, db=None, broker=None, rng=lambda: rng)
 
 
 def delivery(step: int) -> Delivery:

@@ -22,8 +22,8 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from captioner.client import ApiError, Client
 from captioner.processes import api_server, start_beat, start_worker, stop, wait_ready
-from captioner.settings import Settings
-from captioner.signatures import VerificationError, verify
+from core.settings import Settings
+from core.signatures import VerificationError, verify
 from store.blobs import open_blob_store
 from store.migrate import upgrade
 from tests.databases import fresh_postgres

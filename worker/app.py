@@ -12,14 +12,10 @@ from dataclasses import dataclass
 
 from celery import Celery, signals
 
-from captioner.broker import (
-    SWEEP_DELIVERIES_TASK,
-    SWEEP_TASK,
-    delivery_sender,
-    make_celery,
-)
-from captioner.settings import Settings, from_env
+from core.broker import SWEEP_DELIVERIES_TASK, SWEEP_TASK, Broker, make_celery
+from core.settings import Settings, from_env
 from store.db import Database
+from store.deliveries import after_commit_sender
 from worker.inference import Inference
 from worker.tasks import register_tasks
 from worker.training import Training
@@ -43,13 +39,17 @@ class WorkerState:
         """The process's database; deliveries its transactions record go to the webhooks queue."""
         if self._database is None:
             self._database = Database(self.settings.database_url)
-            self._database.after_commit.append(delivery_sender(self.app, log))
+            self._database.after_commit.append(after_commit_sender(self.broker().deliveries))
         return self._database
+
+    def broker(self) -> Broker:
+        """Sends ids to the queues through this worker's app."""
+        return Broker(self.app, log)
 
     def sender(self) -> Sender:
         """The process's webhook sender."""
         if self._sender is None:
-            self._sender = Sender(self.settings, self.database(), self.app)
+            self._sender = Sender(self.settings, self.database(), self.broker())
         return self._sender
 
 

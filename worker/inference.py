@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from captioner.notify import Notifier
-from captioner.settings import Settings
+from core.notify import Notifier
+from core.settings import Settings
 from store import jobs
 from store.blobs import BlobNotFound, open_blob_store
 from store.db import Database

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from captioner.settings import Settings
+from core.settings import Settings
 from store import registry
 from store.blobs import BlobStore
 from store.db import Database

@@ -6,10 +6,8 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from celery import Celery
-
-from captioner.broker import enqueue_jobs, enqueue_runs
-from captioner.settings import Settings
+from core.broker import Broker
+from core.settings import Settings
 from store import jobs, training
 from store.db import Database
 
@@ -18,14 +16,16 @@ UNSENT_AFTER = timedelta(seconds=30)  # the API marks a job sent right after com
 RESEND_LEASES = 4  # a queued job unclaimed for this many leases may have lost its message
 
 
-def sweep(settings: Settings, db: Database, app: Celery) -> int:
+def sweep(settings: Settings, db: Database, broker: Broker) -> int:
     """Requeue expired leases, resend unsent or long-unclaimed jobs and runs; how many were sent."""
     resend_after = timedelta(seconds=settings.job_lease_seconds * RESEND_LEASES)
     with db.session() as session:
         job_ids = jobs.jobs_to_resend(session, UNSENT_AFTER, resend_after)
         run_ids = training.runs_to_resend(session, UNSENT_AFTER)
-    sent_jobs = enqueue_jobs(app, db, job_ids, log)
-    sent_runs = enqueue_runs(app, db, run_ids, log)
+    sent_jobs, sent_runs = broker.jobs(job_ids), broker.runs(run_ids)
+    with db.session() as session:
+        jobs.mark_enqueued(session, sent_jobs)
+        training.mark_enqueued(session, sent_runs)
     if sent_jobs or sent_runs:
-        log.info("sweeper resent %d jobs and %d training runs", sent_jobs, sent_runs)
-    return sent_jobs + sent_runs
+        log.info("sweeper resent %d jobs and %d training runs", len(sent_jobs), len(sent_runs))
+    return len(sent_jobs) + len(sent_runs)

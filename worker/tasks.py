@@ -6,7 +6,7 @@ import logging
 
 from celery import Celery
 
-from captioner.broker import (
+from core.broker import (
     CAPTION_TASK,
     DELIVER_TASK,
     SWEEP_DELIVERIES_TASK,
@@ -42,7 +42,7 @@ def register_tasks(app: Celery) -> None:
     def sweep_jobs() -> int:
         """Send lost jobs again (scheduled by `captioner beat`)."""
         state = app.captioner
-        return sweep(state.settings, state.database(), app)
+        return sweep(state.settings, state.database(), state.broker())
 
     @app.task(name=DELIVER_TASK, ignore_result=True)
     def deliver(delivery_id: str) -> None:

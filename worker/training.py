@@ -17,8 +17,8 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
-from captioner.datasets import DatasetError, extract_archive
-from captioner.settings import Settings
+from core.archives import DatasetError, extract_archive
+from core.settings import Settings
 from store import registry, training
 from store.blobs import open_blob_store
 from store.datasets import dataset_key

@@ -20,11 +20,9 @@ import uuid
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 
-from celery import Celery
-
-from captioner.broker import enqueue_delivery, send_each
-from captioner.settings import Settings
-from captioner.signatures import signed_headers
+from core.broker import Broker
+from core.settings import Settings
+from core.signatures import signed_headers
 from store import deliveries
 from store.db import Database
 from store.deliveries import AttemptRecord
@@ -48,12 +46,13 @@ _opener = urllib.request.build_opener(_NoRedirects, urllib.request.ProxyHandler(
 
 
 class Sender:
-    """Makes delivery attempts, and puts the next ones on the webhooks queue of `app`."""
+    """Makes delivery attempts, and puts the next ones on the webhooks queue through `broker`."""
 
-    def __init__(self, settings: Settings, db: Database, app: Celery, rng=random.random) -> None:
+    def __init__(self, settings: Settings, db: Database, broker: Broker, rng=random.random
+                 ) -> None:  # fmt: skip
         self.settings = settings
         self.db = db
-        self.app = app
+        self.broker = broker
         self.rng = rng
 
     def deliver(self, delivery_id: str) -> str:
@@ -81,9 +80,8 @@ class Sender:
             waiting = deliveries.due_ids(session, delivery.resource_id)  # held back by this one
         waiting = [other for other in waiting if other != delivery.id]
         if retry_in is not None and retry_in <= COUNTDOWN_MAX_S:
-            enqueue_delivery(self.app, str(delivery.id), retry_in)
-        for other in waiting:
-            enqueue_delivery(self.app, str(other))
+            self.broker.deliveries([delivery.id], retry_in)
+        self.broker.deliveries(waiting)
         outcome = record.status_code or record.error
         log.info("delivery %s attempt %d: %s → %s", delivery.id, delivery.attempts, outcome, status)
         return status
@@ -105,7 +103,7 @@ class Sender:
         with self.db.session() as session:
             deliveries.free_expired_leases(session)
             due = deliveries.due_ids(session, slack=SWEEP_SLACK)
-        sent = send_each(lambda delivery_id: enqueue_delivery(self.app, delivery_id), due, log)
+        sent = self.broker.deliveries(due)
         if sent:
             log.info("delivery sweeper sent %d", len(sent))
         return len(sent)

@@ -1,0 +1,98 @@
+"""The queues and the Celery app both sides share: the API sends tasks by name, workers run them.
+
+`Broker` puts ids on the queues. It only sends; recording what was sent is the caller's (the
+database is the record, and a sweeper sends again whatever it shows unsent).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+from celery import Celery
+
+from core.settings import Settings
+
+QUEUES = ("inference", "training", "webhooks")
+CAPTION_TASK = "worker.caption"  # the API enqueues by name and never imports worker code
+SWEEP_TASK = "worker.sweep"
+DELIVER_TASK = "worker.deliver"  # one webhook delivery attempt
+SWEEP_DELIVERIES_TASK = "worker.sweep_deliveries"
+TRAIN_TASK = "worker.train"  # one training run, on the training queue
+
+
+def make_celery(settings: Settings, name: str = "captioner") -> Celery:
+    """A Celery app on the configured broker (Redis, or folders under data_dir when embedded)."""
+    app = Celery(name, broker=settings.broker_url)
+    if settings.broker_url.startswith("filesystem://"):
+        # Kombu's own filesystem transport can hand a consumer a half-written message.
+        app.conf.broker_transport = "core.fstransport:Transport"
+        options = filesystem_options(settings.data_dir / "broker")
+    else:
+        # Longer than any task may run, or Redis hands an unacknowledged task out twice.
+        options = {"visibility_timeout": 3600}
+    app.conf.update(
+        broker_transport_options=options,
+        broker_connection_retry_on_startup=True,
+        task_default_queue="inference",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,  # a killed worker's jobs go back on the queue
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,  # Postgres is the record of every job, not Celery
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return app
+
+
+def filesystem_options(folder: Path, polling_interval: float = 0.05) -> dict:
+    """The embedded broker's transport options: every folder it writes lies under `folder`."""
+    folders = {"data_folder_in": "out", "data_folder_out": "out", "processed_folder": "processed",
+               "control_folder": "control"}  # fmt: skip
+    for sub in set(folders.values()):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    return {key: str(folder / sub) for key, sub in folders.items()} | {
+        "store_processed": False,
+        "polling_interval": polling_interval,  # seconds; kombu's 1 s would add to every job
+    }
+
+
+class Broker:
+    """Puts job, training-run and delivery ids on their queues, by task name."""
+
+    def __init__(self, app: Celery, log: logging.Logger) -> None:
+        self.app, self.log = app, log
+
+    def jobs(self, job_ids: Iterable) -> list:
+        """Send jobs to the inference queue; the ids sent (all, unless the broker refused one)."""
+        return self._send_each(CAPTION_TASK, "inference", job_ids)
+
+    def runs(self, run_ids: Iterable) -> list:
+        """Send training runs to the training queue; the ids sent."""
+        return self._send_each(TRAIN_TASK, "training", run_ids)
+
+    def deliveries(self, delivery_ids: Iterable, countdown: float = 0) -> list:
+        """Send webhook deliveries to the webhooks queue (after `countdown` s); the ids sent."""
+        return self._send_each(DELIVER_TASK, "webhooks", delivery_ids, countdown or None)
+
+    def check(self) -> None:
+        """Raise unless the broker accepts a connection (for /readyz)."""
+        with self.app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+
+    def _send_each(self, task: str, queue: str, ids: Iterable, countdown=None) -> list:
+        """Send each id until the broker refuses one (logged); the ids sent.
+
+        What was not sent stays recorded in the database, for a sweeper to send later. Stopping
+        at the first refusal spares the rest from each waiting out the same broker timeout.
+        """
+        sent = []
+        for item in ids:
+            try:
+                self.app.send_task(task, args=[str(item)], queue=queue, countdown=countdown)
+            except Exception:  # noqa: BLE001 - recorded in the database; a sweeper sends it later
+                self.log.exception("could not enqueue %s", item)
+                break
+            sent.append(item)
+        return sent
