@@ -20,10 +20,11 @@ demo: install
 	$(BIN)/captioner demo --data $(DATA)
 
 test: install
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports --no-cache
 
 bench: install
 	$(BIN)/python benchmarks/bench_model.py

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 from captioner.client import Client
 from captioner.processes import api_server, start_worker, stop, tail
+from captioner.progress import TrainingBars, progress_bar
 from core.settings import from_env
 
 STEPS = 4
@@ -108,8 +109,6 @@ class RunBars:
     """Progress bars for a run's phases (dataset, features, epochs) and a line per epoch."""
 
     def __init__(self) -> None:
-        from captioner.cli import TrainingBars
-
         self.bars = TrainingBars()
         self.epochs_shown = 0
 
@@ -168,8 +167,6 @@ def caption_through_api(client: Client, examples, worker, log: Path) -> list[dic
 
 def wait_for_batch(client: Client, batch_id: str, total: int, worker, log: Path) -> None:
     """Show a progress bar until every job of the batch is terminal."""
-    from captioner.cli import progress_bar
-
     with progress_bar(total, "captioned", "job") as bar:
         while True:
             batch = client.request("GET", f"/v1/batches/{batch_id}")
