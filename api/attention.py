@@ -8,11 +8,11 @@ import uuid
 
 import numpy as np
 from flask import Blueprint, jsonify, request, send_file
-from PIL import Image, ImageOps
 
-from api.errors import ApiError
 from api.jobs import find_job
 from api.services import services
+from core.errors import ErrorResponse
+from core.images import open_image
 from core.plots import render_attention_grid
 from store.blobs import BlobNotFound
 from store.keys import attention_key, attention_png_key, image_key
@@ -27,7 +27,7 @@ def get_attention(job_id: uuid.UUID):
     """The (T, 64) float16 weights as the stored .npy, or as T grids of 8×8 with `?format=json`."""
     form = request.args.get("format", "npy")
     if form not in FORMATS:
-        raise ApiError(400, "invalid_format", f"format must be one of {list(FORMATS)}")
+        raise ErrorResponse(400, "invalid_format", f"format must be one of {list(FORMATS)}")
     job = succeeded_job(job_id)
     data = stored_blob(attention_key(job.id), "attention_missing", "attention weights")
     if form == "npy":
@@ -58,8 +58,8 @@ def succeeded_job(job_id: uuid.UUID) -> Job:
     with services().db.session() as session:
         job = find_job(session, job_id)
     if job.status != JobStatus.SUCCEEDED:
-        raise ApiError(409, "attention_not_ready", f"the job is {job.status}; attention "
-                       "exists once it has succeeded")  # fmt: skip
+        raise ErrorResponse(409, "attention_not_ready", f"the job is {job.status}; attention "
+                            "exists once it has succeeded")  # fmt: skip
     return job
 
 
@@ -68,7 +68,7 @@ def stored_blob(key: str, code: str, what: str) -> bytes:
     try:
         return services().blobs.get(key)
     except BlobNotFound:
-        raise ApiError(404, code, f"the {what} are not in the blob store ({key})") from None
+        raise ErrorResponse(404, code, f"the {what} are not in the blob store ({key})") from None
 
 
 def parse_attention(job: Job, data: bytes) -> np.ndarray:
@@ -76,12 +76,12 @@ def parse_attention(job: Job, data: bytes) -> np.ndarray:
     try:
         weights = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise ApiError(500, "attention_unreadable", f"job {job.id}: {exc}") from None
+        raise ErrorResponse(500, "attention_unreadable", f"job {job.id}: {exc}") from None
     tokens, cells = len(job.tokens or ()), weights.shape[-1] if weights.ndim else 0
     fits = weights.ndim == 2 and cells > 0 and math.isqrt(cells) ** 2 == cells
     if not fits or len(weights) != tokens or not np.issubdtype(weights.dtype, np.floating):
         message = f"job {job.id}: attention {weights.shape} does not fit {tokens} tokens"
-        raise ApiError(500, "attention_unreadable", message)
+        raise ErrorResponse(500, "attention_unreadable", message)
     return weights
 
 
@@ -90,9 +90,7 @@ def render_png(job: Job) -> bytes:
     data = stored_blob(attention_key(job.id), "attention_missing", "attention weights")
     weights = parse_attention(job, data)  # (T, g*g)
     original = stored_blob(image_key(job.id), "image_missing", "original image bytes")
-    with Image.open(io.BytesIO(original)) as image:
-        image.seek(0)
-        picture = ImageOps.exif_transpose(image).convert("RGB")
+    picture = open_image(original, services().settings.max_image_pixels)  # as the model saw it
     grid = render_attention_grid(picture, job.tokens, weights.astype(np.float32))
     buffer = io.BytesIO()
     grid.save(buffer, "PNG")

@@ -6,11 +6,10 @@ import uuid
 
 from flask import Blueprint, jsonify, request
 
-from api.errors import ApiError
-from api.images import ImageInfo, inspect_image
 from api.jobs import OWNER, enqueue, stored_job
 from api.services import services
-from api.uploads import read_batch
+from api.uploads import check_image, read_batch
+from core.errors import ErrorResponse
 from store import batches, jobs
 from store.payloads import batch_json
 
@@ -21,7 +20,8 @@ bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 def submit_batch():
     """Check every image, store them, record the batch and its jobs at once, enqueue: 202."""
     images, options = read_batch(request)
-    infos = inspect_all(images)
+    settings = services().settings
+    infos = [check_image(data, settings, f"images[{i}]: ") for i, data in enumerate(images)]
     new_jobs = [stored_job(data, info, options) for data, info in zip(images, infos, strict=True)]
     with services().db.session() as session:
         batch = batches.create_batch(session, OWNER, new_jobs, options.webhook_url,
@@ -35,23 +35,11 @@ def submit_batch():
     return response
 
 
-def inspect_all(images: list[bytes]) -> list[ImageInfo]:
-    """Every image's details, or the first problem as a 4xx naming the image's index."""
-    settings = services().settings
-    infos = []
-    for index, data in enumerate(images):
-        try:
-            infos.append(inspect_image(data, settings.max_image_bytes, settings.max_image_pixels))
-        except ApiError as exc:
-            raise ApiError(exc.status, exc.code, f"images[{index}]: {exc.message}") from None
-    return infos
-
-
 @bp.get("/<uuid:batch_id>")
 def get_batch(batch_id: uuid.UUID):
     """One batch: status, counts per job status, and every job in submission order."""
     with services().db.session() as session:
         batch = batches.get_batch(session, batch_id, owner=OWNER)
         if batch is None:
-            raise ApiError(404, "batch_not_found", f"no batch {batch_id}")
+            raise ErrorResponse(404, "batch_not_found", f"no batch {batch_id}")
         return jsonify(batch_json(batch, jobs.batch_jobs(session, batch_id)))

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from flask import Blueprint, jsonify, request
 
-from api.errors import ApiError
 from api.jobs import OWNER
 from api.services import services
 from core.archives import DatasetError, inspect_archive
+from core.errors import ErrorResponse
 from store import datasets
 from store.models import Dataset
 from store.payloads import dataset_json
@@ -32,7 +32,7 @@ def upload_dataset():
         try:
             summary = inspect_archive(path, max_image_pixels=settings.max_image_pixels)
         except DatasetError as exc:
-            raise ApiError(400, "invalid_dataset", str(exc), problems=exc.problems) from None
+            raise ErrorResponse(400, "invalid_dataset", str(exc), problems=exc.problems) from None
         dataset_id = uuid.uuid4()
         key = datasets.dataset_key(dataset_id)
         services().blobs.put(key, path.read_bytes(), f"application/{summary.format}")
@@ -50,8 +50,8 @@ def save_upload(path: Path) -> tuple[Path, str]:
     if request.mimetype == "multipart/form-data":
         upload = request.files.get("archive")
         if upload is None:
-            raise ApiError(400, "missing_archive", "send the archive as a multipart file "
-                           "named 'archive'")  # fmt: skip
+            raise ErrorResponse(400, "missing_archive", "send the archive as a multipart file "
+                                "named 'archive'")  # fmt: skip
         upload.save(path)
         name = request.form.get("name") or upload.filename or "dataset"
     elif request.mimetype in RAW_TYPES:
@@ -59,10 +59,11 @@ def save_upload(path: Path) -> tuple[Path, str]:
             shutil.copyfileobj(request.stream, out, 1 << 20)
         name = request.args.get("name", "dataset")
     else:
-        raise ApiError(415, "unsupported_media_type", "send a zip or tar archive as a multipart "
-                       f"file named 'archive', or as the body with one of {RAW_TYPES}")  # fmt: skip
+        raise ErrorResponse(415, "unsupported_media_type", "send a zip or tar archive as a "
+                            "multipart file named 'archive', or as the body with one of "
+                            f"{RAW_TYPES}")  # fmt: skip
     if path.stat().st_size == 0:
-        raise ApiError(400, "missing_archive", "the archive is empty")
+        raise ErrorResponse(400, "missing_archive", "the archive is empty")
     return path, name[:200]
 
 
@@ -80,5 +81,5 @@ def get_dataset(dataset_id: uuid.UUID):
     with services().db.session() as session:
         dataset = datasets.get_dataset(session, dataset_id, owner=OWNER)
         if dataset is None:
-            raise ApiError(404, "dataset_not_found", f"no dataset {dataset_id}")
+            raise ErrorResponse(404, "dataset_not_found", f"no dataset {dataset_id}")
         return jsonify(dataset_json(dataset))

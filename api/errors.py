@@ -5,14 +5,7 @@ from __future__ import annotations
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-
-class ApiError(Exception):
-    """An error the client can act on: HTTP status, stable code, readable message."""
-
-    def __init__(self, status: int, code: str, message: str, **details) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.details = details  # more fields for the body, e.g. every bad entry of a dataset
+from core.errors import ErrorResponse
 
 
 def error_response(status: int, code: str, message: str, **details):
@@ -21,10 +14,10 @@ def error_response(status: int, code: str, message: str, **details):
 
 
 def register_error_handlers(app: Flask) -> None:
-    """Turn ApiError, HTTP errors and anything unexpected into JSON errors."""
+    """Turn ErrorResponse, HTTP errors and anything unexpected into JSON errors."""
 
-    @app.errorhandler(ApiError)
-    def api_error(exc: ApiError):
+    @app.errorhandler(ErrorResponse)
+    def api_error(exc: ErrorResponse):
         return error_response(exc.status, exc.code, exc.message, **exc.details)
 
     @app.errorhandler(HTTPException)

@@ -13,10 +13,10 @@ from datetime import datetime
 
 from flask import Blueprint, jsonify, request
 
-from api.errors import ApiError
-from api.images import ImageInfo, inspect_image
 from api.services import services
-from api.uploads import Options, read_submission
+from api.uploads import Options, check_image, read_submission
+from core.errors import ErrorResponse
+from core.images import ImageInfo
 from store import jobs
 from store.keys import image_key
 from store.models import Job, JobStatus
@@ -32,8 +32,7 @@ PAGE_MAX = 100
 def submit_job():
     """Validate, store the image, record the job, enqueue it: 202 (200 if done within wait)."""
     data, options = read_submission(request)
-    settings = services().settings
-    info = inspect_image(data, settings.max_image_bytes, settings.max_image_pixels)
+    info = check_image(data, services().settings)
     new = replace(stored_job(data, info, options), webhook_url=options.webhook_url,
                   webhook_events=list(options.webhook_events or ()) or None)  # fmt: skip
     with services().db.session() as session:
@@ -110,12 +109,12 @@ def list_jobs():
     """Jobs newest first; `status` filters, `cursor` continues, `limit` ≤ 100."""
     status = request.args.get("status")
     if status and status not in {s.value for s in JobStatus}:
-        raise ApiError(
+        raise ErrorResponse(
             400, "invalid_status", f"status must be one of {[s.value for s in JobStatus]}"
         )
     limit = request.args.get("limit", "50")
     if not limit.isdigit() or not 1 <= int(limit) <= PAGE_MAX:
-        raise ApiError(400, "invalid_limit", f"limit must be from 1 to {PAGE_MAX}")
+        raise ErrorResponse(400, "invalid_limit", f"limit must be from 1 to {PAGE_MAX}")
     after = decode_cursor(request.args.get("cursor"))
     with services().db.session() as session:
         page = jobs.list_jobs(session, OWNER, status, after, int(limit))
@@ -132,8 +131,8 @@ def cancel_job(job_id: uuid.UUID):
     with services().db.session() as session:
         job = find_job(session, job_id)
         if not jobs.cancel_job(session, job_id):
-            raise ApiError(409, "not_cancelable", f"the job is {job.status}; only queued jobs "
-                           "can be canceled")  # fmt: skip
+            raise ErrorResponse(409, "not_cancelable", f"the job is {job.status}; only queued jobs "
+                                "can be canceled")  # fmt: skip
         session.refresh(job)
         body = job_json(job)
     services().notifier.finished(job_id)
@@ -144,7 +143,7 @@ def find_job(session, job_id: uuid.UUID):
     """The caller's job or a 404."""
     job = jobs.get_job(session, job_id, owner=OWNER)
     if job is None:
-        raise ApiError(404, "job_not_found", f"no job {job_id}")
+        raise ErrorResponse(404, "job_not_found", f"no job {job_id}")
     return job
 
 
@@ -157,7 +156,7 @@ def decode_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
         created, job_id = raw.split("|")
         return datetime.fromisoformat(created.replace("Z", "+00:00")), uuid.UUID(job_id)
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API returned") from None
+        raise ErrorResponse(400, "invalid_cursor", "cursor is not one this API returned") from None
 
 
 def encode_cursor(job: Job) -> str:

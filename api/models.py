@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
-from api.errors import ApiError
 from api.services import services
+from core.errors import ErrorResponse
 from store import registry
 from store.payloads import model_json, worker_json
 
@@ -54,5 +54,5 @@ def find_version(session, name: str):
     number = registry.version_number(name)
     version = registry.get_version(session, number) if number is not None else None
     if version is None:
-        raise ApiError(404, "model_not_found", f"no model version {name!r}")
+        raise ErrorResponse(404, "model_not_found", f"no model version {name!r}")
     return version

@@ -7,10 +7,11 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
-from api.errors import ApiError
 from api.jobs import OWNER
 from api.services import services
 from api.uploads import parse_webhook
+from core.errors import ErrorResponse
+from core.formats import CAPTION_METRICS
 from store import datasets, registry, training
 from store.payloads import run_json
 
@@ -26,7 +27,6 @@ HYPERPARAMETERS = {
 }
 SHAPES = {"size": (1000, 20, 100_000), "seed": (0, 0, 2**31 - 1)}
 POLICIES = ("never", "always", "if_better")
-METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "exact_match")  # model.metrics' names
 DEFAULT_METRIC = "bleu4"
 
 
@@ -58,10 +58,10 @@ def start_run():
 def request_json() -> dict[str, Any]:
     """The body as a JSON object, or a 415/400 saying what to send."""
     if request.mimetype != "application/json":
-        raise ApiError(415, "unsupported_media_type", "send a JSON object (application/json)")
+        raise ErrorResponse(415, "unsupported_media_type", "send a JSON object (application/json)")
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+        raise ErrorResponse(400, "invalid_json", "the body must be a JSON object")
     return body
 
 
@@ -69,15 +69,15 @@ def refuse_unknown(values: dict, known: set[str], what: str) -> None:
     """A 400 naming fields the API does not know (a typo would otherwise pass silently)."""
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ApiError(400, f"unknown_{what}", f"unknown {what}s {unknown}; "
-                       f"known: {sorted(known)}")  # fmt: skip
+        raise ErrorResponse(400, f"unknown_{what}", f"unknown {what}s {unknown}; "
+                            f"known: {sorted(known)}")  # fmt: skip
 
 
 def parse_numbers(values: Any, limits: dict[str, tuple], where: str, field: str) -> dict[str, Any]:
     """Numbers within their limits, defaults filled in, or a 400 naming the bad one."""
     values = {} if values is None else values
     if not isinstance(values, dict):
-        raise ApiError(400, f"invalid_{where}", f"{where} must be a JSON object")
+        raise ErrorResponse(400, f"invalid_{where}", f"{where} must be a JSON object")
     refuse_unknown(values, set(limits), field)
     parsed = {}
     for name, (default, low, high) in limits.items():
@@ -85,8 +85,8 @@ def parse_numbers(values: Any, limits: dict[str, tuple], where: str, field: str)
         kinds = (int, float) if isinstance(default, float) else (int,)
         if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
             kind = "a number" if isinstance(default, float) else "a whole number"
-            raise ApiError(400, f"invalid_{where}", f"{where}.{name} must be {kind} from "
-                           f"{low:g} to {high:g}")  # fmt: skip
+            raise ErrorResponse(400, f"invalid_{where}", f"{where}.{name} must be {kind} from "
+                                f"{low:g} to {high:g}")  # fmt: skip
         parsed[name] = value
     return parsed
 
@@ -97,19 +97,21 @@ def parse_promotion(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         value = {"policy": value}
     if not isinstance(value, dict) or value.get("policy") not in POLICIES:
-        raise ApiError(400, "invalid_promotion", f"promotion.policy must be one of {POLICIES}")
+        raise ErrorResponse(400, "invalid_promotion", f"promotion.policy must be one of {POLICIES}")
     refuse_unknown(value, {"policy", "metric"}, "promotion field")
     metric = value.get("metric", DEFAULT_METRIC)
-    if metric not in METRICS:
-        raise ApiError(400, "invalid_promotion", f"promotion.metric must be one of {METRICS}")
+    if metric not in CAPTION_METRICS:
+        raise ErrorResponse(
+            400, "invalid_promotion", f"promotion.metric must be one of {CAPTION_METRICS}"
+        )
     return {"policy": value["policy"], "metric": metric}
 
 
 def parse_dataset(session, value: Any) -> tuple[dict[str, Any], uuid.UUID | None]:
     """The built-in shapes set with its size, or an uploaded dataset's id (which must exist)."""
     if not isinstance(value, dict) or value.get("type") not in ("shapes", "upload"):
-        raise ApiError(400, "invalid_dataset", 'dataset must be {"type": "shapes", "size": N} '
-                       'or {"type": "upload", "id": DATASET_ID}')  # fmt: skip
+        raise ErrorResponse(400, "invalid_dataset", 'dataset must be {"type": "shapes", "size": N} '
+                            'or {"type": "upload", "id": DATASET_ID}')  # fmt: skip
     if value["type"] == "shapes":
         spec = {k: v for k, v in value.items() if k != "type"}
         return {"type": "shapes", **parse_numbers(spec, SHAPES, "dataset", "dataset")}, None
@@ -117,10 +119,10 @@ def parse_dataset(session, value: Any) -> tuple[dict[str, Any], uuid.UUID | None
     try:
         dataset_id = uuid.UUID(str(value.get("id")))
     except ValueError:
-        raise ApiError(400, "invalid_dataset", "dataset.id must be a dataset's id") from None
+        raise ErrorResponse(400, "invalid_dataset", "dataset.id must be a dataset's id") from None
     found = datasets.get_dataset(session, dataset_id, owner=OWNER)
     if found is None:
-        raise ApiError(400, "invalid_dataset", f"no dataset {dataset_id}; upload one first")
+        raise ErrorResponse(400, "invalid_dataset", f"no dataset {dataset_id}; upload one first")
     return {"type": "upload", "id": str(dataset_id), "name": found.name}, dataset_id
 
 
@@ -130,7 +132,7 @@ def parse_base(session, value: Any) -> int | None:
         return None
     number = registry.version_number(str(value))
     if number is None or registry.get_version(session, number) is None:
-        raise ApiError(400, "invalid_base_version", f"no model version {value!r}")
+        raise ErrorResponse(400, "invalid_base_version", f"no model version {value!r}")
     return number
 
 
@@ -163,7 +165,7 @@ def cancel_run(run_id: uuid.UUID):
         run = find_run(session, run_id)
         changed = training.cancel_run(session, run_id)
         if changed is None:
-            raise ApiError(409, "not_cancelable", f"the run is {run.status}")
+            raise ErrorResponse(409, "not_cancelable", f"the run is {run.status}")
         body = run_json(changed)
     return jsonify(body), 200 if body["status"] == "canceled" else 202
 
@@ -172,5 +174,5 @@ def find_run(session, run_id: uuid.UUID):
     """The caller's run or a 404."""
     run = training.get_run(session, run_id, owner=OWNER)
     if run is None:
-        raise ApiError(404, "training_run_not_found", f"no training run {run_id}")
+        raise ErrorResponse(404, "training_run_not_found", f"no training run {run_id}")
     return run

@@ -10,13 +10,16 @@ from urllib.parse import urlsplit
 
 from flask import Request
 
-from api.errors import ApiError
+from core.errors import ErrorResponse, ImageError
+from core.images import CORRUPT, EMPTY, NOT_AN_IMAGE, TOO_LARGE, ImageInfo, inspect_image
+from core.settings import Settings
 from store.jobs import DEFAULT_BEAM_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS
 
 LIMITS = {"beam_size": (1, 10), "max_length": (1, 50)}
 DEFAULTS = {"beam_size": DEFAULT_BEAM_SIZE, "max_length": DEFAULT_MAX_LENGTH}
 MAX_BATCH = 100
 MAX_URL_CHARS = 2048
+IMAGE_STATUS = {EMPTY: 400, TOO_LARGE: 413, NOT_AN_IMAGE: 415, CORRUPT: 400}
 
 
 @dataclass(frozen=True)
@@ -30,18 +33,20 @@ class Options:
 
 
 def read_submission(request: Request) -> tuple[bytes, Options]:
-    """The image bytes and options of a POST, or a 4xx ApiError naming the problem."""
+    """The image bytes and options of a POST, or a 4xx ErrorResponse naming the problem."""
     if request.mimetype == "multipart/form-data":
         upload = request.files.get("image")
         if upload is None:
-            raise ApiError(400, "missing_image", "send the image as a multipart file named 'image'")
+            raise ErrorResponse(
+                400, "missing_image", "send the image as a multipart file named 'image'"
+            )
         return upload.read(), parse_options(request.form)
     body = json_object(request, "an 'image' file", "base64 'image'")
     return decode_base64(body.get("image"), "'image'"), parse_options(body)
 
 
 def read_batch(request: Request) -> tuple[list[bytes], Options]:
-    """The images (in order) and shared options of a batch POST, or a 4xx ApiError."""
+    """The images (in order) and shared options of a batch POST, or a 4xx ErrorResponse."""
     if request.mimetype == "multipart/form-data":
         uploads = request.files.getlist("images")
         check_batch_size(len(uploads))
@@ -49,44 +54,54 @@ def read_batch(request: Request) -> tuple[list[bytes], Options]:
     body = json_object(request, "files named 'images'", "a list of base64 'images'")
     values = body.get("images", [])
     if not isinstance(values, list):
-        raise ApiError(400, "invalid_images", "'images' must be a list of base64 strings")
+        raise ErrorResponse(400, "invalid_images", "'images' must be a list of base64 strings")
     check_batch_size(len(values))
     images = [decode_base64(value, f"images[{i}]") for i, value in enumerate(values)]
     return images, parse_options(body)
 
 
+def check_image(data: bytes, settings: Settings, where: str = "") -> ImageInfo:
+    """The image's format and size (decoded once, fully), or a 4xx naming the problem."""
+    try:
+        return inspect_image(data, settings.max_image_bytes, settings.max_image_pixels)
+    except ImageError as exc:
+        raise ErrorResponse(IMAGE_STATUS[exc.code], exc.code, where + exc.message) from None
+
+
 def check_batch_size(count: int) -> None:
     """A 400 unless a batch holds from 1 to MAX_BATCH images."""
     if count == 0:
-        raise ApiError(400, "empty_batch", "a batch needs at least one image under 'images'")
+        raise ErrorResponse(400, "empty_batch", "a batch needs at least one image under 'images'")
     if count > MAX_BATCH:
-        raise ApiError(400, "batch_too_large", f"{count} images; a batch holds at most {MAX_BATCH}")
+        raise ErrorResponse(
+            400, "batch_too_large", f"{count} images; a batch holds at most {MAX_BATCH}"
+        )
 
 
 def json_object(request: Request, multipart_hint: str, json_hint: str) -> dict[str, Any]:
     """The JSON object in the body; 415 for other media types, 400 for other JSON."""
     if request.mimetype != "application/json":
-        raise ApiError(
+        raise ErrorResponse(
             415,
             "unsupported_media_type",
             f"send multipart/form-data with {multipart_hint}, or JSON with {json_hint}",
         )
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+        raise ErrorResponse(400, "invalid_json", "the body must be a JSON object")
     return body
 
 
 def decode_base64(value: Any, name: str = "'image'") -> bytes:
     """Standard base64 (a data: URL prefix is allowed) to bytes; `name` says where it was."""
     if not isinstance(value, str) or not value:
-        raise ApiError(400, "missing_image", f"{name} must be a base64 string")
+        raise ErrorResponse(400, "missing_image", f"{name} must be a base64 string")
     if value.startswith("data:"):
         value = value.partition(",")[2]
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(400, "invalid_base64", f"{name} is not valid base64") from None
+        raise ErrorResponse(400, "invalid_base64", f"{name} is not valid base64") from None
 
 
 def parse_options(source) -> Options:
@@ -99,9 +114,9 @@ def parse_options(source) -> Options:
             if isinstance(raw, float | bool) or str(value) != str(raw).strip():
                 raise ValueError
         except (TypeError, ValueError):
-            raise ApiError(400, "invalid_option", f"{name} must be a whole number") from None
+            raise ErrorResponse(400, "invalid_option", f"{name} must be a whole number") from None
         if not low <= value <= high:
-            raise ApiError(400, "invalid_option", f"{name} must be from {low} to {high}")
+            raise ErrorResponse(400, "invalid_option", f"{name} must be from {low} to {high}")
         values[name] = value
     return Options(**values)
 
@@ -113,14 +128,14 @@ def parse_webhook(source, allowed: tuple[str, ...] = WEBHOOK_EVENTS) -> dict[str
         events = ",".join(source.getlist("webhook_events"))
     if url in (None, ""):
         if events not in (None, "", []):
-            raise ApiError(400, "invalid_webhook", "webhook_events needs a webhook URL")
+            raise ErrorResponse(400, "invalid_webhook", "webhook_events needs a webhook URL")
         return {}
     if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
-        raise ApiError(400, "invalid_webhook", f"webhook must be a URL of at most "
-                       f"{MAX_URL_CHARS} characters")  # fmt: skip
+        raise ErrorResponse(400, "invalid_webhook", f"webhook must be a URL of at most "
+                            f"{MAX_URL_CHARS} characters")  # fmt: skip
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ApiError(400, "invalid_webhook", "webhook must be an http:// or https:// URL")
+        raise ErrorResponse(400, "invalid_webhook", "webhook must be an http:// or https:// URL")
     return {"webhook_url": url, "webhook_events": parse_events(events, allowed)}
 
 
@@ -130,10 +145,10 @@ def parse_events(events: Any, allowed: tuple[str, ...] = WEBHOOK_EVENTS) -> tupl
         return DEFAULT_WEBHOOK_EVENTS
     names = events.split(",") if isinstance(events, str) else events
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ApiError(400, "invalid_webhook_events", "webhook_events must be a list of names")
+        raise ErrorResponse(400, "invalid_webhook_events", "webhook_events must be a list of names")
     asked = {name.strip() for name in names}
     unknown = sorted(asked - set(allowed))
     if unknown:
-        raise ApiError(400, "invalid_webhook_events", f"unknown webhook_events {unknown}; "
-                       f"choose from {list(allowed)}")  # fmt: skip
+        raise ErrorResponse(400, "invalid_webhook_events", f"unknown webhook_events {unknown}; "
+                            f"choose from {list(allowed)}")  # fmt: skip
     return tuple(event for event in allowed if event in asked)

@@ -7,10 +7,10 @@ from datetime import timedelta
 
 from flask import Blueprint, jsonify, request
 
-from api.errors import ApiError
 from api.jobs import OWNER, find_job
 from api.services import services
 from api.training import find_run
+from core.errors import ErrorResponse
 from store import batches, deliveries, webhook_secrets
 from store.payloads import delivery_json, iso
 
@@ -30,12 +30,12 @@ def rotate_secret():
     """A new secret; the old one keeps signing for `grace_seconds` (default: the setting)."""
     body = request.get_json(silent=True) if request.content_length else {}
     if not isinstance(body, dict):
-        raise ApiError(400, "invalid_grace", "send a JSON object with numeric grace_seconds")
+        raise ErrorResponse(400, "invalid_grace", "send a JSON object with numeric grace_seconds")
     grace = body.get("grace_seconds", services().settings.webhook_secret_grace_s)
     if isinstance(grace, bool) or not isinstance(grace, int | float):
-        raise ApiError(400, "invalid_grace", "grace_seconds must be a number of seconds")
+        raise ErrorResponse(400, "invalid_grace", "grace_seconds must be a number of seconds")
     if not 0 <= grace <= MAX_GRACE_S:
-        raise ApiError(400, "invalid_grace", f"grace_seconds must be from 0 to {MAX_GRACE_S}")
+        raise ErrorResponse(400, "invalid_grace", f"grace_seconds must be from 0 to {MAX_GRACE_S}")
     with services().db.session() as session:
         rotated = webhook_secrets.rotate(session, OWNER, timedelta(seconds=grace))
         return jsonify(secrets_json(rotated))
@@ -64,7 +64,7 @@ def batch_deliveries(batch_id: uuid.UUID):
     """Every webhook delivery of a batch, with its attempts."""
     with services().db.session() as session:
         if batches.get_batch(session, batch_id, owner=OWNER) is None:
-            raise ApiError(404, "batch_not_found", f"no batch {batch_id}")
+            raise ErrorResponse(404, "batch_not_found", f"no batch {batch_id}")
         return jsonify(deliveries_json(session, batch_id))
 
 
@@ -96,7 +96,9 @@ def replay_delivery(delivery_id: uuid.UUID):
     with services().db.session() as session:
         delivery = find_delivery(session, delivery_id)
         if not deliveries.replay(session, delivery_id):
-            raise ApiError(409, "delivery_in_flight", "an attempt is in flight; replay it after")
+            raise ErrorResponse(
+                409, "delivery_in_flight", "an attempt is in flight; replay it after"
+            )
         session.refresh(delivery)
         body = one_delivery_json(session, delivery)
     return jsonify(body), 202
@@ -111,5 +113,5 @@ def find_delivery(session, delivery_id: uuid.UUID):
     """The caller's delivery or a 404."""
     delivery = deliveries.get_delivery(session, delivery_id, OWNER)
     if delivery is None:
-        raise ApiError(404, "delivery_not_found", f"no delivery {delivery_id}")
+        raise ErrorResponse(404, "delivery_not_found", f"no delivery {delivery_id}")
     return delivery

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from captioner.progress import TrainingBars, progress_bar
+from core.errors import ImageError
+from core.images import open_image
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +152,7 @@ def load_captioner(bundle_dir: Path, encoder_weights: str | None):
 def run_caption(args: argparse.Namespace) -> int:
     """`captioner caption BUNDLE IMAGE…`: one line (or JSON object) per image."""
     from core.plots import save_attention_png
-    from model.images import ImageError, open_image, preprocess
+    from model.images import preprocess
 
     captioner = load_captioner(args.bundle, args.encoder)
     failed = 0

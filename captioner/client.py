@@ -9,18 +9,10 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from core.errors import ApiError
+
 TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
 ZIP = {"Content-Type": "application/zip"}
-
-
-class ApiError(RuntimeError):
-    """The API answered with an error status; `code` is its error code."""
-
-    def __init__(self, status: int, code: str, message: str, error: dict | None = None) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.error = error or {}  # the whole error object (e.g. a dataset's `problems`)
 
 
 class Client:

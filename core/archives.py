@@ -1,10 +1,10 @@
 """Uploaded COCO-format caption datasets (zip or tar): checked without trust, then unpacked.
 
-Used by the API and by training workers, so only the standard library and Pillow are imported.
-Checks run cheapest first and nothing is written until all pass: headers (count, total size,
-safe names, no links; no data read), then every annotation entry, then every referenced image
-opened with Pillow from the archive. Problems are collected, not raised one by one, so a single
-upload reports everything to fix. The layout is the one `model.data.load_dataset` reads.
+Used by the API and by training workers (the standard library, and `core.images` for the
+images). Checks run cheapest first and nothing is written until all pass: headers (count, total
+size, safe names, no links; no data read), then every annotation entry, then every referenced
+image verified from the archive. Problems are collected, not raised one by one, so a single
+upload reports everything to fix. The layout (`core.formats`) is the one `model.data` reads.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import shutil
 import stat
 import tarfile
 import uuid
-import warnings
 import zipfile
 import zlib
 from collections import Counter
@@ -27,32 +26,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from PIL import Image, UnidentifiedImageError
+from core.errors import DatasetError, ImageError
+from core.formats import ANNOTATIONS_PATTERN, image_folders, split_role
+from core.images import MAX_PIXELS, verify_image
 
 MAX_MEMBERS = 200_000
 MAX_UNPACKED_BYTES = 20 * 2**30
-MAX_IMAGE_PIXELS = 50_000_000  # the same limit as model.images.MAX_PIXELS
 _CAP = 200  # problems kept per kind; past this, scanning that kind stops
-_SHOWN = 20  # problems quoted in str(DatasetError)
-_ROLES = ("train", "val", "test")  # checked in this order, as model.data.split_role does
-_ANNOTATIONS = re.compile(r"annotations/captions_([^/]+)\.json")
+_ANNOTATIONS = re.compile(ANNOTATIONS_PATTERN)
 # zipfile inflates bzip2 and lzma members without an output bound (a bomb); deflate is bounded.
 _ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED}
 _DAMAGED = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError)
 _PRECOMPRESSED = {".png", ".jpg", ".jpeg", ".gif", ".webp"}  # deflating these wastes CPU
-
-
-class DatasetError(ValueError):
-    """An archive that is not a usable COCO-format caption dataset; `problems` names each one."""
-
-    problems: list[str]  # each names the file, the entry (index and id) and what is wrong
-
-    def __init__(self, problems: str | list[str]) -> None:
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        shown = "; ".join(self.problems[:_SHOWN])
-        more = len(self.problems) - _SHOWN
-        count = f"{len(self.problems)} problems: " if len(self.problems) > 1 else ""
-        super().__init__(count + shown + (f"; … and {more} more" if more > 0 else ""))
 
 
 @dataclass(frozen=True)
@@ -128,7 +113,7 @@ def inspect_archive(
     path: Path,
     max_members: int = MAX_MEMBERS,
     max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
-    max_image_pixels: int = MAX_IMAGE_PIXELS,
+    max_image_pixels: int = MAX_PIXELS,
 ) -> DatasetSummary:
     """Validate a dataset archive without extracting it; DatasetError names every bad entry."""
     with _open_archive(Path(path), max_members, max_unpacked_bytes) as archive:
@@ -140,7 +125,7 @@ def extract_archive(
     dest: Path,
     max_members: int = MAX_MEMBERS,
     max_unpacked_bytes: int = MAX_UNPACKED_BYTES,
-    max_image_pixels: int = MAX_IMAGE_PIXELS,
+    max_image_pixels: int = MAX_PIXELS,
 ) -> Path:
     """Validate, then unpack safely into `dest`; returns the dataset root (holding annotations/)."""
     dest = Path(dest)
@@ -269,7 +254,7 @@ def _inspect(archive: _Archive, max_pixels: int) -> DatasetSummary:
     roles: set[str] = set()
     wanted: set[str] = set()
     for path, name in names.items():
-        role = next((r for r in _ROLES if r in name), None)
+        role = split_role(name)
         if role is None:
             problems.add("annotations", f"{path}: the name must contain train, val or test")
         counts = _check_annotations(archive, path, _image_dir(archive.folders, name), problems)
@@ -393,22 +378,10 @@ def _count_captions(
 def _image_problem(archive: _Archive, member: _Member, max_pixels: int) -> str | None:
     """Why a member is not a usable image, or None; streams it, reading what verify() needs."""
     try:
-        with warnings.catch_warnings():
-            # Pillow warns past its own global limit; ours is checked just below, per call.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with archive.open(member) as stream, Image.open(stream) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    return f"{width}×{height} pixels is over the limit of {max_pixels:,}"
-                if width * height == 0:
-                    return "the image has no pixels"
-                image.verify()
-    except UnidentifiedImageError:
-        return "not a readable image (cannot identify image file)"
-    except Image.DecompressionBombError as exc:
-        return f"too many pixels ({exc})"
-    except Exception as exc:  # decoders of untrusted bytes fail in many ways; each is a problem
-        return f"not a readable image ({str(exc) or type(exc).__name__})"
+        with archive.open(member) as stream:
+            verify_image(stream, max_pixels)
+    except ImageError as exc:
+        return exc.message
     return None
 
 
@@ -426,11 +399,7 @@ def _write_members(archive: _Archive, staging: Path) -> None:
 
 
 def _image_dir(folders: set[str], split: str) -> str:
-    # Same order as model.data._image_dir, so extraction and training find the same files.
-    for candidate in (f"images/{split}", split, "images"):
-        if candidate in folders:
-            return candidate + "/"
-    return ""
+    return next((f"{folder}/" for folder in image_folders(split) if folder in folders), "")
 
 
 def _unsafe(name: str) -> str | None:

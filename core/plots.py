@@ -1,4 +1,8 @@
-"""Attention pictures with Pillow only: shared by the CLI and the API (which never loads TF)."""
+"""Attention pictures with Pillow only: shared by the CLI and the API (which never loads TF).
+
+Pictures are converted to RGB as the model's input is (`core.images.to_rgb`), so the heat map
+lies over the image the model saw: a transparent background is white, 16-bit grey is grey.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from core.images import to_rgb
 
 MARGIN = 8  # pixels around and between tiles
 LABEL_HEIGHT = 44  # band above each tile for its label: room for two lines of text
@@ -30,7 +36,7 @@ def jet(values: np.ndarray) -> np.ndarray:
 def _to_image(image: Image.Image | np.ndarray) -> Image.Image:
     """RGB image from a Pillow image or an array (uint8, floats in [0, 1] / [0, 255] / [-1, 1])."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     array = np.asarray(image)
     if array.dtype != np.uint8:
         array = array.astype(np.float64)

@@ -16,12 +16,10 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 
+from core.errors import VerificationError
+
 PREFIX = "whsec_"
 TOLERANCE_S = 300  # a timestamp further than this from now is refused (replay protection)
-
-
-class VerificationError(ValueError):
-    """The message is not signed by the secret, or its timestamp is too old or too new."""
 
 
 def new_secret(size: int = 32) -> str:

@@ -11,22 +11,20 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import BundleError, EncoderMismatch
+from core.formats import (
+    BUNDLE_CONFIG,
+    BUNDLE_METRICS,
+    BUNDLE_NORMALIZATION,
+    BUNDLE_VOCAB,
+    BUNDLE_WEIGHTS,
+)
 from model.config import ModelConfig
 from model.encoder import EncoderInfo
 from model.layers import CaptionDecoder
 from model.vocab import Vocabulary
 
 FORMAT = 1
-CONFIG, VOCAB, WEIGHTS = "config.json", "vocab.json", "decoder.weights.h5"
-NORMALIZATION, METRICS = "normalization.npz", "metrics.json"
-
-
-class BundleError(Exception):
-    """A bundle is missing, malformed or does not fit the encoder at hand."""
-
-
-class EncoderMismatch(BundleError):
-    """The bundle was trained on features of a different encoder."""
 
 
 @dataclass(frozen=True)
@@ -83,11 +81,11 @@ def save_bundle(bundle: Bundle, path: Path) -> Path:
         "model": bundle.config.to_dict(),
         "encoder": {"weights": bundle.encoder.weights, "fingerprint": bundle.encoder.fingerprint},
     }
-    (staging / CONFIG).write_text(json.dumps(config, indent=2))
-    bundle.vocab.save(staging / VOCAB)
-    bundle.decoder.save_weights(staging / WEIGHTS)
-    np.savez(staging / NORMALIZATION, mean=bundle.norm.mean, std=bundle.norm.std)
-    (staging / METRICS).write_text(json.dumps(bundle.metrics, indent=2))
+    (staging / BUNDLE_CONFIG).write_text(json.dumps(config, indent=2))
+    bundle.vocab.save(staging / BUNDLE_VOCAB)
+    bundle.decoder.save_weights(staging / BUNDLE_WEIGHTS)
+    np.savez(staging / BUNDLE_NORMALIZATION, mean=bundle.norm.mean, std=bundle.norm.std)
+    (staging / BUNDLE_METRICS).write_text(json.dumps(bundle.metrics, indent=2))
     if path.exists():
         shutil.rmtree(path)
     staging.rename(path)
@@ -97,20 +95,21 @@ def save_bundle(bundle: Bundle, path: Path) -> Path:
 def load_bundle(path: Path) -> Bundle:
     """Read a bundle directory written by `save_bundle`, or raise BundleError."""
     path = Path(path)
-    missing = [n for n in (CONFIG, VOCAB, WEIGHTS, NORMALIZATION) if not (path / n).is_file()]
+    required = (BUNDLE_CONFIG, BUNDLE_VOCAB, BUNDLE_WEIGHTS, BUNDLE_NORMALIZATION)
+    missing = [name for name in required if not (path / name).is_file()]
     if missing:
         raise BundleError(f"{path} is not a model bundle: missing {', '.join(missing)}")
-    config = json.loads((path / CONFIG).read_text())
+    config = json.loads((path / BUNDLE_CONFIG).read_text())
     if config.get("format") != FORMAT:
         raise BundleError(f"{path}: bundle format {config.get('format')} is not {FORMAT}")
     model_config = ModelConfig.from_dict(config["model"])
     decoder = CaptionDecoder.from_model_config(model_config)
-    decoder.load_weights(path / WEIGHTS)
-    stats = np.load(path / NORMALIZATION)
-    metrics_file = path / METRICS
+    decoder.load_weights(path / BUNDLE_WEIGHTS)
+    stats = np.load(path / BUNDLE_NORMALIZATION)
+    metrics_file = path / BUNDLE_METRICS
     return Bundle(
         config=model_config,
-        vocab=Vocabulary.load(path / VOCAB),
+        vocab=Vocabulary.load(path / BUNDLE_VOCAB),
         decoder=decoder,
         norm=FeatureNorm(stats["mean"], stats["std"]),
         encoder=EncoderInfo(**config["encoder"]),

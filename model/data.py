@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-class DatasetError(ValueError):
-    """A dataset that cannot be read; the message names the file and the bad entries."""
+from core import formats
+from core.errors import DatasetError
 
 
 @dataclass(frozen=True)
@@ -26,10 +25,10 @@ class Example:
 
 def split_role(name: str) -> str:
     """'train', 'val' or 'test' for an annotation or folder name such as captions_val2014."""
-    for role in ("train", "val", "test"):
-        if role in name:
-            return role
-    raise DatasetError(f"cannot tell whether {name!r} is a train, val or test split")
+    role = formats.split_role(name)
+    if role is None:
+        raise DatasetError(f"cannot tell whether {name!r} is a train, val or test split")
+    return role
 
 
 def load_coco_captions(annotations: Path, image_dir: Path) -> list[Example]:
@@ -86,7 +85,7 @@ def load_dataset(data_dir: Path, split_file: Path | None = None) -> dict[str, li
     data_dir = Path(data_dir)
     if split_file is not None:
         return load_karpathy(Path(split_file), data_dir)
-    files = sorted((data_dir / "annotations").glob("captions_*.json"))
+    files = sorted(data_dir.glob(formats.ANNOTATIONS_GLOB))
     if not files:
         raise DatasetError(f"{data_dir}: no annotations/captions_*.json (COCO captions format)")
     splits: dict[str, list[Example]] = defaultdict(list)
@@ -104,10 +103,8 @@ def check_images(examples: list[Example]) -> None:
 
 
 def _image_dir(data_dir: Path, split: str) -> Path:
-    for candidate in (data_dir / "images" / split, data_dir / split, data_dir / "images"):
-        if candidate.is_dir():
-            return candidate
-    return data_dir
+    folders = (data_dir / folder for folder in formats.image_folders(split))
+    return next((folder for folder in folders if folder.is_dir()), data_dir)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

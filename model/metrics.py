@@ -8,6 +8,7 @@ import numpy as np
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
+from core.formats import CAPTION_METRICS
 from model.shapes import COLORS, SHAPES, ShapeObject
 from model.vocab import standardize
 
@@ -32,9 +33,7 @@ def caption_scores(
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     cider, _ = Cider().compute_score(gts, res)
     exact = np.mean([res[key][0] in gts[key] for key in predictions])
-    scores = {f"bleu{n}": float(value) for n, value in enumerate(bleu, start=1)}
-    scores.update(cider=float(cider), exact_match=float(exact))
-    return scores
+    return dict(zip(CAPTION_METRICS, map(float, [*bleu, cider, exact]), strict=True))
 
 
 def region_mask(bbox: Sequence[float], image_size: tuple[int, int], grid: int = 8) -> np.ndarray:

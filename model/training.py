@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from core.errors import TrainingStopped
 from model.bundle import Bundle, FeatureNorm, save_bundle
 from model.config import ModelConfig
 from model.data import Example
@@ -63,10 +64,6 @@ class Callbacks:
     epoch_end: Callable[[dict], None] | None = None  # receives the epoch's history row
     features: Callable[[str, int, int], None] | None = None  # (split, done, total) images
     should_stop: Callable[[], bool] | None = None  # asked before every step; True stops the run
-
-
-class Stopped(Exception):
-    """`should_stop` said so; the last checkpoint is the last finished epoch."""
 
 
 def caption_loss(decoder, features, tokens, attention_reg: float = 0.0):
@@ -196,7 +193,7 @@ class Trainer:
         total = tf.constant(0.0)
         for step, (features, tokens) in enumerate(data, 1):
             if callbacks.should_stop and callbacks.should_stop():
-                raise Stopped(f"stopped in epoch {epoch} before step {step}")
+                raise TrainingStopped(f"stopped in epoch {epoch} before step {step}")
             total += train_step(features, tokens)
             if callbacks.progress and (step % 10 == 0 or step == steps):
                 elapsed = time.monotonic() - start

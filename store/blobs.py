@@ -20,6 +20,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from core.errors import BlobNotFound, BlobStoreError
+
 if TYPE_CHECKING:
     from core.settings import Settings
 
@@ -29,18 +31,6 @@ _NO_BUCKET_CODES = frozenset({"NoSuchBucket", "NotFound", "404"})
 _REFUSED_CODES = frozenset(
     {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
 )
-
-
-class BlobNotFound(KeyError):
-    """No blob is stored under the key."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key
-
-
-class BlobStoreError(RuntimeError):
-    """The store cannot be used: endpoint unreachable, bucket missing, credentials refused."""
 
 
 @runtime_checkable

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from api.jobs import OWNER
+from core.images import open_image
 from core.plots import LABEL_HEIGHT, MARGIN, tile_box
 from store import jobs
 from store.keys import attention_key, attention_png_key, image_key
@@ -127,6 +128,31 @@ def test_png_grid_shows_the_image_as_viewers_do(client, app, image, channel):
         left, top, _, bottom = tile_box(0, columns=4)  # the plain image, no heat
         pixel = grid.convert("RGB").getpixel((left + 40, (top + bottom) // 2))
     assert max(range(3), key=lambda c: pixel[c]) == channel, pixel
+
+
+def grey_16_bit() -> bytes:
+    """A 16-bit greyscale PNG at half range: 8-bit grey 128 to the model."""
+    buffer = io.BytesIO()
+    Image.new("I;16", (64, 48), 32896).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def transparent() -> bytes:
+    """A PNG that is black under full transparency: white to the model (alpha on white)."""
+    buffer = io.BytesIO()
+    Image.new("RGBA", (64, 48), (0, 0, 0, 0)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("image", [grey_16_bit(), transparent()], ids=["16-bit", "transparent"])
+def test_png_grid_shows_the_image_as_the_model_saw_it(client, app, image):
+    job_id = succeeded_job(app, npy(weights()), image=image)
+    response = client.get(f"/v1/jobs/{job_id}/attention.png")
+    with Image.open(io.BytesIO(response.data)) as grid:
+        left, top, right, bottom = tile_box(0, columns=4)  # the plain image, no heat
+        shown = grid.convert("RGB").getpixel(((left + right) // 2, (top + bottom) // 2))
+    seen = open_image(image).getpixel((32, 24))  # what the worker hands the encoder
+    assert shown == seen and seen in ((128, 128, 128), (255, 255, 255))
 
 
 def make_job(kind: str, app, client) -> str:

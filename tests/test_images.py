@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.images import ImageError, decode_image, open_image
+from core.errors import ImageError
+from core.images import open_image
+from model.images import decode_image
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **params) -> bytes:
@@ -99,7 +101,7 @@ def test_exif_orientation_is_applied():
 
 
 def test_image_and_vocabulary_modules_do_not_load_tensorflow():
-    # The API validates images with these modules and must never import TensorFlow.
+    # The API's shared image decoder lives in core; the model's own image step stays light too.
     import subprocess
     import sys
 

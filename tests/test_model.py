@@ -162,7 +162,7 @@ def test_unknown_encoder_weights_are_refused():
 
 
 def test_caption_bytes_raises_the_image_error(random_bundle, encoder):
-    from model.images import ImageError
+    from core.errors import ImageError
 
     with pytest.raises(ImageError) as info:
         Captioner(random_bundle, encoder).caption_bytes([b"GIF89a broken"])

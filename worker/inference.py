@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.errors import ImageError, JobSkipped, TemporaryFailure
 from core.notify import Notifier
 from core.settings import Settings
 from store import jobs
@@ -35,14 +36,6 @@ class Captioned:
     predict_ms: float  # the whole batch's forward pass
     batch_size: int
     model_version: str  # the version that ran the batch (a swap may follow it)
-
-
-class JobSkipped(Exception):
-    """The job is not ours to run: already terminal, canceled, or leased by another worker."""
-
-
-class TemporaryFailure(Exception):
-    """The job was put back in the queue and its message should be retried later."""
 
 
 class Inference:
@@ -92,7 +85,7 @@ class Inference:
 
     def _fetch(self, job) -> np.ndarray | None:
         """The job's image ready for the encoder (299, 299, 3), or None after failing the job."""
-        from model.images import ImageError, decode_image
+        from model.images import decode_image
 
         try:
             return decode_image(self.blobs.get(job.image_key), self.settings.max_image_pixels)

@@ -15,13 +15,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.formats import weights_digest
 from core.settings import Settings
 from store import registry
 from store.blobs import BlobStore
 from store.db import Database
 from store.jobs import DEFAULT_MAX_LENGTH
 from store.models import ModelVersion, utcnow
-from worker.bundles import fetch_bundle, weights_digest
+from worker.bundles import fetch_bundle
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ import uuid
 from dataclasses import asdict
 from pathlib import Path
 
-from core.archives import DatasetError, extract_archive
+from core.archives import extract_archive
+from core.errors import DatasetError, LostLease, RunSkipped, TrainingStopped
 from core.settings import Settings
 from store import registry, training
 from store.blobs import open_blob_store
@@ -29,14 +30,6 @@ from worker.checkpoints import CheckpointSync
 
 log = logging.getLogger(__name__)
 SHAPES_VAL_FRACTION = 0.2
-
-
-class RunSkipped(Exception):
-    """The run is not ours: terminal, canceled, or held by another worker."""
-
-
-class LostLease(Exception):
-    """Another worker took the run over (this one was silent past its lease)."""
 
 
 class Beat(threading.Thread):
@@ -108,14 +101,12 @@ class Training:
     def _outcome(self, run: TrainingRun, beat: Beat) -> tuple[RunStatus, dict]:
         """Train; the terminal status and the fields to store with it."""
         from model.bundle import BundleError
-        from model.data import DatasetError as FolderError
-        from model.training import Stopped
 
         try:
             return RunStatus.SUCCEEDED, self._train(run, beat)
-        except Stopped:
+        except TrainingStopped:
             return RunStatus.CANCELED, _error("canceled", "canceled; its last checkpoint is kept")
-        except (DatasetError, FolderError) as exc:
+        except DatasetError as exc:
             return RunStatus.FAILED, _error("invalid_dataset", str(exc))
         except BundleError as exc:
             return RunStatus.FAILED, _error("incompatible_base", str(exc))
@@ -150,8 +141,7 @@ class Training:
         bundle = train(splits, encoder, work / "bundle", config, work_dir=work / "work",
                        cache_dir=self.settings.data_dir / "features",
                        callbacks=callbacks.as_callbacks(), base=base)  # fmt: skip
-        number = register_bundle(self.db, self.blobs, work / "bundle", bundle.metrics,
-                                 (encoder.weights, encoder.fingerprint), parent=run.base_version,
+        number = register_bundle(self.db, self.blobs, work / "bundle", parent=run.base_version,
                                  training_run_id=run.id, dataset=run.dataset)  # fmt: skip
         decision = self._decide(run, bundle, encoder, splits["val"][: config.val_images])
         shutil.rmtree(work, ignore_errors=True)  # the checkpoint stays in the blob store

@@ -1,0 +1,111 @@
+"""Untrusted image bytes to pictures: the one decoder the API's upload check, the worker, the
+attention pictures and the dataset checks all use (Pillow and NumPy; no TensorFlow).
+
+Content decides, never a file name. Every failure is an ImageError with a stable code: `EMPTY`,
+`TOO_LARGE` (bytes or pixels, checked before decoding), `NOT_AN_IMAGE` (no format recognised)
+or `CORRUPT` (a known format that fails to decode). A picture the model sees and a picture a
+person sees are converted the same way: upright (EXIF orientation), first frame, 8-bit RGB with
+alpha on white, 16-bit and float grey scaled, CMYK and palettes converted.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from core.errors import ImageError
+
+MAX_PIXELS = 50_000_000  # refuse decompression bombs well before they exhaust memory
+EMPTY, TOO_LARGE = "empty_image", "image_too_large"
+NOT_AN_IMAGE, CORRUPT = "not_an_image", "corrupt_image"
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What a job records about its image."""
+
+    format: str  # Pillow's name for it: PNG, JPEG, WEBP, …
+    width: int
+    height: int
+
+
+def inspect_image(data: bytes, max_bytes: int, max_pixels: int = MAX_PIXELS) -> ImageInfo:
+    """Decode the image fully once (so truncation is caught): its format and size."""
+    if len(data) > max_bytes:
+        raise ImageError(TOO_LARGE, f"the image is over {max_bytes:,} bytes")
+    image = _decode(data, max_pixels)
+    return ImageInfo(image.format or "unknown", image.width, image.height)
+
+
+def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode bytes into an upright 8-bit RGB Pillow image (the first frame of an animation)."""
+    return to_rgb(ImageOps.exif_transpose(_decode(data, max_pixels)))
+
+
+def verify_image(stream: IO[bytes], max_pixels: int = MAX_PIXELS) -> None:
+    """Check an image read from a stream, from its header and checksums, without decoding it."""
+    with _pillow_errors(), Image.open(stream) as image:
+        _check_pixels(image, max_pixels)
+        image.verify()
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB: alpha on white, 16-bit and float scaled, CMYK converted."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        image = image.convert("I")  # 32-bit ints; 16-bit sources use 0..65535
+        scaled = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.asarray(image), 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" or image.mode == "PA":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "La", "RGBa"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def _decode(data: bytes, max_pixels: int) -> Image.Image:
+    """The first frame, decoded, in its own mode; the pixel limit is checked before decoding."""
+    if not data:
+        raise ImageError(EMPTY, "the image is empty (0 bytes)")
+    with _pillow_errors():
+        image = Image.open(io.BytesIO(data))
+        _check_pixels(image, max_pixels)
+        image.seek(0)
+        image.load()
+    return image
+
+
+def _check_pixels(image: Image.Image, max_pixels: int) -> None:
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(TOO_LARGE, f"{width}×{height} pixels is over the limit of {max_pixels:,}")
+    if width == 0 or height == 0:
+        raise ImageError(CORRUPT, "the image has no pixels")
+
+
+@contextmanager
+def _pillow_errors() -> Iterator[None]:
+    """Pillow's failures on untrusted bytes as ImageError (its bomb warning included)."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that: make it an error.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except ImageError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageError(NOT_AN_IMAGE, "the data is not an image in a known format") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(TOO_LARGE, str(exc)) from exc
+    except Exception as exc:  # decoders of untrusted bytes fail in many ways; each is corrupt
+        reason = str(exc) or type(exc).__name__
+        raise ImageError(CORRUPT, f"the image could not be decoded: {reason}") from exc
