@@ -14,6 +14,7 @@ from api.services import services
 from core.archives import DatasetError, inspect_archive
 from core.errors import ErrorResponse
 from store import datasets
+from store.keys import dataset_key
 from store.models import Dataset
 from store.payloads import dataset_json
 
@@ -34,7 +35,7 @@ def upload_dataset():
         except DatasetError as exc:
             raise ErrorResponse(400, "invalid_dataset", str(exc), problems=exc.problems) from None
         dataset_id = uuid.uuid4()
-        key = datasets.dataset_key(dataset_id)
+        key = dataset_key(dataset_id)
         services().blobs.put(key, path.read_bytes(), f"application/{summary.format}")
         row = Dataset(id=dataset_id, owner=OWNER, name=name, archive_key=key,
                       format=summary.format, bytes=path.stat().st_size,

@@ -10,11 +10,6 @@ from sqlalchemy.orm import Session
 from store.models import Dataset
 
 
-def dataset_key(dataset_id: uuid.UUID | str) -> str:
-    """Where a dataset's archive lives in the blob store."""
-    return f"datasets/{dataset_id}/archive"
-
-
 def create_dataset(session: Session, dataset: Dataset) -> Dataset:
     """Record a checked, stored archive (flushed; the caller's session commits)."""
     session.add(dataset)

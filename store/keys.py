@@ -1,4 +1,12 @@
-"""Blob keys: where each job's files live in the one bucket (see DESIGN.md, blob layout)."""
+"""Blob keys: every place a file lives in the one bucket, built here and nowhere else.
+
+    images/{job_id}                 a job's upload, byte for byte
+    attention/{job_id}.npy          its attention weights (T, 64) float16, one row per word
+    attention/{job_id}.png          the heat-map grid, rendered on first request, then cached
+    datasets/{dataset_id}/archive   an uploaded dataset, as uploaded (zip or tar)
+    training/{run_id}/…             a training run's checkpoint folder, mirrored after each epoch
+    models/{version}/…              a registered model version's bundle folder
+"""
 
 from __future__ import annotations
 
@@ -18,3 +26,18 @@ def attention_key(job_id: uuid.UUID | str) -> str:
 def attention_png_key(job_id: uuid.UUID | str) -> str:
     """The rendered per-word heat-map grid, cached after its first request."""
     return f"attention/{job_id}.png"
+
+
+def dataset_key(dataset_id: uuid.UUID | str) -> str:
+    """An uploaded dataset's archive."""
+    return f"datasets/{dataset_id}/archive"
+
+
+def checkpoint_prefix(run_id: uuid.UUID | str) -> str:
+    """The folder of a training run's checkpoints (its files are keys under it)."""
+    return f"training/{run_id}/"
+
+
+def bundle_prefix(version: str) -> str:
+    """The folder of a model version's bundle ("v3")."""
+    return f"models/{version}/"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from store.keys import checkpoint_prefix
 from store.models import (
     Batch,
     Dataset,
@@ -139,7 +140,7 @@ def run_json(run: TrainingRun) -> dict[str, Any]:
         "history": run.history or [],
         "model_version": version_name(run.model_version),
         "promotion_result": run.promotion_result,
-        "checkpoint": {"key": f"training/{run.id}/"} if run.history else None,
+        "checkpoint": {"key": checkpoint_prefix(run.id)} if run.history else None,
         "error": {"code": run.error_code, "message": run.error_message}
         if run.error_code else None,
         "created_at": iso(run.created_at),

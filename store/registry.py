@@ -14,7 +14,8 @@ from typing import Any
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
-from store.models import ModelVersion, WorkerModel, utcnow, version_name
+from store.keys import bundle_prefix
+from store.models import ModelVersion, WorkerModel, utcnow
 
 
 @dataclass(frozen=True)
@@ -41,14 +42,9 @@ def register(session: Session, new: NewVersion) -> ModelVersion:
     version = ModelVersion(bundle_key="", active=False, **vars(new))
     session.add(version)
     session.flush()
-    version.bundle_key = bundle_prefix(version.number)
+    version.bundle_key = bundle_prefix(version.version)
     session.flush()
     return version
-
-
-def bundle_prefix(number: int) -> str:
-    """Where a version's bundle files live in the blob store."""
-    return f"models/{version_name(number)}/"
 
 
 def get_version(session: Session, number: int) -> ModelVersion | None:

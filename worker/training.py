@@ -22,8 +22,8 @@ from core.errors import DatasetError, LostLease, RunSkipped, TrainingStopped
 from core.settings import Settings
 from store import registry, training
 from store.blobs import open_blob_store
-from store.datasets import dataset_key
 from store.db import Database
+from store.keys import checkpoint_prefix, dataset_key
 from store.models import RunStatus, TrainingRun
 from worker.bundles import fetch_bundle, register_bundle
 from worker.checkpoints import CheckpointSync
@@ -134,7 +134,7 @@ class Training:
         base = self._base_bundle(run)
         encoder = self.encoder(base.encoder.weights if base else None)
         work = self.settings.data_dir / "training" / str(run.id)
-        sync = CheckpointSync(self.blobs, f"training/{run.id}/", work / "work")
+        sync = CheckpointSync(self.blobs, checkpoint_prefix(run.id), work / "work")
         resumed = sync.restore()
         config = TrainConfig(**run.hyperparameters)
         callbacks = RunCallbacks(self.db, run, self.worker, beat, sync, resumed)
