@@ -2,22 +2,58 @@
 
 With nothing set, the embedded mode applies: a SQLite file, a local-directory blob store and
 Celery's filesystem broker, all under one data directory, so everything runs with no servers.
-Setting `DATABASE_URL` selects production mode, where `BROKER_URL` and `S3_BUCKET` are required
-(a missing one fails at start-up, not at the first request).
+Setting `DATABASE_URL` selects production mode, where `BROKER_URL` and `S3_BUCKET` are required.
+Every problem fails at start-up, all of them named at once; a variable that looks like a
+misspelt setting (`CAPTIONER_…`, or close to a known name) is warned about, not silently ignored.
+
+Pydantic validates the values (types and bounds, every error collected). pydantic-settings is
+not used: it reads the process environment whenever a Settings is built, while tests and child
+processes build them from an explicit mapping, and it would not warn about unknown variables.
 """
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import field, fields, replace
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import BeforeValidator, Field, ValidationError
+from pydantic.dataclasses import dataclass
 
 from core.errors import SettingsError
+from core.images import MAX_PIXELS
 
+log = logging.getLogger(__name__)
 # Seconds before each attempt: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h.
 DEFAULT_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+PREFIX = "CAPTIONER_"  # the project's own variables; an unknown one is probably a typo
+
+
+def _schedule(raw: object) -> object:
+    """'0,5s,5m,2h' as seconds (0, 5, 300, 7200); a bare number is seconds. Tuples pass."""
+    if not isinstance(raw, str):
+        return raw
+    delays = []
+    for part in raw.split(","):
+        part = part.strip().lower()
+        unit = next((u for u in ("ms", "s", "m", "h") if part.endswith(u)), "")
+        try:
+            delays.append(float(part.removesuffix(unit)) * UNITS.get(unit, 1.0))
+        except ValueError:
+            raise ValueError(f"{part!r} is not a delay like 0, 5s, 5m or 2h") from None
+    return tuple(delays)
+
+
+Count = Annotated[int, Field(ge=1)]
+Seconds = Annotated[float, Field(ge=0.001, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+Delays = Annotated[tuple[Annotated[float, Field(ge=0.0, allow_inf_nan=False)], ...],
+                   BeforeValidator(_schedule)]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -34,24 +70,25 @@ class Settings:
     s3_secret_key: str | None = field(default=None, repr=False)  # AWS_SECRET_ACCESS_KEY
     model_bundle: Path | None = None  # MODEL_BUNDLE: bundle directory the workers load
     encoder_weights: str | None = None  # ENCODER_WEIGHTS: override the bundle's encoder source
-    batch_max_size: int = 32  # BATCH_MAX_SIZE: most jobs in one forward pass
-    batch_max_wait_ms: int = 50  # BATCH_MAX_WAIT_MS: longest wait after a batch's first job
-    max_image_bytes: int = 10 * 1024 * 1024  # MAX_IMAGE_BYTES: larger uploads are refused
-    max_image_pixels: int = 50_000_000  # MAX_IMAGE_PIXELS: decompression-bomb guard
-    job_max_attempts: int = 3  # JOB_MAX_ATTEMPTS: then the job fails for good
-    job_lease_seconds: int = 300  # JOB_LEASE_SECONDS: a running job's lease before re-queueing
-    sweep_interval_s: float = 30.0  # SWEEP_INTERVAL_S: how often beat runs the sweepers
-    webhook_timeout_s: float = 15.0  # WEBHOOK_TIMEOUT_S: an attempt without a 2xx by then fails
+    batch_max_size: Count = 32  # BATCH_MAX_SIZE: most jobs in one forward pass
+    batch_max_wait_ms: Count = 50  # BATCH_MAX_WAIT_MS: longest wait after a batch's first job
+    max_image_bytes: Count = 10 * 1024 * 1024  # MAX_IMAGE_BYTES: larger uploads are refused
+    max_image_pixels: Count = MAX_PIXELS  # MAX_IMAGE_PIXELS: decompression-bomb guard
+    job_max_attempts: Count = 3  # JOB_MAX_ATTEMPTS: then the job fails for good
+    job_lease_seconds: Count = 300  # JOB_LEASE_SECONDS: a running job's lease before re-queueing
+    sweep_interval_s: Seconds = 30.0  # SWEEP_INTERVAL_S: how often beat runs the sweepers
+    webhook_timeout_s: Seconds = 15.0  # WEBHOOK_TIMEOUT_S: an attempt without a 2xx by then fails
     # WEBHOOK_SCHEDULE: delay before each attempt (Standard Webhooks' schedule), e.g. "0,5s,5m"
-    webhook_schedule: tuple[float, ...] = DEFAULT_SCHEDULE
-    webhook_jitter: float = 0.1  # WEBHOOK_JITTER: each delay is scaled by 1 ± this, at random
-    webhook_secret_grace_s: float = (
-        86400.0  # WEBHOOK_SECRET_GRACE_S: old secret's life after rotation
+    webhook_schedule: Delays = DEFAULT_SCHEDULE
+    webhook_jitter: Fraction = 0.1  # WEBHOOK_JITTER: each delay is scaled by 1 ± this, at random
+    webhook_secret_grace_s: Fraction = (
+        86400.0  # WEBHOOK_SECRET_GRACE_S: a rotated-out secret's life
     )
-    model_poll_s: float = 2.0  # MODEL_POLL_S: how often inference workers look for a new model
-    training_lease_s: float = 120.0  # TRAINING_LEASE_S: a silent training worker is dead by then
-    training_max_attempts: int = 3  # TRAINING_MAX_ATTEMPTS: worker deaths before a run fails
-    max_dataset_bytes: int = 2 * 1024**3  # MAX_DATASET_BYTES: larger archives are refused
+    model_poll_s: Seconds = 2.0  # MODEL_POLL_S: how often inference workers look for a new model
+    # TRAINING_LEASE_S: a silent training worker is taken for dead by then
+    training_lease_s: Annotated[float, Field(ge=3.0, allow_inf_nan=False)] = 120.0
+    training_max_attempts: Count = 3  # TRAINING_MAX_ATTEMPTS: worker deaths before a run fails
+    max_dataset_bytes: Count = 2 * 1024**3  # MAX_DATASET_BYTES: larger archives are refused
 
     @property
     def embedded(self) -> bool:
@@ -63,119 +100,70 @@ class Settings:
         return replace(self, **changes)
 
 
+# Each field's variable: its name in capitals, but for these.
+_RENAMED = {
+    "data_dir": "CAPTIONER_DATA_DIR",
+    "s3_region": "AWS_REGION",
+    "s3_access_key": "AWS_ACCESS_KEY_ID",
+    "s3_secret_key": "AWS_SECRET_ACCESS_KEY",
+}
+ENV_NAMES = {f.name: _RENAMED.get(f.name, f.name.upper()) for f in fields(Settings)}
+FIELDS = {var: name for name, var in ENV_NAMES.items()}
+# Variables production needs set for every service (docker-compose is checked against this).
+REQUIRED_IN_PRODUCTION = ("DATABASE_URL", "BROKER_URL", "S3_BUCKET")
+KNOWN = frozenset(ENV_NAMES.values()) | {"CAPTIONER_DEBUG"}  # CAPTIONER_DEBUG: CLI tracebacks
+
+
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read the settings from the environment (or `environ`), once."""
+    """Read the settings from the environment (or `environ`), once; SettingsError names every
+    problem."""
     env = os.environ if environ is None else environ
-    data_dir = Path(env.get("CAPTIONER_DATA_DIR", "captioner-data")).absolute()
-    database_url = env.get("DATABASE_URL", f"sqlite:///{data_dir / 'captioner.db'}")
-    production = not database_url.startswith("sqlite")
-    bundle = env.get("MODEL_BUNDLE")
-    return Settings(
-        data_dir=data_dir,
-        database_url=database_url,
-        broker_url=_required(env, "BROKER_URL") if production else env.get(
-            "BROKER_URL", "filesystem://"),
-        s3_bucket=_required(env, "S3_BUCKET") if production else env.get("S3_BUCKET"),
-        s3_endpoint_url=env.get("S3_ENDPOINT_URL"),
-        s3_region=env.get("AWS_REGION", "us-east-1"),
-        s3_access_key=env.get("AWS_ACCESS_KEY_ID"),
-        s3_secret_key=env.get("AWS_SECRET_ACCESS_KEY"),
-        model_bundle=Path(bundle) if bundle else None,
-        encoder_weights=env.get("ENCODER_WEIGHTS"),
-        batch_max_size=_int(env, "BATCH_MAX_SIZE", 32),
-        batch_max_wait_ms=_int(env, "BATCH_MAX_WAIT_MS", 50),
-        max_image_bytes=_int(env, "MAX_IMAGE_BYTES", 10 * 1024 * 1024),
-        max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", 50_000_000),
-        job_max_attempts=_int(env, "JOB_MAX_ATTEMPTS", 3),
-        job_lease_seconds=_int(env, "JOB_LEASE_SECONDS", 300),
-        sweep_interval_s=_float(env, "SWEEP_INTERVAL_S", 30.0),
-        webhook_timeout_s=_float(env, "WEBHOOK_TIMEOUT_S", 15.0),
-        webhook_schedule=_schedule(env.get("WEBHOOK_SCHEDULE")) or DEFAULT_SCHEDULE,
-        webhook_jitter=_float(env, "WEBHOOK_JITTER", 0.1, low=0.0),
-        webhook_secret_grace_s=_float(env, "WEBHOOK_SECRET_GRACE_S", 86400.0, low=0.0),
-        model_poll_s=_float(env, "MODEL_POLL_S", 2.0),
-        training_lease_s=_float(env, "TRAINING_LEASE_S", 120.0, low=3.0),
-        training_max_attempts=_int(env, "TRAINING_MAX_ATTEMPTS", 3),
-        max_dataset_bytes=_int(env, "MAX_DATASET_BYTES", 2 * 1024**3),
-    )  # fmt: skip
+    warn_unknown(env)
+    values = {name: env[var] for name, var in ENV_NAMES.items() if env.get(var, "").strip()}
+    values["data_dir"] = data_dir = Path(values.get("data_dir", "captioner-data")).absolute()
+    values.setdefault("database_url", f"sqlite:///{data_dir / 'captioner.db'}")
+    problems = []
+    if values["database_url"].startswith("sqlite"):
+        values.setdefault("broker_url", "filesystem://")
+        values.setdefault("s3_bucket", None)
+    else:
+        problems = [f"{var} must be set when DATABASE_URL points at a server"
+                    for var in REQUIRED_IN_PRODUCTION if FIELDS[var] not in values]  # fmt: skip
+    try:
+        settings = Settings(**values)
+    except ValidationError as exc:
+        problems += [_describe(error) for error in exc.errors() if error["type"] != "missing"]
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def _describe(error: dict) -> str:
+    """One pydantic error as "VARIABLE: what is wrong, not 'value'"."""
+    var = ENV_NAMES[error["loc"][0]]
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{var}: {message[:1].lower()}{message[1:]}, not {error['input']!r}"
+
+
+def warn_unknown(env: Mapping[str, str]) -> list[str]:
+    """Warn about variables that look like settings but are none (a typo is ignored otherwise)."""
+    unknown = []
+    for var in sorted(set(env) - KNOWN):
+        close = difflib.get_close_matches(var, KNOWN, n=1, cutoff=0.85)
+        if var.startswith(PREFIX) or close:
+            hint = f"; did you mean {close[0]}?" if close else ""
+            log.warning("%s is not a setting and is ignored%s", var, hint)
+            unknown.append(var)
+    return unknown
 
 
 def to_env(settings: Settings) -> dict[str, str]:
     """The environment variables that `from_env` reads back as `settings` (for child processes)."""
-    optional = {
-        "S3_BUCKET": settings.s3_bucket, "S3_ENDPOINT_URL": settings.s3_endpoint_url,
-        "AWS_ACCESS_KEY_ID": settings.s3_access_key,
-        "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key,
-        "MODEL_BUNDLE": settings.model_bundle, "ENCODER_WEIGHTS": settings.encoder_weights,
-    }  # fmt: skip
-    env = {
-        "CAPTIONER_DATA_DIR": settings.data_dir, "DATABASE_URL": settings.database_url,
-        "BROKER_URL": settings.broker_url, "AWS_REGION": settings.s3_region,
-        "BATCH_MAX_SIZE": settings.batch_max_size,
-        "BATCH_MAX_WAIT_MS": settings.batch_max_wait_ms,
-        "MAX_IMAGE_BYTES": settings.max_image_bytes,
-        "MAX_IMAGE_PIXELS": settings.max_image_pixels,
-        "JOB_MAX_ATTEMPTS": settings.job_max_attempts,
-        "JOB_LEASE_SECONDS": settings.job_lease_seconds,
-        "SWEEP_INTERVAL_S": settings.sweep_interval_s,
-        "WEBHOOK_TIMEOUT_S": settings.webhook_timeout_s,
-        "WEBHOOK_SCHEDULE": ",".join(f"{delay:g}s" for delay in settings.webhook_schedule),
-        "WEBHOOK_JITTER": settings.webhook_jitter,
-        "WEBHOOK_SECRET_GRACE_S": settings.webhook_secret_grace_s,
-        "MODEL_POLL_S": settings.model_poll_s, "TRAINING_LEASE_S": settings.training_lease_s,
-        "TRAINING_MAX_ATTEMPTS": settings.training_max_attempts,
-        "MAX_DATASET_BYTES": settings.max_dataset_bytes,
-    }  # fmt: skip
-    env |= {name: value for name, value in optional.items() if value is not None}
-    return {name: str(value) for name, value in env.items()}
-
-
-# Variables production needs set for every service (docker-compose is checked against this).
-REQUIRED_IN_PRODUCTION = ("DATABASE_URL", "BROKER_URL", "S3_BUCKET")
-
-
-def _required(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name)
-    if not value:
-        raise SettingsError(f"{name} must be set when DATABASE_URL points at a server")
-    return value
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    return _number(env, name, default, int, 1, "a whole number")
-
-
-def _float(env: Mapping[str, str], name: str, default: float, low: float = 0.001) -> float:
-    return _number(env, name, default, float, low, "a number")
-
-
-def _number(env: Mapping[str, str], name: str, default, kind: type, low, what: str):
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be {what}, not {raw!r}") from None
-    if not value >= low:
-        raise SettingsError(f"{name} must be at least {low:g}, not {raw}")
-    return value
-
-
-def _schedule(raw: str | None) -> tuple[float, ...]:
-    """'0,5s,5m,2h' as seconds (0, 5, 300, 7200); a bare number is seconds. Empty: ()."""
-    if not raw or not raw.strip():
-        return ()
-    delays = []
-    for part in raw.split(","):
-        part = part.strip().lower()
-        unit = next((u for u in ("ms", "s", "m", "h") if part.endswith(u)), "")
-        try:
-            delays.append(float(part.removesuffix(unit)) * UNITS.get(unit, 1.0))
-        except ValueError:
-            raise SettingsError(
-                f"WEBHOOK_SCHEDULE: {part!r} is not a delay like 0, 5s, 5m or 2h"
-            ) from None
-    if any(delay < 0 for delay in delays):
-        raise SettingsError("WEBHOOK_SCHEDULE: delays cannot be negative")
-    return tuple(delays)
+    env = {}
+    for name, var in ENV_NAMES.items():
+        value = getattr(settings, name)
+        if name == "webhook_schedule":
+            value = ",".join(f"{delay:g}s" for delay in value)
+        if value is not None:
+            env[var] = str(value)
+    return env

@@ -48,3 +48,30 @@ def test_secrets_stay_out_of_the_repr():
 )  # fmt: skip
 def test_child_processes_read_back_the_same_settings(settings):
     assert from_env(to_env(settings)) == settings
+
+
+def test_every_bad_variable_is_named_at_once():
+    env = {"BATCH_MAX_SIZE": "abc", "JOB_MAX_ATTEMPTS": "0", "WEBHOOK_JITTER": "inf",
+           "WEBHOOK_SCHEDULE": "0,5x", "DATABASE_URL": "postgresql://db/x"}  # fmt: skip
+    with pytest.raises(SettingsError) as caught:
+        from_env(env)
+    named = [problem.split()[0].rstrip(":") for problem in caught.value.problems]
+    assert named == ["BROKER_URL", "S3_BUCKET", "BATCH_MAX_SIZE", "JOB_MAX_ATTEMPTS",
+                     "WEBHOOK_SCHEDULE", "WEBHOOK_JITTER"]  # fmt: skip
+    assert str(caught.value).startswith("6 bad settings: ")
+    assert "'abc'" in str(caught.value) and "'5x' is not a delay" in str(caught.value)
+
+
+def test_a_misspelt_setting_is_warned_about_not_silently_ignored(caplog, tmp_path):
+    env = {"CAPTIONER_DATA_DIR": str(tmp_path), "BATCH_MAX_SIZ": "4", "CAPTIONER_DATADIR": "x",
+           "DATABASE_URI": "postgresql://db/x", "PATH": "/bin", "AWS_DEFAULT_REGION": "eu",
+           "CAPTIONER_DEBUG": "1", "HOME": "/root"}  # fmt: skip
+    with caplog.at_level("WARNING", logger="core.settings"):
+        settings = from_env(env)
+    assert settings.batch_max_size == 32 and settings.embedded  # ignored, as said
+    warned = {record.getMessage() for record in caplog.records}
+    assert warned == {
+        "BATCH_MAX_SIZ is not a setting and is ignored; did you mean BATCH_MAX_SIZE?",
+        "CAPTIONER_DATADIR is not a setting and is ignored; did you mean CAPTIONER_DATA_DIR?",
+        "DATABASE_URI is not a setting and is ignored; did you mean DATABASE_URL?",
+    }
