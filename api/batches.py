@@ -6,10 +6,10 @@ import uuid
 
 from flask import Blueprint, jsonify, request
 
+from api.errors import found
 from api.jobs import OWNER, enqueue, stored_job
 from api.services import services
 from api.uploads import check_image, read_batch
-from core.errors import ErrorResponse
 from store import batches, jobs
 from store.payloads import batch_json
 
@@ -39,7 +39,10 @@ def submit_batch():
 def get_batch(batch_id: uuid.UUID):
     """One batch: status, counts per job status, and every job in submission order."""
     with services().db.session() as session:
-        batch = batches.get_batch(session, batch_id, owner=OWNER)
-        if batch is None:
-            raise ErrorResponse(404, "batch_not_found", f"no batch {batch_id}")
+        batch = find_batch(session, batch_id)
         return jsonify(batch_json(batch, jobs.batch_jobs(session, batch_id)))
+
+
+def find_batch(session, batch_id: uuid.UUID):
+    """The caller's batch or a 404."""
+    return found(batches.get_batch(session, batch_id, owner=OWNER), "batch", batch_id)

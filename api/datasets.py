@@ -9,6 +9,7 @@ from pathlib import Path
 
 from flask import Blueprint, jsonify, request
 
+from api.errors import found
 from api.jobs import OWNER
 from api.services import services
 from core.archives import DatasetError, inspect_archive
@@ -81,6 +82,4 @@ def get_dataset(dataset_id: uuid.UUID):
     """One dataset: its size per split."""
     with services().db.session() as session:
         dataset = datasets.get_dataset(session, dataset_id, owner=OWNER)
-        if dataset is None:
-            raise ErrorResponse(404, "dataset_not_found", f"no dataset {dataset_id}")
-        return jsonify(dataset_json(dataset))
+        return jsonify(dataset_json(found(dataset, "dataset", dataset_id)))

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from core.errors import ErrorResponse
+
+T = TypeVar("T")
+
+
+def found(row: T | None, what: str, row_id: object) -> T:
+    """`row`, or a 404 `{what}_not_found` when there is none (another owner's row included)."""
+    if row is None:
+        raise ErrorResponse(404, f"{what}_not_found", f"no {what.replace('_', ' ')} {row_id}")
+    return row
 
 
 def error_response(status: int, code: str, message: str, **details):

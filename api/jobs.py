@@ -13,6 +13,7 @@ from datetime import datetime
 
 from flask import Blueprint, jsonify, request
 
+from api.errors import found
 from api.services import services
 from api.uploads import Options, check_image, read_submission
 from core.errors import ErrorResponse
@@ -141,10 +142,7 @@ def cancel_job(job_id: uuid.UUID):
 
 def find_job(session, job_id: uuid.UUID):
     """The caller's job or a 404."""
-    job = jobs.get_job(session, job_id, owner=OWNER)
-    if job is None:
-        raise ErrorResponse(404, "job_not_found", f"no job {job_id}")
-    return job
+    return found(jobs.get_job(session, job_id, owner=OWNER), "job", job_id)
 
 
 def decode_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
+from api.errors import found
 from api.jobs import OWNER
 from api.services import services
 from api.uploads import parse_webhook
@@ -172,7 +173,4 @@ def cancel_run(run_id: uuid.UUID):
 
 def find_run(session, run_id: uuid.UUID):
     """The caller's run or a 404."""
-    run = training.get_run(session, run_id, owner=OWNER)
-    if run is None:
-        raise ErrorResponse(404, "training_run_not_found", f"no training run {run_id}")
-    return run
+    return found(training.get_run(session, run_id, owner=OWNER), "training_run", run_id)

@@ -7,11 +7,13 @@ from datetime import timedelta
 
 from flask import Blueprint, jsonify, request
 
+from api.batches import find_batch
+from api.errors import found
 from api.jobs import OWNER, find_job
 from api.services import services
 from api.training import find_run
 from core.errors import ErrorResponse
-from store import batches, deliveries, webhook_secrets
+from store import deliveries, webhook_secrets
 from store.payloads import delivery_json, iso
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
@@ -63,8 +65,7 @@ def job_deliveries(job_id: uuid.UUID):
 def batch_deliveries(batch_id: uuid.UUID):
     """Every webhook delivery of a batch, with its attempts."""
     with services().db.session() as session:
-        if batches.get_batch(session, batch_id, owner=OWNER) is None:
-            raise ErrorResponse(404, "batch_not_found", f"no batch {batch_id}")
+        find_batch(session, batch_id)
         return jsonify(deliveries_json(session, batch_id))
 
 
@@ -111,7 +112,4 @@ def one_delivery_json(session, delivery) -> dict:
 
 def find_delivery(session, delivery_id: uuid.UUID):
     """The caller's delivery or a 404."""
-    delivery = deliveries.get_delivery(session, delivery_id, OWNER)
-    if delivery is None:
-        raise ErrorResponse(404, "delivery_not_found", f"no delivery {delivery_id}")
-    return delivery
+    return found(deliveries.get_delivery(session, delivery_id, OWNER), "delivery", delivery_id)

@@ -33,23 +33,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import redis  # noqa: E402
 
 from benchmarks.bench_model import full_size_bundle  # noqa: E402
 from captioner.client import Client  # noqa: E402
-from captioner.processes import api_server, start_worker, stop, wait_ready  # noqa: E402
-from core.settings import Settings  # noqa: E402
+from captioner.stack import running_stack  # noqa: E402
 from model.bundle import load_bundle, save_bundle  # noqa: E402
 from model.encoder import Encoder  # noqa: E402
 from model.images import decode_image  # noqa: E402
 from model.inference import Captioner  # noqa: E402
 from model.shapes import write_shapes_dataset  # noqa: E402
-from store.blobs import open_blob_store  # noqa: E402
-from store.migrate import upgrade  # noqa: E402
-from tests.databases import fresh_postgres  # noqa: E402
-from tests.s3 import ACCESS_KEY, REGION, SECRET_KEY, moto_s3_server  # noqa: E402
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
+WORKER = "bench@stack"
 
 
 def raw_images_per_s(captioner: Captioner, images: np.ndarray, batch: int, reps: int) -> float:
@@ -156,28 +150,14 @@ def make_inputs(workdir: Path, encoder: Encoder) -> tuple[Path, list[bytes], np.
 
 def run_pipeline(workdir: Path, bundle: Path, pngs: list[bytes], args) -> dict:
     """Postgres, Redis, moto S3, one worker process and the API: latency, then saturation."""
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    with moto_s3_server() as endpoint, fresh_postgres() as database_url:
-        upgrade(database_url)
-        settings = Settings(
-            data_dir=workdir / "service", database_url=database_url, broker_url=REDIS_URL,
-            s3_bucket="bench", s3_endpoint_url=endpoint, s3_region=REGION,
-            s3_access_key=ACCESS_KEY, s3_secret_key=SECRET_KEY, model_bundle=bundle,
-            batch_max_size=args.batch, batch_max_wait_ms=args.max_wait_ms,
-        )  # fmt: skip
-        open_blob_store(settings).ensure_bucket()
-        log = workdir / "worker.log"
-        worker = start_worker(settings, log, "bench@%h")
-        try:
-            wait_ready(worker, log)
-            with api_server(settings) as url:
-                client = Client(url)
-                latency = low_load_latency(client, pngs, args.latency_jobs)
-                before = cpu_seconds(worker.pid)
-                figures = saturation(client, pngs, args.jobs)
-                after = cpu_seconds(worker.pid)
-        finally:
-            stop([worker])
+    options = {"model_bundle": bundle, "batch_max_size": args.batch,
+               "batch_max_wait_ms": args.max_wait_ms}  # fmt: skip
+    with running_stack(workdir / "service", [("inference", WORKER)], **options) as stack:
+        worker = stack.processes[WORKER]
+        latency = low_load_latency(stack.client, pngs, args.latency_jobs)
+        before = cpu_seconds(worker.pid)
+        figures = saturation(stack.client, pngs, args.jobs)
+        after = cpu_seconds(worker.pid)
     used = {role: after[role] - before[role] for role in after}
     total = sum(used.values())
     shares = {f"cpu_share_{role}": seconds / total for role, seconds in used.items()}

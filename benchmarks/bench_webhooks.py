@@ -30,22 +30,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import redis  # noqa: E402
-
 from captioner.client import Client  # noqa: E402
-from captioner.processes import api_server, start_worker, stop, wait_ready  # noqa: E402
+from captioner.receiver import receiver  # noqa: E402
 from captioner.service import WEBHOOK_CONCURRENCY  # noqa: E402
-from core.broker import make_celery  # noqa: E402
-from core.settings import Settings  # noqa: E402
+from captioner.stack import running_stack  # noqa: E402
 from core.signatures import new_secret, signed_headers  # noqa: E402
-from store.blobs import open_blob_store  # noqa: E402
-from store.migrate import upgrade  # noqa: E402
-from tests.databases import fresh_postgres  # noqa: E402
-from tests.receiver import receiver  # noqa: E402
-from tests.s3 import ACCESS_KEY, REGION, SECRET_KEY, moto_s3_server  # noqa: E402
 from worker.webhooks import post  # noqa: E402
 
-REDIS_URL = "redis://127.0.0.1:6379/9"
 WORKER = "webhooks@bench"
 
 
@@ -102,24 +93,10 @@ def pause(celery, consuming: bool) -> None:
 
 
 def run(args) -> dict:
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    with (tempfile.TemporaryDirectory() as tmp, moto_s3_server() as endpoint,
-          fresh_postgres() as database_url, receiver() as sink):  # fmt: skip
-        upgrade(database_url)
-        settings = Settings(
-            data_dir=Path(tmp), database_url=database_url, broker_url=REDIS_URL,
-            s3_bucket="bench", s3_endpoint_url=endpoint, s3_region=REGION,
-            s3_access_key=ACCESS_KEY, s3_secret_key=SECRET_KEY,
-        )  # fmt: skip
-        open_blob_store(settings).ensure_bucket()
-        log = Path(tmp) / "webhooks.log"
-        worker = start_worker(settings, log, WORKER, "webhooks")
-        try:
-            wait_ready(worker, log)
-            with api_server(settings) as url:
-                return measure(Client(url), sink, make_celery(settings), args)
-        finally:
-            stop([worker])
+    """Postgres, Redis, moto S3, a webhook worker, the API and a receiver: the figures."""
+    with (tempfile.TemporaryDirectory() as tmp, receiver() as sink,
+          running_stack(Path(tmp), [("webhooks", WORKER)]) as stack):  # fmt: skip
+        return measure(stack.client, sink, stack.celery, args)
 
 
 def measure(client: Client, sink, celery, args) -> dict:

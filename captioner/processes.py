@@ -53,19 +53,20 @@ def worker_command(queues: str = "inference", name: str | None = None, gpus: str
 def start_worker(settings: Settings, log: Path, name: str, queues: str = "inference",
                  gpus: str = "none") -> subprocess.Popen:  # fmt: skip
     """Start a worker process for `settings`, its output going to `log`."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    environ = os.environ | to_env(settings) | {"TF_CPP_MIN_LOG_LEVEL": "2"}
-    with open(log, "ab") as out:
-        return subprocess.Popen(worker_command(queues, name, gpus), env=environ, stdout=out,
-                                stderr=subprocess.STDOUT)  # fmt: skip
+    return start_process(settings, worker_command(queues, name, gpus), log)
 
 
 def start_beat(settings: Settings, log: Path) -> subprocess.Popen:
     """Start `captioner beat` (the sweepers' schedule) for `settings`, its output going to `log`."""
-    environ = os.environ | to_env(settings)
+    return start_process(settings, [sys.executable, "-m", "captioner", "beat"], log)
+
+
+def start_process(settings: Settings, command: list[str], log: Path) -> subprocess.Popen:
+    """Start `command` with `settings` in its environment, its output going to `log`."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    environ = os.environ | to_env(settings) | {"TF_CPP_MIN_LOG_LEVEL": "2"}
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "captioner", "beat"], env=environ,
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        return subprocess.Popen(command, env=environ, stdout=out, stderr=subprocess.STDOUT)
 
 
 def wait_ready(process: subprocess.Popen, log: Path, timeout: float = 300) -> None:

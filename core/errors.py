@@ -116,20 +116,30 @@ class ApiError(CaptionerError, RuntimeError):
 
 
 class WorkerOutcome(CaptionerError):
-    """A task that ends early on purpose; the worker logs it and takes the next one."""
+    """A task that ends early on purpose; the worker logs `outcome` and takes the next one."""
+
+    outcome = "ended early"
 
 
 class JobSkipped(WorkerOutcome):
     """The job is not ours to run: already terminal, canceled, or leased by another worker."""
 
+    outcome = "skipped (terminal, canceled or leased elsewhere)"
+
 
 class TemporaryFailure(WorkerOutcome):
     """The job was put back in the queue and its message should be retried later."""
+
+    outcome = "put back in the queue, to be retried"
 
 
 class RunSkipped(WorkerOutcome):
     """The run is not ours: terminal, canceled, or held by another worker."""
 
+    outcome = "skipped (terminal, canceled or held by another worker)"
+
 
 class LostLease(WorkerOutcome):
     """Another worker took the run over (this one was silent past its lease)."""
+
+    outcome = "stopped: another worker took the run over"

@@ -52,6 +52,25 @@ def insert_or_ignore(session: Session, model, values: dict, **conflict):
     return session.execute(statement)
 
 
+def create_database(server_url: str, name: str) -> None:
+    """CREATE DATABASE `name` on the Postgres server that `server_url` connects to."""
+    _as_admin(server_url, f'CREATE DATABASE "{name}"')
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """Drop the database `name` (closing its connections), if it exists."""
+    _as_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _as_admin(server_url: str, statement: str) -> None:
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(statement))
+    finally:
+        admin.dispose()
+
+
 def make_engine(url: str, echo: bool = False) -> Engine:
     """An engine with pre-ping (servers restart) and, for SQLite, WAL and a busy timeout."""
     if url.startswith("sqlite"):

@@ -1,11 +1,11 @@
 """Blob keys: every place a file lives in the one bucket, built here and nowhere else.
 
-    images/{job_id}                 a job's upload, byte for byte
-    attention/{job_id}.npy          its attention weights (T, 64) float16, one row per word
-    attention/{job_id}.png          the heat-map grid, rendered on first request, then cached
-    datasets/{dataset_id}/archive   an uploaded dataset, as uploaded (zip or tar)
-    training/{run_id}/…             a training run's checkpoint folder, mirrored after each epoch
-    models/{version}/…              a registered model version's bundle folder
+images/{job_id}                 a job's upload, byte for byte
+attention/{job_id}.npy          its attention weights (T, 64) float16, one row per word
+attention/{job_id}.png          the heat-map grid, rendered on first request, then cached
+datasets/{dataset_id}/archive   an uploaded dataset, as uploaded (zip or tar)
+training/{run_id}/…             a training run's checkpoint folder, mirrored after each epoch
+models/{version}/…              a registered model version's bundle folder
 """
 
 from __future__ import annotations

@@ -45,7 +45,16 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-class JobStatus(enum.StrEnum):
+class Lifecycle(enum.StrEnum):
+    """The statuses of something that is queued, runs, then ends for good."""
+
+    @property
+    def is_terminal(self) -> bool:
+        """A terminal status is final: nothing overwrites it."""
+        return self.value not in ("queued", "running")
+
+
+class JobStatus(Lifecycle):
     """queued → running → succeeded | failed | canceled; aborted: deadline passed before start."""
 
     QUEUED = "queued"
@@ -54,11 +63,6 @@ class JobStatus(enum.StrEnum):
     FAILED = "failed"
     CANCELED = "canceled"
     ABORTED = "aborted"
-
-    @property
-    def is_terminal(self) -> bool:
-        """A terminal status is final: nothing overwrites it."""
-        return self not in (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 TERMINAL = tuple(s.value for s in JobStatus if s.is_terminal)
@@ -228,7 +232,7 @@ class DeliveryAttempt(Base):
     response: Mapped[str | None] = mapped_column(Text)  # the start of the response body
 
 
-class RunStatus(enum.StrEnum):
+class RunStatus(Lifecycle):
     """queued → running → succeeded | failed | canceled (a crashed run goes back to queued)."""
 
     QUEUED = "queued"
@@ -236,11 +240,6 @@ class RunStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
-
-    @property
-    def is_terminal(self) -> bool:
-        """A terminal status is final."""
-        return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
 class Dataset(Base):

@@ -8,8 +8,6 @@ import json
 
 from PIL import Image
 
-REDIS_URL = "redis://127.0.0.1:6379/11"  # a database of its own, emptied by the `queue` fixture
-
 
 def queued_ids(connection) -> list[str]:
     """Job ids waiting on the inference queue (Celery messages, oldest first)."""

@@ -1,4 +1,6 @@
-"""Shared fixtures: one seeded encoder, a small random bundle, and a bundle trained via the CLI."""
+"""Shared fixtures: one seeded encoder, a small random bundle, a bundle trained via the CLI,
+and the one running stack (Postgres, Redis, moto S3, worker processes, the API) that the
+pipeline, webhook and training tests share."""
 
 from __future__ import annotations
 
@@ -75,3 +77,27 @@ def db(request, tmp_path_factory):
 
     with migrated_database(request.param, tmp_path_factory.mktemp("sqlite")) as database:
         yield database
+
+
+@pytest.fixture(scope="module")
+def stack(request, tmp_path_factory):
+    """The service as the test module's STACK describes it: keyword arguments of
+    `captioner.stack.running_stack` (workers, beat, settings), plus `trained_bundle=True` to
+    serve the suite's trained bundle. A fresh database, Redis database and bucket per module."""
+    from captioner.stack import running_stack
+
+    spec = dict(request.module.STACK)
+    if spec.pop("trained_bundle", False):
+        spec["model_bundle"] = request.getfixturevalue("trained_bundle")
+    folder = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    with running_stack(folder, **spec) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    """A webhook endpoint on loopback that answers from scripts and records every request."""
+    from captioner.receiver import receiver
+
+    with receiver() as endpoint:
+        yield endpoint

@@ -1,33 +1,11 @@
-"""Throwaway databases for tests: a fresh Postgres database per use, or a SQLite file."""
+"""Test helper (not a test module): migrated databases for the store tests, and a new job."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
-from sqlalchemy import create_engine, text
-
-# The server's maintenance database; tests create and drop their own databases beside it.
-POSTGRES_URL = os.environ.get(
-    "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-)
-
-
-@contextmanager
-def fresh_postgres() -> Iterator[str]:
-    """Create an empty database, yield its URL, drop it afterwards."""
-    name = f"captioner_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+from captioner.stack import fresh_postgres
 
 
 @contextmanager
@@ -37,11 +15,9 @@ def migrated_database(kind: str, folder) -> Iterator:
     from store.db import Database
     from store.migrate import upgrade
 
-    with (
-        fresh_postgres()
-        if kind == "postgres"
-        else nullcontext(f"sqlite:///{folder / 'store.db'}") as url
-    ):
+    url_context = fresh_postgres() if kind == "postgres" else nullcontext(
+        f"sqlite:///{folder / 'store.db'}")  # fmt: skip
+    with url_context as url:
         upgrade(url)
         database = Database(url)
         try:

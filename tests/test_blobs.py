@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from captioner.stack import ACCESS_KEY, REGION, SECRET_KEY, free_port, moto_s3_server
 from core.settings import Settings
 from store.blobs import (
     BlobNotFound,
@@ -20,7 +21,6 @@ from store.blobs import (
     open_blob_store,
     upload_dir,
 )
-from tests.s3 import ACCESS_KEY, REGION, SECRET_KEY, free_port, moto_s3_server
 
 BINARY = bytes(range(256)) * 40 + b"\x00\xff\r\n"
 

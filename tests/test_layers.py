@@ -53,3 +53,18 @@ def test_a_forbidden_import_breaks_a_contract(tmp_path, module, line, broken):
     done = lint(tmp_path)
     assert done.returncode != 0
     assert broken in done.stdout.split("Broken contracts")[1], done.stdout
+
+
+def test_the_api_builds_and_routes_without_loading_tensorflow(tmp_path):
+    code = f"""
+import sys
+from api import create_app
+from core.settings import from_env
+app = create_app(from_env({{"CAPTIONER_DATA_DIR": {str(tmp_path)!r}}}))
+assert app.test_client().get("/healthz").status_code == 200
+print(sorted({{m.split(".")[0] for m in sys.modules}} & {{"tensorflow", "keras", "model"}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -6,13 +6,20 @@ import threading
 import time
 import uuid
 
+import pytest
+
+from captioner.stack import redis_database
 from core.notify import POLL_S, Notifier
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+
+@pytest.fixture(scope="module")
+def redis_url():
+    with redis_database() as url:
+        yield url
 
 
-def test_a_waiting_request_wakes_when_its_job_is_announced():
-    notifier, job_id = Notifier(REDIS_URL), uuid.uuid4()
+def test_a_waiting_request_wakes_when_its_job_is_announced(redis_url):
+    notifier, job_id = Notifier(redis_url), uuid.uuid4()
     with notifier.listening(job_id) as pause:
         threading.Timer(0.1, notifier.finished, args=[job_id]).start()
         started = time.monotonic()
@@ -20,8 +27,8 @@ def test_a_waiting_request_wakes_when_its_job_is_announced():
         assert time.monotonic() - started < 0.9  # woken by the notice, not the fallback
 
 
-def test_another_jobs_notice_does_not_wake_it():
-    notifier, job_id = Notifier(REDIS_URL), uuid.uuid4()
+def test_another_jobs_notice_does_not_wake_it(redis_url):
+    notifier, job_id = Notifier(redis_url), uuid.uuid4()
     with notifier.listening(job_id) as pause:
         notifier.finished(uuid.uuid4())
         started = time.monotonic()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,57 +22,16 @@ from sqlalchemy import select, update
 from captioner.client import Client
 from captioner.processes import api_server, start_worker, stop, wait_ready
 from captioner.service import migrate
-from core.broker import SWEEP_TASK, make_celery
-from core.settings import Settings, from_env
-from store.blobs import open_blob_store
+from core.broker import SWEEP_TASK
+from core.settings import from_env
 from store.db import Database
 from store.keys import attention_key, image_key
-from store.migrate import upgrade
 from store.models import Job, utcnow
-from tests.databases import fresh_postgres
-from tests.s3 import ACCESS_KEY, REGION, SECRET_KEY, moto_s3_server
 
-REDIS_URL = "redis://127.0.0.1:6379/12"  # a database of its own, emptied by the fixture
 WORKERS = ("one@pipeline", "two@pipeline")
 BATCH = 8
-
-
-@dataclass
-class Stack:
-    """A running pipeline and handles on its parts."""
-
-    settings: Settings
-    client: Client
-    db: Database
-    blobs: object
-    celery: object
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, trained_bundle):
-    """Postgres, Redis, moto S3, two worker processes and the API on a loopback port."""
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    logs = tmp_path_factory.mktemp("worker-logs")
-    with moto_s3_server() as endpoint, fresh_postgres() as database_url:
-        upgrade(database_url)
-        settings = Settings(
-            data_dir=tmp_path_factory.mktemp("pipeline"), database_url=database_url,
-            broker_url=REDIS_URL, s3_bucket="pipeline", s3_endpoint_url=endpoint,
-            s3_region=REGION, s3_access_key=ACCESS_KEY, s3_secret_key=SECRET_KEY,
-            model_bundle=trained_bundle, batch_max_size=BATCH, job_lease_seconds=120,
-        )  # fmt: skip
-        blobs = open_blob_store(settings)
-        blobs.ensure_bucket()
-        workers = [start_worker(settings, logs / f"{name}.log", name) for name in WORKERS]
-        db = Database(database_url)
-        try:
-            for worker, name in zip(workers, WORKERS, strict=True):
-                wait_ready(worker, logs / f"{name}.log")
-            with api_server(settings) as url:
-                yield Stack(settings, Client(url), db, blobs, make_celery(settings))
-        finally:
-            stop(workers)
-            db.dispose()
+STACK = {"workers": [("inference", name) for name in WORKERS], "trained_bundle": True,
+         "batch_max_size": BATCH, "job_lease_seconds": 120}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +80,11 @@ def test_concurrent_jobs_get_the_models_own_captions_once_each(
     assert {row.worker for row in rows.values()} == set(WORKERS)  # both workers took a share
 
 
-def pause(stack: Stack) -> None:
+def pause(stack) -> None:
     stack.celery.control.cancel_consumer("inference", destination=list(WORKERS), reply=True)
 
 
-def resume(stack: Stack) -> None:
+def resume(stack) -> None:
     stack.celery.control.add_consumer("inference", destination=list(WORKERS), reply=True)
 
 
@@ -142,7 +100,8 @@ def test_a_canceled_job_never_runs_and_bad_images_fail_while_workers_carry_on(st
     after = stack.client.submit(val_images[1], wait=120)
     assert after["status"] == "succeeded"
     ended = {job_id: stack.client.wait_for(job_id) for job_id in (canceled, corrupt, missing)}
-    assert redis.Redis.from_url(REDIS_URL).llen("inference") == 0  # every message was consumed
+    queue = redis.Redis.from_url(stack.settings.broker_url)
+    assert queue.llen("inference") == 0  # every message was consumed
     assert ended[canceled]["status"] == "canceled" and ended[canceled]["attempts"] == 0
     assert ended[canceled]["timings"]["started_at"] is None
     assert ended[corrupt]["error"]["code"] in {"corrupt_image", "not_an_image"}
@@ -154,7 +113,8 @@ def test_the_sweeper_resends_a_job_whose_worker_died(stack, val_images):
     pause(stack)
     try:
         job_id = stack.client.submit(val_images[2])["id"]
-        redis.Redis.from_url(REDIS_URL).delete("inference")  # its message went with the worker
+        queue = redis.Redis.from_url(stack.settings.broker_url)
+        queue.delete("inference")  # its message went with the worker
         expired = utcnow() - timedelta(seconds=1)
         with stack.db.session() as session:  # …which had claimed it, and its lease ran out
             session.execute(update(Job).where(Job.id == uuid.UUID(job_id)).values(

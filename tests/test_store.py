@@ -11,10 +11,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, update
 
+from captioner.stack import fresh_postgres
 from store import jobs
 from store.migrate import downgrade, upgrade
 from store.models import Base, Job, JobStatus, utcnow
-from tests.databases import fresh_postgres, new_job
+from tests.databases import new_job
 
 
 def result(**changes) -> jobs.JobResult:

@@ -9,107 +9,79 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 
 import pytest
-import redis
 
-from captioner.client import Client
-from captioner.processes import READY_MARK, api_server, start_beat, start_worker, stop, wait_ready
+from captioner.processes import READY_MARK
 from core.archives import pack_dataset
-from core.settings import Settings, to_env
+from core.settings import to_env
 from model.shapes import write_shapes_dataset
-from store.blobs import open_blob_store
-from store.migrate import upgrade
-from tests.databases import fresh_postgres
-from tests.receiver import Receiver, receiver
-from tests.s3 import ACCESS_KEY, REGION, SECRET_KEY, moto_s3_server
 
-REDIS_URL = "redis://127.0.0.1:6379/8"  # a database of its own, emptied by the fixture
 SHAPES = {"type": "shapes", "size": 300, "seed": 3}  # features extracted once, then cached
 QUICK = {"batch_size": 16}
 BLEU4_FLOOR = 0.5  # 12 epochs on 240 images reach about 0.8 (measured: 0.77 after 6)
+INFERENCE, TRAINING = "inference@stack", "training@stack"
+STACK = {
+    "workers": ["training", "inference", "webhooks"], "beat": True,
+    "wait": ["training@stack", "webhooks@stack"],  # the inference worker waits for a model
+    "batch_max_size": 4, "sweep_interval_s": 1.0, "model_poll_s": 0.3, "training_lease_s": 6.0,
+    "webhook_schedule": (0.0, 0.5, 0.5), "webhook_timeout_s": 2.0,
+}  # fmt: skip
 
 
-@dataclass
-class Stack:
-    """The running service; tests restart the training worker."""
-
-    settings: Settings
-    client: Client
-    receiver: Receiver
-    logs: Path
-    workers: dict[str, subprocess.Popen]
-
-    def start(self, queue: str) -> subprocess.Popen:
-        log = self.logs / f"{queue}.log"
-        self.workers[queue] = start_worker(self.settings, log, f"{queue}@test", queue)
-        return self.workers[queue]
-
-    def train(self, **body) -> dict:
-        return self.client.request("POST", "/v1/training-runs", {"dataset": SHAPES} | body)
-
-    def run(self, run_id: str) -> dict:
-        return self.client.request("GET", f"/v1/training-runs/{run_id}")
-
-    def wait_run(self, run_id: str, done, timeout: float = 300) -> dict:
-        deadline = time.monotonic() + timeout
-        while not done(run := self.run(run_id)):
-            assert time.monotonic() < deadline, json.dumps(run, indent=1)
-            time.sleep(0.2)
-        return run
-
-    def promote(self, version: str) -> None:
-        self.client.request("POST", f"/v1/models/{version}/promote")
-
-    def workers_view(self) -> list[dict]:
-        return self.client.request("GET", "/v1/workers")["workers"]
-
-    def wait_serving(self, version: str | None, timeout: float = 60) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [w for w in self.workers_view() if w["worker"] == "inference@test"]
-            if found and found[0]["model_version"] == version:
-                return found[0]
-            assert time.monotonic() < deadline, found
-            time.sleep(0.1)
-
-    def caption(self, image: bytes) -> dict:
-        return self.client.wait_for(self.client.submit(image)["id"], timeout=60)
+def train(stack, **body) -> dict:
+    """POST /v1/training-runs on the shapes set (unless `body` names another dataset)."""
+    return stack.client.request("POST", "/v1/training-runs", {"dataset": SHAPES} | body)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    logs = tmp_path_factory.mktemp("training-logs")
-    with moto_s3_server() as endpoint, fresh_postgres() as database_url, receiver() as sink:
-        upgrade(database_url)
-        settings = Settings(
-            data_dir=tmp_path_factory.mktemp("training"), database_url=database_url,
-            broker_url=REDIS_URL, s3_bucket="training", s3_endpoint_url=endpoint,
-            s3_region=REGION, s3_access_key=ACCESS_KEY, s3_secret_key=SECRET_KEY,
-            batch_max_size=4, sweep_interval_s=1.0, model_poll_s=0.3, training_lease_s=6.0,
-            webhook_schedule=(0.0, 0.5, 0.5), webhook_timeout_s=2.0,
-        )  # fmt: skip
-        open_blob_store(settings).ensure_bucket()
-        beat = start_beat(settings, logs / "beat.log")
-        stack = Stack(settings, None, sink, logs, {})
-        try:
-            for queue in ("training", "inference", "webhooks"):
-                stack.start(queue)
-            wait_ready(stack.workers["training"], logs / "training.log")
-            wait_ready(stack.workers["webhooks"], logs / "webhooks.log")
-            with api_server(settings) as url:
-                stack.client = Client(url)
-                yield stack
-        finally:
-            stop([beat, *stack.workers.values()])
+def get_run(stack, run_id: str) -> dict:
+    return stack.client.request("GET", f"/v1/training-runs/{run_id}")
+
+
+def wait_run(stack, run_id: str, done, timeout: float = 300) -> dict:
+    """The run once `done(run)` holds."""
+    deadline = time.monotonic() + timeout
+    while not done(run := get_run(stack, run_id)):
+        assert time.monotonic() < deadline, json.dumps(run, indent=1)
+        time.sleep(0.2)
+    return run
+
+
+def ended(run: dict) -> bool:
+    return run["status"] in ("succeeded", "failed", "canceled")
+
+
+def promote(stack, version: str) -> None:
+    stack.client.request("POST", f"/v1/models/{version}/promote")
+
+
+def serving(stack, version: str | None, timeout: float = 60) -> dict:
+    """The inference worker's row once it serves `version` (None: nothing yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = stack.client.request("GET", "/v1/workers")["workers"]
+        found = [w for w in workers if w["worker"] == INFERENCE]
+        if found and found[0]["model_version"] == version:
+            return found[0]
+        assert time.monotonic() < deadline, found
+        time.sleep(0.1)
+
+
+def serve(stack, version: str) -> dict:
+    """Promote `version` and wait until the inference worker serves it."""
+    promote(stack, version)
+    return serving(stack, version)
+
+
+def caption(stack, image: bytes) -> dict:
+    return stack.client.wait_for(stack.client.submit(image)["id"], timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -118,30 +90,37 @@ def image(shapes_dir) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def first_run(stack) -> tuple[dict, list[dict]]:
-    """A run from scratch on the shapes set, if_better, with every webhook event: (run, seen)."""
-    hook = stack.receiver.script("/run")
-    run = stack.train(hyperparameters=QUICK | {"epochs": 12, "patience": 12},
-                      promotion={"policy": "if_better", "metric": "bleu4"}, webhook=hook,
-                      webhook_events=["start", "progress", "completed"])  # fmt: skip
+def before_any_model(stack) -> dict:
+    """The service as it is before the first run: what the inference worker and registry say."""
+    return {"worker": serving(stack, None),  # it reports that it serves nothing yet
+            "log": stack.log(INFERENCE).read_text(errors="replace"),
+            "models": stack.client.request("GET", "/v1/models")}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def first_run(stack, receiver, before_any_model, image) -> dict:
+    """A run from scratch on the shapes set, if_better, with every webhook event; what was seen
+    of it while it ran, its model version right after, and a caption by the worker then."""
+    hook = receiver.script("/run")
+    run = train(stack, hyperparameters=QUICK | {"epochs": 12, "patience": 12},
+                promotion={"policy": "if_better", "metric": "bleu4"}, webhook=hook,
+                webhook_events=["start", "progress", "completed"])  # fmt: skip
     seen: list[dict] = []
-
-    def ended(state: dict) -> bool:
-        seen.append(state)
-        return state["status"] in ("succeeded", "failed", "canceled")
-
-    return stack.wait_run(run["id"], ended, timeout=600), seen
-
-
-def test_an_inference_worker_waits_for_the_first_promoted_model(stack):
-    waiting = stack.wait_serving(None)  # it reports that it serves nothing yet
-    assert waiting["refused"] is None
-    assert READY_MARK not in (stack.logs / "inference.log").read_text(errors="replace")
-    assert stack.client.request("GET", "/v1/models") == {"active": None, "models": []}
+    run = wait_run(stack, run["id"], lambda state: seen.append(state) or ended(state), 600)
+    assert run["status"] == "succeeded", run["error"]
+    model = stack.client.request("GET", f"/v1/models/{run['model_version']}")
+    stack.wait_ready(INFERENCE)
+    return {"run": run, "seen": seen, "model": model, "caption": caption(stack, image)}
 
 
-def test_a_run_trains_reports_progress_registers_and_becomes_active(stack, first_run, image):
-    run, seen = first_run
+def test_an_inference_worker_waits_for_the_first_promoted_model(before_any_model):
+    assert before_any_model["worker"]["refused"] is None
+    assert READY_MARK not in before_any_model["log"]
+    assert before_any_model["models"] == {"active": None, "models": []}
+
+
+def test_a_run_trains_reports_progress_registers_and_becomes_active(first_run):
+    run, seen, model = first_run["run"], first_run["seen"], first_run["model"]
     assert run["status"] == "succeeded", run["error"]
     assert (run["model_version"], run["attempts"]) == ("v1", 1)
     assert run["promotion_result"]["promoted"] is True
@@ -152,23 +131,23 @@ def test_a_run_trains_reports_progress_registers_and_becomes_active(stack, first
                          and p["eta_s"] >= 0 for p in steps)  # fmt: skip
     assert [row["epoch"] for row in run["history"]] == list(range(1, len(run["history"]) + 1))
 
-    model = stack.client.request("GET", "/v1/models/v1")
+    assert model["version"] == "v1"
     assert model["active"] is True and model["parent"] is None
     assert model["metrics"]["bleu4"] >= BLEU4_FLOOR, model["metrics"]
     assert model["dataset"] == SHAPES and model["training_run_id"] == run["id"]
     assert model["encoder"]["weights"] == "seed:0" and len(model["encoder"]["fingerprint"]) == 16
-
-    wait_ready(stack.workers["inference"], stack.logs / "inference.log")
-    assert stack.caption(image)["result"]["model_version"] == "v1"
+    assert first_run["caption"]["result"]["model_version"] == "v1"
 
 
-def test_a_run_announces_start_progress_at_most_every_10_s_and_completion(stack, first_run):
-    run, _ = first_run
+def test_a_run_announces_start_progress_at_most_every_10_s_and_completion(
+    stack, receiver, first_run
+):
+    run = first_run["run"]
     deliveries = stack.client.request("GET", f"/v1/training-runs/{run['id']}/deliveries")
     events = [d["event"] for d in deliveries["deliveries"]]
     assert events[0] == "training_run.started" and events[-1] == "training_run.completed"
     assert "training_run.progress" in events
-    messages = stack.receiver.wait("/run", len(events), timeout=30)
+    messages = receiver.wait("/run", len(events), timeout=30)
     bodies = [json.loads(m.body) for m in messages]
     assert bodies[-1]["data"]["status"] == "succeeded"
     assert bodies[-1]["data"]["model_version"] == "v1"
@@ -183,13 +162,15 @@ def imported(stack, first_run, trained_bundle) -> str:
     done = subprocess.run([sys.executable, "-m", "captioner", "models", "import",
                            str(trained_bundle)], env=os.environ | to_env(stack.settings),
                           capture_output=True, text=True, check=True)  # fmt: skip
-    assert "registered" in done.stdout and "v2" in done.stdout, done.stdout + done.stderr
-    return "v2"
+    registered = re.fullmatch(r"registered \S+ as (v\d+)\n", done.stdout)
+    assert registered, done.stdout + done.stderr
+    return registered.group(1)
 
 
 def test_jobs_during_a_swap_all_succeed_and_later_ones_carry_the_new_version(
     stack, imported, image
 ):
+    serve(stack, "v1")
     submitted: list[tuple[str, float]] = []
     stop_at = threading.Event()
 
@@ -202,8 +183,7 @@ def test_jobs_during_a_swap_all_succeed_and_later_ones_carry_the_new_version(
     sender.start()
     try:
         time.sleep(1.0)
-        stack.promote(imported)
-        worker = stack.wait_serving(imported)
+        worker = serve(stack, imported)
         swapped = time.monotonic()
         time.sleep(1.5)
     finally:
@@ -219,14 +199,13 @@ def test_jobs_during_a_swap_all_succeed_and_later_ones_carry_the_new_version(
 
 
 def test_promoting_an_older_version_rolls_back(stack, imported, image):
-    stack.promote("v1")
-    stack.wait_serving("v1")
-    assert stack.caption(image)["result"]["model_version"] == "v1"
+    serve(stack, imported)
+    serve(stack, "v1")
+    assert caption(stack, image)["result"]["model_version"] == "v1"
     models = stack.client.request("GET", "/v1/models")
     assert models["active"] == "v1"
-    stack.promote(imported)
-    stack.wait_serving(imported)
-    assert stack.caption(image)["result"]["model_version"] == imported
+    serve(stack, imported)
+    assert caption(stack, image)["result"]["model_version"] == imported
 
 
 def test_a_bundle_of_another_encoder_is_refused_and_the_old_one_serves_on(
@@ -234,68 +213,64 @@ def test_a_bundle_of_another_encoder_is_refused_and_the_old_one_serves_on(
 ):
     from model.bundle import save_bundle
     from model.encoder import EncoderInfo
-    from store.db import Database
     from worker.bundles import import_bundle
 
+    serve(stack, imported)
     other = replace(random_bundle, encoder=EncoderInfo("seed:9", "0123456789abcdef"))
     path = save_bundle(other, tmp_path / "other-encoder")
-    db = Database(stack.settings.database_url)
-    try:
-        version = import_bundle(db, open_blob_store(stack.settings), path, promote=True)
-    finally:
-        db.dispose()
+    version = import_bundle(stack.db, stack.blobs, path, promote=True)
     deadline = time.monotonic() + 30
-    while not (worker := stack.wait_serving(imported))["refused"]:
+    while not (worker := serving(stack, imported))["refused"]:
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert worker["refused"]["version"] == version
     assert "0123456789abcdef" in worker["refused"]["reason"]
-    assert stack.caption(image)["result"]["model_version"] == imported
-    stack.promote(imported)
+    assert caption(stack, image)["result"]["model_version"] == imported
+    promote(stack, imported)
 
 
 def test_cancel_stops_a_run_at_the_next_step_and_keeps_its_checkpoint(stack, first_run):
-    run = stack.train(hyperparameters=QUICK | {"epochs": 500, "patience": 500},
-                      promotion="never")  # fmt: skip
-    stack.wait_run(run["id"], lambda r: len(r["history"]) >= 1)
+    run = train(stack, hyperparameters=QUICK | {"epochs": 500, "patience": 500},
+                promotion="never")  # fmt: skip
+    wait_run(stack, run["id"], lambda r: len(r["history"]) >= 1)
     asked = stack.client.get_bytes(f"/v1/training-runs/{run['id']}/cancel", "POST")
     assert json.loads(asked)["cancel_requested"] is True
     asked_at = time.monotonic()
-    ended = stack.wait_run(run["id"], lambda r: r["status"] != "running", timeout=60)
-    assert ended["status"] == "canceled" and ended["error"]["code"] == "canceled"
+    done = wait_run(stack, run["id"], lambda r: r["status"] != "running", timeout=60)
+    assert done["status"] == "canceled" and done["error"]["code"] == "canceled"
     assert time.monotonic() - asked_at < 15
-    assert ended["model_version"] is None and len(ended["history"]) < 500
-    kept = open_blob_store(stack.settings).list(ended["checkpoint"]["key"])
+    assert done["model_version"] is None and len(done["history"]) < 500
+    kept = stack.blobs.list(done["checkpoint"]["key"])
     assert any(key.endswith("checkpoints/checkpoint") for key in kept), kept
-    assert stack.workers["training"].poll() is None  # the worker goes on
+    assert stack.processes[TRAINING].poll() is None  # the worker goes on
 
 
 def test_a_killed_training_workers_run_resumes_from_its_checkpoint(stack, first_run):
-    run = stack.train(hyperparameters=QUICK | {"epochs": 6, "patience": 6}, promotion="never")
-    stack.wait_run(run["id"], lambda r: len(r["history"]) >= 2)
-    stack.workers["training"].send_signal(signal.SIGKILL)
-    stack.workers["training"].wait()
-    stack.start("training")
-    ended = stack.wait_run(run["id"], lambda r: r["status"] != "running"
-                           and r["status"] != "queued", timeout=300)  # fmt: skip
-    assert ended["status"] == "succeeded", ended["error"]
-    assert ended["attempts"] == 2
-    assert ended["progress"]["resumed_from_epoch"] >= 2
-    assert [row["epoch"] for row in ended["history"]] == [1, 2, 3, 4, 5, 6]
-    model = stack.client.request("GET", f"/v1/models/{ended['model_version']}")
+    run = train(stack, hyperparameters=QUICK | {"epochs": 6, "patience": 6}, promotion="never")
+    wait_run(stack, run["id"], lambda r: len(r["history"]) >= 2)
+    stack.processes[TRAINING].send_signal(signal.SIGKILL)
+    stack.processes[TRAINING].wait()
+    stack.start_worker("training", wait=False)
+    done = wait_run(stack, run["id"], ended, timeout=300)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["attempts"] == 2
+    assert done["progress"]["resumed_from_epoch"] >= 2
+    assert [row["epoch"] for row in done["history"]] == [1, 2, 3, 4, 5, 6]
+    model = stack.client.request("GET", f"/v1/models/{done['model_version']}")
     assert model["active"] is False  # promotion: never
 
 
 def test_an_uploaded_dataset_fine_tunes_a_base_version(stack, imported, tmp_path):
     folder = write_shapes_dataset(tmp_path / "upload", 60, seed=4, val_fraction=0.25)
     dataset = stack.client.upload_dataset(pack_dataset(folder, tmp_path / "up.zip").read_bytes())
-    run = stack.train(dataset={"type": "upload", "id": dataset["id"]}, base_version=imported,
-                      hyperparameters=QUICK | {"epochs": 2})  # fmt: skip
-    ended = stack.wait_run(run["id"], lambda r: r["status"] not in ("queued", "running"))
-    assert ended["status"] == "succeeded", ended["error"]
-    model = stack.client.request("GET", f"/v1/models/{ended['model_version']}")
+    promote(stack, imported)  # the version to beat
+    run = train(stack, dataset={"type": "upload", "id": dataset["id"]}, base_version=imported,
+                hyperparameters=QUICK | {"epochs": 2})  # fmt: skip
+    done = wait_run(stack, run["id"], ended)
+    assert done["status"] == "succeeded", done["error"]
+    model = stack.client.request("GET", f"/v1/models/{done['model_version']}")
     assert model["parent"] == imported and model["dataset"]["id"] == dataset["id"]
-    decision = ended["promotion_result"]  # if_better: judged on the same validation images
+    decision = done["promotion_result"]  # if_better: judged on the same validation images
     assert decision["active"] is not None and decision["candidate"] is not None
     assert decision["promoted"] == (decision["candidate"] > decision["active"])
     assert model["active"] is decision["promoted"]

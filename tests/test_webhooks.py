@@ -12,78 +12,30 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
-import redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from captioner.client import ApiError, Client
-from captioner.processes import api_server, start_beat, start_worker, stop, wait_ready
-from core.settings import Settings
+from captioner.client import ApiError
+from captioner.receiver import Reply
 from core.signatures import VerificationError, verify
-from store.blobs import open_blob_store
-from store.migrate import upgrade
-from tests.databases import fresh_postgres
-from tests.receiver import Receiver, Reply, receiver
-from tests.s3 import ACCESS_KEY, REGION, SECRET_KEY, moto_s3_server
 
-REDIS_URL = "redis://127.0.0.1:6379/10"  # a database of its own, emptied by the fixture
 SCHEDULE = (0.0, 0.3, 0.3, 4.0, 0.3, 0.3)  # seconds before attempts 1…6
 TIMEOUT_S = 1.0
 ROOT = Path(__file__).resolve().parents[1]
+STACK = {"workers": ["inference", "webhooks"], "beat": True, "trained_bundle": True,
+         "batch_max_size": 4, "sweep_interval_s": 1.0, "webhook_timeout_s": TIMEOUT_S,
+         "webhook_schedule": SCHEDULE}  # fmt: skip
 
 
-@dataclass
-class Stack:
-    """The running service, its receiver, and the webhook worker (which a test restarts)."""
-
-    settings: Settings
-    client: Client
-    receiver: Receiver
-    logs: Path
-    webhook_worker: subprocess.Popen
-
-    def start_webhook_worker(self) -> None:
-        log = self.logs / "webhooks.log"
-        log.write_text("")
-        self.webhook_worker = start_worker(self.settings, log, "webhooks@test", "webhooks")
-        wait_ready(self.webhook_worker, log)
-
-    def secret(self) -> str:
-        return self.client.request("GET", "/v1/webhooks/secret")["secret"]
-
-    def deliveries(self, kind: str, resource_id: str) -> list[dict]:
-        return self.client.request("GET", f"/v1/{kind}/{resource_id}/deliveries")["deliveries"]
+def current_secret(stack) -> str:
+    return stack.client.request("GET", "/v1/webhooks/secret")["secret"]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, trained_bundle):
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    logs = tmp_path_factory.mktemp("webhook-logs")
-    with moto_s3_server() as endpoint, fresh_postgres() as database_url, receiver() as sink:
-        upgrade(database_url)
-        settings = Settings(
-            data_dir=tmp_path_factory.mktemp("webhooks"), database_url=database_url,
-            broker_url=REDIS_URL, s3_bucket="webhooks", s3_endpoint_url=endpoint,
-            s3_region=REGION, s3_access_key=ACCESS_KEY, s3_secret_key=SECRET_KEY,
-            model_bundle=trained_bundle, batch_max_size=4, sweep_interval_s=1.0,
-            webhook_timeout_s=TIMEOUT_S, webhook_schedule=SCHEDULE,
-        )  # fmt: skip
-        open_blob_store(settings).ensure_bucket()
-        inference = start_worker(settings, logs / "inference.log", "inference@test")
-        beat = start_beat(settings, logs / "beat.log")
-        stack = None
-        try:
-            wait_ready(inference, logs / "inference.log")
-            with api_server(settings) as url:
-                stack = Stack(settings, Client(url), sink, logs, None)
-                stack.start_webhook_worker()
-                yield stack
-        finally:
-            stop([inference, beat] + ([stack.webhook_worker] if stack else []))
+def deliveries(stack, kind: str, resource_id: str) -> list[dict]:
+    return stack.client.request("GET", f"/v1/{kind}/{resource_id}/deliveries")["deliveries"]
 
 
 @pytest.fixture(scope="module")
@@ -91,19 +43,19 @@ def image(shapes_dir) -> bytes:
     return sorted((shapes_dir / "images" / "val").glob("*.png"))[0].read_bytes()
 
 
-def submit(stack: Stack, image: bytes, path: str, *replies: Reply, events=None) -> str:
+def submit(stack, receiver, image: bytes, path: str, *replies: Reply, events=None) -> str:
     """A job whose webhook goes to `path` (answered with `replies`); returns its id."""
-    options = {"webhook": stack.receiver.script(path, *replies)}
+    options = {"webhook": receiver.script(path, *replies)}
     if events:
         options["webhook_events"] = events
     return stack.client.submit(image, **options)["id"]
 
 
-def settled(stack: Stack, kind: str, resource_id: str, timeout: float = 30) -> list[dict]:
+def settled(stack, kind: str, resource_id: str, timeout: float = 30) -> list[dict]:
     """The resource's deliveries once none is pending or in flight."""
     deadline = time.monotonic() + timeout
     while True:
-        found = stack.deliveries(kind, resource_id)
+        found = deliveries(stack, kind, resource_id)
         if found and all(d["status"] in ("delivered", "failed") for d in found):
             return found
         if time.monotonic() > deadline:
@@ -119,10 +71,10 @@ def wait_until(condition, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def test_start_and_completed_arrive_in_order_signed_and_carrying_the_job(stack, image):
-    job_id = submit(stack, image, "/both", events=["start", "completed"])
-    started, completed = stack.receiver.wait(path="/both", count=2)
-    secret = stack.secret()
+def test_start_and_completed_arrive_in_order_signed_and_carrying_the_job(stack, receiver, image):
+    job_id = submit(stack, receiver, image, "/both", events=["start", "completed"])
+    started, completed = receiver.wait(path="/both", count=2)
+    secret = current_secret(stack)
     for message in (started, completed):
         verify(secret, message.headers, message.body)  # ours
         Webhook(secret).verify(message.body, message.headers)  # the specification's library
@@ -139,10 +91,12 @@ def test_start_and_completed_arrive_in_order_signed_and_carrying_the_job(stack, 
     assert [d["attempts"][0]["status_code"] for d in log] == [200, 200]
 
 
-def test_a_changed_body_a_wrong_secret_or_a_stale_timestamp_fail_verification(stack, image):
-    submit(stack, image, "/verify")
-    (message,) = stack.receiver.wait("/verify", 1)
-    secret, headers = stack.secret(), message.headers
+def test_a_changed_body_a_wrong_secret_or_a_stale_timestamp_fail_verification(
+    stack, receiver, image
+):
+    submit(stack, receiver, image, "/verify")
+    (message,) = receiver.wait("/verify", 1)
+    secret, headers = current_secret(stack), message.headers
     changed = message.body.replace(b'"succeeded"', b'"failed"')
     assert changed != message.body
     wrong = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # a secret this service never used
@@ -157,11 +111,11 @@ def test_a_changed_body_a_wrong_secret_or_a_stale_timestamp_fail_verification(st
         Webhook(wrong).verify(message.body, headers)
 
 
-def test_two_failures_then_success_make_three_attempts_with_one_webhook_id(stack, image):
-    job_id = submit(stack, image, "/flaky", Reply(500), Reply(500))
-    messages = stack.receiver.wait("/flaky", 3)
+def test_two_failures_then_success_make_three_attempts_with_one_webhook_id(stack, receiver, image):
+    job_id = submit(stack, receiver, image, "/flaky", Reply(500), Reply(500))
+    messages = receiver.wait("/flaky", 3)
     assert len({m.headers["webhook-id"] for m in messages}) == 1
-    secret = stack.secret()
+    secret = current_secret(stack)
     for message in messages:
         verify(secret, message.headers, message.body)
     assert len({m.body for m in messages}) == 1  # the same bytes every time
@@ -173,33 +127,33 @@ def test_two_failures_then_success_make_three_attempts_with_one_webhook_id(stack
     assert [a["status_code"] for a in delivery["attempts"]] == [500, 500, 200]
     assert [a["error"] for a in delivery["attempts"]] == ["HTTP 500", "HTTP 500", None]
     time.sleep(1)
-    assert len(stack.receiver.received("/flaky")) == 3  # nothing after the success
+    assert len(receiver.received("/flaky")) == 3  # nothing after the success
 
 
-def test_410_gone_stops_retries(stack, image):
-    job_id = submit(stack, image, "/gone", Reply(410), Reply(500))
-    stack.receiver.wait("/gone", 1)
+def test_410_gone_stops_retries(stack, receiver, image):
+    job_id = submit(stack, receiver, image, "/gone", Reply(410), Reply(500))
+    receiver.wait("/gone", 1)
     (delivery,) = settled(stack, "jobs", job_id)
     time.sleep(2 * sum(SCHEDULE[1:3]) + 1)
-    assert len(stack.receiver.received("/gone")) == 1
+    assert len(receiver.received("/gone")) == 1
     assert delivery["status"] == "failed" and delivery["attempt_count"] == 1
     assert delivery["attempts"][0]["status_code"] == 410
 
 
-def test_a_redirect_counts_as_a_failure_and_retry_after_is_honoured(stack, image):
-    moved = Reply(302, headers={"Location": stack.receiver.url("/elsewhere")})
+def test_a_redirect_counts_as_a_failure_and_retry_after_is_honoured(stack, receiver, image):
+    moved = Reply(302, headers={"Location": receiver.url("/elsewhere")})
     busy = Reply(503, headers={"Retry-After": "2"})
-    job_id = submit(stack, image, "/busy", moved, busy)
-    messages = stack.receiver.wait("/busy", 3)
+    job_id = submit(stack, receiver, image, "/busy", moved, busy)
+    messages = receiver.wait("/busy", 3)
     assert messages[2].at - messages[1].at >= 1.9  # 2 s asked for, not the schedule's 0.3 s
-    assert stack.receiver.received("/elsewhere") == []
+    assert receiver.received("/elsewhere") == []
     (delivery,) = settled(stack, "jobs", job_id)
     assert [a["status_code"] for a in delivery["attempts"]] == [302, 503, 200]
 
 
-def test_a_slow_receiver_is_cut_off_at_the_timeout(stack, image):
-    job_id = submit(stack, image, "/slow", Reply(200, delay_s=TIMEOUT_S + 2))
-    stack.receiver.wait("/slow", 2)
+def test_a_slow_receiver_is_cut_off_at_the_timeout(stack, receiver, image):
+    job_id = submit(stack, receiver, image, "/slow", Reply(200, delay_s=TIMEOUT_S + 2))
+    receiver.wait("/slow", 2)
     (delivery,) = settled(stack, "jobs", job_id)
     slow, fast = delivery["attempts"]
     assert slow["status_code"] is None and slow["error"] == "timed out"
@@ -207,71 +161,72 @@ def test_a_slow_receiver_is_cut_off_at_the_timeout(stack, image):
     assert fast["status_code"] == 200 and delivery["status"] == "delivered"
 
 
-def test_a_batch_webhook_fires_once_when_every_job_has_ended(stack, image, shapes_dir):
+def test_a_batch_webhook_fires_once_when_every_job_has_ended(stack, receiver, image, shapes_dir):
     images = [p.read_bytes() for p in sorted((shapes_dir / "images" / "val").glob("*.png"))[:6]]
-    url = stack.receiver.script("/batch")
+    url = receiver.script("/batch")
     batch = stack.client.submit_batch(images, webhook=url)
     try:  # a canceled job ends the batch too
         stack.client.request("POST", f"/v1/jobs/{batch['jobs'][-1]['id']}/cancel")
     except ApiError as exc:  # the worker took it first
         assert exc.code == "not_cancelable"
-    (message,) = stack.receiver.wait("/batch", 1)
+    (message,) = receiver.wait("/batch", 1)
     event = json.loads(message.body)
     assert event["type"] == "batch.completed"
     assert event["data"] == stack.client.request("GET", f"/v1/batches/{batch['id']}")
     assert event["data"]["status"] == "completed"
     assert sum(event["data"]["counts"].values()) == 6
     time.sleep(2)
-    assert len(stack.receiver.received("/batch")) == 1
-    assert [d["event"] for d in stack.deliveries("batches", batch["id"])] == ["batch.completed"]
-    assert all(stack.deliveries("jobs", job["id"]) == [] for job in batch["jobs"])
+    assert len(receiver.received("/batch")) == 1
+    assert [d["event"] for d in deliveries(stack, "batches", batch["id"])] == ["batch.completed"]
+    assert all(deliveries(stack, "jobs", job["id"]) == [] for job in batch["jobs"])
 
 
-def test_a_delivery_owed_when_the_webhook_worker_dies_is_sent_after_restart(stack, image):
-    job_id = submit(stack, image, "/outage", Reply(500), Reply(500), Reply(500))
-    messages = stack.receiver.wait("/outage", 3)  # the next attempt is SCHEDULE[3] = 4 s away
-    wait_until(lambda: stack.deliveries("jobs", job_id)[0]["status"] == "pending")  # logged
-    stack.webhook_worker.kill()  # SIGKILL: its countdown for that attempt dies with it
-    stack.webhook_worker.wait()
-    assert len(stack.receiver.received("/outage")) == 3  # killed mid-backoff
-    stack.start_webhook_worker()
-    fourth = stack.receiver.wait("/outage", 4, timeout=60)[-1]
+def test_a_delivery_owed_when_the_webhook_worker_dies_is_sent_after_restart(stack, receiver, image):
+    job_id = submit(stack, receiver, image, "/outage", Reply(500), Reply(500), Reply(500))
+    messages = receiver.wait("/outage", 3)  # the next attempt is SCHEDULE[3] = 4 s away
+    wait_until(lambda: deliveries(stack, "jobs", job_id)[0]["status"] == "pending")  # logged
+    stack.processes["webhooks@stack"].kill()  # SIGKILL: its countdown for that attempt dies too
+    stack.processes["webhooks@stack"].wait()
+    assert len(receiver.received("/outage")) == 3  # killed mid-backoff
+    stack.start_worker("webhooks")
+    fourth = receiver.wait("/outage", 4, timeout=60)[-1]
     assert fourth.headers["webhook-id"] == messages[0].headers["webhook-id"]
     (delivery,) = settled(stack, "jobs", job_id)
     assert delivery["status"] == "delivered"
     assert [a["status_code"] for a in delivery["attempts"]] == [500, 500, 500, 200]
 
 
-def test_replay_sends_the_same_message_again(stack, image):
-    job_id = submit(stack, image, "/replay")
-    (first,) = stack.receiver.wait("/replay", 1)
+def test_replay_sends_the_same_message_again(stack, receiver, image):
+    job_id = submit(stack, receiver, image, "/replay")
+    (first,) = receiver.wait("/replay", 1)
     (delivery,) = settled(stack, "jobs", job_id)
     replayed = stack.client.request("POST", delivery["urls"]["replay"])
     assert replayed["status"] in ("pending", "sending", "delivered")
-    second = stack.receiver.wait("/replay", 2)[-1]
+    second = receiver.wait("/replay", 2)[-1]
     assert second.headers["webhook-id"] == first.headers["webhook-id"]
     assert second.body == first.body
     (again,) = settled(stack, "jobs", job_id)
     assert again["attempt_count"] == 2 and again["id"] == delivery["id"]
 
 
-def test_after_rotation_both_secrets_sign_until_the_grace_period_ends(stack, image):
-    old = stack.secret()
+def test_after_rotation_both_secrets_sign_until_the_grace_period_ends(stack, receiver, image):
+    old = current_secret(stack)
     rotated = stack.client.request("POST", "/v1/webhooks/secret/rotate", {"grace_seconds": 60})
     new = rotated["secret"]
     assert new != old and rotated["previous"][0]["secret"] == old
-    submit(stack, image, "/rotation")
-    (message,) = stack.receiver.wait("/rotation", 1)
+    submit(stack, receiver, image, "/rotation")
+    (message,) = receiver.wait("/rotation", 1)
     assert len(message.headers["webhook-signature"].split()) == 2
     for secret in (old, new):
         verify(secret, message.headers, message.body)
         Webhook(secret).verify(message.body, message.headers)
 
 
-def test_the_example_receiver_verifies_and_prints_events(stack, image, tmp_path):
+def test_the_example_receiver_verifies_and_prints_events(stack, receiver, image, tmp_path):
     example = subprocess.Popen(
         [sys.executable, str(ROOT / "examples" / "webhook_receiver.py"), "--port", "0"],
-        env=os.environ | {"WEBHOOK_SECRET": stack.secret()}, stdout=subprocess.PIPE, text=True,
+        env=os.environ | {"WEBHOOK_SECRET": current_secret(stack)}, stdout=subprocess.PIPE,
+        text=True,
     )  # fmt: skip
     try:
         url = example.stdout.readline().split()[-1]

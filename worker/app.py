@@ -42,6 +42,13 @@ class WorkerState:
             self._database.after_commit.append(after_commit_sender(self.broker().deliveries))
         return self._database
 
+    def role(self, queue: str):
+        """The state that runs tasks of `queue` (Inference or Training), if this worker has it."""
+        state = getattr(self, queue)
+        if state is None:
+            raise RuntimeError(f"this worker does not consume the {queue} queue")
+        return state
+
     def broker(self) -> Broker:
         """Sends ids to the queues through this worker's app."""
         return Broker(self.app, log)

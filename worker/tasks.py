@@ -13,9 +13,8 @@ from core.broker import (
     SWEEP_TASK,
     TRAIN_TASK,
 )
-from worker.inference import JobSkipped, TemporaryFailure
+from core.errors import TemporaryFailure, WorkerOutcome
 from worker.sweeper import sweep
-from worker.training import LostLease, RunSkipped
 
 log = logging.getLogger(__name__)
 RETRY_DELAY_S = 5
@@ -27,15 +26,12 @@ def register_tasks(app: Celery) -> None:
     @app.task(name=CAPTION_TASK, bind=True, max_retries=None)
     def caption(self, job_id: str) -> None:
         """Caption one job; skipped when already terminal or claimed elsewhere."""
-        inference = self.app.captioner.inference
-        if inference is None:
-            raise RuntimeError("this worker does not consume the inference queue")
         try:
-            outcome = inference.caption(job_id)
-        except JobSkipped:
-            outcome = "skipped (terminal, canceled or leased elsewhere)"
+            outcome = app.captioner.role("inference").caption(job_id)
         except TemporaryFailure as exc:
             raise self.retry(exc=exc, countdown=RETRY_DELAY_S) from exc
+        except WorkerOutcome as exc:
+            outcome = exc.outcome
         log.info("job %s %s", job_id, outcome)
 
     @app.task(name=SWEEP_TASK, ignore_result=True)
@@ -57,13 +53,8 @@ def register_tasks(app: Celery) -> None:
     @app.task(name=TRAIN_TASK, ignore_result=True)
     def train(run_id: str) -> None:
         """One training run, to its end (the training queue)."""
-        state = app.captioner.training
-        if state is None:
-            raise RuntimeError("this worker does not consume the training queue")
         try:
-            outcome = state.run(run_id)
-        except RunSkipped:
-            outcome = "skipped (terminal, canceled or held by another worker)"
-        except LostLease:
-            outcome = "stopped: another worker took the run over"
+            outcome = app.captioner.role("training").run(run_id)
+        except WorkerOutcome as exc:
+            outcome = exc.outcome
         log.info("training run %s %s", run_id, outcome)

@@ -1,4 +1,4 @@
-"""Test helper (not a test module): a real HTTP endpoint on loopback that webhooks are sent to.
+"""A webhook receiver on loopback for the tests and benchmarks: a real HTTP endpoint.
 
 Each path answers from its own script of responses (then 200), after an optional delay, and
 every request is recorded, so tests can see exactly what a receiver would see.

@@ -1,0 +1,240 @@
+"""A throwaway copy of the production stack, for the integration tests and the benchmarks.
+
+`services()` makes production-mode settings on a fresh Postgres database (migrated), a Redis
+database no other stack holds, and a moto S3 server with its bucket. `running_stack()` adds
+worker processes, beat if asked, and the API on a loopback port, and hands back a `Stack`.
+Everything is dropped afterwards. Needs the local Postgres and Redis servers and the dev extras
+(moto).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import redis
+
+from captioner.client import Client
+from captioner.processes import api_server, start_beat, start_worker, stop, tail, wait_ready
+from core.broker import make_celery
+from core.settings import Settings
+from store.blobs import BlobStore, open_blob_store
+from store.db import Database, create_database, drop_database
+from store.migrate import upgrade
+
+# The server's maintenance database; each stack creates and drops its own database beside it.
+POSTGRES_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_DATABASES = range(1, 16)  # database 0 holds only the locks that hand these out
+ACCESS_KEY = SECRET_KEY = "testing"  # credentials moto accepts
+REGION = "us-east-1"
+MOTO_START_S = 20.0
+
+
+@contextmanager
+def fresh_postgres() -> Iterator[str]:
+    """Create an empty database, yield its URL, drop it afterwards."""
+    name = f"captioner_test_{uuid.uuid4().hex[:12]}"
+    create_database(POSTGRES_URL, name)
+    try:
+        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        drop_database(POSTGRES_URL, name)
+
+
+@contextmanager
+def redis_database() -> Iterator[str]:
+    """The URL of a Redis database no other stack holds, emptied before and after.
+
+    The one place database numbers are handed out, to every process on this machine: a lock per
+    number in database 0 holds the owner's pid, and is freed when that process is gone.
+    """
+    locks = redis.Redis.from_url(f"{REDIS_URL}/0")
+    me = str(os.getpid())
+    for number in REDIS_DATABASES:
+        key = f"captioner:stack:redis-db:{number}"
+        holder = locks.get(key)
+        if holder is not None and not _alive(int(holder)):
+            locks.delete(key)  # left by a process that was killed
+        if locks.set(key, me, nx=True):
+            break
+    else:
+        raise RuntimeError(f"every Redis database {REDIS_DATABASES} is held by another stack")
+    url = f"{REDIS_URL}/{number}"
+    redis.Redis.from_url(url).flushdb()
+    try:
+        yield url
+    finally:
+        redis.Redis.from_url(url).flushdb()
+        if locks.get(key) == me.encode():
+            locks.delete(key)
+        locks.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def free_port() -> int:
+    """A loopback port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def moto_s3_server() -> Iterator[str]:
+    """Run `moto_server` on a free loopback port; yields its endpoint URL, stops it on exit."""
+    url = f"http://127.0.0.1:{(port := free_port())}"
+    with tempfile.TemporaryDirectory(prefix="moto-") as folder:
+        log = Path(folder) / "moto.log"
+        with log.open("wb") as out:
+            command = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
+                       "-p", str(port)]  # fmt: skip
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            _wait_for_http(process, url, log)
+            yield url
+        finally:
+            stop([process], timeout=10)
+
+
+def _wait_for_http(process: subprocess.Popen, url: str, log: Path) -> None:
+    # No proxies: the server is on loopback whatever the environment says.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + MOTO_START_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {process.returncode}:\n{tail(log)}")
+        try:
+            opener.open(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return  # any HTTP status means the server is up
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"moto_server did not answer within {MOTO_START_S} s:\n{tail(log)}")
+
+
+@contextmanager
+def services(data_dir: Path, **overrides) -> Iterator[Settings]:
+    """Production-mode settings (with `overrides`) on fresh Postgres, Redis and S3."""
+    with moto_s3_server() as endpoint, fresh_postgres() as database_url, redis_database() as url:
+        upgrade(database_url)
+        settings = Settings(
+            data_dir=Path(data_dir), database_url=database_url, broker_url=url,
+            s3_bucket="stack", s3_endpoint_url=endpoint, s3_region=REGION,
+            s3_access_key=ACCESS_KEY, s3_secret_key=SECRET_KEY,
+        ).with_overrides(**overrides)  # fmt: skip
+        open_blob_store(settings).ensure_bucket()
+        yield settings
+
+
+@dataclass
+class Stack:
+    """The running service: its settings, an API client, its processes by name, and handles on
+    the database, the blob store and the Celery app (to pause queues or send tasks)."""
+
+    settings: Settings
+    logs: Path
+    client: Client | None = None
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start_worker(self, queue: str, name: str | None = None, wait: bool = True
+                     ) -> subprocess.Popen:  # fmt: skip
+        """Start (or restart) the worker `name` (default `QUEUE@stack`) on `queue`."""
+        name = worker_name(queue, name)
+        log = self.log(name)
+        if log.exists():  # a restart: keep the old log beside, so the ready mark is new
+            log.replace(log.with_suffix(".previous.log"))
+        self.processes[name] = start_worker(self.settings, log, name, queue)
+        if wait:
+            self.wait_ready(name)
+        return self.processes[name]
+
+    def wait_ready(self, name: str, timeout: float = 300) -> None:
+        """Block until the worker logs that it consumes (its model loaded)."""
+        wait_ready(self.processes[name], self.log(name), timeout)
+
+    def start_beat(self) -> None:
+        """Start beat (the sweepers' schedule)."""
+        self.processes["beat"] = start_beat(self.settings, self.log("beat"))
+
+    def log(self, name: str) -> Path:
+        """The log file of the process `name`."""
+        return self.logs / f"{name}.log"
+
+    @cached_property
+    def db(self) -> Database:
+        """The stack's database."""
+        return Database(self.settings.database_url)
+
+    @cached_property
+    def blobs(self) -> BlobStore:
+        """The stack's blob store."""
+        return open_blob_store(self.settings)
+
+    @cached_property
+    def celery(self):
+        """A Celery app on the stack's broker."""
+        return make_celery(self.settings)
+
+    def close(self) -> None:
+        """Stop every process and close connections."""
+        stop(list(self.processes.values()))
+        if "db" in self.__dict__:
+            self.db.dispose()
+
+
+@contextmanager
+def running_stack(
+    folder: Path,
+    workers: Sequence[str | tuple[str, str]] = (),
+    beat: bool = False,
+    wait: bool | Collection[str] = True,
+    **overrides,
+) -> Iterator[Stack]:
+    """The service in `folder` (data, logs): a worker per entry of `workers` (a queue, or
+    (queue, name)), beat if asked, and the API. It starts once the workers are ready: all of
+    them, or those `wait` names (an inference worker with no model yet waits for one)."""
+    with services(Path(folder) / "data", **overrides) as settings:
+        stack = Stack(settings, Path(folder) / "logs")
+        try:
+            if beat:
+                stack.start_beat()
+            entries = [(w, None) if isinstance(w, str) else w for w in workers]
+            for queue, name in entries:
+                stack.start_worker(queue, name, wait=False)
+            names = [worker_name(queue, name) for queue, name in entries]
+            for name in names if wait is True else [n for n in names if n in (wait or ())]:
+                stack.wait_ready(name)
+            with api_server(settings) as url:
+                stack.client = Client(url)
+                yield stack
+        finally:
+            stack.close()
+
+
+def worker_name(queue: str, name: str | None = None) -> str:
+    """A stack worker's node name: `name`, or `QUEUE@stack`."""
+    return name or f"{queue}@stack"
