@@ -191,16 +191,11 @@ def worker_json(worker: WorkerModel) -> dict[str, Any]:
 
 
 def dataset_json(dataset: Dataset) -> dict[str, Any]:
-    """An uploaded dataset: its size per split."""
+    """An uploaded dataset: its archive, and its images and captions per split, as stored."""
+    stored = ("name", "format", "bytes", "unpacked_bytes", "images", "captions", "splits")
     return {
         "id": str(dataset.id),
-        "name": dataset.name,
-        "format": dataset.format,
-        "bytes": dataset.bytes,
-        "unpacked_bytes": dataset.unpacked_bytes,
-        "images": dataset.images,
-        "captions": dataset.captions,
-        "splits": dataset.splits,
+        **{name: getattr(dataset, name) for name in stored},
         "created_at": iso(dataset.created_at),
         "urls": {"self": f"/v1/datasets/{dataset.id}"},
     }
