@@ -11,10 +11,9 @@ from flask import Blueprint, jsonify, request, send_file
 
 from api.jobs import find_job
 from api.services import services
-from core.errors import ErrorResponse
+from core.errors import BlobNotFound, ErrorResponse
 from core.images import open_image
 from core.plots import render_attention_grid
-from store.blobs import BlobNotFound
 from store.keys import attention_key, attention_png_key, image_key
 from store.models import Job, JobStatus
 

@@ -12,8 +12,8 @@ from flask import Blueprint, jsonify, request
 from api.errors import found
 from api.jobs import OWNER
 from api.services import services
-from core.archives import DatasetError, inspect_archive
-from core.errors import ErrorResponse
+from core.archives import inspect_archive
+from core.errors import DatasetError, ErrorResponse
 from store import datasets
 from store.keys import dataset_key
 from store.models import Dataset

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.errors import ImageError, JobSkipped, TemporaryFailure
+from core.errors import BlobNotFound, ImageError, JobSkipped, TemporaryFailure
 from core.notify import Notifier
 from core.settings import Settings
 from store import jobs
-from store.blobs import BlobNotFound, open_blob_store
+from store.blobs import open_blob_store
 from store.db import Database
 from store.keys import attention_key
 from worker.batcher import MicroBatcher

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import EncoderMismatch
 from core.formats import weights_digest
 from core.settings import Settings
 from store import registry
@@ -78,8 +79,6 @@ class Rollout:
         if active is None or active.version in (self.served.version, self.refused):
             self._report()
             return
-        from model.bundle import EncoderMismatch
-
         started = time.perf_counter()
         try:
             served = self._load(active, self.served.captioner.encoder)

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from core.archives import extract_archive
-from core.errors import DatasetError, LostLease, RunSkipped, TrainingStopped
+from core.errors import BundleError, DatasetError, LostLease, RunSkipped, TrainingStopped
 from core.settings import Settings
 from store import registry, training
 from store.blobs import open_blob_store
@@ -100,8 +100,6 @@ class Training:
 
     def _outcome(self, run: TrainingRun, beat: Beat) -> tuple[RunStatus, dict]:
         """Train; the terminal status and the fields to store with it."""
-        from model.bundle import BundleError
-
         try:
             return RunStatus.SUCCEEDED, self._train(run, beat)
         except TrainingStopped:
