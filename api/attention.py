@@ -14,7 +14,8 @@ from api.services import services
 from core.errors import BlobNotFound, ErrorResponse
 from core.images import open_image
 from core.plots import render_attention_grid
-from store.keys import attention_key, attention_png_key, image_key
+from store.images import read_images
+from store.keys import attention_key, attention_png_key
 from store.models import Job, JobStatus
 
 bp = Blueprint("attention", __name__, url_prefix="/v1/jobs")
@@ -27,8 +28,7 @@ def get_attention(job_id: uuid.UUID):
     form = request.args.get("format", "npy")
     if form not in FORMATS:
         raise ErrorResponse(400, "invalid_format", f"format must be one of {list(FORMATS)}")
-    job = succeeded_job(job_id)
-    data = stored_blob(attention_key(job.id), "attention_missing", "attention weights")
+    job, data = succeeded_job(job_id)
     if form == "npy":
         return send_file(io.BytesIO(data), mimetype="application/octet-stream",
                          as_attachment=True, download_name=f"{job.id}.attention.npy")  # fmt: skip
@@ -42,24 +42,28 @@ def get_attention(job_id: uuid.UUID):
 @bp.get("/<uuid:job_id>/attention.png")
 def get_attention_png(job_id: uuid.UUID):
     """The per-word heat-map grid as a PNG, rendered on first request and cached in blobs."""
-    job = succeeded_job(job_id)
+    job, data = succeeded_job(job_id)
     blobs = services().blobs
     try:
         picture = blobs.get(attention_png_key(job.id))
     except BlobNotFound:
-        picture = render_png(job)
+        picture = render_png(job, data)
         blobs.put(attention_png_key(job.id), picture, "image/png")
     return send_file(io.BytesIO(picture), mimetype="image/png")
 
 
-def succeeded_job(job_id: uuid.UUID) -> Job:
-    """The caller's job if it succeeded; 404 when unknown, 409 while it has no attention."""
+def succeeded_job(job_id: uuid.UUID) -> tuple[Job, bytes]:
+    """The caller's job if it succeeded, and its .npy attention bytes; 404 when unknown or
+    gone, 409 while it has no attention."""
     with services().db.session() as session:
         job = find_job(session, job_id)
+        data = job.attention  # kept in the row since migration 0005 (loaded only here)
     if job.status != JobStatus.SUCCEEDED:
         raise ErrorResponse(409, "attention_not_ready", f"the job is {job.status}; attention "
                             "exists once it has succeeded")  # fmt: skip
-    return job
+    if data is None:  # an older job: its own object in the blob store
+        data = stored_blob(attention_key(job.id), "attention_missing", "attention weights")
+    return job, data
 
 
 def stored_blob(key: str, code: str, what: str) -> bytes:
@@ -84,11 +88,13 @@ def parse_attention(job: Job, data: bytes) -> np.ndarray:
     return weights
 
 
-def render_png(job: Job) -> bytes:
-    """Draw the grid from the stored weights and the original image."""
-    data = stored_blob(attention_key(job.id), "attention_missing", "attention weights")
+def render_png(job: Job, data: bytes) -> bytes:
+    """Draw the grid from the weights (.npy `data`) and the original image."""
     weights = parse_attention(job, data)  # (T, g*g)
-    original = stored_blob(image_key(job.id), "image_missing", "original image bytes")
+    original = read_images(services().blobs, [job])[job.id]
+    if original is None:
+        raise ErrorResponse(404, "image_missing", "the original image bytes are not in the "
+                            f"blob store ({job.image_key})")  # fmt: skip
     picture = open_image(original, services().settings.max_image_pixels)  # as the model saw it
     grid = render_attention_grid(picture, job.tokens, weights.astype(np.float32))
     buffer = io.BytesIO()

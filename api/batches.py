@@ -7,10 +7,12 @@ import uuid
 from flask import Blueprint, jsonify, request
 
 from api.errors import found
-from api.jobs import OWNER, enqueue, stored_job
+from api.jobs import OWNER, enqueue, new_job
 from api.services import services
 from api.uploads import check_image, read_batch
 from store import batches, jobs
+from store.images import put_pack
+from store.models import Job
 from store.payloads import batch_json
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
@@ -18,17 +20,22 @@ bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
 @bp.post("")
 def submit_batch():
-    """Check every image, store them, record the batch and its jobs at once, enqueue: 202."""
+    """Check every image, store them a pack at a time, record the batch and its jobs in one
+    transaction, enqueue a message per pack: 202."""
     images, options = read_batch(request)
     settings = services().settings
     infos = [check_image(data, settings, f"images[{i}]: ") for i, data in enumerate(images)]
-    new_jobs = [stored_job(data, info, options) for data, info in zip(images, infos, strict=True)]
+    chunk = settings.batch_max_size  # one pack and one message per chunk: a worker's batch
+    stored = [place for start in range(0, len(images), chunk)
+              for place in put_pack(services().blobs, images[start : start + chunk])]  # fmt: skip
+    new_jobs = [new_job(uuid.uuid4(), place, data, info, options)
+                for place, data, info in zip(stored, images, infos, strict=True)]  # fmt: skip
     with services().db.session() as session:
         batch = batches.create_batch(session, OWNER, new_jobs, options.webhook_url,
                                      options.webhook_events)  # fmt: skip
-        members = jobs.batch_jobs(session, batch.id)
-    enqueue([job.id for job in members])
-    body = batch_json(batch, members)
+        members = [session.get(Job, new.id) for new in new_jobs]  # in memory: no SELECT
+        body = batch_json(batch, members)
+    enqueue([new.id for new in new_jobs], per_message=chunk)
     response = jsonify(body)
     response.status_code = 202
     response.headers["Location"] = body["urls"]["self"]

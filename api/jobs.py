@@ -19,8 +19,8 @@ from api.uploads import Options, check_image, read_submission
 from core.errors import ErrorResponse
 from core.images import ImageInfo
 from store import jobs
-from store.keys import image_key
-from store.models import Job, JobStatus
+from store.images import StoredImage, put_image
+from store.models import Job, JobStatus, utcnow
 from store.payloads import iso, job_json
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
@@ -31,40 +31,49 @@ PAGE_MAX = 100
 
 @bp.post("")
 def submit_job():
-    """Validate, store the image, record the job, enqueue it: 202 (200 if done within wait)."""
+    """Check, store the image, record the job, enqueue it: 202 (200 if done within wait)."""
     data, options = read_submission(request)
     info = check_image(data, services().settings)
-    new = replace(stored_job(data, info, options), webhook_url=options.webhook_url,
+    job_id = uuid.uuid4()
+    stored = put_image(services().blobs, job_id, data, f"image/{info.format.lower()}")
+    new = replace(new_job(job_id, stored, data, info, options), webhook_url=options.webhook_url,
                   webhook_events=list(options.webhook_events or ()) or None)  # fmt: skip
     with services().db.session() as session:
-        jobs.create_job(session, new)
+        body = job_json(jobs.create_job(session, new))  # the answer, from the row in memory
     enqueue([new.id])
-    return respond_after_wait(new.id)
+    return respond_after_wait(new.id, body)
 
 
-def stored_job(data: bytes, info: ImageInfo, options: Options) -> jobs.NewJob:
-    """Put a checked image in the blob store and describe its job (not yet recorded)."""
-    job_id = uuid.uuid4()
-    key = image_key(job_id)
-    services().blobs.put(key, data, f"image/{info.format.lower()}")
-    return jobs.NewJob(owner=OWNER, image_key=key, image_bytes=len(data),
-                       image_format=info.format, image_width=info.width,
-                       image_height=info.height, beam_size=options.beam_size,
-                       max_length=options.max_length, id=job_id)  # fmt: skip
+def new_job(job_id: uuid.UUID, stored: StoredImage, data: bytes, info: ImageInfo,
+            options: Options) -> jobs.NewJob:  # fmt: skip
+    """A checked and stored image's job, not yet recorded; marked as sent (see `enqueue`)."""
+    return jobs.NewJob(owner=OWNER, image_key=stored.key, image_offset=stored.offset,
+                       image_bytes=len(data), image_format=info.format,
+                       image_width=info.width, image_height=info.height,
+                       beam_size=options.beam_size, max_length=options.max_length,
+                       enqueued_at=utcnow(), id=job_id)  # fmt: skip
 
 
-def enqueue(job_ids: Sequence[uuid.UUID]) -> None:
-    """Send the ids to the broker; those not sent stay unsent in their rows for the sweeper."""
-    sent = services().broker.jobs(job_ids)
-    with services().db.session() as session:
-        jobs.mark_enqueued(session, sent)
+def enqueue(job_ids: Sequence[uuid.UUID], per_message: int = 1) -> None:
+    """Send the committed jobs to the broker.
+
+    Their rows were recorded as sent in the insert's transaction, which spares a second one
+    per submission. Ids the broker refuses are marked unsent again, for the sweeper; if the
+    process dies between the commit and the send, the sweeper sends them once they have waited
+    `RESEND_LEASES` leases unclaimed.
+    """
+    sent = services().broker.jobs(job_ids, per_message)
+    if len(sent) < len(job_ids):
+        with services().db.session() as session:
+            jobs.mark_unsent(session, job_ids[len(sent) :])
 
 
-def respond_after_wait(job_id: uuid.UUID):
-    """Honour `Prefer: wait=N`: hold up to N seconds for a terminal status."""
+def respond_after_wait(job_id: uuid.UUID, body: dict):
+    """Honour `Prefer: wait=N`: hold up to N seconds for a terminal status (else answer `body`)."""
     wait = prefer_wait(request.headers.get("Prefer", ""))
-    job, body = wait_for_terminal(job_id, wait) if wait else read_job(job_id)
-    done = JobStatus(job.status).is_terminal
+    if wait:
+        body = wait_for_terminal(job_id, wait)[1]
+    done = JobStatus(body["status"]).is_terminal
     response = jsonify(body)
     response.status_code = 200 if done else 202
     response.headers["Location"] = body["urls"]["self"]

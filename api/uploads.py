@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from flask import Request
 
 from core.errors import ErrorResponse, ImageError
-from core.images import CORRUPT, EMPTY, NOT_AN_IMAGE, TOO_LARGE, ImageInfo, inspect_image
+from core.images import CORRUPT, EMPTY, NOT_AN_IMAGE, TOO_LARGE, ImageInfo, inspect_header
 from core.settings import Settings
 from store.jobs import DEFAULT_BEAM_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS
 
@@ -61,9 +61,10 @@ def read_batch(request: Request) -> tuple[list[bytes], Options]:
 
 
 def check_image(data: bytes, settings: Settings, where: str = "") -> ImageInfo:
-    """The image's format and size (decoded once, fully), or a 4xx naming the problem."""
+    """The image's format and size from its header, or a 4xx naming the problem (a body that
+    fails to decode fails its job in the worker, with `corrupt_image`)."""
     try:
-        return inspect_image(data, settings.max_image_bytes, settings.max_image_pixels)
+        return inspect_header(data, settings.max_image_bytes, settings.max_image_pixels)
     except ImageError as exc:
         raise ErrorResponse(IMAGE_STATUS[exc.code], exc.code, where + exc.message) from None
 

@@ -7,9 +7,10 @@ database is the record, and a sweeper sends again whatever it shows unsent).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import redis
 from celery import Celery
 
 from core.settings import Settings
@@ -20,6 +21,7 @@ SWEEP_TASK = "worker.sweep"
 DELIVER_TASK = "worker.deliver"  # one webhook delivery attempt
 SWEEP_DELIVERIES_TASK = "worker.sweep_deliveries"
 TRAIN_TASK = "worker.train"  # one training run, on the training queue
+MARKER_KEY = "captioner:broker-marker"  # gone from Redis means its queued messages are gone too
 
 
 def make_celery(settings: Settings, name: str = "captioner") -> Celery:
@@ -64,9 +66,22 @@ class Broker:
     def __init__(self, app: Celery, log: logging.Logger) -> None:
         self.app, self.log = app, log
 
-    def jobs(self, job_ids: Iterable) -> list:
-        """Send jobs to the inference queue; the ids sent (all, unless the broker refused one)."""
-        return self._send_each(CAPTION_TASK, "inference", job_ids)
+    def jobs(self, job_ids: Sequence, per_message: int = 1) -> list:
+        """Send jobs to the inference queue, `per_message` ids in each message (a worker claims
+        and stores each message's jobs together); the ids sent (all, unless the broker refused
+        one)."""
+        chunks = [job_ids[i : i + per_message] for i in range(0, len(job_ids), per_message)]
+        sent = self._send_each(CAPTION_TASK, "inference", [[str(i) for i in c] for c in chunks])
+        return [job_id for chunk in chunks[: len(sent)] for job_id in chunk]
+
+    def lost_messages(self) -> bool:
+        """True once after the broker lost what it held (a Redis restart without persistence,
+        a FLUSHALL): a marker key set here is gone. Also true on the very first call."""
+        url = self.app.conf.broker_url
+        if not url.startswith(("redis://", "rediss://")):
+            return False  # the embedded broker's folders do not vanish on their own
+        with redis.Redis.from_url(url) as client:
+            return bool(client.set(MARKER_KEY, "1", nx=True))
 
     def runs(self, run_ids: Iterable) -> list:
         """Send training runs to the training queue; the ids sent."""
@@ -90,7 +105,8 @@ class Broker:
         sent = []
         for item in ids:
             try:
-                self.app.send_task(task, args=[str(item)], queue=queue, countdown=countdown)
+                args = [item if isinstance(item, list) else str(item)]
+                self.app.send_task(task, args=args, queue=queue, countdown=countdown)
             except Exception:  # noqa: BLE001 - recorded in the database; a sweeper sends it later
                 self.log.exception("could not enqueue %s", item)
                 break

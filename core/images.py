@@ -1,9 +1,11 @@
 """Untrusted image bytes to pictures: the one decoder the API's upload check, the worker, the
 attention pictures and the dataset checks all use (Pillow and NumPy; no TensorFlow).
 
-Content decides, never a file name. Every failure is an ImageError with a stable code: `EMPTY`,
-`TOO_LARGE` (bytes or pixels, checked before decoding), `NOT_AN_IMAGE` (no format recognised)
-or `CORRUPT` (a known format that fails to decode). A picture the model sees and a picture a
+Content decides, never a file name, and only the formats in `FORMATS` are read. The API checks
+an upload from its header (`inspect_header`); the worker decodes it, once. Every failure is an
+ImageError with a stable code: `EMPTY`, `TOO_LARGE` (bytes or pixels, checked before decoding),
+`NOT_AN_IMAGE` (no supported format recognised) or `CORRUPT` (a known format that fails to
+decode). A picture the model sees and a picture a
 person sees are converted the same way: upright (EXIF orientation), first frame, 8-bit RGB with
 alpha on white, 16-bit and float grey scaled, CMYK and palettes converted.
 """
@@ -23,6 +25,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from core.errors import ImageError
 
 MAX_PIXELS = 50_000_000  # refuse decompression bombs well before they exhaust memory
+# The formats the service reads (JPEG's reader also takes the MPO files some phones write);
+# Pillow's other readers (FITS, PSD, EPS through Ghostscript, …) never see untrusted bytes.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 EMPTY, TOO_LARGE = "empty_image", "image_too_large"
 NOT_AN_IMAGE, CORRUPT = "not_an_image", "corrupt_image"
 
@@ -36,12 +41,19 @@ class ImageInfo:
     height: int
 
 
-def inspect_image(data: bytes, max_bytes: int, max_pixels: int = MAX_PIXELS) -> ImageInfo:
-    """Decode the image fully once (so truncation is caught): its format and size."""
+def inspect_header(data: bytes, max_bytes: int, max_pixels: int = MAX_PIXELS) -> ImageInfo:
+    """Format and size from the header alone (the API's check; the worker decodes once)."""
+    _check_bytes(data, max_bytes)
+    with _pillow_errors(), Image.open(io.BytesIO(data), formats=FORMATS) as image:
+        _check_pixels(image, max_pixels)
+        return ImageInfo(image.format or "unknown", image.width, image.height)
+
+
+def _check_bytes(data: bytes, max_bytes: int) -> None:
+    if not data:
+        raise ImageError(EMPTY, "the image is empty (0 bytes)")
     if len(data) > max_bytes:
         raise ImageError(TOO_LARGE, f"the image is over {max_bytes:,} bytes")
-    image = _decode(data, max_pixels)
-    return ImageInfo(image.format or "unknown", image.width, image.height)
 
 
 def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -51,7 +63,7 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
 
 def verify_image(stream: IO[bytes], max_pixels: int = MAX_PIXELS) -> None:
     """Check an image read from a stream, from its header and checksums, without decoding it."""
-    with _pillow_errors(), Image.open(stream) as image:
+    with _pillow_errors(), Image.open(stream, formats=FORMATS) as image:
         _check_pixels(image, max_pixels)
         image.verify()
 
@@ -77,7 +89,7 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise ImageError(EMPTY, "the image is empty (0 bytes)")
     with _pillow_errors():
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
         _check_pixels(image, max_pixels)
         image.seek(0)
         image.load()
@@ -103,7 +115,11 @@ def _pillow_errors() -> Iterator[None]:
     except ImageError:
         raise
     except UnidentifiedImageError as exc:
-        raise ImageError(NOT_AN_IMAGE, "the data is not an image in a known format") from exc
+        raise ImageError(
+            NOT_AN_IMAGE,
+            "the data is not an image in a supported format "
+            f"({', '.join(f for f in FORMATS if f != 'MPO')})",
+        ) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(TOO_LARGE, str(exc)) from exc
     except Exception as exc:  # decoders of untrusted bytes fail in many ways; each is corrupt

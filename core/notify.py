@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import redis
@@ -41,6 +41,18 @@ class Notifier:
             self._redis.publish(channel(job_id), b"1")
         except redis.RedisError as exc:
             log.warning("could not announce job %s: %s", job_id, exc)
+
+    def finished_many(self, job_ids: Iterable[uuid.UUID | str]) -> None:
+        """Announce several jobs at once, in one round trip (best effort)."""
+        if self._redis is None:
+            return
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.publish(channel(job_id), b"1")
+                pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("could not announce finished jobs: %s", exc)
 
     @contextmanager
     def listening(self, job_id: uuid.UUID | str) -> Iterator[Callable[[float], None]]:

@@ -75,7 +75,9 @@ class Settings:
     max_image_bytes: Count = 10 * 1024 * 1024  # MAX_IMAGE_BYTES: larger uploads are refused
     max_image_pixels: Count = MAX_PIXELS  # MAX_IMAGE_PIXELS: decompression-bomb guard
     job_max_attempts: Count = 3  # JOB_MAX_ATTEMPTS: then the job fails for good
-    job_lease_seconds: Count = 300  # JOB_LEASE_SECONDS: a running job's lease before re-queueing
+    # JOB_LEASE_SECONDS: a job's lease, renewed by its worker every quarter of it until the
+    # result is stored; a worker silent for this long is taken for dead and its jobs requeued
+    job_lease_seconds: Count = 60
     sweep_interval_s: Seconds = 30.0  # SWEEP_INTERVAL_S: how often beat runs the sweepers
     webhook_timeout_s: Seconds = 15.0  # WEBHOOK_TIMEOUT_S: an attempt without a 2xx by then fails
     # WEBHOOK_SCHEDULE: delay before each attempt (Standard Webhooks' schedule), e.g. "0,5s,5m"
@@ -89,6 +91,9 @@ class Settings:
     training_lease_s: Annotated[float, Field(ge=3.0, allow_inf_nan=False)] = 120.0
     training_max_attempts: Count = 3  # TRAINING_MAX_ATTEMPTS: worker deaths before a run fails
     max_dataset_bytes: Count = 2 * 1024**3  # MAX_DATASET_BYTES: larger archives are refused
+    # CAPTIONER_BENCH_STANDIN_MODEL_MS: replace the model's forward pass by a stand-in that
+    # sleeps this long per batch and returns a fixed caption. Benchmarks and tests only.
+    bench_standin_model_ms: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None = None
 
     @property
     def embedded(self) -> bool:
@@ -106,6 +111,7 @@ _RENAMED = {
     "s3_region": "AWS_REGION",
     "s3_access_key": "AWS_ACCESS_KEY_ID",
     "s3_secret_key": "AWS_SECRET_ACCESS_KEY",
+    "bench_standin_model_ms": "CAPTIONER_BENCH_STANDIN_MODEL_MS",
 }
 ENV_NAMES = {f.name: _RENAMED.get(f.name, f.name.upper()) for f in fields(Settings)}
 FIELDS = {var: name for name, var in ENV_NAMES.items()}

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import DateTime, Uuid, and_, case, cast, literal, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from store.deliveries import Event, record_event, was_recorded
@@ -43,6 +43,8 @@ class NewJob:
     webhook_events: list[str] | None = None
     batch_id: uuid.UUID | None = None
     deadline_at: datetime | None = None
+    image_offset: int | None = None  # set when the image lies in a batch's pack
+    enqueued_at: datetime | None = None  # set when the caller sends it right after committing
     id: uuid.UUID = field(default_factory=uuid.uuid4)
 
 
@@ -54,7 +56,7 @@ class JobResult:
     tokens: list[str]
     token_log_probs: list[float]
     model_version: str
-    attention_key: str
+    attention: bytes | None  # the (T, 64) float16 weights as .npy
     attention_shape: list[int]
     predict_ms: float
     batch_size: int
@@ -104,6 +106,11 @@ def mark_enqueued(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
     session.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=utcnow()))
 
 
+def mark_unsent(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
+    """Record that the ids did not reach the broker after all (the sweeper sends them)."""
+    session.execute(update(Job).where(Job.id.in_(job_ids)).values(enqueued_at=None))
+
+
 def _claimable(now: datetime):
     # Queued, or running under a lease that expired (its worker died mid-batch).
     return or_(
@@ -112,64 +119,122 @@ def _claimable(now: datetime):
     )
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What one claim took: the jobs now running under its attempt token."""
+
+    token: uuid.UUID  # fences the attempt: finishing or failing needs the row to still hold it
+    jobs: list[Job]
+
+    @property
+    def ids(self) -> list[uuid.UUID]:
+        """The ids of the claimed jobs."""
+        return [job.id for job in self.jobs]
+
+
 def claim_jobs(
     session: Session,
     job_ids: Sequence[uuid.UUID],
-    lease_seconds: int,
+    lease_seconds: float,
     max_attempts: int,
     worker: str | None = None,
-) -> list[Job]:
-    """Move claimable jobs to running (attempts + 1, leased) and return them.
+) -> Claim:
+    """Move the claimable jobs among `job_ids` to running (attempts + 1, leased), in one UPDATE.
 
-    Jobs already terminal or leased elsewhere are skipped; jobs past their deadline become
-    aborted, and jobs out of attempts fail, instead of running again.
+    Jobs already terminal or leased elsewhere are skipped. In the same statement, jobs past
+    their deadline become aborted and jobs out of attempts fail, instead of running again.
     """
-    now = utcnow()
-    mine = and_(Job.id.in_(job_ids), _claimable(now))
-    _finish_where(
-        session,
-        and_(mine, Job.deadline_at < now),
-        JobStatus.ABORTED,
-        "deadline_passed",
-        "the job's deadline passed before it started",
-        now,
-    )
-    _finish_where(
-        session,
-        and_(mine, Job.attempts >= max_attempts),
-        JobStatus.FAILED,
-        "too_many_attempts",
-        f"gave up after {max_attempts} attempts",
-        now,
-    )
-    claimed = _update_jobs(session, mine, {
-        "status": JobStatus.RUNNING.value, "attempts": Job.attempts + 1, "started_at": now,
-        "lease_expires_at": now + timedelta(seconds=lease_seconds), "worker": worker,
-    })  # fmt: skip
+    now, token = utcnow(), uuid.uuid4()
+    late = and_(Job.deadline_at.is_not(None), Job.deadline_at < now)
+    spent = Job.attempts >= max_attempts
+    ends = or_(late, spent)
+    values = {
+        "status": case((late, JobStatus.ABORTED.value), (spent, JobStatus.FAILED.value),
+                       else_=JobStatus.RUNNING.value),
+        "error_code": case((late, "deadline_passed"), (spent, "too_many_attempts"),
+                           else_=Job.error_code),
+        "error_message": case((late, "the job's deadline passed before it started"),
+                              (spent, f"gave up after {max_attempts} attempts"),
+                              else_=Job.error_message),
+        "attempts": case((ends, Job.attempts), else_=Job.attempts + 1),
+        "started_at": case((ends, Job.started_at), else_=_at(now)),
+        "finished_at": case((ends, _at(now)), else_=null()),
+        "lease_expires_at": case((ends, null()),
+                                 else_=_at(now + timedelta(seconds=lease_seconds))),
+        "attempt_token": case((ends, null()), else_=cast(literal(token, Uuid), Uuid)),
+        "worker": worker,
+    }  # fmt: skip
+    changed = _update_jobs(session, and_(Job.id.in_(job_ids), _claimable(now)), values)
+    claimed = [job for job in changed if job.status == JobStatus.RUNNING.value]
+    announce(session, [job for job in changed if job not in claimed], "completed")
     announce(session, claimed, "start")
-    return claimed
+    return Claim(token, claimed)
 
 
-def finish_job(session: Session, job: Job, result: JobResult) -> bool:
-    """Store a caption on a running job; False when the job was meanwhile finished elsewhere."""
+def _at(moment: datetime):
+    return literal(moment, DateTime(timezone=True))
+
+
+def extend_leases(session: Session, claims: Sequence[Claim], lease_seconds: float) -> int:
+    """Renew the lease of every job still running under one of `claims`; how many were."""
+    if not claims:
+        return 0
+    held = and_(
+        Job.id.in_([job_id for claim in claims for job_id in claim.ids]),
+        Job.attempt_token.in_([claim.token for claim in claims]),
+        Job.status == JobStatus.RUNNING.value,
+    )
+    expires = utcnow() + timedelta(seconds=lease_seconds)
+    return session.execute(update(Job).where(held).values(lease_expires_at=expires)).rowcount
+
+
+def finish_jobs(
+    session: Session, token: uuid.UUID, results: dict[uuid.UUID, JobResult]
+) -> list[uuid.UUID]:
+    """Store the captions of jobs still running under `token`; the ids that took them.
+
+    The others were meanwhile re-claimed by another attempt or ended: their results are stale.
+    """
+    held = _held(session, token, list(results))
     now = utcnow()
-    created, started = as_utc(job.created_at), as_utc(job.started_at) or now
-    values = asdict(result) | {
-        "status": JobStatus.SUCCEEDED.value,
-        "finished_at": now,
-        "lease_expires_at": None,
-        "queue_ms": (started - created).total_seconds() * 1000,
-        "total_ms": (now - created).total_seconds() * 1000,
-    }
-    running = and_(Job.id == job.id, Job.status == JobStatus.RUNNING.value)
-    finished = _update_jobs(session, running, values)
-    announce(session, finished, "completed")
-    return bool(finished)
+    rows = [asdict(results[job.id]) | {
+        "id": job.id, "status": JobStatus.SUCCEEDED.value, "finished_at": now,
+        "lease_expires_at": None, "queue_ms": _ms(job.created_at, job.started_at or now),
+        "total_ms": _ms(job.created_at, now),
+    } for job in held]  # fmt: skip
+    if rows:
+        session.execute(update(Job), rows)  # one UPDATE by primary key, run for every row
+        _announce_ended(session, held)
+    return [job.id for job in held]
 
 
-def fail_job(session: Session, job_id: uuid.UUID, code: str, message: str) -> bool:
-    """Fail a job that is not yet terminal, with a stable code and a readable message."""
+def _held(session: Session, token: uuid.UUID, job_ids: Sequence[uuid.UUID]) -> list[Job]:
+    """The jobs among `job_ids` still running under `token`, locked until the commit."""
+    query = select(Job).where(Job.id.in_(job_ids), Job.attempt_token == token,
+                              Job.status == JobStatus.RUNNING.value).with_for_update()  # fmt: skip
+    return list(session.scalars(query))
+
+
+def _ms(start: datetime, end: datetime) -> float:
+    return (as_utc(end) - as_utc(start)).total_seconds() * 1000
+
+
+def _announce_ended(session: Session, ended: Sequence[Job]) -> None:
+    """Announce jobs just ended by a bulk update (reloading them only when someone asked)."""
+    wanted = [job.id for job in ended if wants(job, "completed") or job.batch_id]
+    if wanted:
+        query = select(Job).where(Job.id.in_(wanted))
+        reloaded = session.scalars(query, execution_options={"populate_existing": True})
+        announce(session, list(reloaded), "completed")
+
+
+def fail_job(
+    session: Session, job_id: uuid.UUID, code: str, message: str, token: uuid.UUID | None = None
+) -> bool:
+    """Fail a job that is not yet terminal (and, given `token`, still held by that attempt)."""
     where = and_(Job.id == job_id, Job.status.not_in(TERMINAL))
+    if token is not None:
+        where = and_(where, Job.attempt_token == token)
     return _finish_where(session, where, JobStatus.FAILED, code, message, utcnow()) == 1
 
 
@@ -182,36 +247,41 @@ def cancel_job(session: Session, job_id: uuid.UUID) -> bool:
     return bool(canceled)
 
 
-def release_job(session: Session, job_id: uuid.UUID) -> bool:
-    """Put a running job back in the queue after a temporary failure (its attempt still counts)."""
-    running = and_(Job.id == job_id, Job.status == JobStatus.RUNNING.value)
-    values = {"status": JobStatus.QUEUED.value, "lease_expires_at": None}
-    return session.execute(update(Job).where(running).values(**values)).rowcount == 1
+def release_jobs(session: Session, token: uuid.UUID, job_ids: Sequence[uuid.UUID]) -> int:
+    """Put jobs still held by `token` back in the queue after a temporary failure (the attempt
+    still counts); how many were."""
+    held = and_(Job.id.in_(job_ids), Job.attempt_token == token,
+                Job.status == JobStatus.RUNNING.value)  # fmt: skip
+    values = {"status": JobStatus.QUEUED.value, "lease_expires_at": None, "attempt_token": None}
+    return session.execute(update(Job).where(held).values(**values)).rowcount
 
 
 def jobs_to_resend(
-    session: Session, unsent_after: timedelta, resend_after: timedelta
+    session: Session, unsent_after: timedelta, resend_after: timedelta, all_queued: bool = False
 ) -> list[uuid.UUID]:
     """Ids the sweeper should enqueue again, after requeueing running jobs whose lease expired.
 
     A queued job is sent again when it never reached the broker (`unsent_after` after creation)
-    or when its message may have been lost (`resend_after` after the last send): duplicate
-    messages are harmless, because only one claim of a job can succeed.
+    or when its message may have been lost (`resend_after` after the last send), or whenever
+    `all_queued` (the broker lost its messages): duplicate messages are harmless, because only
+    one claim of a job can succeed.
     """
     now = utcnow()
     lost = and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now)
     requeued = session.scalars(
         update(Job).where(lost)
-        .values(status=JobStatus.QUEUED.value, lease_expires_at=None)
+        .values(status=JobStatus.QUEUED.value, lease_expires_at=None, attempt_token=None)
         .returning(Job.id),
         execution_options={"synchronize_session": False},
     )  # fmt: skip
     ids = set(requeued)
     unsent = and_(Job.enqueued_at.is_(None), Job.created_at < now - unsent_after)
     stale = Job.enqueued_at < now - resend_after
-    queued = and_(Job.status == JobStatus.QUEUED.value, or_(unsent, stale))
-    ids.update(session.scalars(select(Job.id).where(queued)))
-    return sorted(ids)
+    queued = Job.status == JobStatus.QUEUED.value
+    if not all_queued:
+        queued = and_(queued, or_(unsent, stale))
+    query = select(Job.id).where(queued).order_by(Job.created_at)
+    return sorted(ids) + [job_id for job_id in session.scalars(query) if job_id not in ids]
 
 
 def _finish_where(session, where, status: JobStatus, code: str, message: str, now) -> int:

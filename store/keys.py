@@ -1,7 +1,9 @@
 """Blob keys: every place a file lives in the one bucket, built here and nowhere else.
 
 images/{job_id}                 a job's upload, byte for byte
-attention/{job_id}.npy          its attention weights (T, 64) float16, one row per word
+images/packs/{pack_id}          a chunk of a batch's uploads, back to back (see store.images)
+attention/{job_id}.npy          its attention weights (T, 64) float16 (jobs before
+                                migration 0005; newer ones keep them in their row)
 attention/{job_id}.png          the heat-map grid, rendered on first request, then cached
 datasets/{dataset_id}/archive   an uploaded dataset, as uploaded (zip or tar)
 training/{run_id}/…             a training run's checkpoint folder, mirrored after each epoch
@@ -16,6 +18,11 @@ import uuid
 def image_key(job_id: uuid.UUID | str) -> str:
     """The original upload, byte for byte."""
     return f"images/{job_id}"
+
+
+def pack_key(pack_id: uuid.UUID | str) -> str:
+    """Several uploads of one batch, back to back; each job records its offset and length."""
+    return f"images/packs/{pack_id}"
 
 
 def attention_key(job_id: uuid.UUID | str) -> str:

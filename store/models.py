@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -127,11 +128,14 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(128))  # the process that claimed it last
+    # Set by each claim: only the attempt holding it may finish, fail or release the job.
+    attempt_token: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The request
-    image_key: Mapped[str] = mapped_column(String(256))
+    image_key: Mapped[str] = mapped_column(String(256))  # its own object, or a batch's pack
+    image_offset: Mapped[int | None] = mapped_column(BigInteger)  # where it starts in a pack
     image_bytes: Mapped[int] = mapped_column(Integer)
     image_format: Mapped[str] = mapped_column(String(16))
     image_width: Mapped[int] = mapped_column(Integer)
@@ -145,7 +149,9 @@ class Job(Base):
     tokens: Mapped[list[str] | None] = mapped_column(Json)
     token_log_probs: Mapped[list[float] | None] = mapped_column(Json)
     model_version: Mapped[str | None] = mapped_column(String(64))
-    attention_key: Mapped[str | None] = mapped_column(String(256))
+    attention_key: Mapped[str | None] = mapped_column(String(256))  # jobs from before 0005
+    # The (T, 64) float16 weights as .npy bytes (about 1.2 KB), read only when asked for.
+    attention: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     attention_shape: Mapped[list[int] | None] = mapped_column(Json)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)

@@ -163,13 +163,18 @@ def cancel_run(session: Session, run_id: uuid.UUID) -> TrainingRun | None:
     return asked[0] if asked else None
 
 
-def runs_to_resend(session: Session, unsent_after: timedelta) -> list[uuid.UUID]:
-    """Runs whose worker died (lease ran out: back to queued), and queued runs never sent."""
+def runs_to_resend(
+    session: Session, unsent_after: timedelta, all_queued: bool = False
+) -> list[uuid.UUID]:
+    """Runs whose worker died (lease ran out: back to queued), and queued runs never sent (or
+    every queued run, when the broker lost its messages)."""
     now = utcnow()
     expired = and_(TrainingRun.status == RUNNING, TrainingRun.lease_expires_at < now)
     released = _update(session, expired, {"status": QUEUED, "lease_expires_at": None})
-    unsent = and_(TrainingRun.status == QUEUED, TrainingRun.enqueued_at.is_(None),
-                  TrainingRun.created_at < now - unsent_after)  # fmt: skip
+    unsent = TrainingRun.status == QUEUED
+    if not all_queued:
+        unsent = and_(unsent, TrainingRun.enqueued_at.is_(None),
+                      TrainingRun.created_at < now - unsent_after)  # fmt: skip
     never_sent = session.scalars(select(TrainingRun.id).where(unsent))
     return sorted({run.id for run in released} | set(never_sent))
 

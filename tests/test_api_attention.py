@@ -34,8 +34,10 @@ def npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def succeeded_job(app, attention: bytes | None, image: bytes | None = None) -> uuid.UUID:
-    """A job taken through create, claim and finish; `attention` None leaves its .npy out."""
+def succeeded_job(app, attention: bytes | None, image: bytes | None = None,
+                  in_row: bool = True) -> uuid.UUID:  # fmt: skip
+    """A job taken through create, claim and finish, its .npy `attention` in its row, or (as
+    before migration 0005) in the blob store; `attention` None leaves it out."""
     svc, job_id = app.extensions["captioner"], uuid.uuid4()
     svc.blobs.put(image_key(job_id), image or png(), "image/png")
     new = jobs.NewJob(owner=OWNER, image_key=image_key(job_id), image_bytes=1,
@@ -43,21 +45,22 @@ def succeeded_job(app, attention: bytes | None, image: bytes | None = None) -> u
     with svc.db.session() as session:
         jobs.create_job(session, new)
     with svc.db.session() as session:
-        [job] = jobs.claim_jobs(session, [job_id], lease_seconds=60, max_attempts=3)
+        claim = jobs.claim_jobs(session, [job_id], lease_seconds=60, max_attempts=3)
         result = jobs.JobResult(caption=" ".join(TOKENS), tokens=TOKENS,
                                 token_log_probs=[-0.1] * len(TOKENS), model_version="v1",
-                                attention_key=attention_key(job_id),
+                                attention=attention if in_row else None,
                                 attention_shape=[len(TOKENS), 64], predict_ms=1.0,
                                 batch_size=1)  # fmt: skip
-        assert jobs.finish_job(session, job, result)
-    if attention is not None:
+        assert jobs.finish_jobs(session, claim.token, {job_id: result}) == [job_id]
+    if attention is not None and not in_row:
         svc.blobs.put(attention_key(job_id), attention)
     return job_id
 
 
-def test_raw_attention_is_the_stored_npy(client, app):
+@pytest.mark.parametrize("in_row", [True, False], ids=["in-row", "blob-before-0005"])
+def test_raw_attention_is_the_stored_npy(client, app, in_row):
     stored = weights()
-    job_id = succeeded_job(app, npy(stored))
+    job_id = succeeded_job(app, npy(stored), in_row=in_row)
     job = client.get(f"/v1/jobs/{job_id}").get_json()
     assert job["urls"]["attention"] == f"/v1/jobs/{job_id}/attention"
     assert job["urls"]["attention_png"] == f"/v1/jobs/{job_id}/attention.png"

@@ -260,7 +260,7 @@ MALFORMED = {
     ),
     "not an image": (
         _garbage_image,
-        "images/train/1.png: the data is not an image in a known format",
+        "images/train/1.png: the data is not an image in a supported format",
     ),
     "no captioned val images": (
         _edit("val", lambda doc: doc.update(annotations=[])),
@@ -303,7 +303,7 @@ def test_all_problems_reported_together(tmp_path: Path) -> None:
         inspect_archive(pack_dataset(folder, tmp_path / "set.zip"))
     problems = caught.value.problems
     assert len(problems) == 3, problems
-    assert "images/train/0.png: the data is not an image in a known format" in problems[2]
+    assert "images/train/0.png: the data is not an image in a supported format" in problems[2]
     assert 'file_name "2.png" is not in the archive' in problems[0]
     assert "annotations[1] (id 104)" in problems[1]
     assert str(caught.value).startswith("3 problems: annotations/captions_train.json: images[2]")

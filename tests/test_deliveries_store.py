@@ -6,6 +6,7 @@ import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from functools import partial
 
 import pytest
 from sqlalchemy import update
@@ -23,7 +24,7 @@ HOOK = "https://example.com/hook"
 def result() -> jobs.JobResult:
     return jobs.JobResult(caption="a red circle", tokens=["a", "red", "circle"],
                           token_log_probs=[-0.1, -0.2, -0.3], model_version="v1",
-                          attention_key="attention/x.npy", attention_shape=[3, 64],
+                          attention=b"npy", attention_shape=[3, 64],
                           predict_ms=12.5, batch_size=1)  # fmt: skip
 
 
@@ -31,9 +32,14 @@ def record(error: str | None = None, code: int | None = 200) -> AttemptRecord:
     return AttemptRecord(utcnow(), 12.0, code, error, "ok")
 
 
-def claim_job(db: Database, job_id: uuid.UUID):
+def claim_job(db: Database, job_id: uuid.UUID) -> jobs.Claim:
     with db.session() as session:
         return jobs.claim_jobs(session, [job_id], 60, 3, "w")
+
+
+def finish(db: Database, claim: jobs.Claim) -> list[uuid.UUID]:
+    with db.session() as session:
+        return jobs.finish_jobs(session, claim.token, {job.id: result() for job in claim.jobs})
 
 
 def events(db: Database, resource_id: uuid.UUID) -> list[str]:
@@ -45,13 +51,13 @@ def test_a_job_announces_its_start_once_and_its_end_with_the_same_transaction(db
     new = new_job(webhook_url=HOOK, webhook_events=["start", "completed"])
     with db.session() as session:
         jobs.create_job(session, new)
-    (claimed,) = claim_job(db, new.id)
+    first = claim_job(db, new.id)
     with db.session() as session:
-        jobs.release_job(session, new.id)  # a temporary failure: it runs again
-    (claimed,) = claim_job(db, new.id)
+        jobs.release_jobs(session, first.token, [new.id])  # a temporary failure: it runs again
+    claim = claim_job(db, new.id)
     assert events(db, new.id) == ["job.started"]  # not again on attempt 2
     with db.session() as session:
-        assert jobs.finish_job(session, claimed, result())
+        assert jobs.finish_jobs(session, claim.token, {new.id: result()}) == [new.id]
         assert len(session.info[deliveries.NEW]) == 1  # for the after-commit hook to send
     assert events(db, new.id) == ["job.started", "job.completed"]
     with db.session() as session:
@@ -77,7 +83,7 @@ def test_every_terminal_status_announces_completed(db, end):
         with db.session() as session:
             session.execute(update(Job).where(Job.id == new.id).values(attempts=3))
     if end in ("abort", "too_many_attempts"):
-        assert claim_job(db, new.id) == []  # ended instead of claimed
+        assert claim_job(db, new.id).jobs == []  # ended instead of claimed
     assert events(db, new.id) == ["job.completed"]
     with db.session() as session:
         (delivery,) = deliveries.list_deliveries(session, new.id)
@@ -100,9 +106,8 @@ def test_completed_waits_for_the_first_attempt_of_started(db):
     new = new_job(webhook_url=HOOK, webhook_events=["start", "completed"])
     with db.session() as session:
         jobs.create_job(session, new)
-    (claimed,) = claim_job(db, new.id)
+    finish(db, claim_job(db, new.id))
     with db.session() as session:
-        jobs.finish_job(session, claimed, result())
         started, completed = deliveries.list_deliveries(session, new.id)
     with db.session() as session:
         assert deliveries.claim(session, completed.id, LEASE) is None  # started goes first
@@ -175,15 +180,10 @@ def test_a_batch_completes_once_however_its_jobs_end_together(db):
     new_jobs = [new_job() for _ in range(8)]
     with db.session() as session:
         batch = batches.create_batch(session, "tenant", new_jobs, HOOK, ["start", "completed"])
-    claimed = [claim_job(db, new.id)[0] for new in new_jobs]
+    claims = [claim_job(db, new.id) for new in new_jobs]
     assert events(db, batch.id) == ["batch.started"]
-
-    def finish(job) -> None:
-        with db.session() as session:
-            jobs.finish_job(session, job, result())
-
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(finish, claimed))
+        list(pool.map(partial(finish, db), claims))
     assert events(db, batch.id) == ["batch.started", "batch.completed"]
     with db.session() as session:
         completed = deliveries.list_deliveries(session, batch.id)[1]

@@ -21,7 +21,7 @@ from tests.databases import new_job
 def result(**changes) -> jobs.JobResult:
     fields = dict(caption="a red circle", tokens=["a", "red", "circle"],
                   token_log_probs=[-0.1, -0.2, -0.3], model_version="v1",
-                  attention_key="attention/x.npy", attention_shape=[3, 64], predict_ms=12.5,
+                  attention=b"npy bytes", attention_shape=[3, 64], predict_ms=12.5,
                   batch_size=4)  # fmt: skip
     return jobs.JobResult(**(fields | changes))
 
@@ -57,18 +57,22 @@ def test_a_job_runs_once_and_its_result_is_final(db):
     with db.session() as s:
         job_id = jobs.create_job(s, new_job()).id
     with db.session() as s:
-        (claimed,) = jobs.claim_jobs(s, [job_id], lease_seconds=60, max_attempts=3)
+        claim = jobs.claim_jobs(s, [job_id], lease_seconds=60, max_attempts=3)
+        (claimed,) = claim.jobs
         assert claimed.status == "running" and claimed.attempts == 1
+        assert claimed.attempt_token == claim.token
     with db.session() as s:
-        assert jobs.claim_jobs(s, [job_id], 60, 3) == []  # leased: nobody else takes it
-        assert jobs.finish_job(s, claimed, result())
+        assert jobs.claim_jobs(s, [job_id], 60, 3).jobs == []  # leased: nobody else takes it
+        assert jobs.finish_jobs(s, claim.token, {job_id: result()}) == [job_id]
     with db.session() as s:
-        assert not jobs.finish_job(s, claimed, result(caption="again"))  # terminal stays
+        again = {job_id: result(caption="again")}
+        assert jobs.finish_jobs(s, claim.token, again) == []  # terminal stays
         assert not jobs.fail_job(s, job_id, "x", "y")
         assert not jobs.cancel_job(s, job_id)
         job = jobs.get_job(s, job_id)
         assert (job.status, job.caption, job.batch_size) == ("succeeded", "a red circle", 4)
         assert job.tokens == ["a", "red", "circle"] and job.attention_shape == [3, 64]
+        assert job.attention == b"npy bytes"
         assert job.total_ms >= job.queue_ms >= 0
         assert jobs.get_job(s, job_id, owner="someone else") is None
 
@@ -78,7 +82,7 @@ def test_a_canceled_job_is_never_claimed(db):
         job_id = jobs.create_job(s, new_job()).id
     with db.session() as s:
         assert jobs.cancel_job(s, job_id)
-        assert jobs.claim_jobs(s, [job_id], 60, 3) == []
+        assert jobs.claim_jobs(s, [job_id], 60, 3).jobs == []
         assert jobs.get_job(s, job_id).status == JobStatus.CANCELED
 
 
@@ -87,14 +91,14 @@ def test_an_expired_lease_is_claimed_again_until_attempts_run_out(db):
         job_id = jobs.create_job(s, new_job()).id
     for attempt in (1, 2):
         with db.session() as s:
-            (job,) = jobs.claim_jobs(s, [job_id], 60, max_attempts=2)
+            (job,) = jobs.claim_jobs(s, [job_id], 60, max_attempts=2).jobs
             assert job.attempts == attempt
             s.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow()))
     with db.session() as s:
         # Other tests' jobs share this database: look for this one among those to resend.
         assert job_id in jobs.jobs_to_resend(s, timedelta(minutes=1), timedelta(minutes=1))
         assert jobs.get_job(s, job_id).status == JobStatus.QUEUED  # requeued, lease dropped
-        assert jobs.claim_jobs(s, [job_id], 60, max_attempts=2) == []
+        assert jobs.claim_jobs(s, [job_id], 60, max_attempts=2).jobs == []
         job = jobs.get_job(s, job_id)
         assert (job.status, job.error_code) == ("failed", "too_many_attempts")
 
@@ -103,7 +107,7 @@ def test_a_job_past_its_deadline_is_aborted_not_run(db):
     with db.session() as s:
         job_id = jobs.create_job(s, new_job(deadline_at=utcnow() - timedelta(seconds=1))).id
     with db.session() as s:
-        assert jobs.claim_jobs(s, [job_id], 60, 3) == []
+        assert jobs.claim_jobs(s, [job_id], 60, 3).jobs == []
         assert jobs.get_job(s, job_id).status == JobStatus.ABORTED
 
 
@@ -136,10 +140,11 @@ def test_unsent_and_long_unclaimed_jobs_are_found_by_the_sweeper(db):
 def test_a_released_job_goes_back_to_the_queue_and_keeps_its_attempt(db):
     with db.session() as s:
         job_id = jobs.create_job(s, new_job()).id
-        jobs.claim_jobs(s, [job_id], 60, 3, worker="w1")
+        token = jobs.claim_jobs(s, [job_id], 60, 3, worker="w1").token
     with db.session() as s:
-        assert jobs.release_job(s, job_id) and not jobs.release_job(s, job_id)
-        (job,) = jobs.claim_jobs(s, [job_id], 60, 3, worker="w2")
+        assert jobs.release_jobs(s, token, [job_id]) == 1
+        assert jobs.release_jobs(s, token, [job_id]) == 0
+        (job,) = jobs.claim_jobs(s, [job_id], 60, 3, worker="w2").jobs
         assert (job.attempts, job.worker) == (2, "w2")
 
 
@@ -149,9 +154,65 @@ def test_concurrent_claims_give_each_job_to_one_worker(db):
 
     def claim(_) -> list[uuid.UUID]:
         with db.session() as s:
-            return [j.id for j in jobs.claim_jobs(s, ids, 60, 3)]
+            return jobs.claim_jobs(s, ids, 60, 3).ids
 
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(claim, range(4)))
     claimed = [job_id for ids_ in results for job_id in ids_]
     assert sorted(claimed) == sorted(ids)  # every job once, none twice
+
+
+def test_one_claim_runs_some_jobs_and_ends_the_late_and_the_spent(db):
+    with db.session() as s:
+        fresh = jobs.create_job(s, new_job()).id
+        late = jobs.create_job(s, new_job(deadline_at=utcnow() - timedelta(seconds=1))).id
+        spent = jobs.create_job(s, new_job()).id
+        s.execute(update(Job).where(Job.id == spent).values(attempts=3))
+    with db.session() as s:
+        claim = jobs.claim_jobs(s, [fresh, late, spent], 60, max_attempts=3, worker="w")
+    assert claim.ids == [fresh]
+    with db.session() as s:
+        ended = {job_id: jobs.get_job(s, job_id) for job_id in (late, spent)}
+        assert (ended[late].status, ended[late].error_code) == ("aborted", "deadline_passed")
+        assert (ended[spent].status, ended[spent].error_code) == ("failed", "too_many_attempts")
+        assert ended[spent].attempts == 3 and ended[late].attempt_token is None
+        assert all(job.finished_at is not None for job in ended.values())
+
+
+def test_a_stale_attempt_cannot_finish_fail_or_release_a_job_claimed_again(db):
+    with db.session() as s:
+        job_id = jobs.create_job(s, new_job()).id
+    with db.session() as s:
+        stale = jobs.claim_jobs(s, [job_id], 60, 3, worker="paused").token
+        s.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow()))
+    with db.session() as s:
+        current = jobs.claim_jobs(s, [job_id], 60, 3, worker="alive").token
+    with db.session() as s:
+        assert jobs.finish_jobs(s, stale, {job_id: result(caption="stale")}) == []
+        assert not jobs.fail_job(s, job_id, "caption_failed", "stale", token=stale)
+        assert jobs.release_jobs(s, stale, [job_id]) == 0
+        assert jobs.extend_leases(s, [jobs.Claim(stale, [jobs.get_job(s, job_id)])], 60) == 0
+        assert jobs.finish_jobs(s, current, {job_id: result()}) == [job_id]
+    with db.session() as s:
+        job = jobs.get_job(s, job_id)
+        assert (job.status, job.caption, job.worker) == ("succeeded", "a red circle", "alive")
+
+
+def test_a_heartbeat_extends_only_the_leases_its_claims_hold(db):
+    with db.session() as s:
+        held, other = (jobs.create_job(s, new_job()).id for _ in range(2))
+    with db.session() as s:
+        claim = jobs.claim_jobs(s, [held], lease_seconds=1, max_attempts=3)
+        jobs.claim_jobs(s, [other], lease_seconds=1, max_attempts=3)
+    with db.session() as s:
+        assert jobs.extend_leases(s, [claim], lease_seconds=600) == 1
+        leases = {i: jobs.get_job(s, i).lease_expires_at for i in (held, other)}
+    assert leases[held] - leases[other] > timedelta(minutes=9)
+
+
+def test_after_broker_data_loss_every_queued_job_is_resent(db):
+    with db.session() as s:
+        job_id = jobs.create_job(s, new_job(enqueued_at=utcnow())).id  # just sent
+    with db.session() as s:
+        assert job_id not in jobs.jobs_to_resend(s, timedelta(minutes=1), timedelta(minutes=5))
+        assert job_id in jobs.jobs_to_resend(s, timedelta(minutes=1), timedelta(minutes=5), True)

@@ -119,3 +119,26 @@ class MicroBatcher:
             return
         for pending, output in zip(batch, outputs, strict=True):
             pending.future.set_result(output)
+
+
+class Slots:
+    """Room for `capacity` jobs at once: a worker claims only what it will start soon."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._free = capacity
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def taking(self, count: int) -> Iterator[None]:
+        """Wait until `count` jobs (at most the capacity) fit, and hold their room for the block."""
+        count = min(count, self.capacity)
+        with self._changed:
+            self._changed.wait_for(lambda: self._free >= count)
+            self._free -= count
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._free += count
+                self._changed.notify_all()

@@ -1,28 +1,40 @@
-"""The inference worker's resident state: the served model, the micro-batcher, one job's path.
+"""The inference worker's resident state: the served model, the micro-batcher, a chunk's path.
 
-`Inference.caption(job_id)` runs in one of the pool's threads: claim the job, fetch and decode
-its image (overlapping the model's work on the previous batch), hand it to the batcher, then
-store the attention array and the caption. Celery acknowledges the message only after that.
+`Inference.caption(job_ids)` runs a chunk of jobs (one Celery message) in one of the pool's
+threads. Every step is paid once per chunk, not once per job:
+- wait for room (the worker claims only what it will start soon), then claim the chunk in one
+  UPDATE that also ends jobs past their deadline or out of attempts;
+- fetch the images (one GET per pack) and decode them in a pool sized to the cores (Pillow
+  releases the GIL), then hand them to the batcher, which runs the model on full batches;
+- store every result in one transaction, fenced by the claim's attempt token, with the
+  attention array in the row, and announce the finished jobs in one Redis round trip.
+A heartbeat renews the leases of held jobs until their results are stored. Celery acknowledges
+the message only after that.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import os
 import time
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
 
-from core.errors import BlobNotFound, ImageError, JobSkipped, TemporaryFailure
+from core.errors import BlobStoreError, ImageError, JobSkipped, TemporaryFailure
 from core.notify import Notifier
 from core.settings import Settings
 from store import jobs
 from store.blobs import open_blob_store
 from store.db import Database
-from store.keys import attention_key
-from worker.batcher import MicroBatcher
+from store.images import read_images
+from worker.batcher import MicroBatcher, Slots
+from worker.leases import Leases
 from worker.rollout import Rollout
 
 log = logging.getLogger(__name__)
@@ -38,6 +50,17 @@ class Captioned:
     model_version: str  # the version that ran the batch (a swap may follow it)
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A job that can never succeed (its image is missing or unreadable)."""
+
+    code: str
+    message: str
+
+
+Outcome = Captioned | Failure | Exception  # an Exception may pass on a later attempt
+
+
 class Inference:
     """A loaded model behind a micro-batcher, plus the store it reads jobs from and writes to."""
 
@@ -49,98 +72,147 @@ class Inference:
         self.notifier = Notifier(settings.broker_url)
         self.rollout = Rollout(settings, worker, db, self.blobs)
         self.rollout.start()
+        self.standin = _standin(settings)
         self.batcher = MicroBatcher(
             self._run_batch, settings.batch_max_size, settings.batch_max_wait_ms / 1000
         )
+        self.slots = Slots(2 * settings.batch_max_size)  # one batch running, one being prepared
+        self.leases = Leases(db, settings.job_lease_seconds)
+        self.decoders = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="decode")
 
-    def caption(self, job_id: str) -> str:
-        """Run one job to a terminal status; returns what happened, for the log.
+    def caption(self, job_ids: Sequence[str]) -> str:
+        """Run a chunk of jobs to terminal statuses; returns what happened, for the log.
 
-        Raises JobSkipped when the job is not ours to run, and TemporaryFailure (after putting
-        the job back in the queue) when it may succeed on a later attempt.
+        Raises JobSkipped when none of them is ours to run, and TemporaryFailure (after putting
+        those jobs back in the queue) when some may succeed on a later attempt.
         """
-        with self.batcher.expecting():
-            job = self._claim(uuid.UUID(job_id))
-            try:
-                image = self._fetch(job)
-                if image is None:
-                    return "failed"
-                future = self.batcher.submit((job.beam_size, job.max_length), image)
-            except Exception as exc:
-                return self._after_error(job, exc)
-        try:
-            self._store(job, future.result())
-        except Exception as exc:
-            return self._after_error(job, exc)
-        return "succeeded"
+        ids = [uuid.UUID(job_id) for job_id in job_ids]
+        with self.slots.taking(len(ids)), ExitStack() as held:
+            with self.batcher.expecting():
+                claim = self._claim(ids)
+                held.enter_context(self.leases.holding(claim))  # until the results are stored
+                futures, outcomes = self._submit(claim.jobs)
+            for job_id, future in futures.items():
+                outcomes[job_id] = _outcome(future)
+            return self._settle(claim, outcomes)
 
-    def _claim(self, job_id: uuid.UUID):
+    def _claim(self, ids: list[uuid.UUID]) -> jobs.Claim:
         settings = self.settings
         with self.db.session() as session:
-            claimed = jobs.claim_jobs(session, [job_id], settings.job_lease_seconds,
-                                      settings.job_max_attempts, self.worker)  # fmt: skip
-        if not claimed:
-            raise JobSkipped(str(job_id))
-        return claimed[0]
+            claim = jobs.claim_jobs(session, ids, settings.job_lease_seconds,
+                                    settings.job_max_attempts, self.worker)  # fmt: skip
+        ended = set(ids) - set(claim.ids)
+        if ended:  # skipped ones are already announced; this covers those the claim ended
+            self.notifier.finished_many(ended)
+        if not claim.jobs:
+            raise JobSkipped(", ".join(map(str, ids)))
+        return claim
 
-    def _fetch(self, job) -> np.ndarray | None:
-        """The job's image ready for the encoder (299, 299, 3), or None after failing the job."""
+    def _submit(self, claimed: list) -> tuple[dict, dict[uuid.UUID, Outcome]]:
+        """Prepare the images and queue them for the model: futures, and the jobs that failed."""
+        outcomes: dict[uuid.UUID, Outcome] = {}
+        try:
+            images = read_images(self.blobs, claimed)
+        except BlobStoreError as exc:
+            return {}, {job.id: exc for job in claimed}
+        prepared = self.decoders.map(self._decode, [images[job.id] for job in claimed])
+        futures = {}
+        for job, image in zip(claimed, prepared, strict=True):
+            if isinstance(image, np.ndarray):
+                futures[job.id] = self.batcher.submit((job.beam_size, job.max_length), image)
+            else:
+                outcomes[job.id] = image
+        return futures, outcomes
+
+    def _decode(self, data: bytes | None) -> np.ndarray | Failure:
+        """Image bytes to encoder input (299, 299, 3), or why the job can never run."""
         from model.images import decode_image
 
+        if data is None:
+            return Failure("image_missing", "the job's image is no longer in the blob store")
         try:
-            return decode_image(self.blobs.get(job.image_key), self.settings.max_image_pixels)
+            return decode_image(data, self.settings.max_image_pixels)
         except ImageError as exc:
-            self.fail(job.id, exc.code, str(exc))
-        except BlobNotFound:
-            self.fail(job.id, "image_missing", "the job's image is no longer in the blob store")
-        return None
-
-    def _after_error(self, job, exc: Exception) -> str:
-        """Fail the job on its last attempt; otherwise requeue it and raise TemporaryFailure."""
-        if job.attempts >= self.settings.job_max_attempts:
-            self.fail(job.id, "caption_failed", f"{type(exc).__name__}: {exc}")
-            return "failed"
-        log.warning("job %s attempt %d failed (%r); requeued", job.id, job.attempts, exc)
-        with self.db.session() as session:
-            jobs.release_job(session, job.id)
-        raise TemporaryFailure(str(job.id)) from exc
+            return Failure(exc.code, str(exc))
 
     def _run_batch(self, options: tuple[int, int], images: list[np.ndarray]) -> list[Captioned]:
         beam_size, max_length = options
         served = self.rollout.served  # one model for the whole batch, even if a swap comes
+        captioner = self.standin or served.captioner
         started = time.perf_counter()
-        results = served.captioner.caption_batch(np.stack(images), beam_size, max_length)
+        results = captioner.caption_batch(np.stack(images), beam_size, max_length)
         predict_ms = (time.perf_counter() - started) * 1000
         log.info("batch of %d (beam %d) on %s in %.0f ms", len(images), beam_size,
                  served.version, predict_ms)  # fmt: skip
         return [Captioned(r, predict_ms, len(images), served.version) for r in results]
 
-    def _store(self, job, captioned: Captioned) -> None:
-        result = captioned.result
-        attention = result.attention.astype(np.float16)  # (T, 64)
-        buffer = io.BytesIO()
-        np.save(buffer, attention, allow_pickle=False)
-        key = attention_key(job.id)
-        self.blobs.put(key, buffer.getvalue(), "application/x-npy")
-        stored = jobs.JobResult(
-            caption=result.text, tokens=result.tokens, token_log_probs=result.log_probs,
-            model_version=captioned.model_version, attention_key=key,
-            attention_shape=list(attention.shape), predict_ms=captioned.predict_ms,
-            batch_size=captioned.batch_size,
-        )  # fmt: skip
+    def _settle(self, claim: jobs.Claim, outcomes: dict[uuid.UUID, Outcome]) -> str:
+        """Store every outcome of the claim in one transaction; returns a summary for the log."""
+        results = {i: _stored(o) for i, o in outcomes.items() if isinstance(o, Captioned)}
+        failures = {i: o for i, o in outcomes.items() if isinstance(o, Failure)}
+        retry = []
+        for job in claim.jobs:
+            error = outcomes[job.id]
+            if isinstance(error, Exception) and job.attempts < self.settings.job_max_attempts:
+                log.warning("job %s attempt %d failed (%r); requeued", job.id, job.attempts, error)
+                retry.append(job.id)
+            elif isinstance(error, Exception):
+                failures[job.id] = Failure("caption_failed", f"{type(error).__name__}: {error}")
         with self.db.session() as session:
-            if not jobs.finish_job(session, job, stored):
-                log.warning("job %s was finished elsewhere; its result here is dropped", job.id)
-        self.notifier.finished(job.id)
+            finished = jobs.finish_jobs(session, claim.token, results)
+            failed = [job_id for job_id, failure in failures.items()
+                      if jobs.fail_job(session, job_id, failure.code, failure.message,
+                                       claim.token)]  # fmt: skip
+            jobs.release_jobs(session, claim.token, retry)
+        self._log_ended(claim, results, finished, failures, failed)
+        self.notifier.finished_many(finished + failed)
+        if retry:
+            raise TemporaryFailure(", ".join(map(str, retry)))
+        return f"{len(finished)} succeeded, {len(failed)} failed"
 
-    def fail(self, job_id: uuid.UUID, code: str, message: str) -> None:
-        """Fail a job for good, with a code the API shows."""
-        log.info("job %s failed: %s: %s", job_id, code, message)
-        with self.db.session() as session:
-            jobs.fail_job(session, job_id, code, message)
-        self.notifier.finished(job_id)
+    def _log_ended(self, claim, results, finished, failures, failed) -> None:
+        for job_id in (set(results) - set(finished)) | (set(failures) - set(failed)):
+            log.warning("job %s: attempt %s is stale (the job was claimed again or ended); "
+                        "its outcome is dropped", job_id, claim.token)  # fmt: skip
+        for job_id in failed:
+            log.info("job %s failed: %s: %s", job_id, failures[job_id].code,
+                     failures[job_id].message)  # fmt: skip
 
     def close(self) -> None:
-        """Stop following the registry and finish queued batches."""
+        """Stop following the registry, finish queued batches, stop the heartbeat."""
         self.rollout.stop()
         self.batcher.stop(timeout=60)
+        self.leases.stop()
+        self.decoders.shutdown(wait=False)
+
+
+def _outcome(future) -> Outcome:
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001 - the batch failed; its jobs may try again
+        return exc
+
+
+def _stored(captioned: Captioned) -> jobs.JobResult:
+    """The row values of a captioned job, its attention as .npy bytes (T, 64) float16."""
+    result = captioned.result
+    attention = result.attention.astype(np.float16)  # (T, 64)
+    buffer = io.BytesIO()
+    np.save(buffer, attention, allow_pickle=False)
+    return jobs.JobResult(
+        caption=result.text, tokens=result.tokens, token_log_probs=result.log_probs,
+        model_version=captioned.model_version, attention=buffer.getvalue(),
+        attention_shape=list(attention.shape), predict_ms=captioned.predict_ms,
+        batch_size=captioned.batch_size,
+    )  # fmt: skip
+
+
+def _standin(settings: Settings):
+    """The fixed-cost stand-in model when benchmarks or tests ask for it, else None."""
+    if settings.bench_standin_model_ms is None:
+        return None
+    from model.standin import StandInCaptioner
+
+    log.warning("BENCHMARK MODE: the model is replaced by a stand-in costing %g ms per batch",
+                settings.bench_standin_model_ms)  # fmt: skip
+    return StandInCaptioner(settings.bench_standin_model_ms)

@@ -1,5 +1,6 @@
 """The sweeper: jobs and training runs whose worker died, or whose message never reached the
-queue, are sent again."""
+queue, are sent again; after the broker lost its data (a marker key is gone), every queued job
+is sent again at the next sweep."""
 
 from __future__ import annotations
 
@@ -19,10 +20,14 @@ RESEND_LEASES = 4  # a queued job unclaimed for this many leases may have lost i
 def sweep(settings: Settings, db: Database, broker: Broker) -> int:
     """Requeue expired leases, resend unsent or long-unclaimed jobs and runs; how many were sent."""
     resend_after = timedelta(seconds=settings.job_lease_seconds * RESEND_LEASES)
+    lost = broker.lost_messages()
+    if lost:
+        log.warning("the broker holds none of its earlier messages: every queued job is resent")
     with db.session() as session:
-        job_ids = jobs.jobs_to_resend(session, UNSENT_AFTER, resend_after)
-        run_ids = training.runs_to_resend(session, UNSENT_AFTER)
-    sent_jobs, sent_runs = broker.jobs(job_ids), broker.runs(run_ids)
+        job_ids = jobs.jobs_to_resend(session, UNSENT_AFTER, resend_after, all_queued=lost)
+        run_ids = training.runs_to_resend(session, UNSENT_AFTER, all_queued=lost)
+    sent_jobs = broker.jobs(job_ids, per_message=settings.batch_max_size)
+    sent_runs = broker.runs(run_ids)
     with db.session() as session:
         jobs.mark_enqueued(session, sent_jobs)
         training.mark_enqueued(session, sent_runs)

@@ -24,15 +24,18 @@ def register_tasks(app: Celery) -> None:
     """Attach the tasks to `app` (its `captioner` attribute holds the worker's state)."""
 
     @app.task(name=CAPTION_TASK, bind=True, max_retries=None)
-    def caption(self, job_id: str) -> None:
-        """Caption one job; skipped when already terminal or claimed elsewhere."""
+    def caption(self, job_ids: list[str] | str) -> None:
+        """Caption a chunk of jobs (one id in messages from before chunks); the ones already
+        terminal or claimed elsewhere are skipped."""
+        ids = [job_ids] if isinstance(job_ids, str) else job_ids
         try:
-            outcome = app.captioner.role("inference").caption(job_id)
-        except TemporaryFailure as exc:
+            outcome = app.captioner.role("inference").caption(ids)
+        except TemporaryFailure as exc:  # the retry claims only the jobs put back in the queue
             raise self.retry(exc=exc, countdown=RETRY_DELAY_S) from exc
         except WorkerOutcome as exc:
             outcome = exc.outcome
-        log.info("job %s %s", job_id, outcome)
+        log.info("jobs %s: %s", ",".join(ids) if len(ids) < 3 else f"{ids[0]}… ({len(ids)})",
+                 outcome)  # fmt: skip
 
     @app.task(name=SWEEP_TASK, ignore_result=True)
     def sweep_jobs() -> int:

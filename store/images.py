@@ -1,0 +1,56 @@
+"""Job images in the blob store: a single upload is its own object; a batch's images are packed
+a chunk at a time into one object, and each job knows its slice (one PUT and one GET per chunk,
+not per image)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from core.errors import BlobNotFound
+from store.blobs import BlobStore
+from store.keys import image_key, pack_key
+from store.models import Job
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """Where one image lies: its key, and its offset when the object is a pack."""
+
+    key: str
+    offset: int | None = None
+
+
+def put_image(blobs: BlobStore, job_id: uuid.UUID, data: bytes, content_type: str) -> StoredImage:
+    """Store one upload as its own object."""
+    key = image_key(job_id)
+    blobs.put(key, data, content_type)
+    return StoredImage(key)
+
+
+def put_pack(blobs: BlobStore, images: Sequence[bytes]) -> list[StoredImage]:
+    """Store images back to back in one object; where each one lies, in order."""
+    key, offsets, at = pack_key(uuid.uuid4()), [], 0
+    for data in images:
+        offsets.append(at)
+        at += len(data)
+    blobs.put(key, b"".join(images), "application/octet-stream")
+    return [StoredImage(key, offset) for offset in offsets]
+
+
+def read_images(blobs: BlobStore, jobs: Sequence[Job]) -> dict[uuid.UUID, bytes | None]:
+    """Each job's image bytes (None when the object is gone), one GET per distinct object."""
+    objects: dict[str, bytes | None] = {}
+    for key in dict.fromkeys(job.image_key for job in jobs):
+        try:
+            objects[key] = blobs.get(key)
+        except BlobNotFound:
+            objects[key] = None
+    return {job.id: _slice(objects[job.image_key], job) for job in jobs}
+
+
+def _slice(data: bytes | None, job: Job) -> bytes | None:
+    if data is None or job.image_offset is None:
+        return data
+    return data[job.image_offset : job.image_offset + job.image_bytes]
