@@ -72,12 +72,17 @@ def _as_admin(server_url: str, statement: str) -> None:
 
 
 def make_engine(url: str, echo: bool = False) -> Engine:
-    """An engine with pre-ping (servers restart) and, for SQLite, WAL and a busy timeout."""
+    """An engine with pre-ping (servers restart) and, for SQLite, WAL and a busy timeout.
+
+    On Postgres an UPDATE run for many rows (a worker storing a chunk's results) goes in pages
+    of statements per round trip (psycopg2's execute_batch), not one round trip per row.
+    """
     if url.startswith("sqlite"):
         engine = create_engine(url, echo=echo, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=10,
+                         executemany_mode="values_plus_batch")  # fmt: skip
 
 
 def _sqlite_pragmas(connection, _record) -> None:

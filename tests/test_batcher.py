@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from worker.batcher import MicroBatcher
+from worker.batcher import MicroBatcher, Slots
 
 
 class Recorder:
@@ -114,3 +114,22 @@ def test_stop_runs_what_is_queued_and_refuses_more():
     assert [f.result(timeout=10) for f in futures] == [0, 10, 20, 30, 40]
     with pytest.raises(RuntimeError):
         batcher.submit("a", 9)
+
+
+def test_slots_let_a_worker_hold_only_what_it_will_start_soon():
+    slots, order = Slots(4), []
+
+    def take(name: str, count: int, hold_s: float) -> None:
+        with slots.taking(count):
+            order.append(f"{name} in")
+            time.sleep(hold_s)
+        order.append(f"{name} out")
+
+    first = threading.Thread(target=take, args=("first", 3, 0.3))
+    first.start()
+    time.sleep(0.05)
+    take("second", 3, 0)  # waits: 3 + 3 is over the capacity
+    first.join()
+    assert order == ["first in", "first out", "second in", "second out"]
+    with slots.taking(10):  # a chunk larger than the capacity takes all of it
+        assert slots._free == 0

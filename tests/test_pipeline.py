@@ -25,7 +25,7 @@ from captioner.service import migrate
 from core.broker import SWEEP_TASK
 from core.settings import from_env
 from store.db import Database
-from store.keys import attention_key, image_key
+from store.keys import image_key
 from store.models import Job, utcnow
 
 WORKERS = ("one@pipeline", "two@pipeline")
@@ -54,8 +54,9 @@ def test_concurrent_jobs_get_the_models_own_captions_once_each(
     from model.inference import Captioner
 
     images = val_images[:100]
-    with ThreadPoolExecutor(16) as pool:
-        submitted = list(pool.map(stack.client.submit, images))
+    with ThreadPoolExecutor(16) as pool:  # 60 alone, 40 in one batch (packed, sent in chunks)
+        submitted = list(pool.map(stack.client.submit, images[:60]))
+    submitted += stack.client.submit_batch(images[60:])["jobs"]
     jobs = [stack.client.wait_for(job["id"], timeout=600) for job in submitted]
     assert [job["status"] for job in jobs] == ["succeeded"] * len(images)
 
@@ -66,7 +67,7 @@ def test_concurrent_jobs_get_the_models_own_captions_once_each(
         result = job["result"]
         assert result["tokens"] == expected.tokens and result["caption"] == expected.text
         np.testing.assert_allclose(result["token_log_probs"], expected.log_probs, atol=1e-3)
-        attention = np.load(io.BytesIO(stack.blobs.get(attention_key(job["id"]))))
+        attention = np.load(io.BytesIO(stack.client.get_bytes(job["urls"]["attention"])))
         assert attention.dtype == np.float16 and attention.shape == (len(expected.tokens), 64)
         assert result["attention_shape"] == list(attention.shape)
         np.testing.assert_allclose(attention, expected.attention, atol=2e-3)
@@ -92,6 +93,7 @@ def test_a_canceled_job_never_runs_and_bad_images_fail_while_workers_carry_on(st
     pause(stack)
     try:
         canceled, corrupt, missing = (stack.client.submit(val_images[0])["id"] for _ in range(3))
+        cut = stack.client.submit(val_images[0][:400])["id"]  # its header passes the API's check
         stack.client.request("POST", f"/v1/jobs/{canceled}/cancel")
         stack.blobs.put(image_key(corrupt), b"\x89PNG\r\n\x1a\n but the rest is gone")
         stack.blobs.delete(image_key(missing))
@@ -99,14 +101,15 @@ def test_a_canceled_job_never_runs_and_bad_images_fail_while_workers_carry_on(st
         resume(stack)
     after = stack.client.submit(val_images[1], wait=120)
     assert after["status"] == "succeeded"
-    ended = {job_id: stack.client.wait_for(job_id) for job_id in (canceled, corrupt, missing)}
+    ended = {job_id: stack.client.wait_for(job_id) for job_id in (canceled, corrupt, missing, cut)}
     queue = redis.Redis.from_url(stack.settings.broker_url)
     assert queue.llen("inference") == 0  # every message was consumed
     assert ended[canceled]["status"] == "canceled" and ended[canceled]["attempts"] == 0
     assert ended[canceled]["timings"]["started_at"] is None
     assert ended[corrupt]["error"]["code"] in {"corrupt_image", "not_an_image"}
     assert ended[missing]["error"]["code"] == "image_missing"
-    assert {ended[j]["status"] for j in (corrupt, missing)} == {"failed"}
+    assert ended[cut]["error"]["code"] == "corrupt_image"
+    assert {ended[j]["status"] for j in (corrupt, missing, cut)} == {"failed"}
 
 
 def test_the_sweeper_resends_a_job_whose_worker_died(stack, val_images):
@@ -143,10 +146,10 @@ def test_the_embedded_mode_runs_the_same_flow_with_no_servers(
                 ids = [job["id"] for job in pool.map(client.submit, val_images[:6])]
             jobs = [client.wait_for(job_id, timeout=300) for job_id in ids]
             picture = client.get_bytes(f"/v1/jobs/{ids[0]}/attention.png")
+            attention = [client.get_bytes(job["urls"]["attention"]) for job in jobs]
     finally:
         stop([worker])
     assert [job["status"] for job in jobs] == ["succeeded"] * 6
-    for job in jobs:
-        stored = tmp_path / "data" / "blobs" / attention_key(job["id"])
-        assert np.load(stored).shape == (len(job["result"]["tokens"]), 64)
+    for job, data in zip(jobs, attention, strict=True):
+        assert np.load(io.BytesIO(data)).shape == (len(job["result"]["tokens"]), 64)
     assert Image.open(io.BytesIO(picture)).format == "PNG"
