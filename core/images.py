@@ -56,9 +56,14 @@ def _check_bytes(data: bytes, max_bytes: int) -> None:
         raise ImageError(TOO_LARGE, f"the image is over {max_bytes:,} bytes")
 
 
-def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode bytes into an upright 8-bit RGB Pillow image (the first frame of an animation)."""
-    return to_rgb(ImageOps.exif_transpose(_decode(data, max_pixels)))
+def open_image(
+    data: bytes, max_pixels: int = MAX_PIXELS, draft: tuple[int, int] | None = None
+) -> Image.Image:
+    """Decode bytes into an upright 8-bit RGB Pillow image (the first frame of an animation);
+    with `draft`, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale, never below that size."""
+    image = _decode(data, max_pixels, draft)
+    ImageOps.exif_transpose(image, in_place=True)  # no full-size copy when already upright
+    return image if image.mode == "RGB" else to_rgb(image)  # nor when already RGB
 
 
 def verify_image(stream: IO[bytes], max_pixels: int = MAX_PIXELS) -> None:
@@ -84,14 +89,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _decode(data: bytes, max_pixels: int) -> Image.Image:
+def _decode(data: bytes, max_pixels: int, draft: tuple[int, int] | None = None) -> Image.Image:
     """The first frame, decoded, in its own mode; the pixel limit is checked before decoding."""
     if not data:
         raise ImageError(EMPTY, "the image is empty (0 bytes)")
     with _pillow_errors():
         image = Image.open(io.BytesIO(data), formats=FORMATS)
-        _check_pixels(image, max_pixels)
+        _check_pixels(image, max_pixels)  # the full size, before a draft shrinks it
         image.seek(0)
+        if draft is not None:
+            image.draft("RGB", draft)  # JPEG only; other formats ignore it
         image.load()
     return image
 

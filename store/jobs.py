@@ -125,6 +125,7 @@ class Claim:
 
     token: uuid.UUID  # fences the attempt: finishing or failing needs the row to still hold it
     jobs: list[Job]
+    ended: list[uuid.UUID] = field(default_factory=list)  # aborted or failed by the claim
 
     @property
     def ids(self) -> list[uuid.UUID]:
@@ -166,9 +167,10 @@ def claim_jobs(
     }  # fmt: skip
     changed = _update_jobs(session, and_(Job.id.in_(job_ids), _claimable(now)), values)
     claimed = [job for job in changed if job.status == JobStatus.RUNNING.value]
-    announce(session, [job for job in changed if job not in claimed], "completed")
+    ended = [job for job in changed if job not in claimed]
+    announce(session, ended, "completed")
     announce(session, claimed, "start")
-    return Claim(token, claimed)
+    return Claim(token, claimed, [job.id for job in ended])
 
 
 def _at(moment: datetime):

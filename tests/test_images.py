@@ -10,7 +10,7 @@ from PIL import Image
 
 from core.errors import ImageError
 from core.images import open_image
-from model.images import decode_image
+from model.images import decode_image, preprocess
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **params) -> bytes:
@@ -108,3 +108,13 @@ def test_image_and_vocabulary_modules_do_not_load_tensorflow():
     code = "import sys, model.images, model.vocab; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_to_nearly_the_same_input():
+    rng = np.random.default_rng(0)
+    smooth = np.linspace(0, 255, 1280, dtype=np.float32)[None, :, None].repeat(960, 0)
+    pixels = np.clip(smooth + rng.normal(0, 20, (960, 1280, 3)), 0, 255).astype(np.uint8)
+    data = encode(Image.fromarray(pixels), "JPEG", quality=90)
+    drafted, full = decode_image(data), preprocess(open_image(data))
+    assert drafted.shape == full.shape == (299, 299, 3)
+    assert np.abs(drafted - full).mean() < 0.01  # a fraction of one 8-bit level (2/255)

@@ -170,7 +170,7 @@ def test_one_claim_runs_some_jobs_and_ends_the_late_and_the_spent(db):
         s.execute(update(Job).where(Job.id == spent).values(attempts=3))
     with db.session() as s:
         claim = jobs.claim_jobs(s, [fresh, late, spent], 60, max_attempts=3, worker="w")
-    assert claim.ids == [fresh]
+    assert claim.ids == [fresh] and sorted(claim.ended) == sorted([late, spent])
     with db.session() as s:
         ended = {job_id: jobs.get_job(s, job_id) for job_id in (late, spent)}
         assert (ended[late].status, ended[late].error_code) == ("aborted", "deadline_passed")

@@ -101,9 +101,8 @@ class Inference:
         with self.db.session() as session:
             claim = jobs.claim_jobs(session, ids, settings.job_lease_seconds,
                                     settings.job_max_attempts, self.worker)  # fmt: skip
-        ended = set(ids) - set(claim.ids)
-        if ended:  # skipped ones are already announced; this covers those the claim ended
-            self.notifier.finished_many(ended)
+        if claim.ended:  # past their deadline or out of attempts
+            self.notifier.finished_many(claim.ended)
         if not claim.jobs:
             raise JobSkipped(", ".join(map(str, ids)))
         return claim
