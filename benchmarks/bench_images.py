@@ -12,7 +12,7 @@ PNGs the project trains on (`model.shapes.write_shapes_dataset`, as bench_pipeli
   get together, just before the scaling runs: the cores this run could really use (other work
   on a shared machine takes the rest; `load_avg_*` is the same story, coarser).
 - `{set}_images_per_s_{n}_threads`: `model.images.decode_image` over the whole set through a
-  ThreadPoolExecutor of n threads (1, 2 and os.cpu_count()); median of `--reps` passes, the
+  ThreadPoolExecutor of n threads (1, 2, 4, … and os.cpu_count()); median of `--reps` passes, the
   thread counts interleaved so drift hits all alike. `{set}_cpu_ms_per_image_{n}_threads` is the
   process CPU time (time.process_time, all threads) per image, so
   `{set}_images_per_s_per_core` = 1000 / cpu_ms_per_image with one thread.
@@ -21,7 +21,9 @@ PNGs the project trains on (`model.shapes.write_shapes_dataset`, as bench_pipeli
 - `jpeg_640_images_per_s_{n}_processes`: the same through a ProcessPoolExecutor (spawn, workers
   started before timing), the arrays pickled back to the parent as a worker would need them; its
   CPU time adds the workers' (from /proc) to the parent's.
-- `jpeg_{640,1280}_{variant}_*`, one thread, against today's `decode_image` (`baseline`):
+- `jpeg_{640,1280}_{variant}_*`, one thread, against `baseline`, the preparation as it was
+  before draft mode (`prepare()` with its defaults); `worker` is `decode_image` as the worker
+  runs it now (draft mode and no copies, so it should match `draft_no_copies`):
   `draft` calls `image.draft("RGB", (299, 299))` before decoding (libjpeg scales by 1/2, 1/4 or
   1/8 while the result stays at least 299 on both sides; `_draft_decoded_size` says what it got);
   `reducing_gap_{g}` resizes with `reducing_gap=g` (a box `Image.reduce` by an integer factor
@@ -158,8 +160,9 @@ def threaded(fn: Callable, datas: list[bytes], workers: int) -> tuple[float, flo
 
 
 def thread_counts() -> list[int]:
-    """1, 2 and os.cpu_count() threads, without repeats."""
-    return sorted({1, 2, os.cpu_count() or 1})
+    """1, 2, 4, … up to os.cpu_count() threads, and os.cpu_count() itself."""
+    cores = os.cpu_count() or 1
+    return sorted({2**k for k in range(cores.bit_length()) if 2**k <= cores} | {cores})
 
 
 def scaling_figures(name: str, datas: list[bytes], reps: int) -> dict:
@@ -243,8 +246,9 @@ def interleaved(fns: dict[str, Callable], datas: list[bytes], reps: int) -> dict
 
 
 def variants() -> dict[str, Callable]:
-    """Today's decode_image and the draft-mode and reducing_gap alternatives."""
-    out: dict[str, Callable] = {"baseline": decode_image, "draft": partial(prepare, draft=True)}
+    """The preparation before draft mode, the worker's decode_image, and the alternatives."""
+    out: dict[str, Callable] = {"baseline": prepare, "worker": decode_image,
+                                "draft": partial(prepare, draft=True)}  # fmt: skip
     for gap in GAPS:
         out[f"reducing_gap_{gap:g}"] = partial(prepare, gap=gap)
     out["no_copies"] = partial(prepare, copies=False)
@@ -255,9 +259,9 @@ def variants() -> dict[str, Callable]:
 def variant_figures(name: str, datas: list[bytes], reps: int) -> dict:
     """Images/s of each variant (interleaved per image) and its difference from the baseline."""
     fns = variants()
-    if not np.array_equal(prepare(datas[0]), decode_image(datas[0])):
+    if not np.array_equal(prepare(datas[0], draft=True, copies=False), decode_image(datas[0])):
         raise RuntimeError("prepare() no longer matches decode_image(): update the benchmark")
-    baseline = np.stack([decode_image(d) for d in datas])
+    baseline = np.stack([prepare(d) for d in datas])
     out: dict = {f"{name}_draft_decoded_size": draft_size(datas[0])}
     for v, fn in fns.items():  # this untimed pass warms each variant up too
         if v == "baseline":
