@@ -12,7 +12,6 @@ from api.services import services
 from api.uploads import check_image, read_batch
 from store import batches, jobs
 from store.images import put_pack
-from store.models import Job
 from store.payloads import batch_json
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
@@ -31,10 +30,9 @@ def submit_batch():
     new_jobs = [new_job(uuid.uuid4(), place, data, info, options)
                 for place, data, info in zip(stored, images, infos, strict=True)]  # fmt: skip
     with services().db.session() as session:
-        batch = batches.create_batch(session, OWNER, new_jobs, options.webhook_url,
-                                     options.webhook_events)  # fmt: skip
-        members = [session.get(Job, new.id) for new in new_jobs]  # in memory: no SELECT
-        body = batch_json(batch, members)
+        batch, members = batches.create_batch(session, OWNER, new_jobs, options.webhook_url,
+                                              options.webhook_events)  # fmt: skip
+        body = batch_json(batch, members)  # from the rows in memory
     enqueue([new.id for new in new_jobs], per_message=chunk)
     response = jsonify(body)
     response.status_code = 202

@@ -19,8 +19,9 @@ Either way the real model's warm-up is skipped: it never runs.
   API (gunicorn master and workers), the worker (and any children), moto, Postgres (the stack
   database's backends, followed at every poll as connections come and go, and the server's own
   processes; `postgres_all`: every postgres process on the machine, ended backends included),
-  Redis, this client. `decode_cpu_ms_per_image`: `model.images.decode_image` on the same images
-  in this process; `own_cpu_ms_per_job_excl_decode` = api + worker - decode.
+  Redis, this client. `decode_cpu_ms_per_image`: the source's `model.images.decode_image` on the
+  same images, alone in a child process (its allocator kept in a long-running process's steady
+  state); `own_cpu_ms_per_job_excl_decode` = api + worker - decode.
 - `s3_requests_per_job` (moto's request log), `pg_xacts_per_job` and `pg_sessions_per_job`
   (pg_stat_database, less this script's polls), `redis_commands_per_job` (INFO stats: every
   Redis database on the server, so someone else's load counts: see `redis_other_clients`).
@@ -28,7 +29,8 @@ Either way the real model's warm-up is skipped: it never runs.
   of the jobs done, each sample given to a stage by the innermost frame matching STAGES below
   (else FALLBACK_STAGES, else `other`); the shares are scaled to the worker's CPU per job over
   that span (`total`), as py-spy falls behind on a busy machine (`profile_coverage`: samples /
-  rate / CPU seconds). Needs py-spy in the venv; skipped with a note if absent.
+  rate / CPU seconds). py-spy runs niced, yet takes CPU the stack needs on a small machine:
+  `--no-profile` gives the cleanest rates. Needs py-spy in the venv; skipped with a note if not.
 
 `--source DIR` runs the API and the worker from another checkout (DIR first on PYTHONPATH, cwd
 DIR, DIR's migrations); `--compare OLD_DIR` alternates OLD_DIR and the source for `--rounds`
@@ -120,6 +122,7 @@ WORKER = "bench@control-plane"
 POLL_S = 0.2
 SETTLE_S = 1.5  # Postgres backends publish their counters within a second of going idle
 PROFILE_SPAN = (0.1, 0.9)  # py-spy samples while this share of the jobs is done
+PROFILER_NICE = 10
 STANDIN_ENV = "CAPTIONER_BENCH_STANDIN_MODEL_MS"
 PATCH_ENV = "CAPTIONER_BENCH_STANDIN_PATCH"
 PATCHED_MARK = "[bench] stand-in"  # what the sitecustomize prints into the worker's log
@@ -235,12 +238,11 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-cp-") as tmp:
         inputs = make_inputs(Path(tmp), args)
-        decode_ms = decode_cpu_ms(inputs.pngs)
         if args.compare:
-            result = compare(inputs, decode_ms)
+            result = compare(inputs)
         else:
-            result = run_once(inputs, args.source.resolve(), decode_ms, inputs.workdir / "run")
-    result |= {"decode_cpu_ms_per_image": round(decode_ms, 3)} | machine(load_before)
+            result = run_once(inputs, args.source.resolve(), inputs.workdir / "run")
+    result |= machine(load_before)
     print(json.dumps(result))
 
 
@@ -276,19 +278,31 @@ def tiny_bundle(path: Path) -> Path:
     return save_bundle(Bundle(config, vocab, decoder, norm, Encoder("seed:0").info), path)
 
 
-def decode_cpu_ms(pngs: list[bytes], reps: int = 5) -> float:
-    """CPU milliseconds of `model.images.decode_image` per image, in this process."""
-    from model.images import decode_image
+# A short-lived process would hand its freed arrays back to the OS and fault them in again at
+# every image (half its time in the kernel); a long-running worker keeps them, as these do.
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+DECODE = """import sys, time
+from pathlib import Path
+from model.images import decode_image
+images = [path.read_bytes() for path in sorted(Path(sys.argv[1]).glob("*.png"))]
+decode_image(images[0])
+started = time.process_time()
+for data in images * 5:
+    decode_image(data)
+print((time.process_time() - started) * 1000 / (5 * len(images)))
+"""
 
-    decode_image(pngs[0])
-    started = time.process_time()
-    for _ in range(reps):
-        for data in pngs:
-            decode_image(data)
-    return (time.process_time() - started) * 1000 / (reps * len(pngs))
+
+def decode_cpu_ms(inputs: Inputs, source: Path) -> float:
+    """CPU milliseconds of the source's `model.images.decode_image` per image (a child process)."""
+    images = inputs.workdir / "shapes" / "images" / "train"
+    env = os.environ | {"PYTHONPATH": str(source)} | STEADY_MALLOC
+    out = subprocess.run([sys.executable, "-c", DECODE, str(images)], cwd=source, env=env,
+                         check=True, capture_output=True, text=True).stdout  # fmt: skip
+    return float(out.split()[-1])
 
 
-def compare(inputs: Inputs, decode_ms: float) -> dict:
+def compare(inputs: Inputs) -> dict:
     """Old and new alternately, `--rounds` times: each side's medians and the ratios."""
     args = inputs.args
     sides = {"old": args.compare.resolve(), "new": args.source.resolve()}
@@ -296,11 +310,11 @@ def compare(inputs: Inputs, decode_ms: float) -> dict:
     for i in range(args.rounds):
         for side, source in sides.items():
             folder = inputs.workdir / f"{side}-{i}"
-            runs[side].append(run_once(inputs, source, decode_ms, folder))
+            runs[side].append(run_once(inputs, source, folder))
     summary = {side: medians(results) for side, results in runs.items()}
     keys = ("jobs_per_s", "jobs_per_s_mid80", "api_cpu_ms_per_job", "worker_cpu_ms_per_job",
             "own_cpu_ms_per_job_excl_decode", "postgres_cpu_ms_per_job", "s3_requests_per_job",
-            "pg_xacts_per_job", "redis_commands_per_job")  # fmt: skip
+            "pg_xacts_per_job", "redis_commands_per_job", "decode_cpu_ms_per_image")  # fmt: skip
     ratios = {key: ratio(summary["new"].get(key), summary["old"].get(key)) for key in keys}
     rates = {f"{side}_jobs_per_s_each": [r["jobs_per_s"] for r in runs[side]] for side in runs}
     return {"ratio_new_over_old": ratios, **summary, **rates, "rounds": args.rounds}
@@ -327,15 +341,17 @@ def medians(results: list[dict]) -> dict:
     return out
 
 
-def run_once(inputs: Inputs, source: Path, decode_ms: float, folder: Path) -> dict:
-    """One stack from `source`, warmed up, then measured."""
+def run_once(inputs: Inputs, source: Path, folder: Path) -> dict:
+    """One stack from `source`, warmed up, then measured; and the source's decode alone."""
     folder.mkdir(parents=True, exist_ok=True)
+    decode_ms = decode_cpu_ms(inputs, source)
     with started_stack(inputs, source, folder) as run:
         figures = measure(run, inputs)
         if inputs.args.keep:
             keep_logs(run, inputs.args.keep / folder.name)
     own = figures["api_cpu_ms_per_job"] + figures["worker_cpu_ms_per_job"] - decode_ms
-    return figures | {"own_cpu_ms_per_job_excl_decode": round(own, 3)}
+    return figures | {"decode_cpu_ms_per_image": round(decode_ms, 3),
+                      "own_cpu_ms_per_job_excl_decode": round(own, 3)}  # fmt: skip
 
 
 def keep_logs(run: Running, destination: Path) -> None:
@@ -606,14 +622,14 @@ def load(run: Running, inputs: Inputs, progress: Progress) -> tuple[list[str], f
 
     poster = threading.Thread(target=submit_all, name="poster")
     poster.start()
-    profile = follow(run, inputs, progress)
+    profile = follow(run, inputs, progress, lambda: not poster.is_alive() and "ids" not in posted)
     poster.join()
     if "ids" not in posted:
         raise RuntimeError(f"posting failed:\n{tail(run.log('api'))}")
     return posted["ids"], posted["seconds"], profile
 
 
-def follow(run: Running, inputs: Inputs, progress: Progress) -> dict:
+def follow(run: Running, inputs: Inputs, progress: Progress, posting_failed) -> dict:
     """Poll until every job is terminal, profiling the worker over the middle of the run."""
     args = inputs.args
     profiler = Profiler(run, args)
@@ -622,6 +638,8 @@ def follow(run: Running, inputs: Inputs, progress: Progress) -> dict:
     while (done := progress.done() - progress.warm) < args.jobs:
         if time.monotonic() > deadline or run.processes["worker"].poll() is not None:
             raise RuntimeError(f"{done} of {args.jobs} jobs done:\n{tail(run.log('worker'))}")
+        if posting_failed():
+            raise RuntimeError(f"posting failed:\n{tail(run.log('api'))}")
         if profiler.binary and not args.no_profile:
             profiler.step(done, span)
         progress.watch_backends()
@@ -650,9 +668,11 @@ class Profiler:
 
     def start(self, done: int) -> None:
         """Attach py-spy to the worker."""
-        command = [self.binary, "record", "--pid", str(self.run.processes["worker"].pid),
-                   "--format", "raw", "--output", str(self.output), "--rate", str(self.rate),
-                   "--nonblocking", "--full-filenames"]  # fmt: skip
+        # Niced, so that on a small machine it takes less of the CPU the stack runs on.
+        command = ["nice", "-n", str(PROFILER_NICE), self.binary, "record", "--pid",
+                   str(self.run.processes["worker"].pid), "--format", "raw", "--output",
+                   str(self.output), "--rate", str(self.rate), "--nonblocking",
+                   "--full-filenames"]  # fmt: skip
         self.children_cpu = children_cpu_s()
         self.worker_cpu = tree_cpu_s(self.run.processes["worker"].pid)
         with open(self.run.log("py-spy"), "ab") as out:

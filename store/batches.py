@@ -22,8 +22,9 @@ def create_batch(
     new_jobs: Sequence[NewJob],
     webhook_url: str | None = None,
     webhook_events: Sequence[str] | None = None,
-) -> Batch:
-    """Insert a batch and its queued jobs (flushed, not committed: the caller's session commits).
+) -> tuple[Batch, list[Job]]:
+    """Insert a batch and its queued jobs (flushed, not committed: the caller's session commits);
+    the rows, in submission order.
 
     The batch's webhook is told about the batch as a whole, not about each job.
     """
@@ -35,13 +36,15 @@ def create_batch(
                   webhook_events=list(webhook_events) if webhook_url else None)  # fmt: skip
     session.add(batch)
     session.flush()  # the jobs' foreign key needs the batch row first
+    jobs = []
     for index, new in enumerate(new_jobs):
         # One microsecond apart, so ordering by created_at gives back the submission order.
         created = now + timedelta(microseconds=index)
         fields = asdict(new) | {"batch_id": batch.id, "created_at": created}
-        session.add(Job(**fields, status=JobStatus.QUEUED.value, attempts=0))
+        jobs.append(Job(**fields, status=JobStatus.QUEUED.value, attempts=0))
+    session.add_all(jobs)
     session.flush()
-    return batch
+    return batch, jobs
 
 
 def get_batch(session: Session, batch_id: uuid.UUID, owner: str | None = None) -> Batch | None:

@@ -210,20 +210,29 @@ def finish_jobs(
     return [job.id for job in held]
 
 
-def _held(session: Session, token: uuid.UUID, job_ids: Sequence[uuid.UUID]) -> list[Job]:
-    """The jobs among `job_ids` still running under `token`, locked until the commit."""
-    query = select(Job).where(Job.id.in_(job_ids), Job.attempt_token == token,
-                              Job.status == JobStatus.RUNNING.value).with_for_update()  # fmt: skip
-    return list(session.scalars(query))
+def _held(session: Session, token: uuid.UUID, job_ids: Sequence[uuid.UUID]) -> list:
+    """The jobs among `job_ids` still running under `token`, locked until the commit (the
+    columns finishing needs, not whole rows)."""
+    columns = (Job.id, Job.created_at, Job.started_at, Job.batch_id, Job.webhook_url,
+               Job.webhook_events)  # fmt: skip
+    held = and_(Job.id.in_(job_ids), Job.attempt_token == token,
+                Job.status == JobStatus.RUNNING.value)  # fmt: skip
+    query = select(*columns).where(held).with_for_update()
+    return list(session.execute(query))
 
 
 def _ms(start: datetime, end: datetime) -> float:
     return (as_utc(end) - as_utc(start)).total_seconds() * 1000
 
 
-def _announce_ended(session: Session, ended: Sequence[Job]) -> None:
+def _announce_ended(session: Session, ended: Sequence) -> None:
     """Announce jobs just ended by a bulk update (reloading them only when someone asked)."""
-    wanted = [job.id for job in ended if wants(job, "completed") or job.batch_id]
+    batches = {b: session.get(Batch, b) for b in {job.batch_id for job in ended if job.batch_id}}
+    wanted = [
+        job.id
+        for job in ended
+        if wants(job, "completed") or wants(batches.get(job.batch_id), "completed")
+    ]
     if wanted:
         query = select(Job).where(Job.id.in_(wanted))
         reloaded = session.scalars(query, execution_options={"populate_existing": True})

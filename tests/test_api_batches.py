@@ -171,7 +171,7 @@ def test_store_keeps_submission_order_even_against_id_order(app):
                        image_format="PNG", image_width=1, image_height=1, id=i)
            for i in ids]  # fmt: skip
     with db.session() as session:
-        batch_id = batches.create_batch(session, "tenant", new).id
+        batch_id = batches.create_batch(session, "tenant", new)[0].id
     with db.session() as session:
         assert [job.id for job in jobs.batch_jobs(session, batch_id)] == ids
         assert batches.get_batch(session, batch_id, owner="someone else") is None

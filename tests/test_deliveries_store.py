@@ -179,7 +179,7 @@ def test_410_stops_the_endpoints_other_pending_deliveries(db):
 def test_a_batch_completes_once_however_its_jobs_end_together(db):
     new_jobs = [new_job() for _ in range(8)]
     with db.session() as session:
-        batch = batches.create_batch(session, "tenant", new_jobs, HOOK, ["start", "completed"])
+        batch, _ = batches.create_batch(session, "tenant", new_jobs, HOOK, ["start", "completed"])
     claims = [claim_job(db, new.id) for new in new_jobs]
     assert events(db, batch.id) == ["batch.started"]
     with ThreadPoolExecutor(8) as pool:
