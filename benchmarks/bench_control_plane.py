@@ -32,6 +32,9 @@ Either way the real model's warm-up is skipped: it never runs.
   rate / CPU seconds). py-spy runs niced, yet takes CPU the stack needs on a small machine:
   `--no-profile` gives the cleanest rates. Needs py-spy in the venv; skipped with a note if not.
 
+`--singles` posts one image at a time to /v1/jobs instead (`--threads 32`: submits at
+concurrency 32); `posts_per_s` is the submission rate either way.
+
 `--source DIR` runs the API and the worker from another checkout (DIR first on PYTHONPATH, cwd
 DIR, DIR's migrations); `--compare OLD_DIR` alternates OLD_DIR and the source for `--rounds`
 and adds the ratios new/old. The machine's load is reported: the figures need a quiet machine.
@@ -217,6 +220,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-images", type=int, default=100, help="images per POST")
     parser.add_argument("--threads", type=int, default=4, help="client threads posting")
     parser.add_argument("--upload", choices=("multipart", "json"), default="multipart")
+    parser.add_argument("--singles", action="store_true",
+                        help="POST /v1/jobs one image at a time (try --threads 32)")  # fmt: skip
     parser.add_argument("--standin-ms", type=float, default=5.0, help="model cost per batch")
     parser.add_argument("--standin", choices=("auto", "setting", "patch"), default="auto",
                         help="auto: the setting if the source has it, else the patch")  # fmt: skip
@@ -484,7 +489,8 @@ def measure(run: Running, inputs: Inputs) -> dict:
     figures = per_job(before, after, args.jobs)
     figures |= rates(jobs, started_at, args.jobs) | profile
     return figures | {
-        "submit_s": round(submit_s, 2), "jobs": args.jobs, "batch_images": args.batch_images,
+        "submit_s": round(submit_s, 2), "posts_per_s": round(len(batch_ids) / submit_s, 1),
+        "singles": args.singles, "jobs": args.jobs, "batch_images": args.batch_images,
         "threads": args.threads, "upload": args.upload, "standin_ms": args.standin_ms,
         "standin": run.standin, "source": str(run.source), "source_commit": commit(run.source),
         "source_files": sources,
@@ -524,11 +530,11 @@ class Progress:
         sql = "SELECT count(*) FROM jobs WHERE status = ANY(%s)"
         return self.query(sql, (list(TERMINAL),))[0][0]
 
-    def jobs(self, batch_ids: list[str]) -> list[tuple]:
-        """(status, finished_at, batch_size, predict_ms) of the batches' jobs."""
+    def jobs(self, ids: list[str]) -> list[tuple]:
+        """(status, finished_at, batch_size, predict_ms) of the batches' jobs (or the jobs')."""
         sql = ("SELECT status, finished_at, batch_size, predict_ms FROM jobs "
-               "WHERE batch_id = ANY(%s::uuid[])")  # fmt: skip
-        return self.query(sql, (batch_ids,))
+               "WHERE batch_id = ANY(%s::uuid[]) OR id = ANY(%s::uuid[])")  # fmt: skip
+        return self.query(sql, (ids, ids))
 
     def database_stats(self) -> dict[str, int]:
         """Transactions (committed and rolled back) and sessions opened in the stack's database."""
@@ -593,25 +599,27 @@ def verify_source(run: Running, inputs: Inputs) -> dict[str, str]:
 
 
 def post(run: Running, inputs: Inputs, images: list[bytes]) -> str:
-    """POST /v1/batches (multipart files or JSON base64, as asked); the batch id."""
-    if inputs.args.upload == "json":
+    """POST /v1/batches (multipart files or JSON base64, as asked), or with `--singles` one
+    image to /v1/jobs; the batch's or the job's id."""
+    if inputs.args.upload == "json" and not inputs.args.singles:
         return run.client.submit_batch(images)["id"]
+    path, name = ("/v1/jobs", "image") if inputs.args.singles else ("/v1/batches", "images")
     boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="images"; '
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
              f'filename="{i}.png"\r\nContent-Type: image/png\r\n\r\n'.encode() + data + b"\r\n"
              for i, data in enumerate(images)]  # fmt: skip
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-    return json.loads(run.client.get_bytes("/v1/batches", "POST", body, headers))["id"]
+    return json.loads(run.client.get_bytes(path, "POST", body, headers))["id"]
 
 
 def load(run: Running, inputs: Inputs, progress: Progress) -> tuple[list[str], float, dict]:
     """Post every batch from the client threads while following progress; the batch ids, the
     seconds the posting took, and the worker's profile."""
     args, pngs = inputs.args, inputs.pngs
-    starts = range(0, args.jobs, args.batch_images)
-    batches = [[pngs[(at + i) % len(pngs)] for i in range(min(args.batch_images, args.jobs - at))]
-               for at in starts]  # fmt: skip
+    size = 1 if args.singles else args.batch_images
+    batches = [[pngs[(at + i) % len(pngs)] for i in range(min(size, args.jobs - at))]
+               for at in range(0, args.jobs, size)]  # fmt: skip
     posted: dict = {}
     started = time.perf_counter()
 

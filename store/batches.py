@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict
 from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
-from store.jobs import NewJob
+from store.jobs import NewJob, values
 from store.models import Batch, Job, JobStatus, utcnow
 
 
@@ -40,7 +39,7 @@ def create_batch(
     for index, new in enumerate(new_jobs):
         # One microsecond apart, so ordering by created_at gives back the submission order.
         created = now + timedelta(microseconds=index)
-        fields = asdict(new) | {"batch_id": batch.id, "created_at": created}
+        fields = values(new) | {"batch_id": batch.id, "created_at": created}
         jobs.append(Job(**fields, status=JobStatus.QUEUED.value, attempts=0))
     session.add_all(jobs)
     session.flush()

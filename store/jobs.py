@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 
 from sqlalchemy import DateTime, Uuid, and_, case, cast, literal, null, or_, select, update
@@ -62,9 +62,15 @@ class JobResult:
     batch_size: int
 
 
+def values(record) -> dict:
+    """A NewJob's or JobResult's fields as column values (shallow: `asdict` deep-copies every
+    list, a cost paid per job)."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
+
+
 def create_job(session: Session, new: NewJob) -> Job:
     """Insert a queued job (flushed, not committed: the caller's session commits)."""
-    job = Job(**asdict(new), status=JobStatus.QUEUED.value, attempts=0)
+    job = Job(**values(new), status=JobStatus.QUEUED.value, attempts=0)
     session.add(job)
     session.flush()
     return job
@@ -199,7 +205,7 @@ def finish_jobs(
     """
     held = _held(session, token, list(results))
     now = utcnow()
-    rows = [asdict(results[job.id]) | {
+    rows = [values(results[job.id]) | {
         "id": job.id, "status": JobStatus.SUCCEEDED.value, "finished_at": now,
         "lease_expires_at": None, "queue_ms": _ms(job.created_at, job.started_at or now),
         "total_ms": _ms(job.created_at, now),
