@@ -567,8 +567,9 @@ class Progress:
 
 
 def warm_up(run: Running, inputs: Inputs, progress: Progress) -> None:
-    """A few small batches at once (both API workers, every connection), all finished."""
-    count = 8
+    """A few small batches (or single jobs) at once (both API workers, every connection), all
+    finished."""
+    count = 1 if inputs.args.singles else 8
     with ThreadPoolExecutor(inputs.args.threads) as pool:
         list(pool.map(lambda _: post(run, inputs, inputs.pngs[:count]), range(inputs.args.threads)))
     wait_done(run, progress, count * inputs.args.threads, 300)

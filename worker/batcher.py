@@ -59,13 +59,17 @@ class MicroBatcher:
 
     def submit(self, key: Hashable, item: Any) -> Future:
         """Queue an item; the future gets its output, or the exception its batch raised."""
-        pending = _Pending(key, item)
+        return self.submit_many([(key, item)])[0]
+
+    def submit_many(self, items: Sequence[tuple[Hashable, Any]]) -> list[Future]:
+        """Queue (key, item) pairs at once (one wake-up of the model thread); their futures."""
+        pending = [_Pending(key, item) for key, item in items]
         with self._changed:
             if self._stopping:
                 raise RuntimeError("the batcher is stopped")
-            self._pending.append(pending)
+            self._pending.extend(pending)
             self._changed.notify_all()
-        return pending.future
+        return [p.future for p in pending]
 
     def stop(self, timeout: float | None = None) -> None:
         """Run what is queued, then end the model thread."""

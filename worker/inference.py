@@ -109,18 +109,18 @@ class Inference:
 
     def _submit(self, claimed: list) -> tuple[dict, dict[uuid.UUID, Outcome]]:
         """Prepare the images and queue them for the model: futures, and the jobs that failed."""
-        outcomes: dict[uuid.UUID, Outcome] = {}
         try:
             images = read_images(self.blobs, claimed)
         except BlobStoreError as exc:
             return {}, {job.id: exc for job in claimed}
-        prepared = self.decoders.map(self._decode, [images[job.id] for job in claimed])
-        futures = {}
-        for job, image in zip(claimed, prepared, strict=True):
-            if isinstance(image, np.ndarray):
-                futures[job.id] = self.batcher.submit((job.beam_size, job.max_length), image)
-            else:
-                outcomes[job.id] = image
+        prepared = list(self.decoders.map(self._decode, [images[job.id] for job in claimed]))
+        ready = [(job, image) for job, image in zip(claimed, prepared, strict=True)
+                 if isinstance(image, np.ndarray)]  # fmt: skip
+        outcomes = {job.id: image for job, image in zip(claimed, prepared, strict=True)
+                    if not isinstance(image, np.ndarray)}  # fmt: skip
+        queued = self.batcher.submit_many([((job.beam_size, job.max_length), image)
+                                           for job, image in ready])  # fmt: skip
+        futures = {job.id: future for (job, _), future in zip(ready, queued, strict=True)}
         return futures, outcomes
 
     def _decode(self, data: bytes | None) -> np.ndarray | Failure:
