@@ -1,5 +1,9 @@
 """Job records. Every status change is one guarded UPDATE, so a terminal status is never lost.
 
+Workers claim, finish and release jobs a chunk at a time. Each claim sets an attempt token on
+its rows; finishing, failing or releasing applies only while a row still holds that token, so
+an attempt whose job was meanwhile claimed again (its lease ran out) cannot change it.
+
 A change a webhook asked about records its delivery in the same transaction (see
 `store.deliveries`): `start` when a job is first claimed, `completed` on every terminal status,
 and a batch's `completed` once, when its last job ends.
@@ -12,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 
-from sqlalchemy import DateTime, Uuid, and_, case, cast, literal, null, or_, select, update
+from sqlalchemy import DateTime, String, Uuid, and_, case, cast, literal, null, or_, select, update
 from sqlalchemy.orm import Session
 
 from store.deliveries import Event, record_event, was_recorded
@@ -155,7 +159,7 @@ def claim_jobs(
     late = and_(Job.deadline_at.is_not(None), Job.deadline_at < now)
     spent = Job.attempts >= max_attempts
     ends = or_(late, spent)
-    values = {
+    changes = {
         "status": case((late, JobStatus.ABORTED.value), (spent, JobStatus.FAILED.value),
                        else_=JobStatus.RUNNING.value),
         "error_code": case((late, "deadline_passed"), (spent, "too_many_attempts"),
@@ -169,9 +173,9 @@ def claim_jobs(
         "lease_expires_at": case((ends, null()),
                                  else_=_at(now + timedelta(seconds=lease_seconds))),
         "attempt_token": case((ends, null()), else_=cast(literal(token, Uuid), Uuid)),
-        "worker": worker,
+        "worker": case((ends, Job.worker), else_=literal(worker, String)),
     }  # fmt: skip
-    changed = _update_jobs(session, and_(Job.id.in_(job_ids), _claimable(now)), values)
+    changed = _update_jobs(session, and_(Job.id.in_(job_ids), _claimable(now)), changes)
     claimed = [job for job in changed if job.status == JobStatus.RUNNING.value]
     ended = [job for job in changed if job not in claimed]
     announce(session, ended, "completed")
