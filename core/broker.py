@@ -80,8 +80,12 @@ class Broker:
         url = self.app.conf.broker_url
         if not url.startswith(("redis://", "rediss://")):
             return False  # the embedded broker's folders do not vanish on their own
-        with redis.Redis.from_url(url) as client:
-            return bool(client.set(MARKER_KEY, "1", nx=True))
+        try:
+            with redis.Redis.from_url(url) as client:
+                return bool(client.set(MARKER_KEY, "1", nx=True))
+        except redis.RedisError:  # down: nothing can be resent now; the next sweep asks again
+            self.log.warning("could not check the broker's marker key", exc_info=True)
+            return False
 
     def runs(self, run_ids: Iterable) -> list:
         """Send training runs to the training queue; the ids sent."""
