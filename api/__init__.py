@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from api.auth import register_auth
 from api.errors import register_error_handlers
 from api.services import Services
 from core.settings import Settings, from_env
@@ -12,11 +13,12 @@ from core.settings import Settings, from_env
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     """The app for `settings` (read from the environment when not given)."""
     settings = settings or (services.settings if services else from_env())
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)
     # Up to 100 base64 images per request (batches); each image is checked on its own.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_image_bytes * 4 // 3 * 100 + (1 << 20)
     app.json.sort_keys = False
     app.extensions["captioner"] = services or Services.from_settings(settings)
+    register_auth(app)
     register_blueprints(app)
     register_error_handlers(app)
     return app
@@ -24,7 +26,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
 def register_blueprints(app: Flask) -> None:
     """Attach every blueprint."""
-    from api import attention, batches, datasets, health, jobs, models, training, webhooks
+    from api import attention, batches, datasets, health, jobs, keys, models, training, webhooks
 
-    for module in (health, jobs, attention, batches, webhooks, datasets, training, models):
+    for module in (health, jobs, attention, batches, webhooks, datasets, training, models, keys):
         app.register_blueprint(module.bp)

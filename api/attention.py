@@ -9,6 +9,7 @@ import uuid
 import numpy as np
 from flask import Blueprint, jsonify, request, send_file
 
+from api.auth import requires
 from api.jobs import find_job
 from api.services import services
 from core.errors import BlobNotFound, ErrorResponse
@@ -16,13 +17,14 @@ from core.images import open_image
 from core.plots import render_attention_grid
 from store.images import read_images
 from store.keys import attention_key, attention_png_key
-from store.models import Job, JobStatus
+from store.models import Job, JobStatus, Scope
 
 bp = Blueprint("attention", __name__, url_prefix="/v1/jobs")
 FORMATS = ("npy", "json")
 
 
 @bp.get("/<uuid:job_id>/attention")
+@requires(Scope.JOBS)
 def get_attention(job_id: uuid.UUID):
     """The (T, 64) float16 weights as the stored .npy, or as T grids of 8×8 with `?format=json`."""
     form = request.args.get("format", "npy")
@@ -40,6 +42,7 @@ def get_attention(job_id: uuid.UUID):
 
 
 @bp.get("/<uuid:job_id>/attention.png")
+@requires(Scope.JOBS)
 def get_attention_png(job_id: uuid.UUID):
     """The per-word heat-map grid as a PNG, rendered on first request and cached in blobs."""
     job, data = succeeded_job(job_id)

@@ -6,18 +6,21 @@ import uuid
 
 from flask import Blueprint, jsonify, request
 
+from api.auth import requires, tenant
 from api.errors import found
-from api.jobs import OWNER, enqueue, new_job
+from api.jobs import enqueue, new_job
 from api.services import services
 from api.uploads import check_image, read_batch
 from store import batches, jobs
 from store.images import put_pack
+from store.models import Scope
 from store.payloads import batch_json
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
 
 @bp.post("")
+@requires(Scope.JOBS)
 def submit_batch():
     """Check every image, store them a pack at a time, record the batch and its jobs in one
     transaction, enqueue a message per pack: 202."""
@@ -30,7 +33,7 @@ def submit_batch():
     new_jobs = [new_job(uuid.uuid4(), place, data, info, options)
                 for place, data, info in zip(stored, images, infos, strict=True)]  # fmt: skip
     with services().db.session() as session:
-        batch, members = batches.create_batch(session, OWNER, new_jobs, options.webhook_url,
+        batch, members = batches.create_batch(session, tenant(), new_jobs, options.webhook_url,
                                               options.webhook_events)  # fmt: skip
         body = batch_json(batch, members)  # from the rows in memory
     enqueue([new.id for new in new_jobs], per_message=chunk)
@@ -41,6 +44,7 @@ def submit_batch():
 
 
 @bp.get("/<uuid:batch_id>")
+@requires(Scope.JOBS)
 def get_batch(batch_id: uuid.UUID):
     """One batch: status, counts per job status, and every job in submission order."""
     with services().db.session() as session:
@@ -50,4 +54,4 @@ def get_batch(batch_id: uuid.UUID):
 
 def find_batch(session, batch_id: uuid.UUID):
     """The caller's batch or a 404."""
-    return found(batches.get_batch(session, batch_id, owner=OWNER), "batch", batch_id)
+    return found(batches.get_batch(session, batch_id, owner=tenant()), "batch", batch_id)

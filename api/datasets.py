@@ -9,14 +9,14 @@ from pathlib import Path
 
 from flask import Blueprint, jsonify, request
 
+from api.auth import requires, tenant
 from api.errors import found
-from api.jobs import OWNER
 from api.services import services
 from core.archives import inspect_archive
 from core.errors import DatasetError, ErrorResponse
 from store import datasets
 from store.keys import dataset_key
-from store.models import Dataset
+from store.models import Dataset, Scope
 from store.payloads import dataset_json
 
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
@@ -25,6 +25,7 @@ RAW_TYPES = ("application/zip", "application/x-tar", "application/gzip", "applic
 
 
 @bp.post("")
+@requires(Scope.TRAINING)
 def upload_dataset():
     """Check the archive (every bad entry is named in a 400), store it, record it: 201."""
     settings = services().settings
@@ -38,7 +39,7 @@ def upload_dataset():
         dataset_id = uuid.uuid4()
         key = dataset_key(dataset_id)
         services().blobs.put(key, path.read_bytes(), f"application/{summary.format}")
-        row = Dataset(id=dataset_id, owner=OWNER, name=name, archive_key=key,
+        row = Dataset(id=dataset_id, owner=tenant(), name=name, archive_key=key,
                       format=summary.format, bytes=path.stat().st_size,
                       unpacked_bytes=summary.unpacked_bytes, splits=summary.splits,
                       images=summary.images, captions=summary.captions)  # fmt: skip
@@ -70,16 +71,18 @@ def save_upload(path: Path) -> tuple[Path, str]:
 
 
 @bp.get("")
+@requires(Scope.TRAINING)
 def list_datasets():
     """The caller's datasets, newest first."""
     with services().db.session() as session:
-        found = datasets.list_datasets(session, OWNER)
+        found = datasets.list_datasets(session, tenant())
         return jsonify({"datasets": [dataset_json(d) for d in found]})
 
 
 @bp.get("/<uuid:dataset_id>")
+@requires(Scope.TRAINING)
 def get_dataset(dataset_id: uuid.UUID):
     """One dataset: its size per split."""
     with services().db.session() as session:
-        dataset = datasets.get_dataset(session, dataset_id, owner=OWNER)
+        dataset = datasets.get_dataset(session, dataset_id, owner=tenant())
         return jsonify(dataset_json(found(dataset, "dataset", dataset_id)))

@@ -29,7 +29,8 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ErrorResponse)
     def api_error(exc: ErrorResponse):
-        return error_response(exc.status, exc.code, exc.message, **exc.details)
+        body, status = error_response(exc.status, exc.code, exc.message, **exc.details)
+        return body, status, exc.headers
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
+from api.auth import public
 from api.services import services
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@public
 def healthz():
     """The process answers."""
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
+@public
 def readyz():
     """Database, broker and blob store all reachable: 200, else 503 naming the failures."""
     checks = {"database": services().db.check, "blob_store": services().blobs.check,

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from flask import Blueprint, jsonify, request
 
+from api.auth import requires, tenant
 from api.errors import found
 from api.services import services
 from api.uploads import Options, check_image, read_submission
@@ -20,16 +21,16 @@ from core.errors import ErrorResponse
 from core.images import ImageInfo
 from store import jobs
 from store.images import StoredImage, put_image
-from store.models import Job, JobStatus, utcnow
+from store.models import Job, JobStatus, Scope, utcnow
 from store.payloads import iso, job_json
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
-OWNER = "default"  # one tenant until API keys exist
 MAX_WAIT_S = 60
 PAGE_MAX = 100
 
 
 @bp.post("")
+@requires(Scope.JOBS)
 def submit_job():
     """Check, store the image, record the job, enqueue it: 202 (200 if done within wait)."""
     data, options = read_submission(request)
@@ -47,7 +48,7 @@ def submit_job():
 def new_job(job_id: uuid.UUID, stored: StoredImage, data: bytes, info: ImageInfo,
             options: Options) -> jobs.NewJob:  # fmt: skip
     """A checked and stored image's job, not yet recorded; marked as sent (see `enqueue`)."""
-    return jobs.NewJob(owner=OWNER, image_key=stored.key, image_offset=stored.offset,
+    return jobs.NewJob(owner=tenant(), image_key=stored.key, image_offset=stored.offset,
                        image_bytes=len(data), image_format=info.format,
                        image_width=info.width, image_height=info.height,
                        beam_size=options.beam_size, max_length=options.max_length,
@@ -108,6 +109,7 @@ def prefer_wait(header: str) -> float:
 
 
 @bp.get("/<uuid:job_id>")
+@requires(Scope.JOBS)
 def get_job(job_id: uuid.UUID):
     """One job: status, result or error, timings, links."""
     with services().db.session() as session:
@@ -115,6 +117,7 @@ def get_job(job_id: uuid.UUID):
 
 
 @bp.get("")
+@requires(Scope.JOBS)
 def list_jobs():
     """Jobs newest first; `status` filters, `cursor` continues, `limit` ≤ 100."""
     status = request.args.get("status")
@@ -127,7 +130,7 @@ def list_jobs():
         raise ErrorResponse(400, "invalid_limit", f"limit must be from 1 to {PAGE_MAX}")
     after = decode_cursor(request.args.get("cursor"))
     with services().db.session() as session:
-        page = jobs.list_jobs(session, OWNER, status, after, int(limit))
+        page = jobs.list_jobs(session, tenant(), status, after, int(limit))
         body = {
             "jobs": [job_json(job) for job in page],
             "next_cursor": encode_cursor(page[-1]) if len(page) == int(limit) else None,
@@ -136,6 +139,7 @@ def list_jobs():
 
 
 @bp.post("/<uuid:job_id>/cancel")
+@requires(Scope.JOBS)
 def cancel_job(job_id: uuid.UUID):
     """Cancel a queued job: it will never run. 409 once it has started or ended."""
     with services().db.session() as session:
@@ -151,7 +155,7 @@ def cancel_job(job_id: uuid.UUID):
 
 def find_job(session, job_id: uuid.UUID):
     """The caller's job or a 404."""
-    return found(jobs.get_job(session, job_id, owner=OWNER), "job", job_id)
+    return found(jobs.get_job(session, job_id, owner=tenant()), "job", job_id)
 
 
 def decode_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
+from api.auth import any_key, requires
 from api.services import services
 from core.errors import ErrorResponse
 from store import registry
+from store.models import Scope
 from store.payloads import model_json, worker_json
 
 bp = Blueprint("models", __name__, url_prefix="/v1")
@@ -14,6 +16,7 @@ SEEN_POLLS = 5  # a worker silent for this many poll periods is left out of the 
 
 
 @bp.get("/models")
+@any_key
 def list_models():
     """Every version, newest first, and which one is active."""
     with services().db.session() as session:
@@ -23,6 +26,7 @@ def list_models():
 
 
 @bp.get("/models/<name>")
+@any_key
 def get_model(name: str):
     """One version: metrics, lineage, bundle, whether it is active."""
     with services().db.session() as session:
@@ -30,6 +34,7 @@ def get_model(name: str):
 
 
 @bp.post("/models/<name>/promote")
+@requires(Scope.ADMIN)
 def promote_model(name: str):
     """Make a version the active one; workers swap to it within seconds. Older: a rollback."""
     with services().db.session() as session:
@@ -39,6 +44,7 @@ def promote_model(name: str):
 
 
 @bp.get("/workers")
+@requires(Scope.ADMIN)
 def list_workers():
     """Inference workers seen lately, with the version each one serves (or refused)."""
     within = max(10.0, SEEN_POLLS * services().settings.model_poll_s)

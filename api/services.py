@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from flask import current_app
 
 from core.broker import Broker, make_celery
+from core.credentials import Cipher, cipher_for
 from core.notify import Notifier
 from core.settings import Settings
 from store.blobs import BlobStore, open_blob_store
@@ -24,6 +25,7 @@ class Services:
     blobs: BlobStore
     broker: Broker
     notifier: Notifier
+    cipher: Cipher
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -31,7 +33,8 @@ class Services:
         broker = Broker(make_celery(settings), logging.getLogger("api"))
         db = Database(settings.database_url)
         db.after_commit.append(after_commit_sender(broker.deliveries))
-        return cls(settings, db, open_blob_store(settings), broker, Notifier(settings.broker_url))
+        return cls(settings, db, open_blob_store(settings), broker, Notifier(settings.broker_url),
+                   cipher_for(settings))  # fmt: skip
 
 
 def services() -> Services:

@@ -7,13 +7,14 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
+from api.auth import is_admin, requires, tenant
 from api.errors import found
-from api.jobs import OWNER
 from api.services import services
 from api.uploads import parse_webhook
 from core.errors import ErrorResponse
 from core.formats import CAPTION_METRICS
 from store import datasets, registry, training
+from store.models import Scope
 from store.payloads import run_json
 
 bp = Blueprint("training", __name__, url_prefix="/v1/training-runs")
@@ -32,6 +33,7 @@ DEFAULT_METRIC = "bleu4"
 
 
 @bp.post("")
+@requires(Scope.TRAINING)
 def start_run():
     """Check the request, record the run, put it on the training queue: 201."""
     body = request_json()
@@ -45,7 +47,7 @@ def start_run():
     with services().db.session() as session:
         dataset, dataset_id = parse_dataset(session, body.get("dataset"))
         new = training.NewRun(
-            owner=OWNER, dataset=dataset, dataset_id=dataset_id, hyperparameters=hyperparameters,
+            owner=tenant(), dataset=dataset, dataset_id=dataset_id, hyperparameters=hyperparameters,
             base_version=parse_base(session, body.get("base_version")), promotion=promotion,
             **webhook_fields(body),
         )  # fmt: skip
@@ -93,12 +95,17 @@ def parse_numbers(values: Any, limits: dict[str, tuple], where: str, field: str)
 
 
 def parse_promotion(value: Any) -> dict[str, Any]:
-    """{"policy", "metric"}: never, always, or if_better on a validation metric."""
-    value = {"policy": "if_better"} if value is None else value
+    """{"policy", "metric"}: never, always, or if_better on a validation metric. The fleet is
+    shared, so only an admin key's run may promote; other runs default to "never"."""
+    value = {"policy": "if_better" if is_admin() else "never"} if value is None else value
     if isinstance(value, str):
         value = {"policy": value}
     if not isinstance(value, dict) or value.get("policy") not in POLICIES:
         raise ErrorResponse(400, "invalid_promotion", f"promotion.policy must be one of {POLICIES}")
+    if value["policy"] != "never" and not is_admin():
+        raise ErrorResponse(403, "forbidden", "only an admin key's run may promote the version "
+                            'it trains; send "promotion": "never" and ask an admin to promote '
+                            "it")  # fmt: skip
     refuse_unknown(value, {"policy", "metric"}, "promotion field")
     metric = value.get("metric", DEFAULT_METRIC)
     if metric not in CAPTION_METRICS:
@@ -121,7 +128,7 @@ def parse_dataset(session, value: Any) -> tuple[dict[str, Any], uuid.UUID | None
         dataset_id = uuid.UUID(str(value.get("id")))
     except ValueError:
         raise ErrorResponse(400, "invalid_dataset", "dataset.id must be a dataset's id") from None
-    found = datasets.get_dataset(session, dataset_id, owner=OWNER)
+    found = datasets.get_dataset(session, dataset_id, owner=tenant())
     if found is None:
         raise ErrorResponse(400, "invalid_dataset", f"no dataset {dataset_id}; upload one first")
     return {"type": "upload", "id": str(dataset_id), "name": found.name}, dataset_id
@@ -146,13 +153,17 @@ def webhook_fields(body: dict) -> dict[str, Any]:
 
 
 @bp.get("")
+@requires(Scope.TRAINING)
 def list_runs():
     """The newest runs first (up to 100)."""
     with services().db.session() as session:
-        return jsonify({"training_runs": [run_json(r) for r in training.list_runs(session, OWNER)]})
+        return jsonify(
+            {"training_runs": [run_json(r) for r in training.list_runs(session, tenant())]}
+        )
 
 
 @bp.get("/<uuid:run_id>")
+@requires(Scope.TRAINING)
 def get_run(run_id: uuid.UUID):
     """One run: status, progress, validation history, the version it produced."""
     with services().db.session() as session:
@@ -160,6 +171,7 @@ def get_run(run_id: uuid.UUID):
 
 
 @bp.post("/<uuid:run_id>/cancel")
+@requires(Scope.TRAINING)
 def cancel_run(run_id: uuid.UUID):
     """Cancel: at once if queued (200), at the next step if running (202); 409 once ended."""
     with services().db.session() as session:
@@ -173,4 +185,4 @@ def cancel_run(run_id: uuid.UUID):
 
 def find_run(session, run_id: uuid.UUID):
     """The caller's run or a 404."""
-    return found(training.get_run(session, run_id, owner=OWNER), "training_run", run_id)
+    return found(training.get_run(session, run_id, owner=tenant()), "training_run", run_id)

@@ -7,13 +7,15 @@ from datetime import timedelta
 
 from flask import Blueprint, jsonify, request
 
+from api.auth import requires, tenant
 from api.batches import find_batch
 from api.errors import found
-from api.jobs import OWNER, find_job
+from api.jobs import find_job
 from api.services import services
 from api.training import find_run
 from core.errors import ErrorResponse
 from store import deliveries, webhook_secrets
+from store.models import Scope
 from store.payloads import delivery_json, iso
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
@@ -21,13 +23,16 @@ MAX_GRACE_S = 7 * 86400
 
 
 @bp.get("/webhooks/secret")
+@requires(Scope.JOBS)
 def get_secret():
     """The secret webhooks are signed with, and rotated-out ones still valid."""
     with services().db.session() as session:
-        return jsonify(secrets_json(webhook_secrets.secrets_in_use(session, OWNER)))
+        in_use = webhook_secrets.secrets_in_use(session, tenant(), services().cipher)
+        return jsonify(secrets_json(in_use))
 
 
 @bp.post("/webhooks/secret/rotate")
+@requires(Scope.JOBS)
 def rotate_secret():
     """A new secret; the old one keeps signing for `grace_seconds` (default: the setting)."""
     body = request.get_json(silent=True) if request.content_length else {}
@@ -39,7 +44,9 @@ def rotate_secret():
     if not 0 <= grace <= MAX_GRACE_S:
         raise ErrorResponse(400, "invalid_grace", f"grace_seconds must be from 0 to {MAX_GRACE_S}")
     with services().db.session() as session:
-        rotated = webhook_secrets.rotate(session, OWNER, timedelta(seconds=grace))
+        rotated = webhook_secrets.rotate(
+            session, tenant(), timedelta(seconds=grace), services().cipher
+        )
         return jsonify(secrets_json(rotated))
 
 
@@ -54,6 +61,7 @@ def secrets_json(in_use) -> dict:
 
 
 @bp.get("/jobs/<uuid:job_id>/deliveries")
+@requires(Scope.JOBS)
 def job_deliveries(job_id: uuid.UUID):
     """Every webhook delivery of a job, with its attempts."""
     with services().db.session() as session:
@@ -62,6 +70,7 @@ def job_deliveries(job_id: uuid.UUID):
 
 
 @bp.get("/batches/<uuid:batch_id>/deliveries")
+@requires(Scope.JOBS)
 def batch_deliveries(batch_id: uuid.UUID):
     """Every webhook delivery of a batch, with its attempts."""
     with services().db.session() as session:
@@ -70,6 +79,7 @@ def batch_deliveries(batch_id: uuid.UUID):
 
 
 @bp.get("/training-runs/<uuid:run_id>/deliveries")
+@requires(Scope.TRAINING)
 def run_deliveries(run_id: uuid.UUID):
     """Every webhook delivery of a training run (progress included), with its attempts."""
     with services().db.session() as session:
@@ -85,6 +95,7 @@ def deliveries_json(session, resource_id: uuid.UUID) -> dict:
 
 
 @bp.get("/deliveries/<uuid:delivery_id>")
+@requires(Scope.JOBS)
 def get_delivery(delivery_id: uuid.UUID):
     """One delivery with its attempts."""
     with services().db.session() as session:
@@ -92,6 +103,7 @@ def get_delivery(delivery_id: uuid.UUID):
 
 
 @bp.post("/deliveries/<uuid:delivery_id>/replay")
+@requires(Scope.JOBS)
 def replay_delivery(delivery_id: uuid.UUID):
     """Send a delivery again, same webhook-id, from the start of the schedule: 202."""
     with services().db.session() as session:
@@ -112,4 +124,4 @@ def one_delivery_json(session, delivery) -> dict:
 
 def find_delivery(session, delivery_id: uuid.UUID):
     """The caller's delivery or a 404."""
-    return found(deliveries.get_delivery(session, delivery_id, OWNER), "delivery", delivery_id)
+    return found(deliveries.get_delivery(session, delivery_id, tenant()), "delivery", delivery_id)

@@ -87,6 +87,7 @@ def seed0_fingerprint() -> str:
 def swap_times(folder: Path, swaps: int, image: bytes) -> dict:
     """Promote two versions in turn under a stream of jobs; time each swap."""
     from captioner.client import Client
+    from captioner.keys import local_admin_key
     from captioner.processes import api_server, start_worker, stop, wait_ready
     from captioner.service import migrate
     from core.settings import from_env
@@ -106,7 +107,7 @@ def swap_times(folder: Path, swaps: int, image: bytes) -> dict:
     try:
         wait_ready(worker, log)
         with api_server(settings) as url:
-            stream.start(Client(url), image)
+            stream.start(Client(url, local_admin_key(settings)), image)
             time.sleep(3)
             for i in range(swaps):
                 rows.append(one_swap(db, versions[(i + 1) % 2]))

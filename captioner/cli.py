@@ -78,9 +78,10 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
     evaluate.set_defaults(run=run_eval)
 
-    from captioner import demo, service
+    from captioner import demo, keys, service
 
     service.add_commands(commands)
+    keys.add_commands(commands)
     demo.add_command(commands)
     return root
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from core.errors import ApiError
@@ -18,8 +20,9 @@ ZIP = {"Content-Type": "application/zip"}
 class Client:
     """Calls the captioner API at `base_url` (no proxies: it is usually on loopback)."""
 
-    def __init__(self, base_url: str, timeout: float = 120) -> None:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 120) -> None:
         self.base_url = base_url.rstrip("/")
+        self.api_key = api_key or default_api_key()
         self.timeout = timeout
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -76,6 +79,8 @@ class Client:
         """The raw body of a response (for .npy and .png downloads)."""
         request = urllib.request.Request(self.base_url + path, data, method=method)
         request.add_header("Content-Type", "application/json")
+        if self.api_key:
+            request.add_header("Authorization", f"Bearer {self.api_key}")
         for name, value in (headers or {}).items():
             request.add_header(name, value)
         try:
@@ -85,3 +90,13 @@ class Client:
             error = json.loads(exc.read() or b"{}").get("error", {})
             raise ApiError(exc.code, error.get("code", "?"), error.get("message", ""),
                            error) from None  # fmt: skip
+
+
+def default_api_key(data_dir: str | Path | None = None) -> str | None:
+    """`CAPTIONER_API_KEY`, else the embedded mode's key file in the data directory (default
+    `CAPTIONER_DATA_DIR` or ./captioner-data), else None."""
+    if os.environ.get("CAPTIONER_API_KEY"):
+        return os.environ["CAPTIONER_API_KEY"].strip()
+    folder = Path(data_dir or os.environ.get("CAPTIONER_DATA_DIR") or "captioner-data")
+    path = folder / "api-key"
+    return path.read_text().strip() if path.is_file() else None

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from captioner.client import Client
+from captioner.keys import local_admin_key
 from captioner.processes import api_server, start_worker, stop, tail
 from captioner.progress import TrainingBars, progress_bar
 from core.settings import from_env
@@ -53,12 +54,13 @@ def run_demo(args: argparse.Namespace) -> int:
     from captioner.service import migrate
 
     migrate(settings)
+    key = local_admin_key(settings)
     step(1, f"service: starting the API, a training and an inference worker (logs: {service})")
     with ExitStack() as stack:
         workers = {queue: start_worker(settings, service / f"{queue}.log", f"{queue}@%h", queue)
                    for queue in ("training", "inference")}  # fmt: skip
         stack.callback(stop, list(workers.values()))
-        client = Client(stack.enter_context(api_server(settings)))
+        client = Client(stack.enter_context(api_server(settings)), key)
         run = train_through_api(client, args, workers["training"], service / "training.log")
         version = run["model_version"]
         wait_for_version(client, version, workers["inference"], service / "inference.log")

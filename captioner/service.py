@@ -142,10 +142,16 @@ def run_api(args: argparse.Namespace) -> None:
 
 
 def serve_api(settings: Settings, host: str, port: int) -> None:
-    """Serve the API until interrupted."""
+    """Serve the API until interrupted (in the embedded mode, with a local admin key)."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.embedded:
+        from captioner.keys import KEY_FILE, local_admin_key
+
+        local_admin_key(settings)
+        print(f"admin API key in {settings.data_dir / KEY_FILE} (send it as 'Authorization: "
+              "Bearer KEY'; the CLI and client read it from there)", file=sys.stderr)  # fmt: skip
     with api_server(settings, host, port, access_log=True) as url:
         print(f"API on {url}  (data: {settings.data_dir}); Ctrl-C stops", file=sys.stderr)
         threading.Event().wait()

@@ -25,14 +25,17 @@ from functools import cached_property
 from pathlib import Path
 
 import redis
+from cryptography.fernet import Fernet
 
 from captioner.client import Client
 from captioner.processes import api_server, start_beat, start_worker, stop, tail, wait_ready
 from core.broker import make_celery
 from core.settings import Settings
+from store import apikeys
 from store.blobs import BlobStore, open_blob_store
 from store.db import Database, create_database, drop_database
 from store.migrate import upgrade
+from store.models import Scope
 
 # The server's maintenance database; each stack creates and drops its own database beside it.
 POSTGRES_URL = os.environ.get(
@@ -145,6 +148,7 @@ def services(data_dir: Path, **overrides) -> Iterator[Settings]:
             data_dir=Path(data_dir), database_url=database_url, broker_url=url,
             s3_bucket="stack", s3_endpoint_url=endpoint, s3_region=REGION,
             s3_access_key=ACCESS_KEY, s3_secret_key=SECRET_KEY,
+            secret_keys=Fernet.generate_key().decode(),
         ).with_overrides(**overrides)  # fmt: skip
         open_blob_store(settings).ensure_bucket()
         yield settings
@@ -229,10 +233,16 @@ def running_stack(
             for name in names if wait is True else [n for n in names if n in (wait or ())]:
                 stack.wait_ready(name)
             with api_server(settings) as url:
-                stack.client = Client(url)
+                stack.client = Client(url, admin_key(stack.db))
                 yield stack
         finally:
             stack.close()
+
+
+def admin_key(db: Database, tenant: str = "stack") -> str:
+    """A new key with every scope, for `tenant`."""
+    with db.session() as session:
+        return apikeys.create_key(session, tenant, [s.value for s in Scope], "stack")[1]
 
 
 def worker_name(queue: str, name: str | None = None) -> str:

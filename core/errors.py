@@ -99,9 +99,11 @@ class TrainingStopped(CaptionerError):
 class ErrorResponse(CaptionerError):
     """A request the API refuses: HTTP status, stable code, readable message (api.errors)."""
 
-    def __init__(self, status: int, code: str, message: str, **details) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None,
+                 **details) -> None:  # fmt: skip
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}  # e.g. Retry-After, WWW-Authenticate
         self.details = details  # more fields for the body, e.g. every bad entry of a dataset
 
 

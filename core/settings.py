@@ -94,6 +94,19 @@ class Settings:
     # CAPTIONER_BENCH_STANDIN_MODEL_MS: replace the model's forward pass by a stand-in that
     # sleeps this long per batch and returns a fixed caption. Benchmarks and tests only.
     bench_standin_model_ms: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None = None
+    # CAPTIONER_SECRET_KEYS: comma-separated Fernet keys; the first encrypts webhook secrets at
+    # rest, all of them decrypt (rotation). Required in production; the embedded mode keeps a
+    # generated one in data_dir/secret.key.
+    secret_keys: str | None = field(default=None, repr=False)
+    # RATE_LIMIT: requests per API key, in Flask-Limiter's notation ("20/second;600/minute")
+    rate_limit: str = "50/second;1200/minute"
+    # RATE_LIMIT_STORAGE: where the counts live: redis://… shares them between API processes;
+    # None: the broker's Redis in production, memory:// in the embedded mode
+    rate_limit_storage: str | None = None
+    max_queued_jobs: Count = 20_000  # MAX_QUEUED_JOBS: all tenants; more submits get 503
+    max_queued_per_tenant: Count = 5_000  # MAX_QUEUED_PER_TENANT: one tenant's share
+    # RETENTION_DAYS: finished jobs and their blobs are purged after this many days (None: kept)
+    retention_days: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
 
     @property
     def embedded(self) -> bool:
@@ -112,12 +125,14 @@ _RENAMED = {
     "s3_access_key": "AWS_ACCESS_KEY_ID",
     "s3_secret_key": "AWS_SECRET_ACCESS_KEY",
     "bench_standin_model_ms": "CAPTIONER_BENCH_STANDIN_MODEL_MS",
+    "secret_keys": "CAPTIONER_SECRET_KEYS",
 }
 ENV_NAMES = {f.name: _RENAMED.get(f.name, f.name.upper()) for f in fields(Settings)}
 FIELDS = {var: name for name, var in ENV_NAMES.items()}
 # Variables production needs set for every service (docker-compose is checked against this).
-REQUIRED_IN_PRODUCTION = ("DATABASE_URL", "BROKER_URL", "S3_BUCKET")
-KNOWN = frozenset(ENV_NAMES.values()) | {"CAPTIONER_DEBUG"}  # CAPTIONER_DEBUG: CLI tracebacks
+REQUIRED_IN_PRODUCTION = ("DATABASE_URL", "BROKER_URL", "S3_BUCKET", "CAPTIONER_SECRET_KEYS")
+# CAPTIONER_DEBUG: CLI tracebacks; CAPTIONER_API_KEY: the key the CLI and client send
+KNOWN = frozenset(ENV_NAMES.values()) | {"CAPTIONER_DEBUG", "CAPTIONER_API_KEY"}
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:

@@ -94,8 +94,9 @@ def as_utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
-def _now_column() -> Mapped[datetime]:
-    return mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now())
+def _now_column(index: bool = False) -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now(),
+                         index=index)  # fmt: skip
 
 
 class Batch(Base):
@@ -185,7 +186,8 @@ class WebhookSecret(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     owner: Mapped[str] = mapped_column(String(64))
-    secret: Mapped[str] = mapped_column(String(128))  # whsec_ + base64 (HMAC needs it in clear)
+    # Fernet token of whsec_ + base64 (HMAC needs it in clear, so it is encrypted, not hashed)
+    secret: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = _now_column()
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -355,3 +357,42 @@ class WorkerModel(Base):
     swap_ms: Mapped[float | None] = mapped_column(Float)  # download, load and warm-up, last swap
     swapped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Scope(enum.StrEnum):
+    """What an API key may do."""
+
+    JOBS = "jobs"  # its tenant's jobs, batches, their attention and deliveries, webhook secret
+    TRAINING = "training"  # its tenant's datasets and training runs
+    ADMIN = "admin"  # promote and roll back versions, see workers, manage every tenant's keys
+
+
+class ApiKey(Base):
+    """A tenant's API key, kept only as its SHA-256 digest (core.credentials says why)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_tenant_created", "tenant", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    scopes: Mapped[list[str]] = mapped_column(Json)
+    prefix: Mapped[str] = mapped_column(String(16))  # the key's first characters, to tell apart
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = _now_column()
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class IdempotencyKey(Base):
+    """A POST's `Idempotency-Key`: the request it was first used with, and its answer."""
+
+    __tablename__ = "idempotency_keys"
+
+    tenant: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of method, path and body
+    status_code: Mapped[int | None] = mapped_column(Integer)  # None while the first is handled
+    headers: Mapped[dict | None] = mapped_column(Json)  # those replayed (Location, Content-Type)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = _now_column(index=True)

@@ -11,6 +11,7 @@ from typing import Any
 
 from store.keys import checkpoint_prefix
 from store.models import (
+    ApiKey,
     Batch,
     Dataset,
     Delivery,
@@ -198,4 +199,19 @@ def dataset_json(dataset: Dataset) -> dict[str, Any]:
         **{name: getattr(dataset, name) for name in stored},
         "created_at": iso(dataset.created_at),
         "urls": {"self": f"/v1/datasets/{dataset.id}"},
+    }
+
+
+def key_json(key: ApiKey) -> dict[str, Any]:
+    """An API key's record: never the key, only its first characters."""
+    return {
+        "id": str(key.id),
+        "tenant": key.tenant,
+        "name": key.name,
+        "scopes": key.scopes,
+        "prefix": key.prefix,
+        "created_at": iso(key.created_at),
+        "last_used_at": iso(key.last_used_at),
+        "revoked_at": iso(key.revoked_at),
+        "urls": {"self": f"/v1/keys/{key.id}"},
     }

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from api import create_app
-from captioner.stack import services
+from captioner.stack import admin_key, services
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +31,18 @@ def app(settings):
     app.extensions["captioner"].db.dispose()
 
 
+@pytest.fixture(scope="module")
+def api_key(app) -> str:
+    """A key with every scope, for tenant "tenant-a"."""
+    return admin_key(app.extensions["captioner"].db, "tenant-a")
+
+
 @pytest.fixture
-def client(app):
-    """A test client of the app."""
-    return app.test_client()
+def client(app, api_key):
+    """A test client of the app that sends `api_key`."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_key}"
+    return client
 
 
 @pytest.fixture

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from api.jobs import OWNER
 from core.images import open_image
 from core.plots import LABEL_HEIGHT, MARGIN, tile_box
 from store import jobs
 from store.keys import attention_key, attention_png_key, image_key
 from tests.api_helpers import b64, png
 
+OWNER = "tenant-a"  # the api_key fixture's tenant
 pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, queue
 
 TOKENS = ["a", "red", "circle"]

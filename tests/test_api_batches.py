@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from api import create_app
 from api.services import Services
+from captioner.stack import admin_key
 from core.broker import Broker
 from store import batches, jobs
 from store.images import read_images
@@ -198,6 +199,7 @@ def test_ids_the_broker_refused_stay_unsent_for_the_sweeper(settings):
     services = replace(Services.from_settings(small), broker=Broker(broker, logging.getLogger()))
     services.blobs.ensure_bucket()
     client = create_app(services=services).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {admin_key(services.db)}"
     batch = client.post("/v1/batches", json={"images": [b64(png())] * 6}).get_json()
     ids = [uuid.UUID(job["id"]) for job in batch["jobs"]]
     assert batch["counts"]["queued"] == 6

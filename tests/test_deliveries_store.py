@@ -9,8 +9,10 @@ from datetime import timedelta
 from functools import partial
 
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy import update
 
+from core.credentials import Cipher
 from store import batches, deliveries, jobs, webhook_secrets
 from store.db import Database
 from store.deliveries import AttemptRecord
@@ -19,6 +21,7 @@ from tests.databases import new_job
 
 LEASE = timedelta(seconds=60)
 HOOK = "https://example.com/hook"
+CIPHER = Cipher(Fernet.generate_key().decode())
 
 
 def result() -> jobs.JobResult:
@@ -196,12 +199,12 @@ def test_one_current_secret_even_when_first_asked_for_at_once(db):
 
     def first_use(_) -> str:
         with db.session() as session:
-            return webhook_secrets.secrets_in_use(session, owner)[0].secret
+            return webhook_secrets.secrets_in_use(session, owner, CIPHER)[0].secret
 
     with ThreadPoolExecutor(4) as pool:
         assert len(set(pool.map(first_use, range(4)))) == 1
     with db.session() as session:
-        rotated = webhook_secrets.rotate(session, owner, timedelta(hours=1))
+        rotated = webhook_secrets.rotate(session, owner, timedelta(hours=1), CIPHER)
         assert len(rotated) == 2 and rotated[0].expires_at is None
 
 

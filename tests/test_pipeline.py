@@ -20,6 +20,7 @@ from PIL import Image
 from sqlalchemy import select, update
 
 from captioner.client import Client
+from captioner.keys import local_admin_key
 from captioner.processes import api_server, start_worker, stop, wait_ready
 from captioner.service import migrate
 from core.broker import SWEEP_TASK
@@ -136,12 +137,14 @@ def test_the_embedded_mode_runs_the_same_flow_with_no_servers(
                          "MODEL_BUNDLE": str(trained_bundle), "BATCH_MAX_SIZE": "4"})  # fmt: skip
     assert settings.embedded and settings.broker_url.startswith("filesystem")
     migrate(settings)
+    key = local_admin_key(settings)
+    assert (settings.data_dir / "api-key").stat().st_mode & 0o777 == 0o600
     log = tmp_path / "worker.log"
     worker = start_worker(settings, log, "embedded@pipeline", gpus="all")  # one CPU worker here
     try:
         wait_ready(worker, log)
         with api_server(settings) as url:
-            client = Client(url)
+            client = Client(url, key)
             with ThreadPoolExecutor(6) as pool:
                 ids = [job["id"] for job in pool.map(client.submit, val_images[:6])]
             jobs = [client.wait_for(job_id, timeout=300) for job_id in ids]

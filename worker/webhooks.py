@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 from core.broker import Broker
+from core.credentials import cipher_for
 from core.settings import Settings
 from core.signatures import signed_headers
 from store import deliveries
@@ -51,6 +52,7 @@ class Sender:
     def __init__(self, settings: Settings, db: Database, broker: Broker, rng=random.random
                  ) -> None:  # fmt: skip
         self.settings = settings
+        self.cipher = cipher_for(settings)
         self.db = db
         self.broker = broker
         self.rng = rng
@@ -62,7 +64,7 @@ class Sender:
             delivery = deliveries.claim(session, uuid.UUID(delivery_id), lease)
             if delivery is None:
                 return "skipped (not due, in flight elsewhere, waiting its turn, or settled)"
-            secrets = [s.secret for s in secrets_in_use(session, delivery.owner)]
+            secrets = [s.secret for s in secrets_in_use(session, delivery.owner, self.cipher)]
         body = delivery.body.encode()
         headers = signed_headers(secrets, delivery.message_id, body)
         record, retry_after = post(delivery.url, headers, body, self.settings.webhook_timeout_s)
