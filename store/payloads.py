@@ -6,7 +6,9 @@ Plain functions of the rows (no Flask), so workers build the same objects as the
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from store.keys import checkpoint_prefix
@@ -162,8 +164,8 @@ def model_json(version: ModelVersion) -> dict[str, Any]:
         "active": version.active,
         "parent": version_name(version.parent),
         "training_run_id": str(version.training_run_id) if version.training_run_id else None,
-        "dataset": version.dataset,
-        "encoder": {"weights": version.encoder_weights,
+        "dataset": public_dataset(version.dataset),
+        "encoder": {"weights": Path(version.encoder_weights).name,
                     "fingerprint": version.encoder_fingerprint},
         "metrics": metrics.get("val", {}),
         "best_epoch": metrics.get("best_epoch"),
@@ -176,13 +178,27 @@ def model_json(version: ModelVersion) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def public_dataset(dataset: dict | None) -> dict | None:
+    """A version's dataset without server paths: an imported bundle shows its folder's name."""
+    if not dataset or "path" not in dataset:
+        return dataset
+    return {k: v for k, v in dataset.items() if k != "path"} | {"name": Path(dataset["path"]).name}
+
+
+def worker_label(name: str) -> str:
+    """A worker's node name with its host replaced by a digest (no host names in payloads):
+    inference@gpu-7.internal → inference@3f1c09a2b4; the same host always gives the same one."""
+    role, at, host = name.partition("@")
+    return f"{role}@{hashlib.sha256(host.encode()).hexdigest()[:10]}" if at else name
+
+
 def worker_json(worker: WorkerModel) -> dict[str, Any]:
     """What one inference worker serves, and the version it refused, if any."""
     refused = None
     if worker.refused_version:
         refused = {"version": worker.refused_version, "reason": worker.refused_reason}
     return {
-        "worker": worker.worker,
+        "worker": worker_label(worker.worker),
         "model_version": worker.model_version,
         "refused": refused,
         "swap_ms": worker.swap_ms,

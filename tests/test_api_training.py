@@ -9,6 +9,7 @@ import pytest
 from core.archives import pack_dataset
 from model.shapes import write_shapes_dataset
 from store import registry
+from store.payloads import worker_label
 
 pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, queue
 
@@ -195,4 +196,6 @@ def test_workers_lists_what_each_worker_serves(client, app):
     with app.extensions["captioner"].db.session() as session:
         registry.report_worker(session, "inference@a", model_version="v1")
     workers = client.get("/v1/workers").get_json()["workers"]
-    assert [(w["worker"], w["model_version"]) for w in workers] == [("inference@a", "v1")]
+    assert [(w["worker"], w["model_version"]) for w in workers] == [(worker_label("inference@a"),
+                                                                     "v1")]  # fmt: skip
+    assert worker_label("inference@a").startswith("inference@") and "@a" not in str(workers)

@@ -23,6 +23,7 @@ from captioner.processes import READY_MARK
 from core.archives import pack_dataset
 from core.settings import to_env
 from model.shapes import write_shapes_dataset
+from store.payloads import worker_label
 
 SHAPES = {"type": "shapes", "size": 300, "seed": 3}  # features extracted once, then cached
 QUICK = {"batch_size": 16}
@@ -67,7 +68,7 @@ def serving(stack, version: str | None, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         workers = stack.client.request("GET", "/v1/workers")["workers"]
-        found = [w for w in workers if w["worker"] == INFERENCE]
+        found = [w for w in workers if w["worker"] == worker_label(INFERENCE)]
         if found and found[0]["model_version"] == version:
             return found[0]
         assert time.monotonic() < deadline, found
