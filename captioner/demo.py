@@ -18,7 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from captioner.client import Client
-from captioner.keys import local_admin_key
+from captioner.keys import KEY_FILE, local_admin_key
 from captioner.processes import api_server, start_worker, stop, tail
 from captioner.progress import TrainingBars, progress_bar
 from core.settings import from_env
@@ -55,7 +55,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
     migrate(settings)
     key = local_admin_key(settings)
-    step(1, f"service: starting the API, a training and an inference worker (logs: {service})")
+    step(
+        1,
+        f"service: starting the API, a training and an inference worker (logs: {service}; "
+        f"admin API key: {settings.data_dir / KEY_FILE})",
+    )
     with ExitStack() as stack:
         workers = {queue: start_worker(settings, service / f"{queue}.log", f"{queue}@%h", queue)
                    for queue in ("training", "inference")}  # fmt: skip

@@ -9,17 +9,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from core.settings import DEFAULT_SCHEDULE, Settings, SettingsError, from_env, to_env
 from store.models import Delivery
 from worker.webhooks import Sender, parse_retry_after, post
 
+KEY = Fernet.generate_key().decode()
 SPEC_SCHEDULE_S = [0, 5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 14 * 3600, 20 * 3600,
                    24 * 3600]  # fmt: skip
 
 
 def sender(rng: float, schedule=DEFAULT_SCHEDULE, jitter=0.1) -> Sender:
-    settings = Settings(Path("."), "sqlite://", "filesystem://", None,
+    # A key of its own: the embedded default would write ./secret.key
+    settings = Settings(Path("."), "sqlite://", "filesystem://", None, secret_keys=KEY,
                         webhook_schedule=schedule, webhook_jitter=jitter)  # fmt: skip
     return Sender(settings, db=None, broker=None, rng=lambda: rng)
 
