@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.credentials import SHOWN_PREFIX, hash_api_key, new_api_key
-from store.models import ApiKey, Scope, utcnow
+from store.models import ApiKey, Scope, as_utc, utcnow
 
 TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is written at most this often per key
 
@@ -49,7 +49,7 @@ def authenticate(session: Session, key: str) -> Caller | None:
     if row is None:
         return None
     now = utcnow()
-    if row.last_used_at is None or now - row.last_used_at > TOUCH_EVERY:
+    if row.last_used_at is None or now - as_utc(row.last_used_at) > TOUCH_EVERY:
         session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
     return Caller(row.id, row.tenant, frozenset(row.scopes))
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from captioner.keys import local_admin_key
 from captioner.service import migrate
@@ -20,7 +20,7 @@ from core.errors import SettingsError
 from core.settings import from_env
 from store import apikeys, webhook_secrets
 from store.db import Database
-from store.models import WebhookSecret
+from store.models import ApiKey, WebhookSecret, as_utc, utcnow
 
 
 def cli(data_dir, *args: str) -> subprocess.CompletedProcess:
@@ -78,6 +78,27 @@ def test_only_the_digest_of_a_key_is_stored(tmp_path):
         with db.session() as session:
             row, key = apikeys.create_key(session, "t", ["jobs"])
             assert row.key_hash == hash_api_key(key) and key not in str(vars(row))
+    finally:
+        db.dispose()
+
+
+def test_last_use_is_noted_at_most_once_a_minute(tmp_path):
+    settings = from_env({"CAPTIONER_DATA_DIR": str(tmp_path)})  # SQLite: naive timestamps
+    migrate(settings)
+    db = Database(settings.database_url)
+    try:
+        with db.session() as session:
+            row, key = apikeys.create_key(session, "t", ["jobs"])
+        for _ in range(2):
+            with db.session() as session:
+                assert apikeys.authenticate(session, key).tenant == "t"
+        long_ago = utcnow() - timedelta(hours=1)
+        with db.session() as session:
+            session.execute(update(ApiKey).values(last_used_at=long_ago))
+        with db.session() as session:
+            apikeys.authenticate(session, key)
+        with db.session() as session:
+            assert as_utc(apikeys.get_key(session, row.id).last_used_at) > long_ago
     finally:
         db.dispose()
 
