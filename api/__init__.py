@@ -6,6 +6,7 @@ from flask import Flask
 
 from api.auth import register_auth
 from api.errors import register_error_handlers
+from api.idempotency import register_idempotency
 from api.services import Services
 from core.settings import Settings, from_env
 
@@ -19,6 +20,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.json.sort_keys = False
     app.extensions["captioner"] = services or Services.from_settings(settings)
     register_auth(app)
+    register_idempotency(app)  # after auth: keys are per tenant
     register_blueprints(app)
     register_error_handlers(app)
     return app

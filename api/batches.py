@@ -1,4 +1,4 @@
-"""/v1/batches: submit up to 100 images at once, follow the batch as its jobs finish."""
+"""/v1/batches: submit up to 100 images at once, follow the batch as its jobs finish, delete it."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from flask import Blueprint, jsonify, request
 
 from api.auth import requires, tenant
 from api.errors import found
+from api.idempotency import creates_resource
 from api.jobs import enqueue, new_job
 from api.services import services
 from api.uploads import check_image, read_batch
-from store import batches, jobs
+from core.errors import ErrorResponse
+from store import batches, jobs, retention
 from store.images import put_pack
 from store.models import Scope
 from store.payloads import batch_json
@@ -21,6 +23,7 @@ bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
 @bp.post("")
 @requires(Scope.JOBS)
+@creates_resource
 def submit_batch():
     """Check every image, store them a pack at a time, record the batch and its jobs in one
     transaction, enqueue a message per pack: 202."""
@@ -50,6 +53,22 @@ def get_batch(batch_id: uuid.UUID):
     with services().db.session() as session:
         batch = find_batch(session, batch_id)
         return jsonify(batch_json(batch, jobs.batch_jobs(session, batch_id)))
+
+
+@bp.delete("/<uuid:batch_id>")
+@requires(Scope.JOBS)
+def delete_batch(batch_id: uuid.UUID):
+    """Delete a batch and every job of it (see DELETE /v1/jobs/{id}): 204; 409 while one runs."""
+    with services().db.session() as session:
+        find_batch(session, batch_id)
+        removal = retention.delete_batch(session, batch_id)
+        if removal.blocked_by:
+            raise ErrorResponse(409, "job_running", f"{len(removal.blocked_by)} of the batch's "
+                                "jobs are running; delete the batch once they have ended",
+                                running=[str(job_id) for job_id in removal.blocked_by])  # fmt: skip
+    retention.delete_blobs(services().blobs, removal.blob_keys)  # only once the rows are gone
+    services().notifier.finished_many(removal.deleted)
+    return "", 204
 
 
 def find_batch(session, batch_id: uuid.UUID):

@@ -11,10 +11,11 @@ from flask import Blueprint, jsonify, request
 
 from api.auth import requires, tenant
 from api.errors import found
+from api.idempotency import creates_resource
 from api.services import services
 from core.archives import inspect_archive
 from core.errors import DatasetError, ErrorResponse
-from store import datasets
+from store import datasets, retention
 from store.keys import dataset_key
 from store.models import Dataset, Scope
 from store.payloads import dataset_json
@@ -26,6 +27,7 @@ RAW_TYPES = ("application/zip", "application/x-tar", "application/gzip", "applic
 
 @bp.post("")
 @requires(Scope.TRAINING)
+@creates_resource
 def upload_dataset():
     """Check the archive (every bad entry is named in a 400), store it, record it: 201."""
     settings = services().settings
@@ -86,3 +88,19 @@ def get_dataset(dataset_id: uuid.UUID):
     with services().db.session() as session:
         dataset = datasets.get_dataset(session, dataset_id, owner=tenant())
         return jsonify(dataset_json(found(dataset, "dataset", dataset_id)))
+
+
+@bp.delete("/<uuid:dataset_id>")
+@requires(Scope.TRAINING)
+def delete_dataset(dataset_id: uuid.UUID):
+    """Delete a dataset and its archive: 204; 409 while a queued or running training run uses it
+    (ended runs keep their description of it)."""
+    with services().db.session() as session:
+        found(datasets.get_dataset(session, dataset_id, owner=tenant()), "dataset", dataset_id)
+        removal = retention.delete_dataset(session, dataset_id)
+        if removal.blocked_by:
+            raise ErrorResponse(409, "dataset_in_use", "a queued or running training run uses "
+                                "the dataset; delete it once the run has ended (or cancel it)",
+                                training_runs=[str(run) for run in removal.blocked_by])  # fmt: skip
+    retention.delete_blobs(services().blobs, removal.blob_keys)  # only once the row is gone
+    return "", 204

@@ -1,4 +1,4 @@
-"""/v1/jobs: submit an image, read a job, list jobs, cancel a queued job."""
+"""/v1/jobs: submit an image, read a job, list jobs, cancel a queued job, delete a job."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from flask import Blueprint, jsonify, request
 
 from api.auth import requires, tenant
 from api.errors import found
+from api.idempotency import creates_resource
 from api.services import services
 from api.uploads import Options, check_image, read_submission
 from core.errors import ErrorResponse
 from core.images import ImageInfo
-from store import jobs
+from store import jobs, retention
 from store.images import StoredImage, put_image
 from store.models import Job, JobStatus, Scope, utcnow
 from store.payloads import iso, job_json
@@ -31,6 +32,7 @@ PAGE_MAX = 100
 
 @bp.post("")
 @requires(Scope.JOBS)
+@creates_resource
 def submit_job():
     """Check, store the image, record the job, enqueue it: 202 (200 if done within wait)."""
     data, options = read_submission(request)
@@ -52,7 +54,8 @@ def new_job(job_id: uuid.UUID, stored: StoredImage, data: bytes, info: ImageInfo
                        image_bytes=len(data), image_format=info.format,
                        image_width=info.width, image_height=info.height,
                        beam_size=options.beam_size, max_length=options.max_length,
-                       enqueued_at=utcnow(), id=job_id)  # fmt: skip
+                       deadline_at=options.deadline_at, enqueued_at=utcnow(),
+                       id=job_id)  # fmt: skip
 
 
 def enqueue(job_ids: Sequence[uuid.UUID], per_message: int = 1) -> None:
@@ -86,7 +89,7 @@ def respond_after_wait(job_id: uuid.UUID, body: dict):
 def read_job(job_id: uuid.UUID):
     """The job and its JSON, read once."""
     with services().db.session() as session:
-        job = jobs.get_job(session, job_id)
+        job = found(jobs.get_job(session, job_id), "job", job_id)  # deleted while waiting: 404
         return job, job_json(job)
 
 
@@ -151,6 +154,22 @@ def cancel_job(job_id: uuid.UUID):
         body = job_json(job)
     services().notifier.finished(job_id)
     return jsonify(body)
+
+
+@bp.delete("/<uuid:job_id>")
+@requires(Scope.JOBS)
+def delete_job(job_id: uuid.UUID):
+    """Delete a queued (it never runs) or ended job, its image, attention and deliveries: 204.
+    409 while it runs."""
+    with services().db.session() as session:
+        find_job(session, job_id)
+        removal = retention.delete_jobs(session, [job_id])
+        if removal.blocked_by:
+            raise ErrorResponse(409, "job_running", "the job is running; delete it once it has "
+                                "ended (it cannot be canceled while it runs)")  # fmt: skip
+    retention.delete_blobs(services().blobs, removal.blob_keys)  # only once the rows are gone
+    services().notifier.finished(job_id)  # a request waiting on it answers now (a 404)
+    return "", 204
 
 
 def find_job(session, job_id: uuid.UUID):

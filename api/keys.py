@@ -9,6 +9,7 @@ from flask import Blueprint, jsonify, request
 
 from api.auth import requires
 from api.errors import found
+from api.idempotency import creates_resource
 from api.services import services
 from api.training import refuse_unknown, request_json
 from core.errors import ErrorResponse
@@ -23,6 +24,7 @@ SCOPES = [s.value for s in Scope]
 
 @bp.post("")
 @requires(Scope.ADMIN)
+@creates_resource
 def create_key():
     """A new key for `tenant` with `scopes`: 201, the key shown in this answer only."""
     body = request_json()

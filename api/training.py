@@ -9,6 +9,7 @@ from flask import Blueprint, jsonify, request
 
 from api.auth import is_admin, requires, tenant
 from api.errors import found
+from api.idempotency import creates_resource
 from api.services import services
 from api.uploads import parse_webhook
 from core.errors import ErrorResponse
@@ -34,6 +35,7 @@ DEFAULT_METRIC = "bleu4"
 
 @bp.post("")
 @requires(Scope.TRAINING)
+@creates_resource
 def start_run():
     """Check the request, record the run, put it on the training queue: 201."""
     body = request_json()

@@ -5,15 +5,18 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Request
 
+from api.deadlines import parse_deadline
 from core.errors import ErrorResponse, ImageError
 from core.images import CORRUPT, EMPTY, NOT_AN_IMAGE, TOO_LARGE, ImageInfo, inspect_header
 from core.settings import Settings
 from store.jobs import DEFAULT_BEAM_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS
+from store.models import utcnow
 
 LIMITS = {"beam_size": (1, 10), "max_length": (1, 50)}
 DEFAULTS = {"beam_size": DEFAULT_BEAM_SIZE, "max_length": DEFAULT_MAX_LENGTH}
@@ -30,6 +33,7 @@ class Options:
     max_length: int = DEFAULT_MAX_LENGTH
     webhook_url: str | None = None
     webhook_events: tuple[str, ...] | None = None  # in WEBHOOK_EVENTS order; None without a URL
+    deadline_at: datetime | None = None  # not started by then: aborted (api.deadlines)
 
 
 def read_submission(request: Request) -> tuple[bytes, Options]:
@@ -40,9 +44,10 @@ def read_submission(request: Request) -> tuple[bytes, Options]:
             raise ErrorResponse(
                 400, "missing_image", "send the image as a multipart file named 'image'"
             )
-        return upload.read(), parse_options(request.form)
+        return upload.read(), parse_options(request.form, request.headers.get("Cancel-After"))
     body = json_object(request, "an 'image' file", "base64 'image'")
-    return decode_base64(body.get("image"), "'image'"), parse_options(body)
+    image = decode_base64(body.get("image"), "'image'")
+    return image, parse_options(body, request.headers.get("Cancel-After"))
 
 
 def read_batch(request: Request) -> tuple[list[bytes], Options]:
@@ -50,14 +55,15 @@ def read_batch(request: Request) -> tuple[list[bytes], Options]:
     if request.mimetype == "multipart/form-data":
         uploads = request.files.getlist("images")
         check_batch_size(len(uploads))
-        return [upload.read() for upload in uploads], parse_options(request.form)
+        options = parse_options(request.form, request.headers.get("Cancel-After"))
+        return [upload.read() for upload in uploads], options
     body = json_object(request, "files named 'images'", "a list of base64 'images'")
     values = body.get("images", [])
     if not isinstance(values, list):
         raise ErrorResponse(400, "invalid_images", "'images' must be a list of base64 strings")
     check_batch_size(len(values))
     images = [decode_base64(value, f"images[{i}]") for i, value in enumerate(values)]
-    return images, parse_options(body)
+    return images, parse_options(body, request.headers.get("Cancel-After"))
 
 
 def check_image(data: bytes, settings: Settings, where: str = "") -> ImageInfo:
@@ -105,9 +111,11 @@ def decode_base64(value: Any, name: str = "'image'") -> bytes:
         raise ErrorResponse(400, "invalid_base64", f"{name} is not valid base64") from None
 
 
-def parse_options(source) -> Options:
-    """beam_size and max_length as whole numbers within their limits, and the webhook."""
+def parse_options(source, cancel_after: str | None = None) -> Options:
+    """beam_size and max_length as whole numbers within their limits, the webhook, and the
+    deadline (`deadline_s`, or the `Cancel-After` header's value)."""
     values = parse_webhook(source)
+    values["deadline_at"] = parse_deadline(source.get("deadline_s"), cancel_after, utcnow())
     for name, (low, high) in LIMITS.items():
         raw = source.get(name, DEFAULTS[name])
         try:

@@ -60,6 +60,14 @@ class Cipher:
             raise SettingsError(["CAPTIONER_SECRET_KEYS: no key decrypts a stored secret (was "
                                  "the key that encrypted it dropped?)"]) from None  # fmt: skip
 
+    def seal(self, data: bytes) -> bytes:
+        """`data` encrypted (an answer kept for replay may hold a new API key)."""
+        return self._fernet.encrypt(data)
+
+    def unseal(self, token: bytes) -> bytes:
+        """The bytes `seal` encrypted."""
+        return self._fernet.decrypt(token)
+
     def rotate(self, stored: str) -> str:
         """The value encrypted again with the first key (clear values get encrypted)."""
         return self.encrypt(self.decrypt(stored))

@@ -29,6 +29,9 @@ WEBHOOK_EVENTS = ("start", "completed")  # what a job or a batch can ask to be t
 DEFAULT_WEBHOOK_EVENTS = ("completed",)
 # The event name each moment takes: job.started, batch.completed, training_run.progress, …
 PAST = {"start": "started", "progress": "progress", "completed": "completed"}
+# How a job that had not started by its deadline ends (claimed late, or found by the sweeper).
+DEADLINE_PASSED = "deadline_passed"
+DEADLINE_MESSAGE = "the job's deadline passed before it started"
 
 
 @dataclass(frozen=True)
@@ -162,9 +165,9 @@ def claim_jobs(
     changes = {
         "status": case((late, JobStatus.ABORTED.value), (spent, JobStatus.FAILED.value),
                        else_=JobStatus.RUNNING.value),
-        "error_code": case((late, "deadline_passed"), (spent, "too_many_attempts"),
+        "error_code": case((late, DEADLINE_PASSED), (spent, "too_many_attempts"),
                            else_=Job.error_code),
-        "error_message": case((late, "the job's deadline passed before it started"),
+        "error_message": case((late, DEADLINE_MESSAGE),
                               (spent, f"gave up after {max_attempts} attempts"),
                               else_=Job.error_message),
         "attempts": case((ends, Job.attempts), else_=Job.attempts + 1),
@@ -266,6 +269,19 @@ def cancel_job(session: Session, job_id: uuid.UUID) -> bool:
     canceled = _update_jobs(session, queued, values)
     announce(session, canceled, "completed")
     return bool(canceled)
+
+
+def abort_late_jobs(session: Session) -> list[uuid.UUID]:
+    """Abort the queued jobs past their deadline (nobody claimed them in time), announcing
+    each as a terminal change; their ids."""
+    now = utcnow()
+    late = and_(Job.status == JobStatus.QUEUED.value, Job.deadline_at.is_not(None),
+                Job.deadline_at < now)  # fmt: skip
+    values = {"status": JobStatus.ABORTED.value, "error_code": DEADLINE_PASSED,
+              "error_message": DEADLINE_MESSAGE, "finished_at": now}  # fmt: skip
+    aborted = _update_jobs(session, late, values)
+    announce(session, aborted, "completed")
+    return [job.id for job in aborted]
 
 
 def release_jobs(session: Session, token: uuid.UUID, job_ids: Sequence[uuid.UUID]) -> int:

@@ -44,6 +44,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "batch_id": str(job.batch_id) if job.batch_id else None,
         "attempts": job.attempts,
         "options": {"beam_size": job.beam_size, "max_length": job.max_length},
+        "deadline_at": iso(job.deadline_at),  # not started by then: aborted (None: no deadline)
         "image": {"format": job.image_format, "width": job.image_width,
                   "height": job.image_height, "bytes": job.image_bytes},
         "result": {

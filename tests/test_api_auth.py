@@ -26,11 +26,13 @@ SCOPES = {
     ("GET", "/v1/jobs"): "jobs",
     ("GET", "/v1/jobs/<uuid:job_id>"): "jobs",
     ("POST", "/v1/jobs/<uuid:job_id>/cancel"): "jobs",
+    ("DELETE", "/v1/jobs/<uuid:job_id>"): "jobs",
     ("GET", "/v1/jobs/<uuid:job_id>/attention"): "jobs",
     ("GET", "/v1/jobs/<uuid:job_id>/attention.png"): "jobs",
     ("GET", "/v1/jobs/<uuid:job_id>/deliveries"): "jobs",
     ("POST", "/v1/batches"): "jobs",
     ("GET", "/v1/batches/<uuid:batch_id>"): "jobs",
+    ("DELETE", "/v1/batches/<uuid:batch_id>"): "jobs",
     ("GET", "/v1/batches/<uuid:batch_id>/deliveries"): "jobs",
     ("GET", "/v1/webhooks/secret"): "jobs",
     ("POST", "/v1/webhooks/secret/rotate"): "jobs",
@@ -39,6 +41,7 @@ SCOPES = {
     ("POST", "/v1/datasets"): "training",
     ("GET", "/v1/datasets"): "training",
     ("GET", "/v1/datasets/<uuid:dataset_id>"): "training",
+    ("DELETE", "/v1/datasets/<uuid:dataset_id>"): "training",
     ("POST", "/v1/training-runs"): "training",
     ("GET", "/v1/training-runs"): "training",
     ("GET", "/v1/training-runs/<uuid:run_id>"): "training",
@@ -238,13 +241,19 @@ def test_no_server_paths_or_host_names_in_payloads(app, client, owned):
 
 
 def test_a_dump_of_every_table_shows_no_key_and_no_webhook_secret(app, settings, client):
-    key = client.post("/v1/keys", json={"tenant": "tenant-d", "scopes": ["jobs"]}).get_json()["key"]
+    made = client.post(
+        "/v1/keys",
+        json={"tenant": "tenant-d", "scopes": ["jobs"]},
+        headers={"Idempotency-Key": "dump"},
+    )  # its answer is kept for replay
+    key = made.get_json()["key"]
     secret = client.get("/v1/webhooks/secret").get_json()["secret"]
     rotated = client.post("/v1/webhooks/secret/rotate", json={}).get_json()["secret"]
     url = settings.database_url.replace("+psycopg2", "")
     dump = subprocess.run(["pg_dump", "--data-only", url], capture_output=True, text=True,
                           check=True).stdout  # fmt: skip
     assert "COPY public.api_keys" in dump and "COPY public.webhook_secrets" in dump
+    assert "COPY public.idempotency_keys" in dump and "\tdump\t" in dump
     for clear in (key, secret, rotated, secret.removeprefix("whsec_")):
-        assert clear not in dump
+        assert clear not in dump and clear.encode().hex() not in dump  # bytea dumps as hex
     assert admin_key(app.extensions["captioner"].db)[4:] not in dump

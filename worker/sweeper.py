@@ -1,23 +1,41 @@
 """The sweeper: jobs and training runs whose worker died, or whose message never reached the
 queue, are sent again; after the broker lost its data (a marker key is gone), every queued job
-is sent again at the next sweep."""
+is sent again at the next sweep. It also aborts queued jobs past their deadline (no worker
+claimed them in time), forgets idempotency keys past their 24 hours and, when `retention_days`
+is set, purges jobs that ended long ago."""
 
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import timedelta
 
 from core.broker import Broker
+from core.notify import Notifier
 from core.settings import Settings
-from store import jobs, training
+from store import idempotency, jobs, retention, training
+from store.blobs import BlobStore, open_blob_store
 from store.db import Database
+from store.models import utcnow
 
 log = logging.getLogger(__name__)
 UNSENT_AFTER = timedelta(seconds=30)  # the API marks a job sent right after committing it
 RESEND_LEASES = 4  # a queued job unclaimed for this many leases may have lost its message
+PURGE_PAGES = 20  # pages of `retention.PURGE_PAGE` jobs per sweep at most; the next goes on
 
 
 def sweep(settings: Settings, db: Database, broker: Broker) -> int:
+    """Abort late jobs, requeue expired leases, resend unsent or long-unclaimed jobs and runs,
+    purge old idempotency keys and jobs; how many jobs and runs were sent."""
+    abort_late_jobs(settings, db)
+    sent = resend(settings, db, broker)
+    purge_idempotency_keys(db)
+    if settings.retention_days:
+        purge_old_jobs(settings, db, open_blob_store(settings))
+    return sent
+
+
+def resend(settings: Settings, db: Database, broker: Broker) -> int:
     """Requeue expired leases, resend unsent or long-unclaimed jobs and runs; how many were sent."""
     resend_after = timedelta(seconds=settings.job_lease_seconds * RESEND_LEASES)
     lost = broker.lost_messages()
@@ -34,3 +52,41 @@ def sweep(settings: Settings, db: Database, broker: Broker) -> int:
     if sent_jobs or sent_runs:
         log.info("sweeper resent %d jobs and %d training runs", len(sent_jobs), len(sent_runs))
     return len(sent_jobs) + len(sent_runs)
+
+
+def abort_late_jobs(settings: Settings, db: Database) -> list[uuid.UUID]:
+    """Abort the queued jobs past their deadline, so none waits on when no worker claims it;
+    their webhooks go out as for any terminal change, and waiting requests hear of it."""
+    with db.session() as session:  # the deliveries it records are sent once it commits
+        aborted = jobs.abort_late_jobs(session)
+    if aborted:
+        Notifier(settings.broker_url).finished_many(aborted)
+        log.info("sweeper aborted %d jobs past their deadline", len(aborted))
+    return aborted
+
+
+def purge_idempotency_keys(db: Database) -> int:
+    """Forget the idempotency keys first used over 24 hours ago; how many."""
+    with db.session() as session:
+        purged = idempotency.purge_expired(session, idempotency.KEEP_FOR)
+    if purged:
+        log.info("sweeper forgot %d idempotency keys", purged)
+    return purged
+
+
+def purge_old_jobs(settings: Settings, db: Database, blobs: BlobStore) -> int:
+    """Delete jobs that ended over `retention_days` ago with their blobs, deliveries and emptied
+    batches, a page per transaction; how many."""
+    ended_before = utcnow() - timedelta(days=settings.retention_days)
+    purged = 0
+    for _ in range(PURGE_PAGES):
+        with db.session() as session:
+            removal = retention.purge_ended_jobs(session, ended_before)
+        retention.delete_blobs(blobs, removal.blob_keys)  # after the commit: see store.retention
+        purged += len(removal.deleted)
+        if len(removal.deleted) < retention.PURGE_PAGE:
+            break
+    if purged:
+        log.info("sweeper purged %d jobs that ended before %s (retention %g days)", purged,
+                 ended_before.isoformat(timespec="seconds"), settings.retention_days)  # fmt: skip
+    return purged
