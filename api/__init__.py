@@ -7,6 +7,7 @@ from flask import Flask
 from api.auth import register_auth
 from api.errors import register_error_handlers
 from api.idempotency import register_idempotency
+from api.limits import register_limits
 from api.services import Services
 from core.settings import Settings, from_env
 
@@ -20,6 +21,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.json.sort_keys = False
     app.extensions["captioner"] = services or Services.from_settings(settings)
     register_auth(app)
+    register_limits(app, settings)  # after auth: counted per API key
     register_idempotency(app)  # after auth: keys are per tenant
     register_blueprints(app)
     register_error_handlers(app)

@@ -10,6 +10,7 @@ from api.auth import requires, tenant
 from api.errors import found
 from api.idempotency import creates_resource
 from api.jobs import enqueue, new_job
+from api.limits import check_queue_room
 from api.services import services
 from api.uploads import check_image, read_batch
 from core.errors import ErrorResponse
@@ -28,6 +29,7 @@ def submit_batch():
     """Check every image, store them a pack at a time, record the batch and its jobs in one
     transaction, enqueue a message per pack: 202."""
     images, options = read_batch(request)
+    check_queue_room(len(images))
     settings = services().settings
     infos = [check_image(data, settings, f"images[{i}]: ") for i, data in enumerate(images)]
     chunk = settings.batch_max_size  # one pack and one message per chunk: a worker's batch

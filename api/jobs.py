@@ -16,6 +16,7 @@ from flask import Blueprint, jsonify, request
 from api.auth import requires, tenant
 from api.errors import found
 from api.idempotency import creates_resource
+from api.limits import check_queue_room
 from api.services import services
 from api.uploads import Options, check_image, read_submission
 from core.errors import ErrorResponse
@@ -36,6 +37,7 @@ PAGE_MAX = 100
 def submit_job():
     """Check, store the image, record the job, enqueue it: 202 (200 if done within wait)."""
     data, options = read_submission(request)
+    check_queue_room(1)
     info = check_image(data, services().settings)
     job_id = uuid.uuid4()
     stored = put_image(services().blobs, job_id, data, f"image/{info.format.lower()}")

@@ -72,6 +72,7 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg2  # noqa: E402
 import redis  # noqa: E402
+from cryptography.fernet import Fernet  # noqa: E402
 
 from captioner.client import TERMINAL, Client  # noqa: E402
 from captioner.processes import stop, tail, wait_ready  # noqa: E402
@@ -81,6 +82,8 @@ from captioner.stack import (  # noqa: E402
     REDIS_URL,
     REGION,
     SECRET_KEY,
+    UNTHROTTLED,
+    admin_key,
     free_port,
     fresh_postgres,
     moto_s3_server,
@@ -88,6 +91,7 @@ from captioner.stack import (  # noqa: E402
 )
 from core.settings import Settings, to_env  # noqa: E402
 from store.blobs import open_blob_store  # noqa: E402
+from store.db import Database  # noqa: E402
 
 # Worker stages: (stage, file pattern, function pattern), searched (re.search) in py-spy's frames
 # `function (path:line)`, functions as qualified names (`Inference._claim`). Frames are tried
@@ -122,6 +126,7 @@ FALLBACK_STAGES = (
     ("botocore_other", r"/(boto3|botocore|urllib3|s3transfer)/", r""),
 )
 WORKER = "bench@control-plane"
+UNBOUNDED = 10**9  # the queue's bounds: checked at every post (their cost counts), never hit
 POLL_S = 0.2
 SETTLE_S = 1.5  # Postgres backends publish their counters within a second of going idle
 PROFILE_SPAN = (0.1, 0.9)  # py-spy samples while this share of the jobs is done
@@ -375,7 +380,9 @@ def started_stack(inputs: Inputs, source: Path, folder: Path) -> Iterator[Runnin
         settings = Settings(
             data_dir=folder / "data", database_url=url, broker_url=broker, s3_bucket="bench",
             s3_endpoint_url=endpoint, s3_region=REGION, s3_access_key=ACCESS_KEY,
-            s3_secret_key=SECRET_KEY, model_bundle=inputs.bundle,
+            s3_secret_key=SECRET_KEY, model_bundle=inputs.bundle, rate_limit=UNTHROTTLED,
+            max_queued_jobs=UNBOUNDED, max_queued_per_tenant=UNBOUNDED,
+            secret_keys=Fernet.generate_key().decode(),  # production mode needs one
         )  # fmt: skip
         if inputs.args.batch:
             settings = settings.with_overrides(batch_max_size=inputs.args.batch)
@@ -450,8 +457,20 @@ def start_services(run: Running, inputs: Inputs) -> None:
                 "--workers", "2", "api:create_app()"]  # fmt: skip
     run.processes["api"] = start(run, "api", gunicorn, child_env(run, inputs, False))
     wait_ready(run.processes["worker"], run.log("worker"))
-    run.client = Client(f"http://127.0.0.1:{port}")
+    run.client = Client(f"http://127.0.0.1:{port}", api_key(run))
     wait_http(run)
+
+
+def api_key(run: Running) -> str | None:
+    """A key with every scope where the source checks keys; None for older code, which has no
+    table for them and ignores the header."""
+    if not (run.source / "store" / "apikeys.py").exists():
+        return None
+    database = Database(run.settings.database_url)
+    try:
+        return admin_key(database, "bench")
+    finally:
+        database.dispose()
 
 
 def start(run: Running, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:

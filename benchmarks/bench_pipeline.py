@@ -1,7 +1,8 @@
 """The whole pipeline against the bare model, in one run on one machine.
 
 Prints one JSON object. Run from the repository root (Postgres and Redis running):
-`python benchmarks/bench_pipeline.py [--jobs 256] [--batch 32]`.
+`python benchmarks/bench_pipeline.py [--jobs 256] [--batch 32]`; `--auth-only` measures only
+what authentication adds to a request (seconds, no model).
 
 - `raw_images_per_s`: `Captioner.caption_batch` on pre-decoded images at the worker's batch
   size, in this process, measured before and after the pipeline runs (the mean is reported).
@@ -11,6 +12,14 @@ Prints one JSON object. Run from the repository root (Postgres and Redis running
 - `p50_ms`, `p95_ms`: one job at a time (low load), from the HTTP request to the answer that
   it succeeded (`Prefer: wait`), measured by the client.
 - `single_image_ms`: `caption_batch` on one pre-decoded image, in this process.
+- `auth_*`: what the API key adds to a request (`--auth-requests` of each, interleaved, on the
+  stack's Postgres and Redis; its rate limit counts two windows, as the default does, and never
+  refuses): `auth_identify_*` is `api.auth.identify` alone (the key's hash and one SELECT);
+  `auth_hooks_*` the before-request hooks of GET /v1/models with the key (identify, then the
+  rate limit's two counts in Redis) and of /healthz (no key); `auth_http_*` GET
+  /v1/jobs/<missing id> (key, limit, a lookup by id: 404) and GET /healthz over HTTP to the
+  threaded server, as the client measures them. p50 and p95 in ms; `*_added_p50_ms`: the
+  difference.
 The decoder has the full-size vocabulary with random weights and `<end>` suppressed, so every
 caption runs all 20 steps: the slowest case for decoding, as in bench_model.py.
 """
@@ -26,6 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,9 +44,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from api import create_app  # noqa: E402
+from api.auth import identify  # noqa: E402
 from benchmarks.bench_model import full_size_bundle  # noqa: E402
 from captioner.client import Client  # noqa: E402
-from captioner.stack import running_stack  # noqa: E402
+from captioner.processes import api_server  # noqa: E402
+from captioner.stack import admin_key, running_stack, services  # noqa: E402
+from core.errors import ApiError  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from model.bundle import load_bundle, save_bundle  # noqa: E402
 from model.encoder import Encoder  # noqa: E402
 from model.images import decode_image  # noqa: E402
@@ -139,6 +154,66 @@ def cpu_seconds(worker_pid: int) -> dict[str, float]:
     return roles
 
 
+def interleaved(calls: dict, n: int) -> dict[str, float]:
+    """`NAME_p50_ms` and `NAME_p95_ms` of each call, the calls taking turns `n` times (after
+    one warm-up round), so that drift on a shared machine hits them alike."""
+    for call in calls.values():
+        call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(n):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {f"{name}_{q}_ms": float(np.percentile(ms, p)) for name, ms in times.items()
+            for q, p in (("p50", 50), ("p95", 95))}  # fmt: skip
+
+
+def hooks(app, path: str, headers: dict[str, str]):
+    """A call running the app's before-request hooks (auth, rate limit, idempotency) on `path`."""
+
+    def run() -> None:
+        with app.test_request_context(path, headers=headers):
+            if app.preprocess_request() is not None:  # a hook answered instead of the view
+                raise RuntimeError(f"the hooks refused {path}")
+
+    return run
+
+
+def missing_job(client: Client):
+    """A call of GET /v1/jobs/<an id that does not exist>: the key checked, then a 404."""
+
+    def run() -> None:
+        try:
+            client.request("GET", f"/v1/jobs/{uuid.uuid4()}")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+
+    return run
+
+
+def auth_overhead(settings: Settings, n: int) -> dict:
+    """What the API key adds to a request: identify alone, the hooks, and over HTTP."""
+    app = create_app(settings)
+    key = admin_key(app.extensions["captioner"].db, "bench")
+    header = {"Authorization": f"Bearer {key}"}
+    with app.app_context():
+        figures = interleaved({"auth_identify": lambda: identify(header["Authorization"])}, n)
+    figures |= interleaved({"auth_hooks_with_key": hooks(app, "/v1/models", header),
+                            "auth_hooks_public": hooks(app, "/healthz", {})}, n)  # fmt: skip
+    app.extensions["captioner"].db.dispose()
+    with api_server(settings) as url:
+        client = Client(url, key)
+        figures |= interleaved({"auth_http_with_key": missing_job(client),
+                                "auth_http_public": lambda: client.request("GET", "/healthz")},
+                               n)  # fmt: skip
+    for name in ("auth_hooks", "auth_http"):
+        added = figures[f"{name}_with_key_p50_ms"] - figures[f"{name}_public_p50_ms"]
+        figures[f"{name}_added_p50_ms"] = added
+    return figures
+
+
 def make_inputs(workdir: Path, encoder: Encoder) -> tuple[Path, list[bytes], np.ndarray]:
     """A saved full-size random bundle, 64 shapes PNGs, and the same images decoded."""
     bundle = save_bundle(full_size_bundle(encoder), workdir / "bundle")
@@ -154,6 +229,7 @@ def run_pipeline(workdir: Path, bundle: Path, pngs: list[bytes], args) -> dict:
                "batch_max_wait_ms": args.max_wait_ms}  # fmt: skip
     with running_stack(workdir / "service", [("inference", WORKER)], **options) as stack:
         worker = stack.processes[WORKER]
+        auth = auth_overhead(stack.settings, args.auth_requests)
         latency = low_load_latency(stack.client, pngs, args.latency_jobs)
         before = cpu_seconds(worker.pid)
         figures = saturation(stack.client, pngs, args.jobs)
@@ -161,17 +237,39 @@ def run_pipeline(workdir: Path, bundle: Path, pngs: list[bytes], args) -> dict:
     used = {role: after[role] - before[role] for role in after}
     total = sum(used.values())
     shares = {f"cpu_share_{role}": seconds / total for role, seconds in used.items()}
-    return figures | latency | shares
+    return figures | latency | shares | auth
 
 
-def main() -> None:
+def auth_only(n: int) -> dict:
+    """The `auth_*` figures alone, on Postgres, Redis and moto S3 (no worker, no model)."""
+    with tempfile.TemporaryDirectory() as tmp, services(Path(tmp)) as settings:
+        figures = auth_overhead(settings, n)
+    return {key: round(value, 3) for key, value in figures.items()} | {
+        "auth_requests": n, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "date": datetime.date.today().isoformat(),
+    }  # fmt: skip
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=256, help="jobs in the saturation run")
     parser.add_argument("--latency-jobs", type=int, default=30, help="jobs sent one at a time")
     parser.add_argument("--batch", type=int, default=32, help="the worker's BATCH_MAX_SIZE")
     parser.add_argument("--max-wait-ms", type=int, default=50, help="BATCH_MAX_WAIT_MS")
     parser.add_argument("--reps", type=int, default=7)
-    args = parser.parse_args()
+    parser.add_argument("--auth-requests", type=int, default=500,
+                        help="requests of each kind in the auth figures")  # fmt: skip
+    parser.add_argument("--auth-only", action="store_true",
+                        help="only what authentication adds to a request (no model)")  # fmt: skip
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.auth_only:
+        print(json.dumps(auth_only(args.auth_requests)))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         encoder = Encoder("seed:0")
