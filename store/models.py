@@ -121,6 +121,7 @@ class Job(Base):
         CheckConstraint("attempts >= 0", name="attempts"),
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),  # listing, newest first
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),  # the sweeper's scan
+        Index("ix_jobs_finished_at", "finished_at"),  # retention: the oldest ended jobs first
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
