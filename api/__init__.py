@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 
 from api.auth import register_auth
+from api.bodies import SafeJSONProvider
 from api.errors import register_error_handlers
 from api.idempotency import register_idempotency
 from api.limits import register_limits
@@ -18,7 +19,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = Flask(__name__, static_folder=None)
     # Up to 100 base64 images per request (batches); each image is checked on its own.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_image_bytes * 4 // 3 * 100 + (1 << 20)
-    app.json.sort_keys = False
+    app.json = SafeJSONProvider(app)  # keys in insertion order; too-deep nesting is bad JSON
     app.extensions["captioner"] = services or Services.from_settings(settings)
     register_auth(app)
     register_limits(app, settings)  # after auth: counted per API key

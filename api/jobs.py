@@ -131,7 +131,7 @@ def list_jobs():
             400, "invalid_status", f"status must be one of {[s.value for s in JobStatus]}"
         )
     limit = request.args.get("limit", "50")
-    if not limit.isdigit() or not 1 <= int(limit) <= PAGE_MAX:
+    if not re.fullmatch(r"[0-9]{1,3}", limit) or not 1 <= int(limit) <= PAGE_MAX:
         raise ErrorResponse(400, "invalid_limit", f"limit must be from 1 to {PAGE_MAX}")
     after = decode_cursor(request.args.get("cursor"))
     with services().db.session() as session:

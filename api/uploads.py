@@ -122,7 +122,7 @@ def parse_options(source, cancel_after: str | None = None) -> Options:
             value = int(raw)
             if isinstance(raw, float | bool) or str(value) != str(raw).strip():
                 raise ValueError
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: 1e999, Infinity
             raise ErrorResponse(400, "invalid_option", f"{name} must be a whole number") from None
         if not low <= value <= high:
             raise ErrorResponse(400, "invalid_option", f"{name} must be from {low} to {high}")

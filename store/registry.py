@@ -6,6 +6,7 @@ so exactly one version is active from the first promotion on (a partial unique i
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -33,8 +34,8 @@ class NewVersion:
 
 def version_number(name: str) -> int | None:
     """3 for "v3" or "3"; None for anything else."""
-    digits = name.removeprefix("v")
-    return int(digits) if digits.isdigit() and len(digits) < 10 else None
+    digits = name.removeprefix("v")  # ASCII digits only: int() would also take "١" or " 3"
+    return int(digits) if re.fullmatch(r"[0-9]{1,9}", digits) else None
 
 
 def register(session: Session, new: NewVersion) -> ModelVersion:
