@@ -4,7 +4,7 @@
 #   docker build -t captioner:cpu --build-arg TF_EXTRA=cpu .  # CPU-only TensorFlow
 #
 # Roles (see docker-compose.yml):
-#   gunicorn --bind 0.0.0.0:8000 --workers 2 "api:create_app()"   (default)
+#   gunicorn --config python:captioner.gunicorn_conf --bind 0.0.0.0:8000 "api:create_app()" (CMD)
 #   captioner worker --queue inference --gpus all | --queue training | --queue webhooks
 #   captioner beat
 #   captioner migrate
@@ -61,4 +61,5 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "api:create_app()"]
+# Threaded workers, timeouts above the 60 s `Prefer: wait` cap: captioner/gunicorn_conf.py.
+CMD ["gunicorn", "--config", "python:captioner.gunicorn_conf", "--bind", "0.0.0.0:8000", "api:create_app()"]

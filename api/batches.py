@@ -7,12 +7,13 @@ import uuid
 from flask import Blueprint, jsonify, request
 
 from api.auth import requires, tenant
+from api.body_limits import BATCH, body_limit
 from api.errors import found
 from api.idempotency import creates_resource
-from api.jobs import enqueue, new_job
+from api.jobs import dropping_blobs_on_error, enqueue, new_job, url_job
 from api.limits import check_queue_room
 from api.services import services
-from api.uploads import check_image, read_batch
+from api.uploads import Options, check_image, read_batch
 from core.errors import ErrorResponse
 from store import batches, jobs, retention
 from store.images import put_pack
@@ -25,19 +26,29 @@ bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 @bp.post("")
 @requires(Scope.JOBS)
 @creates_resource
+@body_limit(BATCH)
 def submit_batch():
     """Check every image, store them a pack at a time, record the batch and its jobs in one
     transaction, enqueue a message per pack: 202."""
     images, options = read_batch(request)
-    check_queue_room(len(images))
+    check_queue_room(len(images) or len(options.image_urls))
     settings = services().settings
+    if options.image_urls:
+        return record_batch([url_job(uuid.uuid4(), url, options) for url in options.image_urls],
+                            options, settings.batch_max_size)  # fmt: skip
     infos = [check_image(data, settings, f"images[{i}]: ") for i, data in enumerate(images)]
     chunk = settings.batch_max_size  # one pack and one message per chunk: a worker's batch
     stored = [place for start in range(0, len(images), chunk)
               for place in put_pack(services().blobs, images[start : start + chunk])]  # fmt: skip
     new_jobs = [new_job(uuid.uuid4(), place, data, info, options)
                 for place, data, info in zip(stored, images, infos, strict=True)]  # fmt: skip
-    with services().db.session() as session:
+    return record_batch(new_jobs, options, chunk)
+
+
+def record_batch(new_jobs: list[jobs.NewJob], options: Options, chunk: int):
+    """Record the batch and its jobs in one transaction, enqueue a message per chunk: 202."""
+    keys = [new.image_key for new in new_jobs]
+    with dropping_blobs_on_error(keys), services().db.session() as session:
         batch, members = batches.create_batch(session, tenant(), new_jobs, options.webhook_url,
                                               options.webhook_events)  # fmt: skip
         body = batch_json(batch, members)  # from the rows in memory

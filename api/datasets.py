@@ -10,6 +10,7 @@ from pathlib import Path
 from flask import Blueprint, jsonify, request
 
 from api.auth import requires, tenant
+from api.body_limits import body_limit, dataset_body
 from api.errors import found
 from api.idempotency import creates_resource
 from api.services import services
@@ -28,10 +29,10 @@ RAW_TYPES = ("application/zip", "application/x-tar", "application/gzip", "applic
 @bp.post("")
 @requires(Scope.TRAINING)
 @creates_resource
+@body_limit(dataset_body)
 def upload_dataset():
     """Check the archive (every bad entry is named in a 400), store it, record it: 201."""
     settings = services().settings
-    request.max_content_length = settings.max_dataset_bytes
     with tempfile.TemporaryDirectory() as folder:
         path, name = save_upload(Path(folder) / "archive")
         try:
@@ -40,7 +41,7 @@ def upload_dataset():
             raise ErrorResponse(400, "invalid_dataset", str(exc), problems=exc.problems) from None
         dataset_id = uuid.uuid4()
         key = dataset_key(dataset_id)
-        services().blobs.put(key, path.read_bytes(), f"application/{summary.format}")
+        services().blobs.put_file(key, path, f"application/{summary.format}")  # streamed
         row = Dataset(id=dataset_id, owner=tenant(), name=name, archive_key=key,
                       format=summary.format, bytes=path.stat().st_size,
                       unpacked_bytes=summary.unpacked_bytes, splits=summary.splits,

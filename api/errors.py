@@ -7,9 +7,10 @@ from typing import TypeVar
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
-from core.errors import ErrorResponse
+from core.errors import ErrorResponse, StoreUnavailable
 
 T = TypeVar("T")
+RETRY_AFTER_S = 5  # when the database is away: a restart or fail-over takes seconds
 
 
 def found(row: T | None, what: str, row_id: object) -> T:
@@ -31,6 +32,13 @@ def register_error_handlers(app: Flask) -> None:
     def api_error(exc: ErrorResponse):
         body, status = error_response(exc.status, exc.code, exc.message, **exc.details)
         return body, status, exc.headers
+
+    @app.errorhandler(StoreUnavailable)
+    def store_unavailable(exc: StoreUnavailable):
+        app.logger.warning("%s: %s", exc, exc.__cause__)
+        body, status = error_response(503, "database_unavailable", "the database cannot be "
+                                      "reached; try again shortly")  # fmt: skip
+        return body, status, {"Retry-After": str(RETRY_AFTER_S)}
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -131,16 +131,15 @@ def read_fingerprint() -> str:
         spool.write(chunk)
     spool.seek(0)
     # Werkzeug builds `request.stream` from wsgi.input when the view first reads, applying the
-    # view's own size limit then (api.datasets raises its limit inside the view).
+    # same limit again.
     request.environ["wsgi.input"] = spool
     request.__dict__.pop("stream", None)
     return digest.hexdigest()
 
 
 def body_limit() -> int | None:
-    """The most any create view accepts: the app's limit, or a dataset archive's if larger."""
-    limit = request.max_content_length
-    return None if limit is None else max(limit, services().settings.max_dataset_bytes)
+    """The most this view accepts (api.body_limits set it before this hook ran)."""
+    return request.max_content_length
 
 
 class BodyDigest:

@@ -7,13 +7,15 @@ import binascii
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 
 from flask import Blueprint, jsonify, request
 
 from api.auth import requires, tenant
+from api.body_limits import ONE_IMAGE, body_limit
 from api.errors import found
 from api.idempotency import creates_resource
 from api.limits import check_queue_room
@@ -23,6 +25,7 @@ from core.errors import ErrorResponse
 from core.images import ImageInfo
 from store import jobs, retention
 from store.images import StoredImage, put_image
+from store.keys import image_key
 from store.models import Job, JobStatus, Scope, utcnow
 from store.payloads import iso, job_json
 
@@ -34,16 +37,21 @@ PAGE_MAX = 100
 @bp.post("")
 @requires(Scope.JOBS)
 @creates_resource
+@body_limit(ONE_IMAGE)
 def submit_job():
     """Check, store the image, record the job, enqueue it: 202 (200 if done within wait)."""
     data, options = read_submission(request)
     check_queue_room(1)
-    info = check_image(data, services().settings)
     job_id = uuid.uuid4()
-    stored = put_image(services().blobs, job_id, data, f"image/{info.format.lower()}")
-    new = replace(new_job(job_id, stored, data, info, options), webhook_url=options.webhook_url,
+    if options.image_url:
+        new = url_job(job_id, options.image_url, options)
+    else:
+        info = check_image(data, services().settings)
+        stored = put_image(services().blobs, job_id, data, f"image/{info.format.lower()}")
+        new = new_job(job_id, stored, data, info, options)
+    new = replace(new, webhook_url=options.webhook_url,
                   webhook_events=list(options.webhook_events or ()) or None)  # fmt: skip
-    with services().db.session() as session:
+    with dropping_blobs_on_error([new.image_key]), services().db.session() as session:
         body = job_json(jobs.create_job(session, new))  # the answer, from the row in memory
     enqueue([new.id])
     return respond_after_wait(new.id, body)
@@ -58,6 +66,25 @@ def new_job(job_id: uuid.UUID, stored: StoredImage, data: bytes, info: ImageInfo
                        beam_size=options.beam_size, max_length=options.max_length,
                        deadline_at=options.deadline_at, enqueued_at=utcnow(),
                        id=job_id)  # fmt: skip
+
+
+def url_job(job_id: uuid.UUID, url: str, options: Options) -> jobs.NewJob:
+    """A job whose image the worker fetches from `url` into the job's own key (its size is
+    unknown until then: 0)."""
+    unknown = ImageInfo(format="", width=0, height=0)
+    return replace(new_job(job_id, StoredImage(image_key(job_id)), b"", unknown, options),
+                   image_url=url)  # fmt: skip
+
+
+@contextmanager
+def dropping_blobs_on_error(keys: Iterable[str]) -> Iterator[None]:
+    """Delete the blobs a submission just stored when recording it fails (the database is away,
+    say), so a refused submission leaves nothing behind. A missing key is no error."""
+    try:
+        yield
+    except Exception:
+        retention.delete_blobs(services().blobs, sorted(set(keys)))
+        raise
 
 
 def enqueue(job_ids: Sequence[uuid.UUID], per_message: int = 1) -> None:
@@ -108,9 +135,13 @@ def wait_for_terminal(job_id: uuid.UUID, wait: float):
 
 
 def prefer_wait(header: str) -> float:
-    """Seconds asked for by `Prefer: wait=N` (RFC 7240), capped; 0 when absent or malformed."""
-    match = re.search(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", header)
-    return min(float(match.group(1)), MAX_WAIT_S) if match else 0.0
+    """Seconds asked for by `Prefer: wait=N` (RFC 7240), capped; a bare `wait` is the cap
+    (Replicate's form); 0 when absent or malformed."""
+    match = re.search(r"(?:^|[,;\s])wait\s*(?:=\s*(\d+(?:\.\d+)?)\s*)?(?:[,;]|$)", header,
+                      re.IGNORECASE)  # fmt: skip
+    if not match:
+        return 0.0
+    return min(float(match.group(1)), MAX_WAIT_S) if match.group(1) else float(MAX_WAIT_S)
 
 
 @bp.get("/<uuid:job_id>")

@@ -9,6 +9,7 @@ from flask import current_app
 
 from core.broker import Broker, make_celery
 from core.credentials import Cipher, cipher_for
+from core.netguard import Resolver, system_resolver
 from core.notify import Notifier
 from core.settings import Settings
 from store.blobs import BlobStore, open_blob_store
@@ -26,6 +27,7 @@ class Services:
     broker: Broker
     notifier: Notifier
     cipher: Cipher
+    resolver: Resolver = system_resolver  # the SSRF guard's DNS; tests pass a fake one
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -12,8 +12,18 @@ from urllib.parse import urlsplit
 from flask import Request
 
 from api.deadlines import parse_deadline
-from core.errors import ErrorResponse, ImageError
-from core.images import CORRUPT, EMPTY, NOT_AN_IMAGE, TOO_LARGE, ImageInfo, inspect_header
+from api.services import services
+from core.errors import ErrorResponse, ImageError, UrlError
+from core.images import (
+    CORRUPT,
+    EMPTY,
+    NOT_AN_IMAGE,
+    TOO_LARGE,
+    UNSUPPORTED,
+    ImageInfo,
+    inspect_header,
+)
+from core.netguard import Guard
 from core.settings import Settings
 from store.jobs import DEFAULT_BEAM_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS
 from store.models import utcnow
@@ -22,7 +32,7 @@ LIMITS = {"beam_size": (1, 10), "max_length": (1, 50)}
 DEFAULTS = {"beam_size": DEFAULT_BEAM_SIZE, "max_length": DEFAULT_MAX_LENGTH}
 MAX_BATCH = 100
 MAX_URL_CHARS = 2048
-IMAGE_STATUS = {EMPTY: 400, TOO_LARGE: 413, NOT_AN_IMAGE: 415, CORRUPT: 400}
+IMAGE_STATUS = {EMPTY: 400, TOO_LARGE: 413, NOT_AN_IMAGE: 415, UNSUPPORTED: 415, CORRUPT: 400}
 
 
 @dataclass(frozen=True)
@@ -33,31 +43,71 @@ class Options:
     max_length: int = DEFAULT_MAX_LENGTH
     webhook_url: str | None = None
     webhook_events: tuple[str, ...] | None = None  # in WEBHOOK_EVENTS order; None without a URL
+    image_url: str | None = None  # a job's image, for the worker to fetch (instead of bytes)
+    image_urls: tuple[str, ...] = ()  # a batch's images, for the workers to fetch
     deadline_at: datetime | None = None  # not started by then: aborted (api.deadlines)
 
 
 def read_submission(request: Request) -> tuple[bytes, Options]:
-    """The image bytes and options of a POST, or a 4xx ErrorResponse naming the problem."""
+    """The image bytes and options of a POST, or a 4xx ErrorResponse naming the problem. With an
+    `image_url` instead of an image, the bytes are empty and `options.image_url` is set."""
     if request.mimetype == "multipart/form-data":
-        upload = request.files.get("image")
+        upload, url = request.files.get("image"), request.form.get("image_url")
+        options = parse_options(request.form, request.headers.get("Cancel-After"))
+        if url_given(upload is not None, url):
+            return b"", replace(options, image_url=parse_image_url(url))
         if upload is None:
-            raise ErrorResponse(
-                400, "missing_image", "send the image as a multipart file named 'image'"
-            )
-        return upload.read(), parse_options(request.form, request.headers.get("Cancel-After"))
+            raise ErrorResponse(400, "missing_image", "send the image as a multipart file "
+                                "named 'image', or its URL as 'image_url'")  # fmt: skip
+        return upload.read(), options
     body = json_object(request, "an 'image' file", "base64 'image'")
-    image = decode_base64(body.get("image"), "'image'")
-    return image, parse_options(body, request.headers.get("Cancel-After"))
+    options = parse_options(body, request.headers.get("Cancel-After"))
+    if url_given(body.get("image") not in (None, ""), body.get("image_url")):
+        return b"", replace(options, image_url=parse_image_url(body["image_url"]))
+    return decode_base64(body.get("image"), "'image'"), options
+
+
+def url_given(image_given: bool, url: Any) -> bool:
+    """True when the submission names its image by URL; a 400 when it also sends the image."""
+    if url in (None, ""):
+        return False
+    if image_given:
+        raise ErrorResponse(400, "invalid_image_url", "send images or their URLs, not both")
+    return True
+
+
+def parse_image_urls(urls: Any) -> tuple[str, ...]:
+    """A batch's `image_urls`: a list of 1 to MAX_BATCH URLs, each as `parse_image_url` wants."""
+    if not isinstance(urls, list):
+        raise ErrorResponse(400, "invalid_image_url", "'image_urls' must be a list of URLs")
+    check_batch_size(len(urls))
+    return tuple(parse_image_url(url, f"image_urls[{i}]") for i, url in enumerate(urls))
+
+
+def parse_image_url(url: Any, name: str = "image_url") -> str:
+    """An http(s) URL the SSRF guard lets the worker fetch, or a 400 `invalid_image_url`."""
+    if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
+        raise ErrorResponse(400, "invalid_image_url", f"{name} must be a URL of at most "
+                            f"{MAX_URL_CHARS} characters")  # fmt: skip
+    check_url(url, "invalid_image_url", name)
+    return url
 
 
 def read_batch(request: Request) -> tuple[list[bytes], Options]:
-    """The images (in order) and shared options of a batch POST, or a 4xx ErrorResponse."""
+    """The images (in order) and shared options of a batch POST, or a 4xx ErrorResponse. With
+    `image_urls` instead of images, the list is empty and `options.image_urls` is set."""
     if request.mimetype == "multipart/form-data":
         uploads = request.files.getlist("images")
-        check_batch_size(len(uploads))
         options = parse_options(request.form, request.headers.get("Cancel-After"))
+        urls = request.form.getlist("image_urls")
+        if url_given(bool(uploads), urls or None):
+            return [], replace(options, image_urls=parse_image_urls(urls))
+        check_batch_size(len(uploads))
         return [upload.read() for upload in uploads], options
     body = json_object(request, "files named 'images'", "a list of base64 'images'")
+    if url_given(body.get("images") not in (None, []), body.get("image_urls") or None):
+        options = parse_options(body, request.headers.get("Cancel-After"))
+        return [], replace(options, image_urls=parse_image_urls(body["image_urls"]))
     values = body.get("images", [])
     if not isinstance(values, list):
         raise ErrorResponse(400, "invalid_images", "'images' must be a list of base64 strings")
@@ -145,7 +195,19 @@ def parse_webhook(source, allowed: tuple[str, ...] = WEBHOOK_EVENTS) -> dict[str
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ErrorResponse(400, "invalid_webhook", "webhook must be an http:// or https:// URL")
+    check_url(url, "invalid_webhook", "webhook")
     return {"webhook_url": url, "webhook_events": parse_events(events, allowed)}
+
+
+def check_url(url: str, code: str, name: str) -> None:
+    """A 400 `code` saying why, unless the SSRF guard lets the service reach `url`. A name that
+    does not resolve now passes: the guard checks again before every connection."""
+    found = services()
+    try:
+        Guard.from_allow(found.settings.url_allow, found.resolver).check(url)
+    except UrlError as exc:
+        if exc.code != "url_unreachable":
+            raise ErrorResponse(400, code, f"{name} refused: {exc.message}") from None
 
 
 def parse_events(events: Any, allowed: tuple[str, ...] = WEBHOOK_EVENTS) -> tuple[str, ...]:

@@ -143,6 +143,9 @@ def _wait_for_http(process: subprocess.Popen, url: str, log: Path) -> None:
     raise RuntimeError(f"moto_server did not answer within {MOTO_START_S} s:\n{tail(log)}")
 
 
+LOOPBACK = "127.0.0.1/32"  # the one private address the stack's guard allows
+
+
 @contextmanager
 def services(data_dir: Path, **overrides) -> Iterator[Settings]:
     """Production-mode settings (with `overrides`) on fresh Postgres, Redis and S3."""
@@ -153,6 +156,7 @@ def services(data_dir: Path, **overrides) -> Iterator[Settings]:
             s3_bucket="stack", s3_endpoint_url=endpoint, s3_region=REGION,
             s3_access_key=ACCESS_KEY, s3_secret_key=SECRET_KEY,
             secret_keys=Fernet.generate_key().decode(), rate_limit=UNTHROTTLED,
+            url_allow=LOOPBACK,  # webhook receivers in tests listen on 127.0.0.1
         ).with_overrides(**overrides)  # fmt: skip
         open_blob_store(settings).ensure_bucket()
         yield settings

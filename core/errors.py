@@ -3,10 +3,12 @@
     CaptionerError                  the root: `except CaptionerError` catches only ours
     ├── SettingsError               bad or missing environment variables, all named at once
     ├── ImageError                  bytes that cannot be captioned; `.code` is stable
+    ├── UrlError                    a URL the service may not, or could not, fetch; `.code`
     ├── DatasetError                not a usable caption dataset; `.problems` names each fault
     ├── VerificationError           a webhook not signed by the secret, or signed too long ago
     ├── BlobStoreError              the blob store cannot be used (endpoint, bucket, credentials)
     ├── BlobNotFound                no blob under the key (also a KeyError)
+    ├── StoreUnavailable            the database cannot be reached (down, restarting, pool full)
     ├── BundleError                 a model bundle missing, malformed or of another format
     │   └── EncoderMismatch         …trained on the features of another encoder
     ├── TrainingStopped             training stopped at a step because the caller asked
@@ -18,12 +20,13 @@
         ├── RunSkipped              the training run is terminal or held by another worker
         └── LostLease               another worker took the training run over
 
-Where they come from: SettingsError (core.settings), ImageError (core.images), DatasetError
-(core.archives, model.data), VerificationError (core.signatures), BlobStoreError and BlobNotFound
-(store.blobs), BundleError and EncoderMismatch (model.bundle), TrainingStopped (model.training),
-ErrorResponse (api), ApiError (captioner.client), the worker outcomes (worker.inference,
-worker.training). Errors of the libraries underneath (Pillow, SQLAlchemy, botocore, Celery) are
-turned into these where a caller can act on them, and otherwise left to propagate.
+Where they come from: SettingsError (core.settings), ImageError (core.images), UrlError
+(core.netguard), DatasetError (core.archives, model.data), VerificationError (core.signatures),
+BlobStoreError and BlobNotFound (store.blobs), StoreUnavailable (store.db), BundleError and
+EncoderMismatch (model.bundle), TrainingStopped (model.training), ErrorResponse (api), ApiError
+(captioner.client), the worker outcomes (worker.inference, worker.training). Errors of the
+libraries underneath (Pillow, SQLAlchemy, botocore, Celery) are turned into these where a caller
+can act on them, and otherwise left to propagate.
 """
 
 from __future__ import annotations
@@ -60,6 +63,15 @@ class ImageError(CaptionerError, ValueError):
         self.message = message
 
 
+class UrlError(CaptionerError, ValueError):
+    """A URL refused by the SSRF guard or failed to fetch; `code` is stable (url_forbidden…)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
 class DatasetError(CaptionerError, ValueError):
     """Not a usable COCO-format caption dataset; `problems` names each one (file, entry, fault)."""
 
@@ -82,6 +94,10 @@ class BlobNotFound(CaptionerError, KeyError):
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.key = key
+
+
+class StoreUnavailable(CaptionerError, RuntimeError):
+    """The database cannot be reached for now: refused, dropped, or no connection free in time."""
 
 
 class BundleError(CaptionerError):

@@ -21,11 +21,12 @@ from dataclasses import field, fields, replace
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic.dataclasses import dataclass
 
 from core.errors import SettingsError
 from core.images import MAX_PIXELS
+from core.netguard import parse_allow
 
 log = logging.getLogger(__name__)
 # Seconds before each attempt: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h.
@@ -49,7 +50,16 @@ def _schedule(raw: object) -> object:
     return tuple(delays)
 
 
+def _allow_list(raw: str) -> str:
+    """URL_ALLOW as given, once core.netguard has parsed every entry."""
+    parse_allow(raw)
+    return raw
+
+
 Count = Annotated[int, Field(ge=1)]
+# An http(s) origin, perhaps with a path prefix; a trailing slash is dropped
+PublicUrl = Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$"),
+                      AfterValidator(lambda url: url.rstrip("/"))]  # fmt: skip
 Seconds = Annotated[float, Field(ge=0.001, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 Delays = Annotated[tuple[Annotated[float, Field(ge=0.0, allow_inf_nan=False)], ...],
@@ -107,6 +117,13 @@ class Settings:
     max_queued_per_tenant: Count = 5_000  # MAX_QUEUED_PER_TENANT: one tenant's share
     # RETENTION_DAYS: finished jobs and their blobs are purged after this many days (None: kept)
     retention_days: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] | None = None
+    # URL_ALLOW: comma-separated CIDRs and host names that image URLs and webhooks may reach
+    # although private (the SSRF guard refuses every non-public address otherwise); empty: none
+    url_allow: Annotated[str, AfterValidator(_allow_list)] = ""
+    url_fetch_timeout_s: Seconds = 20.0  # URL_FETCH_TIMEOUT_S: an image URL's whole download
+    # PUBLIC_URL: the service's address as clients reach it (https://captioner.example.com);
+    # set, links in answers and webhooks are absolute; None: relative paths
+    public_url: PublicUrl | None = None
 
     @property
     def embedded(self) -> bool:

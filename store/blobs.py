@@ -14,9 +14,11 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
     from core.settings import Settings
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+COPY_CHUNK = 1 << 20
+# 8 MiB parts, at most 4 in flight: a large upload holds about 32 MiB, not the whole file.
+UPLOAD = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=4)
 _MISSING_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 _NO_BUCKET_CODES = frozenset({"NoSuchBucket", "NotFound", "404"})
 _REFUSED_CODES = frozenset(
@@ -39,6 +44,10 @@ class BlobStore(Protocol):
 
     def put(self, key: str, data: bytes, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
         """Store `data` under `key`, replacing any previous blob."""
+        ...
+
+    def put_file(self, key: str, path: Path, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
+        """Store the file at `path` under `key`, streamed: never whole in memory."""
         ...
 
     def get(self, key: str) -> bytes:
@@ -104,6 +113,16 @@ class LocalBlobStore:
         except OSError as error:
             raise BlobStoreError(f"cannot write {key!r} under {self.root}: {error}") from error
 
+    def put_file(self, key: str, path: Path, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
+        """Copy the file at `path` to the key's file atomically, a chunk at a time."""
+        target = self._path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "rb") as source:
+                _atomic_write(target, source)
+        except OSError as error:
+            raise BlobStoreError(f"cannot write {key!r} under {self.root}: {error}") from error
+
     def get(self, key: str) -> bytes:
         """The key's file contents; raises BlobNotFound when there is no such file."""
         path = self._path(key)
@@ -143,13 +162,16 @@ class LocalBlobStore:
         return sorted(keys)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes | BinaryIO) -> None:
     # A dot-name is never a valid key, so readers and list() never see a half-written blob.
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            if isinstance(data, bytes):
+                handle.write(data)
+            else:
+                shutil.copyfileobj(data, handle, COPY_CHUNK)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -238,6 +260,17 @@ class S3BlobStore:
             self._client.put_object(
                 Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
             )
+
+    def put_file(self, key: str, path: Path, content_type: str = DEFAULT_CONTENT_TYPE) -> None:
+        """Upload the file at `path`, in parts above `UPLOAD.multipart_threshold` (S3's one
+        PUT stops at 5 GB); a few parts in memory at a time."""
+        validate_key(key)
+        with self._errors(f"put {key!r}"):
+            try:
+                self._client.upload_file(str(path), self.bucket, key, Config=UPLOAD,
+                                         ExtraArgs={"ContentType": content_type})  # fmt: skip
+            except S3UploadFailedError as error:  # the failed part's ClientError, as text
+                raise BlobStoreError(f"put {key!r} failed on {self.where}: {error}") from error
 
     def get(self, key: str) -> bytes:
         """The object's bytes; raises BlobNotFound when there is no such object."""

@@ -6,8 +6,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
+
+from core.errors import StoreUnavailable
 
 
 class Database:
@@ -25,12 +28,19 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session that commits on success and rolls back on error."""
-        with self._sessions() as session:
-            with session.begin():
-                yield session
-            for hook in self.after_commit:
-                hook(session.info)
+        """A session that commits on success and rolls back on error; StoreUnavailable when
+        the database cannot be reached (the pool's pre-ping reconnects once it is back)."""
+        try:
+            with self._sessions() as session:
+                with session.begin():
+                    yield session
+                for hook in self.after_commit:
+                    hook(session.info)
+        except (sa_exc.DBAPIError, sa_exc.TimeoutError) as exc:
+            if self.engine.dialect.name == "postgresql" and unreachable(exc):
+                raise StoreUnavailable(f"the database cannot be reached: {exc.__class__.__name__}"
+                                       ) from exc  # fmt: skip
+            raise
 
     def check(self) -> None:
         """Raise unless the database answers a trivial query (for /readyz)."""
@@ -40,6 +50,19 @@ class Database:
     def dispose(self) -> None:
         """Close pooled connections (after a fork, or at shutdown)."""
         self.engine.dispose()
+
+
+def unreachable(exc: Exception) -> bool:
+    """Whether a database error says the server cannot be reached now, rather than that a
+    statement is wrong: connection refused or dropped, or no pooled connection free in time.
+
+    psycopg2 raises its base OperationalError for those, and subclasses of it for deadlocks and
+    cancelled statements, which are not outages."""
+    if isinstance(exc, sa_exc.InterfaceError | sa_exc.TimeoutError):
+        return True
+    if not isinstance(exc, sa_exc.OperationalError):
+        return False
+    return exc.connection_invalidated or type(exc.orig).__name__ == "OperationalError"
 
 
 def insert_or_ignore(session: Session, model, values: dict, **conflict):

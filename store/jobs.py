@@ -64,6 +64,7 @@ class NewJob:
     batch_id: uuid.UUID | None = None
     deadline_at: datetime | None = None
     image_offset: int | None = None  # set when the image lies in a batch's pack
+    image_url: str | None = None  # the worker fetches the image from here into image_key
     enqueued_at: datetime | None = None  # set when the caller sends it right after committing
     id: uuid.UUID = field(default_factory=uuid.uuid4)
 

@@ -142,6 +142,8 @@ class Job(Base):
     image_format: Mapped[str] = mapped_column(String(16))
     image_width: Mapped[int] = mapped_column(Integer)
     image_height: Mapped[int] = mapped_column(Integer)
+    # The worker fetches the image from here into image_key (the size fields stay 0 until then)
+    image_url: Mapped[str | None] = mapped_column(Text)
     beam_size: Mapped[int] = mapped_column(Integer, default=1)
     max_length: Mapped[int] = mapped_column(Integer, default=20)
     webhook_url: Mapped[str | None] = mapped_column(Text)

@@ -1,12 +1,14 @@
 """The JSON shapes of jobs, batches, training runs, model versions and datasets: what GET
 returns and what webhooks send.
 
-Plain functions of the rows (no Flask), so workers build the same objects as the API.
+Plain functions of the rows (no Flask), so workers build the same objects as the API. Links
+(`urls`) are paths; `absolute_urls` prefixes them with the PUBLIC_URL setting where one is set.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,28 @@ def iso(moment: datetime | None) -> str | None:
     return moment.isoformat().replace("+00:00", "Z") if moment else None
 
 
+def absolute_urls(body: Any, base: str | None) -> Any:
+    """`body` with every path in every `urls` object in it prefixed by `base` (None: as is);
+    links already absolute stay as they are."""
+    if not base:
+        return body
+    if isinstance(body, list):
+        return [absolute_urls(item, base) for item in body]
+    if not isinstance(body, dict):
+        return body
+    return {key: {name: base + link if link.startswith("/") else link
+                  for name, link in value.items()}
+            if key == "urls" and isinstance(value, dict) else absolute_urls(value, base)
+            for key, value in body.items()}  # fmt: skip
+
+
+def absolute_urls_text(text: str, base: str | None) -> str:
+    """A JSON text (a webhook's stored body) with its links made absolute; as is without `base`."""
+    if not base:
+        return text
+    return json.dumps(absolute_urls(json.loads(text), base), separators=(",", ":"))
+
+
 def job_json(job: Job) -> dict[str, Any]:
     """Status, request, result, error, timings and links of one job."""
     done = job.status == JobStatus.SUCCEEDED
@@ -46,7 +70,8 @@ def job_json(job: Job) -> dict[str, Any]:
         "options": {"beam_size": job.beam_size, "max_length": job.max_length},
         "deadline_at": iso(job.deadline_at),  # not started by then: aborted (None: no deadline)
         "image": {"format": job.image_format, "width": job.image_width,
-                  "height": job.image_height, "bytes": job.image_bytes},
+                  "height": job.image_height, "bytes": job.image_bytes}
+        | ({"url": job.image_url} if job.image_url else {}),
         "result": {
             "caption": job.caption, "tokens": job.tokens,
             "token_log_probs": job.token_log_probs, "model_version": job.model_version,

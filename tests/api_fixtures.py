@@ -8,11 +8,19 @@ each test module its own database, Redis database and S3 server (`captioner.stac
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import redis
 
 from api import create_app
 from captioner.stack import admin_key, services
+
+
+def no_dns(host: str, port: int) -> list[str]:
+    """The SSRF guard's resolver in API tests: no name resolves, so no test asks a DNS server
+    (a name that does not resolve passes at submit; the guard checks again before sending)."""
+    raise socket.gaierror(socket.EAI_NONAME, f"{host}: tests resolve no names")
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +35,7 @@ def settings(tmp_path_factory):
 def app(settings):
     """The app on those settings."""
     app = create_app(settings)
+    app.extensions["captioner"].resolver = no_dns
     yield app
     app.extensions["captioner"].db.dispose()
 

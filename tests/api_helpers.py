@@ -33,7 +33,14 @@ def b64(data: bytes) -> str:
 
 
 def tiff() -> bytes:
-    """A small TIFF: an image, but not in a format the service takes."""
+    """A small TIFF (a format the service takes since issue 14)."""
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, "TIFF")
+    return buffer.getvalue()
+
+
+def ico() -> bytes:
+    """A small Windows icon: an image, but not in a format the service takes."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(buffer, "ICO")
     return buffer.getvalue()

@@ -17,7 +17,7 @@ from core.broker import Broker
 from store import batches, jobs
 from store.images import read_images
 from store.models import Batch, Job
-from tests.api_helpers import b64, png, queued_ids, queued_messages, tiff
+from tests.api_helpers import b64, ico, png, queued_ids, queued_messages
 
 pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, queue
 
@@ -97,7 +97,7 @@ def files(*images: bytes) -> list:
 
 GOOD = png()
 TEXT = b"just text"
-TIFF = tiff()
+ICO = ico()
 HUGE = png((1200, 1000))
 
 
@@ -105,7 +105,7 @@ HUGE = png((1200, 1000))
     ("send", "status", "code", "names"),
     [
         ({"data": {"images": files(GOOD, TEXT, GOOD)}}, 415, "not_an_image", "images[1]"),
-        ({"json": {"images": [b64(GOOD), b64(GOOD), b64(TIFF)]}}, 415, "not_an_image",
+        ({"json": {"images": [b64(GOOD), b64(GOOD), b64(ICO)]}}, 415, "unsupported_format",
          "images[2]"),
         ({"json": {"images": [b64(GOOD), b64(HUGE), b64(GOOD)]}}, 413, "image_too_large",
          "images[1]"),

@@ -32,7 +32,7 @@ from store import idempotency
 from store.blobs import LocalBlobStore
 from store.idempotency import Answer, Outcome
 from store.models import ApiKey, IdempotencyKey, Job, utcnow
-from tests.api_helpers import b64, png, queued_ids, tiff
+from tests.api_helpers import b64, ico, png, queued_ids
 
 pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, api_key, queue
 
@@ -205,9 +205,9 @@ def test_a_large_multipart_batch_is_read_whole_and_replayed(client, app):
 
 def test_a_4xx_is_recorded_and_replayed(client):
     key = new_key()
-    first = post(client, "/v1/jobs", key, json={"image": b64(tiff())})
+    first = post(client, "/v1/jobs", key, json={"image": b64(ico())})
     assert first.status_code == 415 and REPLAYED not in first.headers
-    again = post(client, "/v1/jobs", key, json={"image": b64(tiff())})
+    again = post(client, "/v1/jobs", key, json={"image": b64(ico())})
     assert again.status_code == 415 and again.headers[REPLAYED] == "true"
     assert again.get_json() == first.get_json()
 

@@ -209,6 +209,27 @@ def test_s3_keeps_content_type(s3_endpoint):
     assert head["ContentType"] == "image/png"
 
 
+def test_put_file_streams_a_file_in_and_round_trips(store, tmp_path):
+    path = tmp_path / "archive.zip"
+    data = BINARY * 1000 + bytes(9 << 20)  # ~19 MiB: three parts of a multipart upload on S3
+    path.write_bytes(data)
+    store.put_file("datasets/a", path, "application/zip")
+    assert store.get("datasets/a") == data
+    assert store.list("datasets/") == ["datasets/a"]
+
+
+def test_s3_put_file_keeps_content_type_and_fails_as_a_store_error(s3_endpoint, tmp_path):
+    path = tmp_path / "archive.tar"
+    path.write_bytes(BINARY)
+    s3 = s3_store(s3_endpoint)
+    s3.ensure_bucket()
+    s3.put_file("datasets/b", path, "application/tar")
+    head = s3._client.head_object(Bucket=s3.bucket, Key="datasets/b")
+    assert head["ContentType"] == "application/tar"
+    with pytest.raises(BlobStoreError, match="no-such-bucket"):
+        s3_store(s3_endpoint, bucket="no-such-bucket").put_file("datasets/b", path)
+
+
 def test_s3_ensure_bucket_is_idempotent(s3_endpoint):
     s3 = s3_store(s3_endpoint)
     s3.ensure_bucket()

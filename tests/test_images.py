@@ -28,7 +28,7 @@ def png(size=(40, 30), color=(200, 30, 30)) -> bytes:
     [
         (b"", "empty_image"),
         (b"hello, this is text and not a picture", "not_an_image"),
-        (b"%PDF-1.4\n%\xe2\xe3", "not_an_image"),
+        (b"%PDF-1.4\n%\xe2\xe3", "unsupported_format"),
         (png()[:60], "corrupt_image"),  # header intact, pixel data cut off
     ],
     ids=["empty", "text", "pdf", "truncated"],

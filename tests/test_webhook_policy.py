@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
+from core.netguard import Guard
 from core.settings import DEFAULT_SCHEDULE, Settings, SettingsError, from_env, to_env
 from store.models import Delivery
 from worker.webhooks import Sender, parse_retry_after, post
+
+LOOPBACK = Guard.from_allow("127.0.0.1/32")  # the test's receiver is the one private address
 
 KEY = Fernet.generate_key().decode()
 SPEC_SCHEDULE_S = [0, 5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 14 * 3600, 20 * 3600,
@@ -91,9 +94,9 @@ def test_a_garbled_or_refused_answer_is_a_logged_failure_not_a_crash():
 
         thread = threading.Thread(target=answer_garbage)
         thread.start()
-        record, retry_after = post(f"http://127.0.0.1:{port}/", {}, b"{}", timeout=5)
+        record, retry_after = post(f"http://127.0.0.1:{port}/", {}, b"{}", 5, LOOPBACK)
         thread.join()
     assert record.status_code is None and "BadStatusLine" in record.error
     assert retry_after is None
-    refused, _ = post(f"http://127.0.0.1:{port}/", {}, b"{}", timeout=5)  # nothing listens now
+    refused, _ = post(f"http://127.0.0.1:{port}/", {}, b"{}", 5, LOOPBACK)  # nothing listens now
     assert refused.status_code is None and "Connection" in refused.error

@@ -4,8 +4,9 @@
 threads. Every step is paid once per chunk, not once per job:
 - wait for room (the worker claims only what it will start soon), then claim the chunk in one
   UPDATE that also ends jobs past their deadline or out of attempts;
-- fetch the images (one GET per pack) and decode them in a pool sized to the cores (Pillow
-  releases the GIL), then hand them to the batcher, which runs the model on full batches;
+- fetch the images (one GET per pack; a job's `image_url` through the SSRF guard, once, into
+  its key) and decode them in a pool sized to the cores (Pillow releases the GIL), then hand
+  them to the batcher, which runs the model on full batches;
 - store every result in one transaction, fenced by the claim's attempt token, with the
   attention array in the row, and announce the finished jobs in one Redis round trip.
 A heartbeat renews the leases of held jobs until their results are stored. Celery acknowledges
@@ -26,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.errors import BlobStoreError, ImageError, JobSkipped, TemporaryFailure
+from core.errors import BlobStoreError, ImageError, JobSkipped, TemporaryFailure, UrlError
+from core.netguard import Guard
 from core.notify import Notifier
 from core.settings import Settings
 from store import jobs
@@ -36,6 +38,7 @@ from store.images import read_images
 from worker.batcher import MicroBatcher, Slots
 from worker.leases import Leases
 from worker.rollout import Rollout
+from worker.urlimages import fetch_image
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ class Inference:
         self.slots = Slots(2 * settings.batch_max_size)  # one batch running, one being prepared
         self.leases = Leases(db, settings.job_lease_seconds)
         self.decoders = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="decode")
+        self.guard = Guard.from_allow(settings.url_allow)  # for jobs with an image_url
 
     def caption(self, job_ids: Sequence[str]) -> str:
         """Run a chunk of jobs to terminal statuses; returns what happened, for the log.
@@ -110,9 +114,12 @@ class Inference:
     def _submit(self, claimed: list) -> tuple[dict, dict[uuid.UUID, Outcome]]:
         """Prepare the images and queue them for the model: futures, and the jobs that failed."""
         try:
-            images = read_images(self.blobs, claimed)
+            images: dict = read_images(self.blobs, claimed)
         except BlobStoreError as exc:
             return {}, {job.id: exc for job in claimed}
+        by_url = [job for job in claimed if images[job.id] is None and job.image_url]
+        images |= dict(zip([job.id for job in by_url], self.decoders.map(self._fetch, by_url),
+                           strict=True))  # fmt: skip
         prepared = list(self.decoders.map(self._decode, [images[job.id] for job in claimed]))
         ready = [(job, image) for job, image in zip(claimed, prepared, strict=True)
                  if isinstance(image, np.ndarray)]  # fmt: skip
@@ -123,10 +130,23 @@ class Inference:
         futures = {job.id: future for (job, _), future in zip(ready, queued, strict=True)}
         return futures, outcomes
 
-    def _decode(self, data: bytes | None) -> np.ndarray | Failure:
+    def _fetch(self, job) -> bytes | Failure | BlobStoreError:
+        """A by-URL job's image, fetched once and kept under its key (a retry reads it there)."""
+        try:
+            data, info = fetch_image(job.image_url, self.guard, self.settings)
+            self.blobs.put(job.image_key, data, f"image/{info.format.lower()}")
+        except (UrlError, ImageError) as exc:
+            return Failure(exc.code, exc.message)
+        except BlobStoreError as exc:  # the job may pass on a later attempt
+            return exc
+        return data
+
+    def _decode(self, data: bytes | Failure | BlobStoreError | None) -> Outcome | np.ndarray:
         """Image bytes to encoder input (299, 299, 3), or why the job can never run."""
         from model.images import decode_image
 
+        if isinstance(data, Failure | Exception):  # a by-URL image that could not be fetched
+            return data
         if data is None:
             return Failure("image_missing", "the job's image is no longer in the blob store")
         try:

@@ -14,20 +14,21 @@ import http.client
 import logging
 import random
 import time
-import urllib.error
-import urllib.request
 import uuid
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 from core.broker import Broker
 from core.credentials import cipher_for
+from core.errors import UrlError
+from core.netguard import Guard
 from core.settings import Settings
 from core.signatures import signed_headers
 from store import deliveries
 from store.db import Database
 from store.deliveries import AttemptRecord
 from store.models import Delivery, utcnow
+from store.payloads import absolute_urls_text
 from store.webhook_secrets import secrets_in_use
 
 log = logging.getLogger(__name__)
@@ -35,15 +36,6 @@ COUNTDOWN_MAX_S = 60  # longer waits are left to the sweeper (Redis holds countd
 SWEEP_SLACK = timedelta(seconds=2)  # a due delivery's own message usually arrives first
 RESPONSE_CHARS = 500  # of the response body kept in the log
 USER_AGENT = "captioner-webhooks/1"
-
-
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # a 3xx is a failed attempt, not followed
-        return None
-
-
-# No proxies from the environment: a proxy meant for package downloads must not see callbacks.
-_opener = urllib.request.build_opener(_NoRedirects, urllib.request.ProxyHandler({}))
 
 
 class Sender:
@@ -56,6 +48,7 @@ class Sender:
         self.db = db
         self.broker = broker
         self.rng = rng
+        self.guard = Guard.from_allow(settings.url_allow)
 
     def deliver(self, delivery_id: str) -> str:
         """One attempt, if the delivery is due and ours; returns what happened, for the log."""
@@ -65,9 +58,10 @@ class Sender:
             if delivery is None:
                 return "skipped (not due, in flight elsewhere, waiting its turn, or settled)"
             secrets = [s.secret for s in secrets_in_use(session, delivery.owner, self.cipher)]
-        body = delivery.body.encode()
+        body = absolute_urls_text(delivery.body, self.settings.public_url).encode()  # PUBLIC_URL
         headers = signed_headers(secrets, delivery.message_id, body)
-        record, retry_after = post(delivery.url, headers, body, self.settings.webhook_timeout_s)
+        record, retry_after = post(delivery.url, headers, body, self.settings.webhook_timeout_s,
+                                   self.guard)  # fmt: skip
         return self._settle(delivery, record, retry_after)
 
     def _settle(self, delivery: Delivery, record: AttemptRecord, retry_after: float | None) -> str:
@@ -111,21 +105,21 @@ class Sender:
         return len(sent)
 
 
-def post(url: str, headers: dict[str, str], body: bytes, timeout: float):
-    """POST `body`; returns (the attempt's record, seconds asked for by Retry-After or None)."""
+def post(url: str, headers: dict[str, str], body: bytes, timeout: float, guard: Guard):
+    """POST `body` to the address `guard` checked (a refused one is a failed attempt, never a
+    connection); returns (the attempt's record, seconds asked for by Retry-After or None)."""
     started, clock = utcnow(), time.perf_counter()
     headers = headers | {"Content-Type": "application/json", "User-Agent": USER_AGENT}
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     code, text, error, retry_after = None, None, None, None
     try:
-        with _opener.open(request, timeout=timeout) as response:
+        response, _ = guard.request(guard.check(url), "POST", headers, body, timeout)
+        with response:  # a 3xx is a failed attempt: redirects are not followed
             code, text = response.status, response.read(RESPONSE_CHARS)
-    except urllib.error.HTTPError as exc:  # a status outside 2xx (3xx included)
-        code, text = exc.code, exc.read(RESPONSE_CHARS)
-        retry_after = (
-            parse_retry_after(exc.headers.get("Retry-After")) if code in (429, 503) else None
-        )
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+            if code in (429, 503):
+                retry_after = parse_retry_after(response.getheader("Retry-After"))
+    except UrlError as exc:
+        error = str(exc)
+    except (http.client.HTTPException, OSError, ValueError) as exc:
         error = describe(exc)
     latency_ms = (time.perf_counter() - clock) * 1000
     if error is None and latency_ms > timeout * 1000:

@@ -1,0 +1,21 @@
+"""gunicorn's settings for the API: `gunicorn --config python:captioner.gunicorn_conf …`.
+
+A request with `Prefer: wait` holds its connection up to `api.jobs.MAX_WAIT_S` (60 s). Sync
+workers hold one request each and are killed after 30 s, so a few waiting clients took the whole
+server down. Threaded workers hold many connections each, and the timeout here only watches the
+worker's main loop, set above the wait cap anyway. Measured on 2 cores (tests/test_serving.py):
+100 clients waiting at once while /healthz answered within 27 to 46 ms. Each waiting request
+holds a thread and one Redis pub/sub connection, and a database connection only while it reads.
+"""
+
+# Threads: every waiting request holds one; 4 × 64 leaves room for 100 waiting requests even
+# when the kernel hands one worker more than its share. Four processes rather than two: when
+# 100 submissions arrive at once, fewer busy threads per process share each one's GIL, so
+# /healthz waits less for it (2 cores, 100 sent in the same instant: /healthz at most 544 ms
+# with 2 × 128, 101 ms with 4 × 64).
+worker_class = "gthread"
+workers = 4
+threads = 64
+timeout = 90  # above the 60 s wait cap, with a margin
+graceful_timeout = 75  # on SIGTERM, waiting requests end (60 s at most) before the worker goes
+keepalive = 5  # seconds an idle keep-alive connection stays open
