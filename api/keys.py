@@ -11,7 +11,8 @@ from api.auth import requires
 from api.errors import found
 from api.idempotency import creates_resource
 from api.services import services
-from api.training import refuse_unknown, request_json
+from api.training import request_json
+from api.uploads import refuse_unknown
 from core.errors import ErrorResponse
 from store import apikeys
 from store.models import Scope

@@ -11,7 +11,7 @@ from api.auth import is_admin, requires, tenant
 from api.errors import found
 from api.idempotency import creates_resource
 from api.services import services
-from api.uploads import parse_webhook
+from api.uploads import parse_webhook, refuse_unknown
 from core.errors import ErrorResponse
 from core.formats import CAPTION_METRICS
 from store import datasets, registry, training
@@ -68,14 +68,6 @@ def request_json() -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ErrorResponse(400, "invalid_json", "the body must be a JSON object")
     return body
-
-
-def refuse_unknown(values: dict, known: set[str], what: str) -> None:
-    """A 400 naming fields the API does not know (a typo would otherwise pass silently)."""
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ErrorResponse(400, f"unknown_{what}", f"unknown {what}s {unknown}; "
-                            f"known: {sorted(known)}")  # fmt: skip
 
 
 def parse_numbers(values: Any, limits: dict[str, tuple], where: str, field: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,9 @@ LIMITS = {"beam_size": (1, 10), "max_length": (1, 50)}
 DEFAULTS = {"beam_size": DEFAULT_BEAM_SIZE, "max_length": DEFAULT_MAX_LENGTH}
 MAX_BATCH = 100
 MAX_URL_CHARS = 2048
+OPTION_FIELDS = {"beam_size", "max_length", "webhook", "webhook_events", "deadline_s"}
+JOB_FIELDS = OPTION_FIELDS | {"image", "image_url"}
+BATCH_FIELDS = OPTION_FIELDS | {"images", "image_urls"}
 IMAGE_STATUS = {EMPTY: 400, TOO_LARGE: 413, NOT_AN_IMAGE: 415, UNSUPPORTED: 415, CORRUPT: 400}
 
 
@@ -51,6 +55,7 @@ class Options:
 def read_submission(request: Request) -> tuple[bytes, Options]:
     """The image bytes and options of a POST, or a 4xx ErrorResponse naming the problem. With an
     `image_url` instead of an image, the bytes are empty and `options.image_url` is set."""
+    refuse_unknown(fields_of(request), JOB_FIELDS, "field")  # a typo is not silently ignored
     if request.mimetype == "multipart/form-data":
         upload, url = request.files.get("image"), request.form.get("image_url")
         options = parse_options(request.form, request.headers.get("Cancel-After"))
@@ -65,6 +70,14 @@ def read_submission(request: Request) -> tuple[bytes, Options]:
     if url_given(body.get("image") not in (None, ""), body.get("image_url")):
         return b"", replace(options, image_url=parse_image_url(body["image_url"]))
     return decode_base64(body.get("image"), "'image'"), options
+
+
+def fields_of(request: Request) -> set[str]:
+    """The names a submission sends: form fields and files, or the JSON object's keys."""
+    if request.mimetype == "multipart/form-data":
+        return set(request.form) | set(request.files)
+    body = request.get_json(silent=True)
+    return set(body) if isinstance(body, dict) else set()
 
 
 def url_given(image_given: bool, url: Any) -> bool:
@@ -96,6 +109,7 @@ def parse_image_url(url: Any, name: str = "image_url") -> str:
 def read_batch(request: Request) -> tuple[list[bytes], Options]:
     """The images (in order) and shared options of a batch POST, or a 4xx ErrorResponse. With
     `image_urls` instead of images, the list is empty and `options.image_urls` is set."""
+    refuse_unknown(fields_of(request), BATCH_FIELDS, "field")
     if request.mimetype == "multipart/form-data":
         uploads = request.files.getlist("images")
         options = parse_options(request.form, request.headers.get("Cancel-After"))
@@ -159,6 +173,14 @@ def decode_base64(value: Any, name: str = "'image'") -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise ErrorResponse(400, "invalid_base64", f"{name} is not valid base64") from None
+
+
+def refuse_unknown(values: Iterable[str], known: set[str], what: str) -> None:
+    """A 400 naming fields the API does not know (a typo would otherwise pass silently)."""
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ErrorResponse(400, f"unknown_{what}", f"unknown {what}s {unknown}; "
+                            f"known: {sorted(known)}")  # fmt: skip
 
 
 def parse_options(source, cancel_after: str | None = None) -> Options:

@@ -50,7 +50,7 @@ def test_a_body_cut_short_after_a_good_header_is_taken_the_worker_fails_it(clien
         ({"data": {"image": (io.BytesIO(b"\x89PNG" + bytes(300_000)), "x.png")}}, 413,
          "image_too_large"),
         ({"data": {"image": (io.BytesIO(png((1200, 1000))), "x.png")}}, 413, "image_too_large"),
-        ({"data": {"file": (io.BytesIO(png()), "x.png")}}, 400, "missing_image"),
+        ({"data": {"file": (io.BytesIO(png()), "x.png")}}, 400, "unknown_field"),
         ({"json": {"image": "not base64!"}}, 400, "invalid_base64"),
         ({"json": ["image"]}, 400, "invalid_json"),
         ({"json": {"image": base64.b64encode(png()).decode(), "beam_size": 0}}, 400,

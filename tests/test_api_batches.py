@@ -117,7 +117,7 @@ HUGE = png((1200, 1000))
         ({"json": {}}, 400, "empty_batch", "images"),
         ({"data": {"beam_size": "2"}, "content_type": "multipart/form-data"}, 400,
          "empty_batch", "images"),
-        ({"data": {"image": files(GOOD)}}, 400, "empty_batch", "images"),
+        ({"data": {"image": files(GOOD)}}, 400, "unknown_field", "images"),
         ({"json": {"images": [b64(GOOD)] * 101}}, 400, "batch_too_large", "101"),
         ({"data": {"images": files(*[GOOD] * 101)}}, 400, "batch_too_large", "101"),
         ({"json": {"images": b64(GOOD)}}, 400, "invalid_images", "list"),

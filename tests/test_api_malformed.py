@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from tests.api_helpers import b64, png
@@ -50,3 +52,16 @@ def test_a_base_version_with_a_superscript_is_a_400(client, queue):
     response = client.post("/v1/training-runs", json=body)
     assert (response.status_code, response.get_json()["error"]["code"]) == (
         400, "invalid_base_version")  # fmt: skip
+
+
+@pytest.mark.parametrize("route, field", [("/v1/jobs", "image"), ("/v1/batches", "images")])
+def test_unknown_fields_are_refused_by_name_as_json_and_form(client, queue, route, field):
+    image = b64(png()) if field == "image" else [b64(png())]
+    as_json = client.post(route, json={field: image, "temperature": 0.5})
+    form = {field: (io.BytesIO(png()), "a.png"), "temperature": "0.5", "beam_size": "2"}
+    as_form = client.post(route, data=form, content_type="multipart/form-data")
+    for response in (as_json, as_form):
+        error = response.get_json()["error"]
+        assert (response.status_code, error["code"]) == (400, "unknown_field")
+        assert "temperature" in error["message"]
+    assert queue.llen("inference") == 0  # nothing was queued
