@@ -84,11 +84,6 @@ def identify(header: str) -> Caller:
     return caller
 
 
-def caller() -> Caller:
-    """The authenticated caller of this request."""
-    return g.caller
-
-
 def tenant() -> str:
     """The caller's tenant: the owner of everything this request reads or makes."""
     return g.caller.tenant

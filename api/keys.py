@@ -15,12 +15,12 @@ from api.training import request_json
 from api.uploads import refuse_unknown
 from core.errors import ErrorResponse
 from store import apikeys
-from store.models import Scope
+from store.models import ALL_SCOPES, Scope
 from store.payloads import key_json
 
 bp = Blueprint("keys", __name__, url_prefix="/v1/keys")
 TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-SCOPES = [s.value for s in Scope]
+SCOPES = list(ALL_SCOPES)
 
 
 @bp.post("")

@@ -12,10 +12,10 @@ from core.settings import Settings, from_env
 from store import apikeys, webhook_secrets
 from store.db import Database
 from store.migrate import upgrade
-from store.models import Scope
+from store.models import ALL_SCOPES
 from store.payloads import key_json
 
-SCOPES = ",".join(s.value for s in Scope)
+SCOPES = ",".join(ALL_SCOPES)
 LOCAL_TENANT = "local"
 KEY_FILE = "api-key"
 
@@ -112,7 +112,7 @@ def local_admin_key(settings: Settings) -> str:
                     return path.read_text().strip()
             path.unlink()
         with db.session() as session:
-            _, key = apikeys.create_key(session, LOCAL_TENANT, [s.value for s in Scope],
+            _, key = apikeys.create_key(session, LOCAL_TENANT, ALL_SCOPES,
                                         "local admin")  # fmt: skip
     finally:
         db.dispose()

@@ -35,7 +35,7 @@ from store import apikeys
 from store.blobs import BlobStore, open_blob_store
 from store.db import Database, create_database, drop_database
 from store.migrate import upgrade
-from store.models import Scope
+from store.models import ALL_SCOPES
 
 # The server's maintenance database; each stack creates and drops its own database beside it.
 POSTGRES_URL = os.environ.get(
@@ -250,7 +250,7 @@ def running_stack(
 def admin_key(db: Database, tenant: str = "stack") -> str:
     """A new key with every scope, for `tenant`."""
     with db.session() as session:
-        return apikeys.create_key(session, tenant, [s.value for s in Scope], "stack")[1]
+        return apikeys.create_key(session, tenant, ALL_SCOPES, "stack")[1]
 
 
 def worker_name(queue: str, name: str | None = None) -> str:

@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.credentials import SHOWN_PREFIX, hash_api_key, new_api_key
-from store.models import ApiKey, Scope, as_utc, utcnow
+from store.models import ALL_SCOPES, ApiKey, as_utc, utcnow
 
 TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is written at most this often per key
 
@@ -29,9 +29,9 @@ def create_key(session: Session, tenant: str, scopes: Iterable[str], name: str =
                ) -> tuple[ApiKey, str]:  # fmt: skip
     """A new key: its row and the key itself, which exists nowhere else (show it once)."""
     scopes = sorted(set(scopes))
-    unknown = set(scopes) - {s.value for s in Scope}
+    unknown = set(scopes) - set(ALL_SCOPES)
     if unknown or not scopes:
-        raise ValueError(f"scopes must be some of {[s.value for s in Scope]}, not {scopes}")
+        raise ValueError(f"scopes must be some of {list(ALL_SCOPES)}, not {scopes}")
     key = new_api_key()
     row = ApiKey(id=uuid.uuid4(), tenant=tenant, name=name, scopes=scopes, created_at=utcnow(),
                  prefix=key[:SHOWN_PREFIX], key_hash=hash_api_key(key))  # fmt: skip

@@ -370,6 +370,9 @@ class Scope(enum.StrEnum):
     ADMIN = "admin"  # promote and roll back versions, see workers, manage every tenant's keys
 
 
+ALL_SCOPES = tuple(s.value for s in Scope)  # an admin key in the embedded mode and tests
+
+
 class ApiKey(Base):
     """A tenant's API key, kept only as its SHA-256 digest (core.credentials says why)."""
 
