@@ -7,6 +7,7 @@ from flask import Flask
 from api.auth import register_auth
 from api.bodies import SafeJSONProvider
 from api.body_limits import BATCH, dataset_body, register_body_limits
+from api.contract import register_contract
 from api.errors import register_error_handlers
 from api.idempotency import register_idempotency
 from api.limits import register_limits
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     register_idempotency(app)  # after auth: keys are per tenant
     register_public_links(app, settings)  # PUBLIC_URL: absolute links in answers
     register_blueprints(app)
+    register_contract(app)  # /openapi.json and /docs/
     register_error_handlers(app)
     return app
 

@@ -7,10 +7,12 @@ import math
 import uuid
 
 import numpy as np
-from flask import Blueprint, jsonify, request, send_file
+from flask import Blueprint, Response, jsonify, request, send_file
 
 from api.auth import requires
+from api.contract import Problem, contract
 from api.jobs import find_job
+from api.schemas import attention as shapes
 from api.services import services
 from core.errors import BlobNotFound, ErrorResponse
 from core.images import open_image
@@ -21,9 +23,13 @@ from store.models import Job, JobStatus, Scope
 
 bp = Blueprint("attention", __name__, url_prefix="/v1/jobs")
 FORMATS = ("npy", "json")
+NPY, PNG = ("application/octet-stream",), ("image/png",)  # 206: a Range of the file
+FILE_ERRORS = {409: Problem, 416: Problem, 500: Problem}  # 416: a Range outside the file
 
 
 @bp.get("/<uuid:job_id>/attention")
+@contract(shapes.Attention, query=shapes.AttentionQuery, more=FILE_ERRORS,
+          files={200: NPY, 206: NPY}, tags=["attention"])  # fmt: skip
 @requires(Scope.JOBS)
 def get_attention(job_id: uuid.UUID):
     """The (T, 64) float16 weights as the stored .npy, or as T grids of 8×8 with `?format=json`."""
@@ -32,8 +38,9 @@ def get_attention(job_id: uuid.UUID):
         raise ErrorResponse(400, "invalid_format", f"format must be one of {list(FORMATS)}")
     job, data = succeeded_job(job_id)
     if form == "npy":
-        return send_file(io.BytesIO(data), mimetype="application/octet-stream",
-                         as_attachment=True, download_name=f"{job.id}.attention.npy")  # fmt: skip
+        name = f"{job.id}.attention.npy"
+        return readable(send_file(io.BytesIO(data), mimetype="application/octet-stream",
+                                  as_attachment=True, download_name=name))  # fmt: skip
     weights = parse_attention(job, data)  # (T, g*g)
     grid = math.isqrt(weights.shape[1])
     cells = weights.astype(np.float64).reshape(len(weights), grid, grid)  # (T, g, g)
@@ -42,6 +49,8 @@ def get_attention(job_id: uuid.UUID):
 
 
 @bp.get("/<uuid:job_id>/attention.png")
+@contract(None, more=FILE_ERRORS, files={200: PNG, 206: PNG},
+          tags=["attention"])  # fmt: skip
 @requires(Scope.JOBS)
 def get_attention_png(job_id: uuid.UUID):
     """The per-word heat-map grid as a PNG, rendered on first request and cached in blobs."""
@@ -52,7 +61,14 @@ def get_attention_png(job_id: uuid.UUID):
     except BlobNotFound:
         picture = render_png(job, data)
         blobs.put(attention_png_key(job.id), picture, "image/png")
-    return send_file(io.BytesIO(picture), mimetype="image/png")
+    return readable(send_file(io.BytesIO(picture), mimetype="image/png"))
+
+
+def readable(response: Response) -> Response:
+    """A file answer the contract can read back (spectree reads every answer's body; a
+    direct-passthrough one refuses to be read): the bytes are in memory anyway."""
+    response.direct_passthrough = False
+    return response
 
 
 def succeeded_job(job_id: uuid.UUID) -> tuple[Job, bytes]:

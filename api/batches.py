@@ -8,10 +8,12 @@ from flask import Blueprint, jsonify, request
 
 from api.auth import requires, tenant
 from api.body_limits import BATCH, body_limit
+from api.contract import Problem, contract
 from api.errors import found
 from api.idempotency import creates_resource
 from api.jobs import dropping_blobs_on_error, enqueue, new_job, url_job
 from api.limits import check_queue_room
+from api.schemas import jobs as shapes
 from api.services import services
 from api.uploads import Options, check_image, read_batch
 from core.errors import ErrorResponse
@@ -24,6 +26,14 @@ bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
 
 @bp.post("")
+@contract(
+    shapes.Batch,
+    status=202,
+    json=shapes.BatchJson,
+    form=shapes.BatchForm,
+    more={409: Problem, 422: Problem},
+    tags=["batches"],
+)
 @requires(Scope.JOBS)
 @creates_resource
 @body_limit(BATCH)
@@ -60,6 +70,7 @@ def record_batch(new_jobs: list[jobs.NewJob], options: Options, chunk: int):
 
 
 @bp.get("/<uuid:batch_id>")
+@contract(shapes.Batch, tags=["batches"])
 @requires(Scope.JOBS)
 def get_batch(batch_id: uuid.UUID):
     """One batch: status, counts per job status, and every job in submission order."""
@@ -69,6 +80,7 @@ def get_batch(batch_id: uuid.UUID):
 
 
 @bp.delete("/<uuid:batch_id>")
+@contract(None, status=204, more={409: Problem}, tags=["batches"])
 @requires(Scope.JOBS)
 def delete_batch(batch_id: uuid.UUID):
     """Delete a batch and every job of it (see DELETE /v1/jobs/{id}): 204; 409 while one runs."""

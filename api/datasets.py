@@ -11,8 +11,10 @@ from flask import Blueprint, jsonify, request
 
 from api.auth import requires, tenant
 from api.body_limits import body_limit, dataset_body
+from api.contract import Problem, contract
 from api.errors import found
 from api.idempotency import creates_resource
+from api.schemas import datasets as shapes
 from api.services import services
 from core.archives import inspect_archive
 from core.errors import DatasetError, ErrorResponse
@@ -27,11 +29,18 @@ RAW_TYPES = ("application/zip", "application/x-tar", "application/gzip", "applic
 
 
 @bp.post("")
+@contract(shapes.Dataset, status=201, query=shapes.DatasetUploadQuery, form=shapes.DatasetForm,
+          more={409: Problem, 422: Problem}, tags=["datasets"])  # fmt: skip
 @requires(Scope.TRAINING)
 @creates_resource
 @body_limit(dataset_body)
 def upload_dataset():
-    """Check the archive (every bad entry is named in a 400), store it, record it: 201."""
+    """Check the archive (every bad entry is named in a 400), store it, record it: 201.
+
+    Send the zip or tar archive as a multipart file named `archive` (with an optional `name`
+    field), or as the raw body with one of application/zip, application/x-tar,
+    application/gzip, application/x-gzip or application/octet-stream, named by `?name=`.
+    """
     settings = services().settings
     with tempfile.TemporaryDirectory() as folder:
         path, name = save_upload(Path(folder) / "archive")
@@ -74,6 +83,7 @@ def save_upload(path: Path) -> tuple[Path, str]:
 
 
 @bp.get("")
+@contract(shapes.DatasetList, tags=["datasets"])
 @requires(Scope.TRAINING)
 def list_datasets():
     """The caller's datasets, newest first."""
@@ -83,6 +93,7 @@ def list_datasets():
 
 
 @bp.get("/<uuid:dataset_id>")
+@contract(shapes.Dataset, tags=["datasets"])
 @requires(Scope.TRAINING)
 def get_dataset(dataset_id: uuid.UUID):
     """One dataset: its size per split."""
@@ -92,6 +103,7 @@ def get_dataset(dataset_id: uuid.UUID):
 
 
 @bp.delete("/<uuid:dataset_id>")
+@contract(None, status=204, more={409: Problem}, tags=["datasets"])
 @requires(Scope.TRAINING)
 def delete_dataset(dataset_id: uuid.UUID):
     """Delete a dataset and its archive: 204; 409 while a queued or running training run uses it

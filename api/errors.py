@@ -1,4 +1,5 @@
-"""Every error is JSON: {"error": {"code", "message"}} with the right status."""
+"""Every error has one shape: RFC 9457 problem details with a stable `code`, sent as
+application/problem+json: {"type": "about:blank", "title", "status", "detail", "code", ...more}."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from typing import TypeVar
 
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
 
 from core.errors import ErrorResponse, StoreUnavailable
 
 T = TypeVar("T")
+PROBLEM = "application/problem+json"
 RETRY_AFTER_S = 5  # when the database is away: a restart or fail-over takes seconds
 
 
@@ -21,8 +24,12 @@ def found(row: T | None, what: str, row_id: object) -> T:
 
 
 def error_response(status: int, code: str, message: str, **details):
-    """The JSON error body with its status."""
-    return jsonify({"error": {"code": code, "message": message, **details}}), status
+    """The problem document and its status."""
+    title = HTTP_STATUS_CODES.get(status, "Error")
+    body = jsonify({"type": "about:blank", "title": title, "status": status, "detail": message,
+                    "code": code, **details})  # fmt: skip
+    body.mimetype = PROBLEM
+    return body, status
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -43,7 +50,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(exc.code or 500, code, exc.description or exc.name)
+        body, status = error_response(exc.code or 500, code, exc.description or exc.name)
+        headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+        return body, status, headers  # a 405's Allow, for one
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):

@@ -5,12 +5,15 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 
 from api.auth import public
+from api.contract import contract
+from api.schemas.health import Health, Readiness
 from api.services import services
 
 bp = Blueprint("health", __name__)
 
 
 @bp.get("/healthz")
+@contract(Health, tags=["health"], open_to_all=True)
 @public
 def healthz():
     """The process answers."""
@@ -18,6 +21,7 @@ def healthz():
 
 
 @bp.get("/readyz")
+@contract(Readiness, more={503: Readiness}, tags=["health"], open_to_all=True)
 @public
 def readyz():
     """Database, broker and blob store all reachable: 200, else 503 naming the failures."""

@@ -16,9 +16,11 @@ from flask import Blueprint, jsonify, request
 
 from api.auth import requires, tenant
 from api.body_limits import ONE_IMAGE, body_limit
+from api.contract import Problem, contract
 from api.errors import found
 from api.idempotency import creates_resource
 from api.limits import check_queue_room
+from api.schemas import jobs as shapes
 from api.services import services
 from api.uploads import Options, check_image, read_submission
 from core.errors import ErrorResponse
@@ -35,6 +37,14 @@ PAGE_MAX = 100
 
 
 @bp.post("")
+@contract(
+    shapes.Job,
+    status=202,
+    json=shapes.JobJson,
+    form=shapes.JobForm,
+    more={200: shapes.Job, 409: Problem, 422: Problem},
+    tags=["jobs"],
+)
 @requires(Scope.JOBS)
 @creates_resource
 @body_limit(ONE_IMAGE)
@@ -145,6 +155,7 @@ def prefer_wait(header: str) -> float:
 
 
 @bp.get("/<uuid:job_id>")
+@contract(shapes.Job, tags=["jobs"])
 @requires(Scope.JOBS)
 def get_job(job_id: uuid.UUID):
     """One job: status, result or error, timings, links."""
@@ -153,6 +164,7 @@ def get_job(job_id: uuid.UUID):
 
 
 @bp.get("")
+@contract(shapes.JobList, query=shapes.JobListQuery, tags=["jobs"])
 @requires(Scope.JOBS)
 def list_jobs():
     """Jobs newest first; `status` filters, `cursor` continues, `limit` ≤ 100."""
@@ -175,6 +187,7 @@ def list_jobs():
 
 
 @bp.post("/<uuid:job_id>/cancel")
+@contract(shapes.Job, more={409: Problem}, tags=["jobs"])
 @requires(Scope.JOBS)
 def cancel_job(job_id: uuid.UUID):
     """Cancel a queued job: it will never run. 409 once it has started or ended."""
@@ -190,6 +203,7 @@ def cancel_job(job_id: uuid.UUID):
 
 
 @bp.delete("/<uuid:job_id>")
+@contract(None, status=204, more={409: Problem}, tags=["jobs"])
 @requires(Scope.JOBS)
 def delete_job(job_id: uuid.UUID):
     """Delete a queued (it never runs) or ended job, its image, attention and deliveries: 204.

@@ -8,8 +8,10 @@ import uuid
 from flask import Blueprint, jsonify, request
 
 from api.auth import requires
+from api.contract import Problem, contract
 from api.errors import found
 from api.idempotency import creates_resource
+from api.schemas import keys as shapes
 from api.services import services
 from api.training import request_json
 from api.uploads import refuse_unknown
@@ -24,6 +26,8 @@ SCOPES = list(ALL_SCOPES)
 
 
 @bp.post("")
+@contract(shapes.NewApiKey, status=201, json=shapes.KeyCreate, more={409: Problem, 422: Problem},
+          tags=["keys"])  # fmt: skip
 @requires(Scope.ADMIN)
 @creates_resource
 def create_key():
@@ -31,9 +35,7 @@ def create_key():
     body = request_json()
     refuse_unknown(body, {"tenant", "scopes", "name"}, "field")
     tenant, scopes, name = body.get("tenant"), body.get("scopes"), body.get("name", "")
-    if not isinstance(tenant, str) or not TENANT.fullmatch(tenant):
-        raise ErrorResponse(400, "invalid_tenant", "tenant must be 1 to 64 letters, digits, "
-                            "'.', '_' or '-', starting with a letter or digit")  # fmt: skip
+    check_tenant(tenant)
     if (not isinstance(scopes, list) or not scopes
             or not all(isinstance(s, str) and s in SCOPES for s in scopes)):  # fmt: skip
         raise ErrorResponse(400, "invalid_scopes", f"scopes must be a list of some of {SCOPES}")
@@ -46,15 +48,27 @@ def create_key():
 
 
 @bp.get("")
+@contract(shapes.KeyList, query=shapes.KeyListQuery, tags=["keys"])
 @requires(Scope.ADMIN)
 def list_keys():
     """Every key (newest first), or one tenant's with `?tenant=`; never the keys themselves."""
+    tenant = request.args.get("tenant")
+    if tenant is not None:
+        check_tenant(tenant)  # one no key can have (a NUL is not even SQL text): a 400
     with services().db.session() as session:
-        rows = apikeys.list_keys(session, request.args.get("tenant"))
+        rows = apikeys.list_keys(session, tenant)
         return jsonify({"keys": [key_json(row) for row in rows]})
 
 
+def check_tenant(tenant) -> None:
+    """A 400 unless `tenant` is a tenant's name."""
+    if not isinstance(tenant, str) or not TENANT.fullmatch(tenant):
+        raise ErrorResponse(400, "invalid_tenant", "tenant must be 1 to 64 letters, digits, "
+                            "'.', '_' or '-', starting with a letter or digit")  # fmt: skip
+
+
 @bp.get("/<uuid:key_id>")
+@contract(shapes.ApiKey, tags=["keys"])
 @requires(Scope.ADMIN)
 def get_key(key_id: uuid.UUID):
     """One key's tenant, scopes, and when it was made, last used and revoked."""
@@ -63,6 +77,7 @@ def get_key(key_id: uuid.UUID):
 
 
 @bp.delete("/<uuid:key_id>")
+@contract(shapes.ApiKey, tags=["keys"])
 @requires(Scope.ADMIN)
 def revoke_key(key_id: uuid.UUID):
     """Revoke a key: its next request gets 401."""

@@ -8,8 +8,10 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 
 from api.auth import is_admin, requires, tenant
+from api.contract import Problem, contract
 from api.errors import found
 from api.idempotency import creates_resource
+from api.schemas import training as shapes
 from api.services import services
 from api.uploads import parse_webhook, refuse_unknown
 from core.errors import ErrorResponse
@@ -34,6 +36,8 @@ DEFAULT_METRIC = "bleu4"
 
 
 @bp.post("")
+@contract(shapes.TrainingRun, status=201, json=shapes.RunCreate, more={409: Problem, 422: Problem},
+          tags=["training"])  # fmt: skip
 @requires(Scope.TRAINING)
 @creates_resource
 def start_run():
@@ -147,6 +151,7 @@ def webhook_fields(body: dict) -> dict[str, Any]:
 
 
 @bp.get("")
+@contract(shapes.TrainingRunList, tags=["training"])
 @requires(Scope.TRAINING)
 def list_runs():
     """The newest runs first (up to 100)."""
@@ -157,6 +162,7 @@ def list_runs():
 
 
 @bp.get("/<uuid:run_id>")
+@contract(shapes.TrainingRun, tags=["training"])
 @requires(Scope.TRAINING)
 def get_run(run_id: uuid.UUID):
     """One run: status, progress, validation history, the version it produced."""
@@ -165,6 +171,7 @@ def get_run(run_id: uuid.UUID):
 
 
 @bp.post("/<uuid:run_id>/cancel")
+@contract(shapes.TrainingRun, more={202: shapes.TrainingRun, 409: Problem}, tags=["training"])
 @requires(Scope.TRAINING)
 def cancel_run(run_id: uuid.UUID):
     """Cancel: at once if queued (200), at the next step if running (202); 409 once ended."""

@@ -9,8 +9,10 @@ from flask import Blueprint, jsonify, request
 
 from api.auth import requires, tenant
 from api.batches import find_batch
+from api.contract import Problem, contract
 from api.errors import found
 from api.jobs import find_job
+from api.schemas import webhooks as shapes
 from api.services import services
 from api.training import find_run
 from core.errors import ErrorResponse
@@ -19,10 +21,11 @@ from store.models import Scope
 from store.payloads import delivery_json, iso
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
-MAX_GRACE_S = 7 * 86400
+MAX_GRACE_S = shapes.MAX_GRACE_S
 
 
 @bp.get("/webhooks/secret")
+@contract(shapes.WebhookSecret, tags=["webhooks"])
 @requires(Scope.JOBS)
 def get_secret():
     """The secret webhooks are signed with, and rotated-out ones still valid."""
@@ -32,6 +35,7 @@ def get_secret():
 
 
 @bp.post("/webhooks/secret/rotate")
+@contract(shapes.WebhookSecret, json=shapes.RotateSecret, body_required=False, tags=["webhooks"])
 @requires(Scope.JOBS)
 def rotate_secret():
     """A new secret; the old one keeps signing for `grace_seconds` (default: the setting)."""
@@ -61,6 +65,7 @@ def secrets_json(in_use) -> dict:
 
 
 @bp.get("/jobs/<uuid:job_id>/deliveries")
+@contract(shapes.DeliveryList, tags=["webhooks"])
 @requires(Scope.JOBS)
 def job_deliveries(job_id: uuid.UUID):
     """Every webhook delivery of a job, with its attempts."""
@@ -70,6 +75,7 @@ def job_deliveries(job_id: uuid.UUID):
 
 
 @bp.get("/batches/<uuid:batch_id>/deliveries")
+@contract(shapes.DeliveryList, tags=["webhooks"])
 @requires(Scope.JOBS)
 def batch_deliveries(batch_id: uuid.UUID):
     """Every webhook delivery of a batch, with its attempts."""
@@ -79,6 +85,7 @@ def batch_deliveries(batch_id: uuid.UUID):
 
 
 @bp.get("/training-runs/<uuid:run_id>/deliveries")
+@contract(shapes.DeliveryList, tags=["webhooks"])
 @requires(Scope.TRAINING)
 def run_deliveries(run_id: uuid.UUID):
     """Every webhook delivery of a training run (progress included), with its attempts."""
@@ -95,6 +102,7 @@ def deliveries_json(session, resource_id: uuid.UUID) -> dict:
 
 
 @bp.get("/deliveries/<uuid:delivery_id>")
+@contract(shapes.Delivery, tags=["webhooks"])
 @requires(Scope.JOBS)
 def get_delivery(delivery_id: uuid.UUID):
     """One delivery with its attempts."""
@@ -103,6 +111,7 @@ def get_delivery(delivery_id: uuid.UUID):
 
 
 @bp.post("/deliveries/<uuid:delivery_id>/replay")
+@contract(shapes.Delivery, status=202, more={409: Problem}, tags=["webhooks"])
 @requires(Scope.JOBS)
 def replay_delivery(delivery_id: uuid.UUID):
     """Send a delivery again, same webhook-id, from the start of the schedule: 202."""

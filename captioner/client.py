@@ -87,9 +87,9 @@ class Client:
             with self._opener.open(request, timeout=self.timeout) as response:
                 return response.read()
         except urllib.error.HTTPError as exc:
-            error = json.loads(exc.read() or b"{}").get("error", {})
-            raise ApiError(exc.code, error.get("code", "?"), error.get("message", ""),
-                           error) from None  # fmt: skip
+            problem = json.loads(exc.read() or b"{}")  # RFC 9457, with `code`
+            raise ApiError(exc.code, problem.get("code", "?"), problem.get("detail", ""),
+                           problem) from None  # fmt: skip
 
 
 def default_api_key(data_dir: str | Path | None = None) -> str | None:

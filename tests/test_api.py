@@ -67,8 +67,8 @@ def test_bad_uploads_get_a_4xx_and_nothing_is_enqueued(client, queue, send, stat
     before = client.get("/v1/jobs?limit=100").get_json()["jobs"]
     response = client.post("/v1/jobs", **send)
     assert response.status_code == status
-    assert response.get_json()["error"]["code"] == code
-    assert response.get_json()["error"]["message"]
+    assert response.get_json()["code"] == code
+    assert response.get_json()["detail"]
     assert queued_ids(queue) == []
     assert client.get("/v1/jobs?limit=100").get_json()["jobs"] == before
 
@@ -78,7 +78,7 @@ def test_cancel_before_start_and_only_once(client, queue):
     response = client.post(job["urls"]["cancel"])
     assert response.status_code == 200 and response.get_json()["status"] == "canceled"
     again = client.post(job["urls"]["cancel"])
-    assert again.status_code == 409 and again.get_json()["error"]["code"] == "not_cancelable"
+    assert again.status_code == 409 and again.get_json()["code"] == "not_cancelable"
 
 
 def test_listing_filters_by_status_and_pages_with_a_cursor(client, queue):
@@ -92,7 +92,7 @@ def test_listing_filters_by_status_and_pages_with_a_cursor(client, queue):
     canceled = client.get("/v1/jobs?status=canceled&limit=100").get_json()["jobs"]
     assert ids[0] in {j["id"] for j in canceled}
     assert client.get("/v1/jobs?status=bogus").status_code == 400
-    assert client.get("/v1/jobs?cursor=%%%").get_json()["error"]["code"] == "invalid_cursor"
+    assert client.get("/v1/jobs?cursor=%%%").get_json()["code"] == "invalid_cursor"
 
 
 def test_prefer_wait_holds_then_answers_202_while_queued(client, queue):
@@ -111,7 +111,10 @@ def test_prefer_wait_holds_then_answers_202_while_queued(client, queue):
 def test_errors_are_json(client, method, path, status):
     response = getattr(client, method)(path)
     assert response.status_code == status
-    assert set(response.get_json()["error"]) == {"code", "message"}
+    problem = response.get_json()  # RFC 9457
+    assert set(problem) == {"type", "title", "status", "detail", "code"}
+    assert (problem["status"], problem["type"]) == (status, "about:blank")
+    assert response.mimetype == "application/problem+json"
 
 
 def test_health_and_readiness(client, settings):

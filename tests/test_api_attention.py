@@ -193,8 +193,8 @@ def test_attention_errors(client, app, queue, kind, suffix, status, code, names)
     job_id = str(uuid.uuid4()) if kind == "unknown" else make_job(kind, app, client)
     response = client.get(f"/v1/jobs/{job_id}{suffix}")
     assert response.status_code == status
-    error = response.get_json()["error"]
-    assert error["code"] == code and names in error["message"]
+    error = response.get_json()
+    assert error["code"] == code and names in error["detail"]
     assert not app.extensions["captioner"].blobs.exists(attention_png_key(job_id))
 
 

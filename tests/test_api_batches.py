@@ -133,8 +133,8 @@ def test_a_bad_batch_is_refused_whole(client, app, queue, send, status, code, na
     before = recorded(app)
     response = client.post("/v1/batches", **send)
     assert response.status_code == status
-    error = response.get_json()["error"]
-    assert error["code"] == code and names in error["message"]
+    error = response.get_json()
+    assert error["code"] == code and names in error["detail"]
     assert queued_ids(queue) == []
     assert recorded(app) == before
 
@@ -162,7 +162,7 @@ def test_unknown_batch_is_404(client, path):
     response = client.get(path)
     assert response.status_code == 404
     expected = "batch_not_found" if "not-a-uuid" not in path else "not_found"
-    assert response.get_json()["error"]["code"] == expected
+    assert response.get_json()["code"] == expected
 
 
 def test_store_keeps_submission_order_even_against_id_order(app):

@@ -124,7 +124,7 @@ def test_the_key_with_another_request_is_a_422(client, path, body):
     assert post(client, "/v1/jobs", key, json={"image": b64(png())}).status_code == 202
     response = post(client, path, key, json=body)
     assert response.status_code == 422
-    assert response.get_json()["error"]["code"] == "idempotency_key_reused"
+    assert response.get_json()["code"] == "idempotency_key_reused"
     assert REPLAYED not in response.headers
 
 
@@ -134,7 +134,7 @@ def test_a_key_is_1_to_255_characters(client, key, status):
     response = post(client, "/v1/jobs", key, json={"image": b64(png())})
     assert response.status_code == status
     if status == 400:
-        assert response.get_json()["error"]["code"] == "invalid_idempotency_key"
+        assert response.get_json()["code"] == "invalid_idempotency_key"
 
 
 def test_keys_are_per_tenant(client, app):
@@ -164,7 +164,7 @@ def test_a_retry_while_the_first_runs_is_a_409_then_a_replay(app, client):
     busy = post(client, "/v1/jobs", key, json=body)
     assert busy.status_code == 409
     assert busy.headers["Retry-After"] == "1"
-    assert busy.get_json()["error"]["code"] == "idempotency_key_in_use"
+    assert busy.get_json()["code"] == "idempotency_key_in_use"
     assert post(client, "/v1/jobs", key, json={"image": b64(png((8, 8)))}).status_code == 422
     waiting.join()
     assert answers[0].status_code == 202 and answers[0].headers["Preference-Applied"] == "wait=2"
@@ -370,5 +370,5 @@ def test_50_concurrent_requests_with_one_key_create_one_job(settings, app):
     created = {answer["id"] for status, answer in answers if status == 202}
     assert {status for status, _ in answers} <= {202, 409}
     assert len(created) == 1
-    assert all(a["error"]["code"] == "idempotency_key_in_use" for s, a in answers if s == 409)
+    assert all(a["code"] == "idempotency_key_in_use" for s, a in answers if s == 409)
     assert count(app, Job, Job.owner == "tenant-race") == 1

@@ -59,8 +59,8 @@ def test_a_key_over_its_limit_gets_429_json_with_retry_after(limited):
     assert [a.status_code for a in answers] == [200] * LIMIT
     refused = client.get("/v1/jobs", headers=headers)  # every route shares the key's budget
     assert refused.status_code == 429
-    error = refused.get_json()["error"]
-    assert error["code"] == "rate_limited" and "5 per 1 minute" in error["message"]
+    error = refused.get_json()
+    assert error["code"] == "rate_limited" and "5 per 1 minute" in error["detail"]
     assert 1 <= int(refused.headers["Retry-After"]) <= 61  # the window's end, rounded up
 
 
@@ -162,8 +162,8 @@ def submit(client, headers, images: int):
 def assert_queue_full(response, who: str) -> None:
     """A 503 queue_full naming `who` ("this tenant" or "the service"), with Retry-After."""
     assert response.status_code == 503, response.get_json()
-    error = response.get_json()["error"]
-    assert error["code"] == "queue_full" and f"{who} has" in error["message"]
+    error = response.get_json()
+    assert error["code"] == "queue_full" and f"{who} has" in error["detail"]
     assert response.headers["Retry-After"] == "10"
 
 

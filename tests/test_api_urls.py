@@ -28,9 +28,9 @@ def settings(tmp_path_factory):
 
 def refused(response, code: str) -> str:
     assert response.status_code == 400, response.get_json()
-    error = response.get_json()["error"]
+    error = response.get_json()
     assert error["code"] == code, error
-    return error["message"]
+    return error["detail"]
 
 
 @pytest.mark.parametrize("url", SPELLINGS)

@@ -110,7 +110,7 @@ def blob_count(settings: Settings) -> int:
 
 def assert_unavailable(response) -> None:
     assert response.status_code == 503, response.get_json()
-    assert response.get_json()["error"]["code"] == "database_unavailable"
+    assert response.get_json()["code"] == "database_unavailable"
     assert int(response.headers["Retry-After"]) > 0
 
 

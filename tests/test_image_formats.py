@@ -134,8 +134,8 @@ def test_the_api_answers_415_unsupported_format_whatever_the_file_name(client, q
     upload = {"image": (io.BytesIO(REFUSED[name]), "photo.png")}
     response = client.post("/v1/jobs", data=upload)
     assert response.status_code == 415
-    error = response.get_json()["error"]
-    assert error["code"] == "unsupported_format" and error["message"].startswith(name)
+    error = response.get_json()
+    assert error["code"] == "unsupported_format" and error["detail"].startswith(name)
     assert queued_ids(queue) == []
 
 

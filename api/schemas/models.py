@@ -1,0 +1,83 @@
+"""The model registry: versions, the active one, and the inference workers' rollout."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from api.schemas.training import Epoch
+
+
+class Encoder(BaseModel):
+    """The image encoder a version's decoder was trained on (workers refuse a mismatch)."""
+
+    weights: str = Field(description="the encoder's weights (a file name, or seed:N)")
+    fingerprint: str
+
+
+class Bundle(BaseModel):
+    """Where the version's files are kept."""
+
+    key: str = Field(description="its folder in the blob store")
+    digest: str = Field(description="sha256 of the decoder weights")
+
+
+class ModelLinks(BaseModel):
+    """Links (paths, or absolute with PUBLIC_URL)."""
+
+    self: str
+    promote: str
+
+
+class ModelVersion(BaseModel):
+    """A registered version: where it came from, how well it scored, whether it serves."""
+
+    version: str = Field(description="v1, v2, …")
+    active: bool = Field(description="the one the workers serve")
+    parent: str | None = Field(description="the version it was trained from (null: fresh)")
+    training_run_id: str | None = Field(description="the run that made it (null: imported)")
+    dataset: dict[str, Any] | None = Field(
+        description="what it was trained on, as its run "
+        "named it (an imported one: its folder's name)"
+    )
+    encoder: Encoder
+    metrics: dict[str, float | None] = Field(description="validation metrics of its best epoch")
+    best_epoch: int | None
+    history: list[Epoch] = Field(description="validation metrics per epoch")
+    bundle: Bundle
+    created_at: str
+    promoted_at: str | None = Field(description="its last promotion (null: never)")
+    urls: ModelLinks
+
+
+class ModelList(BaseModel):
+    """Every version, newest first, and which one is active."""
+
+    active: str | None = Field(description="the version served (null: none yet)")
+    models: list[ModelVersion]
+
+
+class Refusal(BaseModel):
+    """The active version a worker would not load, and why."""
+
+    version: str
+    reason: str | None
+
+
+class Worker(BaseModel):
+    """What one inference worker serves."""
+
+    worker: str = Field(description="its node name, the host replaced by a digest")
+    model_version: str | None = Field(description="the version it serves (null: none)")
+    refused: Refusal | None
+    swap_ms: float | None = Field(description="download, load and warm-up of its last swap")
+    swapped_at: str | None
+    seen_at: str
+
+
+class WorkerList(BaseModel):
+    """Inference workers seen lately, and the active version they should all serve."""
+
+    active: str | None
+    workers: list[Worker]

@@ -1,0 +1,237 @@
+"""Training runs: what starting one may send, and what the API answers about them.
+
+The nested request objects (`dataset`, `hyperparameters`, `promotion`) are documented closed
+(no other fields), and the view refuses other fields with its own codes (unknown_hyperparameter,
+unknown_dataset, unknown_promotion field): the models let them through to it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError
+
+from api.contract import Strict, coded
+from api.schemas.jobs import Failure, Url, WebhookTarget
+from core.formats import CAPTION_METRICS
+from store.models import RunStatus
+from store.training import EVENTS
+
+RunEvent = Literal[EVENTS]  # type: ignore[valid-type]
+Metric = Literal[CAPTION_METRICS]  # type: ignore[valid-type]
+Policy = Literal["never", "always", "if_better"]
+CLOSED = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
+DATASET_MUST_BE = ('dataset must be {"type": "shapes", "size": N} or {"type": "upload", "id": '
+                   "DATASET_ID}")  # fmt: skip
+WHOLE = 2**31 - 1
+
+
+class ShapesSet(BaseModel):
+    """The built-in synthetic shapes set, generated with its size and seed."""
+
+    model_config = CLOSED
+    type: Literal["shapes"]
+    size: int = Field(1000, ge=20, le=100_000, description="captioned images generated")
+    seed: int = Field(0, ge=0, le=WHOLE)
+
+
+class UploadedSet(BaseModel):
+    """A dataset uploaded to /v1/datasets (the caller's own)."""
+
+    model_config = CLOSED
+    type: Literal["upload"]
+    id: str = Field(description="the dataset's id")
+
+
+def as_the_view_says(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """A refused dataset, named as the view names it: dataset.size, not dataset.shapes.size."""
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        if not isinstance(value, dict) or value.get("type") not in ("shapes", "upload"):
+            raise PydanticCustomError("invalid_dataset", DATASET_MUST_BE) from None
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(["dataset", *(str(part) for part in first["loc"][1:])])
+        raise PydanticCustomError("invalid_dataset", "{where}: {msg}",
+                                  {"where": where, "msg": first["msg"]}) from None  # fmt: skip
+
+
+DatasetChoice = Annotated[ShapesSet | UploadedSet, Field(discriminator="type"),
+                          WrapValidator(as_the_view_says)]  # fmt: skip
+
+
+class Hyperparameters(BaseModel):
+    """Training settings; each one left out takes its default."""
+
+    model_config = CLOSED
+    epochs: int = Field(10, ge=1, le=1000)
+    batch_size: int = Field(64, ge=1, le=1024)
+    learning_rate: float = Field(1e-3, ge=1e-7, le=1.0)
+    vocab_size: int = Field(
+        5000,
+        ge=10,
+        le=50_000,
+        description="kept from the base model's vocabulary when there is one",
+    )
+    seed: int = Field(0, ge=0, le=WHOLE)
+    patience: int = Field(3, ge=1, le=1000, description="early stopping: epochs without a "
+                          "better validation metric")  # fmt: skip
+
+
+class PromotionAsked(BaseModel):
+    """Whether the version trained should serve: never, always, or if it beats the active one
+    on a validation metric."""
+
+    model_config = CLOSED
+    policy: Policy
+    metric: Metric = Field("bleu4", description="the validation metric compared (if_better)")
+
+
+class RunCreate(Strict):
+    """A training run: what to train on, how, from which version, and whether it may serve."""
+
+    dataset: DatasetChoice = Field(
+        description='the built-in shapes set, {"type": "shapes", "size": N}, or an uploaded '
+        'dataset, {"type": "upload", "id": DATASET_ID}',
+        json_schema_extra=coded("invalid_dataset"))  # fmt: skip
+    hyperparameters: Hyperparameters | None = Field(
+        None, description="a JSON object of whole numbers (learning_rate: a number) within "
+        "their limits", json_schema_extra=coded("invalid_hyperparameters"))  # fmt: skip
+    base_version: str | int | None = Field(
+        None, description="a registered version to start from (v3); none: a fresh decoder",
+        json_schema_extra=coded("invalid_base_version"))  # fmt: skip
+    promotion: Policy | PromotionAsked | None = Field(
+        None, description="a policy (never, always, if_better), or {policy, metric} with metric "
+        f"one of {', '.join(CAPTION_METRICS)} (default bleu4). Only an admin key's run may "
+        "promote: the default is if_better for an admin key, never for others",
+        json_schema_extra=coded("invalid_promotion"))  # fmt: skip
+    webhook: Url | None = Field(None, description="an http(s) URL told about the run; the SSRF "
+                                "guard refuses private addresses",
+                                json_schema_extra=coded("invalid_webhook"))  # fmt: skip
+    webhook_events: list[RunEvent] | str | None = Field(
+        None, description="events to tell: a list, or comma-separated (default completed)",
+        json_schema_extra=coded("invalid_webhook_events"))  # fmt: skip
+
+
+class RunShapes(BaseModel):
+    """The shapes set a run trains on."""
+
+    type: Literal["shapes"]
+    size: int
+    seed: int
+
+
+class RunUpload(BaseModel):
+    """The uploaded dataset a run trains on, named as it was when the run started."""
+
+    type: Literal["upload"]
+    id: str
+    name: str
+
+
+class RunHyperparameters(BaseModel):
+    """The settings a run trains with, defaults filled in."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    vocab_size: int
+    seed: int
+    patience: int
+    monitor: Metric = Field(description="the validation metric that picks the best epoch")
+
+
+class RunPromotion(BaseModel):
+    """The promotion policy a run was started with."""
+
+    policy: Policy
+    metric: Metric
+
+
+class Progress(BaseModel):
+    """Where a running run is: making its dataset, computing image features, or training."""
+
+    phase: Literal["dataset", "features", "training"]
+    done: int | None = Field(None, description="dataset, features: items done so far")
+    total: int | None = Field(None, description="dataset, features: items in all")
+    split: str | None = Field(None, description="features: the split being encoded")
+    epoch: int | None = Field(None, description="training: 1-based")
+    epochs: int | None = None
+    step: int | None = Field(None, description="training: 1-based, within the epoch")
+    steps: int | None = None
+    loss: float | None = Field(None, description="training: mean loss so far this epoch")
+    images_per_s: float | None = None
+    steps_per_s: float | None = None
+    eta_s: float | None = Field(None, description="training: seconds left at the current pace")
+    resumed_from_epoch: int | None = Field(None, description="training: the checkpoint's epoch "
+                                           "it resumed from (null: a fresh start)")  # fmt: skip
+
+
+class Epoch(BaseModel):
+    """One epoch's validation: its loss and each caption metric (null where it has none)."""
+
+    model_config = ConfigDict(extra="allow")
+    epoch: int
+    loss: float
+
+
+class PromotionResult(BaseModel):
+    """Whether the version a run produced was promoted, and why (not)."""
+
+    promoted: bool
+    reason: str
+    metric: str | None
+    candidate: float | None = Field(description="the new version's score on the metric")
+    active: float | None = Field(description="the active version's score, where compared")
+
+
+class Checkpoint(BaseModel):
+    """Where the run's checkpoint is kept (a run resumes from it)."""
+
+    key: str = Field(description="its prefix in the blob store")
+
+
+class RunLinks(BaseModel):
+    """Links (paths, or absolute with PUBLIC_URL)."""
+
+    self: str
+    cancel: str
+    deliveries: str
+
+
+class TrainingRun(BaseModel):
+    """A training run: request, status, progress, validation history and outcome."""
+
+    id: str
+    status: RunStatus
+    dataset: RunShapes | RunUpload
+    hyperparameters: RunHyperparameters
+    base_version: str | None = Field(description="the version it started from (null: fresh)")
+    promotion: RunPromotion
+    attempts: int = Field(description="workers that took it (a crashed worker's run is retried)")
+    cancel_requested: bool
+    progress: Progress | None
+    history: list[Epoch] = Field(description="validation metrics per epoch")
+    model_version: str | None = Field(description="the version it produced")
+    promotion_result: PromotionResult | None
+    checkpoint: Checkpoint | None
+    error: Failure | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    webhook: WebhookTarget | None
+    urls: RunLinks
+
+
+class TrainingRunList(BaseModel):
+    """The caller's newest runs first (up to 100)."""
+
+    training_runs: list[TrainingRun]

@@ -1,0 +1,82 @@
+"""The typed contract: /openapi.json describes every route, /docs/ works with no CDN, unknown
+query parameters are refused by name on every route, and errors have one shape."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+
+pytest_plugins = ["tests.api_fixtures"]
+UNDESCRIBED = ("/openapi.json", "/docs")  # the contract itself
+
+
+def described_routes(app) -> list[tuple[str, str]]:
+    """(method, OpenAPI path) of every route the app serves, but the contract's own."""
+    routes = []
+    for rule in app.url_map.iter_rules():
+        if str(rule).startswith(UNDESCRIBED):
+            continue
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", str(rule))
+        routes += [(method, path) for method in rule.methods - {"HEAD", "OPTIONS"}]
+    return sorted(routes)
+
+
+def test_the_document_is_openapi_3_1_and_describes_every_route(client, app):
+    response = client.get("/openapi.json", headers={"Authorization": ""})  # public
+    assert response.status_code == 200
+    document = response.get_json()
+    assert document["openapi"] == "3.1.0"
+    listed = sorted((m.upper(), p) for p, ops in document["paths"].items() for m in ops)
+    assert listed == described_routes(app)
+    assert document["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert document["paths"]["/healthz"]["get"]["security"] == []  # public, and says so
+
+
+def test_every_operation_documents_its_errors_as_problems(client):
+    document = client.get("/openapi.json").get_json()
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            problem = operation["responses"]["400"]["content"]
+            assert list(problem) == ["application/problem+json"], (method, path)
+
+
+def test_the_docs_page_and_its_assets_come_from_the_api(client):
+    page = client.get("/docs/", headers={"Authorization": ""})
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    html = page.get_data(as_text=True)
+    links = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert links and all(link.startswith("/docs/") for link in links), links  # no CDN
+    assert "/openapi.json" in html
+    for link in links:
+        asset = client.get(link, headers={"Authorization": ""})
+        assert asset.status_code == 200 and asset.data, link
+    assert b"SwaggerUIBundle" in client.get("/docs/swagger-ui-bundle.js").data
+
+
+@pytest.mark.parametrize("colour", ["colour=red", "limit=5&colour=red"])
+def test_unknown_query_parameters_are_refused_on_every_route(client, app, colour):
+    for method, path in described_routes(app):
+        url = re.sub(r"\{\w+\}", str(uuid.uuid4()), path)
+        response = client.open(f"{url}?{colour}", method=method)
+        problem = response.get_json()
+        assert (response.status_code, problem["code"]) == (400, "unknown_parameter"), (
+            method, path, problem)  # fmt: skip
+        assert "colour" in problem["detail"]
+
+
+def test_an_error_is_a_problem_document(client):
+    response = client.get(f"/v1/jobs/{uuid.uuid4()}")
+    assert response.status_code == 404
+    assert response.mimetype == "application/problem+json"
+    problem = response.get_json()
+    assert problem == {"type": "about:blank", "title": "Not Found", "status": 404,
+                       "detail": problem["detail"], "code": "job_not_found"}  # fmt: skip
+
+
+def test_a_405_names_the_allowed_methods(client):
+    response = client.put("/v1/jobs")
+    assert response.status_code == 405
+    assert set(response.headers["Allow"].split(", ")) >= {"GET", "POST"}
+    assert response.get_json()["code"] == "method_not_allowed"
