@@ -12,6 +12,7 @@ from api.errors import register_error_handlers
 from api.idempotency import register_idempotency
 from api.limits import register_limits
 from api.links import register_public_links
+from api.metrics import register_metrics
 from api.services import Services
 from core.settings import Settings, from_env
 
@@ -24,6 +25,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.config["MAX_CONTENT_LENGTH"] = max(BATCH(settings), dataset_body(settings))
     app.json = SafeJSONProvider(app)  # keys in insertion order; too-deep nesting is bad JSON
     app.extensions["captioner"] = services or Services.from_settings(settings)
+    register_metrics(app)  # first: refused requests are counted and timed too
     register_auth(app)
     register_limits(app, settings)  # after auth: counted per API key
     register_body_limits(app)  # before idempotency, which reads create bodies to the limit
@@ -37,7 +39,19 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
 def register_blueprints(app: Flask) -> None:
     """Attach every blueprint."""
-    from api import attention, batches, datasets, health, jobs, keys, models, training, webhooks
+    from api import (
+        attention,
+        batches,
+        datasets,
+        health,
+        jobs,
+        keys,
+        metrics,
+        models,
+        training,
+        webhooks,
+    )
 
-    for module in (health, jobs, attention, batches, webhooks, datasets, training, models, keys):
+    for module in (health, metrics, jobs, attention, batches, webhooks, datasets, training, models,
+                   keys):  # fmt: skip
         app.register_blueprint(module.bp)

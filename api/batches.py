@@ -17,6 +17,7 @@ from api.schemas import jobs as shapes
 from api.services import services
 from api.uploads import Options, check_image, read_batch
 from core.errors import ErrorResponse
+from core.metrics import JOBS_SUBMITTED
 from store import batches, jobs, retention
 from store.images import put_pack
 from store.models import Scope
@@ -63,6 +64,7 @@ def record_batch(new_jobs: list[jobs.NewJob], options: Options, chunk: int):
                                               options.webhook_events)  # fmt: skip
         body = batch_json(batch, members)  # from the rows in memory
     enqueue([new.id for new in new_jobs], per_message=chunk)
+    JOBS_SUBMITTED.labels("batch").inc(len(new_jobs))
     response = jsonify(body)
     response.status_code = 202
     response.headers["Location"] = body["urls"]["self"]

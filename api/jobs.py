@@ -25,6 +25,7 @@ from api.services import services
 from api.uploads import Options, check_image, read_submission
 from core.errors import ErrorResponse
 from core.images import ImageInfo
+from core.metrics import JOBS_SUBMITTED
 from store import jobs, retention
 from store.images import StoredImage, put_image
 from store.keys import image_key
@@ -64,6 +65,7 @@ def submit_job():
     with dropping_blobs_on_error([new.image_key]), services().db.session() as session:
         body = job_json(jobs.create_job(session, new))  # the answer, from the row in memory
     enqueue([new.id])
+    JOBS_SUBMITTED.labels("job").inc()
     return respond_after_wait(new.id, body)
 
 

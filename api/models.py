@@ -52,7 +52,8 @@ def promote_model(name: str):
 @contract(shapes.WorkerList, tags=["models"])
 @requires(Scope.ADMIN)
 def list_workers():
-    """Inference workers seen lately, with the version each one serves (or refused)."""
+    """Workers of every role seen lately: heartbeat, tasks in flight, last error; for inference
+    workers the version each one serves (or refused)."""
     within = max(10.0, SEEN_POLLS * services().settings.model_poll_s)
     with services().db.session() as session:
         workers = registry.serving_workers(session, within)

@@ -8,6 +8,11 @@ worker's main loop, set above the wait cap anyway. Measured on 2 cores (tests/te
 holds a thread and one Redis pub/sub connection, and a database connection only while it reads.
 """
 
+import logging
+import os
+import tempfile
+from pathlib import Path
+
 # Threads: every waiting request holds one; 4 × 64 leaves room for 100 waiting requests even
 # when the kernel hands one worker more than its share. Four processes rather than two: when
 # 100 submissions arrive at once, fewer busy threads per process share each one's GIL, so
@@ -19,3 +24,31 @@ threads = 64
 timeout = 90  # above the 60 s wait cap, with a margin
 graceful_timeout = 75  # on SIGTERM, waiting requests end (60 s at most) before the worker goes
 keepalive = 5  # seconds an idle keep-alive connection stays open
+
+
+def on_starting(server) -> None:
+    """One shared, empty directory for the workers' metrics (prometheus-client's multiprocess
+    mode: any worker's /metrics then answers for all of them)."""
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    for stale in Path(folder).glob("*.db"):  # a previous server's counts
+        stale.unlink()
+
+
+def post_fork(server, worker) -> None:
+    """Each worker logs through core.logs (LOG_FORMAT), gunicorn's own lines included."""
+    from core.logs import configure
+    from core.settings import from_env
+
+    settings = from_env()
+    configure("api", settings.log_format, settings.log_level)
+    for name in ("gunicorn.error", "gunicorn.access"):
+        logging.getLogger(name).handlers = []
+        logging.getLogger(name).propagate = True
+
+
+def child_exit(server, worker) -> None:
+    """A worker that exits leaves its live gauges behind no more."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

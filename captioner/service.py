@@ -7,7 +7,6 @@ Each reads the settings from the environment; with nothing set they run the embe
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
@@ -15,7 +14,9 @@ from pathlib import Path
 
 from captioner.processes import api_server, background, worker_command
 from core.broker import QUEUES
+from core.logs import configure
 from core.settings import Settings, from_env
+from store.payloads import worker_label
 
 TRAINING_CONCURRENCY = 1  # a training worker runs one run at a time on its GPU
 WEBHOOK_CONCURRENCY = 32  # webhook workers wait on receivers: a few slow ones must not stall all
@@ -114,9 +115,12 @@ def run_celery_worker(settings: Settings, queues: list[str], name: str, concurre
             concurrency = WEBHOOK_CONCURRENCY
         if "inference" in queues:
             concurrency = 2 * settings.batch_max_size
+    # From the first line (the worker's own set-up configures it again, for `celery -A …`).
+    configure(",".join(sorted(queues)), settings.log_format, settings.log_level,
+              worker=worker_label(name))  # fmt: skip
     app = create_worker_app(settings)
     app.worker_main([
-        "worker", "--queues", ",".join(queues), "--hostname", name, "--pool", "threads",
+        "--quiet", "worker", "--queues", ",".join(queues), "--hostname", name, "--pool", "threads",
         "--concurrency", str(concurrency), "--loglevel", loglevel,
         "--without-gossip", "--without-mingle",
     ])  # fmt: skip
@@ -130,7 +134,9 @@ def run_beat(_args: argparse.Namespace) -> None:
     settings = from_env()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     schedule = settings.data_dir / "celerybeat-schedule"
-    create_worker_app(settings).start(["beat", "--schedule", str(schedule), "--loglevel", "INFO"])
+    configure("beat", settings.log_format, settings.log_level)
+    create_worker_app(settings).start(["beat", "--schedule", str(schedule), "--loglevel",
+                                       settings.log_level])  # fmt: skip
 
 
 def run_api(args: argparse.Namespace) -> None:
@@ -143,9 +149,7 @@ def run_api(args: argparse.Namespace) -> None:
 
 def serve_api(settings: Settings, host: str, port: int) -> None:
     """Serve the API until interrupted (in the embedded mode, with a local admin key)."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure("api", settings.log_format, settings.log_level)
     if settings.embedded:
         from captioner.keys import KEY_FILE, local_admin_key
 

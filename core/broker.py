@@ -95,6 +95,15 @@ class Broker:
         """Send webhook deliveries to the webhooks queue (after `countdown` s); the ids sent."""
         return self._send_each(DELIVER_TASK, "webhooks", delivery_ids, countdown or None)
 
+    def queue_lengths(self, queues: Iterable[str] = QUEUES) -> dict[str, int]:
+        """Messages waiting in each Redis queue ({} for the embedded broker). With prefetch,
+        messages a worker already holds are not counted: Postgres knows those jobs."""
+        url = self.app.conf.broker_url
+        if not url.startswith(("redis://", "rediss://")):
+            return {}
+        with redis.Redis.from_url(url, socket_timeout=2) as client:
+            return {queue: int(client.llen(queue)) for queue in queues}
+
     def check(self) -> None:
         """Raise unless the broker accepts a connection (for /readyz)."""
         with self.app.connection_for_write() as connection:

@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import field, fields, replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic.dataclasses import dataclass
@@ -124,6 +124,16 @@ class Settings:
     # PUBLIC_URL: the service's address as clients reach it (https://captioner.example.com);
     # set, links in answers and webhooks are absolute; None: relative paths
     public_url: PublicUrl | None = None
+    # LOG_FORMAT: "console" (one readable line per event) or "json" (one JSON object per line,
+    # for production log pipelines); LOG_LEVEL: DEBUG, INFO, WARNING or ERROR
+    log_format: Literal["console", "json"] = "console"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # METRICS_PORT: a worker process serves Prometheus metrics on this port (+ its GPU index
+    # when `--gpus all` starts one process per GPU); 0: no endpoint. The API serves /metrics.
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
+    # READY_FILE: an inference worker creates this file once its model is loaded (and removes
+    # it when it stops): a Kubernetes readiness probe checks it; None: no file
+    ready_file: Path | None = None
 
     @property
     def embedded(self) -> bool:

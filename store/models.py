@@ -349,7 +349,8 @@ class TrainingRun(Base):
 
 
 class WorkerModel(Base):
-    """What an inference worker serves, as it last reported (the rollout's progress)."""
+    """A worker's heartbeat (every role): what it does now, and for inference workers what it
+    serves, as it last reported (the rollout's progress)."""
 
     __tablename__ = "worker_models"
 
@@ -360,6 +361,10 @@ class WorkerModel(Base):
     swap_ms: Mapped[float | None] = mapped_column(Float)  # download, load and warm-up, last swap
     swapped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    role: Mapped[str | None] = mapped_column(String(64))  # its queues: inference, training, …
+    in_flight: Mapped[int | None] = mapped_column(Integer)  # tasks running at the heartbeat
+    last_error: Mapped[str | None] = mapped_column(Text)  # its last failed task, if any
+    last_error_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Scope(enum.StrEnum):

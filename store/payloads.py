@@ -219,7 +219,8 @@ def worker_label(name: str) -> str:
 
 
 def worker_json(worker: WorkerModel) -> dict[str, Any]:
-    """What one inference worker serves, and the version it refused, if any."""
+    """One worker's heartbeat: role, tasks in flight, last error; for an inference worker, what
+    it serves and the version it refused, if any."""
     refused = None
     if worker.refused_version:
         refused = {"version": worker.refused_version, "reason": worker.refused_reason}
@@ -230,6 +231,11 @@ def worker_json(worker: WorkerModel) -> dict[str, Any]:
         "swap_ms": worker.swap_ms,
         "swapped_at": iso(worker.swapped_at),
         "seen_at": iso(worker.seen_at),
+        "role": worker.role or "inference",  # rows from before migration 0009
+        "in_flight": worker.in_flight,
+        "last_error": {"message": worker.last_error, "at": iso(worker.last_error_at)}
+        if worker.last_error
+        else None,
     }
 
 

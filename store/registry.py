@@ -88,7 +88,8 @@ def promote(session: Session, number: int) -> ModelVersion | None:
 
 
 def report_worker(session: Session, worker: str, **state: Any) -> None:
-    """Record what an inference worker serves now (and what it refused, and why)."""
+    """Record a worker's heartbeat: its role and activity, or what an inference worker serves
+    now (and what it refused, and why)."""
     row = session.get(WorkerModel, worker) or WorkerModel(worker=worker)
     for name, value in state.items():
         setattr(row, name, value)
@@ -97,6 +98,6 @@ def report_worker(session: Session, worker: str, **state: Any) -> None:
 
 
 def serving_workers(session: Session, seen_within_s: float) -> list[WorkerModel]:
-    """Inference workers that reported within the last `seen_within_s` seconds, by name."""
+    """Workers of every role that reported within the last `seen_within_s` seconds, by name."""
     recent = WorkerModel.seen_at >= utcnow() - timedelta(seconds=seen_within_s)
     return list(session.scalars(select(WorkerModel).where(recent).order_by(WorkerModel.worker)))

@@ -22,6 +22,7 @@ pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, api_key, queue
 SCOPES = {
     ("GET", "/healthz"): PUBLIC,
     ("GET", "/readyz"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,  # Prometheus scrapes it; no tenant's data in it
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs/"): PUBLIC,
     ("GET", "/docs/<path:path>"): PUBLIC,  # Swagger UI's files

@@ -6,6 +6,7 @@ Dockerfile, docker-compose.yml and the README."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -84,11 +85,7 @@ def served(bundle, tmp_path_factory):
     overrides = {"model_bundle": bundle, "bench_standin_model_ms": STANDIN_MS}
     with services(folder / "data", **overrides) as settings:
         worker = start_worker(settings, folder / "worker.log", "inference@serving")
-        url = f"http://127.0.0.1:{free_port()}"
-        command = production_command()
-        command[command.index("--bind") + 1] = url.removeprefix("http://")
-        command[0] = str(Path(sys.executable).parent / "gunicorn")
-        api = start_process(settings, command, folder / "gunicorn.log")
+        api, url = start_production_api(settings, folder)
         db = Database(settings.database_url)
         try:
             wait_ready(worker, folder / "worker.log")
@@ -97,6 +94,16 @@ def served(bundle, tmp_path_factory):
         finally:
             stop([api, worker])
             db.dispose()
+
+
+def start_production_api(settings, folder: Path) -> tuple[subprocess.Popen, str]:
+    """The Dockerfile's gunicorn command on a free loopback port: (process, base URL); its log
+    is folder/gunicorn.log."""
+    url = f"http://127.0.0.1:{free_port()}"
+    command = production_command()
+    command[command.index("--bind") + 1] = url.removeprefix("http://")
+    command[0] = str(Path(sys.executable).parent / "gunicorn")
+    return start_process(settings, command, folder / "gunicorn.log"), url
 
 
 def submit_and_wait(url: str, key: str, image: bytes, delay: float = 0.0

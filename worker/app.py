@@ -8,14 +8,20 @@ the worker consumes anything, so a worker is never handed jobs it cannot yet run
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from celery import Celery, signals
 
 from core.broker import SWEEP_DELIVERIES_TASK, SWEEP_TASK, Broker, make_celery
+from core.logs import configure
+from core.metrics import serve
 from core.settings import Settings, from_env
 from store.db import Database
 from store.deliveries import after_commit_sender
+from store.payloads import worker_label
+from worker.heartbeat import Activity, Heartbeat
 from worker.inference import Inference
 from worker.tasks import register_tasks
 from worker.training import Training
@@ -34,6 +40,8 @@ class WorkerState:
     training: Training | None = None  # only on workers that consume the training queue
     _database: Database | None = None
     _sender: Sender | None = None
+    activity: Activity = field(default_factory=Activity)  # tasks in flight, the last error
+    heartbeat: Heartbeat | None = None
 
     def database(self) -> Database:
         """The process's database; deliveries its transactions record go to the webhooks queue."""
@@ -66,6 +74,9 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     app = make_celery(settings)
     app.conf.update(
         worker_pool="threads",
+        worker_hijack_root_logger=False,  # core.logs formats every line (see on_setup)
+        worker_send_task_events=True,  # Flower's task view (-E), on by default
+        task_send_sent_event=True,
         # One batch computing while the next one's images are fetched and decoded.
         worker_concurrency=2 * settings.batch_max_size,
         beat_schedule={
@@ -96,20 +107,74 @@ def connect_lifecycle(app: Celery) -> None:
         if instance.app is not app:
             return
         state, queues = app.captioner, app.amqp.queues.consume_from
+        settings, role = state.settings, ",".join(sorted(queues))
+        configure(role, settings.log_format, settings.log_level,
+                  worker=worker_label(instance.hostname))  # fmt: skip
+        serve_metrics(settings)
+        state.heartbeat = Heartbeat(state.database(), instance.hostname, role, state.activity,
+                                    settings.model_poll_s)  # fmt: skip
+        state.heartbeat.start()  # before a model load that may wait: seen, with no version yet
         if "training" in queues:
-            state.training = Training(state.settings, instance.hostname, state.database())
+            state.training = Training(settings, instance.hostname, state.database())
         if "inference" in queues:  # may wait here for the first promoted model
-            state.inference = Inference(state.settings, instance.hostname, state.database())
+            state.inference = Inference(settings, instance.hostname, state.database())
+            mark_ready(settings.ready_file, True)
 
     def on_shutdown(sender, **_) -> None:
         if sender.app is app:
+            mark_ready(app.captioner.settings.ready_file, False)
+            if app.captioner.heartbeat is not None:
+                app.captioner.heartbeat.stop()
             if app.captioner.inference is not None:
                 app.captioner.inference.close()
             app.captioner.database().dispose()
 
-    # After logging is set up and -Q applied, before the pool and the consumer start.
+    # After -Q is applied, before the pool and the consumer start. Celery's own logging set-up
+    # is skipped (a receiver of setup_logging): core.logs configures it in on_setup.
+    signals.setup_logging.connect(lambda **_: None, weak=False)
     signals.celeryd_after_setup.connect(on_setup, weak=False)
     signals.worker_shutdown.connect(on_shutdown, weak=False)
+    connect_activity(app)
+
+
+def connect_activity(app: Celery) -> None:
+    """Count this worker's running tasks and remember its last failure (its heartbeat says)."""
+
+    def ours(task) -> bool:
+        return getattr(task, "app", None) is app
+
+    signals.task_prerun.connect(lambda task, **_: ours(task) and app.captioner.activity.started(),
+                                weak=False)  # fmt: skip
+    signals.task_postrun.connect(lambda task, **_: ours(task) and app.captioner.activity.ended(),
+                                 weak=False)  # fmt: skip
+    signals.task_failure.connect(
+        lambda sender, exception, **_: ours(sender) and app.captioner.activity.failed(exception),
+        weak=False)  # fmt: skip
+
+
+def serve_metrics(settings: Settings) -> None:
+    """This process's Prometheus endpoint on METRICS_PORT, plus its GPU's index when pinned to
+    one (`--gpus all` starts one process per GPU); none when the port is 0 or taken."""
+    if not settings.metrics_port:
+        return
+    pinned = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    port = settings.metrics_port + (int(pinned) if pinned.isdigit() else 0)
+    try:
+        serve(port)
+        log.info("metrics on port %d", port)
+    except OSError as exc:
+        log.warning("no metrics endpoint: port %d: %s", port, exc)
+
+
+def mark_ready(path: Path | None, ready: bool) -> None:
+    """Create READY_FILE once the model is loaded (a readiness probe checks it); remove it."""
+    if path is None:
+        return
+    if ready:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    else:
+        path.unlink(missing_ok=True)
 
 
 def __getattr__(name: str) -> Celery:

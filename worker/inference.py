@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.errors import BlobStoreError, ImageError, JobSkipped, TemporaryFailure, UrlError
+from core.logs import bind
+from core.metrics import BATCH_SIZE, IMAGES, JOB_SECONDS, JOBS_FINISHED, PREDICT_SECONDS
 from core.netguard import Guard
 from core.notify import Notifier
 from core.settings import Settings
@@ -35,6 +37,7 @@ from store import jobs
 from store.blobs import open_blob_store
 from store.db import Database
 from store.images import read_images
+from store.models import as_utc, utcnow
 from worker.batcher import MicroBatcher, Slots
 from worker.leases import Leases
 from worker.rollout import Rollout
@@ -94,6 +97,7 @@ class Inference:
         with self.slots.taking(len(ids)), ExitStack() as held:
             with self.batcher.expecting():
                 claim = self._claim(ids)
+                bind(batch_id=claim.jobs[0].batch_id)  # for this task's lines (None: none)
                 held.enter_context(self.leases.holding(claim))  # until the results are stored
                 futures, outcomes = self._submit(claim.jobs)
             for job_id, future in futures.items():
@@ -161,6 +165,9 @@ class Inference:
         started = time.perf_counter()
         results = captioner.caption_batch(np.stack(images), beam_size, max_length)
         predict_ms = (time.perf_counter() - started) * 1000
+        PREDICT_SECONDS.observe(predict_ms / 1000)
+        BATCH_SIZE.observe(len(images))
+        IMAGES.inc(len(images))
         log.info("batch of %d (beam %d) on %s in %.0f ms", len(images), beam_size,
                  served.version, predict_ms)  # fmt: skip
         return [Captioned(r, predict_ms, len(images), served.version) for r in results]
@@ -173,7 +180,8 @@ class Inference:
         for job in claim.jobs:
             error = outcomes[job.id]
             if isinstance(error, Exception) and job.attempts < self.settings.job_max_attempts:
-                log.warning("job %s attempt %d failed (%r); requeued", job.id, job.attempts, error)
+                log.warning("job %s attempt %d failed (%r); requeued", job.id, job.attempts, error,
+                            extra={"job_id": str(job.id)})  # fmt: skip
                 retry.append(job.id)
             elif isinstance(error, Exception):
                 failures[job.id] = Failure("caption_failed", f"{type(error).__name__}: {error}")
@@ -184,6 +192,7 @@ class Inference:
                                        claim.token)]  # fmt: skip
             jobs.release_jobs(session, claim.token, retry)
         self._log_ended(claim, results, finished, failures, failed)
+        count_ended(claim.jobs, finished, {job_id: failures[job_id].code for job_id in failed})
         self.notifier.finished_many(finished + failed)
         if retry:
             raise TemporaryFailure(", ".join(map(str, retry)))
@@ -195,7 +204,7 @@ class Inference:
                         "its outcome is dropped", job_id, claim.token)  # fmt: skip
         for job_id in failed:
             log.info("job %s failed: %s: %s", job_id, failures[job_id].code,
-                     failures[job_id].message)  # fmt: skip
+                     failures[job_id].message, extra={"job_id": str(job_id)})  # fmt: skip
 
     def close(self) -> None:
         """Stop following the registry, finish queued batches, stop the heartbeat."""
@@ -203,6 +212,22 @@ class Inference:
         self.batcher.stop(timeout=60)
         self.leases.stop()
         self.decoders.shutdown(wait=False)
+
+
+def count_ended(claimed: list, finished: list, failed: dict[uuid.UUID, str]) -> None:
+    """Jobs ended, by status and code; latency from creation (and waiting before the start) of
+    the ones that succeeded."""
+    now = utcnow()
+    for job in claimed:
+        if job.id in failed:
+            JOBS_FINISHED.labels("failed", failed[job.id]).inc()
+        elif job.id in finished:
+            JOBS_FINISHED.labels("succeeded", "").inc()
+            created = as_utc(job.created_at)
+            JOB_SECONDS.labels("end_to_end").observe((now - created).total_seconds())
+            if job.started_at:
+                JOB_SECONDS.labels("queue_wait").observe(
+                    (as_utc(job.started_at) - created).total_seconds())  # fmt: skip
 
 
 def _outcome(future) -> Outcome:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from core.errors import EncoderMismatch
 from core.formats import weights_digest
+from core.metrics import MODEL_SWAP_SECONDS, show_version
 from core.settings import Settings
 from store import registry
 from store.blobs import BlobStore
@@ -49,16 +50,20 @@ class Rollout:
     def start(self) -> Served:
         """Load the first model (waiting for a promotion if there is none), then follow."""
         enable_memory_growth()
+        waited = False
         while self.served is None:
             active = self._active()
             if active is not None or self.settings.model_bundle is not None:
                 self.served = self._load_first(active)
             else:
-                log.info("no model version is active yet; waiting for a promotion")
+                if not waited:  # once, not at every poll
+                    log.info("no model version is active yet; waiting for a promotion")
+                waited = True
                 self._report()
                 if self._stop.wait(self.settings.model_poll_s):
                     raise RuntimeError("stopped while waiting for a model")
         self._report()
+        show_version(self.served.version)
         self._thread.start()
         return self.served
 
@@ -90,6 +95,8 @@ class Rollout:
         self.served, self.refused = served, None
         swap_ms = (time.perf_counter() - started) * 1000
         log.info("now serving %s (loaded and swapped in %.0f ms)", served.version, swap_ms)
+        show_version(served.version)
+        MODEL_SWAP_SECONDS.observe(swap_ms / 1000)
         self._report(swap_ms=swap_ms, swapped_at=utcnow(), refused_version=None,
                      refused_reason=None)  # fmt: skip
 

@@ -14,6 +14,7 @@ from core.broker import (
     TRAIN_TASK,
 )
 from core.errors import TemporaryFailure, WorkerOutcome
+from core.logs import bound
 from worker.sweeper import sweep
 
 log = logging.getLogger(__name__)
@@ -28,14 +29,15 @@ def register_tasks(app: Celery) -> None:
         """Caption a chunk of jobs (one id in messages from before chunks); the ones already
         terminal or claimed elsewhere are skipped."""
         ids = [job_ids] if isinstance(job_ids, str) else job_ids
-        try:
-            outcome = app.captioner.role("inference").caption(ids)
-        except TemporaryFailure as exc:  # the retry claims only the jobs put back in the queue
-            raise self.retry(exc=exc, countdown=RETRY_DELAY_S) from exc
-        except WorkerOutcome as exc:
-            outcome = exc.outcome
-        log.info("jobs %s: %s", ",".join(ids) if len(ids) < 3 else f"{ids[0]}… ({len(ids)})",
-                 outcome)  # fmt: skip
+        with bound(job_id=ids[0] if len(ids) == 1 else None, job_ids=len(ids)):
+            try:
+                outcome = app.captioner.role("inference").caption(ids)
+            except TemporaryFailure as exc:  # the retry claims only the jobs put back in queue
+                raise self.retry(exc=exc, countdown=RETRY_DELAY_S) from exc
+            except WorkerOutcome as exc:
+                outcome = exc.outcome
+            log.info("jobs %s: %s", ",".join(ids) if len(ids) < 3 else f"{ids[0]}… ({len(ids)})",
+                     outcome)  # fmt: skip
 
     @app.task(name=SWEEP_TASK, ignore_result=True)
     def sweep_jobs() -> int:
@@ -46,7 +48,8 @@ def register_tasks(app: Celery) -> None:
     @app.task(name=DELIVER_TASK, ignore_result=True)
     def deliver(delivery_id: str) -> None:
         """One attempt of a webhook delivery (the webhooks queue)."""
-        log.info("delivery %s %s", delivery_id, app.captioner.sender().deliver(delivery_id))
+        with bound(delivery_id=delivery_id):
+            log.info("delivery %s %s", delivery_id, app.captioner.sender().deliver(delivery_id))
 
     @app.task(name=SWEEP_DELIVERIES_TASK, ignore_result=True)
     def sweep_deliveries() -> int:
@@ -56,8 +59,9 @@ def register_tasks(app: Celery) -> None:
     @app.task(name=TRAIN_TASK, ignore_result=True)
     def train(run_id: str) -> None:
         """One training run, to its end (the training queue)."""
-        try:
-            outcome = app.captioner.role("training").run(run_id)
-        except WorkerOutcome as exc:
-            outcome = exc.outcome
-        log.info("training run %s %s", run_id, outcome)
+        with bound(run_id=run_id):
+            try:
+                outcome = app.captioner.role("training").run(run_id)
+            except WorkerOutcome as exc:
+                outcome = exc.outcome
+            log.info("training run %s %s", run_id, outcome)

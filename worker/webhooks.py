@@ -21,13 +21,14 @@ from email.utils import parsedate_to_datetime
 from core.broker import Broker
 from core.credentials import cipher_for
 from core.errors import UrlError
+from core.metrics import WEBHOOK_ATTEMPTS, WEBHOOK_LAG
 from core.netguard import Guard
 from core.settings import Settings
 from core.signatures import signed_headers
 from store import deliveries
 from store.db import Database
 from store.deliveries import AttemptRecord
-from store.models import Delivery, utcnow
+from store.models import Delivery, as_utc, utcnow
 from store.payloads import absolute_urls_text
 from store.webhook_secrets import secrets_in_use
 
@@ -80,6 +81,9 @@ class Sender:
         self.broker.deliveries(waiting)
         outcome = record.status_code or record.error
         log.info("delivery %s attempt %d: %s → %s", delivery.id, delivery.attempts, outcome, status)
+        WEBHOOK_ATTEMPTS.labels(attempt_outcome(record)).inc()
+        if record.error is None:
+            WEBHOOK_LAG.observe((utcnow() - as_utc(delivery.created_at)).total_seconds())
         return status
 
     def retry_delay(self, delivery: Delivery, retry_after: float | None) -> float | None:
@@ -150,3 +154,16 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     except (TypeError, ValueError):
         return None
     return max(0.0, (moment - (now or utcnow())).total_seconds())
+
+
+def attempt_outcome(record: AttemptRecord) -> str:
+    """delivered, or why not: http_4xx / http_5xx, url_forbidden (the SSRF guard) or another
+    url_ code, timeout, connection."""
+    if record.error is None:
+        return "delivered"
+    if record.status_code:
+        return f"http_{record.status_code // 100}xx"
+    if record.error == "timed out":
+        return "timeout"
+    code = record.error.partition(":")[0]
+    return code if code.startswith("url_") else "connection"

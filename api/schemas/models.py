@@ -65,19 +65,29 @@ class Refusal(BaseModel):
     reason: str | None
 
 
+class WorkerError(BaseModel):
+    """A worker's last failed task."""
+
+    message: str
+    at: str | None
+
+
 class Worker(BaseModel):
-    """What one inference worker serves."""
+    """One worker's heartbeat; for an inference worker, what it serves."""
 
     worker: str = Field(description="its node name, the host replaced by a digest")
     model_version: str | None = Field(description="the version it serves (null: none)")
     refused: Refusal | None
     swap_ms: float | None = Field(description="download, load and warm-up of its last swap")
     swapped_at: str | None
-    seen_at: str
+    seen_at: str = Field(description="its last heartbeat")
+    role: str = Field(description="the queues it consumes: inference, training, webhooks")
+    in_flight: int | None = Field(description="tasks it was running at that heartbeat")
+    last_error: WorkerError | None
 
 
 class WorkerList(BaseModel):
-    """Inference workers seen lately, and the active version they should all serve."""
+    """Workers of every role seen lately, and the active version inference workers serve."""
 
     active: str | None
     workers: list[Worker]

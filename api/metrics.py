@@ -1,0 +1,105 @@
+"""/metrics for Prometheus: the API's own counters, and the fleet's state read at scrape time.
+
+Requests are counted by route template (`/v1/jobs/<uuid:job_id>`, never the id) and status.
+The fleet's numbers come from Postgres (jobs queued and running, training runs, pending
+deliveries, inference workers seen lately) and Redis (messages per queue): see store.fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client.core import GaugeMetricFamily
+
+from api.auth import public
+from api.services import services
+from core.metrics import HTTP_REQUESTS, HTTP_SECONDS, exposition
+from store.fleet import fleet
+
+bp = Blueprint("metrics", __name__)
+log = logging.getLogger(__name__)
+SEEN_S = 60.0  # a worker silent this long is not counted
+# The gauges read at scrape time (the dashboard's test checks its queries against these and the
+# metrics core.metrics defines).
+FLEET = ("captioner_jobs", "captioner_training_runs", "captioner_workers",
+         "captioner_deliveries_pending", "captioner_queue_messages", "captioner_training_run_epoch",
+         "captioner_training_run_loss", "captioner_training_run_validation")  # fmt: skip
+
+
+@bp.get("/metrics")
+@public
+def metrics():
+    """Prometheus' text format: this API's counters (all its processes) and the fleet's state."""
+    text, content_type = exposition(FleetCollector())
+    return Response(text, content_type=content_type)
+
+
+class FleetCollector:
+    """Gauges read from Postgres and Redis when Prometheus scrapes."""
+
+    def collect(self):
+        with services().db.session() as session:
+            state = fleet(session, SEEN_S)
+        yield gauge("captioner_jobs", "Jobs queued or running (Postgres)", "status", state.jobs)
+        yield gauge("captioner_training_runs", "Training runs by status (Postgres)", "status",
+                    state.runs)  # fmt: skip
+        yield gauge("captioner_workers", "Workers seen in the last minute, by role", "role",
+                    state.workers)  # fmt: skip
+        yield gauge("captioner_deliveries_pending", "Webhook deliveries waiting for an attempt",
+                    None, {"": state.deliveries_pending})  # fmt: skip
+        yield from run_gauges(state.running_runs)
+        yield gauge("captioner_queue_messages", "Messages waiting in each Redis queue (not those "
+                    "a worker prefetched)", "queue", queue_lengths())  # fmt: skip
+
+
+def run_gauges(runs) -> list[GaugeMetricFamily]:
+    """Epoch, loss and last validation metrics of each running training run."""
+    epoch = GaugeMetricFamily(
+        "captioner_training_run_epoch", "A running run's epoch", labels=["run_id"]
+    )
+    loss = GaugeMetricFamily("captioner_training_run_loss", "A running run's loss this epoch",
+                             labels=["run_id"])  # fmt: skip
+    validation = GaugeMetricFamily("captioner_training_run_validation", "A running run's last "
+                                   "validation metrics", labels=["run_id", "metric"])  # fmt: skip
+    for run in runs:
+        epoch.add_metric([run.run_id], run.epoch)
+        if run.loss is not None:
+            loss.add_metric([run.run_id], run.loss)
+        for name, value in run.validation.items():
+            validation.add_metric([run.run_id, name], value)
+    return [epoch, loss, validation]
+
+
+def gauge(name: str, text: str, label: str | None, values: dict) -> GaugeMetricFamily:
+    """A gauge family with one sample per `values` item (no label when `label` is None)."""
+    family = GaugeMetricFamily(name, text, labels=[label] if label else [])
+    for key, value in values.items():
+        family.add_metric([key] if label else [], value)
+    return family
+
+
+def queue_lengths() -> dict[str, int]:
+    """Messages per queue, or none when Redis does not answer (the scrape still succeeds)."""
+    try:
+        return services().broker.queue_lengths()
+    except Exception:  # noqa: BLE001 - a scrape must not fail because Redis is away
+        log.warning("could not read the queues' lengths", exc_info=True)
+        return {}
+
+
+def register_metrics(app: Flask) -> None:
+    """Count and time every request by route and status."""
+
+    @app.before_request
+    def start_clock() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def count(response):
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        if "started" in g:
+            HTTP_SECONDS.labels(route, request.method).observe(time.perf_counter() - g.started)
+        return response

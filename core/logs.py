@@ -1,0 +1,86 @@
+"""Logs: one event per line, with the process role and, where they apply, `job_id`, `batch_id`,
+`run_id`, `delivery_id` and `worker`; readable in a terminal (LOG_FORMAT=console) or JSON
+(LOG_FORMAT=json).
+
+structlog renders every record, including those of the standard `logging` loggers the code and
+its libraries (Celery, gunicorn, Werkzeug) write to, so there is one format per process. Fields
+bound with `bound(...)` (context variables: per thread) join every line logged meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import structlog
+
+COLOUR = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes: never written into log files
+
+
+def configure(role: str, log_format: str = "console", level: str = "INFO", **fields: str) -> None:
+    """Send every log record of this process through structlog, tagged with `role` (api,
+    inference, training, webhooks, beat, …), the process id and `fields` (worker=…). A record's
+    `extra` fields (job_id=…) become fields of its line too."""
+    static = {"role": role, "pid": os.getpid(), **fields}
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.ExtraAdder(),
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        lambda _logger, _name, event: static | event,
+        strip_colours,
+    ]
+    renderer = (structlog.processors.JSONRenderer() if log_format == "json"
+                else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))  # fmt: skip
+    handler = logging.StreamHandler()
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    ))  # fmt: skip
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+    logging.captureWarnings(True)  # warnings become events too, not bare stderr lines
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def strip_colours(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """The event text without terminal colour codes (Werkzeug colours its access lines)."""
+    text = event.get("event")
+    if isinstance(text, str) and "\x1b[" in text:
+        event["event"] = COLOUR.sub("", text)
+    return event
+
+
+@contextmanager
+def bound(**fields: Any) -> Iterator[None]:
+    """Fields (job_id=…) on every line this thread logs in the block; a field `bind` adds
+    inside the block goes with it too. None values are left out."""
+    before = set(structlog.contextvars.get_contextvars())
+    tokens = structlog.contextvars.bind_contextvars(**_text(fields))
+    try:
+        yield
+    finally:
+        structlog.contextvars.reset_contextvars(**tokens)
+        added = set(structlog.contextvars.get_contextvars()) - before
+        structlog.contextvars.unbind_contextvars(*added)
+
+
+def bind(**fields: Any) -> None:
+    """Add fields for the rest of the enclosing `bound` block (a batch_id learnt on the way)."""
+    structlog.contextvars.bind_contextvars(**_text(fields))
+
+
+def _text(fields: dict[str, Any]) -> dict[str, str]:
+    return {name: str(value) for name, value in fields.items() if value is not None}
