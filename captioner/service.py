@@ -12,6 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
+from celery.utils.nodenames import host_format
+
 from captioner.processes import api_server, background, worker_command
 from core.broker import QUEUES
 from core.logs import configure
@@ -117,7 +119,7 @@ def run_celery_worker(settings: Settings, queues: list[str], name: str, concurre
             concurrency = 2 * settings.batch_max_size
     # From the first line (the worker's own set-up configures it again, for `celery -A …`).
     configure(",".join(sorted(queues)), settings.log_format, settings.log_level,
-              worker=worker_label(name))  # fmt: skip
+              worker=worker_label(host_format(name)))  # fmt: skip
     app = create_worker_app(settings)
     app.worker_main([
         "--quiet", "worker", "--queues", ",".join(queues), "--hostname", name, "--pool", "threads",
@@ -135,8 +137,8 @@ def run_beat(_args: argparse.Namespace) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     schedule = settings.data_dir / "celerybeat-schedule"
     configure("beat", settings.log_format, settings.log_level)
-    create_worker_app(settings).start(["beat", "--schedule", str(schedule), "--loglevel",
-                                       settings.log_level])  # fmt: skip
+    create_worker_app(settings).start(["--quiet", "beat", "--schedule", str(schedule),
+                                       "--loglevel", settings.log_level])  # fmt: skip
 
 
 def run_api(args: argparse.Namespace) -> None:

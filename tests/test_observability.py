@@ -164,3 +164,12 @@ def test_workers_lists_every_role_with_its_heartbeat(observed):
     assert workers["inference"]["model_version"] and workers["webhooks"]["model_version"] is None
     for worker in workers.values():
         assert worker["in_flight"] == 0 and worker["last_error"] is None and worker["seen_at"]
+
+
+def test_workers_send_task_events_for_flower(tmp_path):
+    from core.settings import from_env
+    from worker.app import create_worker_app
+
+    app = create_worker_app(from_env({"CAPTIONER_DATA_DIR": str(tmp_path)}))
+    assert app.conf.worker_send_task_events and app.conf.task_send_sent_event
+    assert app.conf.worker_hijack_root_logger is False  # core.logs formats every line
