@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, make_response
 from flask_swagger_ui import get_swaggerui_blueprint
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
 from spectree.metadata import FunctionDecorator
 from spectree.model_adapter.pydantic_adapter import PydanticModelAdapter
+from spectree.plugins.flask_plugin import FlaskPlugin
 
 from api.auth import public
 from api.errors import PROBLEM
@@ -88,8 +89,17 @@ class Adapter(PydanticModelAdapter):
         return err.errors(include_input=False, include_context=False, include_url=False)
 
 
+class Plugin(FlaskPlugin):
+    """spectree's Flask plugin, handing the view's answer on as it is: answers are described,
+    not checked at run time, so their bodies are not read back and re-wrapped (files stream)."""
+
+    def validate_response(self, resp, resp_model, skip_validation, force_resp_serialize):
+        return make_response(resp), None
+
+
 spec = SpecTree(
     "flask",
+    backend=Plugin,
     title="captioner",
     version="1",
     description="Image captions with the attention behind every word: submit images, read "

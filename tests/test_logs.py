@@ -12,6 +12,8 @@ import pytest
 
 from core.logs import bind, bound, configure
 
+LOGGERS = ("worker.inference", "worker.webhooks", "werkzeug", "py.warnings")
+
 
 @pytest.fixture
 def captured(capsys):
@@ -19,8 +21,18 @@ def captured(capsys):
     restored afterwards)."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    # Other tests leave their marks: the dev server quiets werkzeug, alembic's logging config
+    # disables loggers that existed before it ran.
+    used = [logging.getLogger(name) for name in LOGGERS]
+    saved = [(logger.level, logger.disabled) for logger in used]
+    for logger in used:
+        logger.setLevel(logging.NOTSET)
+        logger.disabled = False
     yield lambda: capsys.readouterr().err
     root.handlers, root.level = handlers, level
+    for logger, (old_level, disabled) in zip(used, saved, strict=True):
+        logger.setLevel(old_level)
+        logger.disabled = disabled
     logging.captureWarnings(False)
 
 
