@@ -29,9 +29,10 @@ from tests.test_compose import dockerfile_instructions
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = 100
 HEALTHZ_MAX_MS = 100.0
-# On these shared 2-core machines one answer in a few hundred can stall behind the scheduler
-# (2026-11-27: the slowest of about 280 was 40 to 220 ms across 7 runs, the third slowest always
-# under 100 ms); the bound holds for all but OUTLIERS answers, and none may take HEALTHZ_CAP_MS.
+# On these shared 2-core machines one answer in a few hundred can stall (2026-11-27: the slowest
+# of about 280 took 40 to 270 ms in 7 runs; 27 to 46 ms the day before, without the metrics and
+# contract layers); the bound holds for all but OUTLIERS answers, and none may take
+# HEALTHZ_CAP_MS.
 OUTLIERS = 2
 HEALTHZ_CAP_MS = 500.0
 WARM_UP = 20  # requests before the measure
