@@ -58,15 +58,12 @@ class NoQuery(Query):
 
 class Described(Response):
     """Documents a view's answers: JSON models, problem documents, and files by media type
-    (`files`: status code to media types). The view's answer is not re-validated at run time."""
+    (`files`: status code to media types). `Plugin` hands the view's answer on unchecked."""
 
     def __init__(self, files: dict[int, tuple[str, ...]], **code_models) -> None:
         super().__init__(*(f"HTTP_{code}" for code in files if f"HTTP_{code}" not in code_models),
                          **code_models)  # fmt: skip
         self.files = files
-
-    def find_model(self, code: int) -> None:
-        return None
 
     def generate_spec(self, naming_strategy=None) -> dict[str, Any]:
         responses = super().generate_spec(naming_strategy or spec.naming_strategy)
