@@ -1,4 +1,5 @@
-"""Job-finished notices over real Redis pub/sub, and the polling fallback without Redis."""
+"""Job-finished notices over real Redis pub/sub, the polling fallback without Redis, and the
+result backend every submitting thread shares."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import uuid
 import pytest
 
 from captioner.stack import redis_database
+from core.broker import make_celery
 from core.notify import POLL_S, Notifier
+from core.settings import from_env
 
 
 @pytest.fixture(scope="module")
@@ -43,3 +46,14 @@ def test_without_redis_waiting_polls_and_announcing_does_nothing():
         started = time.monotonic()
         pause(30)
         assert time.monotonic() - started < POLL_S + 0.2
+
+
+def test_every_thread_sends_through_one_result_backend():
+    # Celery built one per thread: 3.5 ms in the first submission of each gunicorn thread.
+    app = make_celery(from_env())
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(app.backend)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+        thread.join()
+    assert all(backend is app.backend for backend in seen)

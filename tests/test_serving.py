@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,13 +29,7 @@ from tests.test_compose import dockerfile_instructions
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = 100
-HEALTHZ_MAX_MS = 100.0
-# On these shared 2-core machines one answer in a few hundred can stall (2026-11-27: the slowest
-# of about 280 took 40 to 270 ms in 7 runs; 27 to 46 ms the day before, without the metrics and
-# contract layers); the bound holds for all but OUTLIERS answers, and none may take
-# HEALTHZ_CAP_MS.
-OUTLIERS = 2
-HEALTHZ_CAP_MS = 500.0
+HEALTHZ_MAX_MS = 100.0  # every answer (2026-11-27, 8 runs: the slowest 12 to 44 ms)
 WARM_UP = 20  # requests before the measure
 STANDIN_MS = 3000  # per batch of up to 32: the first answer comes after every client has asked
 # Between two clients' arrivals: all 100 come within 2 s. At 10 ms (100 submissions a second on
@@ -127,32 +122,50 @@ def submit_and_wait(url: str, key: str, image: bytes, delay: float = 0.0
         return response.status, json.loads(response.read()), sent, time.monotonic()
 
 
-def poll_healthz(url: str, until: threading.Event) -> list[float]:
-    """Milliseconds of each /healthz answer, every 50 ms until `until` is set."""
-    took = []
-    while not until.is_set():
-        started = time.perf_counter()
-        with _opener.open(f"{url}/healthz", timeout=5) as response:
-            assert response.status == 200
-        took.append((time.perf_counter() - started) * 1000)
-        time.sleep(0.05)
-    return took
+# /healthz is asked by a process of its own, as a load balancer or the kubelet would. Asked from
+# this process, its answers also waited for this GIL behind the 100 client threads: the slowest
+# took 40 to 270 ms while the server's own histogram put every /healthz under 25 ms.
+POLLER = """
+import json, sys, time, urllib.request
+from pathlib import Path
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+url, stop, took = sys.argv[1], Path(sys.argv[2]), []
+while not stop.exists():
+    started = time.perf_counter()
+    with opener.open(url + "/healthz", timeout=5) as response:
+        assert response.status == 200
+    took.append((time.perf_counter() - started) * 1000)
+    time.sleep(0.05)
+print(json.dumps(took))
+"""
 
 
-def test_100_waiting_clients_get_captions_while_healthz_stays_fast(served):
+@contextmanager
+def polling_healthz(url: str, folder: Path) -> Iterator[list[float]]:
+    """Poll /healthz every 50 ms from another process while the block runs; the list fills with
+    the milliseconds of each answer when the block ends."""
+    stop, took = folder / "stop", []
+    stop.unlink(missing_ok=True)
+    poller = subprocess.Popen([sys.executable, "-c", POLLER, url, str(stop)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        yield took
+    finally:
+        stop.touch()
+        took.extend(json.loads(poller.communicate(timeout=30)[0]))
+
+
+def test_100_waiting_clients_get_captions_while_healthz_stays_fast(served, tmp_path):
     url, key = served
     images = [png((40 + i % 50, 30 + i // 50)) for i in range(CLIENTS)]
-    done = threading.Event()
-    with ThreadPoolExecutor(CLIENTS + 1) as pool:
+    with ThreadPoolExecutor(CLIENTS) as pool:
         # Warm, as a server in production is: each thread's first request pays for its set-up.
         list(pool.map(lambda image: submit_and_wait(url, key, image), images[:WARM_UP]))
-        health = pool.submit(poll_healthz, url, done)
-        started = time.monotonic()
-        answers = list(pool.map(lambda i: submit_and_wait(url, key, images[i], i * RAMP_S),
-                                range(CLIENTS)))  # fmt: skip
-        elapsed = time.monotonic() - started
-        done.set()
-        latencies = health.result()
+        with polling_healthz(url, tmp_path) as latencies:
+            started = time.monotonic()
+            answers = list(pool.map(lambda i: submit_and_wait(url, key, images[i], i * RAMP_S),
+                                    range(CLIENTS)))  # fmt: skip
+            elapsed = time.monotonic() - started
     assert [status for status, *_ in answers] == [200] * CLIENTS
     assert {body["status"] for _, body, *_ in answers} == {"succeeded"}
     assert all(body["result"]["caption"] == "a stand-in caption" for _, body, *_ in answers)
@@ -163,5 +176,4 @@ def test_100_waiting_clients_get_captions_while_healthz_stays_fast(served):
         f"max {max(latencies):.1f} ms, median {sorted(latencies)[len(latencies) // 2]:.1f} ms"
     )
     assert last_sent < first_answered  # every client was held at the same moment
-    assert sorted(latencies)[-1 - OUTLIERS] < HEALTHZ_MAX_MS
-    assert max(latencies) < HEALTHZ_CAP_MS
+    assert max(latencies) < HEALTHZ_MAX_MS
