@@ -15,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
@@ -23,6 +25,7 @@ from captioner.processes import READY_MARK
 from core.archives import pack_dataset
 from core.settings import to_env
 from model.shapes import write_shapes_dataset
+from store import registry
 from store.payloads import worker_label
 
 SHAPES = {"type": "shapes", "size": 300, "seed": 3}  # features extracted once, then cached
@@ -189,7 +192,8 @@ def test_jobs_during_a_swap_all_succeed_and_later_ones_carry_the_new_version(
     sender.start()
     try:
         time.sleep(1.0)
-        worker = serve(stack, imported)
+        with watching_workers(stack) as listed:
+            worker = serve(stack, imported)
         swapped = time.monotonic()
         time.sleep(1.5)
     finally:
@@ -202,6 +206,35 @@ def test_jobs_during_a_swap_all_succeed_and_later_ones_carry_the_new_version(
     assert all(job["result"]["model_version"] == imported for job, at in jobs if at > swapped)
     assert worker["swap_ms"] > 0 and worker["refused"] is None
     assert max(job["timings"]["total_ms"] for job, _ in jobs) < 15_000
+    # The swap outlasted the window, yet the worker was listed all along: its heartbeat does
+    # not wait for the rollout thread (when that thread reported alone, a swap emptied the list).
+    assert worker["swap_ms"] > SEEN_WITHIN_S * 1000
+    assert len(listed) > 10 and all(INFERENCE in names for names in listed)
+
+
+SEEN_WITHIN_S = 3 * STACK["model_poll_s"]  # /v1/workers' window, as short as the stack allows
+
+
+@contextmanager
+def watching_workers(stack) -> Iterator[list[set[str]]]:
+    """While the block runs, read every 50 ms which workers reported within SEEN_WITHIN_S (the
+    query /v1/workers runs); the list holds each reading's worker names."""
+    readings: list[set[str]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.05):
+            with stack.db.session() as session:
+                workers = registry.serving_workers(session, SEEN_WITHIN_S)
+                readings.append({w.worker for w in workers})
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        yield readings
+    finally:
+        done.set()
+        watcher.join()
 
 
 def test_promoting_an_older_version_rolls_back(stack, imported, image):
