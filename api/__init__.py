@@ -43,15 +43,17 @@ def register_blueprints(app: Flask) -> None:
         attention,
         batches,
         datasets,
+        feedback,
         health,
         jobs,
         keys,
         metrics,
         models,
         training,
+        web,
         webhooks,
     )
 
     for module in (health, metrics, jobs, attention, batches, webhooks, datasets, training, models,
-                   keys):  # fmt: skip
+                   keys, feedback, web):  # fmt: skip
         app.register_blueprint(module.bp)

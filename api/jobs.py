@@ -160,9 +160,16 @@ def prefer_wait(header: str) -> float:
 @contract(shapes.Job, tags=["jobs"])
 @requires(Scope.JOBS)
 def get_job(job_id: uuid.UUID):
-    """One job: status, result or error, timings, links."""
+    """One job: status, result or error, timings, links. With `Prefer: wait=N`, held up to N s
+    (60 at most) until the job ends: 200 either way, with `Preference-Applied`."""
     with services().db.session() as session:
-        return jsonify(job_json(find_job(session, job_id)))
+        body = job_json(find_job(session, job_id))
+    wait = prefer_wait(request.headers.get("Prefer", ""))
+    if not wait or JobStatus(body["status"]).is_terminal:
+        return jsonify(body)
+    response = jsonify(wait_for_terminal(job_id, wait)[1])
+    response.headers["Preference-Applied"] = f"wait={wait:g}"
+    return response
 
 
 @bp.get("")

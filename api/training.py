@@ -16,9 +16,9 @@ from api.services import services
 from api.uploads import parse_webhook, refuse_unknown
 from core.errors import ErrorResponse
 from core.formats import CAPTION_METRICS
-from store import datasets, registry, training
-from store.models import Scope
-from store.payloads import run_json
+from store import datasets, feedback, registry, training
+from store.models import Scope, utcnow
+from store.payloads import iso, run_json
 
 bp = Blueprint("training", __name__, url_prefix="/v1/training-runs")
 # name: (default, lowest, highest); whole numbers unless the default is a float
@@ -31,6 +31,7 @@ HYPERPARAMETERS = {
     "patience": (3, 1, 1000),  # early stopping: epochs without a better validation metric
 }
 SHAPES = {"size": (1000, 20, 100_000), "seed": (0, 0, 2**31 - 1)}
+FEEDBACK = {"weight": (1, 1, 100)}  # each correction counts as `weight` training captions
 POLICIES = ("never", "always", "if_better")
 DEFAULT_METRIC = "bleu4"
 
@@ -44,7 +45,7 @@ def start_run():
     """Check the request, record the run, put it on the training queue: 201."""
     body = request_json()
     known = {"dataset", "hyperparameters", "base_version", "promotion", "webhook",
-             "webhook_events"}  # fmt: skip
+             "webhook_events", "feedback"}  # fmt: skip
     refuse_unknown(body, known, "field")
     promotion = parse_promotion(body.get("promotion"))
     hyperparameters = parse_numbers(
@@ -52,6 +53,7 @@ def start_run():
     ) | {"monitor": promotion["metric"]}
     with services().db.session() as session:
         dataset, dataset_id = parse_dataset(session, body.get("dataset"))
+        dataset |= parse_feedback(session, body.get("feedback"))
         new = training.NewRun(
             owner=tenant(), dataset=dataset, dataset_id=dataset_id, hyperparameters=hyperparameters,
             base_version=parse_base(session, body.get("base_version")), promotion=promotion,
@@ -72,6 +74,20 @@ def request_json() -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ErrorResponse(400, "invalid_json", "the body must be a JSON object")
     return body
+
+
+def parse_feedback(session, value: Any) -> dict[str, Any]:
+    """{"feedback": {weight, corrections, until}} when the run learns from the tenant's caption
+    corrections (those made until now), else {}; a 400 when there is none to learn from."""
+    if value is None:
+        return {}
+    use = parse_numbers(value, FEEDBACK, "feedback", "feedback field")
+    until = utcnow()
+    count = feedback.count_feedback(session, tenant(), before=until)
+    if not count:
+        raise ErrorResponse(400, "invalid_feedback", "there are no caption corrections to learn "
+                            "from yet: send some with POST /v1/jobs/{id}/feedback")  # fmt: skip
+    return {"feedback": use | {"corrections": count, "until": iso(until)}}
 
 
 def parse_numbers(values: Any, limits: dict[str, tuple], where: str, field: str) -> dict[str, Any]:

@@ -160,6 +160,8 @@ def serve_api(settings: Settings, host: str, port: int) -> None:
               "Bearer KEY'; the CLI and client read it from there)", file=sys.stderr)  # fmt: skip
     with api_server(settings, host, port, access_log=True) as url:
         print(f"API on {url}  (data: {settings.data_dir}); Ctrl-C stops", file=sys.stderr)
+        print(f"web page: {url}/  (jobs and attention; {url}/training for runs)",
+              file=sys.stderr)  # fmt: skip
         threading.Event().wait()
 
 

@@ -6,6 +6,7 @@ attention/{job_id}.npy          its attention weights (T, 64) float16 (jobs befo
                                 migration 0005; newer ones keep them in their row)
 attention/{job_id}.png          the heat-map grid, rendered on first request, then cached
 datasets/{dataset_id}/archive   an uploaded dataset, as uploaded (zip or tar)
+feedback/{feedback_id}          the image a caption correction is about (a copy of the job's)
 training/{run_id}/…             a training run's checkpoint folder, mirrored after each epoch
 models/{version}/…              a registered model version's bundle folder
 """
@@ -33,6 +34,11 @@ def attention_key(job_id: uuid.UUID | str) -> str:
 def attention_png_key(job_id: uuid.UUID | str) -> str:
     """The rendered per-word heat-map grid, cached after its first request."""
     return f"attention/{job_id}.png"
+
+
+def feedback_image_key(feedback_id: uuid.UUID | str) -> str:
+    """The image of one caption correction, copied from its job's upload."""
+    return f"feedback/{feedback_id}"
 
 
 def dataset_key(dataset_id: uuid.UUID | str) -> str:

@@ -367,6 +367,23 @@ class WorkerModel(Base):
     last_error_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class Feedback(Base):
+    """A user's correction of a caption: the image (its own copy, so the job's retention does not
+    take it), the caption it should have had, and what the model said."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_owner_created", "owner", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    owner: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[uuid.UUID] = mapped_column(Uuid)  # no foreign key: the job may go first
+    image_key: Mapped[str] = mapped_column(String(256))
+    caption: Mapped[str] = mapped_column(Text)  # the correction
+    model_caption: Mapped[str | None] = mapped_column(Text)  # what the model said
+    model_version: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = _now_column()
+
+
 class Scope(enum.StrEnum):
     """What an API key may do."""
 

@@ -21,6 +21,7 @@ from store.models import (
     Delivery,
     DeliveryAttempt,
     DeliveryStatus,
+    Feedback,
     Job,
     JobStatus,
     ModelVersion,
@@ -86,6 +87,16 @@ def job_json(job: Job) -> dict[str, Any]:
         },
         "webhook": webhook_json(job),
         "urls": job_urls(job, done),
+    }  # fmt: skip
+
+
+def feedback_json(row: Feedback) -> dict[str, Any]:
+    """One caption correction: the job, what the model said, what it should have said."""
+    return {
+        "id": str(row.id), "job_id": str(row.job_id), "caption": row.caption,
+        "model_caption": row.model_caption, "model_version": row.model_version,
+        "created_at": iso(row.created_at),
+        "urls": {"self": f"/v1/feedback/{row.id}", "job": f"/v1/jobs/{row.job_id}"},
     }  # fmt: skip
 
 

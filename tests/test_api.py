@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
+import time
 
 import pytest
 
@@ -100,6 +102,20 @@ def test_prefer_wait_holds_then_answers_202_while_queued(client, queue):
     response = client.post("/v1/jobs", json=body, headers={"Prefer": "wait=1"})
     assert response.status_code == 202  # no worker runs in this module
     assert response.headers["Preference-Applied"] == "wait=1"
+
+
+def test_get_with_prefer_wait_answers_as_soon_as_the_job_ends(app, client, queue):
+    job = client.post("/v1/jobs", json={"image": b64(png())}).get_json()
+    other = app.test_client()
+    other.environ_base.update(client.environ_base)  # the same key
+    threading.Timer(0.3, other.post, args=[job["urls"]["cancel"]]).start()
+    started = time.monotonic()
+    response = client.get(job["urls"]["self"], headers={"Prefer": "wait=10"})
+    assert 0.25 < time.monotonic() - started < 5  # held, then woken by the end, not the cap
+    assert response.status_code == 200 and response.get_json()["status"] == "canceled"
+    assert response.headers["Preference-Applied"] == "wait=10"
+    ended = client.get(job["urls"]["self"], headers={"Prefer": "wait=10"})
+    assert ended.status_code == 200 and "Preference-Applied" not in ended.headers
 
 
 @pytest.mark.parametrize(("method", "path", "status"), [

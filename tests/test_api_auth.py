@@ -15,6 +15,7 @@ from core.archives import pack_dataset
 from model.shapes import write_shapes_dataset
 from store import apikeys, registry
 from tests.api_helpers import b64, png
+from tests.test_api_attention import succeeded_job
 
 pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, api_key, queue
 
@@ -26,6 +27,9 @@ SCOPES = {
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs/"): PUBLIC,
     ("GET", "/docs/<path:path>"): PUBLIC,  # Swagger UI's files
+    ("GET", "/"): PUBLIC,  # the web page: its scripts call the API with the user's key
+    ("GET", "/training"): PUBLIC,
+    ("GET", "/web/<path:filename>"): PUBLIC,  # the pages' scripts and styles
     ("POST", "/v1/jobs"): "jobs",
     ("GET", "/v1/jobs"): "jobs",
     ("GET", "/v1/jobs/<uuid:job_id>"): "jobs",
@@ -34,6 +38,10 @@ SCOPES = {
     ("GET", "/v1/jobs/<uuid:job_id>/attention"): "jobs",
     ("GET", "/v1/jobs/<uuid:job_id>/attention.png"): "jobs",
     ("GET", "/v1/jobs/<uuid:job_id>/deliveries"): "jobs",
+    ("POST", "/v1/jobs/<uuid:job_id>/feedback"): "jobs",
+    ("GET", "/v1/feedback"): "jobs",
+    ("GET", "/v1/feedback/<uuid:feedback_id>"): "jobs",
+    ("DELETE", "/v1/feedback/<uuid:feedback_id>"): "jobs",
     ("POST", "/v1/batches"): "jobs",
     ("GET", "/v1/batches/<uuid:batch_id>"): "jobs",
     ("DELETE", "/v1/batches/<uuid:batch_id>"): "jobs",
@@ -61,7 +69,7 @@ SCOPES = {
     ("DELETE", "/v1/keys/<uuid:key_id>"): "admin",
 }
 # Routes whose ids belong to a tenant (the registry and keys are shared, or admin's).
-TENANT_IDS = ("job_id", "batch_id", "delivery_id", "dataset_id", "run_id")
+TENANT_IDS = ("job_id", "batch_id", "delivery_id", "dataset_id", "run_id", "feedback_id")
 HOOK = "http://127.0.0.1:9/hook"  # never called: no webhook worker runs here
 
 
@@ -104,6 +112,8 @@ def owned(app, api_key, tmp_path_factory) -> dict[str, str]:
     run = client.post("/v1/training-runs", json={"dataset": {"type": "shapes", "size": 20},
                                                  "promotion": "never"}).get_json()  # fmt: skip
     delivery = client.get(f"/v1/jobs/{job['id']}/deliveries").get_json()["deliveries"][0]
+    correction = client.post(f"/v1/jobs/{succeeded_job(app, None)}/feedback",
+                             json={"caption": "a cat"}).get_json()  # fmt: skip
     with app.extensions["captioner"].db.session() as session:
         version = registry.register(session, registry.NewVersion(
             digest="d" * 64, encoder_weights="/srv/weights/encoder.h5",
@@ -111,6 +121,7 @@ def owned(app, api_key, tmp_path_factory) -> dict[str, str]:
             metrics={"val": {}, "best_epoch": 1, "history": []})).version  # fmt: skip
     return {"job_id": job["id"], "batch_id": batch["id"], "dataset_id": dataset["id"],
             "run_id": run["id"], "delivery_id": delivery["id"], "name": version,
+            "feedback_id": correction["id"],
             "key_id": str(apikeys_list(app)[0].id)}  # fmt: skip
 
 
@@ -125,7 +136,9 @@ def fill(rule: str, ids: dict[str, str]) -> str:
 
 
 def call(client, method: str, url: str, headers: dict | None = None):
-    return client.open(url, method=method, headers=headers or {}, json={})
+    """The request with a body only the feedback route reads (the others ignore it or refuse
+    it after the key and the ids are checked)."""
+    return client.open(url, method=method, headers=headers or {}, json={"caption": "a cat"})
 
 
 def test_the_table_names_every_route_and_the_app_agrees(app):

@@ -7,6 +7,7 @@ promotion. Leases, polls and the sweeper are shortened so a killed worker is not
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -19,12 +20,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
+import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 
 from captioner.processes import READY_MARK
 from core.archives import pack_dataset
 from core.settings import to_env
-from model.shapes import write_shapes_dataset
+from model.shapes import COLORS, write_shapes_dataset
 from store import registry
 from store.payloads import worker_label
 
@@ -313,3 +316,40 @@ def test_an_uploaded_dataset_fine_tunes_a_base_version(stack, imported, tmp_path
     assert decision["active"] is not None and decision["candidate"] is not None
     assert decision["promoted"] == (decision["candidate"] > decision["active"])
     assert model["active"] is decision["promoted"]
+
+
+def one_shape(color: str, shape: str, seed: int) -> bytes:
+    """A scene unlike any in the shapes set: a single object (the set always has two)."""
+    rng = np.random.default_rng(seed)
+    grey = rng.integers(238, 251, size=(299, 299, 1)).repeat(3, axis=2).astype(np.uint8)
+    image = Image.fromarray(grey, "RGB")
+    x, y = (int(v) for v in rng.integers(60, 160, size=2))
+    box, fill = (x, y, x + 80, y + 80), COLORS[color]
+    draw = ImageDraw.Draw(image)
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    else:
+        draw.rectangle(box, fill=fill)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_corrections_teach_the_next_version_what_it_got_wrong(stack, imported):
+    serve(stack, imported)
+    truths = {"a red circle": one_shape("red", "circle", 1),
+              "a blue square": one_shape("blue", "square", 2)}  # fmt: skip
+    jobs = {truth: caption(stack, image) for truth, image in truths.items()}
+    said = {truth: job["result"]["caption"] for truth, job in jobs.items()}
+    assert all(said[truth] != truth for truth in truths), said  # it always names two objects
+    for truth, job in jobs.items():
+        stack.client.request("POST", f"/v1/jobs/{job['id']}/feedback", {"caption": truth})
+    run = train(stack, dataset={"type": "shapes", "size": 60, "seed": 6}, base_version=imported,
+                hyperparameters=QUICK | {"epochs": 6, "patience": 6}, promotion="always",
+                feedback={"weight": 20})  # fmt: skip
+    assert run["dataset"]["feedback"]["corrections"] >= len(truths)
+    done = wait_run(stack, run["id"], ended)
+    assert done["status"] == "succeeded", done["error"]
+    serving(stack, done["model_version"])
+    now = {truth: caption(stack, image)["result"]["caption"] for truth, image in truths.items()}
+    assert now == {truth: truth for truth in truths}, (said, now)

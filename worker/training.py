@@ -15,12 +15,13 @@ import tempfile
 import threading
 import uuid
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 
 from core.archives import extract_archive
 from core.errors import BundleError, DatasetError, LostLease, RunSkipped, TrainingStopped
 from core.settings import Settings
-from store import registry, training
+from store import feedback, registry, training
 from store.blobs import open_blob_store
 from store.db import Database
 from store.keys import checkpoint_prefix, dataset_key
@@ -127,6 +128,7 @@ class Training:
         from model.training import TrainConfig, train
 
         splits = load_dataset(self.dataset_folder(run, beat))
+        splits["train"] = [*splits["train"], *self.corrections(run)]
         for role in ("train", "val"):
             check_images(splits.get(role, []))
         base = self._base_bundle(run)
@@ -180,6 +182,28 @@ class Training:
                 archive.flush()
                 extract_archive(Path(archive.name), folder)
         return dataset_root(folder)
+
+    def corrections(self, run: TrainingRun) -> list:
+        """The tenant's caption corrections the run asked to learn from, as training examples
+        (each correction `weight` times), their images fetched once into data_dir/feedback."""
+        from model.data import Example
+
+        spec = run.dataset.get("feedback")
+        if not spec:
+            return []
+        until = datetime.fromisoformat(spec["until"])
+        with self.db.session() as session:
+            rows = feedback.list_feedback(session, run.owner, before=until)
+        folder = self.settings.data_dir / "feedback"
+        folder.mkdir(parents=True, exist_ok=True)
+        examples = []
+        for row in rows:
+            path = folder / str(row.id)
+            if not path.is_file():
+                path.write_bytes(self.blobs.get(row.image_key))
+            examples.append(Example(f"feedback-{row.id}", path, (row.caption,) * spec["weight"]))
+        log.info("learning from %d caption corrections, weight %d", len(examples), spec["weight"])
+        return examples
 
     def _decide(self, run: TrainingRun, bundle, encoder, val_examples) -> dict:
         """Whether the new version should serve, under the run's promotion policy, and why."""

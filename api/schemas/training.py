@@ -86,6 +86,14 @@ class Hyperparameters(BaseModel):
                           "better validation metric")  # fmt: skip
 
 
+class FeedbackUse(BaseModel):
+    """Learn from the tenant's caption corrections too (POST /v1/jobs/{id}/feedback)."""
+
+    model_config = CLOSED
+    weight: int = Field(1, ge=1, le=100, description="each correction counts as this many "
+                        "training captions of its image")  # fmt: skip
+
+
 class PromotionAsked(BaseModel):
     """Whether the version trained should serve: never, always, or if it beats the active one
     on a validation metric."""
@@ -119,12 +127,25 @@ class RunCreate(Strict):
     webhook_events: list[RunEvent] | str | None = Field(
         None, description="events to tell: a list, or comma-separated (default completed)",
         json_schema_extra=coded("invalid_webhook_events"))  # fmt: skip
+    feedback: FeedbackUse | None = Field(
+        None, description="also train on the tenant's caption corrections made until now, each "
+        "as `weight` captions of its image; 400 when there are none",
+        json_schema_extra=coded("invalid_feedback"))  # fmt: skip
+
+
+class RunFeedback(BaseModel):
+    """The caption corrections a run learns from: how many, made until when, and their weight."""
+
+    weight: int
+    corrections: int
+    until: str
 
 
 class RunShapes(BaseModel):
     """The shapes set a run trains on."""
 
     type: Literal["shapes"]
+    feedback: RunFeedback | None = None
     size: int
     seed: int
 
@@ -135,6 +156,7 @@ class RunUpload(BaseModel):
     type: Literal["upload"]
     id: str
     name: str
+    feedback: RunFeedback | None = None
 
 
 class RunHyperparameters(BaseModel):

@@ -1,0 +1,259 @@
+// The training page: start a run (the shapes set or an uploaded dataset), watch its progress as
+// a line chart, list runs and model versions, promote a version (admin keys only).
+
+import {
+  $,
+  announce,
+  api,
+  apiKey,
+  el,
+  listModels,
+  metricsLine,
+  setupKeyForm,
+  showError,
+} from "/web/common.js";
+
+const POLL_MS = 500;
+const ENDED = new Set(["succeeded", "failed", "canceled"]);
+let watched = null; // {id, steps: [{x, y}], timer}
+
+// ---- starting a run ----
+
+function runRequest() {
+  const upload = $("#use-upload").checked;
+  const dataset = upload
+    ? { type: "upload", id: $("#dataset").value }
+    : { type: "shapes", size: Number($("#shapes-size").value) };
+  return {
+    dataset,
+    hyperparameters: { epochs: Number($("#epochs").value),
+                       batch_size: Number($("#batch-size").value) },
+    promotion: $("#promotion").value,
+  };
+}
+
+async function startRun(event) {
+  event.preventDefault();
+  showError(null);
+  if ($("#use-upload").checked && !$("#dataset").value) {
+    showError(new Error("Choose an uploaded dataset (or upload one with POST /v1/datasets)."));
+    return;
+  }
+  const button = $("#start");
+  button.disabled = true;
+  try {
+    const run = await api("/v1/training-runs", { method: "POST", json: runRequest() });
+    announce(`Training run ${run.id} ${run.status}.`);
+    watch(run);
+    loadRuns();
+  } catch (error) {
+    showError(error);
+    announce(error.message);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---- watching one ----
+
+function watch(run) {
+  if (watched?.timer) clearTimeout(watched.timer);
+  watched = { id: run.id, steps: [], status: null, timer: null };
+  show(run);
+  poll();
+}
+
+async function poll() {
+  const current = watched;
+  try {
+    const run = await api(`/v1/training-runs/${current.id}`);
+    if (current !== watched) return;
+    show(run);
+    if (ENDED.has(run.status)) {
+      loadRuns();
+      loadModels();
+      return;
+    }
+  } catch (error) {
+    showError(error);
+  }
+  if (current === watched) current.timer = setTimeout(poll, POLL_MS);
+}
+
+/** One line that says where the run is. */
+function describe(run) {
+  const parts = [`Run ${run.id.slice(0, 8)}: ${run.status}`];
+  const p = run.progress;
+  if (p?.phase === "training") {
+    parts.push(`epoch ${p.epoch}/${p.epochs}, step ${p.step}/${p.steps}`);
+    if (typeof p.loss === "number") parts.push(`loss ${p.loss.toFixed(4)}`);
+    if (typeof p.eta_s === "number") parts.push(`about ${Math.round(p.eta_s)} s left`);
+  } else if (p) {
+    parts.push(`${p.phase}${p.total ? ` ${p.done}/${p.total}` : ""}`);
+  }
+  const last = run.history.at(-1);
+  if (last) parts.push(`validation after epoch ${last.epoch}: ${metricsLine(last)}`);
+  if (run.model_version) parts.push(`made ${run.model_version}`);
+  if (run.error) parts.push(`error: ${run.error.message || run.error.code}`);
+  return parts.join(" · ");
+}
+
+function show(run) {
+  const p = run.progress;
+  if (p?.phase === "training" && typeof p.loss === "number") {
+    const x = p.epoch - 1 + p.step / p.steps;
+    const last = watched.steps.at(-1);
+    if (!last || last.x !== x) watched.steps.push({ x, y: p.loss });
+  }
+  const state = $("#run-state");
+  state.textContent = describe(run);
+  state.dataset.status = run.status;
+  if (run.status !== watched.status) {
+    announce(`Training run ${run.id} ${run.status}.`);
+    watched.status = run.status;
+  }
+  const validation = run.history.map((e) => ({ x: e.epoch, y: e.loss }));
+  drawChart($("#chart"), [
+    { points: watched.steps, colour: "#1f5fbf" },
+    { points: validation, colour: "#e07b00" },
+  ], run.hyperparameters.epochs);
+  showHistory(run.history);
+}
+
+function showHistory(history) {
+  const table = $("#history");
+  table.hidden = history.length === 0;
+  table.tBodies[0].replaceChildren(...history.map((e) =>
+    el("tr", {}, el("td", { text: String(e.epoch) }), el("td", { text: e.loss.toFixed(4) }),
+      el("td", { text: metricsLine(e) }))));
+}
+
+// ---- the chart: lines on a canvas, x in epochs ----
+
+/** Draw `series` ({points: [{x, y}], colour}) with axes from 0 to `epochs`. */
+function drawChart(canvas, series, epochs) {
+  const ratio = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth || 600;
+  const height = canvas.clientHeight || 240;
+  canvas.width = Math.round(width * ratio);
+  canvas.height = Math.round(height * ratio);
+  const c = canvas.getContext("2d");
+  c.scale(ratio, ratio);
+  c.clearRect(0, 0, width, height);
+  const pad = { left: 48, right: 12, top: 12, bottom: 28 };
+  const all = series.flatMap((s) => s.points);
+  canvas.dataset.points = String(all.length);
+  const top = Math.max(1e-6, ...all.map((p) => p.y)) * 1.1;
+  const px = (x) => pad.left + (x / Math.max(1, epochs)) * (width - pad.left - pad.right);
+  const py = (y) => height - pad.bottom - (y / top) * (height - pad.top - pad.bottom);
+  c.strokeStyle = "#5a6272";
+  c.fillStyle = "#5a6272";
+  c.lineWidth = 1;
+  c.font = "12px system-ui, sans-serif";
+  c.beginPath();
+  c.moveTo(pad.left, pad.top);
+  c.lineTo(pad.left, height - pad.bottom);
+  c.lineTo(width - pad.right, height - pad.bottom);
+  c.stroke();
+  c.textAlign = "right";
+  for (const y of [0, top / 2, top]) c.fillText(y.toFixed(2), pad.left - 4, py(y) + 4);
+  c.textAlign = "center";
+  const every = Math.max(1, Math.ceil(epochs / 10));
+  for (let e = 0; e <= epochs; e += every) c.fillText(String(e), px(e), height - 10);
+  for (const { points, colour } of series) {
+    c.strokeStyle = c.fillStyle = colour;
+    c.lineWidth = 2;
+    c.beginPath();
+    points.forEach((p, i) => (i ? c.lineTo(px(p.x), py(p.y)) : c.moveTo(px(p.x), py(p.y))));
+    c.stroke();
+    for (const p of points) c.fillRect(px(p.x) - 2, py(p.y) - 2, 4, 4);
+  }
+}
+
+// ---- lists ----
+
+async function loadDatasets() {
+  const select = $("#dataset");
+  try {
+    const { datasets } = await api("/v1/datasets");
+    select.replaceChildren(...datasets.map((d) =>
+      el("option", { value: d.id, text: `${d.name} (${d.images} images)` })));
+    if (!datasets.length) select.append(el("option", { value: "", text: "none uploaded" }));
+  } catch (error) {
+    select.replaceChildren(el("option", { value: "", text: error.message }));
+  }
+}
+
+async function loadRuns() {
+  try {
+    const { training_runs: runs } = await api("/v1/training-runs");
+    $("#runs").replaceChildren(...runs.slice(0, 20).map((run) => {
+      const button = el("button", { type: "button", text: "Watch" });
+      button.addEventListener("click", () => watch(run));
+      return el("li", { "data-run-id": run.id }, el("span", { class: "badge",
+        "data-status": run.status, text: run.status }), ` ${run.id.slice(0, 8)} on `,
+        `${run.dataset.type === "shapes" ? `shapes (${run.dataset.size})` : run.dataset.name} `,
+        run.model_version ? `→ ${run.model_version} ` : "", button);
+    }));
+    if (!runs.length) $("#runs").append(el("li", { text: "No runs yet." }));
+  } catch (error) {
+    $("#runs").replaceChildren(el("li", { text: error.message }));
+  }
+}
+
+async function loadModels() {
+  const body = $("#models").tBodies[0];
+  try {
+    const { models } = await listModels();
+    body.replaceChildren(...models.map(modelRow));
+    if (!models.length) {
+      body.append(el("tr", {}, el("td", { colspan: 5, text: "No versions registered yet." })));
+    }
+  } catch (error) {
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 5, text: error.message })));
+  }
+}
+
+function modelRow(model) {
+  const trainedOn = model.dataset
+    ? model.dataset.type === "shapes" ? `shapes (${model.dataset.size})`
+      : model.dataset.name || model.dataset.type || "?"
+    : "imported";
+  const button = model.active ? null
+    : el("button", { type: "button", text: `Promote ${model.version}` });
+  button?.addEventListener("click", () => promote(model.version));
+  return el("tr", { "data-version": model.version }, el("td", { text: model.version }),
+    el("td", { text: model.active ? "active" : "" }), el("td", { text: metricsLine(model.metrics) }),
+    el("td", { text: trainedOn }), el("td", {}, button));
+}
+
+async function promote(version) {
+  const line = $("#promote-result");
+  line.textContent = `Promoting ${version}…`;
+  try {
+    await api(`/v1/models/${version}/promote`, { method: "POST" });
+    line.textContent = `${version} is active: workers swap to it within seconds.`;
+    announce(line.textContent);
+    loadModels();
+  } catch (error) {
+    line.textContent = `Not promoted: ${error.message}`;
+    announce(line.textContent);
+  }
+}
+
+function refresh() {
+  if (!apiKey()) return; // nothing to show yet: every call would answer 401
+  loadDatasets();
+  loadRuns();
+  loadModels();
+}
+
+setupKeyForm(refresh);
+$("#run-form").addEventListener("submit", startRun);
+$("#reload-datasets").addEventListener("click", loadDatasets);
+$("#reload-runs").addEventListener("click", () => {
+  loadRuns();
+  loadModels();
+});
+$("#dataset").addEventListener("change", () => ($("#use-upload").checked = true));
+refresh();
