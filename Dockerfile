@@ -40,11 +40,12 @@ COPY captioner/ captioner/
 COPY store/ store/
 COPY api/ api/
 COPY worker/ worker/
+COPY client/ client/
 
 # The package itself (and anything added to pyproject.toml since the layer above). PYTHONPATH
 # keeps /app importable for the `captioner` console script too (api, worker, store, migrations).
-RUN pip install --no-cache-dir ".[${TF_EXTRA}]" \
-    && rm -rf build ./*.egg-info
+RUN pip install --no-cache-dir ".[${TF_EXTRA}]" ./client \
+    && rm -rf build ./*.egg-info client/build client/*.egg-info
 
 # Non-root user; /data (CAPTIONER_DATA_DIR) and /models are the only places it writes or reads
 # outside the code. Named volumes mounted there start with this ownership.

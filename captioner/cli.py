@@ -83,7 +83,20 @@ def parser() -> argparse.ArgumentParser:
     service.add_commands(commands)
     keys.add_commands(commands)
     demo.add_command(commands)
+    add_client_verbs(commands)
     return root
+
+
+def add_client_verbs(commands) -> None:
+    """The light client's verbs (submit, jobs, models list|promote, runs), if it is installed
+    (`pip install -e ./client`); `models` is shared with `models import`."""
+    try:
+        from captioner_client import cli as client_cli
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("captioner_client", "httpx"):
+            raise
+        return
+    client_cli.add_commands(commands)
 
 
 def _dataset_options(command: argparse.ArgumentParser) -> None:

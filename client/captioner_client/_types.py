@@ -1,0 +1,160 @@
+"""Typed answers: small frozen dataclasses built from the API's JSON, each keeping it as `.raw`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
+Raw = dict[str, Any]
+
+
+def _raw() -> Any:
+    return field(default_factory=dict, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Caption:
+    """A succeeded job's result: the caption, its words, and the version that wrote it."""
+
+    caption: str
+    words: tuple[str, ...]
+    log_probs: tuple[float, ...]
+    model_version: str | None
+    raw: Raw = _raw()
+
+    @classmethod
+    def from_json(cls, raw: Raw) -> Caption:
+        """From a job's `result` object."""
+        return cls(raw.get("caption") or "", tuple(raw.get("tokens") or ()),
+                   tuple(raw.get("token_log_probs") or ()), raw.get("model_version"),
+                   raw)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job: its status, and its caption once it succeeded or its error once it failed."""
+
+    id: str
+    status: str
+    caption: Caption | None
+    error_code: str | None
+    error_message: str | None
+    batch_id: str | None
+    raw: Raw = _raw()
+
+    @property
+    def done(self) -> bool:
+        """Whether the status is terminal (succeeded, failed, canceled, aborted)."""
+        return self.status in TERMINAL
+
+    @classmethod
+    def from_json(cls, raw: Raw) -> Job:
+        """From GET /v1/jobs/{id}'s answer."""
+        error = raw.get("error") or {}
+        result = raw.get("result")
+        return cls(raw["id"], raw["status"], Caption.from_json(result) if result else None,
+                   error.get("code"), error.get("message"), raw.get("batch_id"),
+                   raw)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A batch: `running` until every job has ended, counts per status, and its jobs."""
+
+    id: str
+    status: str
+    size: int
+    counts: dict[str, int]
+    jobs: tuple[Job, ...]
+    raw: Raw = _raw()
+
+    @property
+    def done(self) -> bool:
+        """Whether every job of it has ended."""
+        return self.status == "completed"
+
+    @classmethod
+    def from_json(cls, raw: Raw) -> Batch:
+        """From GET /v1/batches/{id}'s answer."""
+        jobs = tuple(Job.from_json(job) for job in raw.get("jobs", ()))
+        return cls(raw["id"], raw["status"], raw["size"], dict(raw.get("counts", {})), jobs, raw)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """A training run: status, progress, validation history and the version it produced."""
+
+    id: str
+    status: str
+    progress: Raw | None
+    history: tuple[Raw, ...]
+    model_version: str | None
+    error_code: str | None
+    raw: Raw = _raw()
+
+    @property
+    def done(self) -> bool:
+        """Whether the status is terminal."""
+        return self.status in TERMINAL
+
+    @classmethod
+    def from_json(cls, raw: Raw) -> TrainingRun:
+        """From GET /v1/training-runs/{id}'s answer."""
+        error = raw.get("error") or {}
+        return cls(raw["id"], raw["status"], raw.get("progress"), tuple(raw.get("history") or ()),
+                   raw.get("model_version"), error.get("code"), raw)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """An uploaded dataset: its name, format and captioned images."""
+
+    id: str
+    name: str
+    format: str
+    images: int
+    captions: int
+    raw: Raw = _raw()
+
+    @classmethod
+    def from_json(cls, raw: Raw) -> Dataset:
+        """From GET /v1/datasets/{id}'s answer."""
+        return cls(raw["id"], raw["name"], raw["format"], raw["images"], raw["captions"], raw)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A registered model version: whether it serves, its lineage and validation metrics."""
+
+    version: str
+    active: bool
+    parent: str | None
+    metrics: dict[str, float | None]
+    created_at: str
+    raw: Raw = _raw()
+
+    @classmethod
+    def from_json(cls, raw: Raw) -> ModelVersion:
+        """From GET /v1/models/{version}'s answer."""
+        return cls(raw["version"], raw["active"], raw.get("parent"), dict(raw.get("metrics") or {}),
+                   raw.get("created_at", ""), raw)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A caption correction (POST /v1/jobs/{id}/feedback): what the model said, and what the
+    image should have been captioned."""
+
+    id: str
+    job_id: str
+    caption: str
+    model_caption: str | None
+    model_version: str | None
+    raw: Raw = _raw()
+
+    @classmethod
+    def from_json(cls, raw: Raw) -> Correction:
+        """From the feedback route's answer."""
+        return cls(raw["id"], raw["job_id"], raw["caption"], raw.get("model_caption"),
+                   raw.get("model_version"), raw)  # fmt: skip

@@ -1,0 +1,151 @@
+"""The light client's command-line verbs (`submit`, `jobs`, `models`, `runs`) as the `captioner`
+command and the `captioner-client` script run them, against a real API and inference worker
+serving the stand-in model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from captioner.cli import main, parser
+from captioner.stack import Stack
+from tests.api_helpers import png
+from tests.test_client import STANDIN_WORDS, client_stack
+
+SCRIPT = Path(sys.executable).parent / "captioner-client"
+VERBS = [["submit"], ["jobs", "list"], ["jobs", "show"], ["jobs", "cancel"], ["jobs", "correct"],
+         ["models", "list"], ["models", "promote"], ["runs", "start"], ["runs", "show"],
+         ["runs", "cancel"]]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stack(random_bundle, tmp_path_factory) -> Iterator[Stack]:
+    """This module's service."""
+    with client_stack(random_bundle, tmp_path_factory.mktemp("cli-verbs")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def to_api(stack) -> list[str]:
+    """The options that point a verb at the stack."""
+    return ["--api", stack.client.base_url, "--api-key", stack.client.api_key]
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    """`captioner ARGV…` in this process: (exit status, stdout, stderr)."""
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def images(folder: Path, count: int) -> list[str]:
+    """`count` small PNG files in `folder`."""
+    paths = [folder / f"img{i}.png" for i in range(count)]
+    for i, path in enumerate(paths):
+        path.write_bytes(png((30 + i, 20)))
+    return [str(path) for path in paths]
+
+
+def test_submit_wait_json_prints_a_captioned_job_per_image(capsys, to_api, tmp_path):
+    status, out, _ = run(capsys, "submit", *images(tmp_path, 2), "--wait", "--json", *to_api,
+                         "--attention-png", str(tmp_path / "maps"))  # fmt: skip
+    jobs = [json.loads(line) for line in out.splitlines()]
+    assert status == 0 and len(jobs) == 2
+    assert {job["status"] for job in jobs} == {"succeeded"}
+    assert all(job["result"]["tokens"] == list(STANDIN_WORDS) for job in jobs)
+    maps = sorted(p.name for p in (tmp_path / "maps").iterdir())
+    assert maps == ["img0.attention.png", "img1.attention.png"]
+
+
+def test_jobs_list_and_show_find_a_submitted_job(capsys, to_api, tmp_path):
+    (path,) = images(tmp_path, 1)
+    status, out, _ = run(capsys, "submit", path, "--wait", *to_api)
+    job_id, state, name = out.split()[:3]
+    assert status == 0 and len(job_id) == 36 and (state, name) == ("succeeded", f"{path}:")
+    status, out, _ = run(capsys, "jobs", "list", "--limit", "5", *to_api)
+    assert status == 0 and job_id in {line.split()[0] for line in out.splitlines()}
+    status, out, _ = run(capsys, "jobs", "list", "--json", *to_api)
+    assert job_id in {json.loads(line)["id"] for line in out.splitlines()}
+    status, out, _ = run(capsys, "jobs", "show", job_id, "--json", *to_api)
+    assert status == 0 and json.loads(out)["id"] == job_id
+    status, out, _ = run(capsys, "jobs", "show", job_id, *to_api)
+    assert out.split()[:2] == [job_id, "succeeded"] and " ".join(STANDIN_WORDS) in out
+
+
+def test_an_api_error_is_one_line_and_exit_status_1(capsys, to_api):
+    status, out, err = run(capsys, "jobs", "show", "00000000-0000-0000-0000-000000000000", *to_api)
+    assert status == 1 and not out
+    assert err.startswith("captioner: error: 404 job_not_found") and err.count("\n") == 1
+
+
+def test_models_list_shows_the_registered_version(capsys, to_api):
+    status, out, _ = run(capsys, "models", "list", *to_api)
+    assert status == 0 and out.split()[0] == "v1"  # no star: registered, not active
+    status, out, _ = run(capsys, "models", "list", "--json", *to_api)
+    assert [json.loads(line)["version"] for line in out.splitlines()] == ["v1"]
+
+
+def test_a_run_starts_queued_and_is_canceled_with_no_trainer(capsys, to_api):
+    status, out, _ = run(capsys, "runs", "start", "--shapes", "20", "--epochs", "1",
+                         "--promotion", "never", "--json", *to_api)  # fmt: skip
+    started = json.loads(out)
+    assert status == 0 and started["status"] == "queued"
+    assert started["dataset"] == {"type": "shapes", "size": 20, "seed": 0}
+    assert started["hyperparameters"]["epochs"] == 1
+    status, out, _ = run(capsys, "runs", "cancel", started["id"], *to_api)
+    assert status == 0 and out.split()[:2] == [started["id"], "canceled"]
+    status, out, _ = run(capsys, "runs", "show", started["id"], *to_api)
+    assert out.split()[1] == "canceled"
+
+
+def test_a_correction_is_kept_and_a_run_learns_from_it(capsys, to_api, tmp_path):
+    (path,) = images(tmp_path, 1)
+    job_id = run(capsys, "submit", path, "--wait", *to_api)[1].split()[0]
+    status, out, _ = run(capsys, "jobs", "correct", job_id, "a red  circle", *to_api)
+    assert status == 0 and out.strip() == f"{job_id}  'a stand-in caption' → 'a red circle'"
+    status, out, _ = run(capsys, "runs", "start", "--shapes", "20", "--feedback-weight", "7",
+                         "--promotion", "never", "--json", *to_api)  # fmt: skip
+    started = json.loads(out)
+    assert status == 0 and started["dataset"]["feedback"]["weight"] == 7
+    run(capsys, "runs", "cancel", started["id"], *to_api)
+
+
+@pytest.mark.parametrize("verb", VERBS, ids=" ".join)
+def test_each_verbs_help_shows_examples_and_every_option_is_explained(capsys, verb):
+    with pytest.raises(SystemExit) as done:
+        main([*verb, "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0
+    examples = out.split("examples:\n", 1)[1]
+    assert examples.startswith(f"  captioner {' '.join(verb)}")
+    command = leaf(parser(), verb)
+    assert all(action.help for action in command._actions)
+
+
+def leaf(root: argparse.ArgumentParser, names: list[str]) -> argparse.ArgumentParser:
+    """The parser of a subcommand path, `["jobs", "list"]`."""
+    for name in names:
+        action = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction))
+        root = action.choices[name]
+    return root
+
+
+def test_models_keeps_import_beside_list_and_promote(capsys):
+    with pytest.raises(SystemExit):
+        main(["models", "--help"])
+    out = capsys.readouterr().out
+    assert "{import,list,promote}" in out and "captioner models promote v3" in out
+
+
+def test_the_light_distributions_script_has_the_same_verbs(to_api):
+    done = subprocess.run([str(SCRIPT), "models", "list", *to_api], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.split()[0] == "v1", done.stderr
+    helped = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
+    assert all(verb in helped.stdout for verb in ("submit", "jobs", "models", "runs"))
