@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -84,3 +85,30 @@ def bind(**fields: Any) -> None:
 
 def _text(fields: dict[str, Any]) -> dict[str, str]:
     return {name: str(value) for name, value in fields.items() if value is not None}
+
+
+NATIVE_LEVELS = {"W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
+
+
+@contextmanager
+def native_stderr_logged(name: str) -> Iterator[None]:
+    """Log what native code writes straight to stderr (file descriptor 2) while the block runs,
+    one event per line on logger `name`, instead of letting it through as raw text.
+
+    TensorFlow's C++ start-up lines ("oneDNN custom operations are on", on CPUs that have them)
+    go out through absl before its logging is set up, whatever TF_CPP_MIN_LOG_LEVEL says, and
+    would break a log of JSON lines. A line's first letter gives its level (I, W, E, F)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines()
+    logger = logging.getLogger(name)
+    for line in filter(None, map(str.strip, lines)):
+        logger.log(NATIVE_LEVELS.get(line[0], logging.INFO), line)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import warnings
 
 import pytest
 
-from core.logs import bind, bound, configure
+from core.logs import bind, bound, configure, native_stderr_logged
 
 LOGGERS = ("worker.inference", "worker.webhooks", "werkzeug", "py.warnings")
 
@@ -74,3 +75,12 @@ def test_warnings_become_json_events_too(captured):
     warnings.warn("running as root", UserWarning, stacklevel=1)
     (event,) = (json.loads(line) for line in captured().splitlines())
     assert "running as root" in event["event"] and event["role"] == "inference"
+
+
+def test_native_lines_written_to_stderr_become_log_events(caplog, capfd):
+    with caplog.at_level(logging.INFO, logger="native"), native_stderr_logged("native"):
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() ...\n")
+        os.write(2, b"I0000 00:00:1.0  7 port.cc:153] oneDNN custom operations are on.\n\n")
+    assert "oneDNN" not in capfd.readouterr().err  # nothing got through as raw text
+    assert [(r.levelno, r.getMessage()[:12]) for r in caplog.records if r.name == "native"] == [
+        (logging.WARNING, "WARNING: All"), (logging.INFO, "I0000 00:00:")]  # fmt: skip

@@ -15,7 +15,7 @@ from pathlib import Path
 from celery import Celery, signals
 
 from core.broker import SWEEP_DELIVERIES_TASK, SWEEP_TASK, Broker, make_celery
-from core.logs import configure
+from core.logs import configure, native_stderr_logged
 from core.metrics import serve
 from core.settings import Settings, from_env
 from store.db import Database
@@ -92,6 +92,13 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     return app
 
 
+def import_tensorflow() -> None:
+    """Import TensorFlow now, before other threads start: its native start-up lines become log
+    events (core.logs.native_stderr_logged), so a JSON log stays all JSON."""
+    with native_stderr_logged("tensorflow"):
+        import tensorflow  # noqa: F401
+
+
 def sweep_entry(task: str, queue: str, every_s: float) -> dict:
     """A beat entry that runs `task` on `queue` every `every_s` (a late one is dropped)."""
     return {"task": task, "schedule": every_s, "options": {"queue": queue, "expires": every_s}}
@@ -111,6 +118,8 @@ def connect_lifecycle(app: Celery) -> None:
         configure(role, settings.log_format, settings.log_level,
                   worker=worker_label(instance.hostname))  # fmt: skip
         serve_metrics(settings)
+        if {"training", "inference"} & set(queues):
+            import_tensorflow()
         state.heartbeat = Heartbeat(state.database(), instance.hostname, role, state.activity,
                                     settings.model_poll_s)  # fmt: skip
         state.heartbeat.start()  # before a model load that may wait: seen, with no version yet
