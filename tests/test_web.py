@@ -234,6 +234,16 @@ def test_a_correction_is_sent_and_acknowledged(page, site, scene):
     assert result.get_attribute("data-outcome") == "saved", result.inner_text()
 
 
+# The validation score's points: solid 4-pixel squares in its colour (#2e8b57).
+VALIDATION_DRAWN = """c => {
+    const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+    for (let i = 0; i < d.length; i += 4) {
+        if (d[i] === 46 && d[i + 1] === 139 && d[i + 2] === 87 && d[i + 3] === 255) return true;
+    }
+    return false;
+}"""
+
+
 def test_the_training_page_starts_a_run_and_charts_its_progress(page, site):
     open_page(page, site, "/training")
     page.get_by_label("Generated shapes set").check()
@@ -252,9 +262,11 @@ def test_the_training_page_starts_a_run_and_charts_its_progress(page, site):
     states = page.evaluate("window.states")
     assert any(": running" in s for s in states), states  # seen while it ran
     chart = page.locator("#chart")
-    assert int(chart.get_attribute("data-points")) >= 1
+    assert int(chart.get_attribute("data-points")) >= 2  # the epoch's loss and its score
     assert chart.evaluate("c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data"
                           ".some(v => v > 0)")  # fmt: skip
+    assert chart.evaluate(VALIDATION_DRAWN)
+    assert page.locator("#chart-metric").inner_text() == "bleu4"
     assert "made v1" in state.inner_text()
     assert page.locator("#history tbody tr").count() == 1
     page.locator("#models tr[data-version='v1']").wait_for()

@@ -112,10 +112,15 @@ function show(run) {
     announce(`Training run ${run.id} ${run.status}.`);
     watched.status = run.status;
   }
-  const validation = run.history.map((e) => ({ x: e.epoch, y: e.loss }));
+  const epochs = run.history.map((e) => ({ x: e.epoch, y: e.loss }));
+  const metric = run.hyperparameters.monitor;
+  const validation = run.history.filter((e) => typeof e[metric] === "number")
+    .map((e) => ({ x: e.epoch, y: e[metric] }));
+  $("#chart-metric").textContent = metric;
   drawChart($("#chart"), [
     { points: watched.steps, colour: "#1f5fbf" },
-    { points: validation, colour: "#e07b00" },
+    { points: epochs, colour: "#e07b00" },
+    { points: validation, colour: "#2e8b57", top: 1 },
   ], run.hyperparameters.epochs);
   showHistory(run.history);
 }
@@ -130,7 +135,8 @@ function showHistory(history) {
 
 // ---- the chart: lines on a canvas, x in epochs ----
 
-/** Draw `series` ({points: [{x, y}], colour}) with axes from 0 to `epochs`. */
+/** Draw `series` ({points: [{x, y}], colour, top?}) with axes from 0 to `epochs`: losses share
+ * the left axis; a series with `top` (a score from 0 to 1) is drawn on the right one. */
 function drawChart(canvas, series, epochs) {
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth || 600;
@@ -140,12 +146,13 @@ function drawChart(canvas, series, epochs) {
   const c = canvas.getContext("2d");
   c.scale(ratio, ratio);
   c.clearRect(0, 0, width, height);
-  const pad = { left: 48, right: 12, top: 12, bottom: 28 };
+  const pad = { left: 48, right: 36, top: 12, bottom: 28 };
   const all = series.flatMap((s) => s.points);
   canvas.dataset.points = String(all.length);
-  const top = Math.max(1e-6, ...all.map((p) => p.y)) * 1.1;
+  const losses = series.filter((s) => !s.top).flatMap((s) => s.points);
+  const top = Math.max(1e-6, ...losses.map((p) => p.y)) * 1.1;
   const px = (x) => pad.left + (x / Math.max(1, epochs)) * (width - pad.left - pad.right);
-  const py = (y) => height - pad.bottom - (y / top) * (height - pad.top - pad.bottom);
+  const py = (y, most = top) => height - pad.bottom - (y / most) * (height - pad.top - pad.bottom);
   c.strokeStyle = "#5a6272";
   c.fillStyle = "#5a6272";
   c.lineWidth = 1;
@@ -157,16 +164,19 @@ function drawChart(canvas, series, epochs) {
   c.stroke();
   c.textAlign = "right";
   for (const y of [0, top / 2, top]) c.fillText(y.toFixed(2), pad.left - 4, py(y) + 4);
+  c.textAlign = "left";
+  for (const y of [0, 0.5, 1]) c.fillText(y.toFixed(1), width - pad.right + 4, py(y, 1) + 4);
   c.textAlign = "center";
   const every = Math.max(1, Math.ceil(epochs / 10));
   for (let e = 0; e <= epochs; e += every) c.fillText(String(e), px(e), height - 10);
-  for (const { points, colour } of series) {
+  for (const { points, colour, top: most = top } of series) {
+    const y = (p) => py(p.y, most);
     c.strokeStyle = c.fillStyle = colour;
     c.lineWidth = 2;
     c.beginPath();
-    points.forEach((p, i) => (i ? c.lineTo(px(p.x), py(p.y)) : c.moveTo(px(p.x), py(p.y))));
+    points.forEach((p, i) => (i ? c.lineTo(px(p.x), y(p)) : c.moveTo(px(p.x), y(p))));
     c.stroke();
-    for (const p of points) c.fillRect(px(p.x) - 2, py(p.y) - 2, 4, 4);
+    for (const p of points) c.fillRect(px(p.x) - 2, y(p) - 2, 4, 4);
   }
 }
 
