@@ -40,6 +40,12 @@ def parser() -> argparse.ArgumentParser:
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--val-fraction", type=float, default=0.2)
     shapes.set_defaults(run=run_data_shapes)
+    scenes = data.add_parser("scenes", help="write the harder synthetic scenes set (COCO format)")
+    scenes.add_argument("out", type=Path)
+    scenes.add_argument("--n", type=int, default=1500, help="number of images")
+    scenes.add_argument("--seed", type=int, default=0)
+    scenes.add_argument("--val-fraction", type=float, default=0.2)
+    scenes.set_defaults(run=run_data_scenes)
 
     train = commands.add_parser("train", help="train a model bundle on a COCO-format dataset")
     train.add_argument("--data", type=Path, required=True, help="dataset folder")
@@ -122,6 +128,16 @@ def run_data_shapes(args: argparse.Namespace) -> None:
     with progress_bar(args.n, "images") as bar:
         # The callback reports images done so far; tqdm's update takes the increment.
         write_shapes_dataset(args.out, args.n, args.seed, args.val_fraction,
+                             lambda done: bar.update(done - bar.n))  # fmt: skip
+    print(f"wrote {args.n} images and COCO annotations to {args.out}")
+
+
+def run_data_scenes(args: argparse.Namespace) -> None:
+    """`captioner data scenes OUT`."""
+    from model.scenes import write_scenes_dataset
+
+    with progress_bar(args.n, "images") as bar:
+        write_scenes_dataset(args.out, args.n, args.seed, args.val_fraction,
                              lambda done: bar.update(done - bar.n))  # fmt: skip
     print(f"wrote {args.n} images and COCO annotations to {args.out}")
 

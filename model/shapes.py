@@ -26,8 +26,8 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 RELATIONS: tuple[str, ...] = ("left of", "above")
 
 MIN_SIDE, MAX_SIDE = 50, 90  # object bounding-box side in pixels (inclusive)
-_BORDER = 8  # keep objects this far from the image edge so they are never cut off
-_GAP = 10  # minimum empty band between the two halves that hold the two objects
+BORDER = 8  # keep objects this far from the image edge so they are never cut off
+GAP = 10  # minimum empty band between the two halves that hold the two objects
 _MAX_CROSS_OFFSET = 40  # centres differ by at most this on the axis that is NOT the relation
 _BACKGROUND = 244  # grey level of the background before noise
 _NOISE = 6  # background noise is uniform in [-_NOISE, _NOISE] per pixel
@@ -61,12 +61,12 @@ def _place(rng: np.random.Generator, sides: list[int], size: int) -> list[tuple[
     Returns (main, cross) coordinates: `main` on the relation axis, `cross` on the other.
     """
     half = size / 2
-    low_main = int(rng.integers(_BORDER, int(half - _GAP / 2 - sides[0]) + 1))
-    high_main = int(rng.integers(int(np.ceil(half + _GAP / 2)), size - _BORDER - sides[1] + 1))
+    low_main = int(rng.integers(BORDER, int(half - GAP / 2 - sides[0]) + 1))
+    high_main = int(rng.integers(int(np.ceil(half + GAP / 2)), size - BORDER - sides[1] + 1))
     # Centres stay close across the relation axis so the other relation never reads as clear.
-    centre0 = rng.integers(_BORDER + sides[0] // 2, size - _BORDER - sides[0] + sides[0] // 2 + 1)
-    lo = max(_BORDER + sides[1] // 2, centre0 - _MAX_CROSS_OFFSET)
-    hi = min(size - _BORDER - sides[1] + sides[1] // 2, centre0 + _MAX_CROSS_OFFSET)
+    centre0 = rng.integers(BORDER + sides[0] // 2, size - BORDER - sides[0] + sides[0] // 2 + 1)
+    lo = max(BORDER + sides[1] // 2, centre0 - _MAX_CROSS_OFFSET)
+    hi = min(size - BORDER - sides[1] + sides[1] // 2, centre0 + _MAX_CROSS_OFFSET)
     centre1 = rng.integers(lo, hi + 1)
     return [
         (low_main, int(centre0) - sides[0] // 2),
@@ -74,7 +74,7 @@ def _place(rng: np.random.Generator, sides: list[int], size: int) -> list[tuple[
     ]
 
 
-def _draw(draw: ImageDraw.ImageDraw, obj: ShapeObject) -> None:
+def draw_object(draw: ImageDraw.ImageDraw, obj: ShapeObject) -> None:
     """Fill one object so that it exactly covers its bounding box."""
     x, y, w, h = (int(v) for v in obj.bbox)
     box = (x, y, x + w - 1, y + h - 1)  # Pillow boxes include their last pixel
@@ -87,7 +87,7 @@ def _draw(draw: ImageDraw.ImageDraw, obj: ShapeObject) -> None:
         draw.polygon([(box[0], box[3]), (box[2], box[3]), ((box[0] + box[2]) / 2, y)], fill=fill)
 
 
-def _background(rng: np.random.Generator, size: int) -> Image.Image:
+def background(rng: np.random.Generator, size: int) -> Image.Image:
     """Near-white background with slight per-pixel noise."""
     # Grey noise (one offset for all channels): images still differ, but PNGs are half the size.
     noise = rng.integers(-_NOISE, _NOISE + 1, size=(size, size, 1), dtype=np.int16)
@@ -105,8 +105,8 @@ def render_scene(
     rng: np.random.Generator, size: int = 299
 ) -> tuple[Image.Image, str, list[ShapeObject]]:
     """Draw one scene; returns the image, its caption and its objects in caption order."""
-    if size < 2 * (MAX_SIDE + _BORDER) + _GAP:
-        raise ValueError(f"size must be at least {2 * (MAX_SIDE + _BORDER) + _GAP}")
+    if size < 2 * (MAX_SIDE + BORDER) + GAP:
+        raise ValueError(f"size must be at least {2 * (MAX_SIDE + BORDER) + GAP}")
     relation = RELATIONS[int(rng.integers(len(RELATIONS)))]
     kinds = _pick_kinds(rng)
     sides = [int(s) for s in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2)]
@@ -116,14 +116,14 @@ def render_scene(
         # "left of" separates along x, "above" along y; the first object is left / on top.
         x, y = (main, cross) if relation == "left of" else (cross, main)
         objects.append(ShapeObject(color, shape, (float(x), float(y), float(side), float(side))))
-    image = _background(rng, size)
+    image = background(rng, size)
     draw = ImageDraw.Draw(image)
     for obj in objects:
-        _draw(draw, obj)
+        draw_object(draw, obj)
     return image, caption_for(objects, relation), objects
 
 
-def _coco_json(seed: int, split: str, images: list[dict], captions: list[dict]) -> dict:
+def coco_json(seed: int, split: str, images: list[dict], captions: list[dict]) -> dict:
     """A COCO captions document for one split."""
     info = {
         "description": "Synthetic coloured shapes with spatial relations",
@@ -176,6 +176,6 @@ def write_shapes_dataset(
             progress(index + 1)
     (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
     for split, (images, captions) in records.items():
-        document = _coco_json(seed, split, images, captions)
+        document = coco_json(seed, split, images, captions)
         (out_dir / "annotations" / f"captions_{split}.json").write_text(json.dumps(document))
     return out_dir
