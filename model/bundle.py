@@ -24,7 +24,8 @@ from model.encoder import EncoderInfo
 from model.layers import CaptionDecoder
 from model.vocab import Vocabulary
 
-FORMAT = 1
+FORMAT = 2  # 2: the model settings name their decoder architecture
+READS = (1, 2)  # format 1 is 2 with the GRU decoder, the only one there was
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,11 @@ def load_bundle(path: Path) -> Bundle:
     if missing:
         raise BundleError(f"{path} is not a model bundle: missing {', '.join(missing)}")
     config = json.loads((path / BUNDLE_CONFIG).read_text())
-    if config.get("format") != FORMAT:
-        raise BundleError(f"{path}: bundle format {config.get('format')} is not {FORMAT}")
+    if config.get("format") not in READS:
+        raise BundleError(
+            f"bundle format {config.get('format')} is not one this version reads "
+            f"({', '.join(map(str, READS))}): a bundle made by a newer captioner?"
+        )
     model_config = ModelConfig.from_dict(config["model"])
     decoder = CaptionDecoder.from_model_config(model_config)
     decoder.load_weights(path / BUNDLE_WEIGHTS)

@@ -6,6 +6,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from core.errors import BundleError
+
+DECODERS = ("gru",)  # the decoder architectures this version can build
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -18,6 +22,7 @@ class ModelConfig:
     units: int = 512  # GRU state size
     attention_units: int = 512  # Bahdanau attention's hidden size
     max_length: int = 20  # default cap on emitted words at inference
+    decoder: str = "gru"  # the architecture, one of DECODERS (bundles before format 2: gru)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-ready dict."""
@@ -25,6 +30,16 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Rebuild a config, ignoring keys this version does not know."""
+        """Rebuild a config, or raise BundleError naming what this version cannot build: a
+        setting it does not know (ignoring it could build another model than the one trained)
+        or a decoder architecture it lacks."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise BundleError(f"model settings this version does not know: {', '.join(unknown)}"
+                              " (a bundle made by a newer captioner?)")  # fmt: skip
+        config = cls(**data)
+        if config.decoder not in DECODERS:
+            raise BundleError(f"decoder {config.decoder!r} is not one this version builds "
+                              f"({', '.join(DECODERS)})")  # fmt: skip
+        return config

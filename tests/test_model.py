@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from core.errors import BundleError
 from model.bundle import EncoderMismatch, load_bundle, save_bundle
 from model.encoder import Encoder
 from model.inference import Captioner, Decoding
@@ -105,6 +107,31 @@ def test_bundle_for_another_encoder_is_refused(random_bundle):
     assert other.fingerprint != random_bundle.encoder.fingerprint
     with pytest.raises(EncoderMismatch, match=random_bundle.encoder.fingerprint):
         Captioner(random_bundle, other)
+
+
+def test_a_format_1_bundle_loads_as_the_gru_it_is(random_bundle, tmp_path):
+    path = save_bundle(random_bundle, tmp_path / "bundle")
+    config = json.loads((path / "config.json").read_text())
+    assert config["format"] == 2 and config["model"]["decoder"] == "gru"
+    del config["model"]["decoder"]
+    (path / "config.json").write_text(json.dumps(config | {"format": 1}))
+    assert load_bundle(path).config == random_bundle.config
+
+
+@pytest.mark.parametrize(("model", "top", "refused"), [
+    ({"decoder": "transformer"}, {}, "decoder 'transformer' is not one this version builds"),
+    ({"heads": 8, "layers": 2}, {}, "does not know: heads, layers"),
+    ({}, {"format": 3}, "bundle format 3 is not one this version reads"),
+])  # fmt: skip
+def test_a_bundle_this_version_cannot_build_is_refused_by_name(
+    random_bundle, tmp_path, model, top, refused
+):
+    path = save_bundle(random_bundle, tmp_path / "bundle")
+    config = json.loads((path / "config.json").read_text())
+    config["model"] |= model
+    (path / "config.json").write_text(json.dumps(config | top))
+    with pytest.raises(BundleError, match=refused):
+        load_bundle(path)
 
 
 def test_caption_batch_refuses_wrong_shapes(random_bundle, encoder):

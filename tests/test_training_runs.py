@@ -250,23 +250,50 @@ def test_promoting_an_older_version_rolls_back(stack, imported, image):
     assert caption(stack, image)["result"]["model_version"] == imported
 
 
-def test_a_bundle_of_another_encoder_is_refused_and_the_old_one_serves_on(
-    stack, imported, image, random_bundle, tmp_path
-):
+def another_encoder(bundle, folder):
     from model.bundle import save_bundle
     from model.encoder import EncoderInfo
+
+    return save_bundle(replace(bundle, encoder=EncoderInfo("seed:9", "0123456789abcdef")), folder)
+
+
+def edited_config(**changes):
+    """A bundle as a newer captioner might write it: its config.json with `changes`
+    (`model` entries are merged into the model settings)."""
+
+    def make(bundle, folder):
+        from model.bundle import save_bundle
+
+        path = save_bundle(bundle, folder)
+        config = json.loads((path / "config.json").read_text())
+        config["model"] |= changes.get("model", {})
+        config |= {key: value for key, value in changes.items() if key != "model"}
+        (path / "config.json").write_text(json.dumps(config))
+        return path
+
+    return make
+
+
+@pytest.mark.parametrize(("make", "reason"), [
+    (another_encoder, "0123456789abcdef"),
+    (edited_config(model={"decoder": "transformer"}), "decoder 'transformer' is not one"),
+    (edited_config(model={"heads": 8}), "settings this version does not know: heads"),
+    (edited_config(format=3), "bundle format 3 is not one this version reads"),
+], ids=["another encoder", "another decoder", "an unknown setting", "a newer format"])  # fmt: skip
+def test_a_bundle_it_cannot_build_is_refused_and_the_old_one_serves_on(
+    stack, imported, image, random_bundle, tmp_path, make, reason
+):
     from worker.bundles import import_bundle
 
     serve(stack, imported)
-    other = replace(random_bundle, encoder=EncoderInfo("seed:9", "0123456789abcdef"))
-    path = save_bundle(other, tmp_path / "other-encoder")
+    path = make(random_bundle, tmp_path / "bundle")
     version = import_bundle(stack.db, stack.blobs, path, promote=True)
     deadline = time.monotonic() + 30
-    while not (worker := serving(stack, imported))["refused"]:
-        assert time.monotonic() < deadline
+    while (worker := serving(stack, imported))["refused"] is None or \
+            worker["refused"]["version"] != version:  # fmt: skip
+        assert time.monotonic() < deadline, worker
         time.sleep(0.1)
-    assert worker["refused"]["version"] == version
-    assert "0123456789abcdef" in worker["refused"]["reason"]
+    assert reason in worker["refused"]["reason"]
     assert caption(stack, image)["result"]["model_version"] == imported
     promote(stack, imported)
 

@@ -4,7 +4,8 @@ At start the worker serves the registry's active version (or MODEL_BUNDLE before
 promotion, or waits for one). Then a thread polls the registry every MODEL_POLL_S; when another
 version becomes active it downloads and loads it beside the serving one, compiles its decoder,
 and swaps it in: the batch running keeps the model it started with, the next batch gets the new
-one. A bundle trained on another encoder is refused (and reported), and the old one serves on.
+one. A bundle trained on another encoder, or of a format or decoder this version cannot build, is
+refused (and reported), and the old one serves on.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import EncoderMismatch
+from core.errors import BundleError
 from core.formats import weights_digest
 from core.metrics import MODEL_SWAP_SECONDS, show_version
 from core.settings import Settings
@@ -53,11 +54,16 @@ class Rollout:
         waited = False
         while self.served is None:
             active = self._active()
-            if active is not None or self.settings.model_bundle is not None:
-                self.served = self._load_first(active)
+            if active is None and self.settings.model_bundle is not None:
+                self.served = self._load_first(None)  # the bundle it was started with
+            elif active is not None and active.version != self.refused:
+                try:
+                    self.served = self._load_first(active)
+                except BundleError as exc:
+                    self._refuse(active.version, exc)
             else:
                 if not waited:  # once, not at every poll
-                    log.info("no model version is active yet; waiting for a promotion")
+                    log.info("no model version it can serve is active; waiting for a promotion")
                 waited = True
                 self._report()
                 if self._stop.wait(self.settings.model_poll_s):
@@ -87,10 +93,8 @@ class Rollout:
         started = time.perf_counter()
         try:
             served = self._load(active, self.served.captioner.encoder)
-        except EncoderMismatch as exc:
-            log.error("refusing %s: %s", active.version, exc)
-            self.refused = active.version
-            self._report(refused_version=active.version, refused_reason=str(exc))
+        except BundleError as exc:  # another encoder, format or architecture: serve on
+            self._refuse(active.version, exc)
             return
         self.served, self.refused = served, None
         swap_ms = (time.perf_counter() - started) * 1000
@@ -99,6 +103,12 @@ class Rollout:
         MODEL_SWAP_SECONDS.observe(swap_ms / 1000)
         self._report(swap_ms=swap_ms, swapped_at=utcnow(), refused_version=None,
                      refused_reason=None)  # fmt: skip
+
+    def _refuse(self, version: str, exc: BundleError) -> None:
+        """Keep `version` from being loaded again, and say why in /v1/workers."""
+        log.error("refusing %s: %s", version, exc)
+        self.refused = version
+        self._report(refused_version=version, refused_reason=str(exc))
 
     def _active(self) -> ModelVersion | None:
         with self.db.session() as session:
