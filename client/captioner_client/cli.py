@@ -291,8 +291,11 @@ def model_line(model: ModelVersion) -> str:
 def run_models_list(args: argparse.Namespace) -> None:
     """`models list`: newest first, the active one starred."""
     with client(args) as api:
-        for model in api.models():
-            print(json.dumps(model.raw) if args.json else model_line(model))
+        models = api.models()
+    for model in models:
+        print(json.dumps(model.raw) if args.json else model_line(model))
+    if not models and not args.json:
+        print("no model versions yet: train one (runs start) or import a bundle", file=sys.stderr)
 
 
 def run_models_promote(args: argparse.Namespace) -> None:
