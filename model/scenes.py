@@ -36,7 +36,6 @@ Each image record's `objects` lists group 0's objects, then group 1's, each with
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import product
@@ -52,9 +51,11 @@ from model.shapes import (
     SHAPES,
     ShapeObject,
     background,
-    coco_json,
     draw_object,
+    write_coco_set,
 )
+
+DESCRIPTION = "Synthetic groups of coloured shapes with relations"
 
 SIZES: dict[str, tuple[int, int]] = {"small": (28, 40), "large": (64, 84)}  # side px, inclusive
 COUNT_WORDS: tuple[str, ...] = ("a", "two", "three")  # COUNT_WORDS[n - 1] names n objects
@@ -207,34 +208,6 @@ def render_scene(
     return image, captions_for(groups, relation), objects
 
 
-def _write_scene(rng: np.random.Generator, folder: Path, index: int) -> tuple[dict, list[dict]]:
-    """Render scene `index` into `folder`; returns its COCO image record and caption records."""
-    image, captions, objects = render_scene(rng)
-    file_name = f"{index:06d}.png"  # global indices: unique across splits, as in COCO
-    image.save(folder / file_name, compress_level=1)  # the noisy background barely compresses
-    record = {
-        "id": index,
-        "file_name": file_name,
-        "width": image.width,
-        "height": image.height,
-        "objects": [obj.to_json() for obj in objects],
-    }
-    annotations = [
-        {"id": 3 * index + k, "image_id": index, "caption": caption}
-        for k, caption in enumerate(captions)
-    ]
-    return record, annotations
-
-
-def _write_annotations(out_dir: Path, seed: int, records: dict) -> None:
-    """annotations/captions_{split}.json for every split in `records`."""
-    (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
-    for split, (images, captions) in records.items():
-        document = coco_json(seed, split, images, captions)
-        document["info"]["description"] = "Synthetic groups of coloured shapes with relations"
-        (out_dir / "annotations" / f"captions_{split}.json").write_text(json.dumps(document))
-
-
 def write_scenes_dataset(
     out_dir: Path,
     n: int,
@@ -243,20 +216,4 @@ def write_scenes_dataset(
     progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Write `n` scenes as PNGs plus COCO caption JSON per split; the last ones go to val."""
-    if n < 0 or not 0.0 <= val_fraction <= 1.0:
-        raise ValueError("need n >= 0 and 0 <= val_fraction <= 1")
-    out_dir = Path(out_dir)
-    n_val = round(n * val_fraction)
-    rng = np.random.default_rng(seed)
-    records: dict[str, tuple[list[dict], list[dict]]] = {"train": ([], []), "val": ([], [])}
-    for split in records:
-        (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
-    for index in range(n):
-        split = "train" if index < n - n_val else "val"
-        record, annotations = _write_scene(rng, out_dir / "images" / split, index)
-        records[split][0].append(record)
-        records[split][1].extend(annotations)
-        if progress is not None:
-            progress(index + 1)
-    _write_annotations(out_dir, seed, records)
-    return out_dir
+    return write_coco_set(out_dir, n, seed, val_fraction, render_scene, DESCRIPTION, progress)

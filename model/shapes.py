@@ -123,20 +123,23 @@ def render_scene(
     return image, caption_for(objects, relation), objects
 
 
-def coco_json(seed: int, split: str, images: list[dict], captions: list[dict]) -> dict:
+# One scene from a random generator: the image, its reference captions and its objects.
+Render = Callable[[np.random.Generator], tuple[Image.Image, list[str], list]]
+SHAPES_DESCRIPTION = "Synthetic coloured shapes with spatial relations"
+
+
+def coco_json(seed: int, split: str, images: list[dict], captions: list[dict],
+              description: str = SHAPES_DESCRIPTION) -> dict:  # fmt: skip
     """A COCO captions document for one split."""
-    info = {
-        "description": "Synthetic coloured shapes with spatial relations",
-        "version": "1.0",
-        "split": split,
-        "seed": seed,
-    }
+    info = {"description": description, "version": "1.0", "split": split, "seed": seed}
     return {"info": info, "licenses": [], "images": images, "annotations": captions}
 
 
-def _write_scene(rng: np.random.Generator, folder: Path, index: int) -> tuple[dict, dict]:
-    """Render scene `index` into `folder`; returns its COCO image record and caption record."""
-    image, caption, objects = render_scene(rng)
+def _write_scene(render: Render, rng: np.random.Generator, folder: Path, index: int
+                 ) -> tuple[dict, list[dict]]:  # fmt: skip
+    """Render scene `index` into `folder`; its COCO image record and caption records (caption k
+    of an image with c captions has id c * index + k)."""
+    image, captions, objects = render(rng)
     # Ids and file names are global indices: unique across splits, as in COCO.
     file_name = f"{index:06d}.png"
     # Low compression: the noisy background barely shrinks at higher levels, which are slower.
@@ -148,17 +151,16 @@ def _write_scene(rng: np.random.Generator, folder: Path, index: int) -> tuple[di
         "height": image.height,
         "objects": [obj.to_json() for obj in objects],
     }
-    return record, {"id": index, "image_id": index, "caption": caption}
+    count = len(captions)
+    return record, [{"id": count * index + k, "image_id": index, "caption": caption}
+                    for k, caption in enumerate(captions)]  # fmt: skip
 
 
-def write_shapes_dataset(
-    out_dir: Path,
-    n: int,
-    seed: int = 0,
-    val_fraction: float = 0.2,
-    progress: Callable[[int], None] | None = None,
-) -> Path:
-    """Write `n` scenes as PNGs plus COCO caption JSON per split; the last ones go to val."""
+def write_coco_set(out_dir: Path, n: int, seed: int, val_fraction: float, render: Render,
+                   description: str, progress: Callable[[int], None] | None = None
+                   ) -> Path:  # fmt: skip
+    """Write `n` scenes drawn by `render` as PNGs plus COCO caption JSON per split; the last
+    ones go to val."""
     if n < 0 or not 0.0 <= val_fraction <= 1.0:
         raise ValueError("need n >= 0 and 0 <= val_fraction <= 1")
     out_dir = Path(out_dir)
@@ -169,13 +171,30 @@ def write_shapes_dataset(
         (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
     for index in range(n):
         split = "train" if index < n - n_val else "val"
-        record, caption = _write_scene(rng, out_dir / "images" / split, index)
+        record, captions = _write_scene(render, rng, out_dir / "images" / split, index)
         records[split][0].append(record)
-        records[split][1].append(caption)
+        records[split][1].extend(captions)
         if progress is not None:
             progress(index + 1)
     (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
     for split, (images, captions) in records.items():
-        document = coco_json(seed, split, images, captions)
+        document = coco_json(seed, split, images, captions, description)
         (out_dir / "annotations" / f"captions_{split}.json").write_text(json.dumps(document))
     return out_dir
+
+
+def _one_caption(rng: np.random.Generator) -> tuple[Image.Image, list[str], list]:
+    image, caption, objects = render_scene(rng)
+    return image, [caption], objects
+
+
+def write_shapes_dataset(
+    out_dir: Path,
+    n: int,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Write `n` scenes as PNGs plus COCO caption JSON per split; the last ones go to val."""
+    return write_coco_set(out_dir, n, seed, val_fraction, _one_caption, SHAPES_DESCRIPTION,
+                          progress)  # fmt: skip
