@@ -5,7 +5,7 @@ workers hold one request each and are killed after 30 s, so a few waiting client
 server down. Threaded workers hold many connections each, and the timeout here only watches the
 worker's main loop, set above the wait cap anyway. Measured on 2 cores (tests/test_serving.py):
 100 clients waiting at once while /healthz, asked by another process, answered every time
-within 12 to 44 ms (2026-11-27, 8 runs). Each waiting request holds a thread and one Redis
+within 9 to 44 ms (2026-11-27, 9 runs). Each waiting request holds a thread and one Redis
 pub/sub connection, and a database connection only while it reads.
 """
 
