@@ -128,7 +128,7 @@ def test_an_inference_worker_waits_for_the_first_promoted_model(before_any_model
 
 def test_the_wait_for_a_first_model_is_logged_once(stack, first_run):
     log = stack.log(INFERENCE).read_text(errors="replace")  # minutes of polls every 2 s
-    assert log.count("no model version is active yet") == 1
+    assert log.count("no model version it can serve is active") == 1
 
 
 def test_a_run_trains_reports_progress_registers_and_becomes_active(first_run):
