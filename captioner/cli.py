@@ -34,18 +34,14 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(required=True, metavar="COMMAND")
 
     data = commands.add_parser("data", help="make datasets").add_subparsers(required=True)
-    shapes = data.add_parser("shapes", help="write the synthetic shapes set (COCO format)")
-    shapes.add_argument("out", type=Path)
-    shapes.add_argument("--n", type=int, default=1500, help="number of images")
-    shapes.add_argument("--seed", type=int, default=0)
-    shapes.add_argument("--val-fraction", type=float, default=0.2)
-    shapes.set_defaults(run=run_data_shapes)
-    scenes = data.add_parser("scenes", help="write the harder synthetic scenes set (COCO format)")
-    scenes.add_argument("out", type=Path)
-    scenes.add_argument("--n", type=int, default=1500, help="number of images")
-    scenes.add_argument("--seed", type=int, default=0)
-    scenes.add_argument("--val-fraction", type=float, default=0.2)
-    scenes.set_defaults(run=run_data_scenes)
+    for kind, text in (("shapes", "the synthetic shapes set"),
+                       ("scenes", "the harder synthetic scenes set")):  # fmt: skip
+        made = data.add_parser(kind, help=f"write {text} (COCO format)")
+        made.add_argument("out", type=Path)
+        made.add_argument("--n", type=int, default=1500, help="number of images")
+        made.add_argument("--seed", type=int, default=0)
+        made.add_argument("--val-fraction", type=float, default=0.2)
+        made.set_defaults(run=run_data, kind=kind)
 
     train = commands.add_parser("train", help="train a model bundle on a COCO-format dataset")
     train.add_argument("--data", type=Path, required=True, help="dataset folder")
@@ -121,24 +117,16 @@ def _encoder_option(command: argparse.ArgumentParser, default: str) -> None:
     )
 
 
-def run_data_shapes(args: argparse.Namespace) -> None:
-    """`captioner data shapes OUT`."""
+def run_data(args: argparse.Namespace) -> None:
+    """`captioner data shapes|scenes OUT`."""
+    from model.scenes import write_scenes_dataset
     from model.shapes import write_shapes_dataset
 
+    write = {"shapes": write_shapes_dataset, "scenes": write_scenes_dataset}[args.kind]
     with progress_bar(args.n, "images") as bar:
         # The callback reports images done so far; tqdm's update takes the increment.
-        write_shapes_dataset(args.out, args.n, args.seed, args.val_fraction,
-                             lambda done: bar.update(done - bar.n))  # fmt: skip
-    print(f"wrote {args.n} images and COCO annotations to {args.out}")
-
-
-def run_data_scenes(args: argparse.Namespace) -> None:
-    """`captioner data scenes OUT`."""
-    from model.scenes import write_scenes_dataset
-
-    with progress_bar(args.n, "images") as bar:
-        write_scenes_dataset(args.out, args.n, args.seed, args.val_fraction,
-                             lambda done: bar.update(done - bar.n))  # fmt: skip
+        write(args.out, args.n, args.seed, args.val_fraction,
+              lambda done: bar.update(done - bar.n))  # fmt: skip
     print(f"wrote {args.n} images and COCO annotations to {args.out}")
 
 
