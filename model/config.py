@@ -8,7 +8,7 @@ from typing import Any
 
 from core.errors import BundleError
 
-DECODERS = ("gru",)  # the decoder architectures this version can build
+DECODERS = ("gru", "transformer")  # the decoder architectures this version can build
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,11 @@ class ModelConfig:
     attention_units: int = 512  # Bahdanau attention's hidden size
     max_length: int = 20  # default cap on emitted words at inference
     decoder: str = "gru"  # the architecture, one of DECODERS (bundles before format 2: gru)
+    # The Transformer's sizes (its width is embedding_dim); the GRU ignores them.
+    layers: int = 2  # decoder blocks: self-attention, cross-attention, feed-forward
+    heads: int = 2  # attention heads per block; embedding_dim must divide by it
+    ff_units: int = 1024  # feed-forward hidden size
+    dropout: float = 0.1  # after attention, feed-forward and embeddings, in training only
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-ready dict."""
@@ -42,4 +47,7 @@ class ModelConfig:
         if config.decoder not in DECODERS:
             raise BundleError(f"decoder {config.decoder!r} is not one this version builds "
                               f"({', '.join(DECODERS)})")  # fmt: skip
+        if config.embedding_dim % config.heads:
+            raise BundleError(f"embedding_dim {config.embedding_dim} does not divide into "
+                              f"{config.heads} heads")  # fmt: skip
         return config

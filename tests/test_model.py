@@ -119,7 +119,7 @@ def test_a_format_1_bundle_loads_as_the_gru_it_is(random_bundle, tmp_path):
 
 
 @pytest.mark.parametrize(("model", "top", "refused"), [
-    ({"decoder": "transformer"}, {}, "decoder 'transformer' is not one this version builds"),
+    ({"decoder": "lstm"}, {}, "decoder 'lstm' is not one this version builds"),
     ({"heads": 8, "layers": 2}, {}, "does not know: heads, layers"),
     ({}, {"format": 3}, "bundle format 3 is not one this version reads"),
 ])  # fmt: skip
