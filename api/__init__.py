@@ -42,6 +42,7 @@ def register_blueprints(app: Flask) -> None:
     from api import (
         attention,
         batches,
+        curves,
         datasets,
         feedback,
         health,
@@ -54,6 +55,6 @@ def register_blueprints(app: Flask) -> None:
         webhooks,
     )
 
-    for module in (health, metrics, jobs, attention, batches, webhooks, datasets, training, models,
-                   keys, feedback, web):  # fmt: skip
+    for module in (health, metrics, jobs, attention, batches, webhooks, datasets, training, curves,
+                   models, keys, feedback, web):  # fmt: skip
         app.register_blueprint(module.bp)

@@ -45,14 +45,16 @@ def submit_batch():
     check_queue_room(len(images) or len(options.image_urls))
     settings = services().settings
     if options.image_urls:
-        return record_batch([url_job(uuid.uuid4(), url, options) for url in options.image_urls],
+        return record_batch([url_job(uuid.uuid4(), url, options, i)
+                             for i, url in enumerate(options.image_urls)],
                             options, settings.batch_max_size)  # fmt: skip
     infos = [check_image(data, settings, f"images[{i}]: ") for i, data in enumerate(images)]
     chunk = settings.batch_max_size  # one pack and one message per chunk: a worker's batch
     stored = [place for start in range(0, len(images), chunk)
               for place in put_pack(services().blobs, images[start : start + chunk])]  # fmt: skip
-    new_jobs = [new_job(uuid.uuid4(), place, data, info, options)
-                for place, data, info in zip(stored, images, infos, strict=True)]  # fmt: skip
+    checked = zip(stored, images, infos, strict=True)
+    new_jobs = [new_job(uuid.uuid4(), place, data, info, options, i)
+                for i, (place, data, info) in enumerate(checked)]  # fmt: skip
     return record_batch(new_jobs, options, chunk)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import secrets
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,7 +23,7 @@ from api.idempotency import creates_resource
 from api.limits import check_queue_room
 from api.schemas import jobs as shapes
 from api.services import services
-from api.uploads import Options, check_image, read_submission
+from api.uploads import MAX_SEED, Options, check_image, read_submission
 from core.errors import ErrorResponse
 from core.images import ImageInfo
 from core.metrics import JOBS_SUBMITTED
@@ -70,21 +71,32 @@ def submit_job():
 
 
 def new_job(job_id: uuid.UUID, stored: StoredImage, data: bytes, info: ImageInfo,
-            options: Options) -> jobs.NewJob:  # fmt: skip
-    """A checked and stored image's job, not yet recorded; marked as sent (see `enqueue`)."""
+            options: Options, index: int = 0) -> jobs.NewJob:  # fmt: skip
+    """A checked and stored image's job, not yet recorded; marked as sent (see `enqueue`).
+    `index` is its place in a batch (its sampling seed is the batch's plus `index`)."""
     return jobs.NewJob(owner=tenant(), image_key=stored.key, image_offset=stored.offset,
                        image_bytes=len(data), image_format=info.format,
                        image_width=info.width, image_height=info.height,
                        beam_size=options.beam_size, max_length=options.max_length,
+                       temperature=options.temperature, seed=job_seed(options, index),
                        deadline_at=options.deadline_at, enqueued_at=utcnow(),
                        id=job_id)  # fmt: skip
 
 
-def url_job(job_id: uuid.UUID, url: str, options: Options) -> jobs.NewJob:
+def job_seed(options: Options, index: int) -> int | None:
+    """The seed a sampled job records, so its caption can be had again: the one asked for
+    (plus the job's place in its batch), else a random one; None for a job that does not
+    sample and named no seed."""
+    if options.seed is not None:
+        return (options.seed + index) % (MAX_SEED + 1)
+    return secrets.randbelow(MAX_SEED + 1) if options.temperature else None
+
+
+def url_job(job_id: uuid.UUID, url: str, options: Options, index: int = 0) -> jobs.NewJob:
     """A job whose image the worker fetches from `url` into the job's own key (its size is
     unknown until then: 0)."""
     unknown = ImageInfo(format="", width=0, height=0)
-    return replace(new_job(job_id, StoredImage(image_key(job_id)), b"", unknown, options),
+    return replace(new_job(job_id, StoredImage(image_key(job_id)), b"", unknown, options, index),
                    image_url=url)  # fmt: skip
 
 

@@ -30,7 +30,20 @@ HYPERPARAMETERS = {
     "seed": (0, 0, 2**31 - 1),
     "patience": (3, 1, 1000),  # early stopping: epochs without a better validation metric
 }
-SHAPES = {"size": (1000, 20, 100_000), "seed": (0, 0, 2**31 - 1)}
+GENERATED = {"size": (1000, 20, 100_000), "seed": (0, 0, 2**31 - 1)}  # the synthetic sets
+SYNTHETIC = ("shapes", "scenes")  # sets the training worker generates (model/shapes, scenes)
+# The decoder's architecture for a fresh run. These mirror model/config.py's ModelConfig (its
+# defaults) and what it can build; the API may not import model/, so they are kept here.
+DECODERS = ("gru", "transformer")
+MODEL = {
+    "embedding_dim": (256, 16, 1024),  # the Transformer's width too: divisible by heads
+    "units": (512, 16, 2048),  # GRU state
+    "attention_units": (512, 16, 2048),  # GRU's Bahdanau attention
+    "layers": (2, 1, 8),  # Transformer blocks
+    "heads": (2, 1, 16),
+    "ff_units": (1024, 16, 8192),
+    "dropout": (0.1, 0.0, 0.9),
+}
 FEEDBACK = {"weight": (1, 1, 100)}  # each correction counts as `weight` training captions
 POLICIES = ("never", "always", "if_better")
 DEFAULT_METRIC = "bleu4"
@@ -45,7 +58,7 @@ def start_run():
     """Check the request, record the run, put it on the training queue: 201."""
     body = request_json()
     known = {"dataset", "hyperparameters", "base_version", "promotion", "webhook",
-             "webhook_events", "feedback"}  # fmt: skip
+             "webhook_events", "feedback", "model"}  # fmt: skip
     refuse_unknown(body, known, "field")
     promotion = parse_promotion(body.get("promotion"))
     hyperparameters = parse_numbers(
@@ -54,10 +67,11 @@ def start_run():
     with services().db.session() as session:
         dataset, dataset_id = parse_dataset(session, body.get("dataset"))
         dataset |= parse_feedback(session, body.get("feedback"))
+        base = parse_base(session, body.get("base_version"))
+        hyperparameters |= parse_model(body.get("model"), base)
         new = training.NewRun(
             owner=tenant(), dataset=dataset, dataset_id=dataset_id, hyperparameters=hyperparameters,
-            base_version=parse_base(session, body.get("base_version")), promotion=promotion,
-            **webhook_fields(body),
+            base_version=base, promotion=promotion, **webhook_fields(body),
         )  # fmt: skip
         body = run_json(training.create_run(session, new))
     sent = services().broker.runs([uuid.UUID(body["id"])])
@@ -108,6 +122,32 @@ def parse_numbers(values: Any, limits: dict[str, tuple], where: str, field: str)
     return parsed
 
 
+def parse_model(value: Any, base: int | None) -> dict[str, Any]:
+    """{"model": the decoder's architecture, defaults filled in} for a fresh run; {} for a
+    fine-tune (it keeps its base version's), which may not send one; a 400 naming a bad field."""
+    if base is not None:
+        if value is not None:
+            raise ErrorResponse(400, "invalid_model", "a fine-tune keeps its base version's "
+                                "architecture: leave model out with a base_version")  # fmt: skip
+        return {}
+    value = {} if value is None else value
+    if not isinstance(value, dict):
+        raise ErrorResponse(400, "invalid_model", "model must be a JSON object")
+    unknown = sorted(set(value) - set(MODEL) - {"decoder"})
+    if unknown:
+        raise ErrorResponse(400, "invalid_model", f"unknown model settings {unknown}; known: "
+                            f"{sorted([*MODEL, 'decoder'])}")  # fmt: skip
+    decoder = value.get("decoder", DECODERS[0])
+    if decoder not in DECODERS:
+        raise ErrorResponse(400, "invalid_model", f"model.decoder must be one of {DECODERS}")
+    sizes = {name: amount for name, amount in value.items() if name != "decoder"}
+    sizes = parse_numbers(sizes, MODEL, "model", "model setting")
+    if sizes["embedding_dim"] % sizes["heads"]:
+        raise ErrorResponse(400, "invalid_model", f"model.embedding_dim ({sizes['embedding_dim']})"
+                            f" must be divisible by model.heads ({sizes['heads']})")  # fmt: skip
+    return {"model": {"decoder": decoder, **sizes}}
+
+
 def parse_promotion(value: Any) -> dict[str, Any]:
     """{"policy", "metric"}: never, always, or if_better on a validation metric. The fleet is
     shared, so only an admin key's run may promote; other runs default to "never"."""
@@ -130,13 +170,16 @@ def parse_promotion(value: Any) -> dict[str, Any]:
 
 
 def parse_dataset(session, value: Any) -> tuple[dict[str, Any], uuid.UUID | None]:
-    """The built-in shapes set with its size, or an uploaded dataset's id (which must exist)."""
-    if not isinstance(value, dict) or value.get("type") not in ("shapes", "upload"):
-        raise ErrorResponse(400, "invalid_dataset", 'dataset must be {"type": "shapes", "size": N} '
-                            'or {"type": "upload", "id": DATASET_ID}')  # fmt: skip
-    if value["type"] == "shapes":
+    """A built-in synthetic set (shapes, scenes) with its size and seed, or an uploaded
+    dataset's id (which must exist)."""
+    if not isinstance(value, dict) or value.get("type") not in (*SYNTHETIC, "upload"):
+        raise ErrorResponse(400, "invalid_dataset", 'dataset must be {"type": "shapes", "size": N}'
+                            ', {"type": "scenes", "size": N} or {"type": "upload", "id": '
+                            "DATASET_ID}")  # fmt: skip
+    if value["type"] in SYNTHETIC:
         spec = {k: v for k, v in value.items() if k != "type"}
-        return {"type": "shapes", **parse_numbers(spec, SHAPES, "dataset", "dataset")}, None
+        return {"type": value["type"],
+                **parse_numbers(spec, GENERATED, "dataset", "dataset")}, None  # fmt: skip
     refuse_unknown(value, {"type", "id"}, "dataset field")
     try:
         dataset_id = uuid.UUID(str(value.get("id")))

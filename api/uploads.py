@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -33,7 +34,10 @@ LIMITS = {"beam_size": (1, 10), "max_length": (1, 50)}
 DEFAULTS = {"beam_size": DEFAULT_BEAM_SIZE, "max_length": DEFAULT_MAX_LENGTH}
 MAX_BATCH = 100
 MAX_URL_CHARS = 2048
-OPTION_FIELDS = {"beam_size", "max_length", "webhook", "webhook_events", "deadline_s"}
+OPTION_FIELDS = {"beam_size", "max_length", "temperature", "seed", "webhook", "webhook_events",
+                 "deadline_s"}  # fmt: skip
+MAX_TEMPERATURE = 2.0
+MAX_SEED = 2**32 - 1
 JOB_FIELDS = OPTION_FIELDS | {"image", "image_url"}
 BATCH_FIELDS = OPTION_FIELDS | {"images", "image_urls"}
 IMAGE_STATUS = {EMPTY: 400, TOO_LARGE: 413, NOT_AN_IMAGE: 415, UNSUPPORTED: 415, CORRUPT: 400}
@@ -45,6 +49,8 @@ class Options:
 
     beam_size: int = DEFAULT_BEAM_SIZE
     max_length: int = DEFAULT_MAX_LENGTH
+    temperature: float = 0.0  # above 0: sample the words (beam_size is then 1)
+    seed: int | None = None  # the sampling noise's seed; a batch's i-th image gets seed + i
     webhook_url: str | None = None
     webhook_events: tuple[str, ...] | None = None  # in WEBHOOK_EVENTS order; None without a URL
     image_url: str | None = None  # a job's image, for the worker to fetch (instead of bytes)
@@ -184,22 +190,47 @@ def refuse_unknown(values: Iterable[str], known: set[str], what: str) -> None:
 
 
 def parse_options(source, cancel_after: str | None = None) -> Options:
-    """beam_size and max_length as whole numbers within their limits, the webhook, and the
-    deadline (`deadline_s`, or the `Cancel-After` header's value)."""
+    """beam_size and max_length as whole numbers within their limits, the sampling temperature
+    and seed, the webhook, and the deadline (`deadline_s`, or the `Cancel-After` header's)."""
     values = parse_webhook(source)
     values["deadline_at"] = parse_deadline(source.get("deadline_s"), cancel_after, utcnow())
+    values["temperature"] = parse_temperature(source.get("temperature") or 0)
+    if source.get("seed") not in (None, ""):
+        values["seed"] = whole_number(source.get("seed"), "seed", 0, MAX_SEED)
+    defaults = {**DEFAULTS, "beam_size": 1 if values["temperature"] else DEFAULT_BEAM_SIZE}
     for name, (low, high) in LIMITS.items():
-        raw = source.get(name, DEFAULTS[name])
-        try:
-            value = int(raw)
-            if isinstance(raw, float | bool) or str(value) != str(raw).strip():
-                raise ValueError
-        except (TypeError, ValueError, OverflowError):  # OverflowError: 1e999, Infinity
-            raise ErrorResponse(400, "invalid_option", f"{name} must be a whole number") from None
-        if not low <= value <= high:
-            raise ErrorResponse(400, "invalid_option", f"{name} must be from {low} to {high}")
-        values[name] = value
+        values[name] = whole_number(source.get(name, defaults[name]), name, low, high)
+    if values["temperature"] and values["beam_size"] > 1:
+        raise ErrorResponse(400, "invalid_option", "a temperature above 0 samples one caption: "
+                            "leave beam_size out or set it to 1")  # fmt: skip
     return Options(**values)
+
+
+def whole_number(raw: Any, name: str, low: int, high: int) -> int:
+    """`raw` (a JSON number or form text) as a whole number from low to high, or a 400."""
+    try:
+        value = int(raw)
+        if isinstance(raw, float | bool) or str(value) != str(raw).strip():
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):  # OverflowError: 1e999, Infinity
+        raise ErrorResponse(400, "invalid_option", f"{name} must be a whole number") from None
+    if not low <= value <= high:
+        raise ErrorResponse(400, "invalid_option", f"{name} must be from {low} to {high}")
+    return value
+
+
+def parse_temperature(raw: Any) -> float:
+    """A finite number from 0 to MAX_TEMPERATURE (JSON number or form text), or a 400."""
+    try:
+        if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+            raise ValueError
+        value = float(raw)
+    except (ValueError, OverflowError):
+        value = math.nan
+    if not 0.0 <= value <= MAX_TEMPERATURE:  # NaN fails too
+        limit = f"from 0 to {MAX_TEMPERATURE:g}"
+        raise ErrorResponse(400, "invalid_option", f"temperature must be a number {limit}")
+    return value
 
 
 def parse_webhook(source, allowed: tuple[str, ...] = WEBHOOK_EVENTS) -> dict[str, Any]:

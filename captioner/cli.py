@@ -58,12 +58,27 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=int, default=3, help="early stopping, in epochs")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--work-dir", type=Path, help="checkpoints (default: OUT.work)")
+    train.add_argument(
+        "--no-output-bias",
+        dest="output_bias",
+        action="store_false",
+        help="start the output bias at 0, not at the words' log frequencies",
+    )
+    _architecture_options(train)
     train.set_defaults(run=run_train)
 
     caption = commands.add_parser("caption", help="caption image files with a bundle")
     caption.add_argument("bundle", type=Path)
     caption.add_argument("images", type=Path, nargs="+")
     _decoding_options(caption)
+    caption.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="0: the most likely words; above 0, sample (with --beam 1)",
+    )
+    caption.add_argument("--sample-seed", type=int, default=0,
+                         help="the sampling noise's seed: one seed, one caption")  # fmt: skip
     _encoder_option(caption, "the bundle's")
     caption.add_argument("--attention-png", type=Path, metavar="DIR", help="write heatmap grids")
     caption.add_argument("--json", action="store_true", help="print one JSON object per image")
@@ -106,6 +121,37 @@ def _dataset_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--cache", type=Path, help="feature cache folder")
 
 
+def _architecture_options(command: argparse.ArgumentParser) -> None:
+    """The decoder's architecture and sizes (model/config.py ModelConfig's defaults)."""
+    from model.config import DECODERS, ModelConfig
+
+    default = ModelConfig()
+    group = command.add_argument_group("decoder architecture")
+    group.add_argument("--decoder", choices=DECODERS, default=default.decoder)
+    group.add_argument("--embedding-dim", type=int, default=default.embedding_dim,
+                       help="word and image width (the Transformer's width)")  # fmt: skip
+    group.add_argument("--units", type=int, default=default.units, help="GRU state size")
+    group.add_argument("--attention-units", type=int, default=default.attention_units,
+                       help="GRU's attention size")  # fmt: skip
+    group.add_argument("--layers", type=int, default=default.layers, help="Transformer blocks")
+    group.add_argument("--heads", type=int, default=default.heads, help="attention heads")
+    group.add_argument("--ff-units", type=int, default=default.ff_units,
+                       help="Transformer feed-forward size")  # fmt: skip
+    group.add_argument("--dropout", type=float, default=default.dropout,
+                       help="Transformer dropout in training")  # fmt: skip
+
+
+def model_config_of(args: argparse.Namespace):
+    """The ModelConfig that `_architecture_options` describe (vocab_size comes from the data)."""
+    from model.config import ModelConfig
+
+    return ModelConfig(
+        decoder=args.decoder, embedding_dim=args.embedding_dim, units=args.units,
+        attention_units=args.attention_units, layers=args.layers, heads=args.heads,
+        ff_units=args.ff_units, dropout=args.dropout,
+    )  # fmt: skip
+
+
 def _decoding_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
     command.add_argument("--max-length", type=int, help="most words per caption")
@@ -145,13 +191,13 @@ def run_train(args: argparse.Namespace) -> None:
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
         vocab_size=args.vocab_size, max_caption_words=args.max_words,
         attention_reg=args.attention_reg, clip_norm=args.clip_norm or None, seed=args.seed,
-        patience=args.patience,
+        patience=args.patience, output_bias=args.output_bias,
     )  # fmt: skip
     encoder = Encoder(args.encoder or DEFAULT_WEIGHTS)
     with TrainingBars() as bars:
         bundle = train(
-            splits, encoder, args.out, config, work_dir=args.work_dir, cache_dir=args.cache,
-            callbacks=Callbacks(bars.progress, bars.epoch_end, bars.features),
+            splits, encoder, args.out, config, model_config_of(args), work_dir=args.work_dir,
+            cache_dir=args.cache, callbacks=Callbacks(bars.progress, bars.epoch_end, bars.features),
         )  # fmt: skip
     print(f"bundle written to {args.out}")
     print(json.dumps(bundle.metrics["val"], indent=1))
@@ -171,8 +217,10 @@ def run_caption(args: argparse.Namespace) -> int:
     """`captioner caption BUNDLE IMAGE…`: one line (or JSON object) per image."""
     from core.plots import save_attention_png
     from model.images import preprocess
+    from model.inference import Sampling
 
     captioner = load_captioner(args.bundle, args.encoder)
+    sampling = Sampling.of([(args.temperature, args.sample_seed)])
     failed = 0
     for path in args.images:
         try:
@@ -181,7 +229,9 @@ def run_caption(args: argparse.Namespace) -> int:
             failed += 1
             print(f"{path}: error: {exc}", file=sys.stderr)
             continue
-        (result,) = captioner.caption_batch(preprocess(image)[None], args.beam, args.max_length)
+        (result,) = captioner.caption_batch(
+            preprocess(image)[None], args.beam, args.max_length, sampling
+        )
         picture = None
         if args.attention_png:
             picture = args.attention_png / f"{path.stem}.attention.png"

@@ -1,4 +1,5 @@
-"""Attention pictures with Pillow only: shared by the CLI and the API (which never loads TF).
+"""Pictures with Pillow only, shared by the CLI and the API (which never loads TF): attention
+grids, and a training run's learning curves.
 
 Pictures are converted to RGB as the model's input is (`core.images.to_rgb`), so the heat map
 lies over the image the model saw: a transparent background is white, 16-bit grey is grey.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +161,185 @@ def save_attention_png(
     path.parent.mkdir(parents=True, exist_ok=True)
     render_attention_grid(image, words, attention).save(path)
     return path
+
+
+# ---- learning curves: a training run's history, one point per epoch ----
+
+CURVES_SIZE = (800, 450)
+CURVES_MARGINS = (72, 56, 72, 56)  # left, top (the legend), right, bottom (pixels)
+LOSS_COLOUR = (224, 123, 0)  # orange, as the web page's per-epoch loss
+ACCURACY_COLOUR = (106, 61, 154)  # purple
+METRIC_COLOUR = (46, 139, 87)  # green, as the web page's validation score
+_GRID = (225, 228, 234)
+_MUTED = (90, 98, 114)
+_NOT_METRICS = ("epoch", "loss", "accuracy")
+_MARKERS_UP_TO = 60  # epochs; with more, only points with no neighbour get a marker
+
+
+@dataclass(frozen=True)
+class Curves:
+    """A run's history as columns: one entry per epoch, None where an epoch has no value."""
+
+    epochs: list[int]
+    loss: list[float | None]
+    accuracy: list[float | None]  # training token accuracy; None for runs from before it
+    metrics: dict[str, list[float | None]]  # validation metrics, in the order the rows name them
+
+
+def _number(value: object) -> float | None:
+    """A finite number as a float; None for anything else (null, NaN, text, booleans)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def learning_curves(history: Sequence[dict] | None) -> Curves:
+    """The rows that have a whole `epoch`, sorted by it, as columns; every other key whose values
+    are all numbers or null is a validation metric."""
+    rows = sorted((r for r in history or () if isinstance(r, dict) and type(r.get("epoch")) is int),
+                  key=lambda r: r["epoch"])  # fmt: skip
+    names = dict.fromkeys(key for row in rows for key in row if key not in _NOT_METRICS)
+    numeric = [name for name in names if all(_numeric(row.get(name)) for row in rows)]
+    return Curves(epochs=[row["epoch"] for row in rows], loss=_column(rows, "loss"),
+                  accuracy=_column(rows, "accuracy"),
+                  metrics={name: _column(rows, name) for name in numeric})  # fmt: skip
+
+
+def _column(rows: list[dict], name: str) -> list[float | None]:
+    """The rows' values of `name` as numbers (None where a row has none)."""
+    return [_number(row.get(name)) for row in rows]
+
+
+def _numeric(value: object) -> bool:
+    """Whether `value` is null or a number (NaN included): what a metric's column holds."""
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def nice_ceiling(value: float, ticks: int = 4) -> float:
+    """The top of an axis from 0 that reaches `value` (> 0) in `ticks` steps of 1, 1.5, 2, 2.5, 5
+    or 7.5 times a power of ten."""
+    power = 10.0 ** math.floor(math.log10(value / ticks))
+    steps = (step * power for step in (1, 1.5, 2, 2.5, 5, 7.5, 10))
+    return ticks * next(step for step in steps if step * ticks >= value * (1 - 1e-9))
+
+
+def plot_box(size: tuple[int, int] = CURVES_SIZE) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the curves' plotting area in a picture of `size`."""
+    left, top, right, bottom = CURVES_MARGINS
+    return left, top, size[0] - right, size[1] - bottom
+
+
+def epoch_range(epochs: Sequence[int]) -> tuple[float, float]:
+    """The x axis: half an epoch beyond the first and last (0 to 1 with none)."""
+    return (min(epochs) - 0.5, max(epochs) + 0.5) if epochs else (0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class _Axes:
+    """Where values land: x in epochs, y from 0 to `loss_top` (left) or `score_top` (right)."""
+
+    box: tuple[int, int, int, int]
+    x_range: tuple[float, float]
+    loss_top: float
+    score_top: float
+
+    def x(self, epoch: float) -> float:
+        left, _, right, _ = self.box
+        low, high = self.x_range
+        return left + (epoch - low) / (high - low) * (right - left)
+
+    def y(self, value: float, top: float) -> float:
+        _, upper, _, lower = self.box
+        return lower - min(max(value / top, 0.0), 1.0) * (lower - upper)
+
+
+def _axes(curves: Curves, scores: list[list[float | None]], size: tuple[int, int]) -> _Axes:
+    """Axes that fit the losses (left) and the scores (right: 0 to 1, or more for CIDEr)."""
+    losses = [v for v in curves.loss if v is not None and v > 0]
+    highest = [v for column in scores for v in column if v is not None and v > 0]
+    return _Axes(plot_box(size), epoch_range(curves.epochs),
+                 nice_ceiling(max(losses)) if losses else 1.0,
+                 max(1.0, nice_ceiling(max(highest))) if highest else 1.0)  # fmt: skip
+
+
+def _write(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font: Font,
+           align: str = "center", fill: tuple[int, int, int] = _INK) -> None:  # fmt: skip
+    """Write `text` centred on y, with x its left, centre or right."""
+    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)  # no anchors: the bitmap font
+    shift = {"left": 0, "center": (x1 - x0) / 2, "right": x1 - x0}[align]
+    draw.text((xy[0] - shift - x0, xy[1] - (y1 - y0) / 2 - y0), text, fill=fill, font=font)
+
+
+def _draw_frame(draw: ImageDraw.ImageDraw, axes: _Axes, epochs: Sequence[int], width: int) -> None:
+    """Grid lines, both y axes with their ticks and labels, and the epoch ticks below."""
+    left, top, right, bottom = axes.box
+    small, label = _font(12), _font(14)
+    for i in range(5):
+        y = bottom - i * (bottom - top) / 4
+        draw.line([(left, y), (right, y)], fill=_GRID)
+        _write(draw, (left - 6, y), f"{axes.loss_top * i / 4:.3g}", small, "right")
+        _write(draw, (right + 6, y), f"{axes.score_top * i / 4:.3g}", small, "left")
+    draw.line([(left, top), (left, bottom), (right, bottom), (right, top)], fill=_MUTED)
+    first, last = min(epochs, default=1), max(epochs, default=0)
+    for epoch in range(first, last + 1, max(1, math.ceil((last - first + 1) / 10))):
+        draw.line([(axes.x(epoch), bottom), (axes.x(epoch), bottom + 4)], fill=_MUTED)
+        _write(draw, (axes.x(epoch), bottom + 14), str(epoch), small)
+    _write(draw, ((left + right) / 2, bottom + 38), "epoch", label)
+    _write(draw, (8, top - 16), "training loss", label, "left")
+    score = "score (0-1)" if axes.score_top == 1.0 else "score"
+    _write(draw, (width - 8, top - 16), score, label, "right")
+
+
+def _draw_legend(draw: ImageDraw.ImageDraw, entries: list[tuple[str, tuple]], width: int) -> None:
+    """Colour swatches and names in one centred row along the top."""
+    font = _font(14)
+    widths = [28 + draw.textlength(name, font=font) for name, _ in entries]
+    x = (width - sum(widths) - 20 * (len(entries) - 1)) / 2
+    for (name, colour), room in zip(entries, widths, strict=True):
+        draw.line([(x, 16), (x + 20, 16)], fill=colour, width=3)
+        _write(draw, (x + 28, 16), name, font, "left")
+        x += room + 20
+
+
+def _draw_series(draw: ImageDraw.ImageDraw, points: list[tuple[float, float] | None],
+                 colour: tuple[int, int, int], markers: bool) -> None:  # fmt: skip
+    """A line through consecutive points, broken where a point is None; a dot on each point
+    (only on lone points when `markers` is off)."""
+    runs: list[list[tuple[float, float]]] = [[]]
+    for point in points:
+        if point is None:
+            runs.append([])
+        else:
+            runs[-1].append(point)
+    for run in runs:
+        if len(run) > 1:
+            draw.line(run, fill=colour, width=2, joint="curve")
+        for x, y in run if markers or len(run) == 1 else ():
+            draw.ellipse([(x - 3, y - 3), (x + 3, y + 3)], fill=colour)
+
+
+def render_curves(history: Sequence[dict] | None, metric: str,
+                  size: tuple[int, int] = CURVES_SIZE) -> Image.Image:  # fmt: skip
+    """A line chart of a run's epochs: training loss on the left axis; training token accuracy
+    and the validation `metric` on the right one (0 to 1). Null values leave gaps."""
+    curves = learning_curves(history)
+    # (values, colour, legend, on the right axis)
+    series = [(curves.loss, LOSS_COLOUR, "training loss (left)", False),
+              (curves.accuracy, ACCURACY_COLOUR, "token accuracy (right)", True),
+              (curves.metrics.get(metric, [None] * len(curves.epochs)), METRIC_COLOUR,
+               f"validation {metric} (right)", True)]  # fmt: skip
+    axes = _axes(curves, [values for values, _, _, right in series if right], size)
+    canvas = Image.new("RGB", size, _BACKDROP)
+    draw = ImageDraw.Draw(canvas)
+    _draw_frame(draw, axes, curves.epochs, size[0])
+    _draw_legend(draw, [(name, colour) for _, colour, name, _ in series], size[0])
+    markers = len(curves.epochs) <= _MARKERS_UP_TO
+    for values, colour, _, right in series:
+        top = axes.score_top if right else axes.loss_top
+        points = [None if v is None else (axes.x(e), axes.y(v, top))
+                  for e, v in zip(curves.epochs, values, strict=True)]  # fmt: skip
+        _draw_series(draw, points, colour, markers)
+    if not curves.epochs:
+        left, top, right, bottom = axes.box
+        _write(draw, ((left + right) / 2, (top + bottom) / 2), "no epochs yet", _font(18))
+    return canvas

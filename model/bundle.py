@@ -20,8 +20,8 @@ from core.formats import (
     BUNDLE_WEIGHTS,
 )
 from model.config import ModelConfig
+from model.decoders import Decoder, build_decoder
 from model.encoder import EncoderInfo
-from model.layers import CaptionDecoder
 from model.vocab import Vocabulary
 
 FORMAT = 2  # 2: the model settings name their decoder architecture
@@ -57,7 +57,7 @@ class Bundle:
 
     config: ModelConfig
     vocab: Vocabulary
-    decoder: CaptionDecoder
+    decoder: Decoder
     norm: FeatureNorm
     encoder: EncoderInfo
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -107,7 +107,7 @@ def load_bundle(path: Path) -> Bundle:
             f"({', '.join(map(str, READS))}): a bundle made by a newer captioner?"
         )
     model_config = ModelConfig.from_dict(config["model"])
-    decoder = CaptionDecoder.from_model_config(model_config)
+    decoder = build_decoder(model_config)
     decoder.load_weights(path / BUNDLE_WEIGHTS)
     stats = np.load(path / BUNDLE_NORMALIZATION)
     metrics_file = path / BUNDLE_METRICS

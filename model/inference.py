@@ -32,6 +32,30 @@ class CaptionResult:
         return float(sum(self.log_probs) + (self.end_log_prob or 0.0))
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Per image: a temperature (0: the most likely word) and the seed of its noise."""
+
+    temperatures: np.ndarray  # (B,) float32, ≥ 0
+    seeds: np.ndarray  # (B,) int32
+
+    @classmethod
+    def greedy(cls, batch_size: int) -> Sampling:
+        """No sampling for any image."""
+        return cls(np.zeros(batch_size, np.float32), np.zeros(batch_size, np.int32))
+
+    @classmethod
+    def of(cls, pairs: Sequence[tuple[float, int]]) -> Sampling:
+        """From (temperature, seed) per image; seeds wrap to 32 bits."""
+        temperatures = np.array([t for t, _ in pairs], np.float32).reshape(-1)
+        seeds = np.array([s for _, s in pairs], np.int64).reshape(-1) & 0xFFFFFFFF
+        return cls(temperatures, seeds.astype(np.uint32).view(np.int32))
+
+    def padded(self, padding: int) -> tuple[np.ndarray, np.ndarray]:
+        """Temperatures and seeds with `padding` greedy rows added, to match a padded batch."""
+        return np.pad(self.temperatures, (0, padding)), np.pad(self.seeds, (0, padding))
+
+
 def bucket(batch_size: int) -> int:
     """The padded batch size: a power of two up to 64, then a multiple of 64."""
     if batch_size <= 64:
@@ -54,35 +78,42 @@ class Decoding:
         self._std = tf.constant(bundle.norm.std)
         self._compiled: dict[tuple[int, int], tf.types.experimental.GenericFunction] = {}
 
-    def search(self, features, beam_size: int = 1, max_length: int | None = None) -> SearchOutput:
-        """Run the compiled search on raw encoder features (B, 64, 2048)."""
+    def search(self, features, beam_size: int = 1, max_length: int | None = None,
+               sampling: Sampling | None = None) -> SearchOutput:  # fmt: skip
+        """Run the compiled search on raw encoder features (B, 64, 2048); `sampling` gives each
+        image a temperature and a seed (greedy search only: beams are never sampled)."""
         if beam_size < 1:
             raise ValueError("beam_size must be at least 1")
         length = max_length or self.bundle.config.max_length
         if length < 1:
             raise ValueError("max_length must be at least 1")
-        if (beam_size, length) not in self._compiled:
-            self._compiled[beam_size, length] = self._compile(beam_size, length)
         features = tf.convert_to_tensor(features, tf.float32)
         batch = features.shape[0]
+        sampling = sampling or Sampling.greedy(batch)
+        if beam_size > 1 and np.any(sampling.temperatures > 0):
+            raise ValueError("a temperature above 0 samples one caption: use beam_size 1")
+        if (beam_size, length) not in self._compiled:
+            self._compiled[beam_size, length] = self._compile(beam_size, length)
         padding = bucket(batch) - batch
         padded = tf.pad(features, [[0, padding], [0, 0], [0, 0]])  # (bucket, 64, 2048)
-        output = self._compiled[beam_size, length](padded)
+        output = self._compiled[beam_size, length](padded, *sampling.padded(padding))
         return SearchOutput(*(tensor[:batch] for tensor in output))
 
     def _compile(self, beam_size: int, max_length: int):
         config = self.bundle.config
-        spec = tf.TensorSpec((None, config.num_locations, config.feature_dim), tf.float32)
+        spec = [tf.TensorSpec((None, config.num_locations, config.feature_dim), tf.float32),
+                tf.TensorSpec((None,), tf.float32), tf.TensorSpec((None,), tf.int32)]  # fmt: skip
 
-        def run(features):
+        def run(features, temperatures, seeds):
             standardised = (features - self._mean) / self._std
             if beam_size == 1:
-                return greedy_search(self.bundle.decoder, standardised, max_length)
+                decoder = self.bundle.decoder
+                return greedy_search(decoder, standardised, max_length, temperatures, seeds)
             return beam_search(
                 self.bundle.decoder, standardised, max_length, beam_size, self.length_penalty
             )
 
-        return tf.function(run, input_signature=[spec], jit_compile=self.xla)
+        return tf.function(run, input_signature=spec, jit_compile=self.xla)
 
     def warm_up(self, max_batch: int, beam_size: int = 1, max_length: int | None = None) -> None:
         """Compile every batch bucket up to `max_batch`, so no request waits for XLA."""
@@ -94,10 +125,11 @@ class Decoding:
             size = bucket(size + 1)
 
     def caption_features(
-        self, features, beam_size: int = 1, max_length: int | None = None
-    ) -> list[CaptionResult]:
+        self, features, beam_size: int = 1, max_length: int | None = None,
+        sampling: Sampling | None = None,
+    ) -> list[CaptionResult]:  # fmt: skip
         """Captions for encoder features (B, 64, 2048)."""
-        output = self.search(features, beam_size, max_length)
+        output = self.search(features, beam_size, max_length, sampling)
         return to_results(output, self.bundle.vocab.tokens)
 
 
@@ -133,8 +165,9 @@ class Captioner:
         self.decoding = Decoding(bundle, length_penalty)
 
     def caption_batch(
-        self, images: np.ndarray, beam_size: int = 1, max_length: int | None = None
-    ) -> list[CaptionResult]:
+        self, images: np.ndarray, beam_size: int = 1, max_length: int | None = None,
+        sampling: Sampling | None = None,
+    ) -> list[CaptionResult]:  # fmt: skip
         """Caption preprocessed images (B, 299, 299, 3) float32 in one batched pass."""
         images = np.asarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
@@ -142,7 +175,7 @@ class Captioner:
         if len(images) == 0:
             return []
         features = self.encoder(images)  # (B, 64, 2048), stays a tensor
-        return self.decoding.caption_features(features, beam_size, max_length)
+        return self.decoding.caption_features(features, beam_size, max_length, sampling)
 
     def caption_bytes(self, images: Sequence[bytes], **options) -> list[CaptionResult]:
         """Decode image files (raising ImageError for bad bytes) and caption them."""

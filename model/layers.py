@@ -71,8 +71,13 @@ class CaptionDecoder(keras.Model):
         values = self.image_projection(features)
         return values, self.attention.project(values)
 
-    def initial_state(self, batch_size) -> tf.Tensor:
-        """The GRU's starting state (B, U)."""
+    @property
+    def output_layer(self) -> keras.layers.Dense:
+        """The last layer, to the vocabulary (its bias may start at the words' frequencies)."""
+        return self.fc2
+
+    def initial_state(self, batch_size, max_length: int | None = None) -> tf.Tensor:
+        """The GRU's starting state (B, U); it needs no room per word."""
         return tf.zeros((batch_size, self.units))
 
     def recur(self, tokens, values, keys, state):
@@ -86,9 +91,10 @@ class CaptionDecoder(keras.Model):
         """Vocabulary logits (…, V) for GRU outputs (…, U)."""
         return self.fc2(self.fc1(output))
 
-    def step(self, tokens, values, keys, state):
-        """One decoding step: logits (B, V), new state (B, U), attention weights (B, L)."""
-        output, state, weights = self.recur(tokens, values, keys, state)
+    def step(self, tokens, memory, state, t=None):
+        """One decoding step for tokens (B,) on `encode`'s memory: logits (B, V), new state
+        (B, U), attention weights (B, L). The GRU needs no step number t."""
+        output, state, weights = self.recur(tokens, *memory, state)
         return self.logits(output), state, weights
 
     def call(self, features: tf.Tensor, tokens: tf.Tensor, training: bool = False):

@@ -1,6 +1,7 @@
-"""Greedy and beam search inside one graph: a `tf.while_loop` that stops when all have ended.
+"""Greedy, sampled and beam search inside one graph: a `tf.while_loop` that stops when all
+have ended. Both work with any decoder of model/decoders.py: its state is a nest of tensors.
 
-Outputs live in fixed-size buffers (one column per step, written with `tf.where`), so both
+Outputs live in fixed-size buffers (one column per step, written with `tf.where`), so the
 searches have static shapes and compile with XLA.
 """
 
@@ -10,7 +11,8 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from model.layers import CaptionDecoder
+from model.buffers import write_column
+from model.decoders import Decoder
 from model.vocab import END_ID, PAD_ID, START_ID
 
 
@@ -25,22 +27,23 @@ class SearchOutput(NamedTuple):
     attention: tf.Tensor
 
 
-def write_column(buffer: tf.Tensor, t, column: tf.Tensor, time_axis: int) -> tf.Tensor:
-    """`buffer` with index t of `time_axis` set to `column` (buffer's shape without that axis)."""
-    length = buffer.shape[time_axis]
-    at_t = tf.reshape(tf.range(length) == t, [length] + [1] * (buffer.shape.rank - time_axis - 1))
-    return tf.where(at_t, tf.expand_dims(column, time_axis), buffer)
-
-
-def greedy_search(decoder: CaptionDecoder, features: tf.Tensor, max_length: int) -> SearchOutput:
-    """Most likely word at each step, for standardised features (B, L, F)."""
-    values, keys = decoder.encode(features)  # (B, L, E), (B, L, A), once per image
+def greedy_search(
+    decoder: Decoder,
+    features: tf.Tensor,
+    max_length: int,
+    temperatures: tf.Tensor | None = None,
+    seeds: tf.Tensor | None = None,
+) -> SearchOutput:
+    """For standardised features (B, L, F), the most likely word at each step; or, for images
+    whose temperature (B,) is above 0, a word drawn from softmax(logits / temperature) with
+    noise that depends only on the image's seed (B,) and the step, not on the batch."""
+    memory = decoder.encode(features)  # once per image
     batch, locations = tf.shape(features)[0], features.shape[1]
 
     def body(t, tokens, state, done, out_tokens, out_log_probs, out_attention):
-        logits, state, weights = decoder.step(tokens, values, keys, state)
+        logits, state, weights = decoder.step(tokens, memory, state, t)
         log_probs = word_log_probs(logits)  # (B, V)
-        tokens = tf.argmax(log_probs, axis=-1, output_type=tf.int32)  # (B,)
+        tokens = choose(log_probs, t, temperatures, seeds)  # (B,)
         chosen = tf.gather(log_probs, tokens, batch_dims=1)  # (B,)
         tokens = tf.where(done, PAD_ID, tokens)  # finished sequences emit <pad> at no cost
         chosen = tf.where(done, 0.0, chosen)
@@ -61,7 +64,7 @@ def greedy_search(decoder: CaptionDecoder, features: tf.Tensor, max_length: int)
     start = [
         0,
         tf.fill([batch], START_ID),
-        decoder.initial_state(batch),
+        decoder.initial_state(batch, max_length),
         tf.zeros([batch], tf.bool),
         tf.fill([batch, max_length], PAD_ID),
         tf.zeros([batch, max_length]),
@@ -71,8 +74,41 @@ def greedy_search(decoder: CaptionDecoder, features: tf.Tensor, max_length: int)
     return SearchOutput(*loop[4:])
 
 
+def choose(log_probs: tf.Tensor, t, temperatures, seeds) -> tf.Tensor:
+    """Each row's word (B,): the argmax, or where its temperature is above 0 a sample (the
+    Gumbel-max trick: argmax of log_probs / temperature + Gumbel noise)."""
+    best = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+    if temperatures is None:
+        return best
+    noise = gumbel_noise(seeds, t, log_probs.shape[-1])  # (B, V)
+    hot = temperatures > 0.0
+    scaled = log_probs / tf.where(hot, temperatures, 1.0)[:, None] + noise
+    return tf.where(hot, tf.argmax(scaled, axis=-1, output_type=tf.int32), best)
+
+
+def gumbel_noise(seeds: tf.Tensor, t, vocab: int) -> tf.Tensor:
+    """Gumbel(0, 1) noise (B, V) from a counter-based hash of (seed, step, word): the same for
+    a seed on any batch, device or batch position, and with no state to carry."""
+    seed = _mix(tf.cast(seeds, tf.uint32) * 0x9E3779B1 + tf.cast(t, tf.uint32) * 0x85EBCA77)
+    bits = _mix(seed[:, None] ^ (tf.cast(tf.range(vocab), tf.uint32)[None, :] * 0xC2B2AE3D))
+    uniform = (tf.cast(_shift(bits, 8), tf.float32) + 0.5) / 2.0**24  # (0, 1): 24 random bits
+    return -tf.math.log(-tf.math.log(uniform))
+
+
+def _mix(x: tf.Tensor) -> tf.Tensor:
+    """MurmurHash3's 32-bit finaliser: every input bit flips about half the output bits."""
+    x = (x ^ _shift(x, 16)) * 0x85EBCA6B
+    x = (x ^ _shift(x, 13)) * 0xC2B2AE35
+    return x ^ _shift(x, 16)
+
+
+def _shift(x: tf.Tensor, bits: int) -> tf.Tensor:
+    """x >> bits for uint32 tensors."""
+    return tf.bitwise.right_shift(x, tf.constant(bits, tf.uint32))
+
+
 def beam_search(
-    decoder: CaptionDecoder,
+    decoder: Decoder,
     features: tf.Tensor,
     max_length: int,
     beam_size: int,
@@ -85,12 +121,13 @@ def beam_search(
     """
     k, vocab = beam_size, decoder.vocab_size
     batch, locations = tf.shape(features)[0], features.shape[1]
-    values, keys = decoder.encode(features)  # once per image, then one copy per beam
-    values, keys = tf.repeat(values, k, axis=0), tf.repeat(keys, k, axis=0)  # (B·K, L, …)
+    memory = tf.nest.map_structure(  # once per image, then one copy per beam: (B·K, …)
+        lambda x: tf.repeat(x, k, axis=0), decoder.encode(features)
+    )
     pad_only = tf.where(tf.range(vocab) == PAD_ID, 0.0, -float("inf"))  # (V,)
 
     def body(t, tokens, state, scores, finished, seqs, seq_log_probs, seq_attention):
-        logits, state, weights = decoder.step(tokens, values, keys, state)
+        logits, state, weights = decoder.step(tokens, memory, state, t)
         log_probs = tf.reshape(word_log_probs(logits), (batch, k, vocab))
         # A finished beam continues only with <pad>, at no cost: it keeps its score and slot.
         log_probs = tf.where(finished[..., None], pad_only, log_probs)
@@ -101,11 +138,13 @@ def beam_search(
         def pick(x):  # reorder per-beam tensors (B, K, …) by parent beam
             return tf.gather(x, parent, batch_dims=1)
 
+        def pick_flat(x):  # the same for a state tensor (B·K, …)
+            return tf.reshape(pick(tf.reshape(x, (batch, k, *x.shape[1:]))), (-1, *x.shape[1:]))
+
         chosen = tf.gather(tf.reshape(log_probs, (batch, k * vocab)), flat, batch_dims=1)
         was_finished = pick(finished)
         weights = tf.where(was_finished[..., None], 0.0, pick(tf.reshape(weights, (batch, k, -1))))
-        units = decoder.units
-        state = tf.reshape(pick(tf.reshape(state, (batch, k, units))), (batch * k, units))
+        state = tf.nest.map_structure(pick_flat, state)
         return (
             t + 1,
             tf.reshape(words, [-1]),
@@ -125,7 +164,7 @@ def beam_search(
     start = [
         0,
         tf.fill([batch * k], START_ID),
-        decoder.initial_state(batch * k),
+        decoder.initial_state(batch * k, max_length),
         scores,
         tf.zeros([batch, k], tf.bool),
         tf.fill([batch, k, max_length], PAD_ID),

@@ -23,7 +23,7 @@ class StandInCaptioner:
         self.cost_s = cost_ms / 1000
 
     def caption_batch(
-        self, images: np.ndarray, beam_size: int = 1, max_length: int | None = None
+        self, images: np.ndarray, beam_size: int = 1, max_length: int | None = None, sampling=None
     ) -> list[CaptionResult]:
         """One fixed caption per image (B, 299, 299, 3), after sleeping the batch's cost."""
         time.sleep(self.cost_s)

@@ -17,11 +17,11 @@ from core.errors import TrainingStopped
 from model.bundle import Bundle, FeatureNorm, save_bundle
 from model.config import ModelConfig
 from model.data import Example
+from model.decoders import build_decoder
 from model.encoder import Encoder
 from model.evaluation import caption_features, score
 from model.features import extract_features
 from model.inference import Decoding
-from model.layers import CaptionDecoder
 from model.vocab import PAD_ID, Vocabulary
 
 
@@ -40,6 +40,7 @@ class TrainConfig:
     patience: int = 3  # stop after this many epochs without a better `monitor`
     monitor: str = "bleu4"  # validation metric (higher is better) for early stopping
     val_images: int = 1000  # validation images decoded after each epoch
+    output_bias: bool = True  # a new decoder's output bias starts at log word frequencies
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,9 @@ class Callbacks:
     should_stop: Callable[[], bool] | None = None  # asked before every step; True stops the run
 
 
-def caption_loss(decoder, features, tokens, attention_reg: float = 0.0):
-    """Masked cross-entropy (sum over mask ÷ mask count), plus the attention penalty if any."""
+def caption_loss(decoder, features, tokens, attention_reg: float = 0.0, accuracy: bool = False):
+    """Masked cross-entropy (sum over mask ÷ mask count), plus the attention penalty if any;
+    with `accuracy`, also the share of target words (not <pad>) the decoder ranked first."""
     inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (B, T) each
     logits, weights = decoder(features, inputs, training=True)  # (B, T, V), (B, T, L)
     mask = tf.cast(targets != PAD_ID, tf.float32)
@@ -76,22 +78,35 @@ def caption_loss(decoder, features, tokens, attention_reg: float = 0.0):
     if attention_reg:
         coverage = tf.reduce_sum(weights * mask[..., None], axis=1)  # (B, L)
         loss += attention_reg * tf.reduce_mean(tf.square(1.0 - coverage))
-    return loss
+    if not accuracy:
+        return loss
+    right = tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == targets, tf.float32)
+    return loss, tf.reduce_sum(right * mask) / tf.reduce_sum(mask)
 
 
 def make_train_step(decoder, optimizer, norm: FeatureNorm, attention_reg: float = 0.0):
-    """One optimisation step on raw features (B, 64, F) and tokens (B, T+1); not compiled."""
+    """One optimisation step on raw features (B, 64, F) and tokens (B, T+1): its loss and
+    token accuracy; not compiled."""
     mean, std = tf.constant(norm.mean), tf.constant(norm.std)
 
     def train_step(features, tokens):
         standardised = (tf.cast(features, tf.float32) - mean) / std
         with tf.GradientTape() as tape:
-            loss = caption_loss(decoder, standardised, tokens, attention_reg)
+            loss, accuracy = caption_loss(decoder, standardised, tokens, attention_reg, True)
         gradients = tape.gradient(loss, decoder.trainable_variables)
         optimizer.apply_gradients(zip(gradients, decoder.trainable_variables, strict=True))
-        return loss
+        return loss, accuracy
 
     return train_step
+
+
+def word_log_frequencies(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+    """log p(word) (V,) over the target words of captions (N, T+2), with half a count for the
+    words never seen, so the output starts at the unigram model instead of uniform."""
+    targets = tokens[:, 1:]
+    counts = np.bincount(targets[targets != PAD_ID], minlength=vocab_size).astype(np.float64)
+    counts[counts == 0] = 0.5
+    return np.log(counts / counts.sum()).astype(np.float32)
 
 
 def compile_step(step, token_width: int, feature_dim: int = 2048, locations: int = 64):
@@ -178,23 +193,25 @@ class Trainer:
             epoch = int(self.epoch) + 1
             seed = self.config.seed + epoch  # each epoch its own order, the same after a resume
             data = batches(features, index, tokens, self.config.batch_size, seed)
-            loss = self._run_epoch(
+            loss, accuracy = self._run_epoch(
                 train_step, epoch, data, len(tokens), (start, steps_done), callbacks
             )
             steps_done += math.ceil(len(tokens) / self.config.batch_size)
-            self._end_epoch(epoch, loss, val, callbacks)
+            self._end_epoch(epoch, {"loss": loss, "accuracy": accuracy}, val, callbacks)
         if self._best_weights.is_file():
             self.bundle.decoder.load_weights(self._best_weights)
         return self.history
 
-    def _run_epoch(self, train_step, epoch, data, n, clock, callbacks) -> float:
+    def _run_epoch(self, train_step, epoch, data, n, clock, callbacks) -> tuple[float, float]:
+        """Mean loss and token accuracy of one pass over the data."""
         start, steps_done = clock  # run start time, steps before this epoch
         steps = math.ceil(n / self.config.batch_size)
-        total = tf.constant(0.0)
+        total, right = tf.constant(0.0), tf.constant(0.0)
         for step, (features, tokens) in enumerate(data, 1):
             if callbacks.should_stop and callbacks.should_stop():
                 raise TrainingStopped(f"stopped in epoch {epoch} before step {step}")
-            total += train_step(features, tokens)
+            loss, accuracy = train_step(features, tokens)
+            total, right = total + loss, right + accuracy
             if callbacks.progress and (step % 10 == 0 or step == steps):
                 elapsed = time.monotonic() - start
                 pace = elapsed / (steps_done + step)  # seconds per step, this run
@@ -205,12 +222,13 @@ class Trainer:
                              (steps_done * self.config.batch_size + images) / elapsed,
                              1 / pace, pace * remaining)
                 )  # fmt: skip
-        return float(total) / steps
+        return float(total) / steps, float(right) / steps
 
-    def _end_epoch(self, epoch: int, loss: float, val: tuple, callbacks: Callbacks) -> None:
+    def _end_epoch(self, epoch: int, fit: dict, val: tuple, callbacks: Callbacks) -> None:
+        """Validate, keep the best weights, checkpoint; `fit` holds the epoch's loss, accuracy."""
         examples, features = val
         scores = score(examples, caption_features(self.decoding, features))
-        row = {"epoch": epoch, "loss": loss, **scores}
+        row = {"epoch": epoch, **fit, **scores}
         self.history.append(row)
         value = scores[self.config.monitor]
         if value is not None and value > float(self.best):
@@ -253,12 +271,14 @@ def train(
     keras.utils.set_random_seed(config.seed)
     bundle = base or new_bundle(train_examples, train_features, encoder, config, model_config)
     index, tokens = encode_captions(train_examples, bundle.vocab, config.max_caption_words)
+    if base is None and config.output_bias:
+        bundle.decoder.output_layer.bias.assign(word_log_frequencies(tokens, len(bundle.vocab)))
     trainer = Trainer(bundle, config, work_dir)
     started = time.monotonic()
     history = trainer.fit((train_features, index, tokens), (val_examples, val_features), callbacks)
     best = max(history, key=lambda row: row[config.monitor] or -math.inf)
     bundle.metrics = {
-        "val": {k: v for k, v in best.items() if k not in ("epoch", "loss")},
+        "val": {k: v for k, v in best.items() if k not in ("epoch", "loss", "accuracy")},
         "best_epoch": best["epoch"],
         "history": history,
         "train_images": len(train_examples),
@@ -279,7 +299,7 @@ def new_bundle(examples: Sequence[Example], features: np.ndarray, encoder: Encod
     return Bundle(
         config=model_config,
         vocab=vocab,
-        decoder=CaptionDecoder.from_model_config(model_config),
+        decoder=build_decoder(model_config),
         norm=FeatureNorm.fit(features),
         encoder=encoder.info,
     )

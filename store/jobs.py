@@ -59,6 +59,8 @@ class NewJob:
     image_height: int
     beam_size: int = DEFAULT_BEAM_SIZE
     max_length: int = DEFAULT_MAX_LENGTH
+    temperature: float = 0.0  # above 0: sampled with `seed`
+    seed: int | None = None
     webhook_url: str | None = None
     webhook_events: list[str] | None = None
     batch_id: uuid.UUID | None = None

@@ -146,6 +146,9 @@ class Job(Base):
     image_url: Mapped[str | None] = mapped_column(Text)
     beam_size: Mapped[int] = mapped_column(Integer, default=1)
     max_length: Mapped[int] = mapped_column(Integer, default=20)
+    # Above 0 the words are sampled, with the seed (0 … 2³²-1) of that noise
+    temperature: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    seed: Mapped[int | None] = mapped_column(BigInteger)
     webhook_url: Mapped[str | None] = mapped_column(Text)
     webhook_events: Mapped[list[str] | None] = mapped_column(Json)
     # The result
@@ -294,6 +297,8 @@ class ModelVersion(Base):
     parent: Mapped[int | None] = mapped_column(ForeignKey("model_versions.number"))
     training_run_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)  # None when imported
     dataset: Mapped[dict | None] = mapped_column(Json)  # as the training run named it
+    # The bundle's model config ({"decoder": "gru", "embedding_dim": …}); None: not known.
+    architecture: Mapped[dict | None] = mapped_column(Json)
     encoder_weights: Mapped[str] = mapped_column(String(256))
     encoder_fingerprint: Mapped[str] = mapped_column(String(32))
     metrics: Mapped[dict] = mapped_column(Json)  # the bundle's metrics.json

@@ -68,7 +68,8 @@ def job_json(job: Job) -> dict[str, Any]:
         "status": job.status,
         "batch_id": str(job.batch_id) if job.batch_id else None,
         "attempts": job.attempts,
-        "options": {"beam_size": job.beam_size, "max_length": job.max_length},
+        "options": {"beam_size": job.beam_size, "max_length": job.max_length,
+                    "temperature": job.temperature, "seed": job.seed},  # fmt: skip
         "deadline_at": iso(job.deadline_at),  # not started by then: aborted (None: no deadline)
         "image": {"format": job.image_format, "width": job.image_width,
                   "height": job.image_height, "bytes": job.image_bytes}
@@ -171,7 +172,9 @@ def run_json(run: TrainingRun) -> dict[str, Any]:
         "id": str(run.id),
         "status": run.status,
         "dataset": run.dataset,
-        "hyperparameters": run.hyperparameters,
+        # The architecture is stored among the hyperparameters (runs from before it: no "model").
+        "hyperparameters": {k: v for k, v in run.hyperparameters.items() if k != "model"},
+        "model": run.hyperparameters.get("model"),
         "base_version": version_name(run.base_version),
         "promotion": run.promotion,
         "attempts": run.attempts,
@@ -202,6 +205,7 @@ def model_json(version: ModelVersion) -> dict[str, Any]:
         "parent": version_name(version.parent),
         "training_run_id": str(version.training_run_id) if version.training_run_id else None,
         "dataset": public_dataset(version.dataset),
+        "architecture": version.architecture,
         "encoder": {"weights": Path(version.encoder_weights).name,
                     "fingerprint": version.encoder_fingerprint},
         "metrics": metrics.get("val", {}),

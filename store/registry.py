@@ -30,6 +30,7 @@ class NewVersion:
     parent: int | None = None
     training_run_id: uuid.UUID | None = None
     dataset: dict[str, Any] | None = None
+    architecture: dict[str, Any] | None = None  # the bundle's model config (decoder, sizes)
 
 
 def version_number(name: str) -> int | None:

@@ -25,22 +25,43 @@ def encoder():
     return Encoder("seed:0")
 
 
-@pytest.fixture(scope="session")
-def random_bundle(encoder):
-    """An untrained bundle with a 30-word vocabulary, for shape and plumbing tests."""
+def untrained_bundle(encoder, decoder: str):
+    """An untrained bundle of one architecture with a 30-word vocabulary."""
     import keras
 
     from model.bundle import Bundle, FeatureNorm
     from model.config import ModelConfig
-    from model.layers import CaptionDecoder
-    from model.vocab import SPECIALS, Vocabulary
+    from model.decoders import build_decoder
+    from model.vocab import END_ID, SPECIALS, Vocabulary
 
     keras.utils.set_random_seed(7)
     vocab = Vocabulary(SPECIALS + tuple(f"word{i}" for i in range(26)))
-    config = ModelConfig(vocab_size=len(vocab), max_length=8)
+    small = {"embedding_dim": 64, "heads": 4, "ff_units": 128} if decoder == "transformer" else {}
+    config = ModelConfig(vocab_size=len(vocab), max_length=8, decoder=decoder, **small)
     norm = FeatureNorm(np.full(2048, 5e-4, np.float32), np.full(2048, 8e-4, np.float32))
-    decoder = CaptionDecoder.from_model_config(config)
-    return Bundle(config, vocab, decoder, norm, encoder.info)
+    model = build_decoder(config)
+    if decoder == "transformer":  # untrained, it ends every caption at once: make it talk
+        bias = model.output_layer.bias
+        bias.assign(bias.numpy() - 3.0 * (np.arange(len(vocab)) == END_ID))
+    return Bundle(config, vocab, model, norm, encoder.info)
+
+
+@pytest.fixture(scope="session")
+def random_bundle(encoder):
+    """An untrained GRU bundle with a 30-word vocabulary, for shape and plumbing tests."""
+    return untrained_bundle(encoder, "gru")
+
+
+@pytest.fixture(scope="session")
+def random_transformer(encoder):
+    """An untrained Transformer bundle with a 30-word vocabulary."""
+    return untrained_bundle(encoder, "transformer")
+
+
+@pytest.fixture(params=["gru", "transformer"])
+def any_bundle(request, random_bundle, random_transformer):
+    """Each architecture's untrained bundle in turn."""
+    return random_bundle if request.param == "gru" else random_transformer
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,8 @@ def test_multipart_upload_is_stored_recorded_and_enqueued(client, app, queue):
                                              "beam_size": "3"})  # fmt: skip
     assert response.status_code == 202
     job = response.get_json()
-    assert job["status"] == "queued" and job["options"] == {"beam_size": 3, "max_length": 20}
+    assert job["status"] == "queued"
+    assert job["options"] == {"beam_size": 3, "max_length": 20, "temperature": 0.0, "seed": None}
     assert job["image"] == {"format": "PNG", "width": 64, "height": 48, "bytes": len(data)}
     assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
     assert queued_ids(queue) == [job["id"]]
@@ -35,6 +36,44 @@ def test_json_base64_upload_is_accepted(client, queue):
     assert response.status_code == 202
     assert response.get_json()["options"]["max_length"] == 12
     assert queued_ids(queue) == [response.get_json()["id"]]
+
+
+def test_a_sampled_job_takes_one_beam_and_records_its_seed(client):
+    image = base64.b64encode(png()).decode()
+    chosen = client.post("/v1/jobs", json={"image": image, "temperature": 0.7, "seed": 42})
+    assert chosen.status_code == 202
+    assert chosen.get_json()["options"] == {"beam_size": 1, "max_length": 20, "temperature": 0.7,
+                                            "seed": 42}  # fmt: skip
+    drawn = client.post("/v1/jobs", data={"image": (io.BytesIO(png()), "x.png"),
+                                          "temperature": "1.2"}).get_json()  # fmt: skip
+    assert drawn["options"]["temperature"] == 1.2 and drawn["options"]["beam_size"] == 1
+    assert 0 <= drawn["options"]["seed"] < 2**32  # a random one, recorded: it can be had again
+
+
+def test_a_batch_gives_each_image_the_next_seed(client):
+    images = [base64.b64encode(png()).decode()] * 3
+    batch = client.post("/v1/batches", json={"images": images, "temperature": 1, "seed": 2**32 - 2})
+    assert [job["options"]["seed"] for job in batch.get_json()["jobs"]] == [2**32 - 2, 2**32 - 1, 0]
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"temperature": 0.5, "beam_size": 3}, "leave beam_size out or set it to 1"),
+    ({"temperature": -0.1}, "temperature"),
+    ({"temperature": 2.5}, "temperature"),
+    ({"temperature": "warm"}, "temperature"),
+    ({"temperature": "NaN"}, "temperature"),
+    ({"temperature": True}, "temperature"),
+    ({"temperature": [1]}, "temperature"),
+    ({"seed": -1}, "seed"),
+    ({"seed": 2**32}, "seed"),
+    ({"seed": 1.5}, "seed"),
+])  # fmt: skip
+def test_bad_sampling_options_are_refused_by_name(client, queue, options, message):
+    response = client.post("/v1/jobs", json={"image": base64.b64encode(png()).decode(), **options})
+    assert response.status_code == 400
+    assert response.get_json()["code"] == "invalid_option"
+    assert message in response.get_json()["detail"]
+    assert queued_ids(queue) == []
 
 
 def test_a_body_cut_short_after_a_good_header_is_taken_the_worker_fails_it(client, queue):

@@ -46,7 +46,12 @@ def test_multipart_batch_records_every_job_in_order_and_enqueues_them(client, ap
     assert queued_messages(queue) == [ids]  # one message for the worker's one batch
     for job in batch["jobs"]:
         assert job["batch_id"] == batch["id"] and job["urls"]["batch"] == batch["urls"]["self"]
-        assert job["options"] == {"beam_size": 2, "max_length": 20}
+        assert job["options"] == {
+            "beam_size": 2,
+            "max_length": 20,
+            "temperature": 0.0,
+            "seed": None,
+        }
         assert client.get(job["urls"]["self"]).get_json()["batch_id"] == batch["id"]
     assert stored_images(app, ids) == images
     assert len(image_keys(app, ids)) == 1  # in one pack

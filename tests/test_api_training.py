@@ -14,6 +14,8 @@ from store.payloads import worker_label
 pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, queue
 
 SHAPES = {"type": "shapes", "size": 40, "seed": 1}
+DEFAULT_MODEL = {"decoder": "gru", "embedding_dim": 256, "units": 512, "attention_units": 512,
+                 "layers": 2, "heads": 2, "ff_units": 1024, "dropout": 0.1}  # fmt: skip
 
 
 def start(client, **body):
@@ -31,6 +33,7 @@ def test_a_run_is_recorded_with_defaults_and_sent_to_the_training_queue(client, 
                                       "monitor": "bleu4"}  # fmt: skip
     assert run["promotion"] == {"policy": "if_better", "metric": "bleu4"}
     assert run["dataset"] == SHAPES
+    assert run["model"] == DEFAULT_MODEL  # a fresh run names its architecture, defaults filled in
     message = json.loads(queue.lpop("training"))
     assert message["headers"]["task"] == "worker.train"
     assert run["id"] in message["headers"]["argsrepr"]
@@ -46,6 +49,11 @@ def test_a_run_is_recorded_with_defaults_and_sent_to_the_training_queue(client, 
         ({"dataset": None}, "invalid_dataset", "dataset must be"),
         ({"dataset": {"type": "coco"}}, "invalid_dataset", "dataset must be"),
         ({"dataset": {"type": "shapes", "size": 5}}, "invalid_dataset", "dataset.size"),
+        ({"dataset": {"type": "scenes", "size": 5}}, "invalid_dataset", "dataset.size"),
+        ({"dataset": {"type": "scenes", "size": 200_000}}, "invalid_dataset", "dataset.size"),
+        ({"dataset": {"type": "scenes", "seed": -1}}, "invalid_dataset", "dataset.seed"),
+        ({"dataset": {"type": "scenes", "groups": 3}}, "unknown_dataset", "groups"),
+        ({"dataset": {"type": "coco"}}, "invalid_dataset", '"scenes"'),
         ({"dataset": {"type": "upload", "id": "nope"}}, "invalid_dataset", "dataset.id"),
         ({"dataset": {"type": "upload", "id": "6f1c1b9e-8c2a-4a57-9a53-0b7a4f0b5d11"}},
          "invalid_dataset", "upload one first"),
@@ -62,6 +70,28 @@ def test_a_run_is_recorded_with_defaults_and_sent_to_the_training_queue(client, 
         ({"webhook": "http://h.test/x", "webhook_events": ["done"]}, "invalid_webhook_events",
          "progress"),
         ({"colour": "red"}, "unknown_field", "colour"),
+        ({"model": []}, "invalid_model", "model"),
+        ({"model": {"decoder": "lstm"}}, "invalid_model", "model.decoder"),
+        ({"model": {"decoder": 1}}, "invalid_model", "model.decoder"),
+        ({"model": {"embedding_dim": 8}}, "invalid_model", "model.embedding_dim"),
+        ({"model": {"embedding_dim": 2048}}, "invalid_model", "model.embedding_dim"),
+        ({"model": {"embedding_dim": "256"}}, "invalid_model", "model.embedding_dim"),
+        ({"model": {"embedding_dim": 255.5}}, "invalid_model", "model.embedding_dim"),
+        ({"model": {"embedding_dim": 250, "heads": 4}}, "invalid_model", "divisible"),
+        ({"model": {"heads": 0}}, "invalid_model", "model.heads"),
+        ({"model": {"heads": 32}}, "invalid_model", "model.heads"),
+        ({"model": {"heads": True}}, "invalid_model", "model.heads"),
+        ({"model": {"layers": 0}}, "invalid_model", "model.layers"),
+        ({"model": {"layers": 9}}, "invalid_model", "model.layers"),
+        ({"model": {"ff_units": 8}}, "invalid_model", "model.ff_units"),
+        ({"model": {"ff_units": 10_000}}, "invalid_model", "model.ff_units"),
+        ({"model": {"units": 4096}}, "invalid_model", "model.units"),
+        ({"model": {"attention_units": 15}}, "invalid_model", "model.attention_units"),
+        ({"model": {"dropout": 0.95}}, "invalid_model", "model.dropout"),
+        ({"model": {"dropout": -0.1}}, "invalid_model", "model.dropout"),
+        ({"model": {"dropout": "none"}}, "invalid_model", "model.dropout"),
+        ({"model": {"depth": 3}}, "invalid_model", "depth"),
+        ({"model": {"vocab_size": 100}}, "invalid_model", "vocab_size"),
     ],
 )  # fmt: skip
 def test_a_bad_request_is_refused_and_nothing_is_queued(client, queue, body, code, words):
@@ -70,6 +100,36 @@ def test_a_bad_request_is_refused_and_nothing_is_queued(client, queue, body, cod
     error = response.get_json()
     assert (error["code"], words in error["detail"]) == (code, True), error
     assert queue.llen("training") == 0
+
+
+def test_a_run_trains_the_architecture_it_asks_for(client, queue):
+    asked = {"decoder": "transformer", "embedding_dim": 128, "layers": 3, "heads": 4,
+             "dropout": 0}  # fmt: skip
+    run = start(client, model=asked).get_json()
+    assert run["model"] == DEFAULT_MODEL | asked  # the rest take their defaults
+    assert "model" not in run["hyperparameters"]
+    assert client.get(run["urls"]["self"]).get_json()["model"] == run["model"]
+    gru = start(client, model={"units": 64, "attention_units": 32}).get_json()["model"]
+    assert gru == DEFAULT_MODEL | {"units": 64, "attention_units": 32}
+
+
+def test_a_fine_tune_keeps_its_base_versions_architecture(client, queue, app):
+    base = register(app, bleu4=0.5)
+    run = start(client, base_version=base).get_json()
+    assert (run["base_version"], run["model"]) == (base, None)
+    for model in ({"decoder": "transformer"}, {}, DEFAULT_MODEL):
+        response = start(client, base_version=base, model=model)
+        problem = response.get_json()
+        assert (response.status_code, problem["code"]) == (400, "invalid_model"), problem
+        assert "architecture" in problem["detail"]
+    assert queue.llen("training") == 1  # only the first run
+
+
+def test_a_run_may_train_on_the_scenes_set(client, queue):
+    run = start(client, dataset={"type": "scenes", "size": 60, "seed": 7}).get_json()
+    assert run["dataset"] == {"type": "scenes", "size": 60, "seed": 7}
+    defaults = start(client, dataset={"type": "scenes"}).get_json()["dataset"]
+    assert defaults == {"type": "scenes", "size": 1000, "seed": 0}
 
 
 def test_a_non_json_request_is_refused(client):
@@ -162,13 +222,24 @@ def test_not_an_archive_is_refused(client, data, content_type, status, code):
     assert (response.status_code, response.get_json()["code"]) == (status, code)
 
 
-def register(app, **metrics) -> str:
+def register(app, architecture=None, **metrics) -> str:
     services = app.extensions["captioner"]
     with services.db.session() as session:
         version = registry.register(session, registry.NewVersion(
             digest="d" * 64, encoder_weights="seed:0", encoder_fingerprint="f" * 16,
-            metrics={"val": metrics, "best_epoch": 1, "history": []}))  # fmt: skip
+            metrics={"val": metrics, "best_epoch": 1, "history": []},
+            architecture=architecture))  # fmt: skip
         return version.version
+
+
+def test_a_version_shows_its_architecture(client, app):
+    transformer = {"decoder": "transformer", "embedding_dim": 128, "layers": 2, "heads": 4,
+                   "ff_units": 256, "dropout": 0.1, "vocab_size": 40}  # fmt: skip
+    named, unknown = register(app, transformer, bleu4=0.1), register(app, bleu4=0.1)
+    assert client.get(f"/v1/models/{named}").get_json()["architecture"] == transformer
+    listed = {m["version"]: m for m in client.get("/v1/models").get_json()["models"]}
+    assert listed[named]["architecture"] == transformer
+    assert listed[unknown]["architecture"] is None
 
 
 def test_promotion_keeps_exactly_one_version_active_and_rolls_back(client, app):

@@ -13,8 +13,9 @@ import tensorflow as tf
 from core.errors import BundleError
 from model.bundle import EncoderMismatch, load_bundle, save_bundle
 from model.encoder import Encoder
-from model.inference import Captioner, Decoding
-from model.search import beam_search, greedy_search
+from model.inference import Captioner, Decoding, Sampling
+from model.search import beam_search, greedy_search, word_log_probs
+from model.vocab import PAD_ID, START_ID
 
 
 def test_encoder_gives_64_locations_of_2048_float32(encoder, images):
@@ -31,21 +32,22 @@ def test_seeded_encoder_is_identical_in_another_process(encoder):
     assert len(encoder.fingerprint) == 16
 
 
-def test_teacher_forcing_shapes(random_bundle):
+def test_teacher_forcing_shapes(any_bundle):
     features = tf.random.normal((3, 64, 2048))
     tokens = tf.constant(np.random.default_rng(0).integers(4, 30, (3, 7)), tf.int32)
-    logits, weights = random_bundle.decoder(features, tokens)
+    logits, weights = any_bundle.decoder(features, tokens)
     assert logits.shape == (3, 7, 30) and weights.shape == (3, 7, 64)
     np.testing.assert_allclose(weights.numpy().sum(-1), 1.0, rtol=1e-5)
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])
-def test_caption_batch_results_are_consistent(random_bundle, encoder, images, beam_size):
-    results = Captioner(random_bundle, encoder).caption_batch(images, beam_size=beam_size)
+def test_caption_batch_results_are_consistent(any_bundle, encoder, images, beam_size):
+    results = Captioner(any_bundle, encoder).caption_batch(images, beam_size=beam_size)
     assert len(results) == 4
+    assert any(result.tokens for result in results)
     for result in results:
         assert result.text == " ".join(result.tokens)
-        assert len(result.tokens) == len(result.log_probs) <= random_bundle.config.max_length
+        assert len(result.tokens) == len(result.log_probs) <= any_bundle.config.max_length
         assert result.attention.shape == (len(result.tokens), 64)
         assert result.attention.dtype == np.float32
         np.testing.assert_allclose(result.attention.sum(-1), 1.0, rtol=1e-4)
@@ -53,53 +55,114 @@ def test_caption_batch_results_are_consistent(random_bundle, encoder, images, be
         assert not {"<pad>", "<start>", "<end>"} & set(result.tokens)
 
 
-def test_beam_of_one_equals_greedy(random_bundle):
+def test_beam_of_one_equals_greedy(any_bundle):
     features = tf.random.normal((6, 64, 2048), seed=1)
-    greedy = tf.function(lambda f: greedy_search(random_bundle.decoder, f, 8))(features)
-    beam = tf.function(lambda f: beam_search(random_bundle.decoder, f, 8, 1))(features)
+    greedy = tf.function(lambda f: greedy_search(any_bundle.decoder, f, 8))(features)
+    beam = tf.function(lambda f: beam_search(any_bundle.decoder, f, 8, 1))(features)
     np.testing.assert_array_equal(beam.tokens.numpy(), greedy.tokens.numpy())
     np.testing.assert_allclose(beam.log_probs.numpy(), greedy.log_probs.numpy(), atol=1e-6)
     np.testing.assert_allclose(beam.attention.numpy(), greedy.attention.numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("beam_size", [1, 4])
-def test_a_caption_comes_back_when_no_beam_ends(random_bundle, beam_size):
-    decoder = random_bundle.decoder
-    saved = decoder.fc2.bias.numpy()
+def test_a_caption_comes_back_when_no_beam_ends(any_bundle, beam_size):
+    bias = any_bundle.decoder.output_layer.bias
+    saved = bias.numpy()
     never_end = saved.copy()
     never_end[2] = -1e4  # <end> can never win
-    decoder.fc2.bias.assign(never_end)
+    bias.assign(never_end)
     try:
-        results = Decoding(random_bundle).caption_features(
+        results = Decoding(any_bundle).caption_features(
             tf.random.normal((3, 64, 2048)), beam_size=beam_size, max_length=5
         )
     finally:
-        decoder.fc2.bias.assign(saved)
+        bias.assign(saved)
     assert [len(r.tokens) for r in results] == [5, 5, 5]
     assert not any(r.ended for r in results)
     assert all(r.end_log_prob is None for r in results)
 
 
-def test_beam_search_finds_a_caption_at_least_as_likely_as_greedy(random_bundle):
+def test_beam_search_finds_a_caption_at_least_as_likely_as_greedy(any_bundle):
     features = tf.random.normal((8, 64, 2048), seed=3)
-    decoding = Decoding(random_bundle, length_penalty=0.0)
+    decoding = Decoding(any_bundle, length_penalty=0.0)
     greedy = decoding.caption_features(features, beam_size=1)
     beam = decoding.caption_features(features, beam_size=5)
     better_or_equal = [b.score >= g.score - 1e-4 for b, g in zip(beam, greedy, strict=True)]
     assert sum(better_or_equal) >= 7  # beam search is not guaranteed, but nearly always
 
 
-def test_bundle_save_load_gives_identical_captions(random_bundle, encoder, images, tmp_path):
-    before = Captioner(random_bundle, encoder).caption_batch(images, beam_size=2)
-    save_bundle(random_bundle, tmp_path / "bundle")
+@pytest.mark.parametrize("beam_size", [1, 2])
+def test_bundle_save_load_gives_identical_captions(
+    any_bundle, encoder, images, tmp_path, beam_size
+):
+    before = Captioner(any_bundle, encoder).caption_batch(images, beam_size=beam_size)
+    save_bundle(any_bundle, tmp_path / "bundle")
     loaded = load_bundle(tmp_path / "bundle")
-    after = Captioner(loaded, encoder).caption_batch(images, beam_size=2)
+    assert type(loaded.decoder) is type(any_bundle.decoder)
+    after = Captioner(loaded, encoder).caption_batch(images, beam_size=beam_size)
     assert [r.tokens for r in after] == [r.tokens for r in before]
+    assert any(r.tokens for r in after)
     for a, b in zip(after, before, strict=True):
         np.testing.assert_allclose(a.log_probs, b.log_probs, atol=1e-5)
         np.testing.assert_allclose(a.attention, b.attention, atol=1e-5)
-    assert loaded.config == random_bundle.config
+    assert loaded.config == any_bundle.config
     assert loaded.encoder == encoder.info
+
+
+def test_each_step_gives_what_teacher_forcing_gives(any_bundle):
+    """The search's step (with the GRU state or the key/value cache) computes the same words,
+    log-probabilities and attention as one teacher-forced pass over the caption it found."""
+    decoder = any_bundle.decoder
+    features = tf.random.normal((4, 64, 2048), seed=5)
+    found = tf.function(lambda f: greedy_search(decoder, f, 8), jit_compile=True)(features)
+    inputs = tf.concat([tf.fill([4, 1], START_ID), found.tokens[:, :-1]], axis=1)
+    logits, attention = decoder(features, inputs)
+    forced = tf.gather(word_log_probs(logits), found.tokens, batch_dims=2)  # (B, T)
+    emitted = (found.tokens != PAD_ID).numpy()
+    assert emitted.sum() > 8
+    np.testing.assert_allclose(forced.numpy()[emitted], found.log_probs.numpy()[emitted], atol=1e-4)
+    np.testing.assert_allclose(attention.numpy()[emitted], found.attention.numpy()[emitted],
+                               atol=1e-5)  # fmt: skip
+
+
+def test_the_transformer_cache_changes_the_cost_not_the_captions(random_transformer):
+    decoder = random_transformer.decoder
+    features = tf.random.normal((4, 64, 2048), seed=6)
+    cached = tf.function(lambda f: greedy_search(decoder, f, 8))(features)
+    decoder.cache = False
+    try:
+        assert decoder.initial_state(4, 8).shape == (4, 8)  # the words so far, no keys or values
+        recomputed = tf.function(lambda f: greedy_search(decoder, f, 8))(features)
+    finally:
+        decoder.cache = True
+    np.testing.assert_array_equal(recomputed.tokens.numpy(), cached.tokens.numpy())
+    np.testing.assert_allclose(recomputed.log_probs.numpy(), cached.log_probs.numpy(), atol=1e-5)
+    np.testing.assert_allclose(recomputed.attention.numpy(), cached.attention.numpy(), atol=1e-5)
+
+
+def test_sampling_repeats_with_its_seed_whatever_the_batch(any_bundle):
+    decoding = Decoding(any_bundle)
+    features = tf.random.normal((4, 64, 2048), seed=8)
+    row = features[2:3]
+
+    def sample(batch, pairs):
+        return [r.tokens for r in decoding.caption_features(batch, sampling=Sampling.of(pairs))]
+
+    greedy = [r.tokens for r in decoding.caption_features(features)]
+    alone = sample(row, [(1.5, 42)])[0]
+    assert sample(features, [(0, 1), (1.5, 7), (1.5, 42), (0, 3)])[2] == alone  # batch-blind
+    assert sample(tf.concat([row] * 3, 0), [(1.5, 42)] * 3) == [alone] * 3
+    mixed = sample(features, [(0, 1), (1.5, 7), (1.5, 42), (0, 3)])
+    assert [mixed[0], mixed[3]] == [greedy[0], greedy[3]]  # temperature 0: the greedy caption
+    draws = {tuple(sample(row, [(1.5, seed)])[0]) for seed in range(8)}
+    assert len(draws) >= 3  # other seeds, other captions
+    assert draws != {tuple(greedy[2])}
+
+
+def test_sampling_is_refused_with_beams(random_bundle):
+    with pytest.raises(ValueError, match="beam_size 1"):
+        Decoding(random_bundle).search(tf.zeros((1, 64, 2048)), beam_size=3,
+                                       sampling=Sampling.of([(0.7, 1)]))  # fmt: skip
 
 
 def test_bundle_for_another_encoder_is_refused(random_bundle):
@@ -113,14 +176,16 @@ def test_a_format_1_bundle_loads_as_the_gru_it_is(random_bundle, tmp_path):
     path = save_bundle(random_bundle, tmp_path / "bundle")
     config = json.loads((path / "config.json").read_text())
     assert config["format"] == 2 and config["model"]["decoder"] == "gru"
-    del config["model"]["decoder"]
+    for name in ("decoder", "layers", "heads", "ff_units", "dropout"):  # what format 1 lacked
+        del config["model"][name]
     (path / "config.json").write_text(json.dumps(config | {"format": 1}))
     assert load_bundle(path).config == random_bundle.config
 
 
 @pytest.mark.parametrize(("model", "top", "refused"), [
     ({"decoder": "lstm"}, {}, "decoder 'lstm' is not one this version builds"),
-    ({"heads": 8, "layers": 2}, {}, "does not know: heads, layers"),
+    ({"experts": 8, "rotary": True}, {}, "does not know: experts, rotary"),
+    ({"decoder": "transformer", "heads": 3}, {}, "does not divide into 3 heads"),
     ({}, {"format": 3}, "bundle format 3 is not one this version reads"),
 ])  # fmt: skip
 def test_a_bundle_this_version_cannot_build_is_refused_by_name(

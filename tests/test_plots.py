@@ -1,4 +1,4 @@
-"""Tests for the attention pictures."""
+"""Tests for the attention pictures and the learning curves."""
 
 from __future__ import annotations
 
@@ -9,10 +9,19 @@ import pytest
 from PIL import Image
 
 from core.plots import (
+    ACCURACY_COLOUR,
+    CURVES_SIZE,
     LABEL_HEIGHT,
+    LOSS_COLOUR,
     MARGIN,
+    METRIC_COLOUR,
+    epoch_range,
     jet,
+    learning_curves,
+    nice_ceiling,
+    plot_box,
     render_attention_grid,
+    render_curves,
     save_attention_png,
     tile_box,
 )
@@ -92,3 +101,129 @@ def test_save_attention_png(tmp_path: Path) -> None:
     assert path == tmp_path / "sub" / "att.png"
     with Image.open(path) as saved:
         assert saved.format == "PNG" and saved.mode == "RGB"
+
+
+# ---- learning curves ----
+
+
+def _history(epochs: int = 4, accuracy: bool = True) -> list[dict]:
+    """Loss falling from 2 to 0.5, accuracy and bleu4 rising, cider above 1."""
+    rows = []
+    for e in range(1, epochs + 1):
+        row = {"epoch": e, "loss": 2.0 / e, "bleu1": 0.5, "bleu4": 0.1 * e, "cider": 0.5 * e,
+               "exact_match": 0.0, "localization": None}  # fmt: skip
+        rows.append(row | ({"accuracy": 0.2 * e} if accuracy else {}))
+    return rows
+
+
+def _where(picture, colour, box=None) -> tuple[np.ndarray, np.ndarray]:
+    """(ys, xs) of the pixels of exactly `colour`, inside `box` (the plotting area and the
+    markers' overhang)."""
+    left, top, right, bottom = box or np.add(plot_box(picture.size), (-4, -4, 4, 4))
+    pixels = np.asarray(picture).astype(int)[top : bottom + 1, left : right + 1]  # (H, W, 3)
+    ys, xs = np.nonzero((pixels == colour).all(axis=-1))
+    return ys + top, xs + left
+
+
+def _pixel(epoch: float, value: float, top: float, epochs: list[int]) -> tuple[float, float]:
+    """Where a value lands: x between the epochs' half-epoch margins, y from 0 to `top`."""
+    left, upper, right, lower = plot_box()
+    low, high = epoch_range(epochs)
+    return left + (epoch - low) / (high - low) * (right - left), lower - value / top * (
+        lower - upper
+    )
+
+
+def _near(picture, colour, point: tuple[float, float], radius: int = 3) -> bool:
+    """Whether a pixel of `colour` lies within `radius` of `point`."""
+    ys, xs = _where(picture, colour)
+    return bool(((np.abs(xs - point[0]) <= radius) & (np.abs(ys - point[1]) <= radius)).any())
+
+
+def test_learning_curves_are_columns_with_gaps_and_only_numeric_metrics() -> None:
+    rows = [{"epoch": 2, "loss": 1.0, "bleu4": None, "note": "x"},
+            {"epoch": 1, "loss": float("nan"), "accuracy": 0.5, "bleu4": 0.2, "note": 3},
+            {"loss": 9.0}, {"epoch": True, "loss": 9.0}]  # fmt: skip
+    curves = learning_curves(rows)
+    assert curves.epochs == [1, 2]  # sorted; rows without a whole epoch left out
+    assert curves.loss == [None, 1.0]  # NaN is no value
+    assert curves.accuracy == [0.5, None]
+    assert curves.metrics == {"bleu4": [0.2, None]}  # "note" holds text: not a metric
+    assert learning_curves(None) == learning_curves([])
+
+
+@pytest.mark.parametrize(("value", "top"), [(3, 3), (0.9, 1), (1, 1), (2.31, 3), (8.5, 10),
+                                            (0.013, 0.02), (100, 100)])  # fmt: skip
+def test_nice_ceiling(value: float, top: float) -> None:
+    assert nice_ceiling(value) == pytest.approx(top)
+
+
+def test_curves_size_and_content() -> None:
+    picture = render_curves(_history(), "bleu4")
+    assert picture.mode == "RGB" and picture.size == CURVES_SIZE
+    pixels = np.asarray(picture)
+    assert (pixels < 128).all(axis=-1).sum() > 500  # text, ticks and axes
+    assert render_curves(_history(), "bleu4", size=(640, 360)).size == (640, 360)
+
+
+def test_each_curve_is_drawn_in_its_colour_where_its_values_are() -> None:
+    picture, epochs = render_curves(_history(), "bleu4"), [1, 2, 3, 4]
+    for e in epochs:
+        assert _near(picture, LOSS_COLOUR, _pixel(e, 2.0 / e, 2.0, epochs)), e  # left: 0 to 2
+        assert _near(picture, ACCURACY_COLOUR, _pixel(e, 0.2 * e, 1.0, epochs)), e
+        assert _near(picture, METRIC_COLOUR, _pixel(e, 0.1 * e, 1.0, epochs)), e
+    ys, xs = _where(picture, LOSS_COLOUR)
+    assert ys[xs < xs.mean()].mean() < ys[xs > xs.mean()].mean()  # falls: higher on the left
+    ys, xs = _where(picture, ACCURACY_COLOUR)
+    assert ys[xs < xs.mean()].mean() > ys[xs > xs.mean()].mean()  # rises
+
+
+def test_the_metric_chosen_is_the_one_drawn_and_its_axis_grows_past_one() -> None:
+    picture, epochs = render_curves(_history(), "cider"), [1, 2, 3, 4]
+    for e in epochs:  # cider reaches 2: the right axis goes 0 to 2
+        assert _near(picture, METRIC_COLOUR, _pixel(e, 0.5 * e, 2.0, epochs)), e
+        assert _near(picture, ACCURACY_COLOUR, _pixel(e, 0.2 * e, 2.0, epochs)), e
+    assert not _near(picture, METRIC_COLOUR, _pixel(4, 0.4, 2.0, epochs))  # not bleu4
+
+
+def test_a_missing_value_leaves_a_gap() -> None:
+    history = _history()
+    history[1]["bleu4"] = None  # epoch 2
+    picture, epochs = render_curves(history, "bleu4"), [1, 2, 3, 4]
+    x1, _ = _pixel(1, 0, 1, epochs)
+    x2, _ = _pixel(2, 0, 1, epochs)
+    x3, _ = _pixel(3, 0, 1, epochs)
+    _, xs = _where(picture, METRIC_COLOUR)
+    assert not ((xs > x1 + 4) & (xs < x3 - 4)).any()  # nothing from epoch 1 to 3
+    _, xs = _where(picture, ACCURACY_COLOUR)
+    assert ((xs > x1 + 4) & (xs < x2 - 4)).any()  # while accuracy runs through
+
+
+def test_a_run_without_token_accuracy_draws_no_accuracy_curve() -> None:
+    picture = render_curves(_history(accuracy=False), "bleu4")
+    assert _where(picture, ACCURACY_COLOUR)[0].size == 0
+    assert _where(picture, LOSS_COLOUR)[0].size > 50
+    legend = (0, 0, CURVES_SIZE[0] - 1, plot_box()[1] - 20)
+    assert _where(picture, ACCURACY_COLOUR, legend)[0].size > 0  # still named in the legend
+
+
+def test_a_single_epoch_is_a_point_in_the_middle() -> None:
+    picture = render_curves(_history(epochs=1), "bleu4")
+    left, _, right, _ = plot_box()
+    for colour, value, top in [(LOSS_COLOUR, 2.0, 2.0), (ACCURACY_COLOUR, 0.2, 1.0),
+                               (METRIC_COLOUR, 0.1, 1.0)]:  # fmt: skip
+        ys, xs = _where(picture, colour)
+        assert 0 < xs.size < 60, colour  # a dot, no line
+        assert abs(xs.mean() - (left + right) / 2) <= 1
+        assert abs(ys.mean() - _pixel(1, value, top, [1])[1]) <= 1
+
+
+def test_an_empty_history_is_an_empty_chart_that_says_so() -> None:
+    picture = render_curves([], "bleu4")
+    assert picture.size == CURVES_SIZE
+    for colour in (LOSS_COLOUR, ACCURACY_COLOUR, METRIC_COLOUR):
+        assert _where(picture, colour)[0].size == 0
+    left, top, right, bottom = plot_box()
+    middle = np.asarray(picture)[(top + bottom) // 2 - 12 : (top + bottom) // 2 + 12,
+                                 left + 100 : right - 100]  # fmt: skip
+    assert (middle < 100).all(axis=-1).sum() > 50  # "no epochs yet"

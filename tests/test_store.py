@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -9,7 +10,7 @@ from datetime import timedelta
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, update
+from sqlalchemy import create_engine, inspect, text, update
 
 from captioner.stack import fresh_postgres
 from store import jobs
@@ -39,6 +40,26 @@ def test_migrations_go_up_down_and_up_and_match_the_models(kind, tmp_path):
         assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
         upgrade(url)
         assert "jobs" in inspect(engine).get_table_names()
+        engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+def test_migration_0011_names_every_earlier_version_a_gru(kind, tmp_path):
+    with fresh_postgres() if kind == "postgres" else _sqlite(tmp_path) as url:
+        upgrade(url, "0010")
+        engine = create_engine(url)
+        with engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO model_versions (bundle_key, digest, encoder_weights,"
+                " encoder_fingerprint, metrics, active, created_at) VALUES ('models/v1/', 'd',"
+                " 'seed:0', 'f', '{}', false, '2026-11-01 00:00:00+00')"))  # fmt: skip
+        upgrade(url)
+        with engine.connect() as connection:
+            stored = connection.execute(text("SELECT architecture FROM model_versions")).scalar()
+        assert (json.loads(stored) if isinstance(stored, str) else stored) == {"decoder": "gru"}
+        downgrade(url, "0010")
+        assert "architecture" not in {c["name"] for c in inspect(engine).get_columns(
+            "model_versions")}  # fmt: skip
         engine.dispose()
 
 

@@ -1,16 +1,26 @@
 """Training runs and the registry in the store, on Postgres and SQLite: leases, cancel, the
-progress throttle, resending after a worker death, and one active version under concurrency."""
+progress throttle, resending after a worker death, one active version under concurrency, each
+version's architecture; and the training worker's generated scenes set."""
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import select, update
 
+from core.settings import Settings
+from model.data import load_dataset
 from store import registry, training
+from store.blobs import LocalBlobStore
 from store.models import Delivery, ModelVersion, TrainingRun, utcnow
+from store.payloads import model_json, run_json
+from worker.bundles import register_bundle
+from worker.training import Training
 
 
 def new_run(db, **changes) -> TrainingRun:
@@ -88,11 +98,28 @@ def test_a_dead_workers_run_is_resent_and_fails_after_too_many_attempts(db):
     assert (failed.status, failed.error_code) == ("failed", "too_many_attempts")
 
 
-def register(db) -> int:
+def register(db, **changes) -> int:
     with db.session() as session:
         new = registry.NewVersion(digest="d", encoder_weights="seed:0", encoder_fingerprint="f",
-                                  metrics={})  # fmt: skip
+                                  metrics={}, **changes)  # fmt: skip
         return registry.register(session, new).number
+
+
+def test_a_version_keeps_its_architecture_and_its_payload_shows_it(db):
+    transformer = {"decoder": "transformer", "embedding_dim": 64, "heads": 4, "layers": 1}
+    number, unknown = register(db, architecture=transformer), register(db)
+    with db.session() as session:
+        assert registry.get_version(session, number).architecture == transformer
+        assert model_json(registry.get_version(session, number))["architecture"] == transformer
+        assert model_json(registry.get_version(session, unknown))["architecture"] is None
+
+
+def test_a_runs_architecture_shows_apart_from_its_hyperparameters(db):
+    block = {"decoder": "transformer", "embedding_dim": 64, "heads": 4}
+    run = new_run(db, hyperparameters={"epochs": 1, "model": block})
+    body = run_json(run)
+    assert (body["hyperparameters"], body["model"]) == ({"epochs": 1}, block)
+    assert run_json(new_run(db))["model"] is None  # a fine-tune, or a run from before
 
 
 def test_concurrent_promotions_leave_exactly_one_active_version(db):
@@ -122,3 +149,39 @@ def test_concurrent_promotions_leave_exactly_one_active_version(db):
 def test_version_names(name):
     assert registry.version_number(name) == 12
     assert registry.version_number("vv1") is None and registry.version_number("v-1") is None
+
+
+def test_a_registered_bundle_records_the_architecture_its_config_names(db, tmp_path):
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    transformer = {"vocab_size": 40, "decoder": "transformer", "embedding_dim": 64, "heads": 4}
+    numbers = [
+        register_bundle(db, blobs, fake_bundle(tmp_path / name, model))
+        for name, model in (("new", transformer), ("format1", {"vocab_size": 40}))
+    ]
+    with db.session() as session:
+        stored = [registry.get_version(session, n).architecture for n in numbers]
+    assert stored == [transformer, {"decoder": "gru", "vocab_size": 40}]  # format 1: a GRU
+
+
+def fake_bundle(folder: Path, model: dict) -> Path:
+    """The files register_bundle reads (it never loads the weights)."""
+    folder.mkdir()
+    config = {"format": 2, "model": model, "encoder": {"weights": "seed:0", "fingerprint": "f"}}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "decoder.weights.h5").write_bytes(folder.name.encode())
+    return folder
+
+
+def test_the_training_worker_makes_a_scenes_set_once(db, tmp_path):
+    worker = Training(Settings(tmp_path, "sqlite://", "filesystem://", None), "w1", db)
+    run = new_run(db, dataset={"type": "scenes", "size": 20, "seed": 3})
+    beat = SimpleNamespace(progress=None)
+    folder = worker.dataset_folder(run, beat)
+    assert folder == tmp_path / "datasets" / "scenes-20-3"
+    assert beat.progress == {"phase": "dataset", "done": 20, "total": 20}
+    splits = load_dataset(folder)
+    assert (len(splits["train"]), len(splits["val"])) == (16, 4)
+    assert any(" above " in c or " left of " in c or " below " in c or " right of " in c
+               for c in splits["train"][0].captions)  # fmt: skip
+    beat.progress = None
+    assert worker.dataset_folder(run, beat) == folder and beat.progress is None  # reused

@@ -269,10 +269,29 @@ def test_the_training_page_starts_a_run_and_charts_its_progress(page, site):
     assert page.locator("#chart-metric").inner_text() == "bleu4"
     assert "made v1" in state.inner_text()
     assert page.locator("#history tbody tr").count() == 1
+    assert "token accuracy" in page.locator("#history thead").inner_text()
+    accuracy = page.locator("#history tbody td.accuracy").inner_text()  # "—" for older workers
+    assert accuracy == "—" or 0 <= float(accuracy) <= 1, accuracy
+    assert "accuracy" not in page.locator("#history tbody td").last.inner_text()  # validation only
+    check_the_curves_png(page)
     page.locator("#models tr[data-version='v1']").wait_for()
     assert page.get_by_role("button", name="Promote v1").is_visible()
     page.set_viewport_size({"width": 360, "height": 740})
     assert not sticking_out(page)
+
+
+def check_the_curves_png(page) -> None:
+    """The "curves (PNG)" link of the watched run shows the API's picture of its curves."""
+    link = page.get_by_role("link", name="curves (PNG)")
+    shown = page.locator("#run-state").inner_text().split(":")[0].removeprefix("Run ")
+    href = link.get_attribute("href")  # the run's id, of which the state line shows 8 characters
+    assert href.startswith(f"/v1/training-runs/{shown}") and href.endswith("/curves.png"), href
+    link.click()
+    image = page.get_by_role("img", name="training loss, token accuracy")
+    image.wait_for()
+    page.wait_for_function("() => document.querySelector('#curves-image').naturalWidth > 0")
+    assert image.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [800, 450]
+    assert image.get_attribute("src").startswith("blob:")
 
 
 def test_the_jobs_page_fits_a_narrow_screen(page, site, scene):

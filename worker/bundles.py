@@ -6,11 +6,12 @@ under `data_dir/models/` and downloads it at most once.
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from typing import Any
 
-from core.formats import BUNDLE_WEIGHTS, read_manifest
+from core.formats import BUNDLE_CONFIG, BUNDLE_WEIGHTS, read_manifest
 from store import registry
 from store.blobs import BlobStore, download_dir, upload_dir
 from store.db import Database
@@ -39,11 +40,19 @@ def register_bundle(db: Database, blobs: BlobStore, bundle_dir: Path, **origin: 
         new = registry.NewVersion(digest=manifest.digest, metrics=manifest.metrics,
                                   encoder_weights=manifest.encoder_weights,
                                   encoder_fingerprint=manifest.encoder_fingerprint,
+                                  architecture=bundle_architecture(bundle_dir),
                                   **origin)  # fmt: skip
         version = registry.register(session, new)
         # Uploaded before the row commits: a version in the registry always has its files.
         upload_dir(blobs, bundle_dir, version.bundle_key)
         return version.number
+
+
+def bundle_architecture(bundle_dir: Path) -> dict[str, Any] | None:
+    """A bundle's model config (decoder and sizes) as its config.json says, for the registry;
+    a bundle from before the decoder was named is a GRU."""
+    model = json.loads((Path(bundle_dir) / BUNDLE_CONFIG).read_text()).get("model")
+    return {"decoder": "gru", **model} if isinstance(model, dict) else None
 
 
 def import_bundle(db: Database, blobs: BlobStore, bundle_dir: Path, promote: bool = False) -> str:

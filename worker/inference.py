@@ -129,7 +129,8 @@ class Inference:
                  if isinstance(image, np.ndarray)]  # fmt: skip
         outcomes = {job.id: image for job, image in zip(claimed, prepared, strict=True)
                     if not isinstance(image, np.ndarray)}  # fmt: skip
-        queued = self.batcher.submit_many([((job.beam_size, job.max_length), image)
+        queued = self.batcher.submit_many([((job.beam_size, job.max_length),
+                                            (image, job.temperature, job.seed or 0))
                                            for job, image in ready])  # fmt: skip
         futures = {job.id: future for (job, _), future in zip(ready, queued, strict=True)}
         return futures, outcomes
@@ -158,12 +159,18 @@ class Inference:
         except ImageError as exc:
             return Failure(exc.code, str(exc))
 
-    def _run_batch(self, options: tuple[int, int], images: list[np.ndarray]) -> list[Captioned]:
+    def _run_batch(self, options: tuple[int, int], items: list[tuple]) -> list[Captioned]:
+        """Caption one batch of (image (299, 299, 3), temperature, seed) with the same beam size
+        and length cap."""
+        from model.inference import Sampling
+
         beam_size, max_length = options
+        images = [image for image, _, _ in items]
+        sampling = Sampling.of([(temperature, seed) for _, temperature, seed in items])
         served = self.rollout.served  # one model for the whole batch, even if a swap comes
         captioner = self.standin or served.captioner
         started = time.perf_counter()
-        results = captioner.caption_batch(np.stack(images), beam_size, max_length)
+        results = captioner.caption_batch(np.stack(images), beam_size, max_length, sampling)
         predict_ms = (time.perf_counter() - started) * 1000
         PREDICT_SECONDS.observe(predict_ms / 1000)
         BATCH_SIZE.observe(len(images))

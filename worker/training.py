@@ -1,10 +1,11 @@
 """The training worker: one run at a time, on the `training` queue.
 
-`Training.run(run_id)` claims the run, readies its dataset (the built-in shapes set, or an
-uploaded archive) and its base model, restores the last checkpoint from the blob store if an
-earlier attempt left one, trains, registers the best weights as a new model version and applies
-the run's promotion policy. A heartbeat thread renews the run's lease, stores its progress and
-picks up cancel requests; the training loop stops at the next step once one arrives.
+`Training.run(run_id)` claims the run, readies its dataset (a built-in synthetic set, shapes or
+scenes, or an uploaded archive) and its base model or its new decoder's architecture, restores
+the last checkpoint from the blob store if an earlier attempt left one, trains, registers the
+best weights as a new model version and applies the run's promotion policy. A heartbeat thread
+renews the run's lease, stores its progress and picks up cancel requests; the training loop
+stops at the next step once one arrives.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from worker.bundles import fetch_bundle, register_bundle
 from worker.checkpoints import CheckpointSync
 
 log = logging.getLogger(__name__)
-SHAPES_VAL_FRACTION = 0.2
+SYNTHETIC = ("shapes", "scenes")  # the built-in sets, generated on the worker
+SYNTHETIC_VAL_FRACTION = 0.2
 
 
 class Beat(threading.Thread):
@@ -124,6 +126,7 @@ class Training:
 
     def _train(self, run: TrainingRun, beat: Beat) -> dict:
         """Train, register the version, decide its promotion: the run's outcome fields."""
+        from model.config import ModelConfig
         from model.data import check_images, load_dataset
         from model.training import TrainConfig, train
 
@@ -136,9 +139,12 @@ class Training:
         work = self.settings.data_dir / "training" / str(run.id)
         sync = CheckpointSync(self.blobs, checkpoint_prefix(run.id), work / "work")
         resumed = sync.restore()
-        config = TrainConfig(**run.hyperparameters)
+        settings = dict(run.hyperparameters)
+        architecture = settings.pop("model", None)  # None: a fine-tune, or a run from before it
+        config = TrainConfig(**settings)
         callbacks = RunCallbacks(self.db, run, self.worker, beat, sync, resumed)
-        bundle = train(splits, encoder, work / "bundle", config, work_dir=work / "work",
+        bundle = train(splits, encoder, work / "bundle", config,
+                       model_config=ModelConfig(**(architecture or {})), work_dir=work / "work",
                        cache_dir=self.settings.data_dir / "features",
                        callbacks=callbacks.as_callbacks(), base=base)  # fmt: skip
         number = register_bundle(self.db, self.blobs, work / "bundle", parent=run.base_version,
@@ -169,10 +175,10 @@ class Training:
     def dataset_folder(self, run: TrainingRun, beat: Beat) -> Path:
         """The run's dataset on this machine, made or fetched once and then reused."""
         spec, root = run.dataset, self.settings.data_dir / "datasets"
-        if spec["type"] == "shapes":
-            folder = root / f"shapes-{spec['size']}-{spec['seed']}"
+        if spec["type"] in SYNTHETIC:
+            folder = root / f"{spec['type']}-{spec['size']}-{spec['seed']}"
             if not folder.is_dir():
-                _publish(folder, lambda staging: write_shapes(staging, spec, beat))
+                _publish(folder, lambda staging: write_synthetic(staging, spec, beat))
             return folder
         folder = root / str(run.dataset_id)
         if not folder.is_dir():
@@ -273,14 +279,18 @@ def _error(code: str, message: str) -> dict:
     return {"error_code": code, "error_message": message}
 
 
-def write_shapes(folder: Path, spec: dict, beat: Beat) -> None:
-    """Generate the built-in shapes set, reporting progress as it goes."""
+def write_synthetic(folder: Path, spec: dict, beat: Beat) -> None:
+    """Generate a built-in synthetic set (spec's type: shapes or scenes), reporting progress as
+    it goes."""
+    from model.scenes import write_scenes_dataset
     from model.shapes import write_shapes_dataset
+
+    write = {"shapes": write_shapes_dataset, "scenes": write_scenes_dataset}[spec["type"]]
 
     def progress(done: int) -> None:
         beat.progress = {"phase": "dataset", "done": done, "total": spec["size"]}
 
-    write_shapes_dataset(folder, spec["size"], spec["seed"], SHAPES_VAL_FRACTION, progress)
+    write(folder, spec["size"], spec["seed"], SYNTHETIC_VAL_FRACTION, progress)
 
 
 def _publish(folder: Path, make) -> None:

@@ -27,10 +27,19 @@ FormList = BeforeValidator(as_list)
 class Options(Strict):
     """Decoding options and the webhook, shared by jobs and batches (JSON or form fields)."""
 
-    beam_size: int = Field(3, ge=1, le=10, description="beams searched (1: greedy)",
+    beam_size: int = Field(3, ge=1, le=10, description="beams searched (1: greedy); 1 when "
+                           "temperature is above 0",
                            json_schema_extra=coded("invalid_option"))  # fmt: skip
     max_length: int = Field(20, ge=1, le=50, description="most words in the caption",
                             json_schema_extra=coded("invalid_option"))  # fmt: skip
+    temperature: float = Field(0.0, ge=0, le=2, description="0: the most likely words; above 0, "
+                               "each word is drawn from the model's distribution sharpened "
+                               "(below 1) or flattened (above 1)",
+                               json_schema_extra=coded("invalid_option"))  # fmt: skip
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="the sampling noise's seed: "
+                             "the same seed, image and model give the same caption (a batch's "
+                             "i-th image takes seed + i; default: a random one, recorded)",
+                             json_schema_extra=coded("invalid_option"))  # fmt: skip
     webhook: Url | None = Field(None, description="an http(s) URL told when the job (or batch) "
                                 "ends; the SSRF guard refuses private addresses",
                                 json_schema_extra=coded("invalid_webhook"))  # fmt: skip
@@ -108,6 +117,8 @@ class JobOptions(BaseModel):
 
     beam_size: int
     max_length: int
+    temperature: float = Field(description="0: greedy or beam search; above 0: sampled")
+    seed: int | None = Field(description="the sampling seed (null: greedy with none named)")
 
 
 class JobImage(BaseModel):

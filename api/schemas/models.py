@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas.training import Epoch
 
@@ -14,6 +14,23 @@ class Encoder(BaseModel):
 
     weights: str = Field(description="the encoder's weights (a file name, or seed:N)")
     fingerprint: str
+
+
+class Architecture(BaseModel):
+    """A version's decoder: its architecture and sizes, as its bundle's config says (versions
+    registered before architectures were recorded show only {"decoder": "gru"})."""
+
+    model_config = ConfigDict(extra="allow")
+    decoder: str = Field(description="gru or transformer")
+    embedding_dim: int | None = None
+    units: int | None = Field(None, description="GRU: its state size")
+    attention_units: int | None = Field(None, description="GRU: its attention's size")
+    layers: int | None = Field(None, description="Transformer: decoder blocks")
+    heads: int | None = Field(None, description="Transformer: attention heads per block")
+    ff_units: int | None = Field(None, description="Transformer: feed-forward size")
+    dropout: float | None = Field(None, description="Transformer: dropout in training")
+    vocab_size: int | None = None
+    max_length: int | None = Field(None, description="default cap on words at inference")
 
 
 class Bundle(BaseModel):
@@ -41,6 +58,8 @@ class ModelVersion(BaseModel):
         description="what it was trained on, as its run "
         "named it (an imported one: its folder's name)"
     )
+    architecture: Architecture | None = Field(description="its decoder's architecture and sizes "
+                                              "(null: not known)")  # fmt: skip
     encoder: Encoder
     metrics: dict[str, float | None] = Field(description="validation metrics of its best epoch")
     best_epoch: int | None

@@ -1,8 +1,9 @@
 """Training runs: what starting one may send, and what the API answers about them.
 
-The nested request objects (`dataset`, `hyperparameters`, `promotion`) are documented closed
-(no other fields), and the view refuses other fields with its own codes (unknown_hyperparameter,
-unknown_dataset, unknown_promotion field): the models let them through to it.
+The nested request objects (`dataset`, `hyperparameters`, `promotion`, `model`) are documented
+closed (no other fields), and the view refuses other fields with its own codes
+(unknown_hyperparameter, unknown_dataset, unknown_promotion field, invalid_model): the models let
+them through to it.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ RunEvent = Literal[EVENTS]  # type: ignore[valid-type]
 Metric = Literal[CAPTION_METRICS]  # type: ignore[valid-type]
 Policy = Literal["never", "always", "if_better"]
 CLOSED = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
-DATASET_MUST_BE = ('dataset must be {"type": "shapes", "size": N} or {"type": "upload", "id": '
-                   "DATASET_ID}")  # fmt: skip
+DATASET_MUST_BE = ('dataset must be {"type": "shapes", "size": N}, {"type": "scenes", "size": N} '
+                   'or {"type": "upload", "id": DATASET_ID}')  # fmt: skip
+DATASET_TYPES = ("shapes", "scenes", "upload")
 WHOLE = 2**31 - 1
 
 
@@ -39,6 +41,16 @@ class ShapesSet(BaseModel):
 
     model_config = CLOSED
     type: Literal["shapes"]
+    size: int = Field(1000, ge=20, le=100_000, description="captioned images generated")
+    seed: int = Field(0, ge=0, le=WHOLE)
+
+
+class ScenesSet(BaseModel):
+    """The built-in synthetic scenes set (two groups of shapes and their relation), generated
+    with its size and seed: harder than the shapes set."""
+
+    model_config = CLOSED
+    type: Literal["scenes"]
     size: int = Field(1000, ge=20, le=100_000, description="captioned images generated")
     seed: int = Field(0, ge=0, le=WHOLE)
 
@@ -56,7 +68,7 @@ def as_the_view_says(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
     try:
         return handler(value)
     except ValidationError as exc:
-        if not isinstance(value, dict) or value.get("type") not in ("shapes", "upload"):
+        if not isinstance(value, dict) or value.get("type") not in DATASET_TYPES:
             raise PydanticCustomError("invalid_dataset", DATASET_MUST_BE) from None
         first = exc.errors(include_url=False)[0]
         where = ".".join(["dataset", *(str(part) for part in first["loc"][1:])])
@@ -64,7 +76,7 @@ def as_the_view_says(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
                                   {"where": where, "msg": first["msg"]}) from None  # fmt: skip
 
 
-DatasetChoice = Annotated[ShapesSet | UploadedSet, Field(discriminator="type"),
+DatasetChoice = Annotated[ShapesSet | ScenesSet | UploadedSet, Field(discriminator="type"),
                           WrapValidator(as_the_view_says)]  # fmt: skip
 
 
@@ -84,6 +96,26 @@ class Hyperparameters(BaseModel):
     seed: int = Field(0, ge=0, le=WHOLE)
     patience: int = Field(3, ge=1, le=1000, description="early stopping: epochs without a "
                           "better validation metric")  # fmt: skip
+
+
+Decoder = Literal["gru", "transformer"]
+
+
+class ModelAsked(BaseModel):
+    """A fresh run's decoder architecture; each size left out takes its default. The limits
+    are api.training.MODEL's (the defaults mirror model/config.py's ModelConfig)."""
+
+    model_config = CLOSED
+    decoder: Decoder = Field("gru", description="a GRU with attention, or a Transformer")
+    embedding_dim: int = Field(256, ge=16, le=1024, description="image features and words are "
+                               "projected to this size (the Transformer's width: divisible by "
+                               "heads)")  # fmt: skip
+    units: int = Field(512, ge=16, le=2048, description="GRU: its state size")
+    attention_units: int = Field(512, ge=16, le=2048, description="GRU: its attention's size")
+    layers: int = Field(2, ge=1, le=8, description="Transformer: decoder blocks")
+    heads: int = Field(2, ge=1, le=16, description="Transformer: attention heads per block")
+    ff_units: int = Field(1024, ge=16, le=8192, description="Transformer: feed-forward size")
+    dropout: float = Field(0.1, ge=0.0, le=0.9, description="Transformer: dropout in training")
 
 
 class FeedbackUse(BaseModel):
@@ -107,8 +139,9 @@ class RunCreate(Strict):
     """A training run: what to train on, how, from which version, and whether it may serve."""
 
     dataset: DatasetChoice = Field(
-        description='the built-in shapes set, {"type": "shapes", "size": N}, or an uploaded '
-        'dataset, {"type": "upload", "id": DATASET_ID}',
+        description='a built-in synthetic set, {"type": "shapes", "size": N} or the harder '
+        '{"type": "scenes", "size": N}, or an uploaded dataset, {"type": "upload", "id": '
+        "DATASET_ID}",
         json_schema_extra=coded("invalid_dataset"))  # fmt: skip
     hyperparameters: Hyperparameters | None = Field(
         None, description="a JSON object of whole numbers (learning_rate: a number) within "
@@ -131,6 +164,10 @@ class RunCreate(Strict):
         None, description="also train on the tenant's caption corrections made until now, each "
         "as `weight` captions of its image; 400 when there are none",
         json_schema_extra=coded("invalid_feedback"))  # fmt: skip
+    model: ModelAsked | None = Field(
+        None, description="a fresh run's decoder architecture (default: a GRU of the default "
+        "sizes); a fine-tune keeps its base version's, so a run with base_version may not send "
+        "one", json_schema_extra=coded("invalid_model"))  # fmt: skip
 
 
 class RunFeedback(BaseModel):
@@ -145,6 +182,15 @@ class RunShapes(BaseModel):
     """The shapes set a run trains on."""
 
     type: Literal["shapes"]
+    feedback: RunFeedback | None = None
+    size: int
+    seed: int
+
+
+class RunScenes(BaseModel):
+    """The scenes set a run trains on."""
+
+    type: Literal["scenes"]
     feedback: RunFeedback | None = None
     size: int
     seed: int
@@ -169,6 +215,19 @@ class RunHyperparameters(BaseModel):
     seed: int
     patience: int
     monitor: Metric = Field(description="the validation metric that picks the best epoch")
+
+
+class RunModel(BaseModel):
+    """The decoder architecture a fresh run trains, defaults filled in."""
+
+    decoder: Decoder
+    embedding_dim: int
+    units: int
+    attention_units: int
+    layers: int
+    heads: int
+    ff_units: int
+    dropout: float
 
 
 class RunPromotion(BaseModel):
@@ -234,8 +293,11 @@ class TrainingRun(BaseModel):
 
     id: str
     status: RunStatus
-    dataset: RunShapes | RunUpload
+    dataset: RunShapes | RunScenes | RunUpload
     hyperparameters: RunHyperparameters
+    model: RunModel | None = Field(description="the decoder architecture it trains (null: a "
+                                   "fine-tune, which keeps its base version's, or a run from "
+                                   "before architectures were chosen: a GRU)")  # fmt: skip
     base_version: str | None = Field(description="the version it started from (null: fresh)")
     promotion: RunPromotion
     attempts: int = Field(description="workers that took it (a crashed worker's run is retried)")

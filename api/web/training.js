@@ -15,6 +15,8 @@ import {
 
 const POLL_MS = 500;
 const ENDED = new Set(["succeeded", "failed", "canceled"]);
+const TRAINING = new Set(["epoch", "loss", "accuracy"]); // a history row's keys that are not
+// validation metrics
 let watched = null; // {id, steps: [{x, y}], timer}
 
 // ---- starting a run ----
@@ -59,8 +61,14 @@ async function startRun(event) {
 function watch(run) {
   if (watched?.timer) clearTimeout(watched.timer);
   watched = { id: run.id, steps: [], status: null, timer: null };
+  showCurvesLink(run.id);
   show(run);
   poll();
+}
+
+/** The validation metrics of a history row (its training loss and accuracy left out). */
+function validation(row) {
+  return Object.fromEntries(Object.entries(row).filter(([name]) => !TRAINING.has(name)));
 }
 
 async function poll() {
@@ -92,7 +100,7 @@ function describe(run) {
     parts.push(`${p.phase}${p.total ? ` ${p.done}/${p.total}` : ""}`);
   }
   const last = run.history.at(-1);
-  if (last) parts.push(`validation after epoch ${last.epoch}: ${metricsLine(last)}`);
+  if (last) parts.push(`validation after epoch ${last.epoch}: ${metricsLine(validation(last))}`);
   if (run.model_version) parts.push(`made ${run.model_version}`);
   if (run.error) parts.push(`error: ${run.error.message || run.error.code}`);
   return parts.join(" · ");
@@ -128,9 +136,42 @@ function show(run) {
 function showHistory(history) {
   const table = $("#history");
   table.hidden = history.length === 0;
+  // Runs from before token accuracy was recorded have none in their rows: "—".
+  const fixed = (value, digits) => (typeof value === "number" ? value.toFixed(digits) : "—");
   table.tBodies[0].replaceChildren(...history.map((e) =>
-    el("tr", {}, el("td", { text: String(e.epoch) }), el("td", { text: e.loss.toFixed(4) }),
-      el("td", { text: metricsLine(e) }))));
+    el("tr", {}, el("td", { text: String(e.epoch) }), el("td", { text: fixed(e.loss, 4) }),
+      el("td", { class: "accuracy", text: fixed(e.accuracy, 3) }),
+      el("td", { text: metricsLine(validation(e)) }))));
+}
+
+// ---- the learning curves as the API draws them (GET /v1/training-runs/{id}/curves.png) ----
+
+/** Point the "curves (PNG)" link at the watched run; the picture shows once it is clicked. */
+function showCurvesLink(id) {
+  const path = `/v1/training-runs/${id}/curves.png`;
+  $("#curves-link").href = path;
+  $("#curves-path").textContent = path;
+  $("#curves").hidden = false;
+  const image = $("#curves-image");
+  if (image.src) URL.revokeObjectURL(image.src);
+  image.removeAttribute("src");
+  image.hidden = true;
+}
+
+/** Fetch the PNG with the key (a plain link would carry none) and show it under the link. */
+async function showCurves(event) {
+  event.preventDefault();
+  if (!watched) return;
+  const image = $("#curves-image");
+  try {
+    const png = await api(`/v1/training-runs/${watched.id}/curves.png`, { binary: true });
+    if (image.src) URL.revokeObjectURL(image.src);
+    image.src = URL.createObjectURL(new Blob([png], { type: "image/png" }));
+    image.hidden = false;
+    announce("Learning curves drawn: training loss, token accuracy and validation per epoch.");
+  } catch (error) {
+    showError(error);
+  }
 }
 
 // ---- the chart: lines on a canvas, x in epochs ----
@@ -260,6 +301,7 @@ function refresh() {
 
 setupKeyForm(refresh);
 $("#run-form").addEventListener("submit", startRun);
+$("#curves-link").addEventListener("click", showCurves);
 $("#reload-datasets").addEventListener("click", loadDatasets);
 $("#reload-runs").addEventListener("click", () => {
   loadRuns();
