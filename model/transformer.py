@@ -2,8 +2,9 @@
 
 Each block is post-norm: causal self-attention, cross-attention to the 64 image cells, then a
 feed-forward layer, each added to its input and layer-normalised. The per-word attention the
-service returns is the cross-attention, averaged over every block's heads (as the tutorial draws
-its maps), so it is a distribution over the 64 cells like the GRU's.
+service returns is the last block's cross-attention averaged over its heads, a distribution over
+the 64 cells like the GRU's. (The tutorial averages over every block too; on the shapes set the
+first block's maps are diffuse and took the localisation score from 0.85 to 0.68.)
 """
 
 from __future__ import annotations
@@ -179,8 +180,8 @@ class TransformerDecoder(keras.Model):
 
     @staticmethod
     def combine(maps: list[tf.Tensor]) -> tf.Tensor:
-        """Each block's cross-attention (B, H, T, L) → the mean over blocks and heads (B, T, L)."""
-        return tf.reduce_mean(tf.stack(maps), axis=(0, 2))
+        """Each block's cross-attention (B, H, T, L) → the last one's mean over heads (B, T, L)."""
+        return tf.reduce_mean(maps[-1], axis=1)
 
     def call(self, features: tf.Tensor, tokens: tf.Tensor, training: bool = False):
         """Teacher forcing: features (B, L, F), tokens (B, T) → logits (B, T, V), attention

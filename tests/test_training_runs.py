@@ -182,7 +182,18 @@ def imported(stack, first_run, trained_bundle) -> str:
 def test_jobs_during_a_swap_all_succeed_and_later_ones_carry_the_new_version(
     stack, imported, image
 ):
-    serve(stack, "v1")
+    worker, listed = swap_under_load(stack, image, "v1", imported)
+    # The swap outlasted the window, yet the worker was listed all along: its heartbeat does
+    # not wait for the rollout thread (when that thread reported alone, a swap emptied the list).
+    assert worker["swap_ms"] > SEEN_WITHIN_S * 1000
+    assert len(listed) > 10 and all(INFERENCE in names for names in listed)
+
+
+def swap_under_load(stack, image: bytes, old: str, new: str) -> tuple[dict, list[set[str]]]:
+    """Serve `old`, then promote `new` while jobs arrive every 50 ms: every job succeeds, on
+    one version or the other, and those sent after the swap on `new`. Returns the worker's
+    row and the worker names /v1/workers' query saw during the swap."""
+    serve(stack, old)
     submitted: list[tuple[str, float]] = []
     stop_at = threading.Event()
 
@@ -196,7 +207,7 @@ def test_jobs_during_a_swap_all_succeed_and_later_ones_carry_the_new_version(
     try:
         time.sleep(1.0)
         with watching_workers(stack) as listed:
-            worker = serve(stack, imported)
+            worker = serve(stack, new)
         swapped = time.monotonic()
         time.sleep(1.5)
     finally:
@@ -205,14 +216,56 @@ def test_jobs_during_a_swap_all_succeed_and_later_ones_carry_the_new_version(
     jobs = [(stack.client.wait_for(job_id, timeout=60), at) for job_id, at in submitted]
     assert all(job["status"] == "succeeded" for job, _ in jobs), [j["error"] for j, _ in jobs]
     versions = [job["result"]["model_version"] for job, _ in jobs]
-    assert set(versions) == {"v1", imported}
-    assert all(job["result"]["model_version"] == imported for job, at in jobs if at > swapped)
+    assert set(versions) == {old, new}
+    assert all(job["result"]["model_version"] == new for job, at in jobs if at > swapped)
     assert worker["swap_ms"] > 0 and worker["refused"] is None
     assert max(job["timings"]["total_ms"] for job, _ in jobs) < 15_000
-    # The swap outlasted the window, yet the worker was listed all along: its heartbeat does
-    # not wait for the rollout thread (when that thread reported alone, a swap emptied the list).
-    assert worker["swap_ms"] > SEEN_WITHIN_S * 1000
-    assert len(listed) > 10 and all(INFERENCE in names for names in listed)
+    return worker, listed
+
+
+TRANSFORMER = {"decoder": "transformer", "embedding_dim": 64, "heads": 2, "ff_units": 128}
+
+
+@pytest.fixture(scope="module")
+def transformer(stack, first_run) -> dict:
+    """A small Transformer trained by a run on the first run's set (its features are cached),
+    not promoted: its run and its registry entry."""
+    run = train(stack, hyperparameters=QUICK | {"epochs": 8, "learning_rate": 3e-3},
+                model=TRANSFORMER, promotion="never")  # fmt: skip
+    run = wait_run(stack, run["id"], ended, 600)
+    assert run["status"] == "succeeded", run["error"]
+    return {"run": run, "model": stack.client.request("GET", f"/v1/models/{run['model_version']}")}
+
+
+def test_a_run_trains_the_architecture_its_model_block_names(transformer, first_run):
+    run, model = transformer["run"], transformer["model"]
+    assert run["model"]["decoder"] == "transformer" and run["model"]["heads"] == 2
+    assert model["architecture"] | TRANSFORMER == model["architecture"]  # sizes as asked
+    assert first_run["model"]["architecture"]["decoder"] == "gru"
+    assert model["active"] is False
+    assert all(0 < row["accuracy"] <= 1 and row["loss"] > 0 for row in run["history"])
+    assert run["history"][-1]["accuracy"] > run["history"][0]["accuracy"]  # it learned
+    assert model["metrics"]["bleu4"] > 0.2, model["metrics"]
+
+
+def test_the_worker_swaps_between_architectures_under_load(stack, imported, transformer, image):
+    version = transformer["model"]["version"]
+    swap_under_load(stack, image, imported, version)  # GRU → Transformer
+    job = caption(stack, image)
+    assert job["result"]["model_version"] == version and job["result"]["caption"]
+    attention = np.load(io.BytesIO(stack.client.get_bytes(job["urls"]["attention"])))
+    assert attention.shape == (len(job["result"]["tokens"]), 64)
+    np.testing.assert_allclose(attention.astype(np.float32).sum(-1), 1.0, atol=1e-2)
+    swap_under_load(stack, image, version, imported)  # and back
+
+
+def test_a_sampled_job_repeats_with_its_seed_on_the_worker(stack, imported, image):
+    serve(stack, imported)
+    sampled = [stack.client.submit(image, temperature=1.5, seed=seed)["id"] for seed in (7, 7, 8)]
+    jobs = [stack.client.wait_for(job_id, timeout=60) for job_id in sampled]
+    assert all(job["status"] == "succeeded" for job in jobs), [job["error"] for job in jobs]
+    assert [job["options"]["seed"] for job in jobs] == [7, 7, 8]
+    assert jobs[0]["result"]["tokens"] == jobs[1]["result"]["tokens"]
 
 
 SEEN_WITHIN_S = 3 * STACK["model_poll_s"]  # /v1/workers' window, as short as the stack allows

@@ -1,0 +1,149 @@
+"""Both decoders on both synthetic sets: quality, training time and decode speed.
+
+For each set (shapes, scenes) it writes the set once, extracts its features once (cached in
+the work folder), then trains a GRU and a Transformer on the same features and scores each on
+the validation split with greedy search and beam 3: BLEU-1…4, CIDEr-D, exact match,
+localisation. It also times decoding alone (features → captions, compiled with XLA) at batch 1
+and 32, the Transformer with and without its key/value cache, against the encoder at batch 32.
+Prints one JSON object.
+
+Run: `python benchmarks/bench_decoders.py --work /tmp/bench-decoders [--n 1500] [--epochs 20]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from model.config import ModelConfig  # noqa: E402
+from model.data import load_dataset  # noqa: E402
+from model.encoder import Encoder  # noqa: E402
+from model.evaluation import caption_features, score  # noqa: E402
+from model.features import extract_features  # noqa: E402
+from model.inference import Decoding  # noqa: E402
+from model.scenes import write_scenes_dataset  # noqa: E402
+from model.shapes import write_shapes_dataset  # noqa: E402
+from model.training import TrainConfig, train  # noqa: E402
+
+SETS = {"shapes": write_shapes_dataset, "scenes": write_scenes_dataset}
+# The Transformer with one head: with two, one head's maps were diffuse and the head-averaged
+# localisation on shapes fell to 0.85 (BENCHMARKS.md); its post-norm blocks want a lower rate.
+ARCHITECTURES = {
+    "gru": (ModelConfig(decoder="gru"), {"learning_rate": 1e-3}),
+    "transformer": (ModelConfig(decoder="transformer", heads=1), {"learning_rate": 5e-4}),
+}
+
+
+def median_s(fn, reps: int) -> float:
+    """Median seconds of `fn()` over `reps` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def decode_speed(bundle, features: np.ndarray, reps: int) -> dict:
+    """Images/s of greedy decoding alone at batch 1 and 32 (the Transformer also uncached)."""
+    out = {}
+    caches = (True, False) if bundle.config.decoder == "transformer" else (True,)
+    for cache in caches:
+        bundle.decoder.cache = cache
+        decoding = Decoding(bundle)  # a fresh trace: `cache` is read when tracing
+        for batch in (1, 32):
+            chunk = features[:batch]
+            seconds = median_s(lambda chunk=chunk: decoding.search(chunk), reps)
+            out[f"{'' if cache else 'uncached_'}greedy_b{batch}_img_s"] = round(batch / seconds, 1)
+            out[f"{'' if cache else 'uncached_'}greedy_b{batch}_ms"] = round(seconds * 1000, 2)
+    bundle.decoder.cache = True
+    return out
+
+
+def scores(bundle, examples, features) -> dict:
+    """Validation scores with greedy search and beam 3."""
+    decoding = Decoding(bundle)
+    return {f"beam{k}": {name: None if v is None else round(v, 4)
+                         for name, v in score(examples, caption_features(decoding, features, k)).items()}
+            for k in (1, 3)}  # fmt: skip
+
+
+def run_set(name: str, args, encoder: Encoder) -> dict:
+    """Write the set, cache its features, train and score both decoders."""
+    data = args.work / name
+    if not (data / "annotations").is_dir():
+        SETS[name](data, args.n, args.seed, 0.2)
+    splits = load_dataset(data)
+    cache = args.work / f"{name}.features"
+    val = splits["val"]
+    val_features = extract_features(encoder, val, cache)
+    rows = {}
+    for arch, (model_config, hyper) in ARCHITECTURES.items():
+        config = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed, **hyper)
+        started = time.monotonic()
+        bundle = train(splits, encoder, args.work / f"{name}-{arch}", config, model_config,
+                       cache_dir=cache)  # fmt: skip
+        rows[arch] = {
+            "train_s": round(time.monotonic() - started, 1),
+            "fit_s": bundle.metrics["fit_seconds"],
+            "best_epoch": bundle.metrics["best_epoch"],
+            "first_epoch_loss": round(bundle.metrics["history"][0]["loss"], 4),
+            **scores(bundle, val, val_features),
+            **decode_speed(bundle, np.asarray(val_features[:32], np.float32), args.reps),
+        }
+    return {"images": args.n, "val_images": len(val), **rows,
+            "output_bias": bias_effect(splits, encoder, cache, args)}  # fmt: skip
+
+
+def bias_effect(splits, encoder: Encoder, cache: Path, args) -> dict:
+    """The first epoch's mean training loss, the output bias at 0 vs at log word frequencies."""
+    out = {}
+    for arch, (model_config, hyper) in ARCHITECTURES.items():
+        for bias in (False, True):
+            config = TrainConfig(epochs=1, seed=args.seed, output_bias=bias, val_images=50, **hyper)
+            bundle = train(splits, encoder, args.work / f"bias-{arch}-{bias}", config,
+                           model_config, cache_dir=cache)  # fmt: skip
+            out[f"{arch}_{'frequencies' if bias else 'zero'}"] = round(
+                bundle.metrics["history"][0]["loss"], 4
+            )
+    return out
+
+
+def encoder_speed(encoder: Encoder, reps: int) -> dict:
+    """The encoder's time at batch 32 (what a decode is measured against)."""
+    images = np.random.default_rng(0).uniform(-1, 1, (32, 299, 299, 3)).astype(np.float32)
+    seconds = median_s(lambda: encoder(images).numpy(), reps)
+    return {"encoder_b32_ms": round(seconds * 1000, 1), "encoder_b32_img_s": round(32 / seconds, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="data, features and bundles")
+    parser.add_argument("--n", type=int, default=1500, help="images per set")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--patience", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reps", type=int, default=7, help="timed repetitions")
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    args = parser.parse_args()
+    encoder = Encoder("seed:0")
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores",
+              "date": datetime.date.today().isoformat(), "load_before": os.getloadavg(),
+              **encoder_speed(encoder, 3),
+              **{name: run_set(name, args, encoder) for name in args.sets}}  # fmt: skip
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
