@@ -64,7 +64,7 @@ def decode_speed(bundle, features: np.ndarray, reps: int) -> dict:
         decoding = Decoding(bundle)  # a fresh trace: `cache` is read when tracing
         for batch in (1, 32):
             chunk = features[:batch]
-            seconds = median_s(lambda chunk=chunk: decoding.search(chunk), reps)
+            seconds = median_s(lambda d=decoding, chunk=chunk: d.search(chunk), reps)
             out[f"{'' if cache else 'uncached_'}greedy_b{batch}_img_s"] = round(batch / seconds, 1)
             out[f"{'' if cache else 'uncached_'}greedy_b{batch}_ms"] = round(seconds * 1000, 2)
     bundle.decoder.cache = True
@@ -74,9 +74,11 @@ def decode_speed(bundle, features: np.ndarray, reps: int) -> dict:
 def scores(bundle, examples, features) -> dict:
     """Validation scores with greedy search and beam 3."""
     decoding = Decoding(bundle)
-    return {f"beam{k}": {name: None if v is None else round(v, 4)
-                         for name, v in score(examples, caption_features(decoding, features, k)).items()}
-            for k in (1, 3)}  # fmt: skip
+    out = {}
+    for beam in (1, 3):
+        found = score(examples, caption_features(decoding, features, beam))
+        out[f"beam{beam}"] = {k: None if v is None else round(v, 4) for k, v in found.items()}
+    return out
 
 
 def run_set(name: str, args, encoder: Encoder) -> dict:
