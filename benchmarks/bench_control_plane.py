@@ -159,7 +159,7 @@ def _patch(module):
     cost_s = float(os.environ.get("CAPTIONER_BENCH_STANDIN_MODEL_MS", "5")) / 1000
     tokens = ["a", "red", "circle"]
 
-    def caption_batch(self, images, beam_size=1, max_length=None):
+    def caption_batch(self, images, beam_size=1, max_length=None, sampling=None):
         time.sleep(cost_s)
         attention = np.full((len(tokens), 64), 1 / 64, dtype=np.float32)  # (T, 64)
         text, log_probs = " ".join(tokens), [-0.1] * len(tokens)

@@ -192,7 +192,8 @@ def run_json(run: TrainingRun) -> dict[str, Any]:
         "webhook": webhook_json(run),
         "urls": {"self": f"/v1/training-runs/{run.id}",
                  "cancel": f"/v1/training-runs/{run.id}/cancel",
-                 "deliveries": f"/v1/training-runs/{run.id}/deliveries"},
+                 "deliveries": f"/v1/training-runs/{run.id}/deliveries",
+                 "curves": f"/v1/training-runs/{run.id}/curves"},
     }  # fmt: skip
 
 

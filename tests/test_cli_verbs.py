@@ -86,7 +86,7 @@ def test_an_api_error_is_one_line_and_exit_status_1(capsys, to_api):
 
 def test_models_list_shows_the_registered_version(capsys, to_api):
     status, out, _ = run(capsys, "models", "list", *to_api)
-    assert status == 0 and out.split()[0] == "v1"  # no star: registered, not active
+    assert status == 0 and out.split()[:2] == ["v1", "gru"]  # no star: registered, not active
     status, out, _ = run(capsys, "models", "list", "--json", *to_api)
     assert [json.loads(line)["version"] for line in out.splitlines()] == ["v1"]
 
@@ -102,6 +102,26 @@ def test_a_run_starts_queued_and_is_canceled_with_no_trainer(capsys, to_api):
     assert status == 0 and out.split()[:2] == [started["id"], "canceled"]
     status, out, _ = run(capsys, "runs", "show", started["id"], *to_api)
     assert out.split()[1] == "canceled"
+
+
+def test_a_transformer_run_on_the_scenes_set_is_asked_for_by_flags(capsys, to_api):
+    status, out, _ = run(capsys, "runs", "start", "--scenes", "40", "--decoder", "transformer",
+                         "--promotion", "never", "--json", *to_api)  # fmt: skip
+    started = json.loads(out)
+    assert status == 0 and started["dataset"] == {"type": "scenes", "size": 40, "seed": 0}
+    assert started["model"]["decoder"] == "transformer"
+    run(capsys, "runs", "cancel", started["id"], *to_api)
+
+
+def test_sampled_submissions_carry_their_temperature_and_seeds(capsys, to_api, tmp_path):
+    paths = images(tmp_path, 3)
+    status, out, _ = run(capsys, "submit", *paths, "--temperature", "0.8", "--seed", "5",
+                         "--wait", "--json", *to_api)  # fmt: skip
+    jobs = [json.loads(line) for line in out.splitlines()]
+    assert status == 0 and [job["options"]["seed"] for job in jobs] == [5, 6, 7]
+    assert {(job["options"]["temperature"], job["options"]["beam_size"]) for job in jobs} == {
+        (0.8, 1)
+    }
 
 
 def test_a_correction_is_kept_and_a_run_learns_from_it(capsys, to_api, tmp_path):

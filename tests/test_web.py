@@ -107,6 +107,21 @@ def api(site: tuple[str, str], path: str) -> dict:
         return json.load(response)
 
 
+def answering(sent: list[dict]):
+    """A route handler that keeps each POST's JSON body in `sent` and answers it 400 itself (no
+    job or run is made); other methods go on to the API."""
+    refusal = json.dumps({"title": "Bad Request", "detail": "answered by the test"})
+
+    def answer(route) -> None:
+        if route.request.method != "POST":
+            route.fallback()
+            return
+        sent.append(route.request.post_data_json)
+        route.fulfill(status=400, content_type="application/problem+json", body=refusal)
+
+    return answer
+
+
 def overlay_pixels(card) -> list[int]:
     """RGBA of a 16 × 16 sample of the overlay canvas's pixels."""
     return card.locator("canvas.overlay").evaluate(
@@ -214,6 +229,49 @@ def test_an_image_url_is_captioned(page, site, scene, tmp_path):
         server.shutdown()
 
 
+def test_a_sampled_job_carries_its_temperature_and_seed(page, site, scene):
+    open_page(page, site)
+    beams = page.get_by_label("Beams")
+    page.get_by_label("Temperature").fill("0.8")
+    assert beams.is_disabled() and beams.input_value() == "1"  # the API samples with one beam
+    assert "Beams is 1" in page.locator("#sampling-hint").inner_text()
+    page.get_by_label("Seed").fill("1234")
+    page.get_by_label("Choose images").set_input_files(
+        files=[{"name": "scene.png", "mimeType": "image/png", "buffer": scene}]
+    )  # as form fields
+    card = page.locator(".job").first
+    card.locator(".state[data-status='succeeded']").wait_for()  # a sampled caption may be empty
+    job = api(site, f"/v1/jobs/{card.get_attribute('data-job-id')}")
+    assert job["options"] == {"beam_size": 1, "max_length": 20, "temperature": 0.8, "seed": 1234}
+    shown = card.locator(".options").inner_text()
+    assert "temperature 0.8" in shown and "seed 1234" in shown, shown
+    recent = page.locator(f"#recent li[data-job-id='{job['id']}']")
+    recent.wait_for()
+    assert "temperature 0.8, seed 1234" in recent.inner_text()
+    sampled = {"image_url": "http://127.0.0.1:9/scene.png", "max_length": 20, "temperature": 1.5}
+    assert json_sent(page, "1.5", "7") == {**sampled, "seed": 7}  # numbers; no beam_size
+    page.get_by_label("Temperature").fill("0")
+    assert beams.is_enabled() and beams.input_value() == "3"  # the beams asked for before
+    page.get_by_label("Seed").fill("4294967296")
+    page.get_by_role("button", name="Caption URL").click()
+    page.get_by_role("alert").filter(has_text="Seed must be a whole number").wait_for()
+
+
+def json_sent(page, temperature: str, seed: str) -> dict:
+    """The JSON body the URL form sends with this temperature and seed (the test answers it)."""
+    sent: list[dict] = []
+    answer = answering(sent)
+    page.route("**/v1/jobs", answer)
+    page.get_by_label("Temperature").fill(temperature)
+    page.get_by_label("Seed").fill(seed)
+    page.get_by_label("Image URL").fill("http://127.0.0.1:9/scene.png")
+    page.get_by_role("button", name="Caption URL").click()
+    page.get_by_role("alert").filter(has_text="answered by the test").wait_for()
+    page.unroute("**/v1/jobs", answer)
+    assert len(sent) == 1, sent
+    return sent[0]
+
+
 def test_a_wrong_key_gets_a_clear_message(page, site, scene):
     open_page(page, site, key="cap_not-a-key")
     page.get_by_label("Choose images").set_input_files(
@@ -246,17 +304,23 @@ VALIDATION_DRAWN = """c => {
 
 def test_the_training_page_starts_a_run_and_charts_its_progress(page, site):
     open_page(page, site, "/training")
-    page.get_by_label("Generated shapes set").check()
-    page.get_by_label("images").fill("20")
     page.get_by_label("Epochs").fill("1")
     page.get_by_label("Batch size").fill("8")
+    check_a_scenes_transformer_request(page)
+    page.get_by_label("Generated shapes set").check()
+    page.get_by_label("shapes set: images").fill("20")
+    page.get_by_label("Decoder").select_option("gru")
     page.evaluate("""() => {
         window.states = [];
         const line = document.querySelector("#run-state");
         new MutationObserver(() => window.states.push(line.textContent))
             .observe(line, {childList: true, characterData: true, subtree: true});
     }""")  # fmt: skip
-    page.get_by_role("button", name="Start training run").click()
+    with page.expect_request(lambda r: r.method == "POST" and "/v1/training-runs" in r.url) as sent:
+        page.get_by_role("button", name="Start training run").click()
+    asked = sent.value.post_data_json
+    assert asked["dataset"] == {"type": "shapes", "size": 20}, asked
+    assert asked["model"] == {"decoder": "gru"}, asked
     state = page.locator("#run-state")
     page.locator("#run-state[data-status='succeeded']").wait_for(timeout=RUN_S)
     states = page.evaluate("window.states")
@@ -274,10 +338,33 @@ def test_the_training_page_starts_a_run_and_charts_its_progress(page, site):
     assert accuracy == "—" or 0 <= float(accuracy) <= 1, accuracy
     assert "accuracy" not in page.locator("#history tbody td").last.inner_text()  # validation only
     check_the_curves_png(page)
-    page.locator("#models tr[data-version='v1']").wait_for()
+    version = page.locator("#models tr[data-version='v1']")
+    version.wait_for()
     assert page.get_by_role("button", name="Promote v1").is_visible()
+    assert "decoder" in page.locator("#models thead").inner_text()
+    assert version.locator("td.decoder").inner_text() == "GRU"
     page.set_viewport_size({"width": 360, "height": 740})
     assert not sticking_out(page)
+
+
+def check_a_scenes_transformer_request(page) -> None:
+    """The scenes set and a Transformer go into the run's request (the test answers the POST: no
+    run is trained); typing a size picks that set."""
+    sent: list[dict] = []
+    answer = answering(sent)
+    page.route("**/v1/training-runs", answer)
+    page.get_by_label("scenes set: images").fill("30")
+    assert page.get_by_label("Generated scenes set (harder)").is_checked()
+    decoder = page.get_by_label("Decoder")
+    decoder.focus()  # a native select: the keyboard chooses
+    page.keyboard.press("ArrowDown")
+    assert decoder.input_value() == "transformer"
+    page.get_by_role("button", name="Start training run").click()
+    page.get_by_role("alert").filter(has_text="answered by the test").wait_for()
+    page.unroute("**/v1/training-runs", answer)
+    asked = {"dataset": {"type": "scenes", "size": 30}, "model": {"decoder": "transformer"}}
+    rest = {"hyperparameters": {"epochs": 1, "batch_size": 8}, "promotion": "never"}
+    assert sent == [{**asked, **rest}]
 
 
 def check_the_curves_png(page) -> None:

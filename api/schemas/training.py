@@ -257,11 +257,15 @@ class Progress(BaseModel):
 
 
 class Epoch(BaseModel):
-    """One epoch's validation: its loss and each caption metric (null where it has none)."""
+    """One epoch: its mean training loss and token accuracy, then each validation caption
+    metric (null where it has none)."""
 
     model_config = ConfigDict(extra="allow")
     epoch: int
     loss: float
+    accuracy: float | None = Field(
+        None, description="share of training words (not <pad>) the decoder ranked first; "
+        "absent before it was recorded")  # fmt: skip
 
 
 class PromotionResult(BaseModel):
@@ -286,6 +290,8 @@ class RunLinks(BaseModel):
     self: str
     cancel: str
     deliveries: str
+    curves: str = Field(description="loss, token accuracy and metrics per epoch (JSON); "
+                        "add .png for the chart")  # fmt: skip
 
 
 class TrainingRun(BaseModel):

@@ -1,4 +1,5 @@
-// The jobs page: submit images (files, drag and drop, or a URL), watch each job go queued →
+// The jobs page: submit images (files, drag and drop, or a URL) with beam search or sampling at a
+// temperature (and a seed), watch each job go queued →
 // running → succeeded, explore the caption's attention word by word over the image, download
 // the attention, correct the caption; recent jobs and the active model version.
 
@@ -100,6 +101,7 @@ function jobCard(title, picture) {
     { class: "job" },
     el("h3", { text: title }),
     el("p", { class: "state", text: "sending…" }),
+    el("p", { class: "options note" }),
     el(
       "div",
       { class: "figure", hidden: true },
@@ -120,6 +122,7 @@ function setState(card, job) {
   const state = card.querySelector(".state");
   state.textContent = job.error ? `${job.status}: ${job.error.message || job.error.code}` : job.status;
   state.dataset.status = job.status;
+  card.querySelector(".options").textContent = optionsLine(job.options);
   card.dataset.jobId = job.id;
   card.dataset.status = job.status;
 }
@@ -247,14 +250,75 @@ function correctionForm(job) {
 
 // ---- submitting ----
 
-/** The decoding options the form asks for. */
+const SEED_MAX = 2 ** 32 - 1;
+
+/** The decoding options the form asks for: temperature and seed only when set, and no beams
+ * when sampling (the API samples with one beam). Throws when the temperature or seed is not one
+ * the API takes. */
 function options() {
-  return { max_length: Number($("#max-length").value) || 20,
-           beam_size: Number($("#beam-size").value) || 3 };
+  const temperature = $("#temperature");
+  const seed = $("#seed");
+  const chosen = { max_length: Number($("#max-length").value) || 20 };
+  const heat = temperature.value === "" ? 0 : Number(temperature.value);
+  if (!temperature.validity.valid || !(heat >= 0 && heat <= 2)) {
+    throw new Error("Temperature must be a number from 0 to 2.");
+  }
+  if (heat > 0) chosen.temperature = heat;
+  else chosen.beam_size = Number($("#beam-size").value) || 3;
+  if (seed.validity.badInput || (seed.value !== "" && !/^\d+$/.test(seed.value))
+      || Number(seed.value) > SEED_MAX) {
+    throw new Error(`Seed must be a whole number from 0 to ${SEED_MAX}, or empty.`);
+  }
+  if (seed.value !== "") chosen.seed = Number(seed.value);
+  return chosen;
+}
+
+/** While the temperature is above 0 the beams control is 1 and disabled; the hint says why. */
+function setupSampling() {
+  const temperature = $("#temperature");
+  const beams = $("#beam-size");
+  let kept = beams.value; // the beams asked for before sampling, given back at temperature 0
+  const update = () => {
+    const sampling = Number(temperature.value) > 0;
+    if (sampling && !beams.disabled) kept = beams.value;
+    if (sampling) beams.value = "1";
+    else if (beams.disabled) beams.value = kept;
+    beams.disabled = sampling;
+    $("#sampling-hint").textContent = sampling
+      ? "Sampling: each word is drawn at this temperature, so Beams is 1. The same seed, "
+        + "image and model give the same caption; with no seed a random one is recorded."
+      : "Temperature 0 picks the most likely words (beam search). Above 0 the caption is "
+        + "sampled, with one beam.";
+  };
+  temperature.addEventListener("input", update);
+  update();
+}
+
+/** The options a job was decoded with, in words. */
+function optionsLine(options) {
+  if (!options) return "";
+  const parts = [`at most ${options.max_length} words`];
+  if (options.temperature > 0) parts.push(`sampled at temperature ${options.temperature}`);
+  else parts.push(`temperature 0, ${options.beam_size} beam${options.beam_size === 1 ? "" : "s"}`);
+  if (options.seed !== null && options.seed !== undefined) parts.push(`seed ${options.seed}`);
+  return `Options: ${parts.join(", ")}.`;
+}
+
+/** The form's options, or null (and the error shown) when it asks for ones the API refuses. */
+function checkedOptions() {
+  try {
+    return options();
+  } catch (error) {
+    showError(error);
+    announce(error.message);
+    return null;
+  }
 }
 
 function submitFiles(files) {
   showError(null);
+  const chosen = checkedOptions();
+  if (!chosen) return;
   for (const file of files) {
     if (!file.type.startsWith("image/")) {
       showError(new Error(`${file.name} is not an image`));
@@ -262,7 +326,7 @@ function submitFiles(files) {
     }
     const form = new FormData();
     form.append("image", file, file.name);
-    for (const [name, value] of Object.entries(options())) form.append(name, String(value));
+    for (const [name, value] of Object.entries(chosen)) form.append(name, String(value));
     submit(jobCard(file.name, URL.createObjectURL(file)), form);
   }
 }
@@ -288,7 +352,8 @@ function setupSubmission() {
     event.preventDefault();
     showError(null);
     const url = $("#image-url").value.trim();
-    if (url) submit(jobCard(url, null), { image_url: url, ...options() });
+    const chosen = url ? checkedOptions() : null;
+    if (chosen) submit(jobCard(url, null), { image_url: url, ...chosen });
   });
 }
 
@@ -301,6 +366,8 @@ async function refreshRecent() {
       el("li", { "data-job-id": job.id },
         el("span", { class: "badge", "data-status": job.status, text: job.status }), " ",
         el("span", { text: job.result?.caption || job.error?.code || "—" }), " ",
+        job.options?.temperature > 0 ? el("small", { class: "sampling", text:
+          `temperature ${job.options.temperature}, seed ${job.options.seed} ` }) : null,
         el("small", { text: job.timings.created_at || "" })));
     $("#recent").replaceChildren(...rows);
     if (!rows.length) $("#recent").append(el("li", { text: "No jobs yet." }));
@@ -328,5 +395,6 @@ function refresh() {
 
 setupKeyForm(refresh);
 setupSubmission();
+setupSampling();
 $("#refresh").addEventListener("click", refresh);
 refresh();

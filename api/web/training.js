@@ -1,4 +1,5 @@
-// The training page: start a run (the shapes set or an uploaded dataset), watch its progress as
+// The training page: start a run (the shapes or scenes set, or an uploaded dataset; a GRU or
+// Transformer decoder), watch its progress as
 // a line chart, list runs and model versions, promote a version (admin keys only).
 
 import {
@@ -21,17 +22,33 @@ let watched = null; // {id, steps: [{x, y}], timer}
 
 // ---- starting a run ----
 
+const DECODERS = { gru: "GRU", transformer: "Transformer" };
+
+/** The dataset the form picks: an uploaded one, or a generated set of the size asked. */
+function datasetRequest() {
+  if ($("#use-upload").checked) return { type: "upload", id: $("#dataset").value };
+  const type = $("#use-scenes").checked ? "scenes" : "shapes";
+  return { type, size: Number($(`#${type}-size`).value) };
+}
+
+/** A fresh run's request (the page never fine-tunes, so it always names its decoder). */
 function runRequest() {
-  const upload = $("#use-upload").checked;
-  const dataset = upload
-    ? { type: "upload", id: $("#dataset").value }
-    : { type: "shapes", size: Number($("#shapes-size").value) };
   return {
-    dataset,
+    dataset: datasetRequest(),
     hyperparameters: { epochs: Number($("#epochs").value),
                        batch_size: Number($("#batch-size").value) },
+    model: { decoder: $("#decoder").value },
     promotion: $("#promotion").value,
   };
+}
+
+/** What a run or version trained on: "shapes (200)", "scenes (200)" or the upload's name. */
+function datasetName(dataset) {
+  if (!dataset) return "imported";
+  if (dataset.type === "shapes" || dataset.type === "scenes") {
+    return `${dataset.type} (${dataset.size})`;
+  }
+  return dataset.name || dataset.type || "?";
 }
 
 async function startRun(event) {
@@ -243,7 +260,7 @@ async function loadRuns() {
       button.addEventListener("click", () => watch(run));
       return el("li", { "data-run-id": run.id }, el("span", { class: "badge",
         "data-status": run.status, text: run.status }), ` ${run.id.slice(0, 8)} on `,
-        `${run.dataset.type === "shapes" ? `shapes (${run.dataset.size})` : run.dataset.name} `,
+        `${datasetName(run.dataset)} `,
         run.model_version ? `→ ${run.model_version} ` : "", button);
     }));
     if (!runs.length) $("#runs").append(el("li", { text: "No runs yet." }));
@@ -258,24 +275,23 @@ async function loadModels() {
     const { models } = await listModels();
     body.replaceChildren(...models.map(modelRow));
     if (!models.length) {
-      body.append(el("tr", {}, el("td", { colspan: 5, text: "No versions registered yet." })));
+      body.append(el("tr", {}, el("td", { colspan: 6, text: "No versions registered yet." })));
     }
   } catch (error) {
-    body.replaceChildren(el("tr", {}, el("td", { colspan: 5, text: error.message })));
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 6, text: error.message })));
   }
 }
 
 function modelRow(model) {
-  const trainedOn = model.dataset
-    ? model.dataset.type === "shapes" ? `shapes (${model.dataset.size})`
-      : model.dataset.name || model.dataset.type || "?"
-    : "imported";
+  const decoder = model.architecture?.decoder;
   const button = model.active ? null
     : el("button", { type: "button", text: `Promote ${model.version}` });
   button?.addEventListener("click", () => promote(model.version));
   return el("tr", { "data-version": model.version }, el("td", { text: model.version }),
-    el("td", { text: model.active ? "active" : "" }), el("td", { text: metricsLine(model.metrics) }),
-    el("td", { text: trainedOn }), el("td", {}, button));
+    el("td", { text: model.active ? "active" : "" }),
+    el("td", { class: "decoder", text: decoder ? DECODERS[decoder] || decoder : "—" }),
+    el("td", { text: metricsLine(model.metrics) }), el("td", { text: datasetName(model.dataset) }),
+    el("td", {}, button));
 }
 
 async function promote(version) {
@@ -308,4 +324,6 @@ $("#reload-runs").addEventListener("click", () => {
   loadModels();
 });
 $("#dataset").addEventListener("change", () => ($("#use-upload").checked = true));
+$("#shapes-size").addEventListener("input", () => ($("#use-shapes").checked = true));
+$("#scenes-size").addEventListener("input", () => ($("#use-scenes").checked = true));
 refresh();

@@ -134,6 +134,11 @@ class ModelVersion:
     created_at: str
     raw: Raw = _raw()
 
+    @property
+    def decoder(self) -> str:
+        """Its decoder architecture ("gru", "transformer"), or "?" where the API does not say."""
+        return (self.raw.get("architecture") or {}).get("decoder", "?")
+
     @classmethod
     def from_json(cls, raw: Raw) -> ModelVersion:
         """From GET /v1/models/{version}'s answer."""

@@ -108,6 +108,10 @@ def _add_submit(subparsers) -> None:
                       help="seconds to wait in all (default: %(default)s)")  # fmt: skip
     verb.add_argument("--beam-size", type=int, metavar="N", help="beams searched (1: greedy)")
     verb.add_argument("--max-length", type=int, metavar="N", help="most words a caption")
+    verb.add_argument("--temperature", type=float, metavar="T",
+                      help="above 0: sample the words (0–2; the beam is then 1)")  # fmt: skip
+    verb.add_argument("--seed", type=int, metavar="N", help="the sampling seed (the i-th "
+                      "image takes N + i): the same seed gives the same caption")  # fmt: skip
     verb.add_argument(
         "--attention-png",
         type=Path,
@@ -148,7 +152,11 @@ def _add_runs(verbs) -> None:
     start = _verb(verbs, "runs start", "start a training run", run_runs_start)
     data = start.add_mutually_exclusive_group(required=True)
     data.add_argument("--shapes", type=int, metavar="N", help="train on N synthetic shapes images")
+    data.add_argument("--scenes", type=int, metavar="N",
+                      help="train on N synthetic scenes images (the harder set)")  # fmt: skip
     data.add_argument("--dataset", metavar="ID", help="train on an uploaded dataset")
+    start.add_argument("--decoder", choices=["gru", "transformer"],
+                       help="the decoder architecture (default: the API's, gru)")  # fmt: skip
     for name, kind, text in HYPERPARAMETERS:
         start.add_argument(f"--{name}", type=kind, metavar="N", help=f"{text} (default: the API's)")
     start.add_argument("--base-version", metavar="VERSION", help="a version to start from (v3)")
@@ -192,8 +200,11 @@ def run_submit(args: argparse.Namespace) -> int:
     """`submit IMAGE… [--url URL…] [--wait]`: a line (or JSON object) per job; 1 if one failed."""
     if not args.images and not args.url:
         raise ValueError("give image files or --url")
-    options = {k: v for k, v in (("beam_size", args.beam_size), ("max_length", args.max_length))
-               if v is not None}  # fmt: skip
+    asked = {"beam_size": args.beam_size, "max_length": args.max_length,
+             "temperature": args.temperature}  # fmt: skip
+    options = {k: v for k, v in asked.items() if v is not None}
+    if args.seed is not None:
+        options["seed"] = args.seed
     names = [str(path) for path in args.images] + args.url
     waits = args.wait or args.attention_png is not None
     with client(args) as api:
@@ -208,13 +219,18 @@ def run_submit(args: argparse.Namespace) -> int:
 def submit_all(api: Client, paths: list[Path], urls: list[str], options: dict, hold: float
                ) -> list[Job | Batch]:  # fmt: skip
     """One image as a job the API holds up to `hold` seconds (≤ 60); more as batches of up to
-    100, images first, then URLs (a request each, and one request a poll while waiting)."""
+    100, images first, then URLs (a request each, and one request a poll while waiting). With
+    a `seed`, the i-th image of all takes seed + i, across batches too."""
     if len(paths) + len(urls) == 1:
         image, url = (paths or [None])[0], (urls or [None])[0]
         return [api.submit(image, url=url, wait=hold, **options)]
-    batches = [api.submit_batch(paths[i : i + MAX_BATCH], **options)
+
+    def from_(i: int) -> dict:  # the options of the batch whose first image is the i-th
+        return options | ({"seed": options["seed"] + i} if "seed" in options else {})
+
+    batches = [api.submit_batch(paths[i : i + MAX_BATCH], **from_(i))
                for i in range(0, len(paths), MAX_BATCH)]  # fmt: skip
-    return batches + [api.submit_batch(urls=urls[i : i + MAX_BATCH], **options)
+    return batches + [api.submit_batch(urls=urls[i : i + MAX_BATCH], **from_(len(paths) + i))
                       for i in range(0, len(urls), MAX_BATCH)]  # fmt: skip
 
 
@@ -284,8 +300,8 @@ def model_line(model: ModelVersion) -> str:
     """One line for a version: * if it serves, its parent, and its validation BLEU-4."""
     bleu = model.metrics.get("bleu4")
     score = f"bleu4={bleu:.3f}" if isinstance(bleu, float) else ""
-    return f"{'*' if model.active else ' '} {model.version:<6} {model.created_at:<26} " \
-           f"from {model.parent or '-':<6} {score}"  # fmt: skip
+    return f"{'*' if model.active else ' '} {model.version:<6} {model.decoder:<11} " \
+           f"{model.created_at:<26} from {model.parent or '-':<6} {score}"  # fmt: skip
 
 
 def run_models_list(args: argparse.Namespace) -> None:
@@ -322,9 +338,12 @@ def run_runs_start(args: argparse.Namespace) -> int:
                                 ("promotion", args.promotion)) if v}  # fmt: skip
     if args.feedback_weight:
         fields["feedback"] = {"weight": args.feedback_weight}
+    if args.decoder:
+        fields["model"] = {"decoder": args.decoder}
+    dataset = {"type": "scenes", "size": args.scenes} if args.scenes else args.dataset
     show = (lambda r: print(json.dumps(r.raw))) if args.json else (lambda r: print(run_line(r)))
     with client(args) as api:
-        run = api.start_run(args.dataset, shapes=args.shapes, hyperparameters=hyperparameters,
+        run = api.start_run(dataset, shapes=args.shapes, hyperparameters=hyperparameters,
                             **fields)  # fmt: skip
         run = api.watch_run(run, show) if args.watch else run
     if not args.watch:
