@@ -40,7 +40,7 @@ MODEL = {
     "units": (512, 16, 2048),  # GRU state
     "attention_units": (512, 16, 2048),  # GRU's Bahdanau attention
     "layers": (2, 1, 8),  # Transformer blocks
-    "heads": (2, 1, 16),
+    "heads": (1, 1, 16),
     "ff_units": (1024, 16, 8192),
     "dropout": (0.1, 0.0, 0.9),
 }

@@ -36,8 +36,8 @@ from model.shapes import write_shapes_dataset  # noqa: E402
 from model.training import TrainConfig, train  # noqa: E402
 
 SETS = {"shapes": write_shapes_dataset, "scenes": write_scenes_dataset}
-# The Transformer with one head: with two, one head's maps were diffuse and the head-averaged
-# localisation on shapes fell to 0.85 (BENCHMARKS.md); its post-norm blocks want a lower rate.
+# The Transformer with its default single head (README: The model), at the learning rate its
+# post-norm blocks train stably with.
 ARCHITECTURES = {
     "gru": (ModelConfig(decoder="gru"), {"learning_rate": 1e-3}),
     "transformer": (ModelConfig(decoder="transformer", heads=1), {"learning_rate": 5e-4}),

@@ -25,7 +25,9 @@ class ModelConfig:
     decoder: str = "gru"  # the architecture, one of DECODERS (bundles before format 2: gru)
     # The Transformer's sizes (its width is embedding_dim); the GRU ignores them.
     layers: int = 2  # decoder blocks: self-attention, cross-attention, feed-forward
-    heads: int = 2  # attention heads per block; embedding_dim must divide by it
+    # Attention heads per block (embedding_dim must divide by them). The tutorial has 2, but the
+    # service's maps average the heads, and 2 heads that look at different things blur them.
+    heads: int = 1
     ff_units: int = 1024  # feed-forward hidden size
     dropout: float = 0.1  # after attention, feed-forward and embeddings, in training only
 

@@ -15,7 +15,7 @@ pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, queue
 
 SHAPES = {"type": "shapes", "size": 40, "seed": 1}
 DEFAULT_MODEL = {"decoder": "gru", "embedding_dim": 256, "units": 512, "attention_units": 512,
-                 "layers": 2, "heads": 2, "ff_units": 1024, "dropout": 0.1}  # fmt: skip
+                 "layers": 2, "heads": 1, "ff_units": 1024, "dropout": 0.1}  # fmt: skip
 
 
 def start(client, **body):
