@@ -8,6 +8,7 @@ and 32, the Transformer with and without its key/value cache, against the encode
 Prints one JSON object.
 
 Run: `python benchmarks/bench_decoders.py --work /tmp/bench-decoders [--n 1500] [--epochs 20]`
+(`--reuse` scores the bundles an earlier run left there instead of training them again).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -25,6 +27,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from core.formats import BUNDLE_METRICS  # noqa: E402
+from model.bundle import load_bundle  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.data import load_dataset  # noqa: E402
 from model.encoder import Encoder  # noqa: E402
@@ -93,29 +97,31 @@ def run_set(name: str, args, encoder: Encoder) -> dict:
     rows = {}
     for arch, (model_config, hyper) in ARCHITECTURES.items():
         config = TrainConfig(epochs=args.epochs, patience=args.patience, seed=args.seed, **hyper)
-        started = time.monotonic()
-        bundle = train(splits, encoder, args.work / f"{name}-{arch}", config, model_config,
-                       cache_dir=cache)  # fmt: skip
+        out = args.work / f"{name}-{arch}"
+        if args.reuse and (out / BUNDLE_METRICS).is_file():  # trained by an earlier run
+            bundle = load_bundle(out)
+        else:
+            bundle = train(splits, encoder, out, config, model_config, cache_dir=cache)
         rows[arch] = {
-            "train_s": round(time.monotonic() - started, 1),
-            "fit_s": bundle.metrics["fit_seconds"],
+            "fit_s": bundle.metrics["fit_seconds"],  # training alone: features were cached
             "best_epoch": bundle.metrics["best_epoch"],
             "first_epoch_loss": round(bundle.metrics["history"][0]["loss"], 4),
             **scores(bundle, val, val_features),
             **decode_speed(bundle, np.asarray(val_features[:32], np.float32), args.reps),
         }
     return {"images": args.n, "val_images": len(val), **rows,
-            "output_bias": bias_effect(splits, encoder, cache, args)}  # fmt: skip
+            "output_bias": bias_effect(name, splits, encoder, cache, args)}  # fmt: skip
 
 
-def bias_effect(splits, encoder: Encoder, cache: Path, args) -> dict:
+def bias_effect(name: str, splits, encoder: Encoder, cache: Path, args) -> dict:
     """The first epoch's mean training loss, the output bias at 0 vs at log word frequencies."""
     out = {}
     for arch, (model_config, hyper) in ARCHITECTURES.items():
         for bias in (False, True):
             config = TrainConfig(epochs=1, seed=args.seed, output_bias=bias, val_images=50, **hyper)
-            bundle = train(splits, encoder, args.work / f"bias-{arch}-{bias}", config,
-                           model_config, cache_dir=cache)  # fmt: skip
+            out = args.work / f"{name}-bias-{arch}-{bias}"
+            shutil.rmtree(out.with_name(out.name + ".work"), ignore_errors=True)  # no resume
+            bundle = train(splits, encoder, out, config, model_config, cache_dir=cache)
             out[f"{arch}_{'frequencies' if bias else 'zero'}"] = round(
                 bundle.metrics["history"][0]["loss"], 4
             )
@@ -138,6 +144,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reps", type=int, default=7, help="timed repetitions")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="score the bundles an earlier run left in --work, not retrain them",
+    )
     args = parser.parse_args()
     encoder = Encoder("seed:0")
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores",

@@ -100,6 +100,12 @@ def make_train_step(decoder, optimizer, norm: FeatureNorm, attention_reg: float 
     return train_step
 
 
+def start_at_word_frequencies(decoder, tokens: np.ndarray) -> None:
+    """Set the output bias of a new decoder to the log word frequencies of captions (N, T+2)."""
+    bias = decoder.output_layer.bias
+    bias.assign(word_log_frequencies(tokens, bias.shape[0]))
+
+
 def word_log_frequencies(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
     """log p(word) (V,) over the target words of captions (N, T+2), with half a count for the
     words never seen, so the output starts at the unigram model instead of uniform."""
@@ -272,7 +278,7 @@ def train(
     bundle = base or new_bundle(train_examples, train_features, encoder, config, model_config)
     index, tokens = encode_captions(train_examples, bundle.vocab, config.max_caption_words)
     if base is None and config.output_bias:
-        bundle.decoder.output_layer.bias.assign(word_log_frequencies(tokens, len(bundle.vocab)))
+        start_at_word_frequencies(bundle.decoder, tokens)
     trainer = Trainer(bundle, config, work_dir)
     started = time.monotonic()
     history = trainer.fit((train_features, index, tokens), (val_examples, val_features), callbacks)

@@ -8,9 +8,18 @@ import numpy as np
 import pytest
 
 from captioner.cli import main
+from model.bundle import load_bundle
+from model.config import ModelConfig
 from model.data import load_dataset
 from model.features import cache_path, extract_features
-from model.training import Callbacks, TrainConfig, train
+from model.training import (
+    Callbacks,
+    TrainConfig,
+    start_at_word_frequencies,
+    train,
+    word_log_frequencies,
+)
+from model.vocab import END_ID, PAD_ID, START_ID
 
 pytestmark = pytest.mark.slow
 
@@ -95,3 +104,39 @@ def test_features_are_cached_per_encoder_fingerprint(shapes_dir, encoder, tmp_pa
     assert path.stat().st_mtime_ns == stamp
     np.testing.assert_array_equal(first, second)
     assert first.shape == (3, 64, 2048) and first.dtype == np.float16
+
+
+def test_word_log_frequencies_count_the_target_words_only():
+    tokens = np.array([[START_ID, 5, 6, 5, END_ID], [START_ID, 5, END_ID, PAD_ID, PAD_ID]])
+    log_p = word_log_frequencies(tokens, 8)
+    counts = {5: 3, 6: 1, END_ID: 2}  # <start> is never a target, <pad> is masked
+    total = 6 + 0.5 * 5  # five words never seen count half each
+    for word in range(8):
+        assert log_p[word] == pytest.approx(np.log(counts.get(word, 0.5) / total), rel=1e-5)
+
+
+@pytest.mark.parametrize("decoder", ["gru", "transformer"])
+def test_each_decoder_trains_and_records_loss_and_token_accuracy(
+    decoder, shapes_dir, encoder, tmp_path
+):
+    splits = load_dataset(shapes_dir)
+    model = ModelConfig(decoder=decoder, embedding_dim=64, units=64, attention_units=64,
+                        ff_units=128)  # fmt: skip
+    config = TrainConfig(epochs=2, val_images=20, learning_rate=5e-4, patience=5)
+    bundle = train(splits, encoder, tmp_path / "bundle", config, model,
+                   cache_dir=shapes_dir / "features")  # fmt: skip
+    first, second = bundle.metrics["history"]
+    assert 0 < first["accuracy"] < second["accuracy"] <= 1
+    assert first["loss"] > second["loss"] > 0
+    assert load_bundle(tmp_path / "bundle").config.decoder == decoder
+
+
+def test_a_new_decoders_output_bias_can_start_at_the_word_frequencies(random_transformer):
+    tokens = np.array([[START_ID, 5, 6, 5, END_ID], [START_ID, 7, END_ID, PAD_ID, PAD_ID]])
+    bias = random_transformer.decoder.output_layer.bias
+    saved = bias.numpy()
+    try:
+        start_at_word_frequencies(random_transformer.decoder, tokens)
+        np.testing.assert_allclose(bias.numpy(), word_log_frequencies(tokens, 30), rtol=1e-6)
+    finally:
+        bias.assign(saved)
