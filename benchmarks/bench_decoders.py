@@ -20,6 +20,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -109,23 +110,24 @@ def run_set(name: str, args, encoder: Encoder) -> dict:
             **scores(bundle, val, val_features),
             **decode_speed(bundle, np.asarray(val_features[:32], np.float32), args.reps),
         }
+    print(json.dumps({name: rows}), file=sys.stderr, flush=True)  # kept if a later part fails
     return {"images": args.n, "val_images": len(val), **rows,
             "output_bias": bias_effect(name, splits, encoder, cache, args)}  # fmt: skip
 
 
 def bias_effect(name: str, splits, encoder: Encoder, cache: Path, args) -> dict:
     """The first epoch's mean training loss, the output bias at 0 vs at log word frequencies."""
-    out = {}
+    losses = {}
     for arch, (model_config, hyper) in ARCHITECTURES.items():
         for bias in (False, True):
             config = TrainConfig(epochs=1, seed=args.seed, output_bias=bias, val_images=50, **hyper)
-            out = args.work / f"{name}-bias-{arch}-{bias}"
-            shutil.rmtree(out.with_name(out.name + ".work"), ignore_errors=True)  # no resume
-            bundle = train(splits, encoder, out, config, model_config, cache_dir=cache)
-            out[f"{arch}_{'frequencies' if bias else 'zero'}"] = round(
+            folder = args.work / f"{name}-bias-{arch}-{bias}"
+            shutil.rmtree(folder.with_name(folder.name + ".work"), ignore_errors=True)  # no resume
+            bundle = train(splits, encoder, folder, config, model_config, cache_dir=cache)
+            losses[f"{arch}_{'frequencies' if bias else 'zero'}"] = round(
                 bundle.metrics["history"][0]["loss"], 4
             )
-    return out
+    return losses
 
 
 def encoder_speed(encoder: Encoder, reps: int) -> dict:

@@ -169,6 +169,8 @@ class TransformerDecoder(keras.Model):
         """Teacher forcing on encoded images: tokens (B, T) → logits (B, T, V), attention
         (B, T, L)."""
         length = tokens.shape[1]
+        if length > MAX_POSITIONS:
+            raise ValueError(f"the Transformer reads at most {MAX_POSITIONS} words a caption")
         x = self.embedding(tokens) + self.positions(tf.range(length))
         x = self.dropout(x, training=training)
         causal = tf.linalg.band_part(tf.ones((length, length), tf.bool), -1, 0)  # (T, T)
