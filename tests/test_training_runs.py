@@ -330,7 +330,7 @@ def edited_config(**changes):
 @pytest.mark.parametrize(("make", "reason"), [
     (another_encoder, "0123456789abcdef"),
     (edited_config(model={"decoder": "lstm"}), "decoder 'lstm' is not one"),
-    (edited_config(model={"heads": 8}), "settings this version does not know: heads"),
+    (edited_config(model={"experts": 8}), "settings this version does not know: experts"),
     (edited_config(format=3), "bundle format 3 is not one this version reads"),
 ], ids=["another encoder", "another decoder", "an unknown setting", "a newer format"])  # fmt: skip
 def test_a_bundle_it_cannot_build_is_refused_and_the_old_one_serves_on(
