@@ -59,6 +59,8 @@ SCOPES = {
     ("GET", "/v1/training-runs/<uuid:run_id>"): "training",
     ("POST", "/v1/training-runs/<uuid:run_id>/cancel"): "training",
     ("GET", "/v1/training-runs/<uuid:run_id>/deliveries"): "training",
+    ("GET", "/v1/training-runs/<uuid:run_id>/curves"): "training",
+    ("GET", "/v1/training-runs/<uuid:run_id>/curves.png"): "training",
     ("GET", "/v1/models"): ANY_KEY,
     ("GET", "/v1/models/<name>"): ANY_KEY,
     ("POST", "/v1/models/<name>/promote"): "admin",

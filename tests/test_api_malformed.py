@@ -57,11 +57,11 @@ def test_a_base_version_with_a_superscript_is_a_400(client, queue):
 @pytest.mark.parametrize("route, field", [("/v1/jobs", "image"), ("/v1/batches", "images")])
 def test_unknown_fields_are_refused_by_name_as_json_and_form(client, queue, route, field):
     image = b64(png()) if field == "image" else [b64(png())]
-    as_json = client.post(route, json={field: image, "temperature": 0.5})
-    form = {field: (io.BytesIO(png()), "a.png"), "temperature": "0.5", "beam_size": "2"}
+    as_json = client.post(route, json={field: image, "top_k": 5})
+    form = {field: (io.BytesIO(png()), "a.png"), "top_k": "5", "beam_size": "2"}
     as_form = client.post(route, data=form, content_type="multipart/form-data")
     for response in (as_json, as_form):
         error = response.get_json()
         assert (response.status_code, error["code"]) == (400, "unknown_field")
-        assert "temperature" in error["detail"]
+        assert "top_k" in error["detail"]
     assert queue.llen("inference") == 0  # nothing was queued
