@@ -76,14 +76,19 @@ def greedy_search(
 
 def choose(log_probs: tf.Tensor, t, temperatures, seeds) -> tf.Tensor:
     """Each row's word (B,): the argmax, or where its temperature is above 0 a sample (the
-    Gumbel-max trick: argmax of log_probs / temperature + Gumbel noise)."""
+    Gumbel-max trick: argmax of log_probs / temperature + Gumbel noise). A batch with no such
+    row makes no noise."""
     best = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
     if temperatures is None:
         return best
-    noise = gumbel_noise(seeds, t, log_probs.shape[-1])  # (B, V)
     hot = temperatures > 0.0
-    scaled = log_probs / tf.where(hot, temperatures, 1.0)[:, None] + noise
-    return tf.where(hot, tf.argmax(scaled, axis=-1, output_type=tf.int32), best)
+
+    def sample():
+        noise = gumbel_noise(seeds, t, log_probs.shape[-1])  # (B, V)
+        scaled = log_probs / tf.where(hot, temperatures, 1.0)[:, None] + noise
+        return tf.where(hot, tf.argmax(scaled, axis=-1, output_type=tf.int32), best)
+
+    return tf.cond(tf.reduce_any(hot), sample, lambda: best)
 
 
 def gumbel_noise(seeds: tf.Tensor, t, vocab: int) -> tf.Tensor:
