@@ -159,17 +159,6 @@ def test_scenes_are_deterministic() -> None:
     assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
 
 
-def test_write_dataset_is_deterministic(tmp_path: Path) -> None:
-    a = write_scenes_dataset(tmp_path / "a", n=4, seed=11, val_fraction=0.25)
-    b = write_scenes_dataset(tmp_path / "b", n=4, seed=11, val_fraction=0.25)
-    c = write_scenes_dataset(tmp_path / "c", n=4, seed=12, val_fraction=0.25)
-    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    assert len(files) == 4 + 2
-    for rel in files:
-        assert (a / rel).read_bytes() == (b / rel).read_bytes()
-    assert any((a / rel).read_bytes() != (c / rel).read_bytes() for rel in files)
-
-
 def test_write_and_load_dataset(tmp_path: Path) -> None:
     calls: list[int] = []
     out = write_scenes_dataset(tmp_path, n=10, seed=3, val_fraction=0.2, progress=calls.append)

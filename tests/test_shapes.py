@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from model.scenes import write_scenes_dataset
 from model.shapes import COLORS, RELATIONS, SHAPES, ShapeObject, render_scene, write_shapes_dataset
 
 
@@ -122,10 +123,11 @@ def test_write_dataset(tmp_path: Path) -> None:
     ]
 
 
-def test_write_dataset_is_deterministic(tmp_path: Path) -> None:
-    a = write_shapes_dataset(tmp_path / "a", n=4, seed=11, val_fraction=0.25)
-    b = write_shapes_dataset(tmp_path / "b", n=4, seed=11, val_fraction=0.25)
-    c = write_shapes_dataset(tmp_path / "c", n=4, seed=12, val_fraction=0.25)
+@pytest.mark.parametrize("write", [write_shapes_dataset, write_scenes_dataset])
+def test_write_dataset_is_deterministic(tmp_path: Path, write) -> None:
+    a = write(tmp_path / "a", n=4, seed=11, val_fraction=0.25)
+    b = write(tmp_path / "b", n=4, seed=11, val_fraction=0.25)
+    c = write(tmp_path / "c", n=4, seed=12, val_fraction=0.25)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert len(files) == 4 + 2
     for rel in files:
