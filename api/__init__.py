@@ -55,6 +55,19 @@ def register_blueprints(app: Flask) -> None:
         webhooks,
     )
 
-    for module in (health, metrics, jobs, attention, batches, webhooks, datasets, training, curves,
-                   models, keys, feedback, web):  # fmt: skip
+    for module in (
+        health,
+        metrics,
+        jobs,
+        attention,
+        batches,
+        webhooks,
+        datasets,
+        training,
+        curves,
+        models,
+        keys,
+        feedback,
+        web,
+    ):
         app.register_blueprint(module.bp)

@@ -28,8 +28,13 @@ FILE_ERRORS = {409: Problem, 416: Problem, 500: Problem}  # 416: a Range outside
 
 
 @bp.get("/<uuid:job_id>/attention")
-@contract(shapes.Attention, query=shapes.AttentionQuery, more=FILE_ERRORS,
-          files={200: NPY, 206: NPY}, tags=["attention"])  # fmt: skip
+@contract(
+    shapes.Attention,
+    query=shapes.AttentionQuery,
+    more=FILE_ERRORS,
+    files={200: NPY, 206: NPY},
+    tags=["attention"],
+)
 @requires(Scope.JOBS)
 def get_attention(job_id: uuid.UUID):
     """The (T, 64) float16 weights as the stored .npy, or as T grids of 8×8 with `?format=json`."""
@@ -38,18 +43,27 @@ def get_attention(job_id: uuid.UUID):
         raise ErrorResponse(400, "invalid_format", f"format must be one of {list(FORMATS)}")
     job, data = succeeded_job(job_id)
     if form == "npy":
-        return send_file(io.BytesIO(data), mimetype="application/octet-stream",
-                         as_attachment=True, download_name=f"{job.id}.attention.npy")  # fmt: skip
+        return send_file(
+            io.BytesIO(data),
+            mimetype="application/octet-stream",
+            as_attachment=True,
+            download_name=f"{job.id}.attention.npy",
+        )
     weights = parse_attention(job, data)  # (T, g*g)
     grid = math.isqrt(weights.shape[1])
     cells = weights.astype(np.float64).reshape(len(weights), grid, grid)  # (T, g, g)
-    return jsonify({"job_id": str(job.id), "tokens": job.tokens, "shape": list(cells.shape),
-                    "attention": cells.round(6).tolist()})  # fmt: skip
+    return jsonify(
+        {
+            "job_id": str(job.id),
+            "tokens": job.tokens,
+            "shape": list(cells.shape),
+            "attention": cells.round(6).tolist(),
+        }
+    )
 
 
 @bp.get("/<uuid:job_id>/attention.png")
-@contract(None, more=FILE_ERRORS, files={200: PNG, 206: PNG},
-          tags=["attention"])  # fmt: skip
+@contract(None, more=FILE_ERRORS, files={200: PNG, 206: PNG}, tags=["attention"])
 @requires(Scope.JOBS)
 def get_attention_png(job_id: uuid.UUID):
     """The per-word heat-map grid as a PNG, rendered on first request and cached in blobs."""
@@ -70,8 +84,11 @@ def succeeded_job(job_id: uuid.UUID) -> tuple[Job, bytes]:
         job = find_job(session, job_id)
         data = job.attention  # kept in the row since migration 0005 (loaded only here)
     if job.status != JobStatus.SUCCEEDED:
-        raise ErrorResponse(409, "attention_not_ready", f"the job is {job.status}; attention "
-                            "exists once it has succeeded")  # fmt: skip
+        raise ErrorResponse(
+            409,
+            "attention_not_ready",
+            f"the job is {job.status}; attention exists once it has succeeded",
+        )
     if data is None:  # an older job: its own object in the blob store
         data = stored_blob(attention_key(job.id), "attention_missing", "attention weights")
     return job, data
@@ -104,8 +121,11 @@ def render_png(job: Job, data: bytes) -> bytes:
     weights = parse_attention(job, data)  # (T, g*g)
     original = read_images(services().blobs, [job])[job.id]
     if original is None:
-        raise ErrorResponse(404, "image_missing", "the original image bytes are not in the "
-                            f"blob store ({job.image_key})")  # fmt: skip
+        raise ErrorResponse(
+            404,
+            "image_missing",
+            f"the original image bytes are not in the blob store ({job.image_key})",
+        )
     picture = open_image(original, services().settings.max_image_pixels)  # as the model saw it
     grid = render_attention_grid(picture, job.tokens, weights.astype(np.float32))
     buffer = io.BytesIO()

@@ -65,22 +65,33 @@ def register_auth(app: Flask) -> None:
             return
         g.caller = caller = identify(request.headers.get("Authorization", ""))
         if needed != ANY_KEY and needed not in caller.scopes:
-            raise ErrorResponse(403, "forbidden", f"this key lacks the {needed!r} scope; it has "
-                                f"{sorted(caller.scopes)}")  # fmt: skip
+            raise ErrorResponse(
+                403,
+                "forbidden",
+                f"this key lacks the {needed!r} scope; it has {sorted(caller.scopes)}",
+            )
 
 
 def identify(header: str) -> Caller:
     """The caller of a `Bearer` header, or a 401."""
     scheme, _, key = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise ErrorResponse(401, "unauthorized", "send an API key: 'Authorization: Bearer KEY'",
-                            headers={"WWW-Authenticate": REALM})  # fmt: skip
+        raise ErrorResponse(
+            401,
+            "unauthorized",
+            "send an API key: 'Authorization: Bearer KEY'",
+            headers={"WWW-Authenticate": REALM},
+        )
     with services().db.session() as session:
         caller = apikeys.authenticate(session, key.strip())
     if caller is None:
         challenge = f'{REALM}, error="invalid_token"'
-        raise ErrorResponse(401, "unauthorized", "the API key is unknown or revoked",
-                            headers={"WWW-Authenticate": challenge})  # fmt: skip
+        raise ErrorResponse(
+            401,
+            "unauthorized",
+            "the API key is unknown or revoked",
+            headers={"WWW-Authenticate": challenge},
+        )
     return caller
 
 

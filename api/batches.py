@@ -45,16 +45,23 @@ def submit_batch():
     check_queue_room(len(images) or len(options.image_urls))
     settings = services().settings
     if options.image_urls:
-        return record_batch([url_job(uuid.uuid4(), url, options, i)
-                             for i, url in enumerate(options.image_urls)],
-                            options, settings.batch_max_size)  # fmt: skip
+        return record_batch(
+            [url_job(uuid.uuid4(), url, options, i) for i, url in enumerate(options.image_urls)],
+            options,
+            settings.batch_max_size,
+        )
     infos = [check_image(data, settings, f"images[{i}]: ") for i, data in enumerate(images)]
     chunk = settings.batch_max_size  # one pack and one message per chunk: a worker's batch
-    stored = [place for start in range(0, len(images), chunk)
-              for place in put_pack(services().blobs, images[start : start + chunk])]  # fmt: skip
+    stored = [
+        place
+        for start in range(0, len(images), chunk)
+        for place in put_pack(services().blobs, images[start : start + chunk])
+    ]
     checked = zip(stored, images, infos, strict=True)
-    new_jobs = [new_job(uuid.uuid4(), place, data, info, options, i)
-                for i, (place, data, info) in enumerate(checked)]  # fmt: skip
+    new_jobs = [
+        new_job(uuid.uuid4(), place, data, info, options, i)
+        for i, (place, data, info) in enumerate(checked)
+    ]
     return record_batch(new_jobs, options, chunk)
 
 
@@ -62,8 +69,9 @@ def record_batch(new_jobs: list[jobs.NewJob], options: Options, chunk: int):
     """Record the batch and its jobs in one transaction, enqueue a message per chunk: 202."""
     keys = [new.image_key for new in new_jobs]
     with dropping_blobs_on_error(keys), services().db.session() as session:
-        batch, members = batches.create_batch(session, tenant(), new_jobs, options.webhook_url,
-                                              options.webhook_events)  # fmt: skip
+        batch, members = batches.create_batch(
+            session, tenant(), new_jobs, options.webhook_url, options.webhook_events
+        )
         body = batch_json(batch, members)  # from the rows in memory
     enqueue([new.id for new in new_jobs], per_message=chunk)
     JOBS_SUBMITTED.labels("batch").inc(len(new_jobs))
@@ -92,9 +100,13 @@ def delete_batch(batch_id: uuid.UUID):
         find_batch(session, batch_id)
         removal = retention.delete_batch(session, batch_id)
         if removal.blocked_by:
-            raise ErrorResponse(409, "job_running", f"{len(removal.blocked_by)} of the batch's "
-                                "jobs are running; delete the batch once they have ended",
-                                running=[str(job_id) for job_id in removal.blocked_by])  # fmt: skip
+            raise ErrorResponse(
+                409,
+                "job_running",
+                f"{len(removal.blocked_by)} of the batch's "
+                "jobs are running; delete the batch once they have ended",
+                running=[str(job_id) for job_id in removal.blocked_by],
+            )
     retention.delete_blobs(services().blobs, removal.blob_keys)  # only once the rows are gone
     services().notifier.finished_many(removal.deleted)
     return "", 204

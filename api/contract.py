@@ -61,8 +61,9 @@ class Described(Response):
     (`files`: status code to media types). `Plugin` hands the view's answer on unchecked."""
 
     def __init__(self, files: dict[int, tuple[str, ...]], **code_models) -> None:
-        super().__init__(*(f"HTTP_{code}" for code in files if f"HTTP_{code}" not in code_models),
-                         **code_models)  # fmt: skip
+        super().__init__(
+            *(f"HTTP_{code}" for code in files if f"HTTP_{code}" not in code_models), **code_models
+        )
         self.files = files
 
     def generate_spec(self, naming_strategy=None) -> dict[str, Any]:
@@ -140,9 +141,15 @@ def contract(
     answers = {f"HTTP_{status}": ok} if ok is not None or status not in files else {}
     answers |= {f"HTTP_{s}": m for s, m in (more or {}).items()}
     answers |= {f"HTTP_{s}": Problem for s in ERROR_STATUSES if f"HTTP_{s}" not in answers}
-    validate = spec.validate(query=query, json=json, form=form, resp=Described(files, **answers),
-                             tags=list(tags), before=refuse_invalid,
-                             security={} if open_to_all else None)  # fmt: skip
+    validate = spec.validate(
+        query=query,
+        json=json,
+        form=form,
+        resp=Described(files, **answers),
+        tags=list(tags),
+        before=refuse_invalid,
+        security={} if open_to_all else None,
+    )
     if body_required:
         return validate
 

@@ -26,13 +26,21 @@ def get_curves(run_id: uuid.UUID):
     """Per epoch: training loss, token accuracy and every validation metric, as columns."""
     history, metric = history_of(run_id)
     curves = learning_curves(history)
-    return jsonify({
-        "run_id": str(run_id), "metric": metric, "epochs": curves.epochs, "loss": curves.loss,
-        "accuracy": curves.accuracy, "metrics": curves.metrics,
-        "urls": {"self": f"/v1/training-runs/{run_id}/curves",
-                 "png": f"/v1/training-runs/{run_id}/curves.png",
-                 "run": f"/v1/training-runs/{run_id}"},
-    })  # fmt: skip
+    return jsonify(
+        {
+            "run_id": str(run_id),
+            "metric": metric,
+            "epochs": curves.epochs,
+            "loss": curves.loss,
+            "accuracy": curves.accuracy,
+            "metrics": curves.metrics,
+            "urls": {
+                "self": f"/v1/training-runs/{run_id}/curves",
+                "png": f"/v1/training-runs/{run_id}/curves.png",
+                "run": f"/v1/training-runs/{run_id}",
+            },
+        }
+    )
 
 
 @bp.get("/<uuid:run_id>/curves.png")

@@ -24,13 +24,24 @@ from store.models import Dataset, Scope
 from store.payloads import dataset_json
 
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
-RAW_TYPES = ("application/zip", "application/x-tar", "application/gzip", "application/x-gzip",
-             "application/octet-stream")  # fmt: skip
+RAW_TYPES = (
+    "application/zip",
+    "application/x-tar",
+    "application/gzip",
+    "application/x-gzip",
+    "application/octet-stream",
+)
 
 
 @bp.post("")
-@contract(shapes.Dataset, status=201, query=shapes.DatasetUploadQuery, form=shapes.DatasetForm,
-          more={409: Problem, 422: Problem}, tags=["datasets"])  # fmt: skip
+@contract(
+    shapes.Dataset,
+    status=201,
+    query=shapes.DatasetUploadQuery,
+    form=shapes.DatasetForm,
+    more={409: Problem, 422: Problem},
+    tags=["datasets"],
+)
 @requires(Scope.TRAINING)
 @creates_resource
 @body_limit(dataset_body)
@@ -51,10 +62,18 @@ def upload_dataset():
         dataset_id = uuid.uuid4()
         key = dataset_key(dataset_id)
         services().blobs.put_file(key, path, f"application/{summary.format}")  # streamed
-        row = Dataset(id=dataset_id, owner=tenant(), name=name, archive_key=key,
-                      format=summary.format, bytes=path.stat().st_size,
-                      unpacked_bytes=summary.unpacked_bytes, splits=summary.splits,
-                      images=summary.images, captions=summary.captions)  # fmt: skip
+        row = Dataset(
+            id=dataset_id,
+            owner=tenant(),
+            name=name,
+            archive_key=key,
+            format=summary.format,
+            bytes=path.stat().st_size,
+            unpacked_bytes=summary.unpacked_bytes,
+            splits=summary.splits,
+            images=summary.images,
+            captions=summary.captions,
+        )
     with services().db.session() as session:
         body = dataset_json(datasets.create_dataset(session, row))
     return jsonify(body), 201, {"Location": body["urls"]["self"]}
@@ -65,8 +84,9 @@ def save_upload(path: Path) -> tuple[Path, str]:
     if request.mimetype == "multipart/form-data":
         upload = request.files.get("archive")
         if upload is None:
-            raise ErrorResponse(400, "missing_archive", "send the archive as a multipart file "
-                                "named 'archive'")  # fmt: skip
+            raise ErrorResponse(
+                400, "missing_archive", "send the archive as a multipart file named 'archive'"
+            )
         upload.save(path)
         name = request.form.get("name") or upload.filename or "dataset"
     elif request.mimetype in RAW_TYPES:
@@ -74,9 +94,13 @@ def save_upload(path: Path) -> tuple[Path, str]:
             shutil.copyfileobj(request.stream, out, 1 << 20)
         name = request.args.get("name", "dataset")
     else:
-        raise ErrorResponse(415, "unsupported_media_type", "send a zip or tar archive as a "
-                            "multipart file named 'archive', or as the body with one of "
-                            f"{RAW_TYPES}")  # fmt: skip
+        raise ErrorResponse(
+            415,
+            "unsupported_media_type",
+            "send a zip or tar archive as a "
+            "multipart file named 'archive', or as the body with one of "
+            f"{RAW_TYPES}",
+        )
     if path.stat().st_size == 0:
         raise ErrorResponse(400, "missing_archive", "the archive is empty")
     return path, name[:200]
@@ -112,8 +136,12 @@ def delete_dataset(dataset_id: uuid.UUID):
         found(datasets.get_dataset(session, dataset_id, owner=tenant()), "dataset", dataset_id)
         removal = retention.delete_dataset(session, dataset_id)
         if removal.blocked_by:
-            raise ErrorResponse(409, "dataset_in_use", "a queued or running training run uses "
-                                "the dataset; delete it once the run has ended (or cancel it)",
-                                training_runs=[str(run) for run in removal.blocked_by])  # fmt: skip
+            raise ErrorResponse(
+                409,
+                "dataset_in_use",
+                "a queued or running training run uses "
+                "the dataset; delete it once the run has ended (or cancel it)",
+                training_runs=[str(run) for run in removal.blocked_by],
+            )
     retention.delete_blobs(services().blobs, removal.blob_keys)  # only once the row is gone
     return "", 204

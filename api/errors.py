@@ -26,8 +26,16 @@ def found(row: T | None, what: str, row_id: object) -> T:
 def error_response(status: int, code: str, message: str, **details):
     """The problem document and its status."""
     title = HTTP_STATUS_CODES.get(status, "Error")
-    body = jsonify({"type": "about:blank", "title": title, "status": status, "detail": message,
-                    "code": code, **details})  # fmt: skip
+    body = jsonify(
+        {
+            "type": "about:blank",
+            "title": title,
+            "status": status,
+            "detail": message,
+            "code": code,
+            **details,
+        }
+    )
     body.mimetype = PROBLEM
     return body, status
 
@@ -43,8 +51,9 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(StoreUnavailable)
     def store_unavailable(exc: StoreUnavailable):
         app.logger.warning("%s: %s", exc, exc.__cause__)
-        body, status = error_response(503, "database_unavailable", "the database cannot be "
-                                      "reached; try again shortly")  # fmt: skip
+        body, status = error_response(
+            503, "database_unavailable", "the database cannot be reached; try again shortly"
+        )
         return body, status, {"Retry-After": str(RETRY_AFTER_S)}
 
     @app.errorhandler(HTTPException)

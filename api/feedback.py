@@ -22,8 +22,9 @@ bp = Blueprint("feedback", __name__, url_prefix="/v1")
 
 
 @bp.post("/jobs/<uuid:job_id>/feedback")
-@contract(shapes.Feedback, status=201, json=shapes.FeedbackCreate, more={409: Problem},
-          tags=["feedback"])  # fmt: skip
+@contract(
+    shapes.Feedback, status=201, json=shapes.FeedbackCreate, more={409: Problem}, tags=["feedback"]
+)
 @requires(Scope.JOBS)
 def send_feedback(job_id: uuid.UUID):
     """Correct a succeeded job's caption: 201 with the correction. 409 before the job has a
@@ -32,8 +33,11 @@ def send_feedback(job_id: uuid.UUID):
     with services().db.session() as session:
         job = found(jobs.get_job(session, job_id, owner=tenant()), "job", job_id)
         if job.status != JobStatus.SUCCEEDED:
-            raise ErrorResponse(409, "not_captioned", f"the job is {job.status}; only a "
-                                "succeeded job's caption can be corrected")  # fmt: skip
+            raise ErrorResponse(
+                409,
+                "not_captioned",
+                f"the job is {job.status}; only a succeeded job's caption can be corrected",
+            )
         row = feedback.record_feedback(session, services().blobs, job, caption)
         if row is None:
             raise ErrorResponse(409, "image_gone", "the job's image is no longer stored")

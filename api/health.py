@@ -25,8 +25,11 @@ def healthz():
 @public
 def readyz():
     """Database, broker and blob store all reachable: 200, else 503 naming the failures."""
-    checks = {"database": services().db.check, "blob_store": services().blobs.check,
-              "broker": services().broker.check}  # fmt: skip
+    checks = {
+        "database": services().db.check,
+        "blob_store": services().blobs.check,
+        "broker": services().broker.check,
+    }
     failures = {}
     for name, check in checks.items():
         try:

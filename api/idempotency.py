@@ -30,8 +30,10 @@ REPLAYED_HEADERS = ("Location", "Content-Type")
 CHUNK = 1 << 20
 SPOOL_IN_MEMORY = 1 << 20  # a larger body waits for its view in a temporary file
 IN_USE = f"a request with this {HEADER} is still being handled; retry in a second"
-REUSED = (f"this {HEADER} was first used with another request (method, path, query or body); "
-          "send a new key for a new request")  # fmt: skip
+REUSED = (
+    f"this {HEADER} was first used with another request (method, path, query or body); "
+    "send a new key for a new request"
+)
 
 
 def creates_resource(view: View) -> View:
@@ -71,8 +73,9 @@ def register_idempotency(app: Flask) -> None:
 def claim(key: str) -> Response | None:
     """None when this request holds the key and runs; else the replay, or a 409 or 422."""
     if not 0 < len(key) <= MAX_KEY_CHARS:
-        raise ErrorResponse(400, "invalid_idempotency_key",
-                            f"{HEADER} must be 1 to {MAX_KEY_CHARS} characters")  # fmt: skip
+        raise ErrorResponse(
+            400, "invalid_idempotency_key", f"{HEADER} must be 1 to {MAX_KEY_CHARS} characters"
+        )
     fingerprint = read_fingerprint()
     with services().db.session() as session:
         found = idempotency.begin(session, tenant(), key, fingerprint)

@@ -61,8 +61,11 @@ def submit_job():
         info = check_image(data, services().settings)
         stored = put_image(services().blobs, job_id, data, f"image/{info.format.lower()}")
         new = new_job(job_id, stored, data, info, options)
-    new = replace(new, webhook_url=options.webhook_url,
-                  webhook_events=list(options.webhook_events or ()) or None)  # fmt: skip
+    new = replace(
+        new,
+        webhook_url=options.webhook_url,
+        webhook_events=list(options.webhook_events or ()) or None,
+    )
     with dropping_blobs_on_error([new.image_key]), services().db.session() as session:
         body = job_json(jobs.create_job(session, new))  # the answer, from the row in memory
     enqueue([new.id])
@@ -70,17 +73,32 @@ def submit_job():
     return respond_after_wait(new.id, body)
 
 
-def new_job(job_id: uuid.UUID, stored: StoredImage, data: bytes, info: ImageInfo,
-            options: Options, index: int = 0) -> jobs.NewJob:  # fmt: skip
+def new_job(
+    job_id: uuid.UUID,
+    stored: StoredImage,
+    data: bytes,
+    info: ImageInfo,
+    options: Options,
+    index: int = 0,
+) -> jobs.NewJob:
     """A checked and stored image's job, not yet recorded; marked as sent (see `enqueue`).
     `index` is its place in a batch (its sampling seed is the batch's plus `index`)."""
-    return jobs.NewJob(owner=tenant(), image_key=stored.key, image_offset=stored.offset,
-                       image_bytes=len(data), image_format=info.format,
-                       image_width=info.width, image_height=info.height,
-                       beam_size=options.beam_size, max_length=options.max_length,
-                       temperature=options.temperature, seed=job_seed(options, index),
-                       deadline_at=options.deadline_at, enqueued_at=utcnow(),
-                       id=job_id)  # fmt: skip
+    return jobs.NewJob(
+        owner=tenant(),
+        image_key=stored.key,
+        image_offset=stored.offset,
+        image_bytes=len(data),
+        image_format=info.format,
+        image_width=info.width,
+        image_height=info.height,
+        beam_size=options.beam_size,
+        max_length=options.max_length,
+        temperature=options.temperature,
+        seed=job_seed(options, index),
+        deadline_at=options.deadline_at,
+        enqueued_at=utcnow(),
+        id=job_id,
+    )
 
 
 def job_seed(options: Options, index: int) -> int | None:
@@ -96,8 +114,9 @@ def url_job(job_id: uuid.UUID, url: str, options: Options, index: int = 0) -> jo
     """A job whose image the worker fetches from `url` into the job's own key (its size is
     unknown until then: 0)."""
     unknown = ImageInfo(format="", width=0, height=0)
-    return replace(new_job(job_id, StoredImage(image_key(job_id)), b"", unknown, options, index),
-                   image_url=url)  # fmt: skip
+    return replace(
+        new_job(job_id, StoredImage(image_key(job_id)), b"", unknown, options, index), image_url=url
+    )
 
 
 @contextmanager
@@ -161,8 +180,9 @@ def wait_for_terminal(job_id: uuid.UUID, wait: float):
 def prefer_wait(header: str) -> float:
     """Seconds asked for by `Prefer: wait=N` (RFC 7240), capped; a bare `wait` is the cap
     (Replicate's form); 0 when absent or malformed."""
-    match = re.search(r"(?:^|[,;\s])wait\s*(?:=\s*(\d+(?:\.\d+)?)\s*)?(?:[,;]|$)", header,
-                      re.IGNORECASE)  # fmt: skip
+    match = re.search(
+        r"(?:^|[,;\s])wait\s*(?:=\s*(\d+(?:\.\d+)?)\s*)?(?:[,;]|$)", header, re.IGNORECASE
+    )
     if not match:
         return 0.0
     return min(float(match.group(1)), MAX_WAIT_S) if match.group(1) else float(MAX_WAIT_S)
@@ -215,8 +235,9 @@ def cancel_job(job_id: uuid.UUID):
     with services().db.session() as session:
         job = find_job(session, job_id)
         if not jobs.cancel_job(session, job_id):
-            raise ErrorResponse(409, "not_cancelable", f"the job is {job.status}; only queued jobs "
-                                "can be canceled")  # fmt: skip
+            raise ErrorResponse(
+                409, "not_cancelable", f"the job is {job.status}; only queued jobs can be canceled"
+            )
         session.refresh(job)
         body = job_json(job)
     services().notifier.finished(job_id)
@@ -233,8 +254,12 @@ def delete_job(job_id: uuid.UUID):
         find_job(session, job_id)
         removal = retention.delete_jobs(session, [job_id])
         if removal.blocked_by:
-            raise ErrorResponse(409, "job_running", "the job is running; delete it once it has "
-                                "ended (it cannot be canceled while it runs)")  # fmt: skip
+            raise ErrorResponse(
+                409,
+                "job_running",
+                "the job is running; delete it once it has "
+                "ended (it cannot be canceled while it runs)",
+            )
     retention.delete_blobs(services().blobs, removal.blob_keys)  # only once the rows are gone
     services().notifier.finished(job_id)  # a request waiting on it answers now (a 404)
     return "", 204

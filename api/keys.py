@@ -26,8 +26,13 @@ SCOPES = list(ALL_SCOPES)
 
 
 @bp.post("")
-@contract(shapes.NewApiKey, status=201, json=shapes.KeyCreate, more={409: Problem, 422: Problem},
-          tags=["keys"])  # fmt: skip
+@contract(
+    shapes.NewApiKey,
+    status=201,
+    json=shapes.KeyCreate,
+    more={409: Problem, 422: Problem},
+    tags=["keys"],
+)
 @requires(Scope.ADMIN)
 @creates_resource
 def create_key():
@@ -36,8 +41,11 @@ def create_key():
     refuse_unknown(body, {"tenant", "scopes", "name"}, "field")
     tenant, scopes, name = body.get("tenant"), body.get("scopes"), body.get("name", "")
     check_tenant(tenant)
-    if (not isinstance(scopes, list) or not scopes
-            or not all(isinstance(s, str) and s in SCOPES for s in scopes)):  # fmt: skip
+    if (
+        not isinstance(scopes, list)
+        or not scopes
+        or not all(isinstance(s, str) and s in SCOPES for s in scopes)
+    ):
         raise ErrorResponse(400, "invalid_scopes", f"scopes must be a list of some of {SCOPES}")
     if not isinstance(name, str) or len(name) > 200:
         raise ErrorResponse(400, "invalid_name", "name must be text of at most 200 characters")
@@ -63,8 +71,12 @@ def list_keys():
 def check_tenant(tenant) -> None:
     """A 400 unless `tenant` is a tenant's name."""
     if not isinstance(tenant, str) or not TENANT.fullmatch(tenant):
-        raise ErrorResponse(400, "invalid_tenant", "tenant must be 1 to 64 letters, digits, "
-                            "'.', '_' or '-', starting with a letter or digit")  # fmt: skip
+        raise ErrorResponse(
+            400,
+            "invalid_tenant",
+            "tenant must be 1 to 64 letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit",
+        )
 
 
 @bp.get("/<uuid:key_id>")

@@ -51,17 +51,24 @@ def register_limits(app: Flask, settings: Settings) -> Limiter:
     redis = storage.startswith(("redis", "rediss"))
     options = {"socket_timeout": REDIS_TIMEOUT_S, "socket_connect_timeout": REDIS_TIMEOUT_S}
     limiter = Limiter(
-        caller_key, app=app, application_limits=[settings.rate_limit],
-        application_limits_exempt_when=lambda: "caller" not in g, strategy="fixed-window",
-        storage_uri=storage, storage_options=options if redis else {},
-        in_memory_fallback_enabled=True, swallow_errors=True, headers_enabled=False,
-    )  # fmt: skip
+        caller_key,
+        app=app,
+        application_limits=[settings.rate_limit],
+        application_limits_exempt_when=lambda: "caller" not in g,
+        strategy="fixed-window",
+        storage_uri=storage,
+        storage_options=options if redis else {},
+        in_memory_fallback_enabled=True,
+        swallow_errors=True,
+        headers_enabled=False,
+    )
 
     @app.errorhandler(RateLimitExceeded)
     def rate_limited(exc: RateLimitExceeded):
         wait = retry_after(limiter, exc)
-        body, status = error_response(429, "rate_limited", f"this API key sent more than "
-                                      f"{exc.limit.limit}; retry in {wait} s")  # fmt: skip
+        body, status = error_response(
+            429, "rate_limited", f"this API key sent more than {exc.limit.limit}; retry in {wait} s"
+        )
         return body, status, {"Retry-After": str(wait)}
 
     return limiter
@@ -99,5 +106,9 @@ def check_queue_room(count: int) -> None:
         full = f"the service has {total} jobs queued, at most {settings.max_queued_jobs}"
     else:
         return
-    raise ErrorResponse(503, "queue_full", f"{full}; {count} more do not fit: retry later",
-                        headers={"Retry-After": str(QUEUE_FULL_RETRY_S)})  # fmt: skip
+    raise ErrorResponse(
+        503,
+        "queue_full",
+        f"{full}; {count} more do not fit: retry later",
+        headers={"Retry-After": str(QUEUE_FULL_RETRY_S)},
+    )

@@ -43,15 +43,25 @@ class FleetCollector:
         with services().db.session() as session:
             state = fleet(session, SEEN_S)
         yield gauge("captioner_jobs", "Jobs queued or running (Postgres)", "status", state.jobs)
-        yield gauge("captioner_training_runs", "Training runs by status (Postgres)", "status",
-                    state.runs)  # fmt: skip
-        yield gauge("captioner_workers", "Workers seen in the last minute, by role", "role",
-                    state.workers)  # fmt: skip
-        yield gauge("captioner_deliveries_pending", "Webhook deliveries waiting for an attempt",
-                    None, {"": state.deliveries_pending})  # fmt: skip
+        yield gauge(
+            "captioner_training_runs", "Training runs by status (Postgres)", "status", state.runs
+        )
+        yield gauge(
+            "captioner_workers", "Workers seen in the last minute, by role", "role", state.workers
+        )
+        yield gauge(
+            "captioner_deliveries_pending",
+            "Webhook deliveries waiting for an attempt",
+            None,
+            {"": state.deliveries_pending},
+        )
         yield from run_gauges(state.running_runs)
-        yield gauge("captioner_queue_messages", "Messages waiting in each Redis queue (not those "
-                    "a worker prefetched)", "queue", queue_lengths())  # fmt: skip
+        yield gauge(
+            "captioner_queue_messages",
+            "Messages waiting in each Redis queue (not those a worker prefetched)",
+            "queue",
+            queue_lengths(),
+        )
 
 
 def run_gauges(runs) -> list[GaugeMetricFamily]:
@@ -59,10 +69,14 @@ def run_gauges(runs) -> list[GaugeMetricFamily]:
     epoch = GaugeMetricFamily(
         "captioner_training_run_epoch", "A running run's epoch", labels=["run_id"]
     )
-    loss = GaugeMetricFamily("captioner_training_run_loss", "A running run's loss this epoch",
-                             labels=["run_id"])  # fmt: skip
-    validation = GaugeMetricFamily("captioner_training_run_validation", "A running run's last "
-                                   "validation metrics", labels=["run_id", "metric"])  # fmt: skip
+    loss = GaugeMetricFamily(
+        "captioner_training_run_loss", "A running run's loss this epoch", labels=["run_id"]
+    )
+    validation = GaugeMetricFamily(
+        "captioner_training_run_validation",
+        "A running run's last validation metrics",
+        labels=["run_id", "metric"],
+    )
     for run in runs:
         epoch.add_metric([run.run_id], run.epoch)
         if run.loss is not None:

@@ -58,8 +58,12 @@ def list_workers():
     with services().db.session() as session:
         workers = registry.serving_workers(session, within)
         active = registry.active_version(session)
-        return jsonify({"active": active.version if active else None,
-                        "workers": [worker_json(w) for w in workers]})  # fmt: skip
+        return jsonify(
+            {
+                "active": active.version if active else None,
+                "workers": [worker_json(w) for w in workers],
+            }
+        )
 
 
 def find_version(session, name: str):

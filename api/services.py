@@ -35,8 +35,14 @@ class Services:
         broker = Broker(make_celery(settings), logging.getLogger("api"))
         db = Database(settings.database_url)
         db.after_commit.append(after_commit_sender(broker.deliveries))
-        return cls(settings, db, open_blob_store(settings), broker, Notifier(settings.broker_url),
-                   cipher_for(settings))  # fmt: skip
+        return cls(
+            settings,
+            db,
+            open_blob_store(settings),
+            broker,
+            Notifier(settings.broker_url),
+            cipher_for(settings),
+        )
 
 
 def services() -> Services:

@@ -50,15 +50,28 @@ DEFAULT_METRIC = "bleu4"
 
 
 @bp.post("")
-@contract(shapes.TrainingRun, status=201, json=shapes.RunCreate, more={409: Problem, 422: Problem},
-          tags=["training"])  # fmt: skip
+@contract(
+    shapes.TrainingRun,
+    status=201,
+    json=shapes.RunCreate,
+    more={409: Problem, 422: Problem},
+    tags=["training"],
+)
 @requires(Scope.TRAINING)
 @creates_resource
 def start_run():
     """Check the request, record the run, put it on the training queue: 201."""
     body = request_json()
-    known = {"dataset", "hyperparameters", "base_version", "promotion", "webhook",
-             "webhook_events", "feedback", "model"}  # fmt: skip
+    known = {
+        "dataset",
+        "hyperparameters",
+        "base_version",
+        "promotion",
+        "webhook",
+        "webhook_events",
+        "feedback",
+        "model",
+    }
     refuse_unknown(body, known, "field")
     promotion = parse_promotion(body.get("promotion"))
     hyperparameters = parse_numbers(
@@ -70,9 +83,14 @@ def start_run():
         base = parse_base(session, body.get("base_version"))
         hyperparameters |= parse_model(body.get("model"), base)
         new = training.NewRun(
-            owner=tenant(), dataset=dataset, dataset_id=dataset_id, hyperparameters=hyperparameters,
-            base_version=base, promotion=promotion, **webhook_fields(body),
-        )  # fmt: skip
+            owner=tenant(),
+            dataset=dataset,
+            dataset_id=dataset_id,
+            hyperparameters=hyperparameters,
+            base_version=base,
+            promotion=promotion,
+            **webhook_fields(body),
+        )
         body = run_json(training.create_run(session, new))
     sent = services().broker.runs([uuid.UUID(body["id"])])
     with services().db.session() as session:
@@ -99,8 +117,12 @@ def parse_feedback(session, value: Any) -> dict[str, Any]:
     until = utcnow()
     count = feedback.count_feedback(session, tenant(), before=until)
     if not count:
-        raise ErrorResponse(400, "invalid_feedback", "there are no caption corrections to learn "
-                            "from yet: send some with POST /v1/jobs/{id}/feedback")  # fmt: skip
+        raise ErrorResponse(
+            400,
+            "invalid_feedback",
+            "there are no caption corrections to learn "
+            "from yet: send some with POST /v1/jobs/{id}/feedback",
+        )
     return {"feedback": use | {"corrections": count, "until": iso(until)}}
 
 
@@ -116,8 +138,9 @@ def parse_numbers(values: Any, limits: dict[str, tuple], where: str, field: str)
         kinds = (int, float) if isinstance(default, float) else (int,)
         if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
             kind = "a number" if isinstance(default, float) else "a whole number"
-            raise ErrorResponse(400, f"invalid_{where}", f"{where}.{name} must be {kind} from "
-                                f"{low:g} to {high:g}")  # fmt: skip
+            raise ErrorResponse(
+                400, f"invalid_{where}", f"{where}.{name} must be {kind} from {low:g} to {high:g}"
+            )
         parsed[name] = value
     return parsed
 
@@ -127,24 +150,35 @@ def parse_model(value: Any, base: int | None) -> dict[str, Any]:
     fine-tune (it keeps its base version's), which may not send one; a 400 naming a bad field."""
     if base is not None:
         if value is not None:
-            raise ErrorResponse(400, "invalid_model", "a fine-tune keeps its base version's "
-                                "architecture: leave model out with a base_version")  # fmt: skip
+            raise ErrorResponse(
+                400,
+                "invalid_model",
+                "a fine-tune keeps its base version's "
+                "architecture: leave model out with a base_version",
+            )
         return {}
     value = {} if value is None else value
     if not isinstance(value, dict):
         raise ErrorResponse(400, "invalid_model", "model must be a JSON object")
     unknown = sorted(set(value) - set(MODEL) - {"decoder"})
     if unknown:
-        raise ErrorResponse(400, "invalid_model", f"unknown model settings {unknown}; known: "
-                            f"{sorted([*MODEL, 'decoder'])}")  # fmt: skip
+        raise ErrorResponse(
+            400,
+            "invalid_model",
+            f"unknown model settings {unknown}; known: {sorted([*MODEL, 'decoder'])}",
+        )
     decoder = value.get("decoder", DECODERS[0])
     if decoder not in DECODERS:
         raise ErrorResponse(400, "invalid_model", f"model.decoder must be one of {DECODERS}")
     sizes = {name: amount for name, amount in value.items() if name != "decoder"}
     sizes = parse_numbers(sizes, MODEL, "model", "model setting")
     if sizes["embedding_dim"] % sizes["heads"]:
-        raise ErrorResponse(400, "invalid_model", f"model.embedding_dim ({sizes['embedding_dim']})"
-                            f" must be divisible by model.heads ({sizes['heads']})")  # fmt: skip
+        raise ErrorResponse(
+            400,
+            "invalid_model",
+            f"model.embedding_dim ({sizes['embedding_dim']})"
+            f" must be divisible by model.heads ({sizes['heads']})",
+        )
     return {"model": {"decoder": decoder, **sizes}}
 
 
@@ -157,9 +191,13 @@ def parse_promotion(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict) or value.get("policy") not in POLICIES:
         raise ErrorResponse(400, "invalid_promotion", f"promotion.policy must be one of {POLICIES}")
     if value["policy"] != "never" and not is_admin():
-        raise ErrorResponse(403, "forbidden", "only an admin key's run may promote the version "
-                            'it trains; send "promotion": "never" and ask an admin to promote '
-                            "it")  # fmt: skip
+        raise ErrorResponse(
+            403,
+            "forbidden",
+            "only an admin key's run may promote the version "
+            'it trains; send "promotion": "never" and ask an admin to promote '
+            "it",
+        )
     refuse_unknown(value, {"policy", "metric"}, "promotion field")
     metric = value.get("metric", DEFAULT_METRIC)
     if metric not in CAPTION_METRICS:
@@ -173,13 +211,16 @@ def parse_dataset(session, value: Any) -> tuple[dict[str, Any], uuid.UUID | None
     """A built-in synthetic set (shapes, scenes) with its size and seed, or an uploaded
     dataset's id (which must exist)."""
     if not isinstance(value, dict) or value.get("type") not in (*SYNTHETIC, "upload"):
-        raise ErrorResponse(400, "invalid_dataset", 'dataset must be {"type": "shapes", "size": N}'
-                            ', {"type": "scenes", "size": N} or {"type": "upload", "id": '
-                            "DATASET_ID}")  # fmt: skip
+        raise ErrorResponse(
+            400,
+            "invalid_dataset",
+            'dataset must be {"type": "shapes", "size": N}'
+            ', {"type": "scenes", "size": N} or {"type": "upload", "id": '
+            "DATASET_ID}",
+        )
     if value["type"] in SYNTHETIC:
         spec = {k: v for k, v in value.items() if k != "type"}
-        return {"type": value["type"],
-                **parse_numbers(spec, GENERATED, "dataset", "dataset")}, None  # fmt: skip
+        return {"type": value["type"], **parse_numbers(spec, GENERATED, "dataset", "dataset")}, None
     refuse_unknown(value, {"type", "id"}, "dataset field")
     try:
         dataset_id = uuid.UUID(str(value.get("id")))

@@ -68,8 +68,11 @@ def read_submission(request: Request) -> tuple[bytes, Options]:
         if url_given(upload is not None, url):
             return b"", replace(options, image_url=parse_image_url(url))
         if upload is None:
-            raise ErrorResponse(400, "missing_image", "send the image as a multipart file "
-                                "named 'image', or its URL as 'image_url'")  # fmt: skip
+            raise ErrorResponse(
+                400,
+                "missing_image",
+                "send the image as a multipart file named 'image', or its URL as 'image_url'",
+            )
         return upload.read(), options
     body = json_object(request, "an 'image' file", "base64 'image'")
     options = parse_options(body, request.headers.get("Cancel-After"))
@@ -106,8 +109,9 @@ def parse_image_urls(urls: Any) -> tuple[str, ...]:
 def parse_image_url(url: Any, name: str = "image_url") -> str:
     """An http(s) URL the SSRF guard lets the worker fetch, or a 400 `invalid_image_url`."""
     if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
-        raise ErrorResponse(400, "invalid_image_url", f"{name} must be a URL of at most "
-                            f"{MAX_URL_CHARS} characters")  # fmt: skip
+        raise ErrorResponse(
+            400, "invalid_image_url", f"{name} must be a URL of at most {MAX_URL_CHARS} characters"
+        )
     check_url(url, "invalid_image_url", name)
     return url
 
@@ -185,8 +189,9 @@ def refuse_unknown(values: Iterable[str], known: set[str], what: str) -> None:
     """A 400 naming fields the API does not know (a typo would otherwise pass silently)."""
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ErrorResponse(400, f"unknown_{what}", f"unknown {what}s {unknown}; "
-                            f"known: {sorted(known)}")  # fmt: skip
+        raise ErrorResponse(
+            400, f"unknown_{what}", f"unknown {what}s {unknown}; known: {sorted(known)}"
+        )
 
 
 def parse_options(source, cancel_after: str | None = None) -> Options:
@@ -201,8 +206,11 @@ def parse_options(source, cancel_after: str | None = None) -> Options:
     for name, (low, high) in LIMITS.items():
         values[name] = whole_number(source.get(name, defaults[name]), name, low, high)
     if values["temperature"] and values["beam_size"] > 1:
-        raise ErrorResponse(400, "invalid_option", "a temperature above 0 samples one caption: "
-                            "leave beam_size out or set it to 1")  # fmt: skip
+        raise ErrorResponse(
+            400,
+            "invalid_option",
+            "a temperature above 0 samples one caption: leave beam_size out or set it to 1",
+        )
     return Options(**values)
 
 
@@ -243,8 +251,9 @@ def parse_webhook(source, allowed: tuple[str, ...] = WEBHOOK_EVENTS) -> dict[str
             raise ErrorResponse(400, "invalid_webhook", "webhook_events needs a webhook URL")
         return {}
     if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
-        raise ErrorResponse(400, "invalid_webhook", f"webhook must be a URL of at most "
-                            f"{MAX_URL_CHARS} characters")  # fmt: skip
+        raise ErrorResponse(
+            400, "invalid_webhook", f"webhook must be a URL of at most {MAX_URL_CHARS} characters"
+        )
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ErrorResponse(400, "invalid_webhook", "webhook must be an http:// or https:// URL")
@@ -273,6 +282,9 @@ def parse_events(events: Any, allowed: tuple[str, ...] = WEBHOOK_EVENTS) -> tupl
     asked = {name.strip() for name in names}
     unknown = sorted(asked - set(allowed))
     if unknown:
-        raise ErrorResponse(400, "invalid_webhook_events", f"unknown webhook_events {unknown}; "
-                            f"choose from {list(allowed)}")  # fmt: skip
+        raise ErrorResponse(
+            400,
+            "invalid_webhook_events",
+            f"unknown webhook_events {unknown}; choose from {list(allowed)}",
+        )
     return tuple(event for event in allowed if event in asked)

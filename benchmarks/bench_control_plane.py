@@ -225,11 +225,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-images", type=int, default=100, help="images per POST")
     parser.add_argument("--threads", type=int, default=4, help="client threads posting")
     parser.add_argument("--upload", choices=("multipart", "json"), default="multipart")
-    parser.add_argument("--singles", action="store_true",
-                        help="POST /v1/jobs one image at a time (try --threads 32)")  # fmt: skip
+    parser.add_argument(
+        "--singles",
+        action="store_true",
+        help="POST /v1/jobs one image at a time (try --threads 32)",
+    )
     parser.add_argument("--standin-ms", type=float, default=5.0, help="model cost per batch")
-    parser.add_argument("--standin", choices=("auto", "setting", "patch"), default="auto",
-                        help="auto: the setting if the source has it, else the patch")  # fmt: skip
+    parser.add_argument(
+        "--standin",
+        choices=("auto", "setting", "patch"),
+        default="auto",
+        help="auto: the setting if the source has it, else the patch",
+    )
     parser.add_argument("--source", type=Path, default=ROOT, help="checkout to run (API, worker)")
     parser.add_argument("--compare", type=Path, help="an old checkout to alternate with")
     parser.add_argument("--rounds", type=int, default=1, help="old/new pairs with --compare")
@@ -307,8 +314,14 @@ def decode_cpu_ms(inputs: Inputs, source: Path) -> float:
     """CPU milliseconds of the source's `model.images.decode_image` per image (a child process)."""
     images = inputs.workdir / "shapes" / "images" / "train"
     env = os.environ | {"PYTHONPATH": str(source)} | STEADY_MALLOC
-    out = subprocess.run([sys.executable, "-c", DECODE, str(images)], cwd=source, env=env,
-                         check=True, capture_output=True, text=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", DECODE, str(images)],
+        cwd=source,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return float(out.split()[-1])
 
 
@@ -322,9 +335,18 @@ def compare(inputs: Inputs) -> dict:
             folder = inputs.workdir / f"{side}-{i}"
             runs[side].append(run_once(inputs, source, folder))
     summary = {side: medians(results) for side, results in runs.items()}
-    keys = ("jobs_per_s", "jobs_per_s_mid80", "api_cpu_ms_per_job", "worker_cpu_ms_per_job",
-            "own_cpu_ms_per_job_excl_decode", "postgres_cpu_ms_per_job", "s3_requests_per_job",
-            "pg_xacts_per_job", "redis_commands_per_job", "decode_cpu_ms_per_image")  # fmt: skip
+    keys = (
+        "jobs_per_s",
+        "jobs_per_s_mid80",
+        "api_cpu_ms_per_job",
+        "worker_cpu_ms_per_job",
+        "own_cpu_ms_per_job_excl_decode",
+        "postgres_cpu_ms_per_job",
+        "s3_requests_per_job",
+        "pg_xacts_per_job",
+        "redis_commands_per_job",
+        "decode_cpu_ms_per_image",
+    )
     ratios = {key: ratio(summary["new"].get(key), summary["old"].get(key)) for key in keys}
     rates = {f"{side}_jobs_per_s_each": [r["jobs_per_s"] for r in runs[side]] for side in runs}
     return {"ratio_new_over_old": ratios, **summary, **rates, "rounds": args.rounds}
@@ -360,8 +382,10 @@ def run_once(inputs: Inputs, source: Path, folder: Path) -> dict:
         if inputs.args.keep:
             keep_logs(run, inputs.args.keep / folder.name)
     own = figures["api_cpu_ms_per_job"] + figures["worker_cpu_ms_per_job"] - decode_ms
-    return figures | {"decode_cpu_ms_per_image": round(decode_ms, 3),
-                      "own_cpu_ms_per_job_excl_decode": round(own, 3)}  # fmt: skip
+    return figures | {
+        "decode_cpu_ms_per_image": round(decode_ms, 3),
+        "own_cpu_ms_per_job_excl_decode": round(own, 3),
+    }
 
 
 def keep_logs(run: Running, destination: Path) -> None:
@@ -378,12 +402,20 @@ def started_stack(inputs: Inputs, source: Path, folder: Path) -> Iterator[Runnin
     with moto_s3_server() as endpoint, fresh_postgres() as url, redis_database() as broker:
         migrate(source, url)
         settings = Settings(
-            data_dir=folder / "data", database_url=url, broker_url=broker, s3_bucket="bench",
-            s3_endpoint_url=endpoint, s3_region=REGION, s3_access_key=ACCESS_KEY,
-            s3_secret_key=SECRET_KEY, model_bundle=inputs.bundle, rate_limit=UNTHROTTLED,
-            max_queued_jobs=UNBOUNDED, max_queued_per_tenant=UNBOUNDED,
+            data_dir=folder / "data",
+            database_url=url,
+            broker_url=broker,
+            s3_bucket="bench",
+            s3_endpoint_url=endpoint,
+            s3_region=REGION,
+            s3_access_key=ACCESS_KEY,
+            s3_secret_key=SECRET_KEY,
+            model_bundle=inputs.bundle,
+            rate_limit=UNTHROTTLED,
+            max_queued_jobs=UNBOUNDED,
+            max_queued_per_tenant=UNBOUNDED,
             secret_keys=Fernet.generate_key().decode(),  # production mode needs one
-        )  # fmt: skip
+        )
         if inputs.args.batch:
             settings = settings.with_overrides(batch_max_size=inputs.args.batch)
         open_blob_store(settings).ensure_bucket()
@@ -400,8 +432,9 @@ def migrate(source: Path, url: str) -> None:
     """Run `source`'s migrations on `url`, in a child process from that checkout."""
     code = f"from store.migrate import upgrade; upgrade({url!r})"
     env = os.environ | {"PYTHONPATH": str(source)}
-    subprocess.run([sys.executable, "-c", code], cwd=source, env=env, check=True,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-c", code], cwd=source, env=env, check=True, stdout=subprocess.DEVNULL
+    )
 
 
 def standin_mode(source: Path, wanted: str) -> str:
@@ -446,15 +479,29 @@ def child_env(run: Running, inputs: Inputs, worker: bool) -> dict[str, str]:
 
 def start_services(run: Running, inputs: Inputs) -> None:
     """The worker (and beat), then the API under gunicorn once the worker consumes."""
-    command = [sys.executable, "-m", "captioner", "worker", "--queue", "inference", "--name",
-               WORKER]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "captioner",
+        "worker",
+        "--queue",
+        "inference",
+        "--name",
+        WORKER,
+    ]
     run.processes["worker"] = start(run, "worker", command, child_env(run, inputs, True))
     if inputs.args.beat:
         beat = [sys.executable, "-m", "captioner", "beat"]
         run.processes["beat"] = start(run, "beat", beat, child_env(run, inputs, False))
     port = free_port()
-    gunicorn = [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}",
-                "--workers", "2", "api:create_app()"]  # fmt: skip
+    gunicorn = [
+        str(Path(sys.executable).parent / "gunicorn"),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "2",
+        "api:create_app()",
+    ]
     run.processes["api"] = start(run, "api", gunicorn, child_env(run, inputs, False))
     wait_ready(run.processes["worker"], run.log("worker"))
     run.client = Client(f"http://127.0.0.1:{port}", api_key(run))
@@ -476,8 +523,9 @@ def api_key(run: Running) -> str | None:
 def start(run: Running, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
     """Start `command` in the source checkout, its output going to the log `name`."""
     with open(run.log(name), "ab") as out:
-        return subprocess.Popen(command, cwd=run.source, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)  # fmt: skip
+        return subprocess.Popen(
+            command, cwd=run.source, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 def wait_http(run: Running, timeout: float = 60) -> None:
@@ -508,12 +556,19 @@ def measure(run: Running, inputs: Inputs) -> dict:
     figures = per_job(before, after, args.jobs)
     figures |= rates(jobs, started_at, args.jobs) | profile
     return figures | {
-        "submit_s": round(submit_s, 2), "posts_per_s": round(len(batch_ids) / submit_s, 1),
-        "singles": args.singles, "jobs": args.jobs, "batch_images": args.batch_images,
-        "threads": args.threads, "upload": args.upload, "standin_ms": args.standin_ms,
-        "standin": run.standin, "source": str(run.source), "source_commit": commit(run.source),
+        "submit_s": round(submit_s, 2),
+        "posts_per_s": round(len(batch_ids) / submit_s, 1),
+        "singles": args.singles,
+        "jobs": args.jobs,
+        "batch_images": args.batch_images,
+        "threads": args.threads,
+        "upload": args.upload,
+        "standin_ms": args.standin_ms,
+        "standin": run.standin,
+        "source": str(run.source),
+        "source_commit": commit(run.source),
         "source_files": sources,
-    }  # fmt: skip
+    }
 
 
 class Progress:
@@ -551,14 +606,17 @@ class Progress:
 
     def jobs(self, ids: list[str]) -> list[tuple]:
         """(status, finished_at, batch_size, predict_ms) of the batches' jobs (or the jobs')."""
-        sql = ("SELECT status, finished_at, batch_size, predict_ms FROM jobs "
-               "WHERE batch_id = ANY(%s::uuid[]) OR id = ANY(%s::uuid[])")  # fmt: skip
+        sql = (
+            "SELECT status, finished_at, batch_size, predict_ms FROM jobs "
+            "WHERE batch_id = ANY(%s::uuid[]) OR id = ANY(%s::uuid[])"
+        )
         return self.query(sql, (ids, ids))
 
     def database_stats(self) -> dict[str, int]:
         """Transactions (committed and rolled back) and sessions opened in the stack's database."""
-        sql = ("SELECT xact_commit + xact_rollback, sessions FROM pg_stat_database "
-               "WHERE datname = %s")  # fmt: skip
+        sql = (
+            "SELECT xact_commit + xact_rollback, sessions FROM pg_stat_database WHERE datname = %s"
+        )
         xacts, sessions = self.query(sql, (self.name,), server=True)[0]
         return {"xacts": xacts, "sessions": sessions}
 
@@ -611,8 +669,14 @@ def verify_source(run: Running, inputs: Inputs) -> dict[str, str]:
     """Where the API's and worker's packages come from in the children; raise if not source."""
     code = "import api, worker, store, core; print(api.__file__, worker.__file__)"
     env = child_env(run, inputs, False)
-    out = subprocess.run([sys.executable, "-c", code], cwd=run.source, env=env, check=True,
-                         capture_output=True, text=True).stdout.split()  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=run.source,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     if not all(Path(path).is_relative_to(run.source) for path in out):
         raise RuntimeError(f"the children import {out}, not from {run.source}")
     return {"api": out[0], "worker": out[1]}
@@ -625,9 +689,13 @@ def post(run: Running, inputs: Inputs, images: list[bytes]) -> str:
         return run.client.submit_batch(images)["id"]
     path, name = ("/v1/jobs", "image") if inputs.args.singles else ("/v1/batches", "images")
     boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-             f'filename="{i}.png"\r\nContent-Type: image/png\r\n\r\n'.encode() + data + b"\r\n"
-             for i, data in enumerate(images)]  # fmt: skip
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+        f'filename="{i}.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
+        + data
+        + b"\r\n"
+        for i, data in enumerate(images)
+    ]
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
     return json.loads(run.client.get_bytes(path, "POST", body, headers))["id"]
@@ -638,8 +706,10 @@ def load(run: Running, inputs: Inputs, progress: Progress) -> tuple[list[str], f
     seconds the posting took, and the worker's profile."""
     args, pngs = inputs.args, inputs.pngs
     size = 1 if args.singles else args.batch_images
-    batches = [[pngs[(at + i) % len(pngs)] for i in range(min(size, args.jobs - at))]
-               for at in range(0, args.jobs, size)]  # fmt: skip
+    batches = [
+        [pngs[(at + i) % len(pngs)] for i in range(min(size, args.jobs - at))]
+        for at in range(0, args.jobs, size)
+    ]
     posted: dict = {}
     started = time.perf_counter()
 
@@ -697,10 +767,23 @@ class Profiler:
     def start(self, done: int) -> None:
         """Attach py-spy to the worker."""
         # Niced, so that on a small machine it takes less of the CPU the stack runs on.
-        command = ["nice", "-n", str(PROFILER_NICE), self.binary, "record", "--pid",
-                   str(self.run.processes["worker"].pid), "--format", "raw", "--output",
-                   str(self.output), "--rate", str(self.rate), "--nonblocking",
-                   "--full-filenames"]  # fmt: skip
+        command = [
+            "nice",
+            "-n",
+            str(PROFILER_NICE),
+            self.binary,
+            "record",
+            "--pid",
+            str(self.run.processes["worker"].pid),
+            "--format",
+            "raw",
+            "--output",
+            str(self.output),
+            "--rate",
+            str(self.rate),
+            "--nonblocking",
+            "--full-filenames",
+        ]
         self.children_cpu = children_cpu_s()
         self.worker_cpu = tree_cpu_s(self.run.processes["worker"].pid)
         with open(self.run.log("py-spy"), "ab") as out:
@@ -728,12 +811,13 @@ class Profiler:
         per_job = {stage: round(n / total * cpu_ms, 3) for stage, n in samples.most_common()}
         return {
             "worker_stages_ms_per_job": per_job | {"total": round(cpu_ms, 3)},
-            "profile_samples": total, "profile_jobs": self.jobs,
+            "profile_samples": total,
+            "profile_jobs": self.jobs,
             "profile_s": round(self.seconds, 2),
             "profile_jobs_per_s": round(self.jobs / self.seconds, 2),
             "profile_coverage": round(total / self.rate / self.worker_cpu, 3),
             "profiler_cpu_s": round(self.children_cpu, 2),
-        }  # fmt: skip
+        }
 
 
 def stage_samples(path: Path) -> Counter:
@@ -822,12 +906,17 @@ def snapshot(run: Running, progress: Progress, first: bool) -> dict:
     foreign = sum(client["db"] not in (0, db) for client in progress.redis.client_list())
     requests = Counter(m.group(1).decode() for m in S3_REQUEST.finditer(run.moto_log.read_bytes()))
     return {
-        "procs": proc_table(), "postgres_server": server, "pg": progress.database_stats(),
-        "postgres_backends": progress.backends_cpu_s(), "backends": len(progress.backend_cpu),
-        "queries": progress.queries, "redis": commands, "s3": requests,
+        "procs": proc_table(),
+        "postgres_server": server,
+        "pg": progress.database_stats(),
+        "postgres_backends": progress.backends_cpu_s(),
+        "backends": len(progress.backend_cpu),
+        "queries": progress.queries,
+        "redis": commands,
+        "s3": requests,
         "pid": {name: p.pid for name, p in run.processes.items()} | {"moto": run.moto_pid},
         "others": {"postgres_other_backends": others, "redis_other_clients": foreign},
-    }  # fmt: skip
+    }
 
 
 def roles(snap: dict) -> dict[str, tuple[set[int], bool]]:
@@ -835,20 +924,27 @@ def roles(snap: dict) -> dict[str, tuple[set[int], bool]]:
     this process's: py-spy; nor per backend: the postmaster reaps them all)."""
     table = snap["procs"]
     parts = {name: (tree(table, pid), True) for name, pid in snap["pid"].items()}
-    by_name = {name: {pid for pid, proc in table.items() if proc.name == name}
-               for name in ("postgres", "redis-server")}  # fmt: skip
+    by_name = {
+        name: {pid for pid, proc in table.items() if proc.name == name}
+        for name in ("postgres", "redis-server")
+    }
     return parts | {
         "postgres_server": (snap["postgres_server"] & by_name["postgres"], False),
-        "postgres_all": (by_name["postgres"], True), "redis": (by_name["redis-server"], True),
+        "postgres_all": (by_name["postgres"], True),
+        "redis": (by_name["redis-server"], True),
         "client": ({os.getpid()}, False),
-    }  # fmt: skip
+    }
 
 
 def cpu_used(before: dict, after: dict, pids: set[int], reaped: bool) -> float:
     """CPU seconds the processes `pids` used between two snapshots."""
     zero = Proc("", 0, 0.0, 0.0)
-    return sum(after[p].cpu - before.get(p, zero).cpu
-               + reaped * (after[p].reaped - before.get(p, zero).reaped) for p in pids)  # fmt: skip
+    return sum(
+        after[p].cpu
+        - before.get(p, zero).cpu
+        + reaped * (after[p].reaped - before.get(p, zero).reaped)
+        for p in pids
+    )
 
 
 def per_job(before: dict, after: dict, jobs: int) -> dict:
@@ -868,8 +964,9 @@ def per_job(before: dict, after: dict, jobs: int) -> dict:
         "pg_xacts_per_job": round(xacts / jobs, 3),
         "pg_sessions_per_job": round(pg["sessions"] / jobs, 4),
         "redis_commands_per_job": round((after["redis"] - before["redis"] - 2) / jobs, 3),
-        "postgres_backends_seen": after["backends"], **after["others"],
-    }  # fmt: skip
+        "postgres_backends_seen": after["backends"],
+        **after["others"],
+    }
 
 
 def rates(jobs: list[tuple], started_at: datetime.datetime, expected: int) -> dict:
@@ -892,8 +989,9 @@ def commit(source: Path) -> str:
     """The checkout's commit, `+dirty` when tracked files differ from it."""
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(source), *args], capture_output=True,
-                              text=True).stdout.strip()  # fmt: skip
+        return subprocess.run(
+            ["git", "-C", str(source), *args], capture_output=True, text=True
+        ).stdout.strip()
 
     dirty = git("status", "--porcelain", "--untracked-files=no")
     return git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
@@ -903,11 +1001,12 @@ def machine(load_before: tuple[float, ...]) -> dict:
     """The machine, the date, and `uptime`'s load averages before and after."""
     return {
         "machine": f"{platform.machine()}, {cpu_model()}",
-        "cpus": os.cpu_count(), "date": datetime.date.today().isoformat(),
+        "cpus": os.cpu_count(),
+        "date": datetime.date.today().isoformat(),
         "load_before": [round(x, 2) for x in load_before],
         "load_after": [round(x, 2) for x in os.getloadavg()],
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
-    }  # fmt: skip
+    }
 
 
 def cpu_model() -> str:

@@ -111,8 +111,12 @@ def run_set(name: str, args, encoder: Encoder) -> dict:
             **decode_speed(bundle, np.asarray(val_features[:32], np.float32), args.reps),
         }
     print(json.dumps({name: rows}), file=sys.stderr, flush=True)  # kept if a later part fails
-    return {"images": args.n, "val_images": len(val), **rows,
-            "output_bias": bias_effect(name, splits, encoder, cache, args)}  # fmt: skip
+    return {
+        "images": args.n,
+        "val_images": len(val),
+        **rows,
+        "output_bias": bias_effect(name, splits, encoder, cache, args),
+    }
 
 
 def bias_effect(name: str, splits, encoder: Encoder, cache: Path, args) -> dict:
@@ -153,10 +157,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     encoder = Encoder("seed:0")
-    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores",
-              "date": datetime.date.today().isoformat(), "load_before": os.getloadavg(),
-              **encoder_speed(encoder, 3),
-              **{name: run_set(name, args, encoder) for name in args.sets}}  # fmt: skip
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "date": datetime.date.today().isoformat(),
+        "load_before": os.getloadavg(),
+        **encoder_speed(encoder, 3),
+        **{name: run_set(name, args, encoder) for name in args.sets},
+    }
     print(json.dumps(result, indent=1))
 
 

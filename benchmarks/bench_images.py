@@ -247,8 +247,11 @@ def interleaved(fns: dict[str, Callable], datas: list[bytes], reps: int) -> dict
 
 def variants() -> dict[str, Callable]:
     """The preparation before draft mode, the worker's decode_image, and the alternatives."""
-    out: dict[str, Callable] = {"baseline": prepare, "worker": decode_image,
-                                "draft": partial(prepare, draft=True)}  # fmt: skip
+    out: dict[str, Callable] = {
+        "baseline": prepare,
+        "worker": decode_image,
+        "draft": partial(prepare, draft=True),
+    }
     for gap in GAPS:
         out[f"reducing_gap_{gap:g}"] = partial(prepare, gap=gap)
     out["no_copies"] = partial(prepare, copies=False)
@@ -298,9 +301,13 @@ def stage_figures(name: str, datas: list[bytes]) -> dict:
 def machine() -> dict:
     """Where and when this ran, and how busy the machine was at the start."""
     model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")), platform.processor(),
-    )  # fmt: skip
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return {
         "benchmark": "bench_images",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),

@@ -146,9 +146,19 @@ def cpu_seconds(worker_pid: int) -> dict[str, float]:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except (OSError, ValueError):
             continue  # the process ended meanwhile
-        role = ("worker" if pid == worker_pid else "api_and_client" if pid == os.getpid()
-                else "s3_moto" if "moto_server" in cmdline else "postgres" if "postgres" in cmdline
-                else "redis" if "redis-server" in cmdline else None)  # fmt: skip
+        role = (
+            "worker"
+            if pid == worker_pid
+            else "api_and_client"
+            if pid == os.getpid()
+            else "s3_moto"
+            if "moto_server" in cmdline
+            else "postgres"
+            if "postgres" in cmdline
+            else "redis"
+            if "redis-server" in cmdline
+            else None
+        )
         if role:
             roles[role] += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
     return roles
@@ -165,8 +175,11 @@ def interleaved(calls: dict, n: int) -> dict[str, float]:
             start = time.perf_counter()
             call()
             times[name].append((time.perf_counter() - start) * 1000)
-    return {f"{name}_{q}_ms": float(np.percentile(ms, p)) for name, ms in times.items()
-            for q, p in (("p50", 50), ("p95", 95))}  # fmt: skip
+    return {
+        f"{name}_{q}_ms": float(np.percentile(ms, p))
+        for name, ms in times.items()
+        for q, p in (("p50", 50), ("p95", 95))
+    }
 
 
 def hooks(app, path: str, headers: dict[str, str]):
@@ -200,14 +213,23 @@ def auth_overhead(settings: Settings, n: int) -> dict:
     header = {"Authorization": f"Bearer {key}"}
     with app.app_context():
         figures = interleaved({"auth_identify": lambda: identify(header["Authorization"])}, n)
-    figures |= interleaved({"auth_hooks_with_key": hooks(app, "/v1/models", header),
-                            "auth_hooks_public": hooks(app, "/healthz", {})}, n)  # fmt: skip
+    figures |= interleaved(
+        {
+            "auth_hooks_with_key": hooks(app, "/v1/models", header),
+            "auth_hooks_public": hooks(app, "/healthz", {}),
+        },
+        n,
+    )
     app.extensions["captioner"].db.dispose()
     with api_server(settings) as url:
         client = Client(url, key)
-        figures |= interleaved({"auth_http_with_key": missing_job(client),
-                                "auth_http_public": lambda: client.request("GET", "/healthz")},
-                               n)  # fmt: skip
+        figures |= interleaved(
+            {
+                "auth_http_with_key": missing_job(client),
+                "auth_http_public": lambda: client.request("GET", "/healthz"),
+            },
+            n,
+        )
     for name in ("auth_hooks", "auth_http"):
         added = figures[f"{name}_with_key_p50_ms"] - figures[f"{name}_public_p50_ms"]
         figures[f"{name}_added_p50_ms"] = added
@@ -225,8 +247,11 @@ def make_inputs(workdir: Path, encoder: Encoder) -> tuple[Path, list[bytes], np.
 
 def run_pipeline(workdir: Path, bundle: Path, pngs: list[bytes], args) -> dict:
     """Postgres, Redis, moto S3, one worker process and the API: latency, then saturation."""
-    options = {"model_bundle": bundle, "batch_max_size": args.batch,
-               "batch_max_wait_ms": args.max_wait_ms}  # fmt: skip
+    options = {
+        "model_bundle": bundle,
+        "batch_max_size": args.batch,
+        "batch_max_wait_ms": args.max_wait_ms,
+    }
     with running_stack(workdir / "service", [("inference", WORKER)], **options) as stack:
         worker = stack.processes[WORKER]
         auth = auth_overhead(stack.settings, args.auth_requests)
@@ -245,9 +270,10 @@ def auth_only(n: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp, services(Path(tmp)) as settings:
         figures = auth_overhead(settings, n)
     return {key: round(value, 3) for key, value in figures.items()} | {
-        "auth_requests": n, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "auth_requests": n,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": datetime.date.today().isoformat(),
-    }  # fmt: skip
+    }
 
 
 def parse_args() -> argparse.Namespace:
@@ -258,10 +284,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=32, help="the worker's BATCH_MAX_SIZE")
     parser.add_argument("--max-wait-ms", type=int, default=50, help="BATCH_MAX_WAIT_MS")
     parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--auth-requests", type=int, default=500,
-                        help="requests of each kind in the auth figures")  # fmt: skip
-    parser.add_argument("--auth-only", action="store_true",
-                        help="only what authentication adds to a request (no model)")  # fmt: skip
+    parser.add_argument(
+        "--auth-requests", type=int, default=500, help="requests of each kind in the auth figures"
+    )
+    parser.add_argument(
+        "--auth-only",
+        action="store_true",
+        help="only what authentication adds to a request (no model)",
+    )
     return parser.parse_args()
 
 
@@ -290,10 +320,12 @@ def main() -> None:
         "raw_before": round(raw_before, 2),
         "raw_after": round(raw_after, 2),
         **{key: round(value, 2) for key, value in figures.items()},
-        "batch": args.batch, "jobs": args.jobs, "latency_jobs": args.latency_jobs,
+        "batch": args.batch,
+        "jobs": args.jobs,
+        "latency_jobs": args.latency_jobs,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": datetime.date.today().isoformat(),
-    }  # fmt: skip
+    }
     result["ratio"] = round(result["pipeline_jobs_per_s"] / raw, 3)
     result["p50_minus_single_ms"] = round(result["p50_ms"] - result["single_image_ms"], 1)
     print(json.dumps(result))

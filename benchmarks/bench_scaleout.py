@@ -84,8 +84,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=4, help="client threads posting")
     parser.add_argument("--batch-images", type=int, default=100, help="images per POST")
     parser.add_argument("--timeout", type=float, default=900, help="seconds for one run")
-    parser.set_defaults(singles=False, upload="multipart", no_profile=True, profile_rate=0,
-                        batch=None)  # fmt: skip
+    parser.set_defaults(
+        singles=False, upload="multipart", no_profile=True, profile_rate=0, batch=None
+    )
     args = parser.parse_args()
     args.workers = args.workers or ("1,2" if args.real_model else "1,2,4")
     args.jobs = args.jobs or (200 if args.real_model else 2000)
@@ -111,8 +112,13 @@ def scaling(runs: dict[int, dict], args: argparse.Namespace) -> dict:
     for n, run in runs.items():
         run["speedup"] = round(run["jobs_per_s"] / base, 3)
         run["efficiency"] = round(run["speedup"] * base_n / n, 3)
-    return {"mode": "standin", "standin_ms_per_batch": args.standin_ms, "jobs": args.jobs,
-            "batch_images": args.batch_images, "by_workers": runs}  # fmt: skip
+    return {
+        "mode": "standin",
+        "standin_ms_per_batch": args.standin_ms,
+        "jobs": args.jobs,
+        "batch_images": args.batch_images,
+        "by_workers": runs,
+    }
 
 
 def real_model(runs: dict[int, dict], args: argparse.Namespace) -> dict:
@@ -122,8 +128,13 @@ def real_model(runs: dict[int, dict], args: argparse.Namespace) -> dict:
     ratio = None
     if 1 in runs and 2 in runs:
         ratio = round(runs[2]["images_per_s"] / runs[1]["images_per_s"], 3)
-    return {"mode": "real-model", "jobs": args.jobs, "batch_images": args.batch_images,
-            "by_workers": runs, "ratio_2_over_1": ratio}  # fmt: skip
+    return {
+        "mode": "real-model",
+        "jobs": args.jobs,
+        "batch_images": args.batch_images,
+        "by_workers": runs,
+        "ratio_2_over_1": ratio,
+    }
 
 
 def run_once(inputs: Inputs, workers: int, folder: Path) -> dict:
@@ -136,22 +147,31 @@ def run_once(inputs: Inputs, workers: int, folder: Path) -> dict:
         batch_ids, submit_s, _ = load(run, inputs, db)
         figures = rates(db.jobs(batch_ids), started_at, inputs.args.jobs)
         shares = jobs_by_worker(db, batch_ids)
-    return figures | {"workers": workers, "submit_s": round(submit_s, 2), "jobs_by_worker": shares,
-                      "load_after": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
+    return figures | {
+        "workers": workers,
+        "submit_s": round(submit_s, 2),
+        "jobs_by_worker": shares,
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def jobs_by_worker(progress: Progress, batch_ids: list[str]) -> dict[str, int]:
     """How many of the measured jobs each worker process ran (the `worker` that claimed it)."""
-    sql = ("SELECT worker, count(*) FROM jobs WHERE batch_id = ANY(%s::uuid[]) "
-           "GROUP BY worker ORDER BY worker")  # fmt: skip
+    sql = (
+        "SELECT worker, count(*) FROM jobs WHERE batch_id = ANY(%s::uuid[]) "
+        "GROUP BY worker ORDER BY worker"
+    )
     return {str(worker): count for worker, count in progress.query(sql, (batch_ids,))}
 
 
 @contextmanager
 def scaled_stack(inputs: Inputs, workers: int, folder: Path) -> Iterator[Running]:
     """Postgres, Redis and moto (captioner.stack), `workers` inference workers, the API."""
-    overrides = {"model_bundle": inputs.bundle, "max_queued_jobs": UNBOUNDED,
-                 "max_queued_per_tenant": UNBOUNDED}  # fmt: skip
+    overrides = {
+        "model_bundle": inputs.bundle,
+        "max_queued_jobs": UNBOUNDED,
+        "max_queued_per_tenant": UNBOUNDED,
+    }
     with services(folder / "data", **overrides) as settings:
         run = Running(ROOT, "setting", settings, folder)
         try:
@@ -167,8 +187,16 @@ def start_workers(run: Running, inputs: Inputs, count: int) -> None:
     standin = not inputs.args.real_model
     names = [FIRST, *(f"worker-{i}" for i in range(2, count + 1))]
     for i, name in enumerate(names, 1):
-        command = [sys.executable, "-m", "captioner", "worker", "--queue", "inference", "--name",
-                   f"scaleout-{i}@bench"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "captioner",
+            "worker",
+            "--queue",
+            "inference",
+            "--name",
+            f"scaleout-{i}@bench",
+        ]
         run.processes[name] = start(run, name, command, child_env(run, inputs, standin))
     for name in names:
         wait_ready(run.processes[name], run.log(name))
@@ -177,9 +205,14 @@ def start_workers(run: Running, inputs: Inputs, count: int) -> None:
 def start_api(run: Running, inputs: Inputs) -> None:
     """The API under gunicorn with the Dockerfile's config, on a free loopback port."""
     port = free_port()
-    gunicorn = [str(Path(sys.executable).parent / "gunicorn"), "--config",
-                "python:captioner.gunicorn_conf", "--bind", f"127.0.0.1:{port}",
-                "api:create_app()"]  # fmt: skip
+    gunicorn = [
+        str(Path(sys.executable).parent / "gunicorn"),
+        "--config",
+        "python:captioner.gunicorn_conf",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "api:create_app()",
+    ]
     run.processes["api"] = start(run, "api", gunicorn, child_env(run, inputs, False))
     run.client = Client(f"http://127.0.0.1:{port}", api_key(run))
     wait_http(run)
@@ -195,8 +228,9 @@ def warm_up(run: Running, inputs: Inputs, progress: Progress) -> None:
     for name in workers:
         uses_standin = SETTING_MARK in run.log(name).read_text(errors="replace")
         if uses_standin == inputs.args.real_model:
-            raise RuntimeError(f"{name}: stand-in {uses_standin}, real model asked: "
-                               f"{inputs.args.real_model}")  # fmt: skip
+            raise RuntimeError(
+                f"{name}: stand-in {uses_standin}, real model asked: {inputs.args.real_model}"
+            )
     progress.warm = progress.done()
 
 

@@ -49,12 +49,20 @@ def training_throughput(folder: Path, n: int, epochs: int) -> dict:
     for batch_size in BATCH_SIZES:
         last = []
         config = TrainConfig(epochs=epochs, batch_size=batch_size, patience=epochs, val_images=50)
-        train(splits, encoder, folder / f"bundle-{batch_size}", config,
-              work_dir=folder / f"work-{batch_size}", cache_dir=folder / "features",
-              callbacks=Callbacks(progress=last.append))  # fmt: skip
+        train(
+            splits,
+            encoder,
+            folder / f"bundle-{batch_size}",
+            config,
+            work_dir=folder / f"work-{batch_size}",
+            cache_dir=folder / "features",
+            callbacks=Callbacks(progress=last.append),
+        )
         final = last[-1]
-        result[f"batch_{batch_size}"] = {"images_per_s": round(final.images_per_s, 1),
-                                         "steps_per_s": round(final.steps_per_s, 2)}  # fmt: skip
+        result[f"batch_{batch_size}"] = {
+            "images_per_s": round(final.images_per_s, 1),
+            "steps_per_s": round(final.steps_per_s, 2),
+        }
     return result
 
 
@@ -95,12 +103,19 @@ def swap_times(folder: Path, swaps: int, image: bytes) -> dict:
     from store.db import Database
     from worker.bundles import import_bundle
 
-    settings = from_env({"CAPTIONER_DATA_DIR": str(folder / "service"), "BATCH_MAX_SIZE": "8",
-                         "MODEL_POLL_S": "0.5"})  # fmt: skip
+    settings = from_env(
+        {
+            "CAPTIONER_DATA_DIR": str(folder / "service"),
+            "BATCH_MAX_SIZE": "8",
+            "MODEL_POLL_S": "0.5",
+        }
+    )
     migrate(settings)
     db, blobs = Database(settings.database_url), open_blob_store(settings)
-    versions = [import_bundle(db, blobs, random_bundle(folder / f"b{i}", i), promote=i == 0)
-                for i in range(2)]  # fmt: skip
+    versions = [
+        import_bundle(db, blobs, random_bundle(folder / f"b{i}", i), promote=i == 0)
+        for i in range(2)
+    ]
     log = folder / "inference.log"
     worker = start_worker(settings, log, "inference@bench")
     rows, stream = [], JobStream()
@@ -130,10 +145,11 @@ def one_swap(db, version: str) -> dict:
         with db.session() as session:
             (worker,) = registry.serving_workers(session, 60)
         if worker.model_version == version:
-            return {"promote_to_serving_s": time.perf_counter() - started,
-                    "worker_load_and_compile_s": worker.swap_ms / 1000,
-                    "window": (time.monotonic() - (time.perf_counter() - started),
-                               time.monotonic())}  # fmt: skip
+            return {
+                "promote_to_serving_s": time.perf_counter() - started,
+                "worker_load_and_compile_s": worker.swap_ms / 1000,
+                "window": (time.monotonic() - (time.perf_counter() - started), time.monotonic()),
+            }
         time.sleep(0.02)
 
 
@@ -163,20 +179,28 @@ class JobStream:
 def summarize(rows: list[dict], jobs: list[tuple[dict, float]]) -> dict:
     """Median swap times, and job latency during swap windows against outside them."""
     windows = [row.pop("window") for row in rows]
-    during = [j["timings"]["total_ms"] for j, at in jobs
-              if any(a <= at <= b for a, b in windows)]  # fmt: skip
-    outside = [j["timings"]["total_ms"] for j, at in jobs
-               if not any(a <= at <= b for a, b in windows)]  # fmt: skip
+    during = [j["timings"]["total_ms"] for j, at in jobs if any(a <= at <= b for a, b in windows)]
+    outside = [
+        j["timings"]["total_ms"] for j, at in jobs if not any(a <= at <= b for a, b in windows)
+    ]
     median = {key: round(statistics.median(r[key] for r in rows), 2) for key in rows[0]}
     return {
-        "swaps": len(rows), **{f"median_{k}": v for k, v in median.items()},
+        "swaps": len(rows),
+        **{f"median_{k}": v for k, v in median.items()},
         "each": [{k: round(v, 2) for k, v in row.items()} for row in rows],
-        "jobs": len(jobs), "failed_jobs": sum(j["status"] != "succeeded" for j, _ in jobs),
-        "job_total_ms_during_swaps": {"n": len(during), "median": _median(during),
-                                      "max": max(during, default=None)},
-        "job_total_ms_otherwise": {"n": len(outside), "median": _median(outside),
-                                   "max": max(outside, default=None)},
-    }  # fmt: skip
+        "jobs": len(jobs),
+        "failed_jobs": sum(j["status"] != "succeeded" for j, _ in jobs),
+        "job_total_ms_during_swaps": {
+            "n": len(during),
+            "median": _median(during),
+            "max": max(during, default=None),
+        },
+        "job_total_ms_otherwise": {
+            "n": len(outside),
+            "median": _median(outside),
+            "max": max(outside, default=None),
+        },
+    }
 
 
 def _median(values: list[float]) -> float | None:
@@ -194,11 +218,18 @@ def main() -> None:
         training = training_throughput(folder / "training", args.n, args.epochs)
         image = next((folder / "training" / "shapes" / "images" / "val").glob("*.png")).read_bytes()
         swap = swap_times(folder / "swap", args.swaps, image)
-    print(json.dumps({
-        "benchmark": "training", "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "training": training,
-        "swap": swap,
-    }, indent=1))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "benchmark": "training",
+                "date": datetime.date.today().isoformat(),
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "training": training,
+                "swap": swap,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

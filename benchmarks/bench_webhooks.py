@@ -57,8 +57,13 @@ def raw_posts_per_s(url: str, body: bytes, n: int) -> float:
     secret = new_secret()
 
     def send(i: int) -> None:
-        record, _ = post(url, signed_headers([secret], f"msg_raw{i}", body), body, 15,
-                         Guard.from_allow("127.0.0.1/32"))  # fmt: skip
+        record, _ = post(
+            url,
+            signed_headers([secret], f"msg_raw{i}", body),
+            body,
+            15,
+            Guard.from_allow("127.0.0.1/32"),
+        )
         if record.error:
             raise RuntimeError(record.error)
 
@@ -96,8 +101,11 @@ def pause(celery, consuming: bool) -> None:
 
 def run(args) -> dict:
     """Postgres, Redis, moto S3, a webhook worker, the API and a receiver: the figures."""
-    with (tempfile.TemporaryDirectory() as tmp, receiver() as sink,
-          running_stack(Path(tmp), [("webhooks", WORKER)]) as stack):  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        receiver() as sink,
+        running_stack(Path(tmp), [("webhooks", WORKER)]) as stack,
+    ):
         return measure(stack.client, sink, stack.celery, args)
 
 
@@ -146,10 +154,11 @@ def main() -> None:
     result = {key: round(value, 2) for key, value in figures.items()}
     result["ratio"] = round(figures["deliveries_per_s"] / figures["raw_posts_per_s"], 3)
     result |= {
-        "jobs": args.jobs, "sender_threads": WEBHOOK_CONCURRENCY,
+        "jobs": args.jobs,
+        "sender_threads": WEBHOOK_CONCURRENCY,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": datetime.date.today().isoformat(),
-    }  # fmt: skip
+    }
     print(json.dumps(result))
 
 

@@ -34,8 +34,10 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(required=True, metavar="COMMAND")
 
     data = commands.add_parser("data", help="make datasets").add_subparsers(required=True)
-    for kind, text in (("shapes", "the synthetic shapes set"),
-                       ("scenes", "the harder synthetic scenes set")):  # fmt: skip
+    for kind, text in (
+        ("shapes", "the synthetic shapes set"),
+        ("scenes", "the harder synthetic scenes set"),
+    ):
         made = data.add_parser(kind, help=f"write {text} (COCO format)")
         made.add_argument("out", type=Path)
         made.add_argument("--n", type=int, default=1500, help="number of images")
@@ -77,8 +79,12 @@ def parser() -> argparse.ArgumentParser:
         default=0.0,
         help="0: the most likely words; above 0, sample (with --beam 1)",
     )
-    caption.add_argument("--sample-seed", type=int, default=0,
-                         help="the sampling noise's seed: one seed, one caption")  # fmt: skip
+    caption.add_argument(
+        "--sample-seed",
+        type=int,
+        default=0,
+        help="the sampling noise's seed: one seed, one caption",
+    )
     _encoder_option(caption, "the bundle's")
     caption.add_argument("--attention-png", type=Path, metavar="DIR", help="write heatmap grids")
     caption.add_argument("--json", action="store_true", help="print one JSON object per image")
@@ -128,17 +134,24 @@ def _architecture_options(command: argparse.ArgumentParser) -> None:
     default = ModelConfig()
     group = command.add_argument_group("decoder architecture")
     group.add_argument("--decoder", choices=DECODERS, default=default.decoder)
-    group.add_argument("--embedding-dim", type=int, default=default.embedding_dim,
-                       help="word and image width (the Transformer's width)")  # fmt: skip
+    group.add_argument(
+        "--embedding-dim",
+        type=int,
+        default=default.embedding_dim,
+        help="word and image width (the Transformer's width)",
+    )
     group.add_argument("--units", type=int, default=default.units, help="GRU state size")
-    group.add_argument("--attention-units", type=int, default=default.attention_units,
-                       help="GRU's attention size")  # fmt: skip
+    group.add_argument(
+        "--attention-units", type=int, default=default.attention_units, help="GRU's attention size"
+    )
     group.add_argument("--layers", type=int, default=default.layers, help="Transformer blocks")
     group.add_argument("--heads", type=int, default=default.heads, help="attention heads")
-    group.add_argument("--ff-units", type=int, default=default.ff_units,
-                       help="Transformer feed-forward size")  # fmt: skip
-    group.add_argument("--dropout", type=float, default=default.dropout,
-                       help="Transformer dropout in training")  # fmt: skip
+    group.add_argument(
+        "--ff-units", type=int, default=default.ff_units, help="Transformer feed-forward size"
+    )
+    group.add_argument(
+        "--dropout", type=float, default=default.dropout, help="Transformer dropout in training"
+    )
 
 
 def model_config_of(args: argparse.Namespace):
@@ -146,10 +159,15 @@ def model_config_of(args: argparse.Namespace):
     from model.config import ModelConfig
 
     return ModelConfig(
-        decoder=args.decoder, embedding_dim=args.embedding_dim, units=args.units,
-        attention_units=args.attention_units, layers=args.layers, heads=args.heads,
-        ff_units=args.ff_units, dropout=args.dropout,
-    )  # fmt: skip
+        decoder=args.decoder,
+        embedding_dim=args.embedding_dim,
+        units=args.units,
+        attention_units=args.attention_units,
+        layers=args.layers,
+        heads=args.heads,
+        ff_units=args.ff_units,
+        dropout=args.dropout,
+    )
 
 
 def _decoding_options(command: argparse.ArgumentParser) -> None:
@@ -171,8 +189,7 @@ def run_data(args: argparse.Namespace) -> None:
     write = {"shapes": write_shapes_dataset, "scenes": write_scenes_dataset}[args.kind]
     with progress_bar(args.n, "images") as bar:
         # The callback reports images done so far; tqdm's update takes the increment.
-        write(args.out, args.n, args.seed, args.val_fraction,
-              lambda done: bar.update(done - bar.n))  # fmt: skip
+        write(args.out, args.n, args.seed, args.val_fraction, lambda done: bar.update(done - bar.n))
     print(f"wrote {args.n} images and COCO annotations to {args.out}")
 
 
@@ -188,17 +205,29 @@ def run_train(args: argparse.Namespace) -> None:
             raise ValueError(f"{args.data} has no {role} split")
         check_images(splits[role])
     config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-        vocab_size=args.vocab_size, max_caption_words=args.max_words,
-        attention_reg=args.attention_reg, clip_norm=args.clip_norm or None, seed=args.seed,
-        patience=args.patience, output_bias=args.output_bias,
-    )  # fmt: skip
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        vocab_size=args.vocab_size,
+        max_caption_words=args.max_words,
+        attention_reg=args.attention_reg,
+        clip_norm=args.clip_norm or None,
+        seed=args.seed,
+        patience=args.patience,
+        output_bias=args.output_bias,
+    )
     encoder = Encoder(args.encoder or DEFAULT_WEIGHTS)
     with TrainingBars() as bars:
         bundle = train(
-            splits, encoder, args.out, config, model_config_of(args), work_dir=args.work_dir,
-            cache_dir=args.cache, callbacks=Callbacks(bars.progress, bars.epoch_end, bars.features),
-        )  # fmt: skip
+            splits,
+            encoder,
+            args.out,
+            config,
+            model_config_of(args),
+            work_dir=args.work_dir,
+            cache_dir=args.cache,
+            callbacks=Callbacks(bars.progress, bars.epoch_end, bars.features),
+        )
     print(f"bundle written to {args.out}")
     print(json.dumps(bundle.metrics["val"], indent=1))
 
@@ -244,11 +273,17 @@ def format_caption(path: Path, result, picture: Path | None, as_json: bool) -> s
     """One output line for a captioned image."""
     if not as_json:
         return f"{path}: {result.text}" + (f"  [{picture}]" if picture else "")
-    return json.dumps({
-        "image": str(path), "caption": result.text, "tokens": result.tokens,
-        "log_probs": [round(x, 5) for x in result.log_probs], "score": round(result.score, 5),
-        "ended": result.ended, "attention_png": str(picture) if picture else None,
-    })  # fmt: skip
+    return json.dumps(
+        {
+            "image": str(path),
+            "caption": result.text,
+            "tokens": result.tokens,
+            "log_probs": [round(x, 5) for x in result.log_probs],
+            "score": round(result.score, 5),
+            "ended": result.ended,
+            "attention_png": str(picture) if picture else None,
+        }
+    )
 
 
 def run_eval(args: argparse.Namespace) -> None:

@@ -74,8 +74,9 @@ class Client:
         data = json.dumps(body).encode() if body is not None else None
         return json.loads(self.get_bytes(path, method, data, headers or {}))
 
-    def get_bytes(self, path: str, method: str = "GET", data: bytes | None = None,
-                  headers: dict | None = None) -> bytes:  # fmt: skip
+    def get_bytes(
+        self, path: str, method: str = "GET", data: bytes | None = None, headers: dict | None = None
+    ) -> bytes:
         """The raw body of a response (for .npy and .png downloads)."""
         request = urllib.request.Request(self.base_url + path, data, method=method)
         request.add_header("Content-Type", "application/json")
@@ -88,8 +89,9 @@ class Client:
                 return response.read()
         except urllib.error.HTTPError as exc:
             problem = json.loads(exc.read() or b"{}")  # RFC 9457, with `code`
-            raise ApiError(exc.code, problem.get("code", "?"), problem.get("detail", ""),
-                           problem) from None  # fmt: skip
+            raise ApiError(
+                exc.code, problem.get("code", "?"), problem.get("detail", ""), problem
+            ) from None
 
 
 def default_api_key(data_dir: str | Path | None = None) -> str | None:

@@ -49,8 +49,9 @@ def run_demo(args: argparse.Namespace) -> int:
     """Run the four steps; exit status 0 when every submitted image got a caption."""
     started = time.monotonic()
     service = fresh_service(args.data / "service")
-    settings = from_env({"CAPTIONER_DATA_DIR": str(service), "BATCH_MAX_SIZE": "8",
-                         "MODEL_POLL_S": "0.5"})  # fmt: skip
+    settings = from_env(
+        {"CAPTIONER_DATA_DIR": str(service), "BATCH_MAX_SIZE": "8", "MODEL_POLL_S": "0.5"}
+    )
     from captioner.service import migrate
 
     migrate(settings)
@@ -61,20 +62,25 @@ def run_demo(args: argparse.Namespace) -> int:
         f"admin API key: {settings.data_dir / KEY_FILE})",
     )
     with ExitStack() as stack:
-        workers = {queue: start_worker(settings, service / f"{queue}.log", f"{queue}@%h", queue)
-                   for queue in ("training", "inference")}  # fmt: skip
+        workers = {
+            queue: start_worker(settings, service / f"{queue}.log", f"{queue}@%h", queue)
+            for queue in ("training", "inference")
+        }
         stack.callback(stop, list(workers.values()))
         client = Client(stack.enter_context(api_server(settings)), key)
         run = train_through_api(client, args, workers["training"], service / "training.log")
         version = run["model_version"]
         wait_for_version(client, version, workers["inference"], service / "inference.log")
         examples = held_out(args.data / "held-out", args.submit)
-        jobs = caption_through_api(client, examples, workers["inference"],
-                                   service / "inference.log")  # fmt: skip
+        jobs = caption_through_api(
+            client, examples, workers["inference"], service / "inference.log"
+        )
     correct = report(examples, jobs, args.data / "attention")
     share = correct / len(examples)
-    print(f"\naccuracy: {correct}/{len(examples)} captions exactly right ({share:.0%}) by model "
-          f"{version}; the demo took {time.monotonic() - started:.0f} s")  # fmt: skip
+    print(
+        f"\naccuracy: {correct}/{len(examples)} captions exactly right ({share:.0%}) by model "
+        f"{version}; the demo took {time.monotonic() - started:.0f} s"
+    )
     return 0 if all(job["status"] == "succeeded" for job in jobs) else 1
 
 
@@ -92,10 +98,13 @@ def train_through_api(client: Client, args: argparse.Namespace, worker, log: Pat
     """POST /v1/training-runs on the shapes set, promoted when done; follow it to its end."""
     body = {
         "dataset": {"type": "shapes", "size": args.n, "seed": 0},
-        "hyperparameters": {"epochs": args.epochs, "batch_size": args.batch_size,
-                            "patience": args.patience},
+        "hyperparameters": {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "patience": args.patience,
+        },
         "promotion": {"policy": "always", "metric": "bleu4"},
-    }  # fmt: skip
+    }
     run = client.request("POST", "/v1/training-runs", body)
     step(2, f"training: run {run['id']} on {args.n} shapes images (seeded offline encoder)")
     with RunBars() as bars:
@@ -134,8 +143,9 @@ class RunBars:
         progress = run["progress"] or {}
         phase = progress.get("phase")
         if phase in ("dataset", "features"):
-            self.bars.features(progress.get("split", "dataset"), progress["done"],
-                               progress["total"])  # fmt: skip
+            self.bars.features(
+                progress.get("split", "dataset"), progress["done"], progress["total"]
+            )
         elif phase == "training" and progress["epoch"] > self.epochs_shown:
             self.bars.progress(SimpleNamespace(**progress))
 
@@ -209,6 +219,8 @@ def report(examples, jobs: list[dict], pictures: Path) -> int:
         picture.write_bytes(job["png"])
         mark = "✓" if right else f"✗ truth: {example.captions[0]}"
         timing = job["timings"]
-        print(f"{name}: {caption}  {mark}  [{picture}]  (batch of {timing['batch_size']}, "
-              f"{timing['total_ms']:.0f} ms after submit)")  # fmt: skip
+        print(
+            f"{name}: {caption}  {mark}  [{picture}]  (batch of {timing['batch_size']}, "
+            f"{timing['total_ms']:.0f} ms after submit)"
+        )
     return correct

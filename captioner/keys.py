@@ -22,9 +22,11 @@ KEY_FILE = "api-key"
 
 def add_commands(commands) -> None:
     """Register `keys` and `secrets` on the CLI's subparsers."""
-    keys = commands.add_parser("keys", help="API keys: create, list, revoke",
-                               epilog="example: captioner keys create --tenant acme --scope jobs"
-                               ).add_subparsers(required=True)  # fmt: skip
+    keys = commands.add_parser(
+        "keys",
+        help="API keys: create, list, revoke",
+        epilog="example: captioner keys create --tenant acme --scope jobs",
+    ).add_subparsers(required=True)
     create = keys.add_parser("create", help="make a key; it is printed once, never stored")
     create.add_argument("--tenant", required=True, help="whose data the key reaches")
     create.add_argument("--scope", default="jobs", help=f"comma-separated, from {SCOPES}")
@@ -37,8 +39,9 @@ def add_commands(commands) -> None:
     revoke.add_argument("id", type=uuid.UUID)
     revoke.set_defaults(run=run_revoke)
     secrets = commands.add_parser("secrets", help="secrets at rest").add_subparsers(required=True)
-    rotate = secrets.add_parser("rotate", help="re-encrypt every webhook secret with the first "
-                                "key of CAPTIONER_SECRET_KEYS")  # fmt: skip
+    rotate = secrets.add_parser(
+        "rotate", help="re-encrypt every webhook secret with the first key of CAPTIONER_SECRET_KEYS"
+    )
     rotate.set_defaults(run=run_rotate)
 
 
@@ -70,8 +73,10 @@ def run_list(args: argparse.Namespace) -> None:
             for row in apikeys.list_keys(session, args.tenant):
                 state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
                 used = f"{row.last_used_at:%Y-%m-%d %H:%M}" if row.last_used_at else "never"
-                print(f"{row.id}  {row.prefix}…  {row.tenant:<16} {','.join(row.scopes):<20} "
-                      f"last used {used:<16}  {state}  {row.name}")  # fmt: skip
+                print(
+                    f"{row.id}  {row.prefix}…  {row.tenant:<16} {','.join(row.scopes):<20} "
+                    f"last used {used:<16}  {state}  {row.name}"
+                )
     finally:
         db.dispose()
 
@@ -112,8 +117,7 @@ def local_admin_key(settings: Settings) -> str:
                     return path.read_text().strip()
             path.unlink()
         with db.session() as session:
-            _, key = apikeys.create_key(session, LOCAL_TENANT, ALL_SCOPES,
-                                        "local admin")  # fmt: skip
+            _, key = apikeys.create_key(session, LOCAL_TENANT, ALL_SCOPES, "local admin")
     finally:
         db.dispose()
     write_private(path, key)

@@ -22,8 +22,9 @@ READY_MARK = " ready."  # what Celery logs once a worker consumes (after the mod
 
 
 @contextmanager
-def api_server(settings: Settings, host: str = "127.0.0.1", port: int = 0,
-               access_log: bool = False) -> Iterator[str]:  # fmt: skip
+def api_server(
+    settings: Settings, host: str = "127.0.0.1", port: int = 0, access_log: bool = False
+) -> Iterator[str]:
     """Serve the API on a background thread for the block; yields its base URL."""
     from werkzeug.serving import make_server
 
@@ -43,15 +44,17 @@ def api_server(settings: Settings, host: str = "127.0.0.1", port: int = 0,
         app.extensions["captioner"].db.dispose()
 
 
-def worker_command(queues: str = "inference", name: str | None = None, gpus: str = "none"
-                   ) -> list[str]:  # fmt: skip
+def worker_command(
+    queues: str = "inference", name: str | None = None, gpus: str = "none"
+) -> list[str]:
     """The command line of a worker (`gpus="all"`: one process per visible GPU)."""
     command = [sys.executable, "-m", "captioner", "worker", "--queue", queues, "--gpus", gpus]
     return command + (["--name", name] if name else [])
 
 
-def start_worker(settings: Settings, log: Path, name: str, queues: str = "inference",
-                 gpus: str = "none") -> subprocess.Popen:  # fmt: skip
+def start_worker(
+    settings: Settings, log: Path, name: str, queues: str = "inference", gpus: str = "none"
+) -> subprocess.Popen:
     """Start a worker process for `settings`, its output going to `log`."""
     return start_process(settings, worker_command(queues, name, gpus), log)
 

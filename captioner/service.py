@@ -30,13 +30,21 @@ def add_commands(commands) -> None:
     migrate.set_defaults(run=run_migrate)
 
     worker = commands.add_parser("worker", help="run a Celery worker")
-    worker.add_argument("--queue", default="inference",
-                        help=f"comma-separated queues from {', '.join(QUEUES)}")  # fmt: skip
-    worker.add_argument("--gpus", choices=["all", "none"], default="none",
-                        help="all: a process per visible GPU (one CPU worker if none)")  # fmt: skip
+    worker.add_argument(
+        "--queue", default="inference", help=f"comma-separated queues from {', '.join(QUEUES)}"
+    )
+    worker.add_argument(
+        "--gpus",
+        choices=["all", "none"],
+        default="none",
+        help="all: a process per visible GPU (one CPU worker if none)",
+    )
     worker.add_argument("--name", help="Celery node name (default: QUEUE@HOSTNAME)")
-    worker.add_argument("--concurrency", type=int, help="pool threads (inference: 2 × batch "
-                        "size, webhooks: 32, training: 1)")  # fmt: skip
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        help="pool threads (inference: 2 × batch size, webhooks: 32, training: 1)",
+    )
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(run=run_worker)
 
@@ -104,8 +112,9 @@ def run_worker(args: argparse.Namespace) -> int:
     return run_celery_worker(from_env(), queues, name, args.concurrency, args.loglevel)
 
 
-def run_celery_worker(settings: Settings, queues: list[str], name: str, concurrency: int | None,
-                      loglevel: str) -> int:  # fmt: skip
+def run_celery_worker(
+    settings: Settings, queues: list[str], name: str, concurrency: int | None, loglevel: str
+) -> int:
     """Run a Celery worker in this process until it is stopped."""
     from worker.app import create_worker_app
 
@@ -118,14 +127,31 @@ def run_celery_worker(settings: Settings, queues: list[str], name: str, concurre
         if "inference" in queues:
             concurrency = 2 * settings.batch_max_size
     # From the first line (the worker's own set-up configures it again, for `celery -A …`).
-    configure(",".join(sorted(queues)), settings.log_format, settings.log_level,
-              worker=worker_label(host_format(name)))  # fmt: skip
+    configure(
+        ",".join(sorted(queues)),
+        settings.log_format,
+        settings.log_level,
+        worker=worker_label(host_format(name)),
+    )
     app = create_worker_app(settings)
-    app.worker_main([
-        "--quiet", "worker", "--queues", ",".join(queues), "--hostname", name, "--pool", "threads",
-        "--concurrency", str(concurrency), "--loglevel", loglevel,
-        "--without-gossip", "--without-mingle",
-    ])  # fmt: skip
+    app.worker_main(
+        [
+            "--quiet",
+            "worker",
+            "--queues",
+            ",".join(queues),
+            "--hostname",
+            name,
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            loglevel,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
     return 0
 
 
@@ -137,8 +163,9 @@ def run_beat(_args: argparse.Namespace) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     schedule = settings.data_dir / "celerybeat-schedule"
     configure("beat", settings.log_format, settings.log_level)
-    create_worker_app(settings).start(["--quiet", "beat", "--schedule", str(schedule),
-                                       "--loglevel", settings.log_level])  # fmt: skip
+    create_worker_app(settings).start(
+        ["--quiet", "beat", "--schedule", str(schedule), "--loglevel", settings.log_level]
+    )
 
 
 def run_api(args: argparse.Namespace) -> None:
@@ -156,12 +183,14 @@ def serve_api(settings: Settings, host: str, port: int) -> None:
         from captioner.keys import KEY_FILE, local_admin_key
 
         local_admin_key(settings)
-        print(f"admin API key in {settings.data_dir / KEY_FILE} (send it as 'Authorization: "
-              "Bearer KEY'; the CLI and client read it from there)", file=sys.stderr)  # fmt: skip
+        print(
+            f"admin API key in {settings.data_dir / KEY_FILE} (send it as 'Authorization: "
+            "Bearer KEY'; the CLI and client read it from there)",
+            file=sys.stderr,
+        )
     with api_server(settings, host, port, access_log=True) as url:
         print(f"API on {url}  (data: {settings.data_dir}); Ctrl-C stops", file=sys.stderr)
-        print(f"web page: {url}/  (jobs and attention; {url}/training for runs)",
-              file=sys.stderr)  # fmt: skip
+        print(f"web page: {url}/  (jobs and attention; {url}/training for runs)", file=sys.stderr)
         threading.Event().wait()
 
 
@@ -171,8 +200,11 @@ def run_up(args: argparse.Namespace) -> None:
     settings = from_env()
     migrate(settings)
     stop_on_sigterm()
-    workers = [worker_command("inference", gpus="all"), worker_command("training"),
-               worker_command("webhooks")]  # fmt: skip
+    workers = [
+        worker_command("inference", gpus="all"),
+        worker_command("training"),
+        worker_command("webhooks"),
+    ]
     with background([*workers, [sys.executable, "-m", "captioner", "beat"]]):
         serve_api(settings, args.host, args.port)
 

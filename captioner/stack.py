@@ -116,8 +116,13 @@ def moto_s3_server() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="moto-") as folder:
         log = Path(folder) / "moto.log"
         with log.open("wb") as out:
-            command = [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
-                       "-p", str(port)]  # fmt: skip
+            command = [
+                str(Path(sys.executable).parent / "moto_server"),
+                "-H",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ]
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
             _wait_for_http(process, url, log)
@@ -152,12 +157,18 @@ def services(data_dir: Path, **overrides) -> Iterator[Settings]:
     with moto_s3_server() as endpoint, fresh_postgres() as database_url, redis_database() as url:
         upgrade(database_url)
         settings = Settings(
-            data_dir=Path(data_dir), database_url=database_url, broker_url=url,
-            s3_bucket="stack", s3_endpoint_url=endpoint, s3_region=REGION,
-            s3_access_key=ACCESS_KEY, s3_secret_key=SECRET_KEY,
-            secret_keys=Fernet.generate_key().decode(), rate_limit=UNTHROTTLED,
+            data_dir=Path(data_dir),
+            database_url=database_url,
+            broker_url=url,
+            s3_bucket="stack",
+            s3_endpoint_url=endpoint,
+            s3_region=REGION,
+            s3_access_key=ACCESS_KEY,
+            s3_secret_key=SECRET_KEY,
+            secret_keys=Fernet.generate_key().decode(),
+            rate_limit=UNTHROTTLED,
             url_allow=LOOPBACK,  # webhook receivers in tests listen on 127.0.0.1
-        ).with_overrides(**overrides)  # fmt: skip
+        ).with_overrides(**overrides)
         open_blob_store(settings).ensure_bucket()
         yield settings
 
@@ -172,8 +183,9 @@ class Stack:
     client: Client | None = None
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def start_worker(self, queue: str, name: str | None = None, wait: bool = True
-                     ) -> subprocess.Popen:  # fmt: skip
+    def start_worker(
+        self, queue: str, name: str | None = None, wait: bool = True
+    ) -> subprocess.Popen:
         """Start (or restart) the worker `name` (default `QUEUE@stack`) on `queue`."""
         name = worker_name(queue, name)
         log = self.log(name)

@@ -54,8 +54,12 @@ def make_celery(settings: Settings, name: str = "captioner") -> Celery:
 
 def filesystem_options(folder: Path, polling_interval: float = 0.05) -> dict:
     """The embedded broker's transport options: every folder it writes lies under `folder`."""
-    folders = {"data_folder_in": "out", "data_folder_out": "out", "processed_folder": "processed",
-               "control_folder": "control"}  # fmt: skip
+    folders = {
+        "data_folder_in": "out",
+        "data_folder_out": "out",
+        "processed_folder": "processed",
+        "control_folder": "control",
+    }
     for sub in set(folders.values()):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     return {key: str(folder / sub) for key, sub in folders.items()} | {

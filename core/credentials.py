@@ -57,8 +57,12 @@ class Cipher:
         try:
             return self._fernet.decrypt(stored.encode()).decode()
         except InvalidToken:
-            raise SettingsError(["CAPTIONER_SECRET_KEYS: no key decrypts a stored secret (was "
-                                 "the key that encrypted it dropped?)"]) from None  # fmt: skip
+            raise SettingsError(
+                [
+                    "CAPTIONER_SECRET_KEYS: no key decrypts a stored secret (was "
+                    "the key that encrypted it dropped?)"
+                ]
+            ) from None
 
     def seal(self, data: bytes) -> bytes:
         """`data` encrypted (an answer kept for replay may hold a new API key)."""
@@ -97,6 +101,7 @@ def cipher_for(settings: Settings) -> Cipher:
     if settings.secret_keys:
         return Cipher(settings.secret_keys)
     if not settings.embedded:
-        raise SettingsError(["CAPTIONER_SECRET_KEYS must be set when DATABASE_URL points at a "
-                             "server"])  # fmt: skip
+        raise SettingsError(
+            ["CAPTIONER_SECRET_KEYS must be set when DATABASE_URL points at a server"]
+        )
     return Cipher(local_secret_keys(settings.data_dir))

@@ -115,8 +115,9 @@ class TrainingStopped(CaptionerError):
 class ErrorResponse(CaptionerError):
     """A request the API refuses: HTTP status, stable code, readable message (api.errors)."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None,
-                 **details) -> None:  # fmt: skip
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict | None = None, **details
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.headers = headers or {}  # e.g. Retry-After, WWW-Authenticate

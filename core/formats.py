@@ -51,8 +51,9 @@ def read_manifest(bundle_dir: Path) -> BundleManifest:
     encoder = json.loads((bundle_dir / BUNDLE_CONFIG).read_text())["encoder"]
     metrics_file = bundle_dir / BUNDLE_METRICS
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    return BundleManifest(encoder["weights"], encoder["fingerprint"], metrics,
-                          weights_digest(bundle_dir))  # fmt: skip
+    return BundleManifest(
+        encoder["weights"], encoder["fingerprint"], metrics, weights_digest(bundle_dir)
+    )
 
 
 def weights_digest(bundle_dir: Path) -> str:

@@ -165,8 +165,9 @@ def _pillow_errors(source: bytes | IO[bytes]) -> Iterator[None]:
         if name := refused_format(_head(source)):
             message = f"{name} is not a supported format ({supported})"
             raise ImageError(UNSUPPORTED, message) from exc
-        raise ImageError(NOT_AN_IMAGE, f"the data is not an image in a supported format "
-                         f"({supported})") from exc  # fmt: skip
+        raise ImageError(
+            NOT_AN_IMAGE, f"the data is not an image in a supported format ({supported})"
+        ) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(TOO_LARGE, str(exc)) from exc
     except Exception as exc:  # decoders of untrusted bytes fail in many ways; each is corrupt

@@ -28,27 +28,43 @@ from prometheus_client.multiprocess import MultiProcessCollector
 SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
 SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 
-HTTP_REQUESTS = Counter("captioner_http_requests", "API requests answered",
-                        ["route", "method", "status"])  # fmt: skip
-HTTP_SECONDS = Histogram("captioner_http_request_duration_seconds", "API request latency",
-                         ["route", "method"], buckets=SECONDS)  # fmt: skip
+HTTP_REQUESTS = Counter(
+    "captioner_http_requests", "API requests answered", ["route", "method", "status"]
+)
+HTTP_SECONDS = Histogram(
+    "captioner_http_request_duration_seconds",
+    "API request latency",
+    ["route", "method"],
+    buckets=SECONDS,
+)
 JOBS_SUBMITTED = Counter("captioner_jobs_submitted", "Jobs accepted by the API", ["kind"])
-JOBS_FINISHED = Counter("captioner_jobs_finished", "Jobs a worker ended, by status and error code",
-                        ["status", "code"])  # fmt: skip
-JOB_SECONDS = Histogram("captioner_job_seconds", "Job latency: end_to_end (created to finished), "
-                        "queue_wait (created to started)", ["stage"], buckets=SECONDS)  # fmt: skip
-PREDICT_SECONDS = Histogram("captioner_predict_seconds", "One batch's forward pass",
-                            buckets=SECONDS)  # fmt: skip
+JOBS_FINISHED = Counter(
+    "captioner_jobs_finished", "Jobs a worker ended, by status and error code", ["status", "code"]
+)
+JOB_SECONDS = Histogram(
+    "captioner_job_seconds",
+    "Job latency: end_to_end (created to finished), queue_wait (created to started)",
+    ["stage"],
+    buckets=SECONDS,
+)
+PREDICT_SECONDS = Histogram(
+    "captioner_predict_seconds", "One batch's forward pass", buckets=SECONDS
+)
 BATCH_SIZE = Histogram("captioner_batch_size", "Images in one forward pass", buckets=SIZES)
 IMAGES = Counter("captioner_images", "Images captioned (rate: images per second)")
-MODEL_INFO = Gauge("captioner_model_info", "The model version this worker serves (1)",
-                   ["version"], multiprocess_mode="liveall")  # fmt: skip
-MODEL_SWAP_SECONDS = Histogram("captioner_model_swap_seconds", "Download, load and warm-up of a "
-                               "new version", buckets=SECONDS)  # fmt: skip
-WEBHOOK_ATTEMPTS = Counter("captioner_webhook_attempts", "Webhook attempts by outcome",
-                           ["outcome"])  # fmt: skip
-WEBHOOK_LAG = Histogram("captioner_webhook_lag_seconds", "From the event to its delivery",
-                        buckets=SECONDS)  # fmt: skip
+MODEL_INFO = Gauge(
+    "captioner_model_info",
+    "The model version this worker serves (1)",
+    ["version"],
+    multiprocess_mode="liveall",
+)
+MODEL_SWAP_SECONDS = Histogram(
+    "captioner_model_swap_seconds", "Download, load and warm-up of a new version", buckets=SECONDS
+)
+WEBHOOK_ATTEMPTS = Counter("captioner_webhook_attempts", "Webhook attempts by outcome", ["outcome"])
+WEBHOOK_LAG = Histogram(
+    "captioner_webhook_lag_seconds", "From the event to its delivery", buckets=SECONDS
+)
 
 
 def multiprocess() -> bool:

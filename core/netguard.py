@@ -152,8 +152,14 @@ class Guard:
             address.version == net.version and address in net for net in self.networks
         )
 
-    def request(self, target: Target, method: str, headers: dict[str, str], body: bytes | None,
-                timeout: float) -> tuple[http.client.HTTPResponse, socket.socket]:  # fmt: skip
+    def request(
+        self,
+        target: Target,
+        method: str,
+        headers: dict[str, str],
+        body: bytes | None,
+        timeout: float,
+    ) -> tuple[http.client.HTTPResponse, socket.socket]:
         """Send a request to the checked address: the response (the caller reads and closes it)
         and its socket (to shorten its timeout as a deadline nears)."""
         kind = _PinnedHTTPS if target.scheme == "https" else _PinnedHTTP
@@ -193,8 +199,9 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
     """TLS to the checked address; SNI and the certificate check use the name."""
 
     def __init__(self, target: Target, timeout: float) -> None:
-        super().__init__(target.host, target.port, timeout=timeout,
-                         context=ssl.create_default_context())  # fmt: skip
+        super().__init__(
+            target.host, target.port, timeout=timeout, context=ssl.create_default_context()
+        )
         self.address = target.address
 
     def connect(self) -> None:
@@ -202,8 +209,9 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
-def fetch(url: str, guard: Guard, max_bytes: int, timeout_s: float,
-          max_redirects: int = MAX_REDIRECTS) -> bytes:  # fmt: skip
+def fetch(
+    url: str, guard: Guard, max_bytes: int, timeout_s: float, max_redirects: int = MAX_REDIRECTS
+) -> bytes:
     """GET `url`'s body, following up to `max_redirects` redirects (each one checked again);
     UrlError with url_forbidden, url_unreachable, url_timeout, url_too_large or url_redirects."""
     deadline = time.monotonic() + timeout_s

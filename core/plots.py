@@ -196,13 +196,18 @@ def _number(value: object) -> float | None:
 def learning_curves(history: Sequence[dict] | None) -> Curves:
     """The rows that have a whole `epoch`, sorted by it, as columns; every other key whose values
     are all numbers or null is a validation metric."""
-    rows = sorted((r for r in history or () if isinstance(r, dict) and type(r.get("epoch")) is int),
-                  key=lambda r: r["epoch"])  # fmt: skip
+    rows = sorted(
+        (r for r in history or () if isinstance(r, dict) and type(r.get("epoch")) is int),
+        key=lambda r: r["epoch"],
+    )
     names = dict.fromkeys(key for row in rows for key in row if key not in _NOT_METRICS)
     numeric = [name for name in names if all(_numeric(row.get(name)) for row in rows)]
-    return Curves(epochs=[row["epoch"] for row in rows], loss=_column(rows, "loss"),
-                  accuracy=_column(rows, "accuracy"),
-                  metrics={name: _column(rows, name) for name in numeric})  # fmt: skip
+    return Curves(
+        epochs=[row["epoch"] for row in rows],
+        loss=_column(rows, "loss"),
+        accuracy=_column(rows, "accuracy"),
+        metrics={name: _column(rows, name) for name in numeric},
+    )
 
 
 def _column(rows: list[dict], name: str) -> list[float | None]:
@@ -257,13 +262,22 @@ def _axes(curves: Curves, scores: list[list[float | None]], size: tuple[int, int
     """Axes that fit the losses (left) and the scores (right: 0 to 1, or more for CIDEr)."""
     losses = [v for v in curves.loss if v is not None and v > 0]
     highest = [v for column in scores for v in column if v is not None and v > 0]
-    return _Axes(plot_box(size), epoch_range(curves.epochs),
-                 nice_ceiling(max(losses)) if losses else 1.0,
-                 max(1.0, nice_ceiling(max(highest))) if highest else 1.0)  # fmt: skip
+    return _Axes(
+        plot_box(size),
+        epoch_range(curves.epochs),
+        nice_ceiling(max(losses)) if losses else 1.0,
+        max(1.0, nice_ceiling(max(highest))) if highest else 1.0,
+    )
 
 
-def _write(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font: Font,
-           align: str = "center", fill: tuple[int, int, int] = _INK) -> None:  # fmt: skip
+def _write(
+    draw: ImageDraw.ImageDraw,
+    xy: tuple[float, float],
+    text: str,
+    font: Font,
+    align: str = "center",
+    fill: tuple[int, int, int] = _INK,
+) -> None:
     """Write `text` centred on y, with x its left, centre or right."""
     x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)  # no anchors: the bitmap font
     shift = {"left": 0, "center": (x1 - x0) / 2, "right": x1 - x0}[align]
@@ -301,8 +315,12 @@ def _draw_legend(draw: ImageDraw.ImageDraw, entries: list[tuple[str, tuple]], wi
         x += room + 20
 
 
-def _draw_series(draw: ImageDraw.ImageDraw, points: list[tuple[float, float] | None],
-                 colour: tuple[int, int, int], markers: bool) -> None:  # fmt: skip
+def _draw_series(
+    draw: ImageDraw.ImageDraw,
+    points: list[tuple[float, float] | None],
+    colour: tuple[int, int, int],
+    markers: bool,
+) -> None:
     """A line through consecutive points, broken where a point is None; a dot on each point
     (only on lone points when `markers` is off)."""
     runs: list[list[tuple[float, float]]] = [[]]
@@ -318,16 +336,23 @@ def _draw_series(draw: ImageDraw.ImageDraw, points: list[tuple[float, float] | N
             draw.ellipse([(x - 3, y - 3), (x + 3, y + 3)], fill=colour)
 
 
-def render_curves(history: Sequence[dict] | None, metric: str,
-                  size: tuple[int, int] = CURVES_SIZE) -> Image.Image:  # fmt: skip
+def render_curves(
+    history: Sequence[dict] | None, metric: str, size: tuple[int, int] = CURVES_SIZE
+) -> Image.Image:
     """A line chart of a run's epochs: training loss on the left axis; training token accuracy
     and the validation `metric` on the right one (0 to 1). Null values leave gaps."""
     curves = learning_curves(history)
     # (values, colour, legend, on the right axis)
-    series = [(curves.loss, LOSS_COLOUR, "training loss (left)", False),
-              (curves.accuracy, ACCURACY_COLOUR, "token accuracy (right)", True),
-              (curves.metrics.get(metric, [None] * len(curves.epochs)), METRIC_COLOUR,
-               f"validation {metric} (right)", True)]  # fmt: skip
+    series = [
+        (curves.loss, LOSS_COLOUR, "training loss (left)", False),
+        (curves.accuracy, ACCURACY_COLOUR, "token accuracy (right)", True),
+        (
+            curves.metrics.get(metric, [None] * len(curves.epochs)),
+            METRIC_COLOUR,
+            f"validation {metric} (right)",
+            True,
+        ),
+    ]
     axes = _axes(curves, [values for values, _, _, right in series if right], size)
     canvas = Image.new("RGB", size, _BACKDROP)
     draw = ImageDraw.Draw(canvas)
@@ -336,8 +361,10 @@ def render_curves(history: Sequence[dict] | None, metric: str,
     markers = len(curves.epochs) <= _MARKERS_UP_TO
     for values, colour, _, right in series:
         top = axes.score_top if right else axes.loss_top
-        points = [None if v is None else (axes.x(e), axes.y(v, top))
-                  for e, v in zip(curves.epochs, values, strict=True)]  # fmt: skip
+        points = [
+            None if v is None else (axes.x(e), axes.y(v, top))
+            for e, v in zip(curves.epochs, values, strict=True)
+        ]
         _draw_series(draw, points, colour, markers)
     if not curves.epochs:
         left, top, right, bottom = axes.box

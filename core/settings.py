@@ -58,12 +58,16 @@ def _allow_list(raw: str) -> str:
 
 Count = Annotated[int, Field(ge=1)]
 # An http(s) origin, perhaps with a path prefix; a trailing slash is dropped
-PublicUrl = Annotated[str, Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$"),
-                      AfterValidator(lambda url: url.rstrip("/"))]  # fmt: skip
+PublicUrl = Annotated[
+    str,
+    Field(pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$"),
+    AfterValidator(lambda url: url.rstrip("/")),
+]
 Seconds = Annotated[float, Field(ge=0.001, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
-Delays = Annotated[tuple[Annotated[float, Field(ge=0.0, allow_inf_nan=False)], ...],
-                   BeforeValidator(_schedule)]  # fmt: skip
+Delays = Annotated[
+    tuple[Annotated[float, Field(ge=0.0, allow_inf_nan=False)], ...], BeforeValidator(_schedule)
+]
 
 
 @dataclass(frozen=True)
@@ -175,8 +179,11 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
         values.setdefault("broker_url", "filesystem://")
         values.setdefault("s3_bucket", None)
     else:
-        problems = [f"{var} must be set when DATABASE_URL points at a server"
-                    for var in REQUIRED_IN_PRODUCTION if FIELDS[var] not in values]  # fmt: skip
+        problems = [
+            f"{var} must be set when DATABASE_URL points at a server"
+            for var in REQUIRED_IN_PRODUCTION
+            if FIELDS[var] not in values
+        ]
     try:
         settings = Settings(**values)
     except ValidationError as exc:

@@ -68,8 +68,18 @@ def handle(message_id: str, event: dict) -> None:
     """Do something with an event: here, print what happened to which job or batch."""
     data = event["data"]
     caption = (data.get("result") or {}).get("caption")
-    print(json.dumps({"webhook_id": message_id, "type": event["type"], "id": data["id"],
-                      "status": data["status"], "caption": caption}), flush=True)  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "webhook_id": message_id,
+                "type": event["type"],
+                "id": data["id"],
+                "status": data["status"],
+                "caption": caption,
+            }
+        ),
+        flush=True,
+    )
 
 
 def main() -> None:

@@ -43,13 +43,17 @@ class ModelConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise BundleError(f"model settings this version does not know: {', '.join(unknown)}"
-                              " (a bundle made by a newer captioner?)")  # fmt: skip
+            raise BundleError(
+                f"model settings this version does not know: {', '.join(unknown)}"
+                " (a bundle made by a newer captioner?)"
+            )
         config = cls(**data)
         if config.decoder not in DECODERS:
-            raise BundleError(f"decoder {config.decoder!r} is not one this version builds "
-                              f"({', '.join(DECODERS)})")  # fmt: skip
+            raise BundleError(
+                f"decoder {config.decoder!r} is not one this version builds ({', '.join(DECODERS)})"
+            )
         if config.embedding_dim % config.heads:
-            raise BundleError(f"embedding_dim {config.embedding_dim} does not divide into "
-                              f"{config.heads} heads")  # fmt: skip
+            raise BundleError(
+                f"embedding_dim {config.embedding_dim} does not divide into {config.heads} heads"
+            )
         return config

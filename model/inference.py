@@ -78,8 +78,13 @@ class Decoding:
         self._std = tf.constant(bundle.norm.std)
         self._compiled: dict[tuple[int, int], tf.types.experimental.GenericFunction] = {}
 
-    def search(self, features, beam_size: int = 1, max_length: int | None = None,
-               sampling: Sampling | None = None) -> SearchOutput:  # fmt: skip
+    def search(
+        self,
+        features,
+        beam_size: int = 1,
+        max_length: int | None = None,
+        sampling: Sampling | None = None,
+    ) -> SearchOutput:
         """Run the compiled search on raw encoder features (B, 64, 2048); `sampling` gives each
         image a temperature and a seed (greedy search only: beams are never sampled)."""
         if beam_size < 1:
@@ -101,8 +106,11 @@ class Decoding:
 
     def _compile(self, beam_size: int, max_length: int):
         config = self.bundle.config
-        spec = [tf.TensorSpec((None, config.num_locations, config.feature_dim), tf.float32),
-                tf.TensorSpec((None,), tf.float32), tf.TensorSpec((None,), tf.int32)]  # fmt: skip
+        spec = [
+            tf.TensorSpec((None, config.num_locations, config.feature_dim), tf.float32),
+            tf.TensorSpec((None,), tf.float32),
+            tf.TensorSpec((None,), tf.int32),
+        ]
 
         def run(features, temperatures, seeds):
             standardised = (features - self._mean) / self._std
@@ -125,9 +133,12 @@ class Decoding:
             size = bucket(size + 1)
 
     def caption_features(
-        self, features, beam_size: int = 1, max_length: int | None = None,
+        self,
+        features,
+        beam_size: int = 1,
+        max_length: int | None = None,
         sampling: Sampling | None = None,
-    ) -> list[CaptionResult]:  # fmt: skip
+    ) -> list[CaptionResult]:
         """Captions for encoder features (B, 64, 2048)."""
         output = self.search(features, beam_size, max_length, sampling)
         return to_results(output, self.bundle.vocab.tokens)
@@ -165,9 +176,12 @@ class Captioner:
         self.decoding = Decoding(bundle, length_penalty)
 
     def caption_batch(
-        self, images: np.ndarray, beam_size: int = 1, max_length: int | None = None,
+        self,
+        images: np.ndarray,
+        beam_size: int = 1,
+        max_length: int | None = None,
         sampling: Sampling | None = None,
-    ) -> list[CaptionResult]:  # fmt: skip
+    ) -> list[CaptionResult]:
         """Caption preprocessed images (B, 299, 299, 3) float32 in one batched pass."""
         images = np.asarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):

@@ -128,15 +128,21 @@ Render = Callable[[np.random.Generator], tuple[Image.Image, list[str], list]]
 SHAPES_DESCRIPTION = "Synthetic coloured shapes with spatial relations"
 
 
-def coco_json(seed: int, split: str, images: list[dict], captions: list[dict],
-              description: str = SHAPES_DESCRIPTION) -> dict:  # fmt: skip
+def coco_json(
+    seed: int,
+    split: str,
+    images: list[dict],
+    captions: list[dict],
+    description: str = SHAPES_DESCRIPTION,
+) -> dict:
     """A COCO captions document for one split."""
     info = {"description": description, "version": "1.0", "split": split, "seed": seed}
     return {"info": info, "licenses": [], "images": images, "annotations": captions}
 
 
-def _write_scene(render: Render, rng: np.random.Generator, folder: Path, index: int
-                 ) -> tuple[dict, list[dict]]:  # fmt: skip
+def _write_scene(
+    render: Render, rng: np.random.Generator, folder: Path, index: int
+) -> tuple[dict, list[dict]]:
     """Render scene `index` into `folder`; its COCO image record and caption records (caption k
     of an image with c captions has id c * index + k)."""
     image, captions, objects = render(rng)
@@ -152,13 +158,21 @@ def _write_scene(render: Render, rng: np.random.Generator, folder: Path, index: 
         "objects": [obj.to_json() for obj in objects],
     }
     count = len(captions)
-    return record, [{"id": count * index + k, "image_id": index, "caption": caption}
-                    for k, caption in enumerate(captions)]  # fmt: skip
+    return record, [
+        {"id": count * index + k, "image_id": index, "caption": caption}
+        for k, caption in enumerate(captions)
+    ]
 
 
-def write_coco_set(out_dir: Path, n: int, seed: int, val_fraction: float, render: Render,
-                   description: str, progress: Callable[[int], None] | None = None
-                   ) -> Path:  # fmt: skip
+def write_coco_set(
+    out_dir: Path,
+    n: int,
+    seed: int,
+    val_fraction: float,
+    render: Render,
+    description: str,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
     """Write `n` scenes drawn by `render` as PNGs plus COCO caption JSON per split; the last
     ones go to val."""
     if n < 0 or not 0.0 <= val_fraction <= 1.0:
@@ -196,5 +210,6 @@ def write_shapes_dataset(
     progress: Callable[[int], None] | None = None,
 ) -> Path:
     """Write `n` scenes as PNGs plus COCO caption JSON per split; the last ones go to val."""
-    return write_coco_set(out_dir, n, seed, val_fraction, _one_caption, SHAPES_DESCRIPTION,
-                          progress)  # fmt: skip
+    return write_coco_set(
+        out_dir, n, seed, val_fraction, _one_caption, SHAPES_DESCRIPTION, progress
+    )

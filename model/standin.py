@@ -29,5 +29,9 @@ class StandInCaptioner:
         time.sleep(self.cost_s)
         tokens = STANDIN_TOKENS[: max_length or len(STANDIN_TOKENS)]
         attention = np.full((len(tokens), 64), 1 / 64, dtype=np.float32)  # (T, 64)
-        return [CaptionResult(" ".join(tokens), list(tokens), [-0.1] * len(tokens), attention,
-                              True, -0.1) for _ in images]  # fmt: skip
+        return [
+            CaptionResult(
+                " ".join(tokens), list(tokens), [-0.1] * len(tokens), attention, True, -0.1
+            )
+            for _ in images
+        ]

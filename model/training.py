@@ -165,9 +165,12 @@ class Trainer:
         self.best = tf.Variable(-math.inf, dtype=tf.float64)
         self.stale = tf.Variable(0, dtype=tf.int64)  # epochs since `best` improved
         checkpoint = tf.train.Checkpoint(
-            decoder=bundle.decoder, optimizer=self.optimizer,
-            epoch=self.epoch, best=self.best, stale=self.stale,
-        )  # fmt: skip
+            decoder=bundle.decoder,
+            optimizer=self.optimizer,
+            epoch=self.epoch,
+            best=self.best,
+            stale=self.stale,
+        )
         self.manager = tf.train.CheckpointManager(checkpoint, self.work_dir / "checkpoints", 2)
         self.history: list[dict] = []
         self.decoding = Decoding(bundle)  # traced once, reused by every validation
@@ -224,10 +227,17 @@ class Trainer:
                 remaining = (self.config.epochs - epoch) * steps + steps - step
                 images = min(step * self.config.batch_size, n)
                 callbacks.progress(
-                    Progress(epoch, self.config.epochs, step, steps, float(total) / step,
-                             (steps_done * self.config.batch_size + images) / elapsed,
-                             1 / pace, pace * remaining)
-                )  # fmt: skip
+                    Progress(
+                        epoch,
+                        self.config.epochs,
+                        step,
+                        steps,
+                        float(total) / step,
+                        (steps_done * self.config.batch_size + images) / elapsed,
+                        1 / pace,
+                        pace * remaining,
+                    )
+                )
         return float(total) / steps, float(right) / steps
 
     def _end_epoch(self, epoch: int, fit: dict, val: tuple, callbacks: Callbacks) -> None:
@@ -297,8 +307,13 @@ def train(
     return bundle
 
 
-def new_bundle(examples: Sequence[Example], features: np.ndarray, encoder: Encoder,
-               config: TrainConfig, model_config: ModelConfig) -> Bundle:  # fmt: skip
+def new_bundle(
+    examples: Sequence[Example],
+    features: np.ndarray,
+    encoder: Encoder,
+    config: TrainConfig,
+    model_config: ModelConfig,
+) -> Bundle:
     """An untrained decoder with the vocabulary and normalisation of these training examples."""
     vocab = Vocabulary.build((c for e in examples for c in e.captions), config.vocab_size)
     model_config = ModelConfig(**{**model_config.to_dict(), "vocab_size": len(vocab)})

@@ -96,8 +96,13 @@ class DecoderBlock(keras.layers.Layer):
         return self.norms[2](x + self.dropout(fed, training=training)), weights
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "width": self.width, "heads": self.heads,
-                "ff_units": self.ff_units, "dropout": self.rate}  # fmt: skip
+        return {
+            **super().get_config(),
+            "width": self.width,
+            "heads": self.heads,
+            "ff_units": self.ff_units,
+            "dropout": self.rate,
+        }
 
 
 @keras.saving.register_keras_serializable(package="captioner")
@@ -109,9 +114,17 @@ class TransformerDecoder(keras.Model):
     and every step recomputes the whole prefix (kept to measure what the cache saves).
     """
 
-    def __init__(self, vocab_size: int, width: int = 256, layers: int = 2, heads: int = 2,
-                 ff_units: int = 1024, dropout: float = 0.1, locations: int = 64,
-                 **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self,
+        vocab_size: int,
+        width: int = 256,
+        layers: int = 2,
+        heads: int = 2,
+        ff_units: int = 1024,
+        dropout: float = 0.1,
+        locations: int = 64,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         self.vocab_size, self.width, self.num_layers, self.heads = vocab_size, width, layers, heads
         self.ff_units, self.rate, self.locations = ff_units, dropout, locations
@@ -120,16 +133,24 @@ class TransformerDecoder(keras.Model):
         self.cells = keras.layers.Embedding(locations, width, name="cells")  # where each cell is
         self.embedding = keras.layers.Embedding(vocab_size, width, name="embedding")
         self.positions = keras.layers.Embedding(MAX_POSITIONS, width, name="positions")
-        self.blocks = [DecoderBlock(width, heads, ff_units, dropout, name=f"block{i}")
-                       for i in range(layers)]  # fmt: skip
+        self.blocks = [
+            DecoderBlock(width, heads, ff_units, dropout, name=f"block{i}") for i in range(layers)
+        ]
         self.dropout = keras.layers.Dropout(dropout)
         self.output_layer = keras.layers.Dense(vocab_size, name="output")
 
     @classmethod
     def from_model_config(cls, config: ModelConfig) -> TransformerDecoder:
         """A decoder with the sizes of `config`, built (weights created)."""
-        decoder = cls(config.vocab_size, config.embedding_dim, config.layers, config.heads,
-                      config.ff_units, config.dropout, config.num_locations)  # fmt: skip
+        decoder = cls(
+            config.vocab_size,
+            config.embedding_dim,
+            config.layers,
+            config.heads,
+            config.ff_units,
+            config.dropout,
+            config.num_locations,
+        )
         decoder(tf.zeros((1, config.num_locations, config.feature_dim)), tf.zeros((1, 1), tf.int32))
         return decoder
 
@@ -191,6 +212,13 @@ class TransformerDecoder(keras.Model):
         return self.decode(self.encode(features), tokens, training)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "vocab_size": self.vocab_size, "width": self.width,
-                "layers": self.num_layers, "heads": self.heads, "ff_units": self.ff_units,
-                "dropout": self.rate, "locations": self.locations}  # fmt: skip
+        return {
+            **super().get_config(),
+            "vocab_size": self.vocab_size,
+            "width": self.width,
+            "layers": self.num_layers,
+            "heads": self.heads,
+            "ff_units": self.ff_units,
+            "dropout": self.rate,
+            "locations": self.locations,
+        }

@@ -25,16 +25,24 @@ class Caller:
     scopes: frozenset[str]
 
 
-def create_key(session: Session, tenant: str, scopes: Iterable[str], name: str = ""
-               ) -> tuple[ApiKey, str]:  # fmt: skip
+def create_key(
+    session: Session, tenant: str, scopes: Iterable[str], name: str = ""
+) -> tuple[ApiKey, str]:
     """A new key: its row and the key itself, which exists nowhere else (show it once)."""
     scopes = sorted(set(scopes))
     unknown = set(scopes) - set(ALL_SCOPES)
     if unknown or not scopes:
         raise ValueError(f"scopes must be some of {list(ALL_SCOPES)}, not {scopes}")
     key = new_api_key()
-    row = ApiKey(id=uuid.uuid4(), tenant=tenant, name=name, scopes=scopes, created_at=utcnow(),
-                 prefix=key[:SHOWN_PREFIX], key_hash=hash_api_key(key))  # fmt: skip
+    row = ApiKey(
+        id=uuid.uuid4(),
+        tenant=tenant,
+        name=name,
+        scopes=scopes,
+        created_at=utcnow(),
+        prefix=key[:SHOWN_PREFIX],
+        key_hash=hash_api_key(key),
+    )
     session.add(row)
     session.flush()
     return row, key
@@ -43,9 +51,10 @@ def create_key(session: Session, tenant: str, scopes: Iterable[str], name: str =
 def authenticate(session: Session, key: str) -> Caller | None:
     """The caller a key belongs to, or None (unknown or revoked); notes when it was used."""
     row = session.execute(
-        select(ApiKey.id, ApiKey.tenant, ApiKey.scopes, ApiKey.last_used_at)
-        .where(ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None))
-    ).first()  # fmt: skip
+        select(ApiKey.id, ApiKey.tenant, ApiKey.scopes, ApiKey.last_used_at).where(
+            ApiKey.key_hash == hash_api_key(key), ApiKey.revoked_at.is_(None)
+        )
+    ).first()
     if row is None:
         return None
     now = utcnow()
@@ -69,8 +78,11 @@ def get_key(session: Session, key_id: uuid.UUID) -> ApiKey | None:
 
 def revoke(session: Session, key_id: uuid.UUID) -> ApiKey | None:
     """Revoke a key from now on (revoking twice keeps the first time); None if unknown."""
-    session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-                    .values(revoked_at=utcnow()))  # fmt: skip
+    session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
     row = session.get(ApiKey, key_id)
     if row is not None:
         session.refresh(row)

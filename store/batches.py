@@ -30,9 +30,14 @@ def create_batch(
     if any(new.owner != owner for new in new_jobs):
         raise ValueError(f"every job of a batch must belong to its owner {owner!r}")
     now = utcnow()
-    batch = Batch(id=uuid.uuid4(), owner=owner, size=len(new_jobs), created_at=now,
-                  webhook_url=webhook_url,
-                  webhook_events=list(webhook_events) if webhook_url else None)  # fmt: skip
+    batch = Batch(
+        id=uuid.uuid4(),
+        owner=owner,
+        size=len(new_jobs),
+        created_at=now,
+        webhook_url=webhook_url,
+        webhook_events=list(webhook_events) if webhook_url else None,
+    )
     session.add(batch)
     session.flush()  # the jobs' foreign key needs the batch row first
     jobs = []

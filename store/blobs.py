@@ -267,8 +267,13 @@ class S3BlobStore:
         validate_key(key)
         with self._errors(f"put {key!r}"):
             try:
-                self._client.upload_file(str(path), self.bucket, key, Config=UPLOAD,
-                                         ExtraArgs={"ContentType": content_type})  # fmt: skip
+                self._client.upload_file(
+                    str(path),
+                    self.bucket,
+                    key,
+                    Config=UPLOAD,
+                    ExtraArgs={"ContentType": content_type},
+                )
             except S3UploadFailedError as error:  # the failed part's ClientError, as text
                 raise BlobStoreError(f"put {key!r} failed on {self.where}: {error}") from error
 

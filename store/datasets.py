@@ -17,8 +17,9 @@ def create_dataset(session: Session, dataset: Dataset) -> Dataset:
     return dataset
 
 
-def get_dataset(session: Session, dataset_id: uuid.UUID, owner: str | None = None
-                ) -> Dataset | None:  # fmt: skip
+def get_dataset(
+    session: Session, dataset_id: uuid.UUID, owner: str | None = None
+) -> Dataset | None:
     """One dataset (of `owner`, if given), or None."""
     dataset = session.get(Dataset, dataset_id)
     return dataset if dataset is not None and owner in (None, dataset.owner) else None

@@ -38,8 +38,9 @@ class Database:
                     hook(session.info)
         except (sa_exc.DBAPIError, sa_exc.TimeoutError) as exc:
             if self.engine.dialect.name == "postgresql" and unreachable(exc):
-                raise StoreUnavailable(f"the database cannot be reached: {exc.__class__.__name__}"
-                                       ) from exc  # fmt: skip
+                raise StoreUnavailable(
+                    f"the database cannot be reached: {exc.__class__.__name__}"
+                ) from exc
             raise
 
     def check(self) -> None:
@@ -104,8 +105,14 @@ def make_engine(url: str, echo: bool = False) -> Engine:
         engine = create_engine(url, echo=echo, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5, max_overflow=10,
-                         executemany_mode="values_plus_batch")  # fmt: skip
+    return create_engine(
+        url,
+        echo=echo,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=10,
+        executemany_mode="values_plus_batch",
+    )
 
 
 def _sqlite_pragmas(connection, _record) -> None:

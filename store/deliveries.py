@@ -57,12 +57,20 @@ def record_event(session: Session, event: Event, sequence: int = 0) -> bool:
     now = utcnow()
     body = {"type": event.event, "timestamp": iso(now), "data": event.data}
     row = {
-        "id": uuid.uuid4(), "owner": event.owner, "resource_type": event.resource_type,
-        "resource_id": event.resource_id, "event": event.event, "sequence": sequence,
+        "id": uuid.uuid4(),
+        "owner": event.owner,
+        "resource_type": event.resource_type,
+        "resource_id": event.resource_id,
+        "event": event.event,
+        "sequence": sequence,
         "url": event.url,
-        "body": json.dumps(body, separators=(",", ":")), "status": PENDING, "attempts": 0,
-        "step": 0, "next_attempt_at": now, "created_at": now,
-    }  # fmt: skip
+        "body": json.dumps(body, separators=(",", ":")),
+        "status": PENDING,
+        "attempts": 0,
+        "step": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
     inserted = insert_or_ignore(
         session, Delivery, row, index_elements=["resource_id", "event", "sequence"]
     )
@@ -106,8 +114,12 @@ def claim(session: Session, delivery_id: uuid.UUID, lease: timedelta) -> Deliver
         earlier.created_at < Delivery.created_at,
         or_(earlier.status == SENDING, and_(earlier.status == PENDING, earlier.attempts == 0)),
     )
-    due = and_(Delivery.id == delivery_id, Delivery.status == PENDING,
-               Delivery.next_attempt_at <= now, ~blocked)  # fmt: skip
+    due = and_(
+        Delivery.id == delivery_id,
+        Delivery.status == PENDING,
+        Delivery.next_attempt_at <= now,
+        ~blocked,
+    )
     values = {"status": SENDING, "attempts": Delivery.attempts + 1, "lease_expires_at": now + lease}
     statement = update(Delivery).where(due).values(**values).returning(Delivery)
     options = {"synchronize_session": False, "populate_existing": True}
@@ -118,11 +130,17 @@ def finish_attempt(
     session: Session, delivery: Delivery, record: AttemptRecord, retry_at: datetime | None
 ) -> str:
     """Log the attempt and settle the delivery: delivered, retried at `retry_at`, or failed."""
-    session.execute(insert(DeliveryAttempt).values(
-        delivery_id=delivery.id, number=delivery.attempts, started_at=record.started_at,
-        latency_ms=record.latency_ms, status_code=record.status_code, error=record.error,
-        response=record.response,
-    ))  # fmt: skip
+    session.execute(
+        insert(DeliveryAttempt).values(
+            delivery_id=delivery.id,
+            number=delivery.attempts,
+            started_at=record.started_at,
+            latency_ms=record.latency_ms,
+            status_code=record.status_code,
+            error=record.error,
+            response=record.response,
+        )
+    )
     if record.error is None:
         values = {"status": DeliveryStatus.DELIVERED.value, "finished_at": utcnow()}
     elif retry_at is not None:

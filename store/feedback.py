@@ -25,16 +25,24 @@ def record_feedback(session: Session, blobs: BlobStore, job: Job, caption: str) 
     feedback_id = uuid.uuid4()
     key = feedback_image_key(feedback_id)
     blobs.put(key, image, "application/octet-stream")
-    row = Feedback(id=feedback_id, owner=job.owner, job_id=job.id, image_key=key, caption=caption,
-                   model_caption=job.caption, model_version=job.model_version,
-                   created_at=utcnow())  # fmt: skip
+    row = Feedback(
+        id=feedback_id,
+        owner=job.owner,
+        job_id=job.id,
+        image_key=key,
+        caption=caption,
+        model_caption=job.caption,
+        model_version=job.model_version,
+        created_at=utcnow(),
+    )
     session.add(row)
     session.flush()
     return row
 
 
-def list_feedback(session: Session, owner: str, before: datetime | None = None,
-                  limit: int | None = None) -> Sequence[Feedback]:  # fmt: skip
+def list_feedback(
+    session: Session, owner: str, before: datetime | None = None, limit: int | None = None
+) -> Sequence[Feedback]:
     """The tenant's corrections, newest first (those made before `before`, if given)."""
     query = select(Feedback).where(Feedback.owner == owner)
     if before is not None:

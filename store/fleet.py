@@ -46,29 +46,41 @@ class Fleet:
 def fleet(session: Session, seen_within_s: float) -> Fleet:
     """Queued and running jobs, runs by status, running runs' progress, pending deliveries and
     workers by role seen lately: five queries."""
-    jobs = dict(session.execute(select(Job.status, func.count()).where(Job.status.in_(IN_FLIGHT))
-                                .group_by(Job.status)).all())  # fmt: skip
-    runs = dict(session.execute(select(TrainingRun.status, func.count())
-                                .group_by(TrainingRun.status)).all())  # fmt: skip
-    running = session.scalars(select(TrainingRun).where(
-        TrainingRun.status == RunStatus.RUNNING.value)).all()  # fmt: skip
-    pending = session.scalar(select(func.count()).select_from(Delivery).where(
-        Delivery.status == DeliveryStatus.PENDING.value))  # fmt: skip
+    jobs = dict(
+        session.execute(
+            select(Job.status, func.count()).where(Job.status.in_(IN_FLIGHT)).group_by(Job.status)
+        ).all()
+    )
+    runs = dict(
+        session.execute(select(TrainingRun.status, func.count()).group_by(TrainingRun.status)).all()
+    )
+    running = session.scalars(
+        select(TrainingRun).where(TrainingRun.status == RunStatus.RUNNING.value)
+    ).all()
+    pending = session.scalar(
+        select(func.count())
+        .select_from(Delivery)
+        .where(Delivery.status == DeliveryStatus.PENDING.value)
+    )
     since = utcnow() - timedelta(seconds=seen_within_s)
     role = func.coalesce(WorkerModel.role, "inference")  # rows from before 0009
-    workers = dict(session.execute(select(role, func.count()).where(WorkerModel.seen_at >= since)
-                                   .group_by(role)).all())  # fmt: skip
-    return Fleet(jobs={s: jobs.get(s, 0) for s in IN_FLIGHT},
-                 runs={s.value: runs.get(s.value, 0) for s in RunStatus},
-                 running_runs=[running_run(run) for run in running],
-                 deliveries_pending=pending or 0,
-                 workers={"inference": 0} | workers)  # fmt: skip
+    workers = dict(
+        session.execute(
+            select(role, func.count()).where(WorkerModel.seen_at >= since).group_by(role)
+        ).all()
+    )
+    return Fleet(
+        jobs={s: jobs.get(s, 0) for s in IN_FLIGHT},
+        runs={s.value: runs.get(s.value, 0) for s in RunStatus},
+        running_runs=[running_run(run) for run in running],
+        deliveries_pending=pending or 0,
+        workers={"inference": 0} | workers,
+    )
 
 
 def running_run(run: TrainingRun) -> RunningRun:
     """A run's epoch and loss from its progress, and its last validation metrics."""
     progress, history = run.progress or {}, run.history or []
     last = history[-1] if history else {}
-    numbers = {k: float(v) for k, v in last.items()
-               if k != "epoch" and type(v) in (int, float)}  # fmt: skip
+    numbers = {k: float(v) for k, v in last.items() if k != "epoch" and type(v) in (int, float)}
     return RunningRun(str(run.id), int(progress.get("epoch", 0)), progress.get("loss"), numbers)

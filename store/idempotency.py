@@ -50,21 +50,29 @@ class Claim:
     answer: Answer | None = None
 
 
-def begin(session: Session, tenant: str, key: str, fingerprint: str,
-          now: datetime | None = None) -> Claim:  # fmt: skip
+def begin(
+    session: Session, tenant: str, key: str, fingerprint: str, now: datetime | None = None
+) -> Claim:
     """Claim `key` for a request with `fingerprint`, or say why not (commit before running it)."""
     now = now or utcnow()
-    stale = or_(IdempotencyKey.created_at < now - KEEP_FOR,
-                and_(IdempotencyKey.status_code.is_(None),
-                     IdempotencyKey.created_at < now - ABANDONED_AFTER))  # fmt: skip
+    stale = or_(
+        IdempotencyKey.created_at < now - KEEP_FOR,
+        and_(
+            IdempotencyKey.status_code.is_(None), IdempotencyKey.created_at < now - ABANDONED_AFTER
+        ),
+    )
     session.execute(delete(IdempotencyKey).where(_row(tenant, key), stale))
     values = {"tenant": tenant, "key": key, "fingerprint": fingerprint, "created_at": now}
     if insert_or_ignore(session, IdempotencyKey, values, index_elements=["tenant", "key"]).rowcount:
         return Claim(Outcome.STARTED, started_at=now)
     row = session.execute(
-        select(IdempotencyKey.fingerprint, IdempotencyKey.status_code, IdempotencyKey.headers,
-               IdempotencyKey.body).where(_row(tenant, key))
-    ).first()  # fmt: skip
+        select(
+            IdempotencyKey.fingerprint,
+            IdempotencyKey.status_code,
+            IdempotencyKey.headers,
+            IdempotencyKey.body,
+        ).where(_row(tenant, key))
+    ).first()
     if row is None:  # forgotten since the insert: the first try failed, and this one may retry
         return Claim(Outcome.IN_USE)
     if row.fingerprint != fingerprint:
@@ -77,9 +85,10 @@ def begin(session: Session, tenant: str, key: str, fingerprint: str,
 def finish(session: Session, tenant: str, key: str, started_at: datetime, answer: Answer) -> bool:
     """Record the answer of the claim begun at `started_at`; False if the row is no longer ours."""
     result = session.execute(
-        update(IdempotencyKey).where(*_ours(tenant, key, started_at))
+        update(IdempotencyKey)
+        .where(*_ours(tenant, key, started_at))
         .values(status_code=answer.status, headers=answer.headers, body=answer.body)
-    )  # fmt: skip
+    )
     return result.rowcount == 1
 
 
@@ -103,5 +112,8 @@ def _row(tenant: str, key: str):
 
 
 def _ours(tenant: str, key: str, started_at: datetime) -> tuple:
-    return (_row(tenant, key), IdempotencyKey.created_at == started_at,
-            IdempotencyKey.status_code.is_(None))  # fmt: skip
+    return (
+        _row(tenant, key),
+        IdempotencyKey.created_at == started_at,
+        IdempotencyKey.status_code.is_(None),
+    )

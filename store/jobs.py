@@ -193,21 +193,26 @@ def claim_jobs(
     spent = Job.attempts >= max_attempts
     ends = or_(late, spent)
     changes = {
-        "status": case((late, JobStatus.ABORTED.value), (spent, JobStatus.FAILED.value),
-                       else_=JobStatus.RUNNING.value),
-        "error_code": case((late, DEADLINE_PASSED), (spent, "too_many_attempts"),
-                           else_=Job.error_code),
-        "error_message": case((late, DEADLINE_MESSAGE),
-                              (spent, f"gave up after {max_attempts} attempts"),
-                              else_=Job.error_message),
+        "status": case(
+            (late, JobStatus.ABORTED.value),
+            (spent, JobStatus.FAILED.value),
+            else_=JobStatus.RUNNING.value,
+        ),
+        "error_code": case(
+            (late, DEADLINE_PASSED), (spent, "too_many_attempts"), else_=Job.error_code
+        ),
+        "error_message": case(
+            (late, DEADLINE_MESSAGE),
+            (spent, f"gave up after {max_attempts} attempts"),
+            else_=Job.error_message,
+        ),
         "attempts": case((ends, Job.attempts), else_=Job.attempts + 1),
         "started_at": case((ends, Job.started_at), else_=_at(now)),
         "finished_at": case((ends, _at(now)), else_=null()),
-        "lease_expires_at": case((ends, null()),
-                                 else_=_at(now + timedelta(seconds=lease_seconds))),
+        "lease_expires_at": case((ends, null()), else_=_at(now + timedelta(seconds=lease_seconds))),
         "attempt_token": case((ends, null()), else_=cast(literal(token, Uuid), Uuid)),
         "worker": case((ends, Job.worker), else_=literal(worker, String)),
-    }  # fmt: skip
+    }
     changed = _update_jobs(session, and_(Job.id.in_(job_ids), _claimable(now)), changes)
     claimed = [job for job in changed if job.status == JobStatus.RUNNING.value]
     ended = [job for job in changed if job not in claimed]
@@ -242,11 +247,18 @@ def finish_jobs(
     """
     held = _held(session, token, list(results))
     now = utcnow()
-    rows = [values(results[job.id]) | {
-        "id": job.id, "status": JobStatus.SUCCEEDED.value, "finished_at": now,
-        "lease_expires_at": None, "queue_ms": _ms(job.created_at, job.started_at or now),
-        "total_ms": _ms(job.created_at, now),
-    } for job in held]  # fmt: skip
+    rows = [
+        values(results[job.id])
+        | {
+            "id": job.id,
+            "status": JobStatus.SUCCEEDED.value,
+            "finished_at": now,
+            "lease_expires_at": None,
+            "queue_ms": _ms(job.created_at, job.started_at or now),
+            "total_ms": _ms(job.created_at, now),
+        }
+        for job in held
+    ]
     if rows:
         session.execute(update(Job), rows)  # one UPDATE by primary key, run for every row
         _announce_ended(session, held)
@@ -256,10 +268,17 @@ def finish_jobs(
 def _held(session: Session, token: uuid.UUID, job_ids: Sequence[uuid.UUID]) -> list:
     """The jobs among `job_ids` still running under `token`, locked until the commit (the
     columns finishing needs, not whole rows)."""
-    columns = (Job.id, Job.created_at, Job.started_at, Job.batch_id, Job.webhook_url,
-               Job.webhook_events)  # fmt: skip
-    held = and_(Job.id.in_(job_ids), Job.attempt_token == token,
-                Job.status == JobStatus.RUNNING.value)  # fmt: skip
+    columns = (
+        Job.id,
+        Job.created_at,
+        Job.started_at,
+        Job.batch_id,
+        Job.webhook_url,
+        Job.webhook_events,
+    )
+    held = and_(
+        Job.id.in_(job_ids), Job.attempt_token == token, Job.status == JobStatus.RUNNING.value
+    )
     query = select(*columns).where(held).with_for_update()
     return list(session.execute(query))
 
@@ -305,10 +324,15 @@ def abort_late_jobs(session: Session) -> list[uuid.UUID]:
     """Abort the queued jobs past their deadline (nobody claimed them in time), announcing
     each as a terminal change; their ids."""
     now = utcnow()
-    late = and_(Job.status == JobStatus.QUEUED.value, Job.deadline_at.is_not(None),
-                Job.deadline_at < now)  # fmt: skip
-    values = {"status": JobStatus.ABORTED.value, "error_code": DEADLINE_PASSED,
-              "error_message": DEADLINE_MESSAGE, "finished_at": now}  # fmt: skip
+    late = and_(
+        Job.status == JobStatus.QUEUED.value, Job.deadline_at.is_not(None), Job.deadline_at < now
+    )
+    values = {
+        "status": JobStatus.ABORTED.value,
+        "error_code": DEADLINE_PASSED,
+        "error_message": DEADLINE_MESSAGE,
+        "finished_at": now,
+    }
     aborted = _update_jobs(session, late, values)
     announce(session, aborted, "completed")
     return [job.id for job in aborted]
@@ -317,8 +341,9 @@ def abort_late_jobs(session: Session) -> list[uuid.UUID]:
 def release_jobs(session: Session, token: uuid.UUID, job_ids: Sequence[uuid.UUID]) -> int:
     """Put jobs still held by `token` back in the queue after a temporary failure (the attempt
     still counts); how many were."""
-    held = and_(Job.id.in_(job_ids), Job.attempt_token == token,
-                Job.status == JobStatus.RUNNING.value)  # fmt: skip
+    held = and_(
+        Job.id.in_(job_ids), Job.attempt_token == token, Job.status == JobStatus.RUNNING.value
+    )
     values = {"status": JobStatus.QUEUED.value, "lease_expires_at": None, "attempt_token": None}
     return session.execute(update(Job).where(held).values(**values)).rowcount
 
@@ -336,11 +361,12 @@ def jobs_to_resend(
     now = utcnow()
     lost = and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now)
     requeued = session.scalars(
-        update(Job).where(lost)
+        update(Job)
+        .where(lost)
         .values(status=JobStatus.QUEUED.value, lease_expires_at=None, attempt_token=None)
         .returning(Job.id),
         execution_options={"synchronize_session": False},
-    )  # fmt: skip
+    )
     ids = set(requeued)
     unsent = and_(Job.enqueued_at.is_(None), Job.created_at < now - unsent_after)
     stale = Job.enqueued_at < now - resend_after
@@ -386,8 +412,9 @@ def announce(session: Session, changed: Sequence[Job], when: str) -> None:
     """Record the deliveries owed now that `changed` jobs started or ended (`when`)."""
     for job in changed:
         if wants(job, when):
-            event = Event(job.owner, "job", job.id, f"job.{PAST[when]}", job.webhook_url,
-                          job_json(job))  # fmt: skip
+            event = Event(
+                job.owner, "job", job.id, f"job.{PAST[when]}", job.webhook_url, job_json(job)
+            )
             record_event(session, event)
     for batch_id in sorted({job.batch_id for job in changed if job.batch_id}):
         _announce_batch(session, batch_id, when)

@@ -95,8 +95,9 @@ def as_utc(moment: datetime | None) -> datetime | None:
 
 
 def _now_column(index: bool = False) -> Mapped[datetime]:
-    return mapped_column(DateTime(timezone=True), default=utcnow, server_default=func.now(),
-                         index=index)  # fmt: skip
+    return mapped_column(
+        DateTime(timezone=True), default=utcnow, server_default=func.now(), index=index
+    )
 
 
 class Batch(Base):
@@ -186,9 +187,14 @@ class WebhookSecret(Base):
     __tablename__ = "webhook_secrets"
     __table_args__ = (
         # At most one current secret per owner.
-        Index("uq_webhook_secrets_current", "owner", unique=True,
-              postgresql_where=_CURRENT, sqlite_where=_CURRENT),
-    )  # fmt: skip
+        Index(
+            "uq_webhook_secrets_current",
+            "owner",
+            unique=True,
+            postgresql_where=_CURRENT,
+            sqlite_where=_CURRENT,
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     owner: Mapped[str] = mapped_column(String(64))
@@ -286,10 +292,15 @@ class ModelVersion(Base):
     __tablename__ = "model_versions"
     __table_args__ = (
         # Exactly one version serves at a time (none before the first promotion).
-        Index("uq_model_versions_active", "active", unique=True,
-              postgresql_where=text("active"), sqlite_where=text("active")),
+        Index(
+            "uq_model_versions_active",
+            "active",
+            unique=True,
+            postgresql_where=text("active"),
+            sqlite_where=text("active"),
+        ),
         {"sqlite_autoincrement": True},  # a number is never reused, even after a rollback
-    )  # fmt: skip
+    )
 
     number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     bundle_key: Mapped[str] = mapped_column(String(256))  # models/v3/ (a folder of blobs)

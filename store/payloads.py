@@ -47,10 +47,12 @@ def absolute_urls(body: Any, base: str | None) -> Any:
         return [absolute_urls(item, base) for item in body]
     if not isinstance(body, dict):
         return body
-    return {key: {name: base + link if link.startswith("/") else link
-                  for name, link in value.items()}
-            if key == "urls" and isinstance(value, dict) else absolute_urls(value, base)
-            for key, value in body.items()}  # fmt: skip
+    return {
+        key: {name: base + link if link.startswith("/") else link for name, link in value.items()}
+        if key == "urls" and isinstance(value, dict)
+        else absolute_urls(value, base)
+        for key, value in body.items()
+    }
 
 
 def absolute_urls_text(text: str, base: str | None) -> str:
@@ -68,37 +70,55 @@ def job_json(job: Job) -> dict[str, Any]:
         "status": job.status,
         "batch_id": str(job.batch_id) if job.batch_id else None,
         "attempts": job.attempts,
-        "options": {"beam_size": job.beam_size, "max_length": job.max_length,
-                    "temperature": job.temperature, "seed": job.seed},  # fmt: skip
+        "options": {
+            "beam_size": job.beam_size,
+            "max_length": job.max_length,
+            "temperature": job.temperature,
+            "seed": job.seed,
+        },
         "deadline_at": iso(job.deadline_at),  # not started by then: aborted (None: no deadline)
-        "image": {"format": job.image_format, "width": job.image_width,
-                  "height": job.image_height, "bytes": job.image_bytes}
+        "image": {
+            "format": job.image_format,
+            "width": job.image_width,
+            "height": job.image_height,
+            "bytes": job.image_bytes,
+        }
         | ({"url": job.image_url} if job.image_url else {}),
         "result": {
-            "caption": job.caption, "tokens": job.tokens,
-            "token_log_probs": job.token_log_probs, "model_version": job.model_version,
+            "caption": job.caption,
+            "tokens": job.tokens,
+            "token_log_probs": job.token_log_probs,
+            "model_version": job.model_version,
             "attention_shape": job.attention_shape,
-        } if done else None,
-        "error": {"code": job.error_code, "message": job.error_message}
-        if job.error_code else None,
+        }
+        if done
+        else None,
+        "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
         "timings": {
-            "created_at": iso(job.created_at), "started_at": iso(job.started_at),
-            "finished_at": iso(job.finished_at), "queue_ms": job.queue_ms,
-            "predict_ms": job.predict_ms, "total_ms": job.total_ms, "batch_size": job.batch_size,
+            "created_at": iso(job.created_at),
+            "started_at": iso(job.started_at),
+            "finished_at": iso(job.finished_at),
+            "queue_ms": job.queue_ms,
+            "predict_ms": job.predict_ms,
+            "total_ms": job.total_ms,
+            "batch_size": job.batch_size,
         },
         "webhook": webhook_json(job),
         "urls": job_urls(job, done),
-    }  # fmt: skip
+    }
 
 
 def feedback_json(row: Feedback) -> dict[str, Any]:
     """One caption correction: the job, what the model said, what it should have said."""
     return {
-        "id": str(row.id), "job_id": str(row.job_id), "caption": row.caption,
-        "model_caption": row.model_caption, "model_version": row.model_version,
+        "id": str(row.id),
+        "job_id": str(row.job_id),
+        "caption": row.caption,
+        "model_caption": row.model_caption,
+        "model_version": row.model_version,
         "created_at": iso(row.created_at),
         "urls": {"self": f"/v1/feedback/{row.id}", "job": f"/v1/jobs/{row.job_id}"},
-    }  # fmt: skip
+    }
 
 
 def webhook_json(owner: Job | Batch | TrainingRun) -> dict[str, Any] | None:
@@ -110,8 +130,11 @@ def webhook_json(owner: Job | Batch | TrainingRun) -> dict[str, Any] | None:
 
 def job_urls(job: Job, done: bool) -> dict[str, str]:
     """Links to the job, its batch if any, and, once it succeeded, its attention map."""
-    urls = {"self": f"/v1/jobs/{job.id}", "cancel": f"/v1/jobs/{job.id}/cancel",
-            "deliveries": f"/v1/jobs/{job.id}/deliveries"}  # fmt: skip
+    urls = {
+        "self": f"/v1/jobs/{job.id}",
+        "cancel": f"/v1/jobs/{job.id}/cancel",
+        "deliveries": f"/v1/jobs/{job.id}/deliveries",
+    }
     if job.batch_id:
         urls["batch"] = f"/v1/batches/{job.batch_id}"
     if done:
@@ -154,16 +177,26 @@ def delivery_json(delivery: Delivery, attempts: list[DeliveryAttempt]) -> dict[s
         "status": delivery.status,
         "attempt_count": delivery.attempts,
         "next_attempt_at": iso(delivery.next_attempt_at)
-        if delivery.status == DeliveryStatus.PENDING else None,
+        if delivery.status == DeliveryStatus.PENDING
+        else None,
         "created_at": iso(delivery.created_at),
         "finished_at": iso(delivery.finished_at),
-        "attempts": [{
-            "number": a.number, "started_at": iso(a.started_at), "status_code": a.status_code,
-            "latency_ms": round(a.latency_ms, 1), "error": a.error, "response": a.response,
-        } for a in attempts],
-        "urls": {"self": f"/v1/deliveries/{delivery.id}",
-                 "replay": f"/v1/deliveries/{delivery.id}/replay"},
-    }  # fmt: skip
+        "attempts": [
+            {
+                "number": a.number,
+                "started_at": iso(a.started_at),
+                "status_code": a.status_code,
+                "latency_ms": round(a.latency_ms, 1),
+                "error": a.error,
+                "response": a.response,
+            }
+            for a in attempts
+        ],
+        "urls": {
+            "self": f"/v1/deliveries/{delivery.id}",
+            "replay": f"/v1/deliveries/{delivery.id}/replay",
+        },
+    }
 
 
 def run_json(run: TrainingRun) -> dict[str, Any]:
@@ -184,17 +217,18 @@ def run_json(run: TrainingRun) -> dict[str, Any]:
         "model_version": version_name(run.model_version),
         "promotion_result": run.promotion_result,
         "checkpoint": {"key": checkpoint_prefix(run.id)} if run.history else None,
-        "error": {"code": run.error_code, "message": run.error_message}
-        if run.error_code else None,
+        "error": {"code": run.error_code, "message": run.error_message} if run.error_code else None,
         "created_at": iso(run.created_at),
         "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at),
         "webhook": webhook_json(run),
-        "urls": {"self": f"/v1/training-runs/{run.id}",
-                 "cancel": f"/v1/training-runs/{run.id}/cancel",
-                 "deliveries": f"/v1/training-runs/{run.id}/deliveries",
-                 "curves": f"/v1/training-runs/{run.id}/curves"},
-    }  # fmt: skip
+        "urls": {
+            "self": f"/v1/training-runs/{run.id}",
+            "cancel": f"/v1/training-runs/{run.id}/cancel",
+            "deliveries": f"/v1/training-runs/{run.id}/deliveries",
+            "curves": f"/v1/training-runs/{run.id}/curves",
+        },
+    }
 
 
 def model_json(version: ModelVersion) -> dict[str, Any]:
@@ -207,17 +241,21 @@ def model_json(version: ModelVersion) -> dict[str, Any]:
         "training_run_id": str(version.training_run_id) if version.training_run_id else None,
         "dataset": public_dataset(version.dataset),
         "architecture": version.architecture,
-        "encoder": {"weights": Path(version.encoder_weights).name,
-                    "fingerprint": version.encoder_fingerprint},
+        "encoder": {
+            "weights": Path(version.encoder_weights).name,
+            "fingerprint": version.encoder_fingerprint,
+        },
         "metrics": metrics.get("val", {}),
         "best_epoch": metrics.get("best_epoch"),
         "history": metrics.get("history", []),
         "bundle": {"key": version.bundle_key, "digest": version.digest},
         "created_at": iso(version.created_at),
         "promoted_at": iso(version.promoted_at),
-        "urls": {"self": f"/v1/models/{version.version}",
-                 "promote": f"/v1/models/{version.version}/promote"},
-    }  # fmt: skip
+        "urls": {
+            "self": f"/v1/models/{version.version}",
+            "promote": f"/v1/models/{version.version}/promote",
+        },
+    }
 
 
 def public_dataset(dataset: dict | None) -> dict | None:

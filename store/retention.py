@@ -49,8 +49,9 @@ class Removal:
     blocked_by: list[uuid.UUID] = field(default_factory=list)  # running jobs, active runs
 
 
-def delete_jobs(session: Session, job_ids: Sequence[uuid.UUID], batch_ids: Sequence[uuid.UUID] = ()
-                ) -> Removal:  # fmt: skip
+def delete_jobs(
+    session: Session, job_ids: Sequence[uuid.UUID], batch_ids: Sequence[uuid.UUID] = ()
+) -> Removal:
     """Delete queued and ended jobs with their deliveries, and the batches (among theirs and
     `batch_ids`) they leave empty; nothing at all when one of them is running.
 
@@ -101,8 +102,9 @@ def delete_dataset(session: Session, dataset_id: uuid.UUID) -> Removal:
     blocked = list(session.scalars(select(TrainingRun.id).where(active)))
     if blocked:
         return Removal(blocked_by=blocked)
-    session.execute(update(TrainingRun).where(users).values(dataset_id=None),
-                    execution_options=NO_SYNC)  # fmt: skip
+    session.execute(
+        update(TrainingRun).where(users).values(dataset_id=None), execution_options=NO_SYNC
+    )
     session.execute(delete(Dataset).where(Dataset.id == dataset_id), execution_options=NO_SYNC)
     return Removal([dataset_id], blob_keys=[dataset.archive_key])
 
@@ -124,10 +126,13 @@ def _delete_deliveries(session: Session, resource_ids: Sequence[uuid.UUID]) -> N
     if not resource_ids:
         return
     theirs = select(Delivery.id).where(Delivery.resource_id.in_(resource_ids))
-    session.execute(delete(DeliveryAttempt).where(DeliveryAttempt.delivery_id.in_(theirs)),
-                    execution_options=NO_SYNC)  # fmt: skip
-    session.execute(delete(Delivery).where(Delivery.resource_id.in_(resource_ids)),
-                    execution_options=NO_SYNC)  # fmt: skip
+    session.execute(
+        delete(DeliveryAttempt).where(DeliveryAttempt.delivery_id.in_(theirs)),
+        execution_options=NO_SYNC,
+    )
+    session.execute(
+        delete(Delivery).where(Delivery.resource_id.in_(resource_ids)), execution_options=NO_SYNC
+    )
 
 
 def _delete_empty_batches(session: Session, batch_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:

@@ -78,17 +78,22 @@ def mark_enqueued(session: Session, run_ids: list[uuid.UUID]) -> None:
     session.execute(query.values(enqueued_at=utcnow()))
 
 
-def claim_run(session: Session, run_id: uuid.UUID, worker: str, lease_s: float,
-              max_attempts: int) -> TrainingRun | None:  # fmt: skip
+def claim_run(
+    session: Session, run_id: uuid.UUID, worker: str, lease_s: float, max_attempts: int
+) -> TrainingRun | None:
     """Take a queued run (attempts + 1, leased to `worker`), or None when it is not ours.
 
     A run out of attempts fails here instead (its worker died each time).
     """
     now = utcnow()
     queued = and_(TrainingRun.id == run_id, TrainingRun.status == QUEUED)
-    spent = _update(session, queued & (TrainingRun.attempts >= max_attempts),
-                    _terminal(RunStatus.FAILED, "too_many_attempts",
-                              f"the run's worker stopped {max_attempts} times"))  # fmt: skip
+    spent = _update(
+        session,
+        queued & (TrainingRun.attempts >= max_attempts),
+        _terminal(
+            RunStatus.FAILED, "too_many_attempts", f"the run's worker stopped {max_attempts} times"
+        ),
+    )
     if spent:
         return None
     values = {
@@ -104,12 +109,14 @@ def claim_run(session: Session, run_id: uuid.UUID, worker: str, lease_s: float,
     return claimed[0] if claimed else None
 
 
-def heartbeat(session: Session, run_id: uuid.UUID, worker: str, lease_s: float,
-              progress: dict | None = None) -> Heartbeat:  # fmt: skip
+def heartbeat(
+    session: Session, run_id: uuid.UUID, worker: str, lease_s: float, progress: dict | None = None
+) -> Heartbeat:
     """Renew the lease, store the latest progress, and announce it if the throttle allows."""
     now = utcnow()
-    mine = and_(TrainingRun.id == run_id, TrainingRun.status == RUNNING,
-                TrainingRun.worker == worker)  # fmt: skip
+    mine = and_(
+        TrainingRun.id == run_id, TrainingRun.status == RUNNING, TrainingRun.worker == worker
+    )
     values: dict[str, Any] = {"lease_expires_at": now + timedelta(seconds=lease_s)}
     if progress is not None:
         values["progress"] = progress
@@ -124,8 +131,10 @@ def heartbeat(session: Session, run_id: uuid.UUID, worker: str, lease_s: float,
 
 def _announce_progress(session: Session, run: TrainingRun, now) -> None:
     """Announce progress unless the last announcement was less than PROGRESS_EVERY ago."""
-    due = or_(TrainingRun.progress_announced_at.is_(None),
-              TrainingRun.progress_announced_at <= now - PROGRESS_EVERY)  # fmt: skip
+    due = or_(
+        TrainingRun.progress_announced_at.is_(None),
+        TrainingRun.progress_announced_at <= now - PROGRESS_EVERY,
+    )
     values = {"progress_announced_at": now, "progress_events": TrainingRun.progress_events + 1}
     rows = _update(session, (TrainingRun.id == run.id) & due, values)
     if rows:
@@ -134,16 +143,19 @@ def _announce_progress(session: Session, run: TrainingRun, now) -> None:
 
 def record_epoch(session: Session, run_id: uuid.UUID, worker: str, history: list[dict]) -> bool:
     """Store the validation history after an epoch; False if the run is no longer ours."""
-    mine = and_(TrainingRun.id == run_id, TrainingRun.worker == worker,
-                TrainingRun.status == RUNNING)  # fmt: skip
+    mine = and_(
+        TrainingRun.id == run_id, TrainingRun.worker == worker, TrainingRun.status == RUNNING
+    )
     return bool(_update(session, mine, {"history": history}))
 
 
-def finish_run(session: Session, run_id: uuid.UUID, worker: str, status: RunStatus,
-               **values: Any) -> bool:  # fmt: skip
+def finish_run(
+    session: Session, run_id: uuid.UUID, worker: str, status: RunStatus, **values: Any
+) -> bool:
     """End a running run of `worker` with a terminal status and outcome fields."""
-    mine = and_(TrainingRun.id == run_id, TrainingRun.worker == worker,
-                TrainingRun.status == RUNNING)  # fmt: skip
+    mine = and_(
+        TrainingRun.id == run_id, TrainingRun.worker == worker, TrainingRun.status == RUNNING
+    )
     changed = _update(session, mine, _terminal(status) | values)
     return bool(changed)
 
@@ -154,8 +166,9 @@ def cancel_run(session: Session, run_id: uuid.UUID) -> TrainingRun | None:
     None when the run had already ended.
     """
     queued = and_(TrainingRun.id == run_id, TrainingRun.status == QUEUED)
-    canceled = _update(session, queued, _terminal(RunStatus.CANCELED, "canceled",
-                                                  "canceled before it started"))  # fmt: skip
+    canceled = _update(
+        session, queued, _terminal(RunStatus.CANCELED, "canceled", "canceled before it started")
+    )
     if canceled:
         return canceled[0]
     running = and_(TrainingRun.id == run_id, TrainingRun.status == RUNNING)
@@ -173,8 +186,9 @@ def runs_to_resend(
     released = _update(session, expired, {"status": QUEUED, "lease_expires_at": None})
     unsent = TrainingRun.status == QUEUED
     if not all_queued:
-        unsent = and_(unsent, TrainingRun.enqueued_at.is_(None),
-                      TrainingRun.created_at < now - unsent_after)  # fmt: skip
+        unsent = and_(
+            unsent, TrainingRun.enqueued_at.is_(None), TrainingRun.created_at < now - unsent_after
+        )
     never_sent = session.scalars(select(TrainingRun.id).where(unsent))
     return sorted({run.id for run in released} | set(never_sent))
 
@@ -197,6 +211,12 @@ def _update(session: Session, where, values: dict) -> list:
 
 def _announce(session: Session, run: TrainingRun, when: str, sequence: int = 0) -> None:
     if wants(run, when):
-        event = Event(run.owner, "training_run", run.id, f"training_run.{PAST[when]}",
-                      run.webhook_url, run_json(run))  # fmt: skip
+        event = Event(
+            run.owner,
+            "training_run",
+            run.id,
+            f"training_run.{PAST[when]}",
+            run.webhook_url,
+            run_json(run),
+        )
         record_event(session, event, sequence)

@@ -31,8 +31,11 @@ def secrets_in_use(session: Session, owner: str, cipher: Cipher) -> list[Secret]
     now = utcnow()
     valid = or_(WebhookSecret.expires_at.is_(None), WebhookSecret.expires_at > now)
     query = select(WebhookSecret).where(WebhookSecret.owner == owner, valid)
-    found = list(session.scalars(query.order_by(WebhookSecret.expires_at.is_(None).desc(),
-                                                WebhookSecret.id.desc())))  # fmt: skip
+    found = list(
+        session.scalars(
+            query.order_by(WebhookSecret.expires_at.is_(None).desc(), WebhookSecret.id.desc())
+        )
+    )
     if found and found[0].expires_at is None:
         return [Secret(cipher.decrypt(s.secret), s.created_at, s.expires_at) for s in found]
     _create_current(session, owner, cipher)
@@ -61,5 +64,10 @@ def _create_current(session: Session, owner: str, cipher: Cipher) -> None:
     # Two first uses at once: the partial unique index keeps one current secret; the other
     # insert does nothing.
     values = {"owner": owner, "secret": cipher.encrypt(new_secret()), "created_at": utcnow()}
-    insert_or_ignore(session, WebhookSecret, values, index_elements=["owner"],
-                     index_where=WebhookSecret.expires_at.is_(None))  # fmt: skip
+    insert_or_ignore(
+        session,
+        WebhookSecret,
+        values,
+        index_elements=["owner"],
+        index_where=WebhookSecret.expires_at.is_(None),
+    )

@@ -26,8 +26,9 @@ def no_dns(host: str, port: int) -> list[str]:
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory):
     """Production-mode settings on throwaway Postgres, Redis and S3."""
-    with services(tmp_path_factory.mktemp("api"), max_image_bytes=200_000,
-                  max_image_pixels=1_000_000) as settings:  # fmt: skip
+    with services(
+        tmp_path_factory.mktemp("api"), max_image_bytes=200_000, max_image_pixels=1_000_000
+    ) as settings:
         yield settings
 
 

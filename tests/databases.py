@@ -15,8 +15,9 @@ def migrated_database(kind: str, folder) -> Iterator:
     from store.db import Database
     from store.migrate import upgrade
 
-    url_context = fresh_postgres() if kind == "postgres" else nullcontext(
-        f"sqlite:///{folder / 'store.db'}")  # fmt: skip
+    url_context = (
+        fresh_postgres() if kind == "postgres" else nullcontext(f"sqlite:///{folder / 'store.db'}")
+    )
     with url_context as url:
         upgrade(url)
         database = Database(url)
@@ -30,6 +31,12 @@ def new_job(**changes):
     """A `store.jobs.NewJob` for a small PNG of owner "tenant", with `changes`."""
     from store.jobs import NewJob
 
-    fields = dict(owner="tenant", image_key="images/x", image_bytes=10, image_format="PNG",
-                  image_width=4, image_height=3)  # fmt: skip
+    fields = dict(
+        owner="tenant",
+        image_key="images/x",
+        image_bytes=10,
+        image_format="PNG",
+        image_width=4,
+        image_height=3,
+    )
     return NewJob(**(fields | changes))

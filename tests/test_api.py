@@ -17,8 +17,9 @@ pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, queue
 
 def test_multipart_upload_is_stored_recorded_and_enqueued(client, app, queue):
     data = png()
-    response = client.post("/v1/jobs", data={"image": (io.BytesIO(data), "red.png"),
-                                             "beam_size": "3"})  # fmt: skip
+    response = client.post(
+        "/v1/jobs", data={"image": (io.BytesIO(data), "red.png"), "beam_size": "3"}
+    )
     assert response.status_code == 202
     job = response.get_json()
     assert job["status"] == "queued"
@@ -42,10 +43,15 @@ def test_a_sampled_job_takes_one_beam_and_records_its_seed(client):
     image = base64.b64encode(png()).decode()
     chosen = client.post("/v1/jobs", json={"image": image, "temperature": 0.7, "seed": 42})
     assert chosen.status_code == 202
-    assert chosen.get_json()["options"] == {"beam_size": 1, "max_length": 20, "temperature": 0.7,
-                                            "seed": 42}  # fmt: skip
-    drawn = client.post("/v1/jobs", data={"image": (io.BytesIO(png()), "x.png"),
-                                          "temperature": "1.2"}).get_json()  # fmt: skip
+    assert chosen.get_json()["options"] == {
+        "beam_size": 1,
+        "max_length": 20,
+        "temperature": 0.7,
+        "seed": 42,
+    }
+    drawn = client.post(
+        "/v1/jobs", data={"image": (io.BytesIO(png()), "x.png"), "temperature": "1.2"}
+    ).get_json()
     assert drawn["options"]["temperature"] == 1.2 and drawn["options"]["beam_size"] == 1
     assert 0 <= drawn["options"]["seed"] < 2**32  # a random one, recorded: it can be had again
 
@@ -56,18 +62,21 @@ def test_a_batch_gives_each_image_the_next_seed(client):
     assert [job["options"]["seed"] for job in batch.get_json()["jobs"]] == [2**32 - 2, 2**32 - 1, 0]
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"temperature": 0.5, "beam_size": 3}, "leave beam_size out or set it to 1"),
-    ({"temperature": -0.1}, "temperature"),
-    ({"temperature": 2.5}, "temperature"),
-    ({"temperature": "warm"}, "temperature"),
-    ({"temperature": "NaN"}, "temperature"),
-    ({"temperature": True}, "temperature"),
-    ({"temperature": [1]}, "temperature"),
-    ({"seed": -1}, "seed"),
-    ({"seed": 2**32}, "seed"),
-    ({"seed": 1.5}, "seed"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"temperature": 0.5, "beam_size": 3}, "leave beam_size out or set it to 1"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": "warm"}, "temperature"),
+        ({"temperature": "NaN"}, "temperature"),
+        ({"temperature": True}, "temperature"),
+        ({"temperature": [1]}, "temperature"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**32}, "seed"),
+        ({"seed": 1.5}, "seed"),
+    ],
+)
 def test_bad_sampling_options_are_refused_by_name(client, queue, options, message):
     response = client.post("/v1/jobs", json={"image": base64.b64encode(png()).decode(), **options})
     assert response.status_code == 400
@@ -88,22 +97,41 @@ def test_a_body_cut_short_after_a_good_header_is_taken_the_worker_fails_it(clien
         ({"data": {"image": (io.BytesIO(b"just text"), "x.png")}}, 415, "not_an_image"),
         ({"data": {"image": (io.BytesIO(ico()), "x.png")}}, 415, "unsupported_format"),
         ({"data": {"image": (io.BytesIO(b""), "x.png")}}, 400, "empty_image"),
-        ({"data": {"image": (io.BytesIO(b"\x89PNG" + bytes(300_000)), "x.png")}}, 413,
-         "image_too_large"),
+        (
+            {"data": {"image": (io.BytesIO(b"\x89PNG" + bytes(300_000)), "x.png")}},
+            413,
+            "image_too_large",
+        ),
         ({"data": {"image": (io.BytesIO(png((1200, 1000))), "x.png")}}, 413, "image_too_large"),
         ({"data": {"file": (io.BytesIO(png()), "x.png")}}, 400, "unknown_field"),
         ({"json": {"image": "not base64!"}}, 400, "invalid_base64"),
         ({"json": ["image"]}, 400, "invalid_json"),
-        ({"json": {"image": base64.b64encode(png()).decode(), "beam_size": 0}}, 400,
-         "invalid_option"),
-        ({"json": {"image": base64.b64encode(png()).decode(), "max_length": "7.5"}}, 400,
-         "invalid_option"),
+        (
+            {"json": {"image": base64.b64encode(png()).decode(), "beam_size": 0}},
+            400,
+            "invalid_option",
+        ),
+        (
+            {"json": {"image": base64.b64encode(png()).decode(), "max_length": "7.5"}},
+            400,
+            "invalid_option",
+        ),
         ({"data": png(), "content_type": "image/png"}, 415, "unsupported_media_type"),
     ],
-    ids=["text", "unsupported-format", "empty", "too-many-bytes", "too-many-pixels",
-         "no-image-field",
-         "bad-base64", "json-list", "beam-0", "length-float", "raw-body"],
-)  # fmt: skip
+    ids=[
+        "text",
+        "unsupported-format",
+        "empty",
+        "too-many-bytes",
+        "too-many-pixels",
+        "no-image-field",
+        "bad-base64",
+        "json-list",
+        "beam-0",
+        "length-float",
+        "raw-body",
+    ],
+)
 def test_bad_uploads_get_a_4xx_and_nothing_is_enqueued(client, queue, send, status, code):
     before = client.get("/v1/jobs?limit=100").get_json()["jobs"]
     response = client.post("/v1/jobs", **send)
@@ -123,8 +151,10 @@ def test_cancel_before_start_and_only_once(client, queue):
 
 
 def test_listing_filters_by_status_and_pages_with_a_cursor(client, queue):
-    ids = [client.post("/v1/jobs", json={"image": base64.b64encode(png()).decode()})
-           .get_json()["id"] for _ in range(3)]  # fmt: skip
+    ids = [
+        client.post("/v1/jobs", json={"image": base64.b64encode(png()).decode()}).get_json()["id"]
+        for _ in range(3)
+    ]
     client.post(f"/v1/jobs/{ids[0]}/cancel")
     first = client.get("/v1/jobs?limit=2").get_json()
     assert [j["id"] for j in first["jobs"]] == ids[:0:-1]  # newest first
@@ -157,12 +187,15 @@ def test_get_with_prefer_wait_answers_as_soon_as_the_job_ends(app, client, queue
     assert ended.status_code == 200 and "Preference-Applied" not in ended.headers
 
 
-@pytest.mark.parametrize(("method", "path", "status"), [
-    ("get", "/v1/jobs/00000000-0000-0000-0000-000000000000", 404),
-    ("get", "/v1/jobs/not-a-uuid", 404),
-    ("delete", "/v1/jobs", 405),
-    ("get", "/nowhere", 404),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("get", "/v1/jobs/00000000-0000-0000-0000-000000000000", 404),
+        ("get", "/v1/jobs/not-a-uuid", 404),
+        ("delete", "/v1/jobs", 405),
+        ("get", "/nowhere", 404),
+    ],
+)
 def test_errors_are_json(client, method, path, status):
     response = getattr(client, method)(path)
     assert response.status_code == status
@@ -175,9 +208,13 @@ def test_errors_are_json(client, method, path, status):
 def test_health_and_readiness(client, settings):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     assert client.get("/readyz").get_json() == {"status": "ready"}
-    broken = create_app(settings.with_overrides(
-        database_url="postgresql+psycopg2://postgres@127.0.0.1:1/nothing",
-        broker_url="redis://127.0.0.1:1/0", s3_endpoint_url="http://127.0.0.1:1"))  # fmt: skip
+    broken = create_app(
+        settings.with_overrides(
+            database_url="postgresql+psycopg2://postgres@127.0.0.1:1/nothing",
+            broker_url="redis://127.0.0.1:1/0",
+            s3_endpoint_url="http://127.0.0.1:1",
+        )
+    )
     response = broken.test_client().get("/readyz")
     assert response.status_code == 503
     assert set(response.get_json()["failures"]) == {"database", "broker", "blob_store"}

@@ -34,23 +34,36 @@ def npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def succeeded_job(app, attention: bytes | None, image: bytes | None = None,
-                  in_row: bool = True) -> uuid.UUID:  # fmt: skip
+def succeeded_job(
+    app, attention: bytes | None, image: bytes | None = None, in_row: bool = True
+) -> uuid.UUID:
     """A job taken through create, claim and finish, its .npy `attention` in its row, or (as
     before migration 0005) in the blob store; `attention` None leaves it out."""
     svc, job_id = app.extensions["captioner"], uuid.uuid4()
     svc.blobs.put(image_key(job_id), image or png(), "image/png")
-    new = jobs.NewJob(owner=OWNER, image_key=image_key(job_id), image_bytes=1,
-                      image_format="PNG", image_width=64, image_height=48, id=job_id)  # fmt: skip
+    new = jobs.NewJob(
+        owner=OWNER,
+        image_key=image_key(job_id),
+        image_bytes=1,
+        image_format="PNG",
+        image_width=64,
+        image_height=48,
+        id=job_id,
+    )
     with svc.db.session() as session:
         jobs.create_job(session, new)
     with svc.db.session() as session:
         claim = jobs.claim_jobs(session, [job_id], lease_seconds=60, max_attempts=3)
-        result = jobs.JobResult(caption=" ".join(TOKENS), tokens=TOKENS,
-                                token_log_probs=[-0.1] * len(TOKENS), model_version="v1",
-                                attention=attention if in_row else None,
-                                attention_shape=[len(TOKENS), 64], predict_ms=1.0,
-                                batch_size=1)  # fmt: skip
+        result = jobs.JobResult(
+            caption=" ".join(TOKENS),
+            tokens=TOKENS,
+            token_log_probs=[-0.1] * len(TOKENS),
+            model_version="v1",
+            attention=attention if in_row else None,
+            attention_shape=[len(TOKENS), 64],
+            predict_ms=1.0,
+            batch_size=1,
+        )
         assert jobs.finish_jobs(session, claim.token, {job_id: result}) == [job_id]
     if attention is not None and not in_row:
         svc.blobs.put(attention_key(job_id), attention)
@@ -167,8 +180,12 @@ def make_job(kind: str, app, client) -> str:
         with app.extensions["captioner"].db.session() as session:
             jobs.fail_job(session, uuid.UUID(job_id), "model_error", "boom")
         return job_id
-    attention = {"succeeded": npy(weights()), "no-npy": None, "corrupt-npy": b"not an npy",
-                 "wrong-rows": npy(weights(5))}[kind]  # fmt: skip
+    attention = {
+        "succeeded": npy(weights()),
+        "no-npy": None,
+        "corrupt-npy": b"not an npy",
+        "wrong-rows": npy(weights(5)),
+    }[kind]
     return str(succeeded_job(app, attention))
 
 
@@ -188,7 +205,7 @@ def make_job(kind: str, app, client) -> str:
         ("corrupt-npy", "/attention?format=json", 500, "attention_unreadable", "job"),
         ("wrong-rows", "/attention.png", 500, "attention_unreadable", "3 tokens"),
     ],
-)  # fmt: skip
+)
 def test_attention_errors(client, app, queue, kind, suffix, status, code, names):
     job_id = str(uuid.uuid4()) if kind == "unknown" else make_job(kind, app, client)
     response = client.get(f"/v1/jobs/{job_id}{suffix}")

@@ -77,8 +77,11 @@ HOOK = "http://127.0.0.1:9/hook"  # never called: no webhook worker runs here
 
 def routes(app) -> list[tuple[str, str, str]]:
     """(method, rule, endpoint) for every route of the app."""
-    return sorted((method, rule.rule, rule.endpoint) for rule in app.url_map.iter_rules()
-                  for method in rule.methods - {"HEAD", "OPTIONS"})  # fmt: skip
+    return sorted(
+        (method, rule.rule, rule.endpoint)
+        for rule in app.url_map.iter_rules()
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    )
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -90,11 +93,15 @@ def keys(app) -> dict[str, str]:
     """Keys of tenant B (all scopes, or one missing), for the checks."""
     db = app.extensions["captioner"].db
     with db.session() as session:
-        made = {name: apikeys.create_key(session, tenant, scopes)[1] for name, tenant, scopes in [
-            ("b", "tenant-b", ["jobs", "training", "admin"]),
-            ("jobs", "tenant-b", ["jobs"]), ("training", "tenant-b", ["training"]),
-            ("admin", "tenant-b", ["jobs", "training"]),  # all but admin
-        ]}  # fmt: skip
+        made = {
+            name: apikeys.create_key(session, tenant, scopes)[1]
+            for name, tenant, scopes in [
+                ("b", "tenant-b", ["jobs", "training", "admin"]),
+                ("jobs", "tenant-b", ["jobs"]),
+                ("training", "tenant-b", ["training"]),
+                ("admin", "tenant-b", ["jobs", "training"]),  # all but admin
+            ]
+        }
     return made
 
 
@@ -103,28 +110,42 @@ def owned(app, api_key, tmp_path_factory) -> dict[str, str]:
     """One of everything, owned by tenant A (the `api_key` fixture's tenant): parameter → id."""
     client = app.test_client()
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_key}"
-    job = client.post("/v1/jobs", json={"image": b64(png()), "webhook": HOOK,
-                                        "webhook_events": ["completed"]}).get_json()  # fmt: skip
+    job = client.post(
+        "/v1/jobs", json={"image": b64(png()), "webhook": HOOK, "webhook_events": ["completed"]}
+    ).get_json()
     client.post(f"/v1/jobs/{job['id']}/cancel")  # a canceled job's webhook: a delivery
     batch = client.post("/v1/batches", json={"images": [b64(png())]}).get_json()
     folder = tmp_path_factory.mktemp("shapes")
     write_shapes_dataset(folder, 6, seed=1, val_fraction=0.34)
     archive = pack_dataset(folder, folder.with_suffix(".zip")).read_bytes()
     dataset = client.post("/v1/datasets", data=archive, content_type="application/zip").get_json()
-    run = client.post("/v1/training-runs", json={"dataset": {"type": "shapes", "size": 20},
-                                                 "promotion": "never"}).get_json()  # fmt: skip
+    run = client.post(
+        "/v1/training-runs", json={"dataset": {"type": "shapes", "size": 20}, "promotion": "never"}
+    ).get_json()
     delivery = client.get(f"/v1/jobs/{job['id']}/deliveries").get_json()["deliveries"][0]
-    correction = client.post(f"/v1/jobs/{succeeded_job(app, None)}/feedback",
-                             json={"caption": "a cat"}).get_json()  # fmt: skip
+    correction = client.post(
+        f"/v1/jobs/{succeeded_job(app, None)}/feedback", json={"caption": "a cat"}
+    ).get_json()
     with app.extensions["captioner"].db.session() as session:
-        version = registry.register(session, registry.NewVersion(
-            digest="d" * 64, encoder_weights="/srv/weights/encoder.h5",
-            encoder_fingerprint="f" * 16,
-            metrics={"val": {}, "best_epoch": 1, "history": []})).version  # fmt: skip
-    return {"job_id": job["id"], "batch_id": batch["id"], "dataset_id": dataset["id"],
-            "run_id": run["id"], "delivery_id": delivery["id"], "name": version,
-            "feedback_id": correction["id"],
-            "key_id": str(apikeys_list(app)[0].id)}  # fmt: skip
+        version = registry.register(
+            session,
+            registry.NewVersion(
+                digest="d" * 64,
+                encoder_weights="/srv/weights/encoder.h5",
+                encoder_fingerprint="f" * 16,
+                metrics={"val": {}, "best_epoch": 1, "history": []},
+            ),
+        ).version
+    return {
+        "job_id": job["id"],
+        "batch_id": batch["id"],
+        "dataset_id": dataset["id"],
+        "run_id": run["id"],
+        "delivery_id": delivery["id"],
+        "name": version,
+        "feedback_id": correction["id"],
+        "key_id": str(apikeys_list(app)[0].id),
+    }
 
 
 def apikeys_list(app):
@@ -150,8 +171,9 @@ def test_the_table_names_every_route_and_the_app_agrees(app):
     assert found == SCOPES  # a new route must be added here, with what it needs
 
 
-@pytest.mark.parametrize("bad", [None, "Bearer", "Bearer cap_not-a-key", "Basic dXNlcjpwYXNz",
-                                 "cap_no-scheme"])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad", [None, "Bearer", "Bearer cap_not-a-key", "Basic dXNlcjpwYXNz", "cap_no-scheme"]
+)
 def test_without_a_valid_key_every_route_answers_401(app, owned, bad):
     client = app.test_client()
     for method, rule, _ in routes(app):
@@ -194,9 +216,11 @@ def test_another_tenants_ids_answer_exactly_like_missing_ones(app, owned, keys):
 
 def test_listings_show_only_the_callers_tenant(app, owned, keys, client):
     other = app.test_client()
-    for url, field, name in [("/v1/jobs", "jobs", "job_id"),
-                             ("/v1/datasets", "datasets", "dataset_id"),
-                             ("/v1/training-runs", "training_runs", "run_id")]:  # fmt: skip
+    for url, field, name in [
+        ("/v1/jobs", "jobs", "job_id"),
+        ("/v1/datasets", "datasets", "dataset_id"),
+        ("/v1/training-runs", "training_runs", "run_id"),
+    ]:
         theirs = {
             item["id"] for item in other.get(url, headers=bearer(keys["b"])).get_json()[field]
         }
@@ -205,8 +229,13 @@ def test_listings_show_only_the_callers_tenant(app, owned, keys, client):
 
 
 def test_the_owner_still_reaches_everything(client, owned):
-    for url in ["/v1/jobs/{job_id}", "/v1/batches/{batch_id}", "/v1/datasets/{dataset_id}",
-                "/v1/training-runs/{run_id}", "/v1/deliveries/{delivery_id}"]:  # fmt: skip
+    for url in [
+        "/v1/jobs/{job_id}",
+        "/v1/batches/{batch_id}",
+        "/v1/datasets/{dataset_id}",
+        "/v1/training-runs/{run_id}",
+        "/v1/deliveries/{delivery_id}",
+    ]:
         assert client.get(url.format(**owned)).status_code == 200, url
 
 
@@ -230,14 +259,17 @@ def test_a_key_made_over_the_api_works_once_and_not_after_it_is_revoked(app, cli
     assert other.get("/v1/jobs", headers=bearer(body["key"])).status_code == 401  # at once
 
 
-@pytest.mark.parametrize("body, code", [
-    ({"tenant": "", "scopes": ["jobs"]}, "invalid_tenant"),
-    ({"tenant": "a b", "scopes": ["jobs"]}, "invalid_tenant"),
-    ({"tenant": "t", "scopes": []}, "invalid_scopes"),
-    ({"tenant": "t", "scopes": ["root"]}, "invalid_scopes"),
-    ({"tenant": "t", "scopes": "jobs"}, "invalid_scopes"),
-    ({"tenant": "t", "scopes": ["jobs"], "expires": 1}, "unknown_field"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ({"tenant": "", "scopes": ["jobs"]}, "invalid_tenant"),
+        ({"tenant": "a b", "scopes": ["jobs"]}, "invalid_tenant"),
+        ({"tenant": "t", "scopes": []}, "invalid_scopes"),
+        ({"tenant": "t", "scopes": ["root"]}, "invalid_scopes"),
+        ({"tenant": "t", "scopes": "jobs"}, "invalid_scopes"),
+        ({"tenant": "t", "scopes": ["jobs"], "expires": 1}, "unknown_field"),
+    ],
+)
 def test_a_bad_key_request_is_refused(client, body, code):
     response = client.post("/v1/keys", json=body)
     assert (response.status_code, response.get_json()["code"]) == (400, code)
@@ -246,8 +278,11 @@ def test_a_bad_key_request_is_refused(client, body, code):
 def test_only_an_admin_keys_run_may_promote(app, keys):
     other = app.test_client()
     shapes = {"type": "shapes", "size": 20}
-    refused = other.post("/v1/training-runs", headers=bearer(keys["admin"]),  # no admin scope
-                         json={"dataset": shapes, "promotion": "always"})  # fmt: skip
+    refused = other.post(
+        "/v1/training-runs",
+        headers=bearer(keys["admin"]),  # no admin scope
+        json={"dataset": shapes, "promotion": "always"},
+    )
     assert (refused.status_code, refused.get_json()["code"]) == (403, "forbidden")
     run = other.post("/v1/training-runs", headers=bearer(keys["admin"]), json={"dataset": shapes})
     assert run.status_code == 201 and run.get_json()["promotion"]["policy"] == "never"
@@ -273,8 +308,9 @@ def test_a_dump_of_every_table_shows_no_key_and_no_webhook_secret(app, settings,
     secret = client.get("/v1/webhooks/secret").get_json()["secret"]
     rotated = client.post("/v1/webhooks/secret/rotate", json={}).get_json()["secret"]
     url = settings.database_url.replace("+psycopg2", "")
-    dump = subprocess.run(["pg_dump", "--data-only", url], capture_output=True, text=True,
-                          check=True).stdout  # fmt: skip
+    dump = subprocess.run(
+        ["pg_dump", "--data-only", url], capture_output=True, text=True, check=True
+    ).stdout
     assert "COPY public.api_keys" in dump and "COPY public.webhook_secrets" in dump
     assert "COPY public.idempotency_keys" in dump and "\tdump\t" in dump
     for clear in (key, secret, rotated, secret.removeprefix("whsec_")):

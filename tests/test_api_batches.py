@@ -39,8 +39,14 @@ def test_multipart_batch_records_every_job_in_order_and_enqueues_them(client, ap
     batch = response.get_json()
     assert response.headers["Location"] == batch["urls"]["self"] == f"/v1/batches/{batch['id']}"
     assert batch["size"] == 3 and batch["status"] == "running" and batch["finished_at"] is None
-    assert batch["counts"] == {"queued": 3, "running": 0, "succeeded": 0, "failed": 0,
-                               "canceled": 0, "aborted": 0}  # fmt: skip
+    assert batch["counts"] == {
+        "queued": 3,
+        "running": 0,
+        "succeeded": 0,
+        "failed": 0,
+        "canceled": 0,
+        "aborted": 0,
+    }
     assert [job["image"]["width"] for job in batch["jobs"]] == [64, 32, 20]
     ids = [job["id"] for job in batch["jobs"]]
     assert queued_messages(queue) == [ids]  # one message for the worker's one batch
@@ -110,18 +116,34 @@ HUGE = png((1200, 1000))
     ("send", "status", "code", "names"),
     [
         ({"data": {"images": files(GOOD, TEXT, GOOD)}}, 415, "not_an_image", "images[1]"),
-        ({"json": {"images": [b64(GOOD), b64(GOOD), b64(ICO)]}}, 415, "unsupported_format",
-         "images[2]"),
-        ({"json": {"images": [b64(GOOD), b64(HUGE), b64(GOOD)]}}, 413, "image_too_large",
-         "images[1]"),
+        (
+            {"json": {"images": [b64(GOOD), b64(GOOD), b64(ICO)]}},
+            415,
+            "unsupported_format",
+            "images[2]",
+        ),
+        (
+            {"json": {"images": [b64(GOOD), b64(HUGE), b64(GOOD)]}},
+            413,
+            "image_too_large",
+            "images[1]",
+        ),
         ({"data": {"images": files(GOOD, b"", GOOD)}}, 400, "empty_image", "images[1]"),
-        ({"json": {"images": [b64(GOOD), "not base64!", b64(GOOD)]}}, 400, "invalid_base64",
-         "images[1]"),
+        (
+            {"json": {"images": [b64(GOOD), "not base64!", b64(GOOD)]}},
+            400,
+            "invalid_base64",
+            "images[1]",
+        ),
         ({"json": {"images": [b64(GOOD), 7]}}, 400, "missing_image", "images[1]"),
         ({"json": {"images": []}}, 400, "empty_batch", "images"),
         ({"json": {}}, 400, "empty_batch", "images"),
-        ({"data": {"beam_size": "2"}, "content_type": "multipart/form-data"}, 400,
-         "empty_batch", "images"),
+        (
+            {"data": {"beam_size": "2"}, "content_type": "multipart/form-data"},
+            400,
+            "empty_batch",
+            "images",
+        ),
         ({"data": {"image": files(GOOD)}}, 400, "unknown_field", "images"),
         ({"json": {"images": [b64(GOOD)] * 101}}, 400, "batch_too_large", "101"),
         ({"data": {"images": files(*[GOOD] * 101)}}, 400, "batch_too_large", "101"),
@@ -130,10 +152,25 @@ HUGE = png((1200, 1000))
         ({"json": [b64(GOOD)]}, 400, "invalid_json", "object"),
         ({"data": GOOD, "content_type": "image/png"}, 415, "unsupported_media_type", "images"),
     ],
-    ids=["text-in-middle", "unsupported-last", "too-many-pixels", "empty-file", "bad-base64",
-         "not-a-string", "empty-list", "no-images-key", "no-files", "singular-field",
-         "json-101", "multipart-101", "not-a-list", "beam-0", "json-list", "raw-body"],
-)  # fmt: skip
+    ids=[
+        "text-in-middle",
+        "unsupported-last",
+        "too-many-pixels",
+        "empty-file",
+        "bad-base64",
+        "not-a-string",
+        "empty-list",
+        "no-images-key",
+        "no-files",
+        "singular-field",
+        "json-101",
+        "multipart-101",
+        "not-a-list",
+        "beam-0",
+        "json-list",
+        "raw-body",
+    ],
+)
 def test_a_bad_batch_is_refused_whole(client, app, queue, send, status, code, names):
     before = recorded(app)
     response = client.post("/v1/batches", **send)
@@ -173,9 +210,18 @@ def test_unknown_batch_is_404(client, path):
 def test_store_keeps_submission_order_even_against_id_order(app):
     db = app.extensions["captioner"].db
     ids = [uuid.UUID(int=n) for n in (5, 4, 3, 2, 1)]  # ascending ids would be the reverse order
-    new = [jobs.NewJob(owner="tenant", image_key=f"images/{i}", image_bytes=1,
-                       image_format="PNG", image_width=1, image_height=1, id=i)
-           for i in ids]  # fmt: skip
+    new = [
+        jobs.NewJob(
+            owner="tenant",
+            image_key=f"images/{i}",
+            image_bytes=1,
+            image_format="PNG",
+            image_width=1,
+            image_height=1,
+            id=i,
+        )
+        for i in ids
+    ]
     with db.session() as session:
         batch_id = batches.create_batch(session, "tenant", new)[0].id
     with db.session() as session:

@@ -87,16 +87,22 @@ def read_all(sock: socket.socket, into: bytearray) -> None:
 
 def head(method: str, path: str, api_key: str, **headers: str) -> str:
     """A request head with the key, `headers` (underscores as dashes) and a blank line."""
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close",
-             f"Authorization: Bearer {api_key}"]  # fmt: skip
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Connection: close",
+        f"Authorization: Bearer {api_key}",
+    ]
     lines += [f"{name.replace('_', '-')}: {value}" for name, value in headers.items()]
     return "\r\n".join(lines) + "\r\n\r\n"
 
 
 JSON_OPENING = ("application/json", b'{"image": "')
-MULTIPART_OPENING = ("multipart/form-data; boundary=XyZ",
-                     b'--XyZ\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
-                     b"Content-Type: image/png\r\n\r\n")  # fmt: skip
+MULTIPART_OPENING = (
+    "multipart/form-data; boundary=XyZ",
+    b'--XyZ\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+    b"Content-Type: image/png\r\n\r\n",
+)
 
 
 def chunked(total: int, opening: bytes, piece: int = MiB) -> Iterator[bytes]:
@@ -110,21 +116,29 @@ def chunked(total: int, opening: bytes, piece: int = MiB) -> Iterator[bytes]:
 def json_post(port: int, path: str, api_key: str, body: dict) -> tuple[int, dict, float]:
     """POST a JSON body with its Content-Length."""
     data = json.dumps(body).encode()
-    return exchange(port, head("POST", path, api_key, Content_Type="application/json",
-                               Content_Length=str(len(data))), [data])  # fmt: skip
+    return exchange(
+        port,
+        head("POST", path, api_key, Content_Type="application/json", Content_Length=str(len(data))),
+        [data],
+    )
 
 
 @pytest.mark.parametrize(
     ("path", "declared"),
-    [("/v1/jobs", 15 * MiB), ("/v1/batches", 2 * 1024**3), ("/v1/datasets", 3 * 1024**3),
-     ("/v1/keys", MiB)],
-)  # fmt: skip
+    [
+        ("/v1/jobs", 15 * MiB),
+        ("/v1/batches", 2 * 1024**3),
+        ("/v1/datasets", 3 * 1024**3),
+        ("/v1/keys", MiB),
+    ],
+)
 def test_a_declared_length_over_the_routes_limit_gets_413_before_the_body(
     server, api_key, path, declared
 ):
     port, _ = server
-    request = head("POST", path, api_key, Content_Type="application/json",
-                   Content_Length=str(declared))  # fmt: skip
+    request = head(
+        "POST", path, api_key, Content_Type="application/json", Content_Length=str(declared)
+    )
     status, body, took = exchange(port, request)  # the body is never sent
     assert status == 413 and body["code"] == "request_entity_too_large"
     assert "bytes" in body["detail"] and took < 2
@@ -141,12 +155,20 @@ def test_a_chunked_body_is_cut_off_at_the_limit_and_memory_stays_flat(server, ap
     ]:
         # JSON read whole by the view, a multipart file spooled by the form parser, or any
         # body spooled first by the idempotency hook
-        request = head("POST", "/v1/jobs", api_key, Content_Type=media_type,
-                       Transfer_Encoding="chunked", **extra)  # fmt: skip
+        request = head(
+            "POST",
+            "/v1/jobs",
+            api_key,
+            Content_Type=media_type,
+            Transfer_Encoding="chunked",
+            **extra,
+        )
         status, body, _ = exchange(port, request, chunked(CHUNKED_BYTES, opening))
         peak = memory(pid)["VmHWM"]
-        print(f"{media_type} {extra}: {status}; idle RSS {idle / MiB:.1f} MiB, "
-              f"peak {peak / MiB:.1f} MiB (+{(peak - idle) / MiB:.1f})")  # fmt: skip
+        print(
+            f"{media_type} {extra}: {status}; idle RSS {idle / MiB:.1f} MiB, "
+            f"peak {peak / MiB:.1f} MiB (+{(peak - idle) / MiB:.1f})"
+        )
         assert status == 413 and body["code"] == "request_entity_too_large"
         assert peak - idle < PEAK_ALLOWANCE
 
@@ -162,7 +184,8 @@ def test_a_job_and_a_batch_within_their_limits_are_still_accepted(server, api_ke
 def test_a_small_chunked_job_is_accepted(server, api_key, queue):
     port, _ = server
     data = json.dumps({"image": b64(png())}).encode()
-    request = head("POST", "/v1/jobs", api_key, Content_Type="application/json",
-                   Transfer_Encoding="chunked")  # fmt: skip
+    request = head(
+        "POST", "/v1/jobs", api_key, Content_Type="application/json", Transfer_Encoding="chunked"
+    )
     status, body, _ = exchange(port, request, [b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)])
     assert status == 202, body

@@ -64,7 +64,10 @@ def test_unknown_query_parameters_are_refused_on_every_route(client, app, colour
         response = client.open(f"{url}?{colour}", method=method)
         problem = response.get_json()
         assert (response.status_code, problem["code"]) == (400, "unknown_parameter"), (
-            method, path, problem)  # fmt: skip
+            method,
+            path,
+            problem,
+        )
         assert "colour" in problem["detail"]
 
 
@@ -73,8 +76,13 @@ def test_an_error_is_a_problem_document(client):
     assert response.status_code == 404
     assert response.mimetype == "application/problem+json"
     problem = response.get_json()
-    assert problem == {"type": "about:blank", "title": "Not Found", "status": 404,
-                       "detail": problem["detail"], "code": "job_not_found"}  # fmt: skip
+    assert problem == {
+        "type": "about:blank",
+        "title": "Not Found",
+        "status": 404,
+        "detail": problem["detail"],
+        "code": "job_not_found",
+    }
 
 
 def test_a_405_names_the_allowed_methods(client):

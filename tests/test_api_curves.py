@@ -19,13 +19,17 @@ METRICS = {"bleu1": 0.5, "bleu2": 0.4, "bleu3": 0.3, "bleu4": 0.2, "cider": 1.5,
            "exact_match": 0.0, "localization": None}  # fmt: skip
 
 
-def insert_run(app, history: list[dict] | None, owner: str = "tenant-a",
-               monitor: str | None = "cider") -> str:  # fmt: skip
+def insert_run(
+    app, history: list[dict] | None, owner: str = "tenant-a", monitor: str | None = "cider"
+) -> str:
     """A run of `owner` recorded with `history` (as a worker leaves it), its id."""
     hyperparameters = {"epochs": 3} | ({"monitor": monitor} if monitor else {})
-    new = training.NewRun(owner=owner, dataset={"type": "shapes", "size": 40, "seed": 0},
-                          hyperparameters=hyperparameters,
-                          promotion={"policy": "never", "metric": "bleu2"})  # fmt: skip
+    new = training.NewRun(
+        owner=owner,
+        dataset={"type": "shapes", "size": 40, "seed": 0},
+        hyperparameters=hyperparameters,
+        promotion={"policy": "never", "metric": "bleu2"},
+    )
     with app.extensions["captioner"].db.session() as session:
         run = training.create_run(session, new)
         run.history = history
@@ -48,13 +52,21 @@ def test_the_curves_are_the_history_by_column(client, app):
         "epochs": [1, 2],
         "loss": [2.5, 1.25],
         "accuracy": [0.31, 0.52],
-        "metrics": {"bleu1": [0.5, 0.5], "bleu2": [0.4, 0.4], "bleu3": [0.3, 0.3],
-                    "bleu4": [0.1, 0.2], "cider": [1.5, None], "exact_match": [0.0, 0.0],
-                    "localization": [None, None]},
-        "urls": {"self": f"/v1/training-runs/{run_id}/curves",
-                 "png": f"/v1/training-runs/{run_id}/curves.png",
-                 "run": f"/v1/training-runs/{run_id}"},
-    }  # fmt: skip
+        "metrics": {
+            "bleu1": [0.5, 0.5],
+            "bleu2": [0.4, 0.4],
+            "bleu3": [0.3, 0.3],
+            "bleu4": [0.1, 0.2],
+            "cider": [1.5, None],
+            "exact_match": [0.0, 0.0],
+            "localization": [None, None],
+        },
+        "urls": {
+            "self": f"/v1/training-runs/{run_id}/curves",
+            "png": f"/v1/training-runs/{run_id}/curves.png",
+            "run": f"/v1/training-runs/{run_id}",
+        },
+    }
 
 
 def test_a_run_from_before_token_accuracy_has_null_accuracy(client, app):
@@ -71,7 +83,11 @@ def test_a_run_with_no_epochs_yet_has_empty_curves(client, app, history):
     run_id = insert_run(app, history)
     curves = client.get(f"/v1/training-runs/{run_id}/curves").get_json()
     assert (curves["epochs"], curves["loss"], curves["accuracy"], curves["metrics"]) == (
-        [], [], [], {})  # fmt: skip
+        [],
+        [],
+        [],
+        {},
+    )
     response = client.get(f"/v1/training-runs/{run_id}/curves.png")
     assert response.status_code == 200
     picture = np.asarray(Image.open(io.BytesIO(response.data)).convert("RGB")).astype(int)
@@ -105,14 +121,17 @@ def test_another_tenants_run_or_an_unknown_one_is_a_404(client, app, suffix):
         response = client.get(f"/v1/training-runs/{run_id}/{suffix}")
         assert response.status_code == 404
         assert response.mimetype == "application/problem+json"
-        assert response.get_json() == {"type": "about:blank", "title": "Not Found",
-                                       "status": 404, "code": "training_run_not_found",
-                                       "detail": f"no training run {run_id}"}  # fmt: skip
+        assert response.get_json() == {
+            "type": "about:blank",
+            "title": "Not Found",
+            "status": 404,
+            "code": "training_run_not_found",
+            "detail": f"no training run {run_id}",
+        }
 
 
 def test_the_curves_need_a_key(client, app):
     run_id = insert_run(app, [epoch(1, 2.0)])
     for suffix in ("curves", "curves.png"):
-        response = client.get(f"/v1/training-runs/{run_id}/{suffix}",
-                              headers={"Authorization": ""})  # fmt: skip
+        response = client.get(f"/v1/training-runs/{run_id}/{suffix}", headers={"Authorization": ""})
         assert response.status_code == 401

@@ -55,12 +55,18 @@ def test_only_a_succeeded_job_can_be_corrected(client, queue):
     assert answer.status_code == 409 and answer.json["code"] == "not_captioned"
 
 
-@pytest.mark.parametrize(("body", "code"), [
-    ({"caption": ""}, "invalid_caption"), ({"caption": "   "}, "invalid_caption"),
-    ({"caption": "1234 ..."}, "invalid_caption"), ({"caption": "a" * 301}, "invalid_caption"),
-    ({"caption": 7}, "invalid_caption"), ({}, "invalid_caption"),
-    ({"caption": "a cat", "score": 1}, "unknown_field"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"caption": ""}, "invalid_caption"),
+        ({"caption": "   "}, "invalid_caption"),
+        ({"caption": "1234 ..."}, "invalid_caption"),
+        ({"caption": "a" * 301}, "invalid_caption"),
+        ({"caption": 7}, "invalid_caption"),
+        ({}, "invalid_caption"),
+        ({"caption": "a cat", "score": 1}, "unknown_field"),
+    ],
+)
 def test_a_bad_correction_is_refused_by_name(app, client, body, code):
     answer = client.post(f"/v1/jobs/{succeeded_job(app, None)}/feedback", json=body)
     assert answer.status_code == 400 and answer.json["code"] == code, answer.json
@@ -70,8 +76,9 @@ def test_another_tenants_job_and_corrections_are_not_found(app, client, other_te
     job_id = succeeded_job(app, None)
     mine = correct(client, job_id).json
     assert correct(client.application.test_client(), job_id).status_code == 401
-    theirs = client.post(f"/v1/jobs/{job_id}/feedback", json={"caption": "a cat"},
-                         headers=other_tenant)  # fmt: skip
+    theirs = client.post(
+        f"/v1/jobs/{job_id}/feedback", json={"caption": "a cat"}, headers=other_tenant
+    )
     assert theirs.status_code == 404 and theirs.json["code"] == "job_not_found"
     assert client.get(f"/v1/feedback/{mine['id']}", headers=other_tenant).status_code == 404
     assert client.delete(f"/v1/feedback/{mine['id']}", headers=other_tenant).status_code == 404
@@ -96,8 +103,9 @@ def test_a_run_takes_the_corrections_made_until_it_starts(app, client, other_ten
     assert "feedback" not in client.post("/v1/training-runs", json=SHAPES_RUN).json["dataset"]
 
 
-@pytest.mark.parametrize("feedback", [{"weight": 0}, {"weight": 101}, {"weight": "5"}, [],
-                                      {"weight": 2, "old": True}])  # fmt: skip
+@pytest.mark.parametrize(
+    "feedback", [{"weight": 0}, {"weight": 101}, {"weight": "5"}, [], {"weight": 2, "old": True}]
+)
 def test_a_run_refuses_a_bad_feedback_block(client, feedback, queue):
     answer = client.post("/v1/training-runs", json=SHAPES_RUN | {"feedback": feedback})
     assert answer.status_code == 400, answer.json
@@ -105,7 +113,8 @@ def test_a_run_refuses_a_bad_feedback_block(client, feedback, queue):
 
 
 def test_a_run_without_corrections_to_learn_from_is_refused(client, other_tenant, queue):
-    answer = client.post("/v1/training-runs", json=SHAPES_RUN | {"feedback": {}},
-                         headers=other_tenant)  # fmt: skip
+    answer = client.post(
+        "/v1/training-runs", json=SHAPES_RUN | {"feedback": {}}, headers=other_tenant
+    )
     assert answer.status_code == 400 and answer.json["code"] == "invalid_feedback"
     assert "POST /v1/jobs/{id}/feedback" in answer.json["detail"]

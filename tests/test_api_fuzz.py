@@ -36,9 +36,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None,
-          suppress_health_check=list(HealthCheck))  # fmt: skip
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_every_operation_holds_under_fuzzing(case, api_key):
     excluded = [positive_data_acceptance] if case.operation.label in CONTENT_CHECKED else []
-    case.call_and_validate(headers={"Authorization": f"Bearer {api_key}"},
-                           excluded_checks=excluded)  # fmt: skip
+    case.call_and_validate(headers={"Authorization": f"Bearer {api_key}"}, excluded_checks=excluded)

@@ -41,8 +41,7 @@ REPLAYED = "Idempotent-Replayed"
 
 def post(client, path: str, key: str, **kwargs):
     """POST with an `Idempotency-Key`."""
-    return client.post(path, headers={"Idempotency-Key": key} | kwargs.pop("headers", {}),
-                       **kwargs)  # fmt: skip
+    return client.post(path, headers={"Idempotency-Key": key} | kwargs.pop("headers", {}), **kwargs)
 
 
 def new_key() -> str:
@@ -155,8 +154,11 @@ def test_a_retry_while_the_first_runs_is_a_409_then_a_replay(app, client):
     """`Prefer: wait=2` holds the first request (no worker runs the job) with its key claimed."""
     key, body, answers = new_key(), {"image": b64(png())}, []
     first_client = client_for(app, "tenant-a")
-    waiting = threading.Thread(target=lambda: answers.append(
-        post(first_client, "/v1/jobs", key, json=body, headers={"Prefer": "wait=2"})))  # fmt: skip
+    waiting = threading.Thread(
+        target=lambda: answers.append(
+            post(first_client, "/v1/jobs", key, json=body, headers={"Prefer": "wait=2"})
+        )
+    )
     waiting.start()
     deadline = time.monotonic() + 10
     while stored_row(app, "tenant-a", key) is None and time.monotonic() < deadline:
@@ -269,8 +271,9 @@ def test_a_raw_dataset_upload_reaches_its_view_whole_and_is_replayed(client, app
         client, "/v1/datasets?name=tiny", key, data=archive, content_type="application/zip"
     )
     assert again.headers[REPLAYED] == "true" and again.get_json()["id"] == dataset["id"]
-    renamed = post(client, "/v1/datasets?name=other", key, data=archive,
-                   content_type="application/zip")  # fmt: skip
+    renamed = post(
+        client, "/v1/datasets?name=other", key, data=archive, content_type="application/zip"
+    )
     assert renamed.status_code == 422
 
 
@@ -346,9 +349,16 @@ def test_a_digest_leaves_out_the_boundary_however_the_body_is_cut():
 
 def send(url: str, key: str, api_key: str, body: bytes) -> tuple[int, dict]:
     """POST a job over HTTP; the status and JSON body, errors included."""
-    request = urllib.request.Request(f"{url}/v1/jobs", data=body, method="POST", headers={
-        "Authorization": f"Bearer {api_key}", "Idempotency-Key": key,
-        "Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        f"{url}/v1/jobs",
+        data=body,
+        method="POST",
+        headers={
+            "Authorization": f"Bearer {api_key}",
+            "Idempotency-Key": key,
+            "Content-Type": "application/json",
+        },
+    )
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())

@@ -117,8 +117,14 @@ def test_the_limit_holds_across_two_api_processes_sharing_redis(settings, app, t
     try:
         for name in ("api-1", "api-2"):
             urls.append(f"http://127.0.0.1:{free_port()}")
-            command = [gunicorn, "--bind", urls[-1].removeprefix("http://"), "--workers", "1",
-                       "api:create_app()"]  # fmt: skip
+            command = [
+                gunicorn,
+                "--bind",
+                urls[-1].removeprefix("http://"),
+                "--workers",
+                "1",
+                "api:create_app()",
+            ]
             servers.append(start_process(limited, command, tmp_path / f"{name}.log"))
         for name, url, server in zip(("api-1", "api-2"), urls, servers, strict=True):
             wait_for_http(server, url, tmp_path / f"{name}.log")
@@ -205,8 +211,10 @@ def test_the_global_bound_refuses_every_tenant(bounded, queue):
 def test_queued_counts_are_the_owners_and_everyones_queued_jobs_on_both_databases(db):
     with db.session() as session:
         base = jobs.queued_counts(session, "owner-a")[1]
-        made = [jobs.create_job(session, new_job(owner=owner)).id
-                for owner in ("owner-a", "owner-a", "owner-a", "owner-b")]  # fmt: skip
+        made = [
+            jobs.create_job(session, new_job(owner=owner)).id
+            for owner in ("owner-a", "owner-a", "owner-a", "owner-b")
+        ]
     with db.session() as session:
         jobs.cancel_job(session, made[0])
         jobs.claim_jobs(session, [made[1]], lease_seconds=60, max_attempts=3)  # running

@@ -23,8 +23,10 @@ def test_numbers_beyond_floats_are_a_400(client, queue, number, route):
     assert response.get_json()["code"] == "invalid_option"
 
 
-@pytest.mark.parametrize("route", ["/v1/jobs", "/v1/batches", "/v1/training-runs",
-                                   "/v1/webhooks/secret/rotate", "/v1/keys"])  # fmt: skip
+@pytest.mark.parametrize(
+    "route",
+    ["/v1/jobs", "/v1/batches", "/v1/training-runs", "/v1/webhooks/secret/rotate", "/v1/keys"],
+)
 @pytest.mark.parametrize("wrapped", [NESTED, '{"a": ' + NESTED + "}"])
 def test_deeply_nested_json_is_a_400(client, queue, route, wrapped):
     response = client.post(route, data=wrapped, content_type="application/json")
@@ -32,10 +34,15 @@ def test_deeply_nested_json_is_a_400(client, queue, route, wrapped):
     assert response.get_json()["code"] in ("invalid_json", "invalid_grace")
 
 
-@pytest.mark.parametrize("method, url", [
-    ("GET", "/v1/models/v²"), ("POST", "/v1/models/v²/promote"), ("GET", "/v1/models/²"),
-    ("GET", "/v1/models/v١"),  # an Arabic-Indic digit: int() takes it, the API must not
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "method, url",
+    [
+        ("GET", "/v1/models/v²"),
+        ("POST", "/v1/models/v²/promote"),
+        ("GET", "/v1/models/²"),
+        ("GET", "/v1/models/v١"),  # an Arabic-Indic digit: int() takes it, the API must not
+    ],
+)
 def test_digits_that_are_not_ascii_name_no_version(client, method, url):
     response = client.open(url, method=method)
     assert (response.status_code, response.get_json()["code"]) == (404, "model_not_found")
@@ -50,8 +57,7 @@ def test_a_limit_that_is_not_ascii_digits_is_a_400(client, limit):
 def test_a_base_version_with_a_superscript_is_a_400(client, queue):
     body = {"dataset": {"type": "shapes", "size": 20}, "base_version": "v²"}
     response = client.post("/v1/training-runs", json=body)
-    assert (response.status_code, response.get_json()["code"]) == (
-        400, "invalid_base_version")  # fmt: skip
+    assert (response.status_code, response.get_json()["code"]) == (400, "invalid_base_version")
 
 
 @pytest.mark.parametrize("route, field", [("/v1/jobs", "image"), ("/v1/batches", "images")])

@@ -46,14 +46,22 @@ def succeed(app, job_id: str) -> None:
     """Run the job to success as a worker would, with an old-style attention blob and a cached
     attention picture."""
     job_id, blobs = uuid.UUID(job_id), svc(app).blobs
-    done = jobs.JobResult(caption="a red square", tokens=["a", "red", "square"],
-                          token_log_probs=[-1.0] * 3, model_version="v1", attention=None,
-                          attention_shape=[3, 64], predict_ms=1.0, batch_size=1)  # fmt: skip
+    done = jobs.JobResult(
+        caption="a red square",
+        tokens=["a", "red", "square"],
+        token_log_probs=[-1.0] * 3,
+        model_version="v1",
+        attention=None,
+        attention_shape=[3, 64],
+        predict_ms=1.0,
+        batch_size=1,
+    )
     with svc(app).db.session() as session:
         claim = jobs.claim_jobs(session, [job_id], 60, 3)
         jobs.finish_jobs(session, claim.token, {job_id: done})
-        session.execute(update(Job).where(Job.id == job_id)
-                        .values(attention_key=attention_key(job_id)))  # fmt: skip
+        session.execute(
+            update(Job).where(Job.id == job_id).values(attention_key=attention_key(job_id))
+        )
     blobs.put(attention_key(job_id), b"npy")
     blobs.put(attention_png_key(job_id), b"png")
 
@@ -122,8 +130,10 @@ def test_another_tenants_job_batch_or_dataset_is_a_404_like_a_missing_one(client
     other.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {admin_key(svc(app).db, 'tenant-b')}"
     job, batch = submit(client), submit_batch(client)
     nobody = uuid.uuid4()
-    for path, missing in [(job["urls"]["self"], f"/v1/jobs/{nobody}"),
-                          (batch["urls"]["self"], f"/v1/batches/{nobody}")]:  # fmt: skip
+    for path, missing in [
+        (job["urls"]["self"], f"/v1/jobs/{nobody}"),
+        (batch["urls"]["self"], f"/v1/batches/{nobody}"),
+    ]:
         theirs, absent = other.delete(path), other.delete(missing)
         assert theirs.status_code == absent.status_code == 404
         assert theirs.get_json()["code"] == absent.get_json()["code"]
@@ -132,15 +142,18 @@ def test_another_tenants_job_batch_or_dataset_is_a_404_like_a_missing_one(client
     assert (absent.status_code, absent.get_json()["code"]) == (404, "dataset_not_found")
 
 
-@pytest.mark.parametrize(("headers", "body", "seconds"), [
-    ({"Cancel-After": "30s"}, {}, 30),
-    ({"Cancel-After": "1h30m"}, {}, 5400),
-    ({"Cancel-After": "90"}, {}, 90),
-    ({"Cancel-After": "500ms"}, {}, 0.5),
-    ({}, {"deadline_s": 45}, 45),
-    ({"Cancel-After": "1h"}, {"deadline_s": 12.5}, 12.5),  # the field wins
-    ({}, {}, None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("headers", "body", "seconds"),
+    [
+        ({"Cancel-After": "30s"}, {}, 30),
+        ({"Cancel-After": "1h30m"}, {}, 5400),
+        ({"Cancel-After": "90"}, {}, 90),
+        ({"Cancel-After": "500ms"}, {}, 0.5),
+        ({}, {"deadline_s": 45}, 45),
+        ({"Cancel-After": "1h"}, {"deadline_s": 12.5}, 12.5),  # the field wins
+        ({}, {}, None),
+    ],
+)
 def test_a_deadline_is_set_from_the_header_or_the_field(client, queue, headers, body, seconds):
     sent = utcnow()
     response = client.post("/v1/jobs", json={"image": b64(png())} | body, headers=headers)
@@ -160,33 +173,39 @@ def test_a_form_field_and_a_batch_set_deadlines_too(client, queue):
     assert len({j["deadline_at"] for j in batch["jobs"]}) == 1 and batch["jobs"][0]["deadline_at"]
 
 
-@pytest.mark.parametrize(("headers", "body"), [
-    ({"Cancel-After": "soon"}, {}),
-    ({"Cancel-After": ""}, {}),
-    ({"Cancel-After": "0s"}, {}),
-    ({"Cancel-After": "-5s"}, {}),
-    ({"Cancel-After": "1h30"}, {}),
-    ({"Cancel-After": "169h"}, {}),  # over 7 days
-    ({"Cancel-After": "5 m"}, {}),
-    ({}, {"deadline_s": "ten"}),
-    ({}, {"deadline_s": 0}),
-    ({}, {"deadline_s": -1}),
-    ({}, {"deadline_s": True}),
-    ({}, {"deadline_s": [30]}),
-    ({}, {"deadline_s": 604801}),
-    ({"Cancel-After": "nope"}, {"deadline_s": 30}),  # both are checked
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({"Cancel-After": "soon"}, {}),
+        ({"Cancel-After": ""}, {}),
+        ({"Cancel-After": "0s"}, {}),
+        ({"Cancel-After": "-5s"}, {}),
+        ({"Cancel-After": "1h30"}, {}),
+        ({"Cancel-After": "169h"}, {}),  # over 7 days
+        ({"Cancel-After": "5 m"}, {}),
+        ({}, {"deadline_s": "ten"}),
+        ({}, {"deadline_s": 0}),
+        ({}, {"deadline_s": -1}),
+        ({}, {"deadline_s": True}),
+        ({}, {"deadline_s": [30]}),
+        ({}, {"deadline_s": 604801}),
+        ({"Cancel-After": "nope"}, {"deadline_s": 30}),  # both are checked
+    ],
+)
 def test_a_malformed_deadline_is_a_400(client, queue, headers, body):
-    for path, payload in [("/v1/jobs", {"image": b64(png())}),
-                          ("/v1/batches", {"images": [b64(png())]})]:  # fmt: skip
+    for path, payload in [
+        ("/v1/jobs", {"image": b64(png())}),
+        ("/v1/batches", {"images": [b64(png())]}),
+    ]:
         response = client.post(path, json=payload | body, headers=headers)
         assert response.status_code == 400
         assert response.get_json()["code"] == "invalid_deadline"
     assert queue.llen("inference") == 0
 
 
-def test_a_job_nobody_claims_before_its_deadline_is_aborted_by_the_sweep(app, client, settings,
-                                                                         queue):  # fmt: skip
+def test_a_job_nobody_claims_before_its_deadline_is_aborted_by_the_sweep(
+    app, client, settings, queue
+):
     headers = {"Cancel-After": "1s"}
     late = client.post("/v1/jobs", json={"image": b64(png()), "webhook": HOOK}, headers=headers)
     quiet = client.post("/v1/jobs", json={"image": b64(png())}, headers=headers)
@@ -215,8 +234,9 @@ def test_the_retention_sweep_purges_jobs_that_ended_long_ago(app, client, settin
         client.post(job["urls"]["cancel"])
     ids = [uuid.UUID(job["id"]) for job in (old, *batch["jobs"])]
     with svc(app).db.session() as session:
-        session.execute(update(Job).where(Job.id.in_(ids))
-                        .values(finished_at=utcnow() - timedelta(days=2)))  # fmt: skip
+        session.execute(
+            update(Job).where(Job.id.in_(ids)).values(finished_at=utcnow() - timedelta(days=2))
+        )
     with caplog.at_level(logging.INFO, logger="worker.sweeper"):
         sweep(settings.with_overrides(retention_days=1), svc(app).db, svc(app).broker)
     assert "purged 3 jobs" in caplog.text
@@ -232,8 +252,14 @@ def test_the_sweep_forgets_idempotency_keys_after_24_hours(app, settings, queue)
     db = svc(app).db
     with db.session() as session:
         for key, hours in [("old", 25), ("fresh", 1)]:
-            session.add(IdempotencyKey(tenant="tenant-a", key=key, fingerprint="f" * 64,
-                                       created_at=utcnow() - timedelta(hours=hours)))  # fmt: skip
+            session.add(
+                IdempotencyKey(
+                    tenant="tenant-a",
+                    key=key,
+                    fingerprint="f" * 64,
+                    created_at=utcnow() - timedelta(hours=hours),
+                )
+            )
     sweep(settings, db, svc(app).broker)
     with db.session() as session:
         assert session.get(IdempotencyKey, ("tenant-a", "old")) is None

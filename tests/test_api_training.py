@@ -28,9 +28,15 @@ def test_a_run_is_recorded_with_defaults_and_sent_to_the_training_queue(client, 
     run = response.get_json()
     assert response.headers["Location"] == f"/v1/training-runs/{run['id']}"
     assert run["status"] == "queued"
-    assert run["hyperparameters"] == {"epochs": 2, "batch_size": 64, "learning_rate": 0.01,
-                                      "vocab_size": 5000, "seed": 0, "patience": 3,
-                                      "monitor": "bleu4"}  # fmt: skip
+    assert run["hyperparameters"] == {
+        "epochs": 2,
+        "batch_size": 64,
+        "learning_rate": 0.01,
+        "vocab_size": 5000,
+        "seed": 0,
+        "patience": 3,
+        "monitor": "bleu4",
+    }
     assert run["promotion"] == {"policy": "if_better", "metric": "bleu4"}
     assert run["dataset"] == SHAPES
     assert run["model"] == DEFAULT_MODEL  # a fresh run names its architecture, defaults filled in
@@ -55,20 +61,29 @@ def test_a_run_is_recorded_with_defaults_and_sent_to_the_training_queue(client, 
         ({"dataset": {"type": "scenes", "groups": 3}}, "unknown_dataset", "groups"),
         ({"dataset": {"type": "coco"}}, "invalid_dataset", '"scenes"'),
         ({"dataset": {"type": "upload", "id": "nope"}}, "invalid_dataset", "dataset.id"),
-        ({"dataset": {"type": "upload", "id": "6f1c1b9e-8c2a-4a57-9a53-0b7a4f0b5d11"}},
-         "invalid_dataset", "upload one first"),
+        (
+            {"dataset": {"type": "upload", "id": "6f1c1b9e-8c2a-4a57-9a53-0b7a4f0b5d11"}},
+            "invalid_dataset",
+            "upload one first",
+        ),
         ({"hyperparameters": {"epochs": 0}}, "invalid_hyperparameters", "epochs"),
         ({"hyperparameters": {"epochs": 2.5}}, "invalid_hyperparameters", "whole number"),
         ({"hyperparameters": {"learning_rate": "fast"}}, "invalid_hyperparameters", "rate"),
         ({"hyperparameters": {"epoch": 3}}, "unknown_hyperparameter", "epoch"),
         ({"hyperparameters": [1]}, "invalid_hyperparameters", "JSON object"),
         ({"promotion": {"policy": "sometimes"}}, "invalid_promotion", "if_better"),
-        ({"promotion": {"policy": "if_better", "metric": "accuracy"}}, "invalid_promotion",
-         "bleu4"),
+        (
+            {"promotion": {"policy": "if_better", "metric": "accuracy"}},
+            "invalid_promotion",
+            "bleu4",
+        ),
         ({"base_version": "v999"}, "invalid_base_version", "v999"),
         ({"webhook": "ftp://x"}, "invalid_webhook", "http"),
-        ({"webhook": "http://h.test/x", "webhook_events": ["done"]}, "invalid_webhook_events",
-         "progress"),
+        (
+            {"webhook": "http://h.test/x", "webhook_events": ["done"]},
+            "invalid_webhook_events",
+            "progress",
+        ),
         ({"colour": "red"}, "unknown_field", "colour"),
         ({"model": []}, "invalid_model", "model"),
         ({"model": {"decoder": "lstm"}}, "invalid_model", "model.decoder"),
@@ -93,7 +108,7 @@ def test_a_run_is_recorded_with_defaults_and_sent_to_the_training_queue(client, 
         ({"model": {"depth": 3}}, "invalid_model", "depth"),
         ({"model": {"vocab_size": 100}}, "invalid_model", "vocab_size"),
     ],
-)  # fmt: skip
+)
 def test_a_bad_request_is_refused_and_nothing_is_queued(client, queue, body, code, words):
     response = client.post("/v1/training-runs", json={"dataset": SHAPES} | body)
     assert response.status_code == 400
@@ -103,8 +118,7 @@ def test_a_bad_request_is_refused_and_nothing_is_queued(client, queue, body, cod
 
 
 def test_a_run_trains_the_architecture_it_asks_for(client, queue):
-    asked = {"decoder": "transformer", "embedding_dim": 128, "layers": 3, "heads": 4,
-             "dropout": 0}  # fmt: skip
+    asked = {"decoder": "transformer", "embedding_dim": 128, "layers": 3, "heads": 4, "dropout": 0}
     run = start(client, model=asked).get_json()
     assert run["model"] == DEFAULT_MODEL | asked  # the rest take their defaults
     assert "model" not in run["hyperparameters"]
@@ -151,8 +165,10 @@ def test_a_queued_run_cancels_at_once_and_an_ended_one_cannot(client, queue):
 def test_a_run_asks_for_its_webhook_events(client, queue):
     body = {"webhook": "http://h.test/runs", "webhook_events": "start,progress,completed"}
     run = start(client, **body).get_json()
-    assert run["webhook"] == {"url": "http://h.test/runs",
-                              "events": ["start", "progress", "completed"]}  # fmt: skip
+    assert run["webhook"] == {
+        "url": "http://h.test/runs",
+        "events": ["start", "progress", "completed"],
+    }
     assert client.get(run["urls"]["deliveries"]).get_json() == {"deliveries": []}
 
 
@@ -168,8 +184,10 @@ def test_a_dataset_upload_is_checked_stored_and_usable_by_a_run(client, queue, a
     assert response.status_code == 201, response.get_json()
     dataset = response.get_json()
     assert (dataset["name"], dataset["format"], dataset["images"]) == ("tiny", "zip", 10)
-    assert dataset["splits"] == {"train": {"images": 7, "captions": 7},
-                                 "val": {"images": 3, "captions": 3}}  # fmt: skip
+    assert dataset["splits"] == {
+        "train": {"images": 7, "captions": 7},
+        "val": {"images": 3, "captions": 3},
+    }
     blobs = app.extensions["captioner"].blobs
     assert blobs.get(f"datasets/{dataset['id']}/archive") == archive
     assert client.get(dataset["urls"]["self"]).get_json() == dataset
@@ -225,16 +243,29 @@ def test_not_an_archive_is_refused(client, data, content_type, status, code):
 def register(app, architecture=None, **metrics) -> str:
     services = app.extensions["captioner"]
     with services.db.session() as session:
-        version = registry.register(session, registry.NewVersion(
-            digest="d" * 64, encoder_weights="seed:0", encoder_fingerprint="f" * 16,
-            metrics={"val": metrics, "best_epoch": 1, "history": []},
-            architecture=architecture))  # fmt: skip
+        version = registry.register(
+            session,
+            registry.NewVersion(
+                digest="d" * 64,
+                encoder_weights="seed:0",
+                encoder_fingerprint="f" * 16,
+                metrics={"val": metrics, "best_epoch": 1, "history": []},
+                architecture=architecture,
+            ),
+        )
         return version.version
 
 
 def test_a_version_shows_its_architecture(client, app):
-    transformer = {"decoder": "transformer", "embedding_dim": 128, "layers": 2, "heads": 4,
-                   "ff_units": 256, "dropout": 0.1, "vocab_size": 40}  # fmt: skip
+    transformer = {
+        "decoder": "transformer",
+        "embedding_dim": 128,
+        "layers": 2,
+        "heads": 4,
+        "ff_units": 256,
+        "dropout": 0.1,
+        "vocab_size": 40,
+    }
     named, unknown = register(app, transformer, bleu4=0.1), register(app, bleu4=0.1)
     assert client.get(f"/v1/models/{named}").get_json()["architecture"] == transformer
     listed = {m["version"]: m for m in client.get("/v1/models").get_json()["models"]}
@@ -247,7 +278,10 @@ def test_promotion_keeps_exactly_one_version_active_and_rolls_back(client, app):
     assert client.post(f"/v1/models/{first}/promote").get_json()["active"] is True
     promoted = client.post(f"/v1/models/{second}/promote").get_json()
     assert (promoted["version"], promoted["active"], promoted["metrics"]) == (
-        second, True, {"bleu4": 0.7})  # fmt: skip
+        second,
+        True,
+        {"bleu4": 0.7},
+    )
     listing = client.get("/v1/models").get_json()
     assert listing["active"] == second
     assert [m["version"] for m in listing["models"] if m["active"]] == [second]
@@ -267,6 +301,7 @@ def test_workers_lists_what_each_worker_serves(client, app):
     with app.extensions["captioner"].db.session() as session:
         registry.report_worker(session, "inference@a", model_version="v1")
     workers = client.get("/v1/workers").get_json()["workers"]
-    assert [(w["worker"], w["model_version"]) for w in workers] == [(worker_label("inference@a"),
-                                                                     "v1")]  # fmt: skip
+    assert [(w["worker"], w["model_version"]) for w in workers] == [
+        (worker_label("inference@a"), "v1")
+    ]
     assert worker_label("inference@a").startswith("inference@") and "@a" not in str(workers)

@@ -38,15 +38,19 @@ def test_a_blocked_address_is_refused_at_submit_everywhere(client, queue, url):
     message = refused(client.post("/v1/jobs", json={"image_url": url}), "invalid_image_url")
     assert "image_url refused" in message
     form = {"image_url": url}
-    refused(client.post("/v1/jobs", data=form, content_type="multipart/form-data"),
-            "invalid_image_url")  # fmt: skip
-    message = refused(client.post("/v1/batches", json={"image_urls": ["http://h.test/a", url]}),
-                      "invalid_image_url")  # fmt: skip
+    refused(
+        client.post("/v1/jobs", data=form, content_type="multipart/form-data"), "invalid_image_url"
+    )
+    message = refused(
+        client.post("/v1/batches", json={"image_urls": ["http://h.test/a", url]}),
+        "invalid_image_url",
+    )
     assert "image_urls[1] refused" in message
     hook = {"webhook": url}
     refused(client.post("/v1/jobs", json={"image": b64(png())} | hook), "invalid_webhook")
-    refused(client.post("/v1/jobs", json={"image_url": "http://h.test/a.png"} | hook),
-            "invalid_webhook")  # fmt: skip
+    refused(
+        client.post("/v1/jobs", json={"image_url": "http://h.test/a.png"} | hook), "invalid_webhook"
+    )
     refused(client.post("/v1/batches", json={"images": [b64(png())]} | hook), "invalid_webhook")
     refused(client.post("/v1/training-runs", json={"dataset": SHAPES} | hook), "invalid_webhook")
     assert queued_ids(queue) == [] and queue.llen("training") == 0
@@ -56,23 +60,28 @@ def test_a_name_resolving_to_a_private_address_is_refused_naming_it(app, client)
     services_ = app.extensions["captioner"]
     resolver, services_.resolver = services_.resolver, lambda host, port: ["8.8.8.8", "10.1.2.3"]
     try:
-        message = refused(client.post("/v1/jobs", json={"image_url": "http://cam.example/a"}),
-                          "invalid_image_url")  # fmt: skip
+        message = refused(
+            client.post("/v1/jobs", json={"image_url": "http://cam.example/a"}), "invalid_image_url"
+        )
         assert "private" in message and "10.1.2.3" in message
-        refused(client.post("/v1/jobs", json={"image": b64(png()), "webhook": "http://cam.example/"}),
-                "invalid_webhook")  # fmt: skip
+        refused(
+            client.post("/v1/jobs", json={"image": b64(png()), "webhook": "http://cam.example/"}),
+            "invalid_webhook",
+        )
     finally:
         services_.resolver = resolver
 
 
 @pytest.mark.parametrize(
     ("body", "words"),
-    [({"image_url": "ftp://h.test/a.png"}, "http"),
-     ({"image_url": "http://user:pw@h.test/a.png"}, "password"),
-     ({"image_url": 12}, "URL"),
-     ({"image_url": "http://h.test/" + "x" * 2100}, "2048"),
-     ({"image_url": "http://h.test/a.png", "image": "aGk="}, "not both")],
-)  # fmt: skip
+    [
+        ({"image_url": "ftp://h.test/a.png"}, "http"),
+        ({"image_url": "http://user:pw@h.test/a.png"}, "password"),
+        ({"image_url": 12}, "URL"),
+        ({"image_url": "http://h.test/" + "x" * 2100}, "2048"),
+        ({"image_url": "http://h.test/a.png", "image": "aGk="}, "not both"),
+    ],
+)
 def test_a_bad_image_url_is_refused(client, body, words):
     assert words in refused(client.post("/v1/jobs", json=body), "invalid_image_url")
 
@@ -95,8 +104,11 @@ def test_a_batch_by_urls_is_queued_in_order(client, queue):
     batch = response.get_json()
     assert [job["image"]["url"] for job in batch["jobs"]] == urls
     both = {"images": [(io.BytesIO(png()), "a.png")], "image_urls": urls[0]}
-    refused(client.post("/v1/batches", data=both, content_type="multipart/form-data"),
-            "invalid_image_url")  # fmt: skip
-    refused(client.post("/v1/batches", json={"image_urls": "https://h.test/a.png"}),
-            "invalid_image_url")  # fmt: skip
+    refused(
+        client.post("/v1/batches", data=both, content_type="multipart/form-data"),
+        "invalid_image_url",
+    )
+    refused(
+        client.post("/v1/batches", json={"image_urls": "https://h.test/a.png"}), "invalid_image_url"
+    )
     refused(client.post("/v1/batches", json={"image_urls": []}), "empty_batch")

@@ -17,8 +17,11 @@ pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, queue
 
 
 def test_a_job_keeps_its_webhook_and_events(client, queue):
-    body = {"image": b64(png()), "webhook": "https://example.com/hook",
-            "webhook_events": ["completed", "start"]}  # fmt: skip
+    body = {
+        "image": b64(png()),
+        "webhook": "https://example.com/hook",
+        "webhook_events": ["completed", "start"],
+    }
     job = client.post("/v1/jobs", json=body).get_json()
     assert job["webhook"] == {"url": "https://example.com/hook", "events": ["start", "completed"]}
     assert client.get(job["urls"]["self"]).get_json()["webhook"] == job["webhook"]
@@ -27,10 +30,15 @@ def test_a_job_keeps_its_webhook_and_events(client, queue):
 def test_completed_is_the_default_event_and_forms_may_list_events(client, queue):
     plain = client.post("/v1/jobs", json={"image": b64(png()), "webhook": "http://h.test/x"})
     assert plain.get_json()["webhook"]["events"] == ["completed"]
-    form = {"image": (io.BytesIO(png()), "a.png"), "webhook": "http://h.test/x",
-            "webhook_events": "start,completed"}  # fmt: skip
+    form = {
+        "image": (io.BytesIO(png()), "a.png"),
+        "webhook": "http://h.test/x",
+        "webhook_events": "start,completed",
+    }
     assert client.post("/v1/jobs", data=form).get_json()["webhook"]["events"] == [
-        "start", "completed"]  # fmt: skip
+        "start",
+        "completed",
+    ]
     assert client.post("/v1/jobs", json={"image": b64(png())}).get_json()["webhook"] is None
 
 
@@ -43,13 +51,17 @@ def test_completed_is_the_default_event_and_forms_may_list_events(client, queue)
         ({"webhook": 42}, "invalid_webhook"),
         ({"webhook": "https://example.com/" + "x" * 2100}, "invalid_webhook"),
         ({"webhook_events": ["completed"]}, "invalid_webhook"),
-        ({"webhook": "https://example.com/h", "webhook_events": ["finished"]},
-         "invalid_webhook_events"),
+        (
+            {"webhook": "https://example.com/h", "webhook_events": ["finished"]},
+            "invalid_webhook_events",
+        ),
         ({"webhook": "https://example.com/h", "webhook_events": [1]}, "invalid_webhook_events"),
-        ({"webhook": "https://example.com/h", "webhook_events": {"start": True}},
-         "invalid_webhook_events"),
+        (
+            {"webhook": "https://example.com/h", "webhook_events": {"start": True}},
+            "invalid_webhook_events",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_bad_webhook_is_a_400_and_nothing_is_recorded(client, queue, options, code):
     response = client.post("/v1/jobs", json={"image": b64(png()), **options})
     assert response.status_code == 400
@@ -58,8 +70,11 @@ def test_a_bad_webhook_is_a_400_and_nothing_is_recorded(client, queue, options, 
 
 
 def test_a_batch_carries_one_webhook_for_the_batch(client, queue):
-    body = {"images": [b64(png()), b64(png())], "webhook": "https://example.com/batch",
-            "webhook_events": "start"}  # fmt: skip
+    body = {
+        "images": [b64(png()), b64(png())],
+        "webhook": "https://example.com/batch",
+        "webhook_events": "start",
+    }
     batch = client.post("/v1/batches", json=body).get_json()
     assert batch["webhook"] == {"url": "https://example.com/batch", "events": ["start"]}
     assert all(job["webhook"] is None for job in batch["jobs"])
@@ -67,8 +82,9 @@ def test_a_batch_carries_one_webhook_for_the_batch(client, queue):
 
 
 def test_canceling_records_a_completed_delivery_once(client, app, queue):
-    job = client.post("/v1/jobs", json={"image": b64(png()),
-                                        "webhook": "https://example.com/c"}).get_json()  # fmt: skip
+    job = client.post(
+        "/v1/jobs", json={"image": b64(png()), "webhook": "https://example.com/c"}
+    ).get_json()
     assert client.post(job["urls"]["cancel"]).status_code == 200
     assert client.post(job["urls"]["cancel"]).status_code == 409
     (delivery,) = client.get(job["urls"]["deliveries"]).get_json()["deliveries"]
@@ -94,19 +110,24 @@ def test_the_secret_is_shown_and_rotation_keeps_the_old_one_for_the_grace(client
     assert client.get("/v1/webhooks/secret").get_json() == now
 
 
-@pytest.mark.parametrize("body", [{"grace_seconds": -1}, {"grace_seconds": "1h"},
-                                  {"grace_seconds": 10**9}, ["x"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "body", [{"grace_seconds": -1}, {"grace_seconds": "1h"}, {"grace_seconds": 10**9}, ["x"]]
+)
 def test_a_bad_grace_period_is_a_400(client, body):
     response = client.post("/v1/webhooks/secret/rotate", json=body)
     assert response.status_code == 400
     assert response.get_json()["code"] == "invalid_grace"
 
 
-@pytest.mark.parametrize("path", [
-    "/v1/jobs/{id}/deliveries", "/v1/batches/{id}/deliveries", "/v1/deliveries/{id}",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/jobs/{id}/deliveries",
+        "/v1/batches/{id}/deliveries",
+        "/v1/deliveries/{id}",
+    ],
+)
 def test_unknown_ids_are_404s(client, path):
     response = client.get(path.format(id=uuid.uuid4()))
-    assert response.status_code == 404 and response.get_json()["code"].endswith(
-        "_not_found")  # fmt: skip
+    assert response.status_code == 404 and response.get_json()["code"].endswith("_not_found")
     assert client.post(f"/v1/deliveries/{uuid.uuid4()}/replay").status_code == 404

@@ -27,8 +27,9 @@ def ended(stack, ids) -> int:
 def test_after_the_broker_loses_its_data_every_job_ends_within_two_sweeps(stack):
     stack.celery.control.cancel_consumer("inference", destination=[WORKER], reply=True)
     try:
-        batches = [stack.client.submit_batch([png((30 + i, 20 + n)) for i in range(40)])
-                   for n in range(3)]  # fmt: skip
+        batches = [
+            stack.client.submit_batch([png((30 + i, 20 + n)) for i in range(40)]) for n in range(3)
+        ]
         queue = redis.Redis.from_url(stack.settings.broker_url)
         assert queue.llen("inference") >= 10  # 15 messages of 8 jobs wait
         # The stack's own database only: FLUSHALL would also empty other tests' databases.

@@ -53,8 +53,16 @@ def images(folder: Path, count: int) -> list[str]:
 
 
 def test_submit_wait_json_prints_a_captioned_job_per_image(capsys, to_api, tmp_path):
-    status, out, _ = run(capsys, "submit", *images(tmp_path, 2), "--wait", "--json", *to_api,
-                         "--attention-png", str(tmp_path / "maps"))  # fmt: skip
+    status, out, _ = run(
+        capsys,
+        "submit",
+        *images(tmp_path, 2),
+        "--wait",
+        "--json",
+        *to_api,
+        "--attention-png",
+        str(tmp_path / "maps"),
+    )
     jobs = [json.loads(line) for line in out.splitlines()]
     assert status == 0 and len(jobs) == 2
     assert {job["status"] for job in jobs} == {"succeeded"}
@@ -92,8 +100,19 @@ def test_models_list_shows_the_registered_version(capsys, to_api):
 
 
 def test_a_run_starts_queued_and_is_canceled_with_no_trainer(capsys, to_api):
-    status, out, _ = run(capsys, "runs", "start", "--shapes", "20", "--epochs", "1",
-                         "--promotion", "never", "--json", *to_api)  # fmt: skip
+    status, out, _ = run(
+        capsys,
+        "runs",
+        "start",
+        "--shapes",
+        "20",
+        "--epochs",
+        "1",
+        "--promotion",
+        "never",
+        "--json",
+        *to_api,
+    )
     started = json.loads(out)
     assert status == 0 and started["status"] == "queued"
     assert started["dataset"] == {"type": "shapes", "size": 20, "seed": 0}
@@ -105,8 +124,19 @@ def test_a_run_starts_queued_and_is_canceled_with_no_trainer(capsys, to_api):
 
 
 def test_a_transformer_run_on_the_scenes_set_is_asked_for_by_flags(capsys, to_api):
-    status, out, _ = run(capsys, "runs", "start", "--scenes", "40", "--decoder", "transformer",
-                         "--promotion", "never", "--json", *to_api)  # fmt: skip
+    status, out, _ = run(
+        capsys,
+        "runs",
+        "start",
+        "--scenes",
+        "40",
+        "--decoder",
+        "transformer",
+        "--promotion",
+        "never",
+        "--json",
+        *to_api,
+    )
     started = json.loads(out)
     assert status == 0 and started["dataset"] == {"type": "scenes", "size": 40, "seed": 0}
     assert started["model"]["decoder"] == "transformer"
@@ -115,8 +145,9 @@ def test_a_transformer_run_on_the_scenes_set_is_asked_for_by_flags(capsys, to_ap
 
 def test_sampled_submissions_carry_their_temperature_and_seeds(capsys, to_api, tmp_path):
     paths = images(tmp_path, 3)
-    status, out, _ = run(capsys, "submit", *paths, "--temperature", "0.8", "--seed", "5",
-                         "--wait", "--json", *to_api)  # fmt: skip
+    status, out, _ = run(
+        capsys, "submit", *paths, "--temperature", "0.8", "--seed", "5", "--wait", "--json", *to_api
+    )
     jobs = [json.loads(line) for line in out.splitlines()]
     assert status == 0 and [job["options"]["seed"] for job in jobs] == [5, 6, 7]
     assert {(job["options"]["temperature"], job["options"]["beam_size"]) for job in jobs} == {
@@ -129,8 +160,19 @@ def test_a_correction_is_kept_and_a_run_learns_from_it(capsys, to_api, tmp_path)
     job_id = run(capsys, "submit", path, "--wait", *to_api)[1].split()[0]
     status, out, _ = run(capsys, "jobs", "correct", job_id, "a red  circle", *to_api)
     assert status == 0 and out.strip() == f"{job_id}  'a stand-in caption' → 'a red circle'"
-    status, out, _ = run(capsys, "runs", "start", "--shapes", "20", "--feedback-weight", "7",
-                         "--promotion", "never", "--json", *to_api)  # fmt: skip
+    status, out, _ = run(
+        capsys,
+        "runs",
+        "start",
+        "--shapes",
+        "20",
+        "--feedback-weight",
+        "7",
+        "--promotion",
+        "never",
+        "--json",
+        *to_api,
+    )
     started = json.loads(out)
     assert status == 0 and started["dataset"]["feedback"]["weight"] == 7
     run(capsys, "runs", "cancel", started["id"], *to_api)
@@ -164,8 +206,9 @@ def test_models_keeps_import_beside_list_and_promote(capsys):
 
 
 def test_the_light_distributions_script_has_the_same_verbs(to_api):
-    done = subprocess.run([str(SCRIPT), "models", "list", *to_api], capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [str(SCRIPT), "models", "list", *to_api], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0 and done.stdout.split()[0] == "v1", done.stderr
     helped = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
     assert all(verb in helped.stdout for verb in ("submit", "jobs", "models", "runs"))

@@ -48,8 +48,13 @@ def client_stack(random_bundle, folder: Path) -> Iterator[Stack]:
     from worker.bundles import import_bundle
 
     bundle = save_bundle(random_bundle, folder / "bundle")
-    with running_stack(folder, workers=["inference"], model_bundle=bundle, batch_max_size=1,
-                       bench_standin_model_ms=10) as stack:  # fmt: skip
+    with running_stack(
+        folder,
+        workers=["inference"],
+        model_bundle=bundle,
+        batch_max_size=1,
+        bench_standin_model_ms=10,
+    ) as stack:
         import_bundle(stack.db, stack.blobs, bundle, promote=False)
         yield stack
 
@@ -141,12 +146,17 @@ def test_wait_is_held_by_the_api_rather_than_polling(stack):
     with Client(stack.client.base_url, stack.client.api_key, transport=recording) as client:
         try:
             job = client.submit(png())
-            threading.Timer(1.0, stack.celery.control.add_consumer, args=["inference"],
-                            kwargs={"destination": ["inference@stack"]}).start()  # fmt: skip
+            threading.Timer(
+                1.0,
+                stack.celery.control.add_consumer,
+                args=["inference"],
+                kwargs={"destination": ["inference@stack"]},
+            ).start()
             assert client.wait(job, 30).status == "succeeded"
         finally:
-            stack.celery.control.add_consumer("inference", destination=["inference@stack"],
-                                              reply=True)  # fmt: skip
+            stack.celery.control.add_consumer(
+                "inference", destination=["inference@stack"], reply=True
+            )
     reads = [request for request, _ in recording.sent if request.method == "GET"]
     assert len(reads) <= 2 and reads[0].headers["Prefer"].startswith("wait=")  # not 20 polls
 
@@ -277,8 +287,13 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in HEAVY))
 
 def test_the_client_imports_without_the_services_packages():
     code = BLOCKER.format(heavy=HEAVY)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=ROOT / "client", timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT / "client",
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 

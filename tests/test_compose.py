@@ -241,8 +241,10 @@ def test_dockerfile_installs_with_tf_extra_and_exposes_8000():
 def test_dockerfile_copies_the_application_and_only_that():
     copied = [src for i, a in dockerfile_instructions() if i == "COPY" for src in a.split()[:-1]]
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    packages = {f"{name.rstrip('*')}/" for name in
-                project["tool"]["setuptools"]["packages"]["find"]["include"]}  # fmt: skip
+    packages = {
+        f"{name.rstrip('*')}/"
+        for name in project["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
     assert packages <= set(copied)  # every package the project installs
     # client/: the light client, a distribution of its own that the image installs beside it
     others = {"pyproject.toml", "README.md", "alembic.ini", "migrations/", "client/"}

@@ -63,8 +63,19 @@ class PrivatePostgres:
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
         options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1"
-        self._run([str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-w",
-                   "-l", str(self.data / "server.log"), "start"])  # fmt: skip
+        self._run(
+            [
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.data),
+                "-o",
+                options,
+                "-w",
+                "-l",
+                str(self.data / "server.log"),
+                "start",
+            ]
+        )
 
     def stop(self) -> None:
         """Stop the server (fast: open connections are cut)."""
@@ -95,11 +106,17 @@ def outage(tmp_path_factory):
     with private_postgres() as server, moto_s3_server() as endpoint, redis_database() as broker:
         upgrade(server.url)
         settings = Settings(
-            data_dir=tmp_path_factory.mktemp("outage"), database_url=server.url,
-            broker_url=broker, s3_bucket="outage", s3_endpoint_url=endpoint, s3_region=REGION,
-            s3_access_key=ACCESS_KEY, s3_secret_key=SECRET_KEY, rate_limit=UNTHROTTLED,
+            data_dir=tmp_path_factory.mktemp("outage"),
+            database_url=server.url,
+            broker_url=broker,
+            s3_bucket="outage",
+            s3_endpoint_url=endpoint,
+            s3_region=REGION,
+            s3_access_key=ACCESS_KEY,
+            s3_secret_key=SECRET_KEY,
+            rate_limit=UNTHROTTLED,
             secret_keys=Fernet.generate_key().decode(),
-        )  # fmt: skip
+        )
         open_blob_store(settings).ensure_bucket()
         yield server, settings
 
@@ -125,8 +142,9 @@ def test_database_away_gives_503_with_retry_after_then_recovers(outage):
     try:
         assert_unavailable(client.get(f"/v1/jobs/{job_id}", headers=headers))
         assert_unavailable(client.post("/v1/jobs", json={"image": b64(png())}, headers=headers))
-        assert_unavailable(client.post("/v1/batches", json={"images": [b64(png())] * 2},
-                                       headers=headers))  # fmt: skip
+        assert_unavailable(
+            client.post("/v1/batches", json={"images": [b64(png())] * 2}, headers=headers)
+        )
         assert client.get("/healthz").status_code == 200  # the process itself is fine
         assert blob_count(settings) == blobs
     finally:
@@ -156,10 +174,13 @@ class InsertsFail(Database):
             raise sa_exc.OperationalError("INSERT INTO jobs …", {}, lost)
 
 
-@pytest.mark.parametrize(("path", "body"), [
-    ("/v1/jobs", {"image": b64(png())}),
-    ("/v1/batches", {"images": [b64(png((30 + i, 20))) for i in range(40)]}),  # two packs
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/jobs", {"image": b64(png())}),
+        ("/v1/batches", {"images": [b64(png((30 + i, 20))) for i in range(40)]}),  # two packs
+    ],
+)
 def test_a_submission_refused_after_its_image_was_stored_leaves_no_blob(outage, path, body):
     _, settings = outage
     base = Services.from_settings(settings)

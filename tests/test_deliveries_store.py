@@ -25,10 +25,16 @@ CIPHER = Cipher(Fernet.generate_key().decode())
 
 
 def result() -> jobs.JobResult:
-    return jobs.JobResult(caption="a red circle", tokens=["a", "red", "circle"],
-                          token_log_probs=[-0.1, -0.2, -0.3], model_version="v1",
-                          attention=b"npy", attention_shape=[3, 64],
-                          predict_ms=12.5, batch_size=1)  # fmt: skip
+    return jobs.JobResult(
+        caption="a red circle",
+        tokens=["a", "red", "circle"],
+        token_log_probs=[-0.1, -0.2, -0.3],
+        model_version="v1",
+        attention=b"npy",
+        attention_shape=[3, 64],
+        predict_ms=12.5,
+        batch_size=1,
+    )
 
 
 def record(error: str | None = None, code: int | None = 200) -> AttemptRecord:
@@ -74,8 +80,9 @@ def test_a_job_announces_its_start_once_and_its_end_with_the_same_transaction(db
 @pytest.mark.parametrize("end", ["cancel", "fail", "abort", "too_many_attempts"])
 def test_every_terminal_status_announces_completed(db, end):
     past = utcnow() - timedelta(seconds=1)
-    new = new_job(webhook_url=HOOK, webhook_events=["completed"],
-                  deadline_at=past if end == "abort" else None)  # fmt: skip
+    new = new_job(
+        webhook_url=HOOK, webhook_events=["completed"], deadline_at=past if end == "abort" else None
+    )
     with db.session() as session:
         jobs.create_job(session, new)
         if end == "cancel":
@@ -91,8 +98,15 @@ def test_every_terminal_status_announces_completed(db, end):
     with db.session() as session:
         (delivery,) = deliveries.list_deliveries(session, new.id)
     status = json.loads(delivery.body)["data"]["status"]
-    assert status == {"cancel": "canceled", "fail": "failed", "abort": "aborted",
-                      "too_many_attempts": "failed"}[end]  # fmt: skip
+    assert (
+        status
+        == {
+            "cancel": "canceled",
+            "fail": "failed",
+            "abort": "aborted",
+            "too_many_attempts": "failed",
+        }[end]
+    )
 
 
 def test_no_webhook_or_an_event_not_asked_for_records_nothing(db):
@@ -132,7 +146,8 @@ def test_a_failed_attempt_is_retried_when_due_then_given_up(db):
     later = utcnow() + timedelta(hours=1)
     with db.session() as session:
         assert deliveries.finish_attempt(session, sending, record("HTTP 500", 500), later) == (
-            "pending")  # fmt: skip
+            "pending"
+        )
     with db.session() as session:
         assert deliveries.claim(session, delivery.id, LEASE) is None  # not due for an hour
         assert delivery.id not in deliveries.due_ids(session)
@@ -143,11 +158,14 @@ def test_a_failed_attempt_is_retried_when_due_then_given_up(db):
     with db.session() as session:
         sending = deliveries.claim(session, delivery.id, LEASE)
         assert deliveries.finish_attempt(session, sending, record("timed out", None), None) == (
-            "failed")  # fmt: skip
+            "failed"
+        )
     with db.session() as session:
         attempts = deliveries.attempts_of(session, [delivery.id])[delivery.id]
     assert [(a.number, a.status_code, a.error) for a in attempts] == [
-        (1, 500, "HTTP 500"), (2, None, "timed out")]  # fmt: skip
+        (1, 500, "HTTP 500"),
+        (2, None, "timed out"),
+    ]
 
 
 def test_a_dead_senders_lease_expires_and_replay_starts_over(db):
@@ -169,8 +187,10 @@ def test_a_dead_senders_lease_expires_and_replay_starts_over(db):
 
 
 def test_410_stops_the_endpoints_other_pending_deliveries(db):
-    first, second = canceled_delivery(db, "https://gone.test/x"), canceled_delivery(
-        db, "https://gone.test/x")  # fmt: skip
+    first, second = (
+        canceled_delivery(db, "https://gone.test/x"),
+        canceled_delivery(db, "https://gone.test/x"),
+    )
     with db.session() as session:
         sending = deliveries.claim(session, first.id, LEASE)
         deliveries.finish_attempt(session, sending, record("HTTP 410", 410), None)

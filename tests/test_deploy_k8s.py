@@ -38,8 +38,12 @@ NOT_IN_KUSTOMIZATION = {"secrets.example.yaml", "migrate-job.yaml"}
 # metric core.metrics defines, and the fleet's gauges api.metrics reads at scrape time.
 EXPORTED = [m for m in vars(core_metrics).values() if isinstance(m, Counter | Gauge | Histogram)]
 HISTOGRAMS = {m._name for m in EXPORTED if isinstance(m, Histogram)}
-METRICS = (HISTOGRAMS | {f"{m._name}_total" for m in EXPORTED if isinstance(m, Counter)}
-           | {m._name for m in EXPORTED if isinstance(m, Gauge)} | set(FLEET))  # fmt: skip
+METRICS = (
+    HISTOGRAMS
+    | {f"{m._name}_total" for m in EXPORTED if isinstance(m, Counter)}
+    | {m._name for m in EXPORTED if isinstance(m, Gauge)}
+    | set(FLEET)
+)
 
 
 def load_documents() -> list[tuple[str, dict]]:

@@ -22,8 +22,11 @@ def exception_classes() -> dict[str, list[type]]:
                 continue
             module = importlib.import_module(info.name)
             for value in vars(module).values():
-                if (isinstance(value, type) and issubclass(value, BaseException)
-                        and value.__module__ == module.__name__):  # fmt: skip
+                if (
+                    isinstance(value, type)
+                    and issubclass(value, BaseException)
+                    and value.__module__ == module.__name__
+                ):
                     found.setdefault(value.__name__, []).append(value)
     return found
 

@@ -33,9 +33,14 @@ def saved(fmt: str, mode: str = "RGB", size: tuple[int, int] = (8, 8)) -> bytes:
 
 def fits() -> bytes:
     """A real FITS file: an 8×8 8-bit image, its 2880-byte header block of 80-column cards."""
-    cards = ["SIMPLE  =                    T", "BITPIX  =                    8",
-             "NAXIS   =                    2", "NAXIS1  =                    8",
-             "NAXIS2  =                    8", "END"]  # fmt: skip
+    cards = [
+        "SIMPLE  =                    T",
+        "BITPIX  =                    8",
+        "NAXIS   =                    2",
+        "NAXIS1  =                    8",
+        "NAXIS2  =                    8",
+        "END",
+    ]
     header = "".join(card.ljust(80) for card in cards).ljust(2880).encode("ascii")
     return header + bytes(64).ljust(2880, b"\0")
 
@@ -59,8 +64,11 @@ ACCEPTED = {
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_other_formats_are_refused_by_name_on_every_path(name):
     data = REFUSED[name]
-    for read in (lambda: inspect_header(data, 1 << 20), lambda: open_image(data),
-                 lambda: verify_image(io.BytesIO(data))):  # fmt: skip
+    for read in (
+        lambda: inspect_header(data, 1 << 20),
+        lambda: open_image(data),
+        lambda: verify_image(io.BytesIO(data)),
+    ):
         with pytest.raises(ImageError) as info:
             read()
         assert info.value.code == "unsupported_format"
@@ -105,8 +113,11 @@ def plugin_calls(read: Callable[[], object]) -> set[str]:
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_no_reader_of_a_refused_format_runs(name):
     data = REFUSED[name]
-    for read in (lambda: inspect_header(data, 1 << 20), lambda: open_image(data),
-                 lambda: verify_image(io.BytesIO(data))):  # fmt: skip
+    for read in (
+        lambda: inspect_header(data, 1 << 20),
+        lambda: open_image(data),
+        lambda: verify_image(io.BytesIO(data)),
+    ):
         assert plugin_calls(read) <= ALLOWED_READERS
 
 
@@ -118,14 +129,18 @@ def test_the_tracer_sees_readers_run():
 def test_only_core_images_opens_image_bytes():
     """One decode path: the API's check, the worker, the attention picture, the dataset checks
     and the CLI all go through core.images."""
-    opened = {path.relative_to(ROOT).as_posix()
-              for package in ("api", "core", "store", "model", "worker", "captioner")
-              for path in (ROOT / package).rglob("*.py")
-              if re.search(r"Image\.open\(|ImageFile\.Parser", path.read_text())}  # fmt: skip
+    opened = {
+        path.relative_to(ROOT).as_posix()
+        for package in ("api", "core", "store", "model", "worker", "captioner")
+        for path in (ROOT / package).rglob("*.py")
+        if re.search(r"Image\.open\(|ImageFile\.Parser", path.read_text())
+    }
     assert opened == {"core/images.py"}
-    assert all("formats=FORMATS" in line
-               for line in (ROOT / "core/images.py").read_text().splitlines()
-               if "Image.open(" in line)  # fmt: skip
+    assert all(
+        "formats=FORMATS" in line
+        for line in (ROOT / "core/images.py").read_text().splitlines()
+        if "Image.open(" in line
+    )
     assert FORMATS == ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 

@@ -82,9 +82,15 @@ def grey_alpha() -> bytes:
 
 @pytest.mark.parametrize(
     "make",
-    [rgba_on_transparent, palette_with_transparency, sixteen_bit_grey, cmyk_jpeg, animated_gif,
-     grey_alpha],
-)  # fmt: skip
+    [
+        rgba_on_transparent,
+        palette_with_transparency,
+        sixteen_bit_grey,
+        cmyk_jpeg,
+        animated_gif,
+        grey_alpha,
+    ],
+)
 def test_every_mode_becomes_white_rgb(make):
     # Each image is white once converted: transparency on white, 16-bit max, no ink, frame 0.
     image = open_image(make())

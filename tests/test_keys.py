@@ -26,8 +26,13 @@ from store.models import ApiKey, WebhookSecret, as_utc, utcnow
 def cli(data_dir, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPTIONER_")}
     env["CAPTIONER_DATA_DIR"] = str(data_dir)
-    return subprocess.run([sys.executable, "-m", "captioner", *args], env=env, text=True,
-                          capture_output=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "captioner", *args],
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def test_keys_are_made_listed_and_revoked_from_the_cli(tmp_path):
@@ -49,10 +54,13 @@ def test_keys_are_made_listed_and_revoked_from_the_cli(tmp_path):
     assert "revoked" in cli(tmp_path, "keys", "list", "--tenant", "acme").stdout
 
 
-@pytest.mark.parametrize("args, words", [
-    (["keys", "create", "--tenant", "t", "--scope", "root"], "scopes must be some of"),
-    (["keys", "revoke", str(uuid.UUID(int=1))], "no key"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["keys", "create", "--tenant", "t", "--scope", "root"], "scopes must be some of"),
+        (["keys", "revoke", str(uuid.UUID(int=1))], "no key"),
+    ],
+)
 def test_cli_mistakes_are_one_clear_line(tmp_path, args, words):
     result = cli(tmp_path, *args)
     assert result.returncode == 1 and words in result.stderr and "Traceback" not in result.stderr

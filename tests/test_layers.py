@@ -17,8 +17,14 @@ LINT = [str(Path(sys.executable).parent / "lint-imports"), "--no-cache", "--no-l
 
 def lint(folder: Path) -> subprocess.CompletedProcess:
     """lint-imports on the packages in `folder` (they come first on the import path)."""
-    return subprocess.run(LINT, cwd=folder, env={"PYTHONPATH": str(folder)},
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return subprocess.run(
+        LINT,
+        cwd=folder,
+        env={"PYTHONPATH": str(folder)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_import_contracts_hold():
@@ -45,8 +51,9 @@ def test_the_import_contracts_hold():
 )
 def test_a_forbidden_import_breaks_a_contract(tmp_path, module, line, broken):
     for package in PACKAGES:
-        shutil.copytree(ROOT / package, tmp_path / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+        shutil.copytree(
+            ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     with open(tmp_path / module, "a") as source:
         source.write(f"\n{line}  # forbidden\n")
@@ -64,7 +71,8 @@ app = create_app(from_env({{"CAPTIONER_DATA_DIR": {str(tmp_path)!r}}}))
 assert app.test_client().get("/healthz").status_code == 200
 print(sorted({{m.split(".")[0] for m in sys.modules}} & {{"tensorflow", "keras", "model"}}))
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

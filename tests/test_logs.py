@@ -47,7 +47,11 @@ def test_json_lines_carry_role_worker_bound_fields_and_extra(captured):
     first, second = (json.loads(line) for line in captured().splitlines())
     assert first["event"] == "job j1 failed" and first["code"] == "corrupt_image"
     assert (first["role"], first["worker"], first["job_id"], first["run_id"]) == (
-        "inference", "inference@3f1c09a2b4", "j1", "r1")  # fmt: skip
+        "inference",
+        "inference@3f1c09a2b4",
+        "j1",
+        "r1",
+    )
     assert "batch_id" not in first  # None binds nothing
     assert "job_id" not in second and "run_id" not in second  # the block's fields went with it
     assert first["level"] == "info" and first["timestamp"].endswith("Z")
@@ -83,4 +87,6 @@ def test_native_lines_written_to_stderr_become_log_events(caplog, capfd):
         os.write(2, b"I0000 00:00:1.0  7 port.cc:153] oneDNN custom operations are on.\n\n")
     assert "oneDNN" not in capfd.readouterr().err  # nothing got through as raw text
     assert [(r.levelno, r.getMessage()[:12]) for r in caplog.records if r.name == "native"] == [
-        (logging.WARNING, "WARNING: All"), (logging.INFO, "I0000 00:00:")]  # fmt: skip
+        (logging.WARNING, "WARNING: All"),
+        (logging.INFO, "I0000 00:00:"),
+    ]

@@ -121,8 +121,9 @@ def test_each_step_gives_what_teacher_forcing_gives(any_bundle):
     emitted = (found.tokens != PAD_ID).numpy()
     assert emitted.sum() > 8
     np.testing.assert_allclose(forced.numpy()[emitted], found.log_probs.numpy()[emitted], atol=1e-4)
-    np.testing.assert_allclose(attention.numpy()[emitted], found.attention.numpy()[emitted],
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        attention.numpy()[emitted], found.attention.numpy()[emitted], atol=1e-5
+    )
 
 
 def test_the_transformer_cache_changes_the_cost_not_the_captions(random_transformer):
@@ -161,8 +162,9 @@ def test_sampling_repeats_with_its_seed_whatever_the_batch(any_bundle):
 
 def test_sampling_is_refused_with_beams(random_bundle):
     with pytest.raises(ValueError, match="beam_size 1"):
-        Decoding(random_bundle).search(tf.zeros((1, 64, 2048)), beam_size=3,
-                                       sampling=Sampling.of([(0.7, 1)]))  # fmt: skip
+        Decoding(random_bundle).search(
+            tf.zeros((1, 64, 2048)), beam_size=3, sampling=Sampling.of([(0.7, 1)])
+        )
 
 
 def test_bundle_for_another_encoder_is_refused(random_bundle):
@@ -182,12 +184,15 @@ def test_a_format_1_bundle_loads_as_the_gru_it_is(random_bundle, tmp_path):
     assert load_bundle(path).config == random_bundle.config
 
 
-@pytest.mark.parametrize(("model", "top", "refused"), [
-    ({"decoder": "lstm"}, {}, "decoder 'lstm' is not one this version builds"),
-    ({"experts": 8, "rotary": True}, {}, "does not know: experts, rotary"),
-    ({"decoder": "transformer", "heads": 3}, {}, "does not divide into 3 heads"),
-    ({}, {"format": 3}, "bundle format 3 is not one this version reads"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("model", "top", "refused"),
+    [
+        ({"decoder": "lstm"}, {}, "decoder 'lstm' is not one this version builds"),
+        ({"experts": 8, "rotary": True}, {}, "does not know: experts, rotary"),
+        ({"decoder": "transformer", "heads": 3}, {}, "does not divide into 3 heads"),
+        ({}, {"format": 3}, "bundle format 3 is not one this version reads"),
+    ],
+)
 def test_a_bundle_this_version_cannot_build_is_refused_by_name(
     random_bundle, tmp_path, model, top, refused
 ):

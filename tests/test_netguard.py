@@ -73,9 +73,15 @@ def test_every_blocked_spelling_is_refused_without_a_lookup(url, why):
 
 @pytest.mark.parametrize(
     ("spelling", "address"),
-    [("2130706433", "127.0.0.1"), ("0177.0.0.1", "127.0.0.1"), ("0x7f000001", "127.0.0.1"),
-     ("10.1", "10.0.0.1"), ("::ffff:7f00:1", "::ffff:7f00:1"), ("example.com", None)],
-)  # fmt: skip
+    [
+        ("2130706433", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("0x7f000001", "127.0.0.1"),
+        ("10.1", "10.0.0.1"),
+        ("::ffff:7f00:1", "::ffff:7f00:1"),
+        ("example.com", None),
+    ],
+)
 def test_numeric_host_spellings_are_normalised_as_inet_aton_reads_them(spelling, address):
     found = host_address(spelling)
     assert (str(found) if found else None) == address
@@ -88,9 +94,16 @@ def test_a_numeric_host_inet_aton_rejects_is_refused_not_looked_up():
 
 @pytest.mark.parametrize(
     "url",
-    ["ftp://example.com/a.png", "file:///etc/passwd", "gopher://h/", "http:///nohost",
-     "http://user:pw@example.com/", "http://exa mple.com/", "http://example.com:99999/"],
-)  # fmt: skip
+    [
+        "ftp://example.com/a.png",
+        "file:///etc/passwd",
+        "gopher://h/",
+        "http:///nohost",
+        "http://user:pw@example.com/",
+        "http://exa mple.com/",
+        "http://example.com:99999/",
+    ],
+)
 def test_only_plain_http_and_https_urls_are_taken(url):
     with pytest.raises(UrlError) as refused:
         Guard(resolver=no_dns).check(url)
@@ -106,7 +119,11 @@ def test_every_address_a_name_resolves_to_must_be_public():
         "https://public.example:8443/a?b=1"
     )
     assert (target.host, target.port, target.address, target.path) == (
-        "public.example", 8443, "93.184.216.34", "/a?b=1")  # fmt: skip
+        "public.example",
+        8443,
+        "93.184.216.34",
+        "/a?b=1",
+    )
 
 
 def test_a_name_that_does_not_resolve_is_unreachable():
@@ -196,8 +213,9 @@ def server(trap) -> Iterator[ThreadingHTTPServer]:
 
 
 def settings(**changes) -> Settings:
-    return Settings(Path("."), "sqlite://", "filesystem://", None, url_allow=LOOPBACK,
-                    url_fetch_timeout_s=5.0).with_overrides(**changes)  # fmt: skip
+    return Settings(
+        Path("."), "sqlite://", "filesystem://", None, url_allow=LOOPBACK, url_fetch_timeout_s=5.0
+    ).with_overrides(**changes)
 
 
 def test_an_image_is_fetched_and_sniffed_through_an_allowed_redirect(server):
@@ -215,13 +233,15 @@ def test_a_redirect_to_an_address_outside_the_allow_list_is_refused_unconnected(
 
 @pytest.mark.parametrize(
     ("path", "code", "changes"),
-    [("/big", "url_too_large", {"max_image_bytes": 1000}),
-     ("/endless", "url_too_large", {"max_image_bytes": 1000}),
-     ("/slow", "url_timeout", {"url_fetch_timeout_s": 0.5}),
-     ("/loop", "url_redirects", {}),
-     ("/missing", "url_unreachable", {}),
-     ("/text", "not_an_image", {})],
-)  # fmt: skip
+    [
+        ("/big", "url_too_large", {"max_image_bytes": 1000}),
+        ("/endless", "url_too_large", {"max_image_bytes": 1000}),
+        ("/slow", "url_timeout", {"url_fetch_timeout_s": 0.5}),
+        ("/loop", "url_redirects", {}),
+        ("/missing", "url_unreachable", {}),
+        ("/text", "not_an_image", {}),
+    ],
+)
 def test_fetch_failures_have_their_codes(server, path, code, changes):
     started = time.monotonic()
     with pytest.raises((UrlError, ValueError)) as failed:
@@ -248,13 +268,21 @@ def test_the_connection_goes_to_the_checked_address_not_a_second_answer(server, 
         return ["127.0.0.1"] if rebinding.calls == 1 else later
 
     rebinding.calls = 0
-    data = fetch(f"http://rebind.test:{server.server_port}/ok", Guard.from_allow(LOOPBACK,
-                 rebinding), 100_000, 5)  # fmt: skip
+    data = fetch(
+        f"http://rebind.test:{server.server_port}/ok",
+        Guard.from_allow(LOOPBACK, rebinding),
+        100_000,
+        5,
+    )
     assert data == png() and rebinding.calls == 1
     assert server.seen == [("/ok", f"rebind.test:{server.server_port}")]  # the name, as Host
     with pytest.raises(UrlError, match="127.0.0.2"):  # the second answer is checked, and refused
-        fetch(f"http://rebind.test:{server.server_port}/ok",
-              Guard.from_allow(LOOPBACK, rebinding), 100_000, 5)  # fmt: skip
+        fetch(
+            f"http://rebind.test:{server.server_port}/ok",
+            Guard.from_allow(LOOPBACK, rebinding),
+            100_000,
+            5,
+        )
     assert untouched(trap[1])
 
 

@@ -35,9 +35,14 @@ def observed(bundle, tmp_path_factory):
     """(API URL, API key, worker metrics URL, folder) of gunicorn and one inference worker."""
     folder = tmp_path_factory.mktemp("observed-stack")
     port = free_port()
-    overrides = {"model_bundle": bundle, "bench_standin_model_ms": 5, "metrics_port": port,
-                 "ready_file": folder / "ready", "log_format": "json",
-                 "batch_max_size": 4}  # fmt: skip
+    overrides = {
+        "model_bundle": bundle,
+        "bench_standin_model_ms": 5,
+        "metrics_port": port,
+        "ready_file": folder / "ready",
+        "log_format": "json",
+        "batch_max_size": 4,
+    }
     with services(folder / "data", **overrides) as settings:
         worker = start_worker(settings, folder / "worker.log", "inference@observed")
         sender = start_worker(
@@ -62,8 +67,11 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
     """Every sample of a metrics page: (name, sorted labels) → value."""
     with urllib.request.urlopen(url, timeout=10) as response:
         text = response.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}  # fmt: skip
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(samples: dict, name: str, **labels) -> float:
@@ -74,8 +82,12 @@ def value(samples: dict, name: str, **labels) -> float:
 def call(url: str, key: str, method: str = "GET", body: dict | None = None) -> dict:
     """A JSON request with the key; the JSON answer."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data, method=method, headers={
-        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        url,
+        data,
+        method=method,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -100,8 +112,10 @@ def test_the_api_counts_requests_across_its_gunicorn_processes(observed):
             assert response.status == 200
     after = scrape(f"{url}/metrics")
     name, labels = "captioner_http_requests_total", {"route": "/healthz", "method": "GET"}
-    assert value(after, name, status="200", **labels) - value(before, name, status="200",
-                                                                **labels) == 40  # fmt: skip
+    assert (
+        value(after, name, status="200", **labels) - value(before, name, status="200", **labels)
+        == 40
+    )
     timed = "captioner_http_request_duration_seconds_count"
     assert value(after, timed, **labels) - value(before, timed, **labels) == 40
 
@@ -121,8 +135,11 @@ def test_worker_metrics_count_jobs_batches_and_latency(observed):
     assert grew("captioner_job_seconds_count", stage="queue_wait") == BATCH
     assert grew("captioner_batch_size_sum") == BATCH
     assert grew("captioner_predict_seconds_count") >= 2  # batches of at most 4
-    served = [dict(labels) for (name, labels), v in after.items()
-              if name == "captioner_model_info" and v == 1]  # fmt: skip
+    served = [
+        dict(labels)
+        for (name, labels), v in after.items()
+        if name == "captioner_model_info" and v == 1
+    ]
     assert len(served) == 1 and served[0]["version"]
 
 
@@ -149,8 +166,9 @@ def test_worker_logs_are_json_lines_with_role_worker_and_ids(observed):
     others = [line for line in lines if line.strip() and not line.startswith("{")]
     assert events and not others, others  # one JSON event per line, from the first
     assert {e["role"] for e in events} == {"inference"}
-    assert all(e["worker"].startswith("inference@") and "observed" not in e["worker"]
-               for e in events)  # fmt: skip
+    assert all(
+        e["worker"].startswith("inference@") and "observed" not in e["worker"] for e in events
+    )
     batched = [e for e in events if e.get("batch_id")]
     assert batched, "no line carries the batch's id"
     assert not any("\x1b[" in line for line in lines)

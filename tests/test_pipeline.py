@@ -121,8 +121,11 @@ def test_the_sweeper_resends_a_job_whose_worker_died(stack, val_images):
         queue.delete("inference")  # its message went with the worker
         expired = utcnow() - timedelta(seconds=1)
         with stack.db.session() as session:  # …which had claimed it, and its lease ran out
-            session.execute(update(Job).where(Job.id == uuid.UUID(job_id)).values(
-                status="running", attempts=1, lease_expires_at=expired))  # fmt: skip
+            session.execute(
+                update(Job)
+                .where(Job.id == uuid.UUID(job_id))
+                .values(status="running", attempts=1, lease_expires_at=expired)
+            )
     finally:
         resume(stack)
     stack.celery.send_task(SWEEP_TASK, queue="inference")
@@ -133,8 +136,13 @@ def test_the_sweeper_resends_a_job_whose_worker_died(stack, val_images):
 def test_the_embedded_mode_runs_the_same_flow_with_no_servers(
     tmp_path: Path, trained_bundle, val_images
 ):
-    settings = from_env({"CAPTIONER_DATA_DIR": str(tmp_path / "data"),
-                         "MODEL_BUNDLE": str(trained_bundle), "BATCH_MAX_SIZE": "4"})  # fmt: skip
+    settings = from_env(
+        {
+            "CAPTIONER_DATA_DIR": str(tmp_path / "data"),
+            "MODEL_BUNDLE": str(trained_bundle),
+            "BATCH_MAX_SIZE": "4",
+        }
+    )
     assert settings.embedded and settings.broker_url.startswith("filesystem")
     migrate(settings)
     key = local_admin_key(settings)

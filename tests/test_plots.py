@@ -110,8 +110,15 @@ def _history(epochs: int = 4, accuracy: bool = True) -> list[dict]:
     """Loss falling from 2 to 0.5, accuracy and bleu4 rising, cider above 1."""
     rows = []
     for e in range(1, epochs + 1):
-        row = {"epoch": e, "loss": 2.0 / e, "bleu1": 0.5, "bleu4": 0.1 * e, "cider": 0.5 * e,
-               "exact_match": 0.0, "localization": None}  # fmt: skip
+        row = {
+            "epoch": e,
+            "loss": 2.0 / e,
+            "bleu1": 0.5,
+            "bleu4": 0.1 * e,
+            "cider": 0.5 * e,
+            "exact_match": 0.0,
+            "localization": None,
+        }
         rows.append(row | ({"accuracy": 0.2 * e} if accuracy else {}))
     return rows
 
@@ -141,9 +148,12 @@ def _near(picture, colour, point: tuple[float, float], radius: int = 3) -> bool:
 
 
 def test_learning_curves_are_columns_with_gaps_and_only_numeric_metrics() -> None:
-    rows = [{"epoch": 2, "loss": 1.0, "bleu4": None, "note": "x"},
-            {"epoch": 1, "loss": float("nan"), "accuracy": 0.5, "bleu4": 0.2, "note": 3},
-            {"loss": 9.0}, {"epoch": True, "loss": 9.0}]  # fmt: skip
+    rows = [
+        {"epoch": 2, "loss": 1.0, "bleu4": None, "note": "x"},
+        {"epoch": 1, "loss": float("nan"), "accuracy": 0.5, "bleu4": 0.2, "note": 3},
+        {"loss": 9.0},
+        {"epoch": True, "loss": 9.0},
+    ]
     curves = learning_curves(rows)
     assert curves.epochs == [1, 2]  # sorted; rows without a whole epoch left out
     assert curves.loss == [None, 1.0]  # NaN is no value
@@ -152,8 +162,9 @@ def test_learning_curves_are_columns_with_gaps_and_only_numeric_metrics() -> Non
     assert learning_curves(None) == learning_curves([])
 
 
-@pytest.mark.parametrize(("value", "top"), [(3, 3), (0.9, 1), (1, 1), (2.31, 3), (8.5, 10),
-                                            (0.013, 0.02), (100, 100)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "top"), [(3, 3), (0.9, 1), (1, 1), (2.31, 3), (8.5, 10), (0.013, 0.02), (100, 100)]
+)
 def test_nice_ceiling(value: float, top: float) -> None:
     assert nice_ceiling(value) == pytest.approx(top)
 
@@ -210,8 +221,11 @@ def test_a_run_without_token_accuracy_draws_no_accuracy_curve() -> None:
 def test_a_single_epoch_is_a_point_in_the_middle() -> None:
     picture = render_curves(_history(epochs=1), "bleu4")
     left, _, right, _ = plot_box()
-    for colour, value, top in [(LOSS_COLOUR, 2.0, 2.0), (ACCURACY_COLOUR, 0.2, 1.0),
-                               (METRIC_COLOUR, 0.1, 1.0)]:  # fmt: skip
+    for colour, value, top in [
+        (LOSS_COLOUR, 2.0, 2.0),
+        (ACCURACY_COLOUR, 0.2, 1.0),
+        (METRIC_COLOUR, 0.1, 1.0),
+    ]:
         ys, xs = _where(picture, colour)
         assert 0 < xs.size < 60, colour  # a dot, no line
         assert abs(xs.mean() - (left + right) / 2) <= 1
@@ -224,6 +238,7 @@ def test_an_empty_history_is_an_empty_chart_that_says_so() -> None:
     for colour in (LOSS_COLOUR, ACCURACY_COLOUR, METRIC_COLOUR):
         assert _where(picture, colour)[0].size == 0
     left, top, right, bottom = plot_box()
-    middle = np.asarray(picture)[(top + bottom) // 2 - 12 : (top + bottom) // 2 + 12,
-                                 left + 100 : right - 100]  # fmt: skip
+    middle = np.asarray(picture)[
+        (top + bottom) // 2 - 12 : (top + bottom) // 2 + 12, left + 100 : right - 100
+    ]
     assert (middle < 100).all(axis=-1).sum() > 50  # "no epochs yet"

@@ -33,10 +33,13 @@ def test_absolute_urls_prefix_every_link_once_and_nothing_else():
     assert absolute_urls(body, None) is body
 
 
-@pytest.mark.parametrize(("value", "read"), [
-    ("https://captioner.example.com/", "https://captioner.example.com"),
-    ("http://10.0.0.5:8000/captioner", "http://10.0.0.5:8000/captioner"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("value", "read"),
+    [
+        ("https://captioner.example.com/", "https://captioner.example.com"),
+        ("http://10.0.0.5:8000/captioner", "http://10.0.0.5:8000/captioner"),
+    ],
+)
 def test_public_url_setting(value, read):
     assert from_env({"PUBLIC_URL": value}).public_url == read
     assert from_env({}).public_url is None
@@ -66,7 +69,8 @@ def test_answers_carry_absolute_links(public, client, queue):
     assert all(link.startswith(f"{BASE}/v1/") for link in read["urls"].values())
     batch = web.post("/v1/batches", json={"images": [b64(png())] * 2}, headers=headers).get_json()
     assert [j["urls"]["self"] for j in batch["jobs"]] == [
-        f"{BASE}/v1/jobs/{j['id']}" for j in batch["jobs"]]  # fmt: skip
+        f"{BASE}/v1/jobs/{j['id']}" for j in batch["jobs"]
+    ]
     plain = client.post("/v1/jobs", json={"image": b64(png())}).get_json()  # no PUBLIC_URL
     assert plain["urls"]["self"] == f"/v1/jobs/{plain['id']}"
 
@@ -76,11 +80,13 @@ def test_a_webhook_carries_absolute_links(public, queue):
     web, services = app.test_client(), app.extensions["captioner"]
     with receiver() as endpoint:
         hook = endpoint.url("/hook")
-        job = web.post("/v1/jobs", json={"image": b64(png()), "webhook": hook},
-                       headers=headers).get_json()  # fmt: skip
+        job = web.post(
+            "/v1/jobs", json={"image": b64(png()), "webhook": hook}, headers=headers
+        ).get_json()
         web.post(f"/v1/jobs/{job['id']}/cancel", headers=headers)  # records job.completed
-        (delivery,) = web.get(f"/v1/jobs/{job['id']}/deliveries",
-                              headers=headers).get_json()["deliveries"]  # fmt: skip
+        (delivery,) = web.get(f"/v1/jobs/{job['id']}/deliveries", headers=headers).get_json()[
+            "deliveries"
+        ]
         Sender(services.settings, services.db, services.broker).deliver(delivery["id"])
         (message,) = endpoint.wait("/hook", 1, timeout=10)
     sent = json.loads(message.body)["data"]

@@ -28,9 +28,16 @@ def own_job(**changes) -> jobs.NewJob:
 def succeeded(db) -> uuid.UUID:
     """A job run to success (announced to HOOK on start and completion)."""
     new = own_job(webhook_url=HOOK, webhook_events=["start", "completed"])
-    done = jobs.JobResult(caption="a circle", tokens=["a", "circle"], token_log_probs=[-1, -1],
-                          model_version="v1", attention=b"npy", attention_shape=[2, 64],
-                          predict_ms=1.0, batch_size=1)  # fmt: skip
+    done = jobs.JobResult(
+        caption="a circle",
+        tokens=["a", "circle"],
+        token_log_probs=[-1, -1],
+        model_version="v1",
+        attention=b"npy",
+        attention_shape=[2, 64],
+        predict_ms=1.0,
+        batch_size=1,
+    )
     with db.session() as s:
         jobs.create_job(s, new)
         claim = jobs.claim_jobs(s, [new.id], 60, 3)
@@ -49,8 +56,15 @@ def test_an_ended_job_goes_with_its_deliveries_and_names_its_blobs(db):
     with db.session() as s:
         s.execute(update(Job).where(Job.id == job_id).values(attention_key=old_attention))
         delivery = list_deliveries(s, job_id)[0]
-        s.add(DeliveryAttempt(delivery_id=delivery.id, number=1, started_at=utcnow(),
-                              latency_ms=3.0, status_code=200))  # fmt: skip
+        s.add(
+            DeliveryAttempt(
+                delivery_id=delivery.id,
+                number=1,
+                started_at=utcnow(),
+                latency_ms=3.0,
+                status_code=200,
+            )
+        )
     with db.session() as s:
         removal = retention.delete_jobs(s, [job_id])
     assert removal.deleted == [job_id] and removal.blocked_by == []
@@ -113,8 +127,11 @@ def test_purging_takes_jobs_that_ended_before_the_cutoff_a_page_at_a_time(db):
         for job_id in ids[:5]:
             jobs.cancel_job(s, job_id)  # the sixth stays queued
         for days, job_id in zip([5, 4, 3, 3], ids, strict=False):  # the fifth ended now
-            s.execute(update(Job).where(Job.id == job_id)
-                      .values(finished_at=utcnow() - timedelta(days=days)))  # fmt: skip
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(finished_at=utcnow() - timedelta(days=days))
+            )
     cutoff = utcnow() - timedelta(days=2)
     with db.session() as s:
         assert set(retention.purge_ended_jobs(s, cutoff, limit=3).deleted) == set(ids[:3])
@@ -145,16 +162,32 @@ def test_late_queued_jobs_are_aborted_and_announced_others_are_left(db):
 
 
 def test_a_dataset_in_use_stays_and_ended_runs_keep_their_description(db):
-    dataset = Dataset(id=uuid.uuid4(), owner="tenant", name="tiny",
-                      archive_key="datasets/x/archive", format="zip", bytes=10,
-                      unpacked_bytes=20, splits={}, images=1, captions=1)  # fmt: skip
+    dataset = Dataset(
+        id=uuid.uuid4(),
+        owner="tenant",
+        name="tiny",
+        archive_key="datasets/x/archive",
+        format="zip",
+        bytes=10,
+        unpacked_bytes=20,
+        splits={},
+        images=1,
+        captions=1,
+    )
     described = {"type": "upload", "id": str(dataset.id), "name": "tiny"}
     with db.session() as s:
         s.add(dataset)
         s.flush()
-        run = training.create_run(s, training.NewRun(
-            owner="tenant", dataset=described, dataset_id=dataset.id, hyperparameters={},
-            promotion={}))  # fmt: skip
+        run = training.create_run(
+            s,
+            training.NewRun(
+                owner="tenant",
+                dataset=described,
+                dataset_id=dataset.id,
+                hyperparameters={},
+                promotion={},
+            ),
+        )
     with db.session() as s:
         assert retention.delete_dataset(s, dataset.id).blocked_by == [run.id]
     with db.session() as s:

@@ -201,8 +201,9 @@ def test_localization_on_group_unions(scenes) -> None:
             words = caption.split()
             inside = [_union(objects, g) for g in order]
             scores = localization_scores(words, _attention(inside, words), objects, SIZE)
-            expected = sum(w in COLORS or w.rstrip("s") in ("circle", "square", "triangle")
-                           for w in words)  # fmt: skip
+            expected = sum(
+                w in COLORS or w.rstrip("s") in ("circle", "square", "triangle") for w in words
+            )
             assert scores == pytest.approx([1.0] * expected)
             outside = [~mask for mask in inside]
             json_objects = [obj.to_json() for obj in objects]

@@ -48,11 +48,22 @@ def production_command() -> list[str]:
     return json.loads(next(a for i, a in dockerfile_instructions() if i == "CMD"))
 
 
-@pytest.mark.parametrize(("header", "seconds"), [
-    ("", 0.0), ("wait", MAX_WAIT_S), ("WAIT", MAX_WAIT_S), ("respond-async, wait", MAX_WAIT_S),
-    ("wait; handling=lenient", MAX_WAIT_S), ("wait=10", 10.0), ("wait = 3 , x", 3.0),
-    ("wait=600", MAX_WAIT_S), ("wait=abc", 0.0), ("nowait", 0.0), ("wait=1e3", 0.0),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("", 0.0),
+        ("wait", MAX_WAIT_S),
+        ("WAIT", MAX_WAIT_S),
+        ("respond-async, wait", MAX_WAIT_S),
+        ("wait; handling=lenient", MAX_WAIT_S),
+        ("wait=10", 10.0),
+        ("wait = 3 , x", 3.0),
+        ("wait=600", MAX_WAIT_S),
+        ("wait=abc", 0.0),
+        ("nowait", 0.0),
+        ("wait=1e3", 0.0),
+    ],
+)
 def test_prefer_wait_bare_means_the_cap(header, seconds):
     assert prefer_wait(header) == seconds
 
@@ -111,17 +122,23 @@ def start_production_api(settings, folder: Path) -> tuple[subprocess.Popen, str]
     return start_process(settings, command, folder / "gunicorn.log"), url
 
 
-def submit_and_wait(url: str, key: str, image: bytes, delay: float = 0.0
-                    ) -> tuple[int, dict, float, float]:  # fmt: skip
+def submit_and_wait(
+    url: str, key: str, image: bytes, delay: float = 0.0
+) -> tuple[int, dict, float, float]:
     """POST one image with a bare `Prefer: wait` after `delay` seconds: the status, the body,
     and when the request was sent and answered."""
     time.sleep(delay)
     sent = time.monotonic()
     request = urllib.request.Request(
-        f"{url}/v1/jobs", data=json.dumps({"image": b64(image)}).encode(), method="POST",
-        headers={"Authorization": f"Bearer {key}", "Prefer": "wait",
-                 "Content-Type": "application/json"},
-    )  # fmt: skip
+        f"{url}/v1/jobs",
+        data=json.dumps({"image": b64(image)}).encode(),
+        method="POST",
+        headers={
+            "Authorization": f"Bearer {key}",
+            "Prefer": "wait",
+            "Content-Type": "application/json",
+        },
+    )
     with _opener.open(request, timeout=MAX_WAIT_S + 30) as response:
         return response.status, json.loads(response.read()), sent, time.monotonic()
 
@@ -150,8 +167,9 @@ def polling_healthz(url: str, folder: Path) -> Iterator[list[float]]:
     the milliseconds of each answer when the block ends."""
     stop, took = folder / "stop", []
     stop.unlink(missing_ok=True)
-    poller = subprocess.Popen([sys.executable, "-c", POLLER, url, str(stop)],
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    poller = subprocess.Popen(
+        [sys.executable, "-c", POLLER, url, str(stop)], stdout=subprocess.PIPE, text=True
+    )
     try:
         yield took
     finally:
@@ -167,8 +185,9 @@ def test_100_waiting_clients_get_captions_while_healthz_stays_fast(served, tmp_p
         list(pool.map(lambda image: submit_and_wait(url, key, image), images[:WARM_UP]))
         with polling_healthz(url, tmp_path) as latencies:
             started = time.monotonic()
-            answers = list(pool.map(lambda i: submit_and_wait(url, key, images[i], i * RAMP_S),
-                                    range(CLIENTS)))  # fmt: skip
+            answers = list(
+                pool.map(lambda i: submit_and_wait(url, key, images[i], i * RAMP_S), range(CLIENTS))
+            )
             elapsed = time.monotonic() - started
     assert [status for status, *_ in answers] == [200] * CLIENTS
     assert {body["status"] for _, body, *_ in answers} == {"succeeded"}

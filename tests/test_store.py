@@ -20,10 +20,16 @@ from tests.databases import new_job
 
 
 def result(**changes) -> jobs.JobResult:
-    fields = dict(caption="a red circle", tokens=["a", "red", "circle"],
-                  token_log_probs=[-0.1, -0.2, -0.3], model_version="v1",
-                  attention=b"npy bytes", attention_shape=[3, 64], predict_ms=12.5,
-                  batch_size=4)  # fmt: skip
+    fields = dict(
+        caption="a red circle",
+        tokens=["a", "red", "circle"],
+        token_log_probs=[-0.1, -0.2, -0.3],
+        model_version="v1",
+        attention=b"npy bytes",
+        attention_shape=[3, 64],
+        predict_ms=12.5,
+        batch_size=4,
+    )
     return jobs.JobResult(**(fields | changes))
 
 
@@ -49,17 +55,21 @@ def test_migration_0011_names_every_earlier_version_a_gru(kind, tmp_path):
         upgrade(url, "0010")
         engine = create_engine(url)
         with engine.begin() as connection:
-            connection.execute(text(
-                "INSERT INTO model_versions (bundle_key, digest, encoder_weights,"
-                " encoder_fingerprint, metrics, active, created_at) VALUES ('models/v1/', 'd',"
-                " 'seed:0', 'f', '{}', false, '2026-11-01 00:00:00+00')"))  # fmt: skip
+            connection.execute(
+                text(
+                    "INSERT INTO model_versions (bundle_key, digest, encoder_weights,"
+                    " encoder_fingerprint, metrics, active, created_at) VALUES ('models/v1/', 'd',"
+                    " 'seed:0', 'f', '{}', false, '2026-11-01 00:00:00+00')"
+                )
+            )
         upgrade(url)
         with engine.connect() as connection:
             stored = connection.execute(text("SELECT architecture FROM model_versions")).scalar()
         assert (json.loads(stored) if isinstance(stored, str) else stored) == {"decoder": "gru"}
         downgrade(url, "0010")
-        assert "architecture" not in {c["name"] for c in inspect(engine).get_columns(
-            "model_versions")}  # fmt: skip
+        assert "architecture" not in {
+            c["name"] for c in inspect(engine).get_columns("model_versions")
+        }
         engine.dispose()
 
 
@@ -149,10 +159,14 @@ def test_unsent_and_long_unclaimed_jobs_are_found_by_the_sweeper(db):
     with db.session() as s:
         unsent, sent, stale = (jobs.create_job(s, new_job(owner="sweep")).id for _ in range(3))
         jobs.mark_enqueued(s, [sent, stale])
-        s.execute(update(Job).where(Job.owner == "sweep").values(
-            created_at=utcnow() - timedelta(minutes=5)))  # fmt: skip
-        s.execute(update(Job).where(Job.id == stale).values(
-            enqueued_at=utcnow() - timedelta(minutes=10)))  # fmt: skip
+        s.execute(
+            update(Job)
+            .where(Job.owner == "sweep")
+            .values(created_at=utcnow() - timedelta(minutes=5))
+        )
+        s.execute(
+            update(Job).where(Job.id == stale).values(enqueued_at=utcnow() - timedelta(minutes=10))
+        )
     with db.session() as s:
         found = jobs.jobs_to_resend(s, timedelta(minutes=1), timedelta(minutes=5))
         assert unsent in found and stale in found and sent not in found

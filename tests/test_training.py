@@ -72,9 +72,13 @@ def test_training_resumes_and_is_deterministic(shapes_dir, encoder, tmp_path):
     first = TrainConfig(epochs=2, patience=10, val_images=40, seed=3)
     train(splits, encoder, tmp_path / "b", first, cache_dir=cache)
     resumed = train(
-        splits, encoder, tmp_path / "b", config, cache_dir=cache,
+        splits,
+        encoder,
+        tmp_path / "b",
+        config,
+        cache_dir=cache,
         callbacks=Callbacks(epoch_end=rows.append),
-    )  # fmt: skip
+    )
     assert [row["epoch"] for row in rows] == [3]  # only the missing epoch ran
     losses = [[row["loss"] for row in b.metrics["history"]] for b in (straight, resumed)]
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
@@ -86,8 +90,14 @@ def test_progress_reports_steps_loss_and_eta(shapes_dir, encoder, tmp_path):
     splits = load_dataset(shapes_dir)
     seen = []
     config = TrainConfig(epochs=1, val_images=20, batch_size=32)
-    train(splits, encoder, tmp_path / "c", config, cache_dir=shapes_dir / "features",
-          callbacks=Callbacks(progress=seen.append))  # fmt: skip
+    train(
+        splits,
+        encoder,
+        tmp_path / "c",
+        config,
+        cache_dir=shapes_dir / "features",
+        callbacks=Callbacks(progress=seen.append),
+    )
     steps = len(splits["train"]) // 32 + 1
     assert [p.step for p in seen][-1] == steps == seen[-1].steps
     assert all(p.loss > 0 and p.images_per_s > 0 and p.eta_s >= 0 for p in seen)
@@ -120,11 +130,13 @@ def test_each_decoder_trains_and_records_loss_and_token_accuracy(
     decoder, shapes_dir, encoder, tmp_path
 ):
     splits = load_dataset(shapes_dir)
-    model = ModelConfig(decoder=decoder, embedding_dim=64, units=64, attention_units=64,
-                        ff_units=128)  # fmt: skip
+    model = ModelConfig(
+        decoder=decoder, embedding_dim=64, units=64, attention_units=64, ff_units=128
+    )
     config = TrainConfig(epochs=2, val_images=20, learning_rate=5e-4, patience=5)
-    bundle = train(splits, encoder, tmp_path / "bundle", config, model,
-                   cache_dir=shapes_dir / "features")  # fmt: skip
+    bundle = train(
+        splits, encoder, tmp_path / "bundle", config, model, cache_dir=shapes_dir / "features"
+    )
     first, second = bundle.metrics["history"]
     assert 0 < first["accuracy"] < second["accuracy"] <= 1
     assert first["loss"] > second["loss"] > 0

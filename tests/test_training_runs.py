@@ -99,9 +99,11 @@ def image(shapes_dir) -> bytes:
 @pytest.fixture(scope="module")
 def before_any_model(stack) -> dict:
     """The service as it is before the first run: what the inference worker and registry say."""
-    return {"worker": serving(stack, None),  # it reports that it serves nothing yet
-            "log": stack.log(INFERENCE).read_text(errors="replace"),
-            "models": stack.client.request("GET", "/v1/models")}  # fmt: skip
+    return {
+        "worker": serving(stack, None),  # it reports that it serves nothing yet
+        "log": stack.log(INFERENCE).read_text(errors="replace"),
+        "models": stack.client.request("GET", "/v1/models"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +111,13 @@ def first_run(stack, receiver, before_any_model, image) -> dict:
     """A run from scratch on the shapes set, if_better, with every webhook event; what was seen
     of it while it ran, its model version right after, and a caption by the worker then."""
     hook = receiver.script("/run")
-    run = train(stack, hyperparameters=QUICK | {"epochs": 12, "patience": 12},
-                promotion={"policy": "if_better", "metric": "bleu4"}, webhook=hook,
-                webhook_events=["start", "progress", "completed"])  # fmt: skip
+    run = train(
+        stack,
+        hyperparameters=QUICK | {"epochs": 12, "patience": 12},
+        promotion={"policy": "if_better", "metric": "bleu4"},
+        webhook=hook,
+        webhook_events=["start", "progress", "completed"],
+    )
     seen: list[dict] = []
     run = wait_run(stack, run["id"], lambda state: seen.append(state) or ended(state), 600)
     assert run["status"] == "succeeded", run["error"]
@@ -136,11 +142,14 @@ def test_a_run_trains_reports_progress_registers_and_becomes_active(first_run):
     assert run["status"] == "succeeded", run["error"]
     assert (run["model_version"], run["attempts"]) == ("v1", 1)
     assert run["promotion_result"]["promoted"] is True
-    assert {"dataset", "features", "training"} <= {s["progress"]["phase"] for s in seen
-                                                   if s["progress"]}  # fmt: skip
+    assert {"dataset", "features", "training"} <= {
+        s["progress"]["phase"] for s in seen if s["progress"]
+    }
     steps = [s["progress"] for s in seen if (s["progress"] or {}).get("phase") == "training"]
-    assert steps and all(p["loss"] > 0 and p["images_per_s"] > 0 and p["steps_per_s"] > 0
-                         and p["eta_s"] >= 0 for p in steps)  # fmt: skip
+    assert steps and all(
+        p["loss"] > 0 and p["images_per_s"] > 0 and p["steps_per_s"] > 0 and p["eta_s"] >= 0
+        for p in steps
+    )
     assert [row["epoch"] for row in run["history"]] == list(range(1, len(run["history"]) + 1))
 
     assert model["version"] == "v1"
@@ -171,9 +180,13 @@ def test_a_run_announces_start_progress_at_most_every_10_s_and_completion(
 @pytest.fixture(scope="module")
 def imported(stack, first_run, trained_bundle) -> str:
     """The suite's well-trained bundle, registered through `captioner models import`."""
-    done = subprocess.run([sys.executable, "-m", "captioner", "models", "import",
-                           str(trained_bundle)], env=os.environ | to_env(stack.settings),
-                          capture_output=True, text=True, check=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "captioner", "models", "import", str(trained_bundle)],
+        env=os.environ | to_env(stack.settings),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     registered = re.fullmatch(r"registered \S+ as (v\d+)\n", done.stdout)
     assert registered, done.stdout + done.stderr
     return registered.group(1)
@@ -230,8 +243,12 @@ TRANSFORMER = {"decoder": "transformer", "embedding_dim": 64, "heads": 2, "ff_un
 def transformer(stack, first_run) -> dict:
     """A small Transformer trained by a run on the first run's set (its features are cached),
     not promoted: its run and its registry entry."""
-    run = train(stack, hyperparameters=QUICK | {"epochs": 8, "learning_rate": 3e-3},
-                model=TRANSFORMER, promotion="never")  # fmt: skip
+    run = train(
+        stack,
+        hyperparameters=QUICK | {"epochs": 8, "learning_rate": 3e-3},
+        model=TRANSFORMER,
+        promotion="never",
+    )
     run = wait_run(stack, run["id"], ended, 600)
     assert run["status"] == "succeeded", run["error"]
     return {"run": run, "model": stack.client.request("GET", f"/v1/models/{run['model_version']}")}
@@ -327,12 +344,16 @@ def edited_config(**changes):
     return make
 
 
-@pytest.mark.parametrize(("make", "reason"), [
-    (another_encoder, "0123456789abcdef"),
-    (edited_config(model={"decoder": "lstm"}), "decoder 'lstm' is not one"),
-    (edited_config(model={"experts": 8}), "settings this version does not know: experts"),
-    (edited_config(format=3), "bundle format 3 is not one this version reads"),
-], ids=["another encoder", "another decoder", "an unknown setting", "a newer format"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (another_encoder, "0123456789abcdef"),
+        (edited_config(model={"decoder": "lstm"}), "decoder 'lstm' is not one"),
+        (edited_config(model={"experts": 8}), "settings this version does not know: experts"),
+        (edited_config(format=3), "bundle format 3 is not one this version reads"),
+    ],
+    ids=["another encoder", "another decoder", "an unknown setting", "a newer format"],
+)
 def test_a_bundle_it_cannot_build_is_refused_and_the_old_one_serves_on(
     stack, imported, image, random_bundle, tmp_path, make, reason
 ):
@@ -342,8 +363,9 @@ def test_a_bundle_it_cannot_build_is_refused_and_the_old_one_serves_on(
     path = make(random_bundle, tmp_path / "bundle")
     version = import_bundle(stack.db, stack.blobs, path, promote=True)
     deadline = time.monotonic() + 30
-    while (worker := serving(stack, imported))["refused"] is None or \
-            worker["refused"]["version"] != version:  # fmt: skip
+    while (worker := serving(stack, imported))["refused"] is None or worker["refused"][
+        "version"
+    ] != version:
         assert time.monotonic() < deadline, worker
         time.sleep(0.1)
     assert reason in worker["refused"]["reason"]
@@ -352,8 +374,7 @@ def test_a_bundle_it_cannot_build_is_refused_and_the_old_one_serves_on(
 
 
 def test_cancel_stops_a_run_at_the_next_step_and_keeps_its_checkpoint(stack, first_run):
-    run = train(stack, hyperparameters=QUICK | {"epochs": 500, "patience": 500},
-                promotion="never")  # fmt: skip
+    run = train(stack, hyperparameters=QUICK | {"epochs": 500, "patience": 500}, promotion="never")
     wait_run(stack, run["id"], lambda r: len(r["history"]) >= 1)
     asked = stack.client.get_bytes(f"/v1/training-runs/{run['id']}/cancel", "POST")
     assert json.loads(asked)["cancel_requested"] is True
@@ -386,8 +407,12 @@ def test_an_uploaded_dataset_fine_tunes_a_base_version(stack, imported, tmp_path
     folder = write_shapes_dataset(tmp_path / "upload", 60, seed=4, val_fraction=0.25)
     dataset = stack.client.upload_dataset(pack_dataset(folder, tmp_path / "up.zip").read_bytes())
     promote(stack, imported)  # the version to beat
-    run = train(stack, dataset={"type": "upload", "id": dataset["id"]}, base_version=imported,
-                hyperparameters=QUICK | {"epochs": 2})  # fmt: skip
+    run = train(
+        stack,
+        dataset={"type": "upload", "id": dataset["id"]},
+        base_version=imported,
+        hyperparameters=QUICK | {"epochs": 2},
+    )
     done = wait_run(stack, run["id"], ended)
     assert done["status"] == "succeeded", done["error"]
     model = stack.client.request("GET", f"/v1/models/{done['model_version']}")
@@ -417,16 +442,23 @@ def one_shape(color: str, shape: str, seed: int) -> bytes:
 
 def test_corrections_teach_the_next_version_what_it_got_wrong(stack, imported):
     serve(stack, imported)
-    truths = {"a red circle": one_shape("red", "circle", 1),
-              "a blue square": one_shape("blue", "square", 2)}  # fmt: skip
+    truths = {
+        "a red circle": one_shape("red", "circle", 1),
+        "a blue square": one_shape("blue", "square", 2),
+    }
     jobs = {truth: caption(stack, image) for truth, image in truths.items()}
     said = {truth: job["result"]["caption"] for truth, job in jobs.items()}
     assert all(said[truth] != truth for truth in truths), said  # it always names two objects
     for truth, job in jobs.items():
         stack.client.request("POST", f"/v1/jobs/{job['id']}/feedback", {"caption": truth})
-    run = train(stack, dataset={"type": "shapes", "size": 60, "seed": 6}, base_version=imported,
-                hyperparameters=QUICK | {"epochs": 6, "patience": 6}, promotion="always",
-                feedback={"weight": 20})  # fmt: skip
+    run = train(
+        stack,
+        dataset={"type": "shapes", "size": 60, "seed": 6},
+        base_version=imported,
+        hyperparameters=QUICK | {"epochs": 6, "patience": 6},
+        promotion="always",
+        feedback={"weight": 20},
+    )
     assert run["dataset"]["feedback"]["corrections"] >= len(truths)
     done = wait_run(stack, run["id"], ended)
     assert done["status"] == "succeeded", done["error"]

@@ -24,10 +24,14 @@ from worker.training import Training
 
 
 def new_run(db, **changes) -> TrainingRun:
-    fields = dict(owner="tenant", dataset={"type": "shapes", "size": 40, "seed": 0},
-                  hyperparameters={"epochs": 1}, promotion={"policy": "never", "metric": "bleu4"},
-                  webhook_url="http://h.test/r",
-                  webhook_events=["start", "progress", "completed"])  # fmt: skip
+    fields = dict(
+        owner="tenant",
+        dataset={"type": "shapes", "size": 40, "seed": 0},
+        hyperparameters={"epochs": 1},
+        promotion={"policy": "never", "metric": "bleu4"},
+        webhook_url="http://h.test/r",
+        webhook_events=["start", "progress", "completed"],
+    )
     with db.session() as session:
         return training.create_run(session, training.NewRun(**(fields | changes)))
 
@@ -61,13 +65,16 @@ def test_progress_is_announced_at_most_once_per_throttle_period(db):
     assert len([e for e in events(db, run) if e[0] == "training_run.progress"]) == 1
     with db.session() as session:  # as if the last announcement were 11 s ago
         past = utcnow() - timedelta(seconds=11)
-        session.execute(update(TrainingRun).where(TrainingRun.id == run.id)
-                        .values(progress_announced_at=past))  # fmt: skip
+        session.execute(
+            update(TrainingRun).where(TrainingRun.id == run.id).values(progress_announced_at=past)
+        )
         training.heartbeat(session, run.id, "w1", 60, {"step": 6})
         stored = training.get_run(session, run.id)
         assert stored.progress == {"step": 6}
     assert [e for e in events(db, run) if e[0] == "training_run.progress"] == [
-        ("training_run.progress", 1), ("training_run.progress", 2)]  # fmt: skip
+        ("training_run.progress", 1),
+        ("training_run.progress", 2),
+    ]
 
 
 def test_cancel_ends_a_queued_run_and_asks_a_running_one(db):
@@ -100,8 +107,9 @@ def test_a_dead_workers_run_is_resent_and_fails_after_too_many_attempts(db):
 
 def register(db, **changes) -> int:
     with db.session() as session:
-        new = registry.NewVersion(digest="d", encoder_weights="seed:0", encoder_fingerprint="f",
-                                  metrics={}, **changes)  # fmt: skip
+        new = registry.NewVersion(
+            digest="d", encoder_weights="seed:0", encoder_fingerprint="f", metrics={}, **changes
+        )
         return registry.register(session, new).number
 
 
@@ -181,7 +189,9 @@ def test_the_training_worker_makes_a_scenes_set_once(db, tmp_path):
     assert beat.progress == {"phase": "dataset", "done": 20, "total": 20}
     splits = load_dataset(folder)
     assert (len(splits["train"]), len(splits["val"])) == (16, 4)
-    assert any(" above " in c or " left of " in c or " below " in c or " right of " in c
-               for c in splits["train"][0].captions)  # fmt: skip
+    assert any(
+        " above " in c or " left of " in c or " below " in c or " right of " in c
+        for c in splits["train"][0].captions
+    )
     beat.progress = None
     assert worker.dataset_folder(run, beat) == folder and beat.progress is None  # reused

@@ -29,9 +29,12 @@ def trap() -> Iterator[socket.socket]:
 def origin(trap) -> Iterator[str]:
     """A loopback HTTP server with an image, a redirect to the trap, text and a huge length."""
     away = f"http://127.0.0.2:{trap.getsockname()[1]}/secret"
-    routes = {"/cat.png": (200, {}, png()), "/away": (302, {"Location": away}, b""),
-              "/page": (200, {"Content-Type": "image/png"}, b"<html>hi</html>"),
-              "/huge": (200, {"Content-Length": str(1 << 30)}, b"")}  # fmt: skip
+    routes = {
+        "/cat.png": (200, {}, png()),
+        "/away": (302, {"Location": away}, b""),
+        "/page": (200, {"Content-Type": "image/png"}, b"<html>hi</html>"),
+        "/huge": (200, {"Content-Length": str(1 << 30)}, b""),
+    }
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
@@ -54,10 +57,16 @@ def origin(trap) -> Iterator[str]:
 
 
 def test_each_url_job_succeeds_or_fails_alone_with_its_code(stack, origin, trap):
-    paths = {"/cat.png": None, "/away": "url_forbidden", "/page": "not_an_image",
-             "/huge": "url_too_large", "/gone": "url_unreachable"}  # fmt: skip
-    batch = stack.client.request("POST", "/v1/batches",
-                                 {"image_urls": [origin + path for path in paths]})  # fmt: skip
+    paths = {
+        "/cat.png": None,
+        "/away": "url_forbidden",
+        "/page": "not_an_image",
+        "/huge": "url_too_large",
+        "/gone": "url_unreachable",
+    }
+    batch = stack.client.request(
+        "POST", "/v1/batches", {"image_urls": [origin + path for path in paths]}
+    )
     ended = [stack.client.wait_for(job["id"], timeout=120) for job in batch["jobs"]]
     for job, code in zip(ended, paths.values(), strict=True):
         if code is None:

@@ -44,8 +44,10 @@ def write_coco(root, images, annotations):
 def test_coco_folder_layout_is_found(tmp_path):
     (tmp_path / "train2014").mkdir()
     images = [{"id": 7, "file_name": "COCO_7.jpg"}, {"id": 8, "file_name": "COCO_8.jpg"}]
-    captions = [{"id": 1, "image_id": 7, "caption": "A cat."}, {"id": 2, "image_id": 7,
-                "caption": "A kitten."}]  # fmt: skip
+    captions = [
+        {"id": 1, "image_id": 7, "caption": "A cat."},
+        {"id": 2, "image_id": 7, "caption": "A kitten."},
+    ]
     write_coco(tmp_path, images, captions)
     splits = load_dataset(tmp_path)
     (example,) = splits["train"]  # image 8 has no caption: left out
@@ -66,8 +68,13 @@ def test_missing_annotations_folder_is_explained(tmp_path):
 
 def test_karpathy_split_file_maps_restval_to_train(tmp_path):
     def image(name, split):
-        return {"filename": name, "filepath": "val2014", "split": split, "cocoid": name,
-                "sentences": [{"raw": f"caption of {name}"}]}  # fmt: skip
+        return {
+            "filename": name,
+            "filepath": "val2014",
+            "split": split,
+            "cocoid": name,
+            "sentences": [{"raw": f"caption of {name}"}],
+        }
 
     split_file = tmp_path / "dataset_coco.json"
     entries = [image("a", "train"), image("b", "restval"), image("c", "val"), image("d", "test")]

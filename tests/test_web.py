@@ -45,8 +45,9 @@ def site(request, tmp_path_factory) -> Iterator[tuple[str, str]]:
         bundle = request.getfixturevalue("trained_bundle")
     else:
         bundle = save_bundle(request.getfixturevalue("random_bundle"), folder / "bundle")
-    with running_stack(folder, workers=["inference", "training"], model_bundle=bundle,
-                       batch_max_size=4) as stack:  # fmt: skip
+    with running_stack(
+        folder, workers=["inference", "training"], model_bundle=bundle, batch_max_size=4
+    ) as stack:
         yield stack.client.base_url, stack.client.api_key
 
 
@@ -154,7 +155,7 @@ def watch_status(page) -> None:
         new MutationObserver(() => window.said.push(document.querySelector("#status").textContent))
             .observe(document.querySelector("#status"), {childList: true, characterData: true,
                                                          subtree: true});
-    }""")  # fmt: skip
+    }""")
 
 
 def test_the_pages_come_with_a_strict_content_security_policy(site):
@@ -315,7 +316,7 @@ def test_the_training_page_starts_a_run_and_charts_its_progress(page, site):
         const line = document.querySelector("#run-state");
         new MutationObserver(() => window.states.push(line.textContent))
             .observe(line, {childList: true, characterData: true, subtree: true});
-    }""")  # fmt: skip
+    }""")
     with page.expect_request(lambda r: r.method == "POST" and "/v1/training-runs" in r.url) as sent:
         page.get_by_role("button", name="Start training run").click()
     asked = sent.value.post_data_json
@@ -327,8 +328,9 @@ def test_the_training_page_starts_a_run_and_charts_its_progress(page, site):
     assert any(": running" in s for s in states), states  # seen while it ran
     chart = page.locator("#chart")
     assert int(chart.get_attribute("data-points")) >= 2  # the epoch's loss and its score
-    assert chart.evaluate("c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data"
-                          ".some(v => v > 0)")  # fmt: skip
+    assert chart.evaluate(
+        "c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some(v => v > 0)"
+    )
     assert chart.evaluate(VALIDATION_DRAWN)
     assert page.locator("#chart-metric").inner_text() == "bleu4"
     assert "made v1" in state.inner_text()

@@ -25,8 +25,15 @@ SPEC_SCHEDULE_S = [0, 5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 14 * 36
 
 def sender(rng: float, schedule=DEFAULT_SCHEDULE, jitter=0.1) -> Sender:
     # A key of its own: the embedded default would write ./secret.key
-    settings = Settings(Path("."), "sqlite://", "filesystem://", None, secret_keys=KEY,
-                        webhook_schedule=schedule, webhook_jitter=jitter)  # fmt: skip
+    settings = Settings(
+        Path("."),
+        "sqlite://",
+        "filesystem://",
+        None,
+        secret_keys=KEY,
+        webhook_schedule=schedule,
+        webhook_jitter=jitter,
+    )
     return Sender(settings, db=None, broker=None, rng=lambda: rng)
 
 
@@ -40,9 +47,13 @@ def test_the_default_schedule_is_the_specifications():
     assert from_env(to_env(from_env({}))).webhook_schedule == DEFAULT_SCHEDULE
 
 
-@pytest.mark.parametrize(("raw", "seconds"), [
-    ("0,5s,5m,30m,2h", (0, 5, 300, 1800, 7200)), ("0, 250ms, 1.5", (0, 0.25, 1.5)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [
+        ("0,5s,5m,30m,2h", (0, 5, 300, 1800, 7200)),
+        ("0, 250ms, 1.5", (0, 0.25, 1.5)),
+    ],
+)
 def test_the_schedule_setting_takes_units(raw, seconds):
     assert from_env({"WEBHOOK_SCHEDULE": raw}).webhook_schedule == seconds
 

@@ -101,8 +101,11 @@ def test_a_changed_body_a_wrong_secret_or_a_stale_timestamp_fail_verification(
     assert changed != message.body
     wrong = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # a secret this service never used
     stale = int(headers["webhook-timestamp"]) + 400
-    for body, key, now in ((changed, secret, None), (message.body, wrong, None),
-                           (message.body, secret, stale)):  # fmt: skip
+    for body, key, now in (
+        (changed, secret, None),
+        (message.body, wrong, None),
+        (message.body, secret, stale),
+    ):
         with pytest.raises(VerificationError):
             verify(key, headers, body, now=now)
     with pytest.raises(WebhookVerificationError):
@@ -225,9 +228,10 @@ def test_after_rotation_both_secrets_sign_until_the_grace_period_ends(stack, rec
 def test_the_example_receiver_verifies_and_prints_events(stack, receiver, image, tmp_path):
     example = subprocess.Popen(
         [sys.executable, str(ROOT / "examples" / "webhook_receiver.py"), "--port", "0"],
-        env=os.environ | {"WEBHOOK_SECRET": current_secret(stack)}, stdout=subprocess.PIPE,
+        env=os.environ | {"WEBHOOK_SECRET": current_secret(stack)},
+        stdout=subprocess.PIPE,
         text=True,
-    )  # fmt: skip
+    )
     try:
         url = example.stdout.readline().split()[-1]
         job_id = stack.client.submit(image, webhook=url + "hook")["id"]

@@ -115,13 +115,15 @@ def connect_lifecycle(app: Celery) -> None:
             return
         state, queues = app.captioner, app.amqp.queues.consume_from
         settings, role = state.settings, ",".join(sorted(queues))
-        configure(role, settings.log_format, settings.log_level,
-                  worker=worker_label(instance.hostname))  # fmt: skip
+        configure(
+            role, settings.log_format, settings.log_level, worker=worker_label(instance.hostname)
+        )
         serve_metrics(settings)
         if {"training", "inference"} & set(queues):
             import_tensorflow()
-        state.heartbeat = Heartbeat(state.database(), instance.hostname, role, state.activity,
-                                    settings.model_poll_s)  # fmt: skip
+        state.heartbeat = Heartbeat(
+            state.database(), instance.hostname, role, state.activity, settings.model_poll_s
+        )
         state.heartbeat.start()  # before a model load that may wait: seen, with no version yet
         if "training" in queues:
             state.training = Training(settings, instance.hostname, state.database())
@@ -152,13 +154,16 @@ def connect_activity(app: Celery) -> None:
     def ours(task) -> bool:
         return getattr(task, "app", None) is app
 
-    signals.task_prerun.connect(lambda task, **_: ours(task) and app.captioner.activity.started(),
-                                weak=False)  # fmt: skip
-    signals.task_postrun.connect(lambda task, **_: ours(task) and app.captioner.activity.ended(),
-                                 weak=False)  # fmt: skip
+    signals.task_prerun.connect(
+        lambda task, **_: ours(task) and app.captioner.activity.started(), weak=False
+    )
+    signals.task_postrun.connect(
+        lambda task, **_: ours(task) and app.captioner.activity.ended(), weak=False
+    )
     signals.task_failure.connect(
         lambda sender, exception, **_: ours(sender) and app.captioner.activity.failed(exception),
-        weak=False)  # fmt: skip
+        weak=False,
+    )
 
 
 def serve_metrics(settings: Settings) -> None:

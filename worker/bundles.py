@@ -37,11 +37,14 @@ def register_bundle(db: Database, blobs: BlobStore, bundle_dir: Path, **origin: 
     with db.session() as session:
         if run_id is not None and (done := registry.version_of_run(session, run_id)):
             return done.number
-        new = registry.NewVersion(digest=manifest.digest, metrics=manifest.metrics,
-                                  encoder_weights=manifest.encoder_weights,
-                                  encoder_fingerprint=manifest.encoder_fingerprint,
-                                  architecture=bundle_architecture(bundle_dir),
-                                  **origin)  # fmt: skip
+        new = registry.NewVersion(
+            digest=manifest.digest,
+            metrics=manifest.metrics,
+            encoder_weights=manifest.encoder_weights,
+            encoder_fingerprint=manifest.encoder_fingerprint,
+            architecture=bundle_architecture(bundle_dir),
+            **origin,
+        )
         version = registry.register(session, new)
         # Uploaded before the row commits: a version in the registry always has its files.
         upload_dir(blobs, bundle_dir, version.bundle_key)
@@ -57,8 +60,9 @@ def bundle_architecture(bundle_dir: Path) -> dict[str, Any] | None:
 
 def import_bundle(db: Database, blobs: BlobStore, bundle_dir: Path, promote: bool = False) -> str:
     """Register a bundle made elsewhere (`captioner train`) as a version; its name."""
-    number = register_bundle(db, blobs, bundle_dir,
-                             dataset={"type": "import", "path": str(bundle_dir)})  # fmt: skip
+    number = register_bundle(
+        db, blobs, bundle_dir, dataset={"type": "import", "path": str(bundle_dir)}
+    )
     if promote:
         with db.session() as session:
             registry.promote(session, number)

@@ -49,8 +49,9 @@ class CheckpointSync:
         return len(changed)
 
     def _files(self) -> list[str]:
-        return sorted(p.relative_to(self.local).as_posix() for p in self.local.rglob("*")
-                      if p.is_file())  # fmt: skip
+        return sorted(
+            p.relative_to(self.local).as_posix() for p in self.local.rglob("*") if p.is_file()
+        )
 
 
 def _stamp(path: Path) -> tuple[int, int]:

@@ -30,8 +30,13 @@ def visible_gpus(environ: Mapping[str, str] | None = None, smi: str | None = Non
     if smi is None:
         return []
     try:
-        listed = subprocess.run([smi, "--query-gpu=index", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+        listed = subprocess.run(
+            [smi, "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in listed.stdout.splitlines() if line.strip()]

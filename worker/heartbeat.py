@@ -40,8 +40,9 @@ class Activity:
 class Heartbeat:
     """Reports `activity` for `worker` (with `role`) every `every_s` seconds until stopped."""
 
-    def __init__(self, db: Database, worker: str, role: str, activity: Activity,
-                 every_s: float) -> None:  # fmt: skip
+    def __init__(
+        self, db: Database, worker: str, role: str, activity: Activity, every_s: float
+    ) -> None:
         self.db, self.worker, self.role, self.activity = db, worker, role, activity
         self.every_s = every_s
         self._stop = threading.Event()
@@ -58,9 +59,14 @@ class Heartbeat:
         """One report."""
         error, at = self.activity.last_error or (None, None)
         with self.db.session() as session:
-            registry.report_worker(session, self.worker, role=self.role,
-                                   in_flight=self.activity.in_flight, last_error=error,
-                                   last_error_at=at)  # fmt: skip
+            registry.report_worker(
+                session,
+                self.worker,
+                role=self.role,
+                in_flight=self.activity.in_flight,
+                last_error=error,
+                last_error_at=at,
+            )
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):

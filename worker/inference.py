@@ -107,8 +107,9 @@ class Inference:
     def _claim(self, ids: list[uuid.UUID]) -> jobs.Claim:
         settings = self.settings
         with self.db.session() as session:
-            claim = jobs.claim_jobs(session, ids, settings.job_lease_seconds,
-                                    settings.job_max_attempts, self.worker)  # fmt: skip
+            claim = jobs.claim_jobs(
+                session, ids, settings.job_lease_seconds, settings.job_max_attempts, self.worker
+            )
         if claim.ended:  # past their deadline or out of attempts
             self.notifier.finished_many(claim.ended)
         if not claim.jobs:
@@ -122,16 +123,26 @@ class Inference:
         except BlobStoreError as exc:
             return {}, {job.id: exc for job in claimed}
         by_url = [job for job in claimed if images[job.id] is None and job.image_url]
-        images |= dict(zip([job.id for job in by_url], self.decoders.map(self._fetch, by_url),
-                           strict=True))  # fmt: skip
+        images |= dict(
+            zip([job.id for job in by_url], self.decoders.map(self._fetch, by_url), strict=True)
+        )
         prepared = list(self.decoders.map(self._decode, [images[job.id] for job in claimed]))
-        ready = [(job, image) for job, image in zip(claimed, prepared, strict=True)
-                 if isinstance(image, np.ndarray)]  # fmt: skip
-        outcomes = {job.id: image for job, image in zip(claimed, prepared, strict=True)
-                    if not isinstance(image, np.ndarray)}  # fmt: skip
-        queued = self.batcher.submit_many([((job.beam_size, job.max_length),
-                                            (image, job.temperature, job.seed or 0))
-                                           for job, image in ready])  # fmt: skip
+        ready = [
+            (job, image)
+            for job, image in zip(claimed, prepared, strict=True)
+            if isinstance(image, np.ndarray)
+        ]
+        outcomes = {
+            job.id: image
+            for job, image in zip(claimed, prepared, strict=True)
+            if not isinstance(image, np.ndarray)
+        }
+        queued = self.batcher.submit_many(
+            [
+                ((job.beam_size, job.max_length), (image, job.temperature, job.seed or 0))
+                for job, image in ready
+            ]
+        )
         futures = {job.id: future for (job, _), future in zip(ready, queued, strict=True)}
         return futures, outcomes
 
@@ -175,8 +186,13 @@ class Inference:
         PREDICT_SECONDS.observe(predict_ms / 1000)
         BATCH_SIZE.observe(len(images))
         IMAGES.inc(len(images))
-        log.info("batch of %d (beam %d) on %s in %.0f ms", len(images), beam_size,
-                 served.version, predict_ms)  # fmt: skip
+        log.info(
+            "batch of %d (beam %d) on %s in %.0f ms",
+            len(images),
+            beam_size,
+            served.version,
+            predict_ms,
+        )
         return [Captioned(r, predict_ms, len(images), served.version) for r in results]
 
     def _settle(self, claim: jobs.Claim, outcomes: dict[uuid.UUID, Outcome]) -> str:
@@ -187,16 +203,23 @@ class Inference:
         for job in claim.jobs:
             error = outcomes[job.id]
             if isinstance(error, Exception) and job.attempts < self.settings.job_max_attempts:
-                log.warning("job %s attempt %d failed (%r); requeued", job.id, job.attempts, error,
-                            extra={"job_id": str(job.id)})  # fmt: skip
+                log.warning(
+                    "job %s attempt %d failed (%r); requeued",
+                    job.id,
+                    job.attempts,
+                    error,
+                    extra={"job_id": str(job.id)},
+                )
                 retry.append(job.id)
             elif isinstance(error, Exception):
                 failures[job.id] = Failure("caption_failed", f"{type(error).__name__}: {error}")
         with self.db.session() as session:
             finished = jobs.finish_jobs(session, claim.token, results)
-            failed = [job_id for job_id, failure in failures.items()
-                      if jobs.fail_job(session, job_id, failure.code, failure.message,
-                                       claim.token)]  # fmt: skip
+            failed = [
+                job_id
+                for job_id, failure in failures.items()
+                if jobs.fail_job(session, job_id, failure.code, failure.message, claim.token)
+            ]
             jobs.release_jobs(session, claim.token, retry)
         self._log_ended(claim, results, finished, failures, failed)
         count_ended(claim.jobs, finished, {job_id: failures[job_id].code for job_id in failed})
@@ -207,11 +230,20 @@ class Inference:
 
     def _log_ended(self, claim, results, finished, failures, failed) -> None:
         for job_id in (set(results) - set(finished)) | (set(failures) - set(failed)):
-            log.warning("job %s: attempt %s is stale (the job was claimed again or ended); "
-                        "its outcome is dropped", job_id, claim.token)  # fmt: skip
+            log.warning(
+                "job %s: attempt %s is stale (the job was claimed again or ended); "
+                "its outcome is dropped",
+                job_id,
+                claim.token,
+            )
         for job_id in failed:
-            log.info("job %s failed: %s: %s", job_id, failures[job_id].code,
-                     failures[job_id].message, extra={"job_id": str(job_id)})  # fmt: skip
+            log.info(
+                "job %s failed: %s: %s",
+                job_id,
+                failures[job_id].code,
+                failures[job_id].message,
+                extra={"job_id": str(job_id)},
+            )
 
     def close(self) -> None:
         """Stop following the registry, finish queued batches, stop the heartbeat."""
@@ -234,7 +266,8 @@ def count_ended(claimed: list, finished: list, failed: dict[uuid.UUID, str]) -> 
             JOB_SECONDS.labels("end_to_end").observe((now - created).total_seconds())
             if job.started_at:
                 JOB_SECONDS.labels("queue_wait").observe(
-                    (as_utc(job.started_at) - created).total_seconds())  # fmt: skip
+                    (as_utc(job.started_at) - created).total_seconds()
+                )
 
 
 def _outcome(future) -> Outcome:
@@ -251,11 +284,15 @@ def _stored(captioned: Captioned) -> jobs.JobResult:
     buffer = io.BytesIO()
     np.save(buffer, attention, allow_pickle=False)
     return jobs.JobResult(
-        caption=result.text, tokens=result.tokens, token_log_probs=result.log_probs,
-        model_version=captioned.model_version, attention=buffer.getvalue(),
-        attention_shape=list(attention.shape), predict_ms=captioned.predict_ms,
+        caption=result.text,
+        tokens=result.tokens,
+        token_log_probs=result.log_probs,
+        model_version=captioned.model_version,
+        attention=buffer.getvalue(),
+        attention_shape=list(attention.shape),
+        predict_ms=captioned.predict_ms,
         batch_size=captioned.batch_size,
-    )  # fmt: skip
+    )
 
 
 def _standin(settings: Settings):
@@ -264,6 +301,8 @@ def _standin(settings: Settings):
         return None
     from model.standin import StandInCaptioner
 
-    log.warning("BENCHMARK MODE: the model is replaced by a stand-in costing %g ms per batch",
-                settings.bench_standin_model_ms)  # fmt: skip
+    log.warning(
+        "BENCHMARK MODE: the model is replaced by a stand-in costing %g ms per batch",
+        settings.bench_standin_model_ms,
+    )
     return StandInCaptioner(settings.bench_standin_model_ms)

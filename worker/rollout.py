@@ -101,8 +101,9 @@ class Rollout:
         log.info("now serving %s (loaded and swapped in %.0f ms)", served.version, swap_ms)
         show_version(served.version)
         MODEL_SWAP_SECONDS.observe(swap_ms / 1000)
-        self._report(swap_ms=swap_ms, swapped_at=utcnow(), refused_version=None,
-                     refused_reason=None)  # fmt: skip
+        self._report(
+            swap_ms=swap_ms, swapped_at=utcnow(), refused_version=None, refused_reason=None
+        )
 
     def _refuse(self, version: str, exc: BundleError) -> None:
         """Keep `version` from being loaded again, and say why in /v1/workers."""
@@ -122,8 +123,9 @@ class Rollout:
         started = time.perf_counter()
         path = self._bundle_dir(active)
         bundle = load_bundle(path)
-        captioner = Captioner(bundle, Encoder(self.settings.encoder_weights or
-                                              bundle.encoder.weights))  # fmt: skip
+        captioner = Captioner(
+            bundle, Encoder(self.settings.encoder_weights or bundle.encoder.weights)
+        )
         captioner.warm_up(self.settings.batch_max_size, DEFAULT_MAX_LENGTH)
         version = active.version if active else bundle_version(path)
         log.info("model %s ready in %.1f s", version, time.perf_counter() - started)

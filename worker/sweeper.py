@@ -87,6 +87,10 @@ def purge_old_jobs(settings: Settings, db: Database, blobs: BlobStore) -> int:
         if len(removal.deleted) < retention.PURGE_PAGE:
             break
     if purged:
-        log.info("sweeper purged %d jobs that ended before %s (retention %g days)", purged,
-                 ended_before.isoformat(timespec="seconds"), settings.retention_days)  # fmt: skip
+        log.info(
+            "sweeper purged %d jobs that ended before %s (retention %g days)",
+            purged,
+            ended_before.isoformat(timespec="seconds"),
+            settings.retention_days,
+        )
     return purged

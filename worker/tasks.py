@@ -36,8 +36,9 @@ def register_tasks(app: Celery) -> None:
                 raise self.retry(exc=exc, countdown=RETRY_DELAY_S) from exc
             except WorkerOutcome as exc:
                 outcome = exc.outcome
-            log.info("jobs %s: %s", ",".join(ids) if len(ids) < 3 else f"{ids[0]}… ({len(ids)})",
-                     outcome)  # fmt: skip
+            log.info(
+                "jobs %s: %s", ",".join(ids) if len(ids) < 3 else f"{ids[0]}… ({len(ids)})", outcome
+            )
 
     @app.task(name=SWEEP_TASK, ignore_result=True)
     def sweep_jobs() -> int:

@@ -54,8 +54,9 @@ class Beat(threading.Thread):
         """One renewal; errors are logged and the next beat tries again."""
         try:
             with self.db.session() as session:
-                state = training.heartbeat(session, self.run_id, self.worker, self.lease_s,
-                                           self.progress)  # fmt: skip
+                state = training.heartbeat(
+                    session, self.run_id, self.worker, self.lease_s, self.progress
+                )
         except Exception:  # noqa: BLE001 - a database blip must not stop training
             log.exception("heartbeat of run %s failed", self.run_id)
             return
@@ -86,9 +87,13 @@ class Training:
         """Take one run to a terminal status (or leave it to a worker that took it over)."""
         settings = self.settings
         with self.db.session() as session:
-            run = training.claim_run(session, uuid.UUID(run_id), self.worker,
-                                     settings.training_lease_s,
-                                     settings.training_max_attempts)  # fmt: skip
+            run = training.claim_run(
+                session,
+                uuid.UUID(run_id),
+                self.worker,
+                settings.training_lease_s,
+                settings.training_max_attempts,
+            )
         if run is None:
             raise RunSkipped(run_id)
         beat = Beat(self.db, run.id, self.worker, settings.training_lease_s)
@@ -143,16 +148,32 @@ class Training:
         architecture = settings.pop("model", None)  # None: a fine-tune, or a run from before it
         config = TrainConfig(**settings)
         callbacks = RunCallbacks(self.db, run, self.worker, beat, sync, resumed)
-        bundle = train(splits, encoder, work / "bundle", config,
-                       model_config=ModelConfig(**(architecture or {})), work_dir=work / "work",
-                       cache_dir=self.settings.data_dir / "features",
-                       callbacks=callbacks.as_callbacks(), base=base)  # fmt: skip
-        number = register_bundle(self.db, self.blobs, work / "bundle", parent=run.base_version,
-                                 training_run_id=run.id, dataset=run.dataset)  # fmt: skip
+        bundle = train(
+            splits,
+            encoder,
+            work / "bundle",
+            config,
+            model_config=ModelConfig(**(architecture or {})),
+            work_dir=work / "work",
+            cache_dir=self.settings.data_dir / "features",
+            callbacks=callbacks.as_callbacks(),
+            base=base,
+        )
+        number = register_bundle(
+            self.db,
+            self.blobs,
+            work / "bundle",
+            parent=run.base_version,
+            training_run_id=run.id,
+            dataset=run.dataset,
+        )
         decision = self._decide(run, bundle, encoder, splits["val"][: config.val_images])
         shutil.rmtree(work, ignore_errors=True)  # the checkpoint stays in the blob store
-        return {"model_version": number, "promotion_result": decision,
-                "promote": number if decision["promoted"] else None}  # fmt: skip
+        return {
+            "model_version": number,
+            "promotion_result": decision,
+            "promote": number if decision["promoted"] else None,
+        }
 
     def encoder(self, weights: str | None):
         """The encoder for these weights (the setting wins), built once per process."""
@@ -217,8 +238,13 @@ class Training:
         candidate = bundle.metrics["val"].get(metric) if metric else None
 
         def verdict(promoted: bool, reason: str, current: float | None = None) -> dict:
-            return {"promoted": promoted, "reason": reason, "metric": metric,
-                    "candidate": candidate, "active": current}  # fmt: skip
+            return {
+                "promoted": promoted,
+                "reason": reason,
+                "metric": metric,
+                "candidate": candidate,
+                "active": current,
+            }
 
         if policy != "if_better":
             return verdict(policy == "always", f"policy {policy}")
@@ -231,8 +257,12 @@ class Training:
         current = self._score(active, encoder, val_examples)[metric]
         better = candidate is not None and (current is None or candidate > current)
         comparison = "better than" if better else "not better than"
-        return verdict(better, f"{metric} {candidate} is {comparison} {active.version}'s "
-                       f"{current} on this run's validation images", current)  # fmt: skip
+        return verdict(
+            better,
+            f"{metric} {candidate} is {comparison} {active.version}'s "
+            f"{current} on this run's validation images",
+            current,
+        )
 
     def _score(self, version, encoder, examples) -> dict:
         """The version's validation scores on `examples` (their features are cached)."""
@@ -257,12 +287,15 @@ class RunCallbacks:
         """A model.training.Callbacks bound to this run."""
         from model.training import Callbacks
 
-        return Callbacks(progress=self.progress, epoch_end=self.epoch_end,
-                         features=self.features, should_stop=self.beat.should_stop)  # fmt: skip
+        return Callbacks(
+            progress=self.progress,
+            epoch_end=self.epoch_end,
+            features=self.features,
+            should_stop=self.beat.should_stop,
+        )
 
     def progress(self, p) -> None:
-        self.beat.progress = {"phase": "training", **asdict(p),
-                              "resumed_from_epoch": self.resumed}  # fmt: skip
+        self.beat.progress = {"phase": "training", **asdict(p), "resumed_from_epoch": self.resumed}
 
     def features(self, split: str, done: int, total: int) -> None:
         self.beat.progress = {"phase": "features", "split": split, "done": done, "total": total}

@@ -42,8 +42,7 @@ USER_AGENT = "captioner-webhooks/1"
 class Sender:
     """Makes delivery attempts, and puts the next ones on the webhooks queue through `broker`."""
 
-    def __init__(self, settings: Settings, db: Database, broker: Broker, rng=random.random
-                 ) -> None:  # fmt: skip
+    def __init__(self, settings: Settings, db: Database, broker: Broker, rng=random.random) -> None:
         self.settings = settings
         self.cipher = cipher_for(settings)
         self.db = db
@@ -61,8 +60,9 @@ class Sender:
             secrets = [s.secret for s in secrets_in_use(session, delivery.owner, self.cipher)]
         body = absolute_urls_text(delivery.body, self.settings.public_url).encode()  # PUBLIC_URL
         headers = signed_headers(secrets, delivery.message_id, body)
-        record, retry_after = post(delivery.url, headers, body, self.settings.webhook_timeout_s,
-                                   self.guard)  # fmt: skip
+        record, retry_after = post(
+            delivery.url, headers, body, self.settings.webhook_timeout_s, self.guard
+        )
         return self._settle(delivery, record, retry_after)
 
     def _settle(self, delivery: Delivery, record: AttemptRecord, retry_after: float | None) -> str:

@@ -13,8 +13,10 @@ class AttentionQuery(Query):
     """Which form of the weights."""
 
     format: Literal["npy", "json"] = Field(
-        "npy", description="npy: the stored (T, 64) float16 .npy file; json: T grids of 8×8",
-        json_schema_extra=coded("invalid_format"))  # fmt: skip
+        "npy",
+        description="npy: the stored (T, 64) float16 .npy file; json: T grids of 8×8",
+        json_schema_extra=coded("invalid_format"),
+    )
 
 
 class Attention(BaseModel):

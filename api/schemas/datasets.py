@@ -13,17 +13,23 @@ from api.contract import Query, Strict, coded
 class DatasetUploadQuery(Query):
     """The dataset's name, for an archive sent as the raw body."""
 
-    name: str | None = Field(None, description="the dataset's name when the archive is the raw "
-                             "body (default: dataset; cut to 200 characters)")  # fmt: skip
+    name: str | None = Field(
+        None,
+        description="the dataset's name when the archive is the raw "
+        "body (default: dataset; cut to 200 characters)",
+    )
 
 
 class DatasetForm(Strict):
     """An archive as multipart/form-data: the file, and its name."""
 
-    archive: BaseFile = Field(description="the zip or tar (gzip too) archive, COCO format",
-                              json_schema_extra=coded("missing_archive"))  # fmt: skip
-    name: str = Field(None, description="the dataset's name (default: the file's name; cut to "
-                      "200 characters)")  # fmt: skip
+    archive: BaseFile = Field(
+        description="the zip or tar (gzip too) archive, COCO format",
+        json_schema_extra=coded("missing_archive"),
+    )
+    name: str = Field(
+        None, description="the dataset's name (default: the file's name; cut to 200 characters)"
+    )
 
 
 class SplitCount(BaseModel):

@@ -12,16 +12,25 @@ MAX_CAPTION = 300
 class FeedbackCreate(Strict):
     """The caption the image should have had."""
 
-    caption: str = Field(min_length=1, max_length=MAX_CAPTION, pattern=r"[A-Za-z]",
-                         description=f"the right caption: words, at most {MAX_CAPTION} "
-                         "characters", json_schema_extra=coded("invalid_caption"))  # fmt: skip
+    caption: str = Field(
+        min_length=1,
+        max_length=MAX_CAPTION,
+        pattern=r"[A-Za-z]",
+        description=f"the right caption: words, at most {MAX_CAPTION} characters",
+        json_schema_extra=coded("invalid_caption"),
+    )
 
 
 class FeedbackListQuery(Query):
     """How many corrections to list."""
 
-    limit: int = Field(50, ge=1, le=500, description="corrections to list, newest first",
-                       json_schema_extra=coded("invalid_limit"))  # fmt: skip
+    limit: int = Field(
+        50,
+        ge=1,
+        le=500,
+        description="corrections to list, newest first",
+        json_schema_extra=coded("invalid_limit"),
+    )
 
 
 class FeedbackLinks(BaseModel):

@@ -27,70 +27,118 @@ FormList = BeforeValidator(as_list)
 class Options(Strict):
     """Decoding options and the webhook, shared by jobs and batches (JSON or form fields)."""
 
-    beam_size: int = Field(3, ge=1, le=10, description="beams searched (1: greedy); 1 when "
-                           "temperature is above 0",
-                           json_schema_extra=coded("invalid_option"))  # fmt: skip
-    max_length: int = Field(20, ge=1, le=50, description="most words in the caption",
-                            json_schema_extra=coded("invalid_option"))  # fmt: skip
-    temperature: float = Field(0.0, ge=0, le=2, description="0: the most likely words; above 0, "
-                               "each word is drawn from the model's distribution sharpened "
-                               "(below 1) or flattened (above 1)",
-                               json_schema_extra=coded("invalid_option"))  # fmt: skip
-    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="the sampling noise's seed: "
-                             "the same seed, image and model give the same caption (a batch's "
-                             "i-th image takes seed + i; default: a random one, recorded)",
-                             json_schema_extra=coded("invalid_option"))  # fmt: skip
-    webhook: Url | None = Field(None, description="an http(s) URL told when the job (or batch) "
-                                "ends; the SSRF guard refuses private addresses",
-                                json_schema_extra=coded("invalid_webhook"))  # fmt: skip
+    beam_size: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="beams searched (1: greedy); 1 when temperature is above 0",
+        json_schema_extra=coded("invalid_option"),
+    )
+    max_length: int = Field(
+        20,
+        ge=1,
+        le=50,
+        description="most words in the caption",
+        json_schema_extra=coded("invalid_option"),
+    )
+    temperature: float = Field(
+        0.0,
+        ge=0,
+        le=2,
+        description="0: the most likely words; above 0, "
+        "each word is drawn from the model's distribution sharpened "
+        "(below 1) or flattened (above 1)",
+        json_schema_extra=coded("invalid_option"),
+    )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**32 - 1,
+        description="the sampling noise's seed: "
+        "the same seed, image and model give the same caption (a batch's "
+        "i-th image takes seed + i; default: a random one, recorded)",
+        json_schema_extra=coded("invalid_option"),
+    )
+    webhook: Url | None = Field(
+        None,
+        description="an http(s) URL told when the job (or batch) "
+        "ends; the SSRF guard refuses private addresses",
+        json_schema_extra=coded("invalid_webhook"),
+    )
     webhook_events: list[Event] | str | None = Field(
-        None, description="events to tell: a list, or comma-separated (default completed)",
-        json_schema_extra=coded("invalid_webhook_events"))  # fmt: skip
+        None,
+        description="events to tell: a list, or comma-separated (default completed)",
+        json_schema_extra=coded("invalid_webhook_events"),
+    )
     deadline_s: float | str | None = Field(
-        None, description="seconds (at most 7 days) the job may wait before it starts; later it "
+        None,
+        description="seconds (at most 7 days) the job may wait before it starts; later it "
         "is aborted. The Cancel-After header does the same.",
-        json_schema_extra=coded("invalid_deadline"))  # fmt: skip
+        json_schema_extra=coded("invalid_deadline"),
+    )
 
 
 class JobJson(Options):
     """A job as JSON: the image as base64 (a data: URL is fine), or its URL."""
 
-    image: str | None = Field(None, description="the image, base64 (or a data: URL)",
-                              json_schema_extra=coded("missing_image"))  # fmt: skip
-    image_url: Url | None = Field(None, description="an http(s) URL the worker fetches the image "
-                                  "from", json_schema_extra=coded("invalid_image_url"))  # fmt: skip
+    image: str | None = Field(
+        None,
+        description="the image, base64 (or a data: URL)",
+        json_schema_extra=coded("missing_image"),
+    )
+    image_url: Url | None = Field(
+        None,
+        description="an http(s) URL the worker fetches the image from",
+        json_schema_extra=coded("invalid_image_url"),
+    )
 
 
 class Form(Options):
     """Options as form fields: text, never null (an absent field takes its default)."""
 
-    webhook: Url = Field(None, description="an http(s) URL told when the job (or batch) ends; "
-                         "the SSRF guard refuses private addresses",
-                         json_schema_extra=coded("invalid_webhook"))  # fmt: skip
+    webhook: Url = Field(
+        None,
+        description="an http(s) URL told when the job (or batch) ends; "
+        "the SSRF guard refuses private addresses",
+        json_schema_extra=coded("invalid_webhook"),
+    )
     webhook_events: Annotated[list[str], FormList] = Field(
-        None, description="events to tell (repeat the field, or comma-separate)",
-        json_schema_extra=coded("invalid_webhook_events"))  # fmt: skip
-    deadline_s: str = Field(None, description="seconds (at most 7 days) the job may wait before "
-                            "it starts; later it is aborted",
-                            json_schema_extra=coded("invalid_deadline"))  # fmt: skip
+        None,
+        description="events to tell (repeat the field, or comma-separate)",
+        json_schema_extra=coded("invalid_webhook_events"),
+    )
+    deadline_s: str = Field(
+        None,
+        description="seconds (at most 7 days) the job may wait before "
+        "it starts; later it is aborted",
+        json_schema_extra=coded("invalid_deadline"),
+    )
 
 
 class JobForm(Form):
     """A job as multipart/form-data: the image file, or its URL."""
 
     image: BaseFile = Field(None, description="the image file")
-    image_url: Url = Field(None, description="an http(s) URL the worker fetches the image from",
-                                  json_schema_extra=coded("invalid_image_url"))  # fmt: skip
+    image_url: Url = Field(
+        None,
+        description="an http(s) URL the worker fetches the image from",
+        json_schema_extra=coded("invalid_image_url"),
+    )
 
 
 class BatchJson(Options):
     """A batch as JSON: up to 100 base64 images, or their URLs."""
 
-    images: list[str] | None = Field(None, description="base64 images", json_schema_extra=coded(
-        "invalid_images", "missing_image", maxItems=MAX_BATCH))  # fmt: skip
+    images: list[str] | None = Field(
+        None,
+        description="base64 images",
+        json_schema_extra=coded("invalid_images", "missing_image", maxItems=MAX_BATCH),
+    )
     image_urls: list[Url] | None = Field(
-        None, description="http(s) URLs the workers fetch the images from",
-        json_schema_extra=coded("invalid_image_url", maxItems=MAX_BATCH))  # fmt: skip
+        None,
+        description="http(s) URLs the workers fetch the images from",
+        json_schema_extra=coded("invalid_image_url", maxItems=MAX_BATCH),
+    )
 
 
 class BatchForm(Form):
@@ -98,18 +146,24 @@ class BatchForm(Form):
 
     images: Annotated[list[BaseFile], FormList] = Field(None, description="image files")
     image_urls: Annotated[list[Url], FormList] = Field(
-        None, description="http(s) URLs the workers fetch the images from",
-        json_schema_extra=coded("invalid_image_url"))  # fmt: skip
+        None,
+        description="http(s) URLs the workers fetch the images from",
+        json_schema_extra=coded("invalid_image_url"),
+    )
 
 
 class JobListQuery(Query):
     """Which jobs to list."""
 
     status: JobStatus | None = Field(None, json_schema_extra=coded("invalid_status"))
-    limit: int = Field(50, ge=1, le=100, description="jobs a page",
-                       json_schema_extra=coded("invalid_limit"))  # fmt: skip
-    cursor: str | None = Field(None, description="next_cursor of the page before",
-                               json_schema_extra=coded("invalid_cursor"))  # fmt: skip
+    limit: int = Field(
+        50, ge=1, le=100, description="jobs a page", json_schema_extra=coded("invalid_limit")
+    )
+    cursor: str | None = Field(
+        None,
+        description="next_cursor of the page before",
+        json_schema_extra=coded("invalid_cursor"),
+    )
 
 
 class JobOptions(BaseModel):

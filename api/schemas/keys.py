@@ -16,21 +16,31 @@ TENANT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 class KeyCreate(Strict):
     """A new key: whose it is and what it may do."""
 
-    tenant: str = Field(description="1 to 64 letters, digits, '.', '_' or '-', starting with "
-                        "a letter or digit", pattern=TENANT,
-                        json_schema_extra=coded("invalid_tenant"))  # fmt: skip
-    scopes: list[KeyScope] = Field(min_length=1, description="what the key may do",
-                                   json_schema_extra=coded("invalid_scopes"))  # fmt: skip
-    name: str = Field("", max_length=200, description="a label for people",
-                      json_schema_extra=coded("invalid_name"))  # fmt: skip
+    tenant: str = Field(
+        description="1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        pattern=TENANT,
+        json_schema_extra=coded("invalid_tenant"),
+    )
+    scopes: list[KeyScope] = Field(
+        min_length=1, description="what the key may do", json_schema_extra=coded("invalid_scopes")
+    )
+    name: str = Field(
+        "",
+        max_length=200,
+        description="a label for people",
+        json_schema_extra=coded("invalid_name"),
+    )
 
 
 class KeyListQuery(Query):
     """Whose keys to list."""
 
-    tenant: str | None = Field(None, pattern=TENANT, description="only this tenant's keys "
-                               "(default: every key)",
-                               json_schema_extra=coded("invalid_tenant"))  # fmt: skip
+    tenant: str | None = Field(
+        None,
+        pattern=TENANT,
+        description="only this tenant's keys (default: every key)",
+        json_schema_extra=coded("invalid_tenant"),
+    )
 
 
 class KeyLinks(BaseModel):

@@ -58,8 +58,9 @@ class ModelVersion(BaseModel):
         description="what it was trained on, as its run "
         "named it (an imported one: its folder's name)"
     )
-    architecture: Architecture | None = Field(description="its decoder's architecture and sizes "
-                                              "(null: not known)")  # fmt: skip
+    architecture: Architecture | None = Field(
+        description="its decoder's architecture and sizes (null: not known)"
+    )
     encoder: Encoder
     metrics: dict[str, float | None] = Field(description="validation metrics of its best epoch")
     best_epoch: int | None

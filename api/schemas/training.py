@@ -30,8 +30,10 @@ RunEvent = Literal[EVENTS]  # type: ignore[valid-type]
 Metric = Literal[CAPTION_METRICS]  # type: ignore[valid-type]
 Policy = Literal["never", "always", "if_better"]
 CLOSED = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
-DATASET_MUST_BE = ('dataset must be {"type": "shapes", "size": N}, {"type": "scenes", "size": N} '
-                   'or {"type": "upload", "id": DATASET_ID}')  # fmt: skip
+DATASET_MUST_BE = (
+    'dataset must be {"type": "shapes", "size": N}, {"type": "scenes", "size": N} '
+    'or {"type": "upload", "id": DATASET_ID}'
+)
 DATASET_TYPES = ("shapes", "scenes", "upload")
 WHOLE = 2**31 - 1
 
@@ -72,12 +74,16 @@ def as_the_view_says(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
             raise PydanticCustomError("invalid_dataset", DATASET_MUST_BE) from None
         first = exc.errors(include_url=False)[0]
         where = ".".join(["dataset", *(str(part) for part in first["loc"][1:])])
-        raise PydanticCustomError("invalid_dataset", "{where}: {msg}",
-                                  {"where": where, "msg": first["msg"]}) from None  # fmt: skip
+        raise PydanticCustomError(
+            "invalid_dataset", "{where}: {msg}", {"where": where, "msg": first["msg"]}
+        ) from None
 
 
-DatasetChoice = Annotated[ShapesSet | ScenesSet | UploadedSet, Field(discriminator="type"),
-                          WrapValidator(as_the_view_says)]  # fmt: skip
+DatasetChoice = Annotated[
+    ShapesSet | ScenesSet | UploadedSet,
+    Field(discriminator="type"),
+    WrapValidator(as_the_view_says),
+]
 
 
 class Hyperparameters(BaseModel):
@@ -94,8 +100,9 @@ class Hyperparameters(BaseModel):
         description="kept from the base model's vocabulary when there is one",
     )
     seed: int = Field(0, ge=0, le=WHOLE)
-    patience: int = Field(3, ge=1, le=1000, description="early stopping: epochs without a "
-                          "better validation metric")  # fmt: skip
+    patience: int = Field(
+        3, ge=1, le=1000, description="early stopping: epochs without a better validation metric"
+    )
 
 
 Decoder = Literal["gru", "transformer"]
@@ -107,9 +114,14 @@ class ModelAsked(BaseModel):
 
     model_config = CLOSED
     decoder: Decoder = Field("gru", description="a GRU with attention, or a Transformer")
-    embedding_dim: int = Field(256, ge=16, le=1024, description="image features and words are "
-                               "projected to this size (the Transformer's width: divisible by "
-                               "heads)")  # fmt: skip
+    embedding_dim: int = Field(
+        256,
+        ge=16,
+        le=1024,
+        description="image features and words are "
+        "projected to this size (the Transformer's width: divisible by "
+        "heads)",
+    )
     units: int = Field(512, ge=16, le=2048, description="GRU: its state size")
     attention_units: int = Field(512, ge=16, le=2048, description="GRU: its attention's size")
     layers: int = Field(2, ge=1, le=8, description="Transformer: decoder blocks")
@@ -122,8 +134,12 @@ class FeedbackUse(BaseModel):
     """Learn from the tenant's caption corrections too (POST /v1/jobs/{id}/feedback)."""
 
     model_config = CLOSED
-    weight: int = Field(1, ge=1, le=100, description="each correction counts as this many "
-                        "training captions of its image")  # fmt: skip
+    weight: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="each correction counts as this many training captions of its image",
+    )
 
 
 class PromotionAsked(BaseModel):
@@ -142,32 +158,48 @@ class RunCreate(Strict):
         description='a built-in synthetic set, {"type": "shapes", "size": N} or the harder '
         '{"type": "scenes", "size": N}, or an uploaded dataset, {"type": "upload", "id": '
         "DATASET_ID}",
-        json_schema_extra=coded("invalid_dataset"))  # fmt: skip
+        json_schema_extra=coded("invalid_dataset"),
+    )
     hyperparameters: Hyperparameters | None = Field(
-        None, description="a JSON object of whole numbers (learning_rate: a number) within "
-        "their limits", json_schema_extra=coded("invalid_hyperparameters"))  # fmt: skip
+        None,
+        description="a JSON object of whole numbers (learning_rate: a number) within their limits",
+        json_schema_extra=coded("invalid_hyperparameters"),
+    )
     base_version: str | int | None = Field(
-        None, description="a registered version to start from (v3); none: a fresh decoder",
-        json_schema_extra=coded("invalid_base_version"))  # fmt: skip
+        None,
+        description="a registered version to start from (v3); none: a fresh decoder",
+        json_schema_extra=coded("invalid_base_version"),
+    )
     promotion: Policy | PromotionAsked | None = Field(
-        None, description="a policy (never, always, if_better), or {policy, metric} with metric "
+        None,
+        description="a policy (never, always, if_better), or {policy, metric} with metric "
         f"one of {', '.join(CAPTION_METRICS)} (default bleu4). Only an admin key's run may "
         "promote: the default is if_better for an admin key, never for others",
-        json_schema_extra=coded("invalid_promotion"))  # fmt: skip
-    webhook: Url | None = Field(None, description="an http(s) URL told about the run; the SSRF "
-                                "guard refuses private addresses",
-                                json_schema_extra=coded("invalid_webhook"))  # fmt: skip
+        json_schema_extra=coded("invalid_promotion"),
+    )
+    webhook: Url | None = Field(
+        None,
+        description="an http(s) URL told about the run; the SSRF guard refuses private addresses",
+        json_schema_extra=coded("invalid_webhook"),
+    )
     webhook_events: list[RunEvent] | str | None = Field(
-        None, description="events to tell: a list, or comma-separated (default completed)",
-        json_schema_extra=coded("invalid_webhook_events"))  # fmt: skip
+        None,
+        description="events to tell: a list, or comma-separated (default completed)",
+        json_schema_extra=coded("invalid_webhook_events"),
+    )
     feedback: FeedbackUse | None = Field(
-        None, description="also train on the tenant's caption corrections made until now, each "
+        None,
+        description="also train on the tenant's caption corrections made until now, each "
         "as `weight` captions of its image; 400 when there are none",
-        json_schema_extra=coded("invalid_feedback"))  # fmt: skip
+        json_schema_extra=coded("invalid_feedback"),
+    )
     model: ModelAsked | None = Field(
-        None, description="a fresh run's decoder architecture (default: a GRU of the default "
+        None,
+        description="a fresh run's decoder architecture (default: a GRU of the default "
         "sizes); a fine-tune keeps its base version's, so a run with base_version may not send "
-        "one", json_schema_extra=coded("invalid_model"))  # fmt: skip
+        "one",
+        json_schema_extra=coded("invalid_model"),
+    )
 
 
 class RunFeedback(BaseModel):
@@ -252,8 +284,9 @@ class Progress(BaseModel):
     images_per_s: float | None = None
     steps_per_s: float | None = None
     eta_s: float | None = Field(None, description="training: seconds left at the current pace")
-    resumed_from_epoch: int | None = Field(None, description="training: the checkpoint's epoch "
-                                           "it resumed from (null: a fresh start)")  # fmt: skip
+    resumed_from_epoch: int | None = Field(
+        None, description="training: the checkpoint's epoch it resumed from (null: a fresh start)"
+    )
 
 
 class Epoch(BaseModel):
@@ -264,8 +297,10 @@ class Epoch(BaseModel):
     epoch: int
     loss: float
     accuracy: float | None = Field(
-        None, description="share of training words (not <pad>) the decoder ranked first; "
-        "absent before it was recorded")  # fmt: skip
+        None,
+        description="share of training words (not <pad>) the decoder ranked first; "
+        "absent before it was recorded",
+    )
 
 
 class PromotionResult(BaseModel):
@@ -290,8 +325,9 @@ class RunLinks(BaseModel):
     self: str
     cancel: str
     deliveries: str
-    curves: str = Field(description="loss, token accuracy and metrics per epoch (JSON); "
-                        "add .png for the chart")  # fmt: skip
+    curves: str = Field(
+        description="loss, token accuracy and metrics per epoch (JSON); add .png for the chart"
+    )
 
 
 class TrainingRun(BaseModel):
@@ -301,9 +337,11 @@ class TrainingRun(BaseModel):
     status: RunStatus
     dataset: RunShapes | RunScenes | RunUpload
     hyperparameters: RunHyperparameters
-    model: RunModel | None = Field(description="the decoder architecture it trains (null: a "
-                                   "fine-tune, which keeps its base version's, or a run from "
-                                   "before architectures were chosen: a GRU)")  # fmt: skip
+    model: RunModel | None = Field(
+        description="the decoder architecture it trains (null: a "
+        "fine-tune, which keeps its base version's, or a run from "
+        "before architectures were chosen: a GRU)"
+    )
     base_version: str | None = Field(description="the version it started from (null: fresh)")
     promotion: RunPromotion
     attempts: int = Field(description="workers that took it (a crashed worker's run is retried)")

@@ -16,9 +16,14 @@ class RotateSecret(Strict):
     """How long the secret being replaced keeps signing (the body is optional)."""
 
     grace_seconds: float = Field(
-        None, ge=0, le=MAX_GRACE_S, allow_inf_nan=False,
+        None,
+        ge=0,
+        le=MAX_GRACE_S,
+        allow_inf_nan=False,
         description=f"seconds, 0 to {MAX_GRACE_S}, the old secret stays valid (default: the "
-        "WEBHOOK_SECRET_GRACE_S setting)", json_schema_extra=coded("invalid_grace"))  # fmt: skip
+        "WEBHOOK_SECRET_GRACE_S setting)",
+        json_schema_extra=coded("invalid_grace"),
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -45,13 +45,20 @@ class Client:
 
     verify_webhook = staticmethod(verify_webhook)
 
-    def __init__(self, base_url: str | None = None, api_key: str | None = None,
-                 timeout: float = 30.0, *, retry: RetryPolicy = DEFAULT_RETRY,
-                 transport: httpx.BaseTransport | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        *,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.base_url = (base_url or default_api_url()).rstrip("/")
         self.timeout = timeout
-        self._http = Transport(self.base_url, api_key or default_api_key(), timeout, retry,
-                               transport)  # fmt: skip
+        self._http = Transport(
+            self.base_url, api_key or default_api_key(), timeout, retry, transport
+        )
 
     def __enter__(self) -> Client:
         return self
@@ -71,35 +78,49 @@ class Client:
 
     # Jobs and batches
 
-    def submit(self, image: Image | None = None, *, url: str | None = None, wait: float = 0,
-               **options: Any) -> Job:  # fmt: skip
+    def submit(
+        self, image: Image | None = None, *, url: str | None = None, wait: float = 0, **options: Any
+    ) -> Job:
         """POST /v1/jobs: an image (a path or its bytes) or its `url=`; `wait` (≤ 60 s) asks the
         API to hold the answer until the job ends. Options: beam_size, max_length, webhook…"""
         if (image is None) == (url is None):
             raise ValueError("give an image or url= (one of them)")
         body = {"image_url": url} if url else {"image": _b64(image)}
         headers = {"Prefer": f"wait={min(wait, MAX_WAIT_S):g}"} if wait else {}
-        raw = self.request("POST", "/v1/jobs", json=body | options, headers=headers,
-                           creates=True, timeout=self.timeout + min(wait, MAX_WAIT_S))  # fmt: skip
+        raw = self.request(
+            "POST",
+            "/v1/jobs",
+            json=body | options,
+            headers=headers,
+            creates=True,
+            timeout=self.timeout + min(wait, MAX_WAIT_S),
+        )
         return Job.from_json(raw)
 
-    def submit_batch(self, images: str | Path | Iterable[Image] = (), *,
-                     urls: Iterable[str] | None = None, **options: Any) -> Batch:  # fmt: skip
+    def submit_batch(
+        self,
+        images: str | Path | Iterable[Image] = (),
+        *,
+        urls: Iterable[str] | None = None,
+        **options: Any,
+    ) -> Batch:
         """POST /v1/batches: the images of a folder, a list of paths or bytes (up to 100), or
         their `urls=`."""
         if urls is not None:
             body: dict[str, Any] = {"image_urls": list(urls)}
         else:
             body = {"images": [_b64(image) for image in _image_list(images)]}
-        return Batch.from_json(self.request("POST", "/v1/batches", json=body | options,
-                                            creates=True))  # fmt: skip
+        return Batch.from_json(
+            self.request("POST", "/v1/batches", json=body | options, creates=True)
+        )
 
     def job(self, job_id: JobRef, wait: float = 0) -> Job:
         """GET /v1/jobs/{id}; `wait` (≤ 60 s) asks the API to hold the answer until it ends."""
         wait = max(0.0, min(wait, MAX_WAIT_S))
         headers = {"Prefer": f"wait={wait:.3g}"} if wait >= 0.001 else {}
-        raw = self.request("GET", f"/v1/jobs/{_id(job_id)}", headers=headers,
-                           timeout=self.timeout + wait)  # fmt: skip
+        raw = self.request(
+            "GET", f"/v1/jobs/{_id(job_id)}", headers=headers, timeout=self.timeout + wait
+        )
         return Job.from_json(raw)
 
     def batch(self, batch_id: Batch | str) -> Batch:
@@ -107,8 +128,9 @@ class Client:
         batch_id = batch_id.id if isinstance(batch_id, Batch) else batch_id
         return Batch.from_json(self.request("GET", f"/v1/batches/{batch_id}"))
 
-    def jobs(self, limit: int = 50, cursor: str | None = None, status: str | None = None
-             ) -> JobPage:  # fmt: skip
+    def jobs(
+        self, limit: int = 50, cursor: str | None = None, status: str | None = None
+    ) -> JobPage:
         """GET /v1/jobs: a page of the caller's jobs, newest first (`limit` ≤ 100)."""
         params = {"limit": limit, "cursor": cursor, "status": status}
         raw = self.request("GET", "/v1/jobs", params={k: v for k, v in params.items() if v})
@@ -133,8 +155,12 @@ class Client:
         """The job once it has ended; TimeoutError after `timeout` seconds."""
         return self.wait_all([job], timeout, progress)[0]
 
-    def wait_all(self, jobs: Iterable[JobRef] | Batch, timeout: float = 600,
-                 progress: bool | Callable[[int, int], None] = True) -> list[Job]:  # fmt: skip
+    def wait_all(
+        self,
+        jobs: Iterable[JobRef] | Batch,
+        timeout: float = 600,
+        progress: bool | Callable[[int, int], None] = True,
+    ) -> list[Job]:
         """Every job once ended, in order; `progress`: a bar on stderr, or a callback given
         (done, total) after each poll. Each poll reads every job still running; a Batch is
         read with one request a poll (the cheaper way to follow many jobs)."""
@@ -147,8 +173,9 @@ class Client:
         finally:
             close()
 
-    def _poll_jobs(self, ids: list[str], timeout: float, report: Callable[[int], None]
-                   ) -> list[Job]:  # fmt: skip
+    def _poll_jobs(
+        self, ids: list[str], timeout: float, report: Callable[[int], None]
+    ) -> list[Job]:
         """Each job in turn, held by the API (`Prefer: wait`) until it ends: the others end
         meanwhile, so most of their reads answer at once."""
         deadline, ended = time.monotonic() + timeout, []
@@ -181,15 +208,22 @@ class Client:
 
     # Training runs, datasets, models
 
-    def start_run(self, dataset: dict | Dataset | str | None = None, *, shapes: int | None = None,
-                  hyperparameters: dict | None = None, **fields: Any) -> TrainingRun:  # fmt: skip
+    def start_run(
+        self,
+        dataset: dict | Dataset | str | None = None,
+        *,
+        shapes: int | None = None,
+        hyperparameters: dict | None = None,
+        **fields: Any,
+    ) -> TrainingRun:
         """POST /v1/training-runs on an uploaded dataset (a Dataset, its id, or the API's dict)
         or `shapes=N` synthetic images; fields: base_version, promotion, webhook…"""
         body = {"dataset": _dataset_spec(dataset, shapes), **fields}
         if hyperparameters:
             body["hyperparameters"] = hyperparameters
-        return TrainingRun.from_json(self.request("POST", "/v1/training-runs", json=body,
-                                                  creates=True))  # fmt: skip
+        return TrainingRun.from_json(
+            self.request("POST", "/v1/training-runs", json=body, creates=True)
+        )
 
     def run(self, run_id: TrainingRun | str) -> TrainingRun:
         """GET /v1/training-runs/{id}."""
@@ -200,8 +234,13 @@ class Client:
         raw = self.request("GET", "/v1/training-runs")
         return [TrainingRun.from_json(run) for run in raw["training_runs"]]
 
-    def watch_run(self, run_id: TrainingRun | str, on_update: Callable[[TrainingRun], Any],
-                  timeout: float = 24 * 3600, poll_s: float = 2.0) -> TrainingRun:  # fmt: skip
+    def watch_run(
+        self,
+        run_id: TrainingRun | str,
+        on_update: Callable[[TrainingRun], Any],
+        timeout: float = 24 * 3600,
+        poll_s: float = 2.0,
+    ) -> TrainingRun:
         """Follow a run until it ends, calling `on_update` whenever its state changed."""
         seen = None
         for _ in _polls(timeout, f"training run {_id(run_id)}", poll_s):
@@ -225,8 +264,9 @@ class Client:
         kind = ARCHIVE_TYPES.get(path.suffix.lower(), "application/octet-stream") if path else None
         headers = {"Content-Type": kind or "application/octet-stream"}
         params = {"name": name or (path.name if path else "dataset")}
-        raw = self.request("POST", "/v1/datasets", content=data, headers=headers, params=params,
-                           creates=True)  # fmt: skip
+        raw = self.request(
+            "POST", "/v1/datasets", content=data, headers=headers, params=params, creates=True
+        )
         return Dataset.from_json(raw)
 
     def datasets(self) -> list[Dataset]:
@@ -283,8 +323,9 @@ def _polls(timeout: float, what: str, most_s: float = POLL_MAX_S) -> Iterator[No
         pause_s = min(pause_s * 2, most_s)
 
 
-def _reporter(progress: bool | Callable[[int, int], None], total: int
-              ) -> tuple[Callable[[int], None], Callable[[], None]]:  # fmt: skip
+def _reporter(
+    progress: bool | Callable[[int, int], None], total: int
+) -> tuple[Callable[[int], None], Callable[[], None]]:
     """(report(done), close()) for a bar on stderr, a callback, or nothing."""
     if callable(progress):
         return (lambda done: progress(done, total)), (lambda: None)

@@ -29,15 +29,23 @@ class RetryPolicy:
 class Transport:
     """An httpx client on the API's base URL that sends the key and retries as `retry` says."""
 
-    def __init__(self, base_url: str, api_key: str | None, timeout: float, retry: RetryPolicy,
-                 transport: httpx.BaseTransport | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        timeout: float,
+        retry: RetryPolicy,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.retry = retry
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout,
-                                 transport=transport)  # fmt: skip
+        self.http = httpx.Client(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
 
-    def send(self, method: str, path: str, *, creates: bool = False, **kwargs: Any
-             ) -> httpx.Response:  # fmt: skip
+    def send(
+        self, method: str, path: str, *, creates: bool = False, **kwargs: Any
+    ) -> httpx.Response:
         """Send one request (httpx keyword arguments), retrying; `creates`: a POST that makes
         something, sent with one `Idempotency-Key` for all its tries. Raises ApiError."""
         headers = dict(kwargs.pop("headers", None) or {})

@@ -26,9 +26,13 @@ class Caption:
     @classmethod
     def from_json(cls, raw: Raw) -> Caption:
         """From a job's `result` object."""
-        return cls(raw.get("caption") or "", tuple(raw.get("tokens") or ()),
-                   tuple(raw.get("token_log_probs") or ()), raw.get("model_version"),
-                   raw)  # fmt: skip
+        return cls(
+            raw.get("caption") or "",
+            tuple(raw.get("tokens") or ()),
+            tuple(raw.get("token_log_probs") or ()),
+            raw.get("model_version"),
+            raw,
+        )
 
 
 @dataclass(frozen=True)
@@ -53,9 +57,15 @@ class Job:
         """From GET /v1/jobs/{id}'s answer."""
         error = raw.get("error") or {}
         result = raw.get("result")
-        return cls(raw["id"], raw["status"], Caption.from_json(result) if result else None,
-                   error.get("code"), error.get("message"), raw.get("batch_id"),
-                   raw)  # fmt: skip
+        return cls(
+            raw["id"],
+            raw["status"],
+            Caption.from_json(result) if result else None,
+            error.get("code"),
+            error.get("message"),
+            raw.get("batch_id"),
+            raw,
+        )
 
 
 @dataclass(frozen=True)
@@ -102,8 +112,15 @@ class TrainingRun:
     def from_json(cls, raw: Raw) -> TrainingRun:
         """From GET /v1/training-runs/{id}'s answer."""
         error = raw.get("error") or {}
-        return cls(raw["id"], raw["status"], raw.get("progress"), tuple(raw.get("history") or ()),
-                   raw.get("model_version"), error.get("code"), raw)  # fmt: skip
+        return cls(
+            raw["id"],
+            raw["status"],
+            raw.get("progress"),
+            tuple(raw.get("history") or ()),
+            raw.get("model_version"),
+            error.get("code"),
+            raw,
+        )
 
 
 @dataclass(frozen=True)
@@ -142,8 +159,14 @@ class ModelVersion:
     @classmethod
     def from_json(cls, raw: Raw) -> ModelVersion:
         """From GET /v1/models/{version}'s answer."""
-        return cls(raw["version"], raw["active"], raw.get("parent"), dict(raw.get("metrics") or {}),
-                   raw.get("created_at", ""), raw)  # fmt: skip
+        return cls(
+            raw["version"],
+            raw["active"],
+            raw.get("parent"),
+            dict(raw.get("metrics") or {}),
+            raw.get("created_at", ""),
+            raw,
+        )
 
 
 @dataclass(frozen=True)
@@ -161,5 +184,11 @@ class Correction:
     @classmethod
     def from_json(cls, raw: Raw) -> Correction:
         """From the feedback route's answer."""
-        return cls(raw["id"], raw["job_id"], raw["caption"], raw.get("model_caption"),
-                   raw.get("model_version"), raw)  # fmt: skip
+        return cls(
+            raw["id"],
+            raw["job_id"],
+            raw["caption"],
+            raw.get("model_caption"),
+            raw.get("model_version"),
+            raw,
+        )

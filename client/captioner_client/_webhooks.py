@@ -34,8 +34,13 @@ def _sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
-def verify_webhook(secret: str, headers: Mapping[str, str], body: bytes,
-                   tolerance_s: float = TOLERANCE_S, now: float | None = None) -> None:  # fmt: skip
+def verify_webhook(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    tolerance_s: float = TOLERANCE_S,
+    now: float | None = None,
+) -> None:
     """Raise WebhookVerificationError unless `body` and `headers` were signed with `secret`
     within `tolerance_s` of now; pass the body exactly as received (bytes, not parsed JSON)."""
     lower = {name.lower(): value for name, value in headers.items()}

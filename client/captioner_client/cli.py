@@ -55,9 +55,12 @@ def examples(key: str) -> str:
     """The --help epilog of a verb (`jobs list`), or of a group of verbs (`jobs`)."""
     lines = [f"  %(prog)s {line}".rstrip() for line in EXAMPLES.get(key, ())]
     if " " not in key:
-        lines += [f"  %(prog)s {name.split()[1]} {line}".rstrip()
-                  for name, texts in EXAMPLES.items() if name.startswith(key + " ")
-                  for line in texts]  # fmt: skip
+        lines += [
+            f"  %(prog)s {name.split()[1]} {line}".rstrip()
+            for name, texts in EXAMPLES.items()
+            if name.startswith(key + " ")
+            for line in texts
+        ]
     return "examples:\n" + "\n".join(lines)
 
 
@@ -76,8 +79,9 @@ def _group(subparsers, name: str, text: str) -> argparse._SubParsersAction:
 def _verb(verbs, key: str, text: str, run: Callable) -> argparse.ArgumentParser:
     """The verb `key` ("jobs list": `list` on `verbs`) with --api and --api-key, its examples
     in --help."""
-    verb = verbs.add_parser(key.split()[-1], help=text, description=text, epilog=examples(key),
-                            formatter_class=Raw)  # fmt: skip
+    verb = verbs.add_parser(
+        key.split()[-1], help=text, description=text, epilog=examples(key), formatter_class=Raw
+    )
     verb.add_argument(
         "--api",
         default=default_api_url(),
@@ -101,17 +105,35 @@ def _json_option(verb: argparse.ArgumentParser) -> None:
 def _add_submit(subparsers) -> None:
     verb = _verb(subparsers, "submit", "caption images through the API", run_submit)
     verb.add_argument("images", type=Path, nargs="*", metavar="IMAGE", help="image files to send")
-    verb.add_argument("--url", action="append", default=[], metavar="URL",
-                      help="an http(s) image URL the service fetches (repeatable)")  # fmt: skip
+    verb.add_argument(
+        "--url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="an http(s) image URL the service fetches (repeatable)",
+    )
     verb.add_argument("--wait", action="store_true", help="wait for the captions")
-    verb.add_argument("--timeout", type=float, default=600, metavar="S",
-                      help="seconds to wait in all (default: %(default)s)")  # fmt: skip
+    verb.add_argument(
+        "--timeout",
+        type=float,
+        default=600,
+        metavar="S",
+        help="seconds to wait in all (default: %(default)s)",
+    )
     verb.add_argument("--beam-size", type=int, metavar="N", help="beams searched (1: greedy)")
     verb.add_argument("--max-length", type=int, metavar="N", help="most words a caption")
-    verb.add_argument("--temperature", type=float, metavar="T",
-                      help="above 0: sample the words (0–2; the beam is then 1)")  # fmt: skip
-    verb.add_argument("--seed", type=int, metavar="N", help="the sampling seed (the i-th "
-                      "image takes N + i): the same seed gives the same caption")  # fmt: skip
+    verb.add_argument(
+        "--temperature",
+        type=float,
+        metavar="T",
+        help="above 0: sample the words (0–2; the beam is then 1)",
+    )
+    verb.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        help="the sampling seed (the i-th image takes N + i): the same seed gives the same caption",
+    )
     verb.add_argument(
         "--attention-png",
         type=Path,
@@ -124,27 +146,35 @@ def _add_submit(subparsers) -> None:
 def _add_jobs(verbs) -> None:
     listing = _verb(verbs, "jobs list", "the newest jobs first", run_jobs_list)
     listing.add_argument("--limit", type=int, default=20, metavar="N", help="jobs shown (≤ 100)")
-    listing.add_argument("--status", help="only jobs with this status (queued, running, "
-                         "succeeded, failed, canceled, aborted)")  # fmt: skip
+    listing.add_argument(
+        "--status",
+        help="only jobs with this status (queued, running, succeeded, failed, canceled, aborted)",
+    )
     _json_option(listing)
     show = _verb(verbs, "jobs show", "one job: status, caption or error", run_jobs_show)
     show.add_argument("id", metavar="ID", help="the job's id")
     _json_option(show)
     cancel = _verb(verbs, "jobs cancel", "cancel a queued job (it never runs)", run_jobs_cancel)
     cancel.add_argument("id", metavar="ID", help="the job's id")
-    correct = _verb(verbs, "jobs correct", "say what a succeeded job's caption should have "
-                    "been (runs started with --feedback-weight learn from it)",
-                    run_jobs_correct)  # fmt: skip
+    correct = _verb(
+        verbs,
+        "jobs correct",
+        "say what a succeeded job's caption should have "
+        "been (runs started with --feedback-weight learn from it)",
+        run_jobs_correct,
+    )
     correct.add_argument("id", metavar="ID", help="the job's id")
     correct.add_argument("caption", metavar="CAPTION", help="the right caption")
 
 
 def _add_models(verbs) -> None:
-    listing = _verb(verbs, "models list", "the registered versions, newest first (* serves)",
-                    run_models_list)  # fmt: skip
+    listing = _verb(
+        verbs, "models list", "the registered versions, newest first (* serves)", run_models_list
+    )
     _json_option(listing)
-    promote = _verb(verbs, "models promote", "make a version the one served (an admin key)",
-                    run_models_promote)  # fmt: skip
+    promote = _verb(
+        verbs, "models promote", "make a version the one served (an admin key)", run_models_promote
+    )
     promote.add_argument("version", metavar="VERSION", help="the version, as v3")
 
 
@@ -152,11 +182,18 @@ def _add_runs(verbs) -> None:
     start = _verb(verbs, "runs start", "start a training run", run_runs_start)
     data = start.add_mutually_exclusive_group(required=True)
     data.add_argument("--shapes", type=int, metavar="N", help="train on N synthetic shapes images")
-    data.add_argument("--scenes", type=int, metavar="N",
-                      help="train on N synthetic scenes images (the harder set)")  # fmt: skip
+    data.add_argument(
+        "--scenes",
+        type=int,
+        metavar="N",
+        help="train on N synthetic scenes images (the harder set)",
+    )
     data.add_argument("--dataset", metavar="ID", help="train on an uploaded dataset")
-    start.add_argument("--decoder", choices=["gru", "transformer"],
-                       help="the decoder architecture (default: the API's, gru)")  # fmt: skip
+    start.add_argument(
+        "--decoder",
+        choices=["gru", "transformer"],
+        help="the decoder architecture (default: the API's, gru)",
+    )
     for name, kind, text in HYPERPARAMETERS:
         start.add_argument(f"--{name}", type=kind, metavar="N", help=f"{text} (default: the API's)")
     start.add_argument("--base-version", metavar="VERSION", help="a version to start from (v3)")
@@ -165,8 +202,12 @@ def _add_runs(verbs) -> None:
         choices=["never", "always", "if_better"],
         help="whether the version trained serves (default: the API's)",
     )
-    start.add_argument("--feedback-weight", type=int, metavar="N", help="also learn from your "
-                       "caption corrections (jobs correct), each as N captions")  # fmt: skip
+    start.add_argument(
+        "--feedback-weight",
+        type=int,
+        metavar="N",
+        help="also learn from your caption corrections (jobs correct), each as N captions",
+    )
     start.add_argument("--watch", action="store_true", help="follow the run until it ends")
     _json_option(start)
     show = _verb(verbs, "runs show", "one run: status, progress, history", run_runs_show)
@@ -183,8 +224,9 @@ def client(args: argparse.Namespace) -> Client:
 
 def main(argv: list[str] | None = None) -> int:
     """The `captioner-client` command; returns the exit status."""
-    root = argparse.ArgumentParser(prog="captioner-client", description=__doc__,
-                                   formatter_class=Raw)  # fmt: skip
+    root = argparse.ArgumentParser(
+        prog="captioner-client", description=__doc__, formatter_class=Raw
+    )
     add_commands(root.add_subparsers(required=True, metavar="COMMAND"))
     args = root.parse_args(argv)
     try:
@@ -200,8 +242,11 @@ def run_submit(args: argparse.Namespace) -> int:
     """`submit IMAGE… [--url URL…] [--wait]`: a line (or JSON object) per job; 1 if one failed."""
     if not args.images and not args.url:
         raise ValueError("give image files or --url")
-    asked = {"beam_size": args.beam_size, "max_length": args.max_length,
-             "temperature": args.temperature}  # fmt: skip
+    asked = {
+        "beam_size": args.beam_size,
+        "max_length": args.max_length,
+        "temperature": args.temperature,
+    }
     options = {k: v for k, v in asked.items() if v is not None}
     if args.seed is not None:
         options["seed"] = args.seed
@@ -216,8 +261,9 @@ def run_submit(args: argparse.Namespace) -> int:
     return 1 if any(job.done and job.status != "succeeded" for job in jobs) else 0
 
 
-def submit_all(api: Client, paths: list[Path], urls: list[str], options: dict, hold: float
-               ) -> list[Job | Batch]:  # fmt: skip
+def submit_all(
+    api: Client, paths: list[Path], urls: list[str], options: dict, hold: float
+) -> list[Job | Batch]:
     """One image as a job the API holds up to `hold` seconds (≤ 60); more as batches of up to
     100, images first, then URLs (a request each, and one request a poll while waiting). With
     a `seed`, the i-th image of all takes seed + i, across batches too."""
@@ -228,10 +274,14 @@ def submit_all(api: Client, paths: list[Path], urls: list[str], options: dict, h
     def from_(i: int) -> dict:  # the options of the batch whose first image is the i-th
         return options | ({"seed": options["seed"] + i} if "seed" in options else {})
 
-    batches = [api.submit_batch(paths[i : i + MAX_BATCH], **from_(i))
-               for i in range(0, len(paths), MAX_BATCH)]  # fmt: skip
-    return batches + [api.submit_batch(urls=urls[i : i + MAX_BATCH], **from_(len(paths) + i))
-                      for i in range(0, len(urls), MAX_BATCH)]  # fmt: skip
+    batches = [
+        api.submit_batch(paths[i : i + MAX_BATCH], **from_(i))
+        for i in range(0, len(paths), MAX_BATCH)
+    ]
+    return batches + [
+        api.submit_batch(urls=urls[i : i + MAX_BATCH], **from_(len(paths) + i))
+        for i in range(0, len(urls), MAX_BATCH)
+    ]
 
 
 def wait_all(api: Client, submitted: list[Job | Batch], timeout: float) -> list[Job]:
@@ -300,8 +350,10 @@ def model_line(model: ModelVersion) -> str:
     """One line for a version: * if it serves, its parent, and its validation BLEU-4."""
     bleu = model.metrics.get("bleu4")
     score = f"bleu4={bleu:.3f}" if isinstance(bleu, float) else ""
-    return f"{'*' if model.active else ' '} {model.version:<6} {model.decoder:<11} " \
-           f"{model.created_at:<26} from {model.parent or '-':<6} {score}"  # fmt: skip
+    return (
+        f"{'*' if model.active else ' '} {model.version:<6} {model.decoder:<11} "
+        f"{model.created_at:<26} from {model.parent or '-':<6} {score}"
+    )
 
 
 def run_models_list(args: argparse.Namespace) -> None:
@@ -323,8 +375,11 @@ def run_models_promote(args: argparse.Namespace) -> None:
 def run_line(run: TrainingRun) -> str:
     """One line for a training run: id, status, progress or outcome."""
     progress = run.progress or {}
-    where = (f"epoch {progress.get('epoch')}/{progress.get('epochs')}"
-             if progress.get("phase") == "training" else progress.get("phase", ""))  # fmt: skip
+    where = (
+        f"epoch {progress.get('epoch')}/{progress.get('epochs')}"
+        if progress.get("phase") == "training"
+        else progress.get("phase", "")
+    )
     outcome = run.model_version or run.error_code or where or ""
     return f"{run.id}  {run.status:<9}  {outcome}"
 
@@ -332,10 +387,12 @@ def run_line(run: TrainingRun) -> str:
 def run_runs_start(args: argparse.Namespace) -> int:
     """`runs start --shapes N | --dataset ID`: the run's line; with --watch, each change."""
     names = {name: name.replace("-", "_") for name, _, _ in HYPERPARAMETERS}
-    hyperparameters = {key: getattr(args, key) for key in names.values()
-                       if getattr(args, key) is not None}  # fmt: skip
-    fields = {k: v for k, v in (("base_version", args.base_version),
-                                ("promotion", args.promotion)) if v}  # fmt: skip
+    hyperparameters = {
+        key: getattr(args, key) for key in names.values() if getattr(args, key) is not None
+    }
+    fields = {
+        k: v for k, v in (("base_version", args.base_version), ("promotion", args.promotion)) if v
+    }
     if args.feedback_weight:
         fields["feedback"] = {"weight": args.feedback_weight}
     if args.decoder:
@@ -343,8 +400,7 @@ def run_runs_start(args: argparse.Namespace) -> int:
     dataset = {"type": "scenes", "size": args.scenes} if args.scenes else args.dataset
     show = (lambda r: print(json.dumps(r.raw))) if args.json else (lambda r: print(run_line(r)))
     with client(args) as api:
-        run = api.start_run(dataset, shapes=args.shapes, hyperparameters=hyperparameters,
-                            **fields)  # fmt: skip
+        run = api.start_run(dataset, shapes=args.shapes, hyperparameters=hyperparameters, **fields)
         run = api.watch_run(run, show) if args.watch else run
     if not args.watch:
         show(run)
