@@ -12,7 +12,8 @@ from api.errors import register_error_handlers
 from api.idempotency import register_idempotency
 from api.limits import register_limits
 from api.links import register_public_links
-from api.metrics import register_metrics
+from api.routes import blueprints
+from api.routes.metrics import register_metrics
 from api.services import Services
 from core.settings import Settings, from_env
 
@@ -38,36 +39,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
 
 def register_blueprints(app: Flask) -> None:
-    """Attach every blueprint."""
-    from api import (
-        attention,
-        batches,
-        curves,
-        datasets,
-        feedback,
-        health,
-        jobs,
-        keys,
-        metrics,
-        models,
-        training,
-        web,
-        webhooks,
-    )
-
-    for module in (
-        health,
-        metrics,
-        jobs,
-        attention,
-        batches,
-        webhooks,
-        datasets,
-        training,
-        curves,
-        models,
-        keys,
-        feedback,
-        web,
-    ):
-        app.register_blueprint(module.bp)
+    """Attach every route's blueprint."""
+    for blueprint in blueprints():
+        app.register_blueprint(blueprint)

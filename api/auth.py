@@ -15,9 +15,9 @@ from flask import Flask, g, request
 
 from api.services import services
 from core.errors import ErrorResponse
-from store import apikeys
-from store.apikeys import Caller
-from store.models import Scope
+from store import api_keys
+from store.api_keys import Caller
+from store.tables import Scope
 
 View = TypeVar("View", bound=Callable)
 PUBLIC = "public"  # no key needed
@@ -83,7 +83,7 @@ def identify(header: str) -> Caller:
             headers={"WWW-Authenticate": REALM},
         )
     with services().db.session() as session:
-        caller = apikeys.authenticate(session, key.strip())
+        caller = api_keys.authenticate(session, key.strip())
     if caller is None:
         challenge = f'{REALM}, error="invalid_token"'
         raise ErrorResponse(

@@ -28,7 +28,7 @@ from core.images import (
 from core.netguard import Guard
 from core.settings import Settings
 from store.jobs import DEFAULT_BEAM_SIZE, DEFAULT_MAX_LENGTH, DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS
-from store.models import utcnow
+from store.tables import utcnow
 
 LIMITS = {"beam_size": (1, 10), "max_length": (1, 50)}
 DEFAULTS = {"beam_size": DEFAULT_BEAM_SIZE, "max_length": DEFAULT_MAX_LENGTH}

@@ -76,7 +76,7 @@ from cryptography.fernet import Fernet  # noqa: E402
 
 from captioner.client import TERMINAL, Client  # noqa: E402
 from captioner.processes import stop, tail, wait_ready  # noqa: E402
-from captioner.stack import (  # noqa: E402
+from harness.stack import (  # noqa: E402
     ACCESS_KEY,
     POSTGRES_URL,
     REDIS_URL,
@@ -398,7 +398,7 @@ def keep_logs(run: Running, destination: Path) -> None:
 
 @contextmanager
 def started_stack(inputs: Inputs, source: Path, folder: Path) -> Iterator[Running]:
-    """Postgres, Redis and moto as captioner.stack makes them; `source`'s API and worker."""
+    """Postgres, Redis and moto as harness.stack makes them; `source`'s API and worker."""
     with moto_s3_server() as endpoint, fresh_postgres() as url, redis_database() as broker:
         migrate(source, url)
         settings = Settings(
@@ -511,7 +511,7 @@ def start_services(run: Running, inputs: Inputs) -> None:
 def api_key(run: Running) -> str | None:
     """A key with every scope where the source checks keys; None for older code, which has no
     table for them and ignores the header."""
-    if not (run.source / "store" / "apikeys.py").exists():
+    if not (run.source / "store" / "api_keys.py").exists():
         return None
     database = Database(run.settings.database_url)
     try:

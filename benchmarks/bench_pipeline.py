@@ -49,7 +49,7 @@ from api.auth import identify  # noqa: E402
 from benchmarks.bench_model import full_size_bundle  # noqa: E402
 from captioner.client import Client  # noqa: E402
 from captioner.processes import api_server  # noqa: E402
-from captioner.stack import admin_key, running_stack, services  # noqa: E402
+from harness.stack import admin_key, running_stack, services  # noqa: E402
 from core.errors import ApiError  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from model.bundle import load_bundle, save_bundle  # noqa: E402

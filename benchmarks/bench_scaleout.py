@@ -67,7 +67,7 @@ from benchmarks.bench_control_plane import (  # noqa: E402
 )
 from captioner.client import Client  # noqa: E402
 from captioner.processes import stop, wait_ready  # noqa: E402
-from captioner.stack import free_port, services  # noqa: E402
+from harness.stack import free_port, services  # noqa: E402
 
 FIRST = "worker"  # the first worker's process name: bench_control_plane's helpers watch it
 WARM_IMAGES = 8  # per client thread, before the measured run
@@ -166,7 +166,7 @@ def jobs_by_worker(progress: Progress, batch_ids: list[str]) -> dict[str, int]:
 
 @contextmanager
 def scaled_stack(inputs: Inputs, workers: int, folder: Path) -> Iterator[Running]:
-    """Postgres, Redis and moto (captioner.stack), `workers` inference workers, the API."""
+    """Postgres, Redis and moto (harness.stack), `workers` inference workers, the API."""
     overrides = {
         "model_bundle": inputs.bundle,
         "max_queued_jobs": UNBOUNDED,

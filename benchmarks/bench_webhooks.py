@@ -31,9 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from captioner.client import Client  # noqa: E402
-from captioner.receiver import receiver  # noqa: E402
+from harness.receiver import receiver  # noqa: E402
 from captioner.service import WEBHOOK_CONCURRENCY  # noqa: E402
-from captioner.stack import running_stack  # noqa: E402
+from harness.stack import running_stack  # noqa: E402
 from core.netguard import Guard  # noqa: E402
 from core.signatures import new_secret, signed_headers  # noqa: E402
 from worker.webhooks import post  # noqa: E402

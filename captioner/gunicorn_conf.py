@@ -1,6 +1,6 @@
 """gunicorn's settings for the API: `gunicorn --config python:captioner.gunicorn_conf …`.
 
-A request with `Prefer: wait` holds its connection up to `api.jobs.MAX_WAIT_S` (60 s). Sync
+A request with `Prefer: wait` holds its connection up to `api.routes.jobs.MAX_WAIT_S` (60 s). Sync
 workers hold one request each and are killed after 30 s, so a few waiting clients took the whole
 server down. Threaded workers hold many connections each, and the timeout here only watches the
 worker's main loop, set above the wait cap anyway. Measured on 2 cores (tests/test_serving.py):

@@ -9,11 +9,11 @@ import uuid
 
 from core.credentials import cipher_for, write_private
 from core.settings import Settings, from_env
-from store import apikeys, webhook_secrets
+from store import api_keys, webhook_secrets
 from store.db import Database
 from store.migrate import upgrade
-from store.models import ALL_SCOPES
 from store.payloads import key_json
+from store.tables import ALL_SCOPES
 
 SCOPES = ",".join(ALL_SCOPES)
 LOCAL_TENANT = "local"
@@ -59,7 +59,7 @@ def run_create(args: argparse.Namespace) -> None:
     db = database(from_env())
     try:
         with db.session() as session:
-            row, key = apikeys.create_key(session, args.tenant, scopes, args.name)
+            row, key = api_keys.create_key(session, args.tenant, scopes, args.name)
             print(json.dumps(key_json(row) | {"key": key}, indent=1))
     finally:
         db.dispose()
@@ -70,7 +70,7 @@ def run_list(args: argparse.Namespace) -> None:
     db = database(from_env())
     try:
         with db.session() as session:
-            for row in apikeys.list_keys(session, args.tenant):
+            for row in api_keys.list_keys(session, args.tenant):
                 state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
                 used = f"{row.last_used_at:%Y-%m-%d %H:%M}" if row.last_used_at else "never"
                 print(
@@ -86,7 +86,7 @@ def run_revoke(args: argparse.Namespace) -> None:
     db = database(from_env())
     try:
         with db.session() as session:
-            if apikeys.revoke(session, args.id) is None:
+            if api_keys.revoke(session, args.id) is None:
                 raise ValueError(f"no key {args.id}")
     finally:
         db.dispose()
@@ -113,11 +113,11 @@ def local_admin_key(settings: Settings) -> str:
     try:
         if path.exists():
             with db.session() as session:
-                if apikeys.authenticate(session, path.read_text().strip()) is not None:
+                if api_keys.authenticate(session, path.read_text().strip()) is not None:
                     return path.read_text().strip()
             path.unlink()
         with db.session() as session:
-            _, key = apikeys.create_key(session, LOCAL_TENANT, ALL_SCOPES, "local admin")
+            _, key = api_keys.create_key(session, LOCAL_TENANT, ALL_SCOPES, "local admin")
     finally:
         db.dispose()
     write_private(path, key)

@@ -61,5 +61,5 @@ def weights_digest(bundle_dir: Path) -> str:
     return hashlib.sha256((Path(bundle_dir) / BUNDLE_WEIGHTS).read_bytes()).hexdigest()
 
 
-# Validation metrics, as model.metrics computes them and training runs may promote on.
+# Validation metrics, as model.scores computes them and training runs may promote on.
 CAPTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "exact_match")

@@ -4,7 +4,7 @@ The API counts requests and submissions; under gunicorn its processes share a di
 (`PROMETHEUS_MULTIPROC_DIR`, prometheus-client's multiprocess mode), and any of them answers
 /metrics for all. Each worker process serves its own on METRICS_PORT (+ its GPU index). Numbers
 that are state rather than events (queued and running jobs, queue lengths, training runs,
-workers) are read from Postgres and Redis when /metrics is scraped (api.metrics): Postgres is
+workers) are read from Postgres and Redis when /metrics is scraped (api.routes.metrics): Postgres is
 the record, so they do not depend on which process counted what.
 """
 

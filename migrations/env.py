@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from store.models import Base
+from store.tables import Base
 
 
 def database_url() -> str:

@@ -8,7 +8,7 @@ import numpy as np
 
 from model.data import Example
 from model.inference import CaptionResult, Decoding
-from model.metrics import caption_scores, localization, localization_scores
+from model.scores import caption_scores, localization, localization_scores
 
 
 def caption_features(

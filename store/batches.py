@@ -12,7 +12,7 @@ from datetime import timedelta
 from sqlalchemy.orm import Session
 
 from store.jobs import NewJob, values
-from store.models import Batch, Job, JobStatus, utcnow
+from store.tables import Batch, Job, JobStatus, utcnow
 
 
 def create_batch(

@@ -7,7 +7,7 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from store.models import Dataset
+from store.tables import Dataset
 
 
 def create_dataset(session: Session, dataset: Dataset) -> Dataset:

@@ -19,8 +19,8 @@ from sqlalchemy import and_, exists, insert, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from store.db import insert_or_ignore
-from store.models import Delivery, DeliveryAttempt, DeliveryStatus, utcnow
 from store.payloads import iso
+from store.tables import Delivery, DeliveryAttempt, DeliveryStatus, utcnow
 
 NEW = "new_deliveries"  # session.info key: ids of deliveries recorded in this session
 PENDING, SENDING = DeliveryStatus.PENDING.value, DeliveryStatus.SENDING.value

@@ -11,10 +11,10 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from store.blob_keys import feedback_image_key
 from store.blobs import BlobStore
 from store.images import read_images
-from store.keys import feedback_image_key
-from store.models import Feedback, Job, utcnow
+from store.tables import Feedback, Job, utcnow
 
 
 def record_feedback(session: Session, blobs: BlobStore, job: Job, caption: str) -> Feedback | None:

@@ -8,7 +8,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from store.models import (
+from store.tables import (
     Delivery,
     DeliveryStatus,
     Job,

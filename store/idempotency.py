@@ -17,7 +17,7 @@ from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from store.db import insert_or_ignore
-from store.models import IdempotencyKey, utcnow
+from store.tables import IdempotencyKey, utcnow
 
 KEEP_FOR = timedelta(hours=24)  # a key is remembered this long, then may be used afresh
 ABANDONED_AFTER = timedelta(minutes=5)  # an unfinished claim this old: its process died

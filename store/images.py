@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core.errors import BlobNotFound
+from store.blob_keys import image_key, pack_key
 from store.blobs import BlobStore
-from store.keys import image_key, pack_key
-from store.models import Job
+from store.tables import Job
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from store.deliveries import Event, record_event, was_recorded
-from store.models import TERMINAL, Batch, Job, JobStatus, as_utc, utcnow
 from store.payloads import batch_json, job_json
+from store.tables import TERMINAL, Batch, Job, JobStatus, as_utc, utcnow
 
 DEFAULT_BEAM_SIZE = 1  # greedy
 DEFAULT_MAX_LENGTH = 20  # words

@@ -13,8 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from store.keys import checkpoint_prefix
-from store.models import (
+from store.blob_keys import checkpoint_prefix
+from store.tables import (
     ApiKey,
     Batch,
     Dataset,

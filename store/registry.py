@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
-from store.keys import bundle_prefix
-from store.models import ModelVersion, WorkerModel, utcnow
+from store.blob_keys import bundle_prefix
+from store.tables import ModelVersion, WorkerModel, utcnow
 
 
 @dataclass(frozen=True)

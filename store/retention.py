@@ -19,9 +19,9 @@ from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session
 
 from core.errors import BlobStoreError
+from store.blob_keys import attention_png_key
 from store.blobs import BlobStore
-from store.keys import attention_png_key
-from store.models import (
+from store.tables import (
     TERMINAL,
     Batch,
     Dataset,

@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 
 from store.deliveries import Event, record_event
 from store.jobs import PAST, wants
-from store.models import RunStatus, TrainingRun, utcnow
 from store.payloads import run_json
+from store.tables import RunStatus, TrainingRun, utcnow
 
 PROGRESS_EVERY = timedelta(seconds=10)  # progress webhooks are throttled to one per this
 EVENTS = ("start", "progress", "completed")  # what a run can ask to be told

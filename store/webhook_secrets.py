@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from core.credentials import Cipher
 from core.signatures import new_secret
 from store.db import insert_or_ignore
-from store.models import WebhookSecret, utcnow
+from store.tables import WebhookSecret, utcnow
 
 
 @dataclass(frozen=True)

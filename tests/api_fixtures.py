@@ -3,7 +3,7 @@
 Test modules load them with `pytest_plugins = ["tests.api_fixtures"]`: imported by name they would
 read as unused imports shadowed by parameters. Helpers live in `tests.api_helpers`, because a
 module imported before pytest loads it as a plugin misses assertion rewriting. Module scope gives
-each test module its own database, Redis database and S3 server (`captioner.stack.services`).
+each test module its own database, Redis database and S3 server (`harness.stack.services`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from api import create_app
-from captioner.stack import admin_key, services
+from harness.stack import admin_key, services
 
 
 def no_dns(host: str, port: int) -> list[str]:

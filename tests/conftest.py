@@ -103,9 +103,9 @@ def db(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def stack(request, tmp_path_factory):
     """The service as the test module's STACK describes it: keyword arguments of
-    `captioner.stack.running_stack` (workers, beat, settings), plus `trained_bundle=True` to
+    `harness.stack.running_stack` (workers, beat, settings), plus `trained_bundle=True` to
     serve the suite's trained bundle. A fresh database, Redis database and bucket per module."""
-    from captioner.stack import running_stack
+    from harness.stack import running_stack
 
     spec = dict(request.module.STACK)
     if spec.pop("trained_bundle", False):
@@ -118,7 +118,7 @@ def stack(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def receiver():
     """A webhook endpoint on loopback that answers from scripts and records every request."""
-    from captioner.receiver import receiver
+    from harness.receiver import receiver
 
     with receiver() as endpoint:
         yield endpoint

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
-from captioner.stack import fresh_postgres
+from harness.stack import fresh_postgres
 
 
 @contextmanager

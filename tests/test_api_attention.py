@@ -12,7 +12,7 @@ from PIL import Image
 from core.images import open_image
 from core.plots import LABEL_HEIGHT, MARGIN, tile_box
 from store import jobs
-from store.keys import attention_key, attention_png_key, image_key
+from store.blob_keys import attention_key, attention_png_key, image_key
 from tests.api_helpers import b64, png
 
 OWNER = "tenant-a"  # the api_key fixture's tenant

@@ -10,10 +10,10 @@ import uuid
 import pytest
 
 from api.auth import ANY_KEY, PUBLIC, required_scope
-from captioner.stack import admin_key
+from harness.stack import admin_key
 from core.archives import pack_dataset
 from model.shapes import write_shapes_dataset
-from store import apikeys, registry
+from store import api_keys, registry
 from tests.api_helpers import b64, png
 from tests.test_api_attention import succeeded_job
 
@@ -94,7 +94,7 @@ def keys(app) -> dict[str, str]:
     db = app.extensions["captioner"].db
     with db.session() as session:
         made = {
-            name: apikeys.create_key(session, tenant, scopes)[1]
+            name: api_keys.create_key(session, tenant, scopes)[1]
             for name, tenant, scopes in [
                 ("b", "tenant-b", ["jobs", "training", "admin"]),
                 ("jobs", "tenant-b", ["jobs"]),
@@ -150,7 +150,7 @@ def owned(app, api_key, tmp_path_factory) -> dict[str, str]:
 
 def apikeys_list(app):
     with app.extensions["captioner"].db.session() as session:
-        return apikeys.list_keys(session, "tenant-a")
+        return api_keys.list_keys(session, "tenant-a")
 
 
 def fill(rule: str, ids: dict[str, str]) -> str:

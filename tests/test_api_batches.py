@@ -12,11 +12,11 @@ from sqlalchemy import func, select
 
 from api import create_app
 from api.services import Services
-from captioner.stack import admin_key
+from harness.stack import admin_key
 from core.broker import Broker
 from store import batches, jobs
 from store.images import read_images
-from store.models import Batch, Job
+from store.tables import Batch, Job
 from tests.api_helpers import b64, ico, png, queued_ids, queued_messages
 
 pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, queue

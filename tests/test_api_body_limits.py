@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from captioner.processes import start_process, stop
-from captioner.stack import free_port
+from harness.stack import free_port
 from tests.api_helpers import b64, png
 from tests.test_api_limits import wait_for_http
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from captioner.stack import admin_key
-from store.keys import feedback_image_key
+from harness.stack import admin_key
+from store.blob_keys import feedback_image_key
 from tests.api_helpers import b64, png
 from tests.test_api_attention import TOKENS, succeeded_job
 

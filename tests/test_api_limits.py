@@ -16,7 +16,7 @@ import pytest
 from api import create_app
 from captioner.client import Client
 from captioner.processes import start_process, stop, tail
-from captioner.stack import admin_key, free_port
+from harness.stack import admin_key, free_port
 from core.errors import ApiError, SettingsError
 from store import jobs
 from tests.api_helpers import b64, png

@@ -12,12 +12,12 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import update
 
-from captioner.stack import admin_key
+from harness.stack import admin_key
 from core.archives import pack_dataset
 from model.shapes import write_shapes_dataset
 from store import jobs
-from store.keys import attention_key, attention_png_key
-from store.models import IdempotencyKey, Job, utcnow
+from store.blob_keys import attention_key, attention_png_key
+from store.tables import IdempotencyKey, Job, utcnow
 from tests.api_helpers import b64, png
 from worker.sweeper import sweep
 

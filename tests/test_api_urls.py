@@ -9,7 +9,7 @@ import io
 
 import pytest
 
-from captioner.stack import services
+from harness.stack import services
 from tests.api_helpers import b64, png, queued_ids
 from tests.test_netguard import BLOCKED
 

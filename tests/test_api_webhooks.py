@@ -10,7 +10,7 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from store.models import Delivery
+from store.tables import Delivery
 from tests.api_helpers import b64, png
 
 pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, queue

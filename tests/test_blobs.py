@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.stack import ACCESS_KEY, REGION, SECRET_KEY, free_port, moto_s3_server
+from harness.stack import ACCESS_KEY, REGION, SECRET_KEY, free_port, moto_s3_server
 from core.settings import Settings
 from store.blobs import (
     BlobNotFound,

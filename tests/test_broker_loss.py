@@ -8,7 +8,7 @@ import time
 import redis
 from sqlalchemy import func, select
 
-from store.models import TERMINAL, Job
+from store.tables import TERMINAL, Job
 from tests.api_helpers import png
 
 WORKER = "loss@stack"

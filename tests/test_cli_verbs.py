@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from captioner.cli import main, parser
-from captioner.stack import Stack
+from harness.stack import Stack
 from tests.api_helpers import png
 from tests.test_client import STANDIN_WORDS, client_stack
 

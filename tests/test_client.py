@@ -17,6 +17,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
+from captioner.processes import api_server
+from harness.stack import Stack, admin_key, free_port, running_stack
 from captioner_client import (
     ApiError,
     Batch,
@@ -26,9 +29,6 @@ from captioner_client import (
     WebhookVerificationError,
     verify_webhook,
 )
-
-from captioner.processes import api_server
-from captioner.stack import Stack, admin_key, free_port, running_stack
 from core.signatures import signed_headers
 from tests.api_helpers import png
 from tests.test_datasets import tar_folder, write_dataset

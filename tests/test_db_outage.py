@@ -22,7 +22,7 @@ from sqlalchemy import exc as sa_exc
 
 from api import create_app
 from api.services import Services
-from captioner.stack import (
+from harness.stack import (
     ACCESS_KEY,
     REGION,
     SECRET_KEY,
@@ -36,7 +36,7 @@ from core.settings import Settings
 from store.blobs import open_blob_store
 from store.db import Database
 from store.migrate import upgrade
-from store.models import Job
+from store.tables import Job
 from tests.api_helpers import b64, png
 
 BINARIES = sorted(glob("/usr/lib/postgresql/*/bin/pg_ctl"))

@@ -16,7 +16,7 @@ from core.credentials import Cipher
 from store import batches, deliveries, jobs, webhook_secrets
 from store.db import Database
 from store.deliveries import AttemptRecord
-from store.models import Delivery, Job, utcnow
+from store.tables import Delivery, Job, utcnow
 from tests.databases import new_job
 
 LEASE = timedelta(seconds=60)

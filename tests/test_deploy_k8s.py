@@ -15,7 +15,7 @@ import yaml
 from jsonschema import Draft7Validator
 from prometheus_client import Counter, Gauge, Histogram
 
-from api.metrics import FLEET
+from api.routes.metrics import FLEET
 from core import metrics as core_metrics
 from core.settings import KNOWN, REQUIRED_IN_PRODUCTION
 
@@ -35,7 +35,7 @@ STANDARD_ENV_PREFIXES = ("AWS_",)
 NOT_IN_KUSTOMIZATION = {"secrets.example.yaml", "migrate-job.yaml"}
 
 # The metric names the service exports (histograms also as _bucket, _sum, _count): every
-# metric core.metrics defines, and the fleet's gauges api.metrics reads at scrape time.
+# metric core.metrics defines, and the fleet's gauges api.routes.metrics reads at scrape time.
 EXPORTED = [m for m in vars(core_metrics).values() if isinstance(m, Counter | Gauge | Histogram)]
 HISTOGRAMS = {m._name for m in EXPORTED if isinstance(m, Histogram)}
 METRICS = (

@@ -18,9 +18,9 @@ from captioner.service import migrate
 from core.credentials import Cipher, hash_api_key
 from core.errors import SettingsError
 from core.settings import from_env
-from store import apikeys, webhook_secrets
+from store import api_keys, webhook_secrets
 from store.db import Database
-from store.models import ApiKey, WebhookSecret, as_utc, utcnow
+from store.tables import ApiKey, WebhookSecret, as_utc, utcnow
 
 
 def cli(data_dir, *args: str) -> subprocess.CompletedProcess:
@@ -45,10 +45,10 @@ def test_keys_are_made_listed_and_revoked_from_the_cli(tmp_path):
     db = Database(from_env({"CAPTIONER_DATA_DIR": str(tmp_path)}).database_url)
     try:
         with db.session() as session:
-            assert apikeys.authenticate(session, key["key"]).tenant == "acme"
+            assert api_keys.authenticate(session, key["key"]).tenant == "acme"
         assert cli(tmp_path, "keys", "revoke", key["id"]).returncode == 0
         with db.session() as session:
-            assert apikeys.authenticate(session, key["key"]) is None
+            assert api_keys.authenticate(session, key["key"]) is None
     finally:
         db.dispose()
     assert "revoked" in cli(tmp_path, "keys", "list", "--tenant", "acme").stdout
@@ -84,7 +84,7 @@ def test_only_the_digest_of_a_key_is_stored(tmp_path):
     db = Database(settings.database_url)
     try:
         with db.session() as session:
-            row, key = apikeys.create_key(session, "t", ["jobs"])
+            row, key = api_keys.create_key(session, "t", ["jobs"])
             assert row.key_hash == hash_api_key(key) and key not in str(vars(row))
     finally:
         db.dispose()
@@ -96,17 +96,17 @@ def test_last_use_is_noted_at_most_once_a_minute(tmp_path):
     db = Database(settings.database_url)
     try:
         with db.session() as session:
-            row, key = apikeys.create_key(session, "t", ["jobs"])
+            row, key = api_keys.create_key(session, "t", ["jobs"])
         for _ in range(2):
             with db.session() as session:
-                assert apikeys.authenticate(session, key).tenant == "t"
+                assert api_keys.authenticate(session, key).tenant == "t"
         long_ago = utcnow() - timedelta(hours=1)
         with db.session() as session:
             session.execute(update(ApiKey).values(last_used_at=long_ago))
         with db.session() as session:
-            apikeys.authenticate(session, key)
+            api_keys.authenticate(session, key)
         with db.session() as session:
-            assert as_utc(apikeys.get_key(session, row.id).last_used_at) > long_ago
+            assert as_utc(api_keys.get_key(session, row.id).last_used_at) > long_ago
     finally:
         db.dispose()
 

@@ -10,7 +10,7 @@ import uuid
 
 from sqlalchemy import select
 
-from store.models import Job
+from store.tables import Job
 from tests.api_helpers import png
 
 FIRST, SECOND = "first@leases", "second@leases"

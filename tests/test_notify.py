@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from captioner.stack import redis_database
+from harness.stack import redis_database
 from core.broker import make_celery
 from core.notify import POLL_S, Notifier
 from core.settings import from_env

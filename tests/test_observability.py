@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from captioner.processes import start_worker, stop, wait_ready
-from captioner.stack import admin_key, free_port, services
+from harness.stack import admin_key, free_port, services
 from store.db import Database
 from tests.api_helpers import png
 from tests.test_serving import start_production_api, wait_for_http

@@ -25,9 +25,9 @@ from captioner.processes import api_server, start_worker, stop, wait_ready
 from captioner.service import migrate
 from core.broker import SWEEP_TASK
 from core.settings import from_env
+from store.blob_keys import image_key
 from store.db import Database
-from store.keys import image_key
-from store.models import Job, utcnow
+from store.tables import Job, utcnow
 
 WORKERS = ("one@pipeline", "two@pipeline")
 BATCH = 8

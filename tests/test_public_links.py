@@ -9,8 +9,8 @@ import json
 import pytest
 
 from api import create_app
-from captioner.receiver import receiver
-from captioner.stack import admin_key
+from harness.receiver import receiver
+from harness.stack import admin_key
 from core.errors import SettingsError
 from core.settings import from_env
 from store.payloads import absolute_urls

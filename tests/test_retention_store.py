@@ -10,10 +10,10 @@ from sqlalchemy import func, select, update
 
 from core.errors import BlobStoreError
 from store import batches, jobs, retention, training
+from store.blob_keys import attention_key, attention_png_key
 from store.blobs import LocalBlobStore
 from store.deliveries import list_deliveries
-from store.keys import attention_key, attention_png_key
-from store.models import Batch, Dataset, DeliveryAttempt, Job, TrainingRun, utcnow
+from store.tables import Batch, Dataset, DeliveryAttempt, Job, TrainingRun, utcnow
 from tests.databases import new_job
 
 HOOK = "http://h.test/hook"

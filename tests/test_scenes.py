@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from model.data import load_dataset
-from model.metrics import localization_scores, region_mask
 from model.scenes import Group, SceneObject, captions_for, render_scene, write_scenes_dataset
+from model.scores import localization_scores, region_mask
 from model.shapes import COLORS, ShapeObject
 
 SIZE = (299, 299)

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from api.jobs import MAX_WAIT_S, prefer_wait
+from api.routes.jobs import MAX_WAIT_S, prefer_wait
 from captioner import gunicorn_conf
 from captioner.processes import start_process, start_worker, stop, wait_ready
-from captioner.stack import admin_key, free_port, services
+from harness.stack import admin_key, free_port, services
 from store.db import Database
 from tests.api_helpers import b64, png
 from tests.test_api_limits import wait_for_http

@@ -12,10 +12,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text, update
 
-from captioner.stack import fresh_postgres
+from harness.stack import fresh_postgres
 from store import jobs
 from store.migrate import downgrade, upgrade
-from store.models import Base, Job, JobStatus, utcnow
+from store.tables import Base, Job, JobStatus, utcnow
 from tests.databases import new_job
 
 

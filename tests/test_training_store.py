@@ -17,8 +17,8 @@ from core.settings import Settings
 from model.data import load_dataset
 from store import registry, training
 from store.blobs import LocalBlobStore
-from store.models import Delivery, ModelVersion, TrainingRun, utcnow
 from store.payloads import model_json, run_json
+from store.tables import Delivery, ModelVersion, TrainingRun, utcnow
 from worker.bundles import register_bundle
 from worker.training import Training
 

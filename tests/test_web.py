@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captioner.stack import running_stack
+from harness.stack import running_stack
 from model.shapes import render_scene
 
 ROOT = Path(__file__).resolve().parents[1]

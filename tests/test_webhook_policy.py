@@ -13,7 +13,7 @@ from cryptography.fernet import Fernet
 
 from core.netguard import Guard
 from core.settings import DEFAULT_SCHEDULE, Settings, SettingsError, from_env, to_env
-from store.models import Delivery
+from store.tables import Delivery
 from worker.webhooks import Sender, parse_retry_after, post
 
 LOOPBACK = Guard.from_allow("127.0.0.1/32")  # the test's receiver is the one private address

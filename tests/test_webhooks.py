@@ -19,7 +19,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from captioner.client import ApiError
-from captioner.receiver import Reply
+from harness.receiver import Reply
 from core.signatures import VerificationError, verify
 
 SCHEDULE = (0.0, 0.3, 0.3, 4.0, 0.3, 0.3)  # seconds before attempts 1…6

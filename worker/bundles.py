@@ -15,7 +15,7 @@ from core.formats import BUNDLE_CONFIG, BUNDLE_WEIGHTS, read_manifest
 from store import registry
 from store.blobs import BlobStore, download_dir, upload_dir
 from store.db import Database
-from store.models import ModelVersion, version_name
+from store.tables import ModelVersion, version_name
 
 
 def fetch_bundle(blobs: BlobStore, version: ModelVersion, root: Path) -> Path:

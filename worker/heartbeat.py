@@ -9,7 +9,7 @@ import threading
 
 from store import registry
 from store.db import Database
-from store.models import utcnow
+from store.tables import utcnow
 
 log = logging.getLogger(__name__)
 

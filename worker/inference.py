@@ -37,7 +37,7 @@ from store import jobs
 from store.blobs import open_blob_store
 from store.db import Database
 from store.images import read_images
-from store.models import as_utc, utcnow
+from store.tables import as_utc, utcnow
 from worker.batcher import MicroBatcher, Slots
 from worker.leases import Leases
 from worker.rollout import Rollout

@@ -24,7 +24,7 @@ from store import registry
 from store.blobs import BlobStore
 from store.db import Database
 from store.jobs import DEFAULT_MAX_LENGTH
-from store.models import ModelVersion, utcnow
+from store.tables import ModelVersion, utcnow
 from worker.bundles import fetch_bundle
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from core.settings import Settings
 from store import idempotency, jobs, retention, training
 from store.blobs import BlobStore, open_blob_store
 from store.db import Database
-from store.models import utcnow
+from store.tables import utcnow
 
 log = logging.getLogger(__name__)
 UNSENT_AFTER = timedelta(seconds=30)  # the API marks a job sent right after committing it

@@ -23,10 +23,10 @@ from core.archives import extract_archive
 from core.errors import BundleError, DatasetError, LostLease, RunSkipped, TrainingStopped
 from core.settings import Settings
 from store import feedback, registry, training
+from store.blob_keys import checkpoint_prefix, dataset_key
 from store.blobs import open_blob_store
 from store.db import Database
-from store.keys import checkpoint_prefix, dataset_key
-from store.models import RunStatus, TrainingRun
+from store.tables import RunStatus, TrainingRun
 from worker.bundles import fetch_bundle, register_bundle
 from worker.checkpoints import CheckpointSync
 

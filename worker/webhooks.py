@@ -28,8 +28,8 @@ from core.signatures import signed_headers
 from store import deliveries
 from store.db import Database
 from store.deliveries import AttemptRecord
-from store.models import Delivery, as_utc, utcnow
 from store.payloads import absolute_urls_text
+from store.tables import Delivery, as_utc, utcnow
 from store.webhook_secrets import secrets_in_use
 
 log = logging.getLogger(__name__)

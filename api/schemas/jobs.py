@@ -10,7 +10,7 @@ from spectree.model_adapter.pydantic_adapter import BaseFile
 from api.contract import Query, Strict, coded
 from api.uploads import MAX_BATCH, MAX_URL_CHARS
 from store.jobs import WEBHOOK_EVENTS
-from store.models import JobStatus
+from store.tables import JobStatus
 
 Event = Literal[WEBHOOK_EVENTS]  # type: ignore[valid-type]
 

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from api.contract import Query, Strict, coded
-from store.models import ALL_SCOPES
+from store.tables import ALL_SCOPES
 
 KeyScope = Literal[ALL_SCOPES]  # type: ignore[valid-type]
 TENANT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"

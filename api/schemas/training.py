@@ -23,7 +23,7 @@ from pydantic_core import PydanticCustomError
 from api.contract import Strict, coded
 from api.schemas.jobs import Failure, Url, WebhookTarget
 from core.formats import CAPTION_METRICS
-from store.models import RunStatus
+from store.tables import RunStatus
 from store.training import EVENTS
 
 RunEvent = Literal[EVENTS]  # type: ignore[valid-type]
@@ -110,7 +110,7 @@ Decoder = Literal["gru", "transformer"]
 
 class ModelAsked(BaseModel):
     """A fresh run's decoder architecture; each size left out takes its default. The limits
-    are api.training.MODEL's (the defaults mirror model/config.py's ModelConfig)."""
+    are api.routes.training.MODEL's (the defaults mirror model/config.py's ModelConfig)."""
 
     model_config = CLOSED
     decoder: Decoder = Field("gru", description="a GRU with attention, or a Transformer")

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, model_validator
 
 from api.contract import Strict, coded
-from store.models import DeliveryStatus
+from store.tables import DeliveryStatus
 
 MAX_GRACE_S = 7 * 86400
 

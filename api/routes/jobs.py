@@ -28,10 +28,10 @@ from core.errors import ErrorResponse
 from core.images import ImageInfo
 from core.metrics import JOBS_SUBMITTED
 from store import jobs, retention
+from store.blob_keys import image_key
 from store.images import StoredImage, put_image
-from store.keys import image_key
-from store.models import Job, JobStatus, Scope, utcnow
 from store.payloads import iso, job_json
+from store.tables import Job, JobStatus, Scope, utcnow
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 MAX_WAIT_S = 60

@@ -10,8 +10,8 @@ from api.schemas import models as shapes
 from api.services import services
 from core.errors import ErrorResponse
 from store import registry
-from store.models import Scope
 from store.payloads import model_json, worker_json
+from store.tables import Scope
 
 bp = Blueprint("models", __name__, url_prefix="/v1")
 SEEN_POLLS = 5  # a worker silent for this many poll periods is left out of the rollout view

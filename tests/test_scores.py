@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.metrics import caption_scores, localization, localization_scores, region_mask
+from model.scores import caption_scores, localization, localization_scores, region_mask
 from model.shapes import ShapeObject
 
 KEYS = {"bleu1", "bleu2", "bleu3", "bleu4", "cider", "exact_match"}

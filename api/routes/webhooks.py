@@ -8,17 +8,17 @@ from datetime import timedelta
 from flask import Blueprint, jsonify, request
 
 from api.auth import requires, tenant
-from api.batches import find_batch
 from api.contract import Problem, contract
 from api.errors import found
-from api.jobs import find_job
+from api.routes.batches import find_batch
+from api.routes.jobs import find_job
+from api.routes.training import find_run
 from api.schemas import webhooks as shapes
 from api.services import services
-from api.training import find_run
 from core.errors import ErrorResponse
 from store import deliveries, webhook_secrets
-from store.models import Scope
 from store.payloads import delivery_json, iso
+from store.tables import Scope
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
 MAX_GRACE_S = shapes.MAX_GRACE_S

@@ -11,14 +11,14 @@ from api.auth import requires
 from api.contract import Problem, contract
 from api.errors import found
 from api.idempotency import creates_resource
+from api.routes.training import request_json
 from api.schemas import keys as shapes
 from api.services import services
-from api.training import request_json
 from api.uploads import refuse_unknown
 from core.errors import ErrorResponse
-from store import apikeys
-from store.models import ALL_SCOPES, Scope
+from store import api_keys
 from store.payloads import key_json
+from store.tables import ALL_SCOPES, Scope
 
 bp = Blueprint("keys", __name__, url_prefix="/v1/keys")
 TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -50,7 +50,7 @@ def create_key():
     if not isinstance(name, str) or len(name) > 200:
         raise ErrorResponse(400, "invalid_name", "name must be text of at most 200 characters")
     with services().db.session() as session:
-        row, key = apikeys.create_key(session, tenant, scopes, name)
+        row, key = api_keys.create_key(session, tenant, scopes, name)
         body = key_json(row) | {"key": key}
     return jsonify(body), 201, {"Location": body["urls"]["self"]}
 
@@ -64,7 +64,7 @@ def list_keys():
     if tenant is not None:
         check_tenant(tenant)  # one no key can have (a NUL is not even SQL text): a 400
     with services().db.session() as session:
-        rows = apikeys.list_keys(session, tenant)
+        rows = api_keys.list_keys(session, tenant)
         return jsonify({"keys": [key_json(row) for row in rows]})
 
 
@@ -85,7 +85,7 @@ def check_tenant(tenant) -> None:
 def get_key(key_id: uuid.UUID):
     """One key's tenant, scopes, and when it was made, last used and revoked."""
     with services().db.session() as session:
-        return jsonify(key_json(found(apikeys.get_key(session, key_id), "key", key_id)))
+        return jsonify(key_json(found(api_keys.get_key(session, key_id), "key", key_id)))
 
 
 @bp.delete("/<uuid:key_id>")
@@ -94,4 +94,4 @@ def get_key(key_id: uuid.UUID):
 def revoke_key(key_id: uuid.UUID):
     """Revoke a key: its next request gets 401."""
     with services().db.session() as session:
-        return jsonify(key_json(found(apikeys.revoke(session, key_id), "key", key_id)))
+        return jsonify(key_json(found(api_keys.revoke(session, key_id), "key", key_id)))

@@ -11,8 +11,8 @@ from api.body_limits import BATCH, body_limit
 from api.contract import Problem, contract
 from api.errors import found
 from api.idempotency import creates_resource
-from api.jobs import dropping_blobs_on_error, enqueue, new_job, url_job
 from api.limits import check_queue_room
+from api.routes.jobs import dropping_blobs_on_error, enqueue, new_job, url_job
 from api.schemas import jobs as shapes
 from api.services import services
 from api.uploads import Options, check_image, read_batch
@@ -20,8 +20,8 @@ from core.errors import ErrorResponse
 from core.metrics import JOBS_SUBMITTED
 from store import batches, jobs, retention
 from store.images import put_pack
-from store.models import Scope
 from store.payloads import batch_json
+from store.tables import Scope
 
 bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 

@@ -19,9 +19,9 @@ from api.services import services
 from core.archives import inspect_archive
 from core.errors import DatasetError, ErrorResponse
 from store import datasets, retention
-from store.keys import dataset_key
-from store.models import Dataset, Scope
+from store.blob_keys import dataset_key
 from store.payloads import dataset_json
+from store.tables import Dataset, Scope
 
 bp = Blueprint("datasets", __name__, url_prefix="/v1/datasets")
 RAW_TYPES = (

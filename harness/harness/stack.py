@@ -10,13 +10,9 @@ Everything is dropped afterwards. Needs the local Postgres and Redis servers and
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,15 +23,16 @@ from pathlib import Path
 import redis
 from cryptography.fernet import Fernet
 
-from captioner.client import Client
-from captioner.processes import api_server, start_beat, start_worker, stop, tail, wait_ready
+from captioner.processes import api_server, start_beat, start_worker, stop, wait_ready
+from captioner_client import Client
 from core.broker import make_celery
 from core.settings import Settings
-from store import apikeys
+from harness.http import free_port, wait_for_http
+from store import api_keys
 from store.blobs import BlobStore, open_blob_store
 from store.db import Database, create_database, drop_database
 from store.migrate import upgrade
-from store.models import ALL_SCOPES
+from store.tables import ALL_SCOPES
 
 # The server's maintenance database; each stack creates and drops its own database beside it.
 POSTGRES_URL = os.environ.get(
@@ -46,6 +43,7 @@ REDIS_DATABASES = range(1, 16)  # database 0 holds only the locks that hand thes
 ACCESS_KEY = SECRET_KEY = "testing"  # credentials moto accepts
 REGION = "us-east-1"
 MOTO_START_S = 20.0
+CLIENT_TIMEOUT_S = 120.0  # above the API's longest hold (`Prefer: wait`, 60 s)
 # Tests and benchmarks drive one key as fast as they can (50 requests at once in some tests):
 # never refused, yet counted in two windows in Redis as the default limit is, so a request costs
 # what it costs in production. Tests of the limit set their own.
@@ -102,13 +100,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def free_port() -> int:
-    """A loopback port that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def moto_s3_server() -> Iterator[str]:
     """Run `moto_server` on a free loopback port; yields its endpoint URL, stops it on exit."""
@@ -125,27 +116,10 @@ def moto_s3_server() -> Iterator[str]:
             ]
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         try:
-            _wait_for_http(process, url, log)
+            wait_for_http(url, MOTO_START_S, process, log)
             yield url
         finally:
             stop([process], timeout=10)
-
-
-def _wait_for_http(process: subprocess.Popen, url: str, log: Path) -> None:
-    # No proxies: the server is on loopback whatever the environment says.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + MOTO_START_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto_server exited with {process.returncode}:\n{tail(log)}")
-        try:
-            opener.open(url, timeout=1).close()
-            return
-        except urllib.error.HTTPError:
-            return  # any HTTP status means the server is up
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"moto_server did not answer within {MOTO_START_S} s:\n{tail(log)}")
 
 
 LOOPBACK = "127.0.0.1/32"  # the one private address the stack's guard allows
@@ -180,7 +154,8 @@ class Stack:
 
     settings: Settings
     logs: Path
-    client: Client | None = None
+    client: Client | None = None  # the light client, on the API with an admin key
+    api_key: str = ""  # that key
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def start_worker(
@@ -226,6 +201,8 @@ class Stack:
     def close(self) -> None:
         """Stop every process and close connections."""
         stop(list(self.processes.values()))
+        if self.client is not None:
+            self.client.close()
         if "db" in self.__dict__:
             self.db.dispose()
 
@@ -253,7 +230,8 @@ def running_stack(
             for name in names if wait is True else [n for n in names if n in (wait or ())]:
                 stack.wait_ready(name)
             with api_server(settings) as url:
-                stack.client = Client(url, admin_key(stack.db))
+                stack.api_key = admin_key(stack.db)
+                stack.client = Client(url, stack.api_key, timeout=CLIENT_TIMEOUT_S)
                 yield stack
         finally:
             stack.close()
@@ -262,7 +240,7 @@ def running_stack(
 def admin_key(db: Database, tenant: str = "stack") -> str:
     """A new key with every scope, for `tenant`."""
     with db.session() as session:
-        return apikeys.create_key(session, tenant, ALL_SCOPES, "stack")[1]
+        return api_keys.create_key(session, tenant, ALL_SCOPES, "stack")[1]
 
 
 def worker_name(queue: str, name: str | None = None) -> str:

@@ -11,15 +11,15 @@ from flask import Blueprint, jsonify, request, send_file
 
 from api.auth import requires
 from api.contract import Problem, contract
-from api.jobs import find_job
+from api.routes.jobs import find_job
 from api.schemas import attention as shapes
 from api.services import services
 from core.errors import BlobNotFound, ErrorResponse
 from core.images import open_image
 from core.plots import render_attention_grid
+from store.blob_keys import attention_key, attention_png_key
 from store.images import read_images
-from store.keys import attention_key, attention_png_key
-from store.models import Job, JobStatus, Scope
+from store.tables import Job, JobStatus, Scope
 
 bp = Blueprint("attention", __name__, url_prefix="/v1/jobs")
 FORMATS = ("npy", "json")

@@ -1,5 +1,5 @@
 """The web page: `/` (jobs: submit, watch, explore attention, correct) and `/training` (runs,
-versions), plain HTML, CSS and JavaScript modules from `api/web/`, no build step and no CDN.
+versions), plain HTML, CSS and JavaScript modules from `api/static/`, no build step and no CDN.
 
 The pages need no key (`public`); the calls their scripts make carry the key the user types,
 so every answer is checked as any client's is.
@@ -14,7 +14,7 @@ from flask import Blueprint, Response, send_from_directory
 from api.auth import public
 
 bp = Blueprint("web", __name__)
-ASSETS = Path(__file__).with_name("web")
+ASSETS = Path(__file__).parents[1] / "static"
 # Scripts, styles and calls from this origin only; pictures also from blob: (the user's files)
 # and data:; nothing inline, no frames, no plugins.
 CSP = (
@@ -48,7 +48,7 @@ def web_asset(filename: str) -> Response:
 
 
 def asset(filename: str) -> Response:
-    """A file of `api/web/` with the pages' security headers (404 outside the folder)."""
+    """A file of `api/static/` with the pages' security headers (404 outside the folder)."""
     response = send_from_directory(ASSETS, filename, max_age=0)
     response.headers.update(HEADERS)
     return response

@@ -15,8 +15,8 @@ from api.schemas import feedback as shapes
 from api.services import services
 from core.errors import ErrorResponse
 from store import feedback, jobs
-from store.models import JobStatus, Scope
 from store.payloads import feedback_json
+from store.tables import JobStatus, Scope
 
 bp = Blueprint("feedback", __name__, url_prefix="/v1")
 

@@ -17,8 +17,8 @@ from api.uploads import parse_webhook, refuse_unknown
 from core.errors import ErrorResponse
 from core.formats import CAPTION_METRICS
 from store import datasets, feedback, registry, training
-from store.models import Scope, utcnow
 from store.payloads import iso, run_json
+from store.tables import Scope, utcnow
 
 bp = Blueprint("training", __name__, url_prefix="/v1/training-runs")
 # name: (default, lowest, highest); whole numbers unless the default is a float

@@ -10,11 +10,11 @@ from flask import Blueprint, jsonify, send_file
 
 from api.auth import requires
 from api.contract import contract
+from api.routes.training import DEFAULT_METRIC, find_run
 from api.schemas import curves as shapes
 from api.services import services
-from api.training import DEFAULT_METRIC, find_run
 from core.plots import learning_curves, render_curves
-from store.models import Scope, TrainingRun
+from store.tables import Scope, TrainingRun
 
 bp = Blueprint("curves", __name__, url_prefix="/v1/training-runs")
 

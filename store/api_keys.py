@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.credentials import SHOWN_PREFIX, hash_api_key, new_api_key
-from store.models import ALL_SCOPES, ApiKey, as_utc, utcnow
+from store.tables import ALL_SCOPES, ApiKey, as_utc, utcnow
 
 TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is written at most this often per key
 
