@@ -18,8 +18,8 @@ from typing import BinaryIO
 from flask import Flask, request
 
 from api.auth import View
+from api.schemas.jobs import MAX_BATCH
 from api.services import services
-from api.uploads import MAX_BATCH
 from core.errors import ErrorResponse
 from core.settings import Settings
 

@@ -11,49 +11,25 @@ at run time: the schemathesis run in the tests checks every answer against them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, get_args
 
-from flask import Flask, jsonify, make_response
+from flask import Flask, current_app, jsonify, make_response, request
 from flask_swagger_ui import get_swaggerui_blueprint
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from spectree import Response, SecurityScheme, SecuritySchemeData, SpecTree
 from spectree.metadata import FunctionDecorator
 from spectree.model_adapter.pydantic_adapter import PydanticModelAdapter
 from spectree.plugins.flask_plugin import FlaskPlugin
+from spectree.utils import get_multidict_items
 
 from api.auth import public
 from api.errors import PROBLEM
+from api.schemas.base import CODES, NoQuery, Problem, Query, Strict, TextFields
 from core.errors import ErrorResponse
 
 ERROR_STATUSES = (400, 401, 403, 404, 413, 415, 429, 503)  # any route may answer these
 BEARER = "bearer"
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
-
-
-class Problem(BaseModel):
-    """Every error (RFC 9457 problem details), with the API's stable `code`; some carry more
-    fields (a dataset's `problems`, the `running` jobs that block a delete)."""
-
-    model_config = ConfigDict(extra="allow")
-    type: str = Field("about:blank", description="always about:blank: `code` says what it is")
-    title: str = Field(description="the HTTP status phrase")
-    status: int = Field(description="the HTTP status")
-    detail: str = Field(description="what went wrong, for people")
-    code: str = Field(description="what went wrong, for programs: stable")
-
-
-class Strict(BaseModel):
-    """A request model: fields the API does not know are refused by name."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class Query(Strict):
-    """A query-string model (its unknown names are `unknown_parameter`)."""
-
-
-class NoQuery(Query):
-    """No query parameters."""
 
 
 class Described(Response):
@@ -88,8 +64,17 @@ class Adapter(PydanticModelAdapter):
 
 
 class Plugin(FlaskPlugin):
-    """spectree's Flask plugin, handing the view's answer on as it is: answers are described,
+    """spectree's Flask plugin. Before validating, a body in a media type the view does not
+    read is a 415, and JSON that does not parse (or is not an object) a 400 `invalid_json`:
+    spectree would validate `{}` in their place. Answers are handed on as they are: described,
     not checked at run time, so their bodies are not read back and re-wrapped (files stream)."""
+
+    def request_validation(self, request, query, json, form, headers, cookies):
+        if json is not None:
+            if query is not None:  # the query's errors come first, whatever the body
+                self.model_adapter.validate_obj(query, get_multidict_items(request.args, query))
+            check_media_type(request, json, form)
+        super().request_validation(request, query, json, form, headers, cookies)
 
     def validate_response(self, resp, resp_model, skip_validation, force_resp_serialize):
         return make_response(resp), None
@@ -123,7 +108,7 @@ def contract(
     status: int = 200,
     query: type[Query] = NoQuery,
     json: type[Strict] | None = None,
-    form: type[Strict] | None = None,
+    form: type[TextFields] | None = None,
     more: dict[int, type[BaseModel] | None] | None = None,
     files: dict[int, tuple[str, ...]] | None = None,
     tags: Iterable[str] = (),
@@ -133,7 +118,8 @@ def contract(
     """Validate a view's query and body and describe it: `ok` answers with `status`; `more`
     are other answers, `files` answers that are files (status to media types, beside `ok`'s
     JSON if given); every view may answer the ERROR_STATUSES with a Problem.
-    `body_required=False`: the body may be left out."""
+    `body_required=False`: the body may be left out. The view reads what passed with
+    `validated()`."""
     for model in (query, json, form):
         if model is not None:
             MODELS[model.__name__] = model
@@ -154,6 +140,7 @@ def contract(
         return validate
 
     def optional_body(view: Callable) -> Callable:
+        view.body_optional = True
         validated = validate(view)
         spec.get_function_metadata(validated).__class__ = OptionalBody
         return validated
@@ -168,48 +155,105 @@ class OptionalBody(FunctionDecorator):
         return super().parse_request() | {"required": False}
 
 
-def refuse_invalid(request, response, error: ValidationError | None, *_) -> None:
-    """spectree's hook before the view: a refused request becomes the API's 400."""
-    if error is not None:
-        refuse_unreadable_json(request, MODELS.get(error.title))
-        raise ErrorResponse(400, *explain(error))
+def validated() -> Any:
+    """This request's body as its model validated it (JSON or form), or None without one."""
+    context = request.context
+    return context.json if context.json is not None else context.form
 
 
+def validated_query() -> Any:
+    """This request's query string as its model validated it."""
+    return request.context.query
+
+
+JSON = "application/json"
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
-def refuse_unreadable_json(request, model: type[BaseModel] | None) -> None:
-    """A JSON body model refused a body that is not JSON at all (spectree validates `{}` in its
-    place): a 415, or a 400 `invalid_json` for JSON that does not parse (or nests too deep), as
-    the views say it, not a missing field."""
-    if model is None or issubclass(model, Query) or request.mimetype in FORM_TYPES:
+def check_media_type(request, json: type[Strict], form: type[TextFields] | None) -> None:
+    """A 415 for a body the view does not read (saying what it reads), a 400 `invalid_json` for
+    JSON that is not an object; an optional body may be left out altogether."""
+    if request.mimetype == JSON:
+        if not isinstance(request.get_json(silent=True), dict):
+            raise ErrorResponse(400, "invalid_json", "the body must be a JSON object")
         return
-    if request.mimetype != "application/json":
-        raise ErrorResponse(415, "unsupported_media_type", "send a JSON object (application/json)")
-    if not isinstance(request.get_json(silent=True), dict | list):
-        raise ErrorResponse(400, "invalid_json", "the body must be a JSON object")
+    if form is not None and request.mimetype in FORM_TYPES:
+        return
+    view = current_app.view_functions.get(request.endpoint)
+    if not request.mimetype and not request.content_length and hasattr(view, "body_optional"):
+        return
+    wanted = [f"{JSON} ({summary(json)})"] + (
+        [f"{FORM_TYPES[0]} ({summary(form)})"] if form else []
+    )
+    raise ErrorResponse(415, "unsupported_media_type", f"send {' or '.join(wanted)}")
+
+
+def summary(model: type[BaseModel]) -> str:
+    """The first paragraph of a model's docstring, on one line, without its full stop."""
+    return " ".join((model.__doc__ or model.__name__).split("\n\n")[0].split()).rstrip(".")
+
+
+def refuse_invalid(request, response, error: ValidationError | None, *_) -> None:
+    """spectree's hook before the view: a refused request becomes the API's 400."""
+    if error is not None:
+        raise ErrorResponse(400, *explain(error))
 
 
 def explain(error: ValidationError) -> tuple[str, str]:
-    """The code and message for what a request model refused."""
+    """The code and message for what a request model refused: unknown names first, then a
+    rule's own code (`refused`), then the first field's (`x-error-code`)."""
     model = MODELS.get(error.title)
     problems = error.errors(include_url=False)
-    unknown = sorted(str(p["loc"][0]) for p in problems if p["type"] == "extra_forbidden")
+    unknown = [p["loc"] for p in problems if p["type"] == "extra_forbidden"]
     if unknown:
         what = "parameter" if model is not None and issubclass(model, Query) else "field"
-        known = sorted(model.model_fields) if model is not None else []
-        return f"unknown_{what}", f"unknown {what}s {unknown}; known: {known}"
+        names = sorted(place(walk(model, loc[:-1])[0] + [loc[-1]]) for loc in unknown)
+        holders = walk(model, unknown[0][:-1])[1]
+        known = sorted({name for holder in holders for name in holder.model_fields})
+        return f"unknown_{what}", f"unknown {what}s {names}; known: {known}"
     first = problems[0]
+    if first["type"] in CODES:
+        return first["type"], first["msg"]
     if not first["loc"]:
         return "invalid_json", "the body must be a JSON object"
-    message = f"{place(first['loc'])}: {first['msg']}"
+    message = f"{place(walk(model, first['loc'])[0])}: {first['msg']}"
     field = model.model_fields.get(str(first["loc"][0])) if model is not None else None
     about = field.description if field is not None else None
     return error_code(model, first["loc"]), f"{message} ({about})" if about else message
 
 
-def place(loc: tuple) -> str:
-    """A pydantic location as the API names it: images[1], hyperparameters.epochs."""
+def walk(model: type[BaseModel] | None, loc: tuple) -> tuple[list, list[type[BaseModel]]]:
+    """A pydantic location as the API names it (without the labels pydantic gives a union's
+    members), and the models that may hold its next part."""
+    holders, named = [model] if model is not None else [], []
+    for part in loc:
+        fields = [h.model_fields[part] for h in holders if part in h.model_fields]
+        if isinstance(part, int):
+            named.append(part)
+        elif fields:
+            named.append(part)
+            holders = [m for field in fields for m in models_in(field.annotation)]
+        else:  # a union member's label: a discriminator's value, or a member's class name
+            holders = [h for h in holders if part in (h.__name__, tag(h))] or holders
+    return named, holders
+
+
+def models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The request models a field's type holds (through Optional, unions, lists, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in models_in(arg)]
+
+
+def tag(model: type[BaseModel]) -> Any:
+    """A union member's discriminator value (its `type` literal), if it has one."""
+    field = model.model_fields.get("type")
+    values = get_args(field.annotation) if field is not None else ()
+    return values[0] if len(values) == 1 else None
+
+
+def place(loc: list | tuple) -> str:
+    """A location as the API names it: images[1], hyperparameters.epochs."""
     return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)[1:]
 
 
@@ -222,12 +266,6 @@ def error_code(model: type[BaseModel] | None, loc: tuple) -> str:
         return "invalid_request"
     item = len(loc) > 1 and isinstance(loc[1], int) and extra.get("x-item-error-code")
     return item or extra.get("x-error-code", "invalid_request")
-
-
-def coded(code: str, item: str | None = None, **schema: Any) -> dict[str, Any]:
-    """A field's `json_schema_extra` declaring the error code its bad values get (`item`: of a
-    bad item of a list, when that differs), and more JSON Schema (checked by the view)."""
-    return {"x-error-code": code, **({"x-item-error-code": item} if item else {}), **schema}
 
 
 def register_contract(app: Flask) -> None:

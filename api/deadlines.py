@@ -11,20 +11,18 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime, timedelta
-from typing import Any
 
+from api.schemas.jobs import MAX_DEADLINE_S
 from core.errors import ErrorResponse
 
-MAX_DEADLINE_S = 7 * 24 * 3600  # a week
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _NUMBER = r"\d+(?:\.\d+)?"
 _PART = re.compile(rf"({_NUMBER})(ms|h|m|s)")
 _DURATION = re.compile(rf"(?:{_NUMBER}(?:ms|h|m|s))+")
-TAKES = {
-    "Cancel-After": "a duration above 0 and at most 7 days, such as 30s, 5m, 1h30m, 500ms or 90 "
-    "(seconds)",
-    "deadline_s": f"a number of seconds above 0 and at most {MAX_DEADLINE_S} (7 days)",
-}
+HEADER_TAKES = (
+    "Cancel-After must be a duration above 0 and at most 7 days, such as 30s, 5m, "
+    "1h30m, 500ms or 90 (seconds)"
+)
 
 
 def parse_duration(text: str) -> float:
@@ -37,14 +35,13 @@ def parse_duration(text: str) -> float:
     return sum(float(number) * UNITS[unit] for number, unit in _PART.findall(text))
 
 
-def parse_deadline(field: Any, header: str | None, now: datetime) -> datetime | None:
-    """When a submission's jobs must have started, from `deadline_s` or `Cancel-After`, or None;
-    a 400 `invalid_deadline` when either is malformed or out of bounds."""
-    seconds = None
+def parse_deadline(seconds: float | None, header: str | None, now: datetime) -> datetime | None:
+    """When a submission's jobs must have started, or None: `deadline_s` (its schema checked
+    it) wins over the `Cancel-After` header, which must be well formed all the same (a 400
+    `invalid_deadline` otherwise)."""
     if header is not None:
-        seconds = _bounded(_header_seconds(header), "Cancel-After")
-    if field is not None and field != "":
-        seconds = _bounded(_field_seconds(field), "deadline_s")
+        from_header = _bounded(_header_seconds(header))
+        seconds = from_header if seconds is None else seconds
     return now + timedelta(seconds=seconds) if seconds is not None else None
 
 
@@ -55,17 +52,9 @@ def _header_seconds(header: str) -> float | None:
         return None
 
 
-def _field_seconds(field: Any) -> float | None:
-    if isinstance(field, bool) or not isinstance(field, int | float | str):
-        return None
-    try:
-        return float(field)
-    except (ValueError, OverflowError):  # not a number; an integer too large for a float
-        return None
-
-
-def _bounded(seconds: float | None, name: str) -> float:
-    """`seconds` if finite and within the bounds, else the 400 naming what `name` takes."""
+def _bounded(seconds: float | None) -> float:
+    """The header's `seconds` if finite and within the bounds, else the 400 saying what it
+    takes."""
     if seconds is None or not math.isfinite(seconds) or not 0 < seconds <= MAX_DEADLINE_S:
-        raise ErrorResponse(400, "invalid_deadline", f"{name} must be {TAKES[name]}")
+        raise ErrorResponse(400, "invalid_deadline", HEADER_TAKES)
     return seconds

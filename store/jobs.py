@@ -32,12 +32,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from core.options import DEFAULT_BEAM_SIZE, DEFAULT_MAX_LENGTH
 from store.deliveries import Event, record_event, was_recorded
 from store.payloads import batch_json, job_json
 from store.tables import TERMINAL, Batch, Job, JobStatus, as_utc, utcnow
 
-DEFAULT_BEAM_SIZE = 1  # greedy
-DEFAULT_MAX_LENGTH = 20  # words
 WEBHOOK_EVENTS = ("start", "completed")  # what a job or a batch can ask to be told
 DEFAULT_WEBHOOK_EVENTS = ("completed",)
 # The event name each moment takes: job.started, batch.completed, training_run.progress, …

@@ -29,6 +29,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from core.options import DEFAULT_BEAM_SIZE, DEFAULT_MAX_LENGTH
+
 # Named constraints, so migrations can drop and downgrade them by name on every database.
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -145,8 +147,8 @@ class Job(Base):
     image_height: Mapped[int] = mapped_column(Integer)
     # The worker fetches the image from here into image_key (the size fields stay 0 until then)
     image_url: Mapped[str | None] = mapped_column(Text)
-    beam_size: Mapped[int] = mapped_column(Integer, default=1)
-    max_length: Mapped[int] = mapped_column(Integer, default=20)
+    beam_size: Mapped[int] = mapped_column(Integer, default=DEFAULT_BEAM_SIZE)
+    max_length: Mapped[int] = mapped_column(Integer, default=DEFAULT_MAX_LENGTH)
     # Above 0 the words are sampled, with the seed (0 … 2³²-1) of that noise
     temperature: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     seed: Mapped[int | None] = mapped_column(BigInteger)

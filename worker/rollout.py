@@ -19,11 +19,11 @@ from pathlib import Path
 from core.errors import BundleError
 from core.formats import weights_digest
 from core.metrics import MODEL_SWAP_SECONDS, show_version
+from core.options import DEFAULT_MAX_LENGTH
 from core.settings import Settings
 from store import registry
 from store.blobs import BlobStore
 from store.db import Database
-from store.jobs import DEFAULT_MAX_LENGTH
 from store.tables import ModelVersion, utcnow
 from worker.bundles import fetch_bundle
 

@@ -7,12 +7,13 @@ import math
 import uuid
 
 import numpy as np
-from flask import Blueprint, jsonify, request, send_file
+from flask import Blueprint, jsonify, send_file
 
 from api.auth import requires
-from api.contract import Problem, contract
-from api.routes.jobs import find_job
-from api.schemas import attention as shapes
+from api.contract import contract, validated_query
+from api.lookups import find_job
+from api.schemas import attention as schema
+from api.schemas.base import Problem
 from api.services import services
 from core.errors import BlobNotFound, ErrorResponse
 from core.images import open_image
@@ -22,15 +23,14 @@ from store.images import read_images
 from store.tables import Job, JobStatus, Scope
 
 bp = Blueprint("attention", __name__, url_prefix="/v1/jobs")
-FORMATS = ("npy", "json")
 NPY, PNG = ("application/octet-stream",), ("image/png",)  # 206: a Range of the file
 FILE_ERRORS = {409: Problem, 416: Problem, 500: Problem}  # 416: a Range outside the file
 
 
 @bp.get("/<uuid:job_id>/attention")
 @contract(
-    shapes.Attention,
-    query=shapes.AttentionQuery,
+    schema.Attention,
+    query=schema.AttentionQuery,
     more=FILE_ERRORS,
     files={200: NPY, 206: NPY},
     tags=["attention"],
@@ -38,11 +38,8 @@ FILE_ERRORS = {409: Problem, 416: Problem, 500: Problem}  # 416: a Range outside
 @requires(Scope.JOBS)
 def get_attention(job_id: uuid.UUID):
     """The (T, 64) float16 weights as the stored .npy, or as T grids of 8×8 with `?format=json`."""
-    form = request.args.get("format", "npy")
-    if form not in FORMATS:
-        raise ErrorResponse(400, "invalid_format", f"format must be one of {list(FORMATS)}")
     job, data = succeeded_job(job_id)
-    if form == "npy":
+    if validated_query().format == "npy":
         return send_file(
             io.BytesIO(data),
             mimetype="application/octet-stream",

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 
 from api.auth import requires, tenant
 from api.body_limits import BATCH, body_limit
-from api.contract import Problem, contract
-from api.errors import found
+from api.contract import contract, validated
 from api.idempotency import creates_resource
 from api.limits import check_queue_room
-from api.routes.jobs import dropping_blobs_on_error, enqueue, new_job, url_job
-from api.schemas import jobs as shapes
+from api.lookups import find_batch
+from api.schemas import jobs as schema
+from api.schemas.base import Problem
 from api.services import services
-from api.uploads import Options, check_image, read_batch
+from api.submissions import (
+    check_image,
+    dropping_blobs_on_error,
+    enqueue,
+    image_job,
+    images_of,
+    job_template,
+    url_job,
+    urls_of,
+    webhook_of,
+)
 from core.errors import ErrorResponse
 from core.metrics import JOBS_SUBMITTED
 from store import batches, jobs, retention
@@ -28,10 +38,10 @@ bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 
 @bp.post("")
 @contract(
-    shapes.Batch,
+    schema.Batch,
     status=202,
-    json=shapes.BatchJson,
-    form=shapes.BatchForm,
+    json=schema.BatchJson,
+    form=schema.BatchForm,
     more={409: Problem, 422: Problem},
     tags=["batches"],
 )
@@ -41,37 +51,37 @@ bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 def submit_batch():
     """Check every image, store them a pack at a time, record the batch and its jobs in one
     transaction, enqueue a message per pack: 202."""
-    images, options = read_batch(request)
-    check_queue_room(len(images) or len(options.image_urls))
-    settings = services().settings
-    if options.image_urls:
+    asked = validated()
+    images, urls = images_of(asked), urls_of(asked)
+    template = job_template(asked)
+    webhook = webhook_of(asked)
+    infos = [check_image(data, f"images[{i}]: ") for i, data in enumerate(images)]
+    check_queue_room(len(images) + len(urls))
+    chunk = services().settings.batch_max_size  # one pack and one message per chunk
+    if urls:
         return record_batch(
-            [url_job(uuid.uuid4(), url, options, i) for i, url in enumerate(options.image_urls)],
-            options,
-            settings.batch_max_size,
+            [url_job(template, url, i) for i, url in enumerate(urls)], webhook, chunk
         )
-    infos = [check_image(data, settings, f"images[{i}]: ") for i, data in enumerate(images)]
-    chunk = settings.batch_max_size  # one pack and one message per chunk: a worker's batch
     stored = [
         place
         for start in range(0, len(images), chunk)
         for place in put_pack(services().blobs, images[start : start + chunk])
     ]
-    checked = zip(stored, images, infos, strict=True)
+    checked = enumerate(zip(stored, images, infos, strict=True))
     new_jobs = [
-        new_job(uuid.uuid4(), place, data, info, options, i)
-        for i, (place, data, info) in enumerate(checked)
+        image_job(template, uuid.uuid4(), place, data, info, i)
+        for i, (place, data, info) in checked
     ]
-    return record_batch(new_jobs, options, chunk)
+    return record_batch(new_jobs, webhook, chunk)
 
 
-def record_batch(new_jobs: list[jobs.NewJob], options: Options, chunk: int):
+def record_batch(
+    new_jobs: list[jobs.NewJob], webhook: tuple[str | None, list[str] | None], chunk: int
+):
     """Record the batch and its jobs in one transaction, enqueue a message per chunk: 202."""
     keys = [new.image_key for new in new_jobs]
     with dropping_blobs_on_error(keys), services().db.session() as session:
-        batch, members = batches.create_batch(
-            session, tenant(), new_jobs, options.webhook_url, options.webhook_events
-        )
+        batch, members = batches.create_batch(session, tenant(), new_jobs, *webhook)
         body = batch_json(batch, members)  # from the rows in memory
     enqueue([new.id for new in new_jobs], per_message=chunk)
     JOBS_SUBMITTED.labels("batch").inc(len(new_jobs))
@@ -82,7 +92,7 @@ def record_batch(new_jobs: list[jobs.NewJob], options: Options, chunk: int):
 
 
 @bp.get("/<uuid:batch_id>")
-@contract(shapes.Batch, tags=["batches"])
+@contract(schema.Batch, tags=["batches"])
 @requires(Scope.JOBS)
 def get_batch(batch_id: uuid.UUID):
     """One batch: status, counts per job status, and every job in submission order."""
@@ -110,8 +120,3 @@ def delete_batch(batch_id: uuid.UUID):
     retention.delete_blobs(services().blobs, removal.blob_keys)  # only once the rows are gone
     services().notifier.finished_many(removal.deleted)
     return "", 204
-
-
-def find_batch(session, batch_id: uuid.UUID):
-    """The caller's batch or a 404."""
-    return found(batches.get_batch(session, batch_id, owner=tenant()), "batch", batch_id)

@@ -10,8 +10,9 @@ from flask import Blueprint, jsonify, send_file
 
 from api.auth import requires
 from api.contract import contract
-from api.routes.training import DEFAULT_METRIC, find_run
-from api.schemas import curves as shapes
+from api.lookups import find_run
+from api.schemas import curves as schema
+from api.schemas.training import DEFAULT_METRIC
 from api.services import services
 from core.plots import learning_curves, render_curves
 from store.tables import Scope, TrainingRun
@@ -20,7 +21,7 @@ bp = Blueprint("curves", __name__, url_prefix="/v1/training-runs")
 
 
 @bp.get("/<uuid:run_id>/curves")
-@contract(shapes.Curves, tags=["training"])
+@contract(schema.Curves, tags=["training"])
 @requires(Scope.TRAINING)
 def get_curves(run_id: uuid.UUID):
     """Per epoch: training loss, token accuracy and every validation metric, as columns."""

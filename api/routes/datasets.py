@@ -11,10 +11,12 @@ from flask import Blueprint, jsonify, request
 
 from api.auth import requires, tenant
 from api.body_limits import body_limit, dataset_body
-from api.contract import Problem, contract
+from api.contract import contract, validated, validated_query
 from api.errors import found
 from api.idempotency import creates_resource
-from api.schemas import datasets as shapes
+from api.schemas import datasets as schema
+from api.schemas.base import Problem
+from api.schemas.datasets import MAX_NAME
 from api.services import services
 from core.archives import inspect_archive
 from core.errors import DatasetError, ErrorResponse
@@ -35,10 +37,10 @@ RAW_TYPES = (
 
 @bp.post("")
 @contract(
-    shapes.Dataset,
+    schema.Dataset,
     status=201,
-    query=shapes.DatasetUploadQuery,
-    form=shapes.DatasetForm,
+    query=schema.DatasetUploadQuery,
+    form=schema.DatasetForm,
     more={409: Problem, 422: Problem},
     tags=["datasets"],
 )
@@ -82,17 +84,13 @@ def upload_dataset():
 def save_upload(path: Path) -> tuple[Path, str]:
     """The archive (a multipart file named 'archive', or the raw body) on disk, and its name."""
     if request.mimetype == "multipart/form-data":
-        upload = request.files.get("archive")
-        if upload is None:
-            raise ErrorResponse(
-                400, "missing_archive", "send the archive as a multipart file named 'archive'"
-            )
-        upload.save(path)
-        name = request.form.get("name") or upload.filename or "dataset"
+        asked = validated()
+        asked.archive.save(path)
+        name = asked.name or asked.archive.filename or validated_query().name
     elif request.mimetype in RAW_TYPES:
         with open(path, "wb") as out:
             shutil.copyfileobj(request.stream, out, 1 << 20)
-        name = request.args.get("name", "dataset")
+        name = validated_query().name
     else:
         raise ErrorResponse(
             415,
@@ -103,11 +101,11 @@ def save_upload(path: Path) -> tuple[Path, str]:
         )
     if path.stat().st_size == 0:
         raise ErrorResponse(400, "missing_archive", "the archive is empty")
-    return path, name[:200]
+    return path, name[:MAX_NAME]
 
 
 @bp.get("")
-@contract(shapes.DatasetList, tags=["datasets"])
+@contract(schema.DatasetList, tags=["datasets"])
 @requires(Scope.TRAINING)
 def list_datasets():
     """The caller's datasets, newest first."""
@@ -117,7 +115,7 @@ def list_datasets():
 
 
 @bp.get("/<uuid:dataset_id>")
-@contract(shapes.Dataset, tags=["datasets"])
+@contract(schema.Dataset, tags=["datasets"])
 @requires(Scope.TRAINING)
 def get_dataset(dataset_id: uuid.UUID):
     """One dataset: its size per split."""

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 
 from api.auth import requires, tenant
-from api.contract import Problem, contract
+from api.contract import contract, validated, validated_query
 from api.errors import found
-from api.schemas import feedback as shapes
+from api.lookups import find_job
+from api.schemas import feedback as schema
+from api.schemas.base import Problem
 from api.services import services
 from core.errors import ErrorResponse
-from store import feedback, jobs
+from store import feedback
 from store.payloads import feedback_json
 from store.tables import JobStatus, Scope
 
@@ -23,15 +25,15 @@ bp = Blueprint("feedback", __name__, url_prefix="/v1")
 
 @bp.post("/jobs/<uuid:job_id>/feedback")
 @contract(
-    shapes.Feedback, status=201, json=shapes.FeedbackCreate, more={409: Problem}, tags=["feedback"]
+    schema.Feedback, status=201, json=schema.FeedbackCreate, more={409: Problem}, tags=["feedback"]
 )
 @requires(Scope.JOBS)
 def send_feedback(job_id: uuid.UUID):
     """Correct a succeeded job's caption: 201 with the correction. 409 before the job has a
     caption, or once its image is gone."""
-    caption = " ".join(request.get_json()["caption"].split())
+    caption = " ".join(validated().caption.split())
     with services().db.session() as session:
-        job = found(jobs.get_job(session, job_id, owner=tenant()), "job", job_id)
+        job = find_job(session, job_id)
         if job.status != JobStatus.SUCCEEDED:
             raise ErrorResponse(
                 409,
@@ -46,18 +48,17 @@ def send_feedback(job_id: uuid.UUID):
 
 
 @bp.get("/feedback")
-@contract(shapes.FeedbackList, query=shapes.FeedbackListQuery, tags=["feedback"])
+@contract(schema.FeedbackList, query=schema.FeedbackListQuery, tags=["feedback"])
 @requires(Scope.JOBS)
 def list_feedback():
     """The tenant's corrections, newest first."""
-    limit = int(request.args.get("limit", 50))
     with services().db.session() as session:
-        rows = feedback.list_feedback(session, tenant(), limit=limit)
+        rows = feedback.list_feedback(session, tenant(), limit=validated_query().limit)
         return jsonify({"feedback": [feedback_json(row) for row in rows]})
 
 
 @bp.get("/feedback/<uuid:feedback_id>")
-@contract(shapes.Feedback, tags=["feedback"])
+@contract(schema.Feedback, tags=["feedback"])
 @requires(Scope.JOBS)
 def get_feedback(feedback_id: uuid.UUID):
     """One correction."""

@@ -5,11 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import secrets
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 
@@ -17,34 +14,43 @@ from flask import Blueprint, jsonify, request
 
 from api.auth import requires, tenant
 from api.body_limits import ONE_IMAGE, body_limit
-from api.contract import Problem, contract
+from api.contract import contract, validated, validated_query
 from api.errors import found
 from api.idempotency import creates_resource
 from api.limits import check_queue_room
-from api.schemas import jobs as shapes
+from api.lookups import find_job
+from api.schemas import jobs as schema
+from api.schemas.base import Problem
 from api.services import services
-from api.uploads import MAX_SEED, Options, check_image, read_submission
+from api.submissions import (
+    check_image,
+    dropping_blobs_on_error,
+    enqueue,
+    image_job,
+    images_of,
+    job_template,
+    url_job,
+    urls_of,
+    webhook_of,
+)
 from core.errors import ErrorResponse
-from core.images import ImageInfo
 from core.metrics import JOBS_SUBMITTED
 from store import jobs, retention
-from store.blob_keys import image_key
-from store.images import StoredImage, put_image
+from store.images import put_image
 from store.payloads import iso, job_json
-from store.tables import Job, JobStatus, Scope, utcnow
+from store.tables import Job, JobStatus, Scope
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 MAX_WAIT_S = 60
-PAGE_MAX = 100
 
 
 @bp.post("")
 @contract(
-    shapes.Job,
+    schema.Job,
     status=202,
-    json=shapes.JobJson,
-    form=shapes.JobForm,
-    more={200: shapes.Job, 409: Problem, 422: Problem},
+    json=schema.JobJson,
+    form=schema.JobForm,
+    more={200: schema.Job, 409: Problem, 422: Problem},
     tags=["jobs"],
 )
 @requires(Scope.JOBS)
@@ -52,96 +58,24 @@ PAGE_MAX = 100
 @body_limit(ONE_IMAGE)
 def submit_job():
     """Check, store the image, record the job, enqueue it: 202 (200 if done within wait)."""
-    data, options = read_submission(request)
+    asked = validated()
+    images, urls = images_of(asked), urls_of(asked)
+    template = job_template(asked)
+    webhook_url, webhook_events = webhook_of(asked)
+    info = check_image(images[0]) if images else None
     check_queue_room(1)
     job_id = uuid.uuid4()
-    if options.image_url:
-        new = url_job(job_id, options.image_url, options)
+    if info is None:
+        new = url_job(template, urls[0])
     else:
-        info = check_image(data, services().settings)
-        stored = put_image(services().blobs, job_id, data, f"image/{info.format.lower()}")
-        new = new_job(job_id, stored, data, info, options)
-    new = replace(
-        new,
-        webhook_url=options.webhook_url,
-        webhook_events=list(options.webhook_events or ()) or None,
-    )
+        stored = put_image(services().blobs, job_id, images[0], f"image/{info.format.lower()}")
+        new = image_job(template, job_id, stored, images[0], info)
+    new = replace(new, webhook_url=webhook_url, webhook_events=webhook_events)
     with dropping_blobs_on_error([new.image_key]), services().db.session() as session:
         body = job_json(jobs.create_job(session, new))  # the answer, from the row in memory
     enqueue([new.id])
     JOBS_SUBMITTED.labels("job").inc()
     return respond_after_wait(new.id, body)
-
-
-def new_job(
-    job_id: uuid.UUID,
-    stored: StoredImage,
-    data: bytes,
-    info: ImageInfo,
-    options: Options,
-    index: int = 0,
-) -> jobs.NewJob:
-    """A checked and stored image's job, not yet recorded; marked as sent (see `enqueue`).
-    `index` is its place in a batch (its sampling seed is the batch's plus `index`)."""
-    return jobs.NewJob(
-        owner=tenant(),
-        image_key=stored.key,
-        image_offset=stored.offset,
-        image_bytes=len(data),
-        image_format=info.format,
-        image_width=info.width,
-        image_height=info.height,
-        beam_size=options.beam_size,
-        max_length=options.max_length,
-        temperature=options.temperature,
-        seed=job_seed(options, index),
-        deadline_at=options.deadline_at,
-        enqueued_at=utcnow(),
-        id=job_id,
-    )
-
-
-def job_seed(options: Options, index: int) -> int | None:
-    """The seed a sampled job records, so its caption can be had again: the one asked for
-    (plus the job's place in its batch), else a random one; None for a job that does not
-    sample and named no seed."""
-    if options.seed is not None:
-        return (options.seed + index) % (MAX_SEED + 1)
-    return secrets.randbelow(MAX_SEED + 1) if options.temperature else None
-
-
-def url_job(job_id: uuid.UUID, url: str, options: Options, index: int = 0) -> jobs.NewJob:
-    """A job whose image the worker fetches from `url` into the job's own key (its size is
-    unknown until then: 0)."""
-    unknown = ImageInfo(format="", width=0, height=0)
-    return replace(
-        new_job(job_id, StoredImage(image_key(job_id)), b"", unknown, options, index), image_url=url
-    )
-
-
-@contextmanager
-def dropping_blobs_on_error(keys: Iterable[str]) -> Iterator[None]:
-    """Delete the blobs a submission just stored when recording it fails (the database is away,
-    say), so a refused submission leaves nothing behind. A missing key is no error."""
-    try:
-        yield
-    except Exception:
-        retention.delete_blobs(services().blobs, sorted(set(keys)))
-        raise
-
-
-def enqueue(job_ids: Sequence[uuid.UUID], per_message: int = 1) -> None:
-    """Send the committed jobs to the broker.
-
-    Their rows were recorded as sent in the insert's transaction, which spares a second one
-    per submission. Ids the broker refuses are marked unsent again, for the sweeper; if the
-    process dies between the commit and the send, the sweeper sends them once they have waited
-    `RESEND_LEASES` leases unclaimed.
-    """
-    sent = services().broker.jobs(job_ids, per_message)
-    if len(sent) < len(job_ids):
-        with services().db.session() as session:
-            jobs.mark_unsent(session, job_ids[len(sent) :])
 
 
 def respond_after_wait(job_id: uuid.UUID, body: dict):
@@ -189,7 +123,7 @@ def prefer_wait(header: str) -> float:
 
 
 @bp.get("/<uuid:job_id>")
-@contract(shapes.Job, tags=["jobs"])
+@contract(schema.Job, tags=["jobs"])
 @requires(Scope.JOBS)
 def get_job(job_id: uuid.UUID):
     """One job: status, result or error, timings, links. With `Prefer: wait=N`, held up to N s
@@ -205,30 +139,23 @@ def get_job(job_id: uuid.UUID):
 
 
 @bp.get("")
-@contract(shapes.JobList, query=shapes.JobListQuery, tags=["jobs"])
+@contract(schema.JobList, query=schema.JobListQuery, tags=["jobs"])
 @requires(Scope.JOBS)
 def list_jobs():
     """Jobs newest first; `status` filters, `cursor` continues, `limit` ≤ 100."""
-    status = request.args.get("status")
-    if status and status not in {s.value for s in JobStatus}:
-        raise ErrorResponse(
-            400, "invalid_status", f"status must be one of {[s.value for s in JobStatus]}"
-        )
-    limit = request.args.get("limit", "50")
-    if not re.fullmatch(r"[0-9]{1,3}", limit) or not 1 <= int(limit) <= PAGE_MAX:
-        raise ErrorResponse(400, "invalid_limit", f"limit must be from 1 to {PAGE_MAX}")
-    after = decode_cursor(request.args.get("cursor"))
+    asked = validated_query()
+    after = decode_cursor(asked.cursor)
     with services().db.session() as session:
-        page = jobs.list_jobs(session, tenant(), status, after, int(limit))
+        page = jobs.list_jobs(session, tenant(), asked.status, after, asked.limit)
         body = {
             "jobs": [job_json(job) for job in page],
-            "next_cursor": encode_cursor(page[-1]) if len(page) == int(limit) else None,
+            "next_cursor": encode_cursor(page[-1]) if len(page) == asked.limit else None,
         }
     return jsonify(body)
 
 
 @bp.post("/<uuid:job_id>/cancel")
-@contract(shapes.Job, more={409: Problem}, tags=["jobs"])
+@contract(schema.Job, more={409: Problem}, tags=["jobs"])
 @requires(Scope.JOBS)
 def cancel_job(job_id: uuid.UUID):
     """Cancel a queued job: it will never run. 409 once it has started or ended."""
@@ -263,11 +190,6 @@ def delete_job(job_id: uuid.UUID):
     retention.delete_blobs(services().blobs, removal.blob_keys)  # only once the rows are gone
     services().notifier.finished(job_id)  # a request waiting on it answers now (a 404)
     return "", 204
-
-
-def find_job(session, job_id: uuid.UUID):
-    """The caller's job or a 404."""
-    return found(jobs.get_job(session, job_id, owner=tenant()), "job", job_id)
 
 
 def decode_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:

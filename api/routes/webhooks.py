@@ -5,15 +5,14 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 
 from api.auth import requires, tenant
-from api.contract import Problem, contract
+from api.contract import contract, validated
 from api.errors import found
-from api.routes.batches import find_batch
-from api.routes.jobs import find_job
-from api.routes.training import find_run
-from api.schemas import webhooks as shapes
+from api.lookups import find_batch, find_job, find_run
+from api.schemas import webhooks as schema
+from api.schemas.base import Problem
 from api.services import services
 from core.errors import ErrorResponse
 from store import deliveries, webhook_secrets
@@ -21,11 +20,10 @@ from store.payloads import delivery_json, iso
 from store.tables import Scope
 
 bp = Blueprint("webhooks", __name__, url_prefix="/v1")
-MAX_GRACE_S = shapes.MAX_GRACE_S
 
 
 @bp.get("/webhooks/secret")
-@contract(shapes.WebhookSecret, tags=["webhooks"])
+@contract(schema.WebhookSecret, tags=["webhooks"])
 @requires(Scope.JOBS)
 def get_secret():
     """The secret webhooks are signed with, and rotated-out ones still valid."""
@@ -35,18 +33,14 @@ def get_secret():
 
 
 @bp.post("/webhooks/secret/rotate")
-@contract(shapes.WebhookSecret, json=shapes.RotateSecret, body_required=False, tags=["webhooks"])
+@contract(schema.WebhookSecret, json=schema.RotateSecret, body_required=False, tags=["webhooks"])
 @requires(Scope.JOBS)
 def rotate_secret():
     """A new secret; the old one keeps signing for `grace_seconds` (default: the setting)."""
-    body = request.get_json(silent=True) if request.content_length else {}
-    if not isinstance(body, dict):
-        raise ErrorResponse(400, "invalid_grace", "send a JSON object with numeric grace_seconds")
-    grace = body.get("grace_seconds", services().settings.webhook_secret_grace_s)
-    if isinstance(grace, bool) or not isinstance(grace, int | float):
-        raise ErrorResponse(400, "invalid_grace", "grace_seconds must be a number of seconds")
-    if not 0 <= grace <= MAX_GRACE_S:
-        raise ErrorResponse(400, "invalid_grace", f"grace_seconds must be from 0 to {MAX_GRACE_S}")
+    asked = validated()
+    grace = services().settings.webhook_secret_grace_s
+    if asked is not None and asked.grace_seconds is not None:
+        grace = asked.grace_seconds
     with services().db.session() as session:
         rotated = webhook_secrets.rotate(
             session, tenant(), timedelta(seconds=grace), services().cipher
@@ -65,7 +59,7 @@ def secrets_json(in_use) -> dict:
 
 
 @bp.get("/jobs/<uuid:job_id>/deliveries")
-@contract(shapes.DeliveryList, tags=["webhooks"])
+@contract(schema.DeliveryList, tags=["webhooks"])
 @requires(Scope.JOBS)
 def job_deliveries(job_id: uuid.UUID):
     """Every webhook delivery of a job, with its attempts."""
@@ -75,7 +69,7 @@ def job_deliveries(job_id: uuid.UUID):
 
 
 @bp.get("/batches/<uuid:batch_id>/deliveries")
-@contract(shapes.DeliveryList, tags=["webhooks"])
+@contract(schema.DeliveryList, tags=["webhooks"])
 @requires(Scope.JOBS)
 def batch_deliveries(batch_id: uuid.UUID):
     """Every webhook delivery of a batch, with its attempts."""
@@ -85,7 +79,7 @@ def batch_deliveries(batch_id: uuid.UUID):
 
 
 @bp.get("/training-runs/<uuid:run_id>/deliveries")
-@contract(shapes.DeliveryList, tags=["webhooks"])
+@contract(schema.DeliveryList, tags=["webhooks"])
 @requires(Scope.TRAINING)
 def run_deliveries(run_id: uuid.UUID):
     """Every webhook delivery of a training run (progress included), with its attempts."""
@@ -102,7 +96,7 @@ def deliveries_json(session, resource_id: uuid.UUID) -> dict:
 
 
 @bp.get("/deliveries/<uuid:delivery_id>")
-@contract(shapes.Delivery, tags=["webhooks"])
+@contract(schema.Delivery, tags=["webhooks"])
 @requires(Scope.JOBS)
 def get_delivery(delivery_id: uuid.UUID):
     """One delivery with its attempts."""
@@ -111,7 +105,7 @@ def get_delivery(delivery_id: uuid.UUID):
 
 
 @bp.post("/deliveries/<uuid:delivery_id>/replay")
-@contract(shapes.Delivery, status=202, more={409: Problem}, tags=["webhooks"])
+@contract(schema.Delivery, status=202, more={409: Problem}, tags=["webhooks"])
 @requires(Scope.JOBS)
 def replay_delivery(delivery_id: uuid.UUID):
     """Send a delivery again, same webhook-id, from the start of the schedule: 202."""

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from api.contract import Query, coded
+from api.schemas.base import Query, coded
 
 
 class AttentionQuery(Query):

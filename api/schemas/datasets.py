@@ -5,30 +5,36 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, Field
-from spectree.model_adapter.pydantic_adapter import BaseFile
 
-from api.contract import Query, Strict, coded
+from api.schemas.base import Query, TextFields, Upload, coded
+
+MAX_NAME = 200
 
 
 class DatasetUploadQuery(Query):
     """The dataset's name, for an archive sent as the raw body."""
 
-    name: str | None = Field(
-        None,
-        description="the dataset's name when the archive is the raw "
-        "body (default: dataset; cut to 200 characters)",
+    name: str = Field(
+        "dataset",
+        min_length=1,
+        max_length=MAX_NAME,
+        description="the dataset's name when the archive is the raw body",
+        json_schema_extra=coded("invalid_name"),
     )
 
 
-class DatasetForm(Strict):
+class DatasetForm(TextFields):
     """An archive as multipart/form-data: the file, and its name."""
 
-    archive: BaseFile = Field(
+    archive: Upload = Field(
         description="the zip or tar (gzip too) archive, COCO format",
         json_schema_extra=coded("missing_archive"),
     )
-    name: str = Field(
-        None, description="the dataset's name (default: the file's name; cut to 200 characters)"
+    name: str | None = Field(
+        None,
+        max_length=MAX_NAME,
+        description="the dataset's name (default: the file's name, cut to 200 characters)",
+        json_schema_extra=coded("invalid_name"),
     )
 
 

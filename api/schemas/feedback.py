@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from api.contract import Query, Strict, coded
+from api.schemas.base import Query, Strict, coded
 
 MAX_CAPTION = 300
 

@@ -1,84 +1,139 @@
-"""Jobs and batches: what a submission may send, and what the API answers about them."""
+"""Jobs and batches: what a submission may send, and what the API answers about them.
+
+The request models are the one place a submission's fields are typed, bounded and given their
+defaults: the views read the validated model, and /openapi.json documents the same models.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, BeforeValidator, Field
-from spectree.model_adapter.pydantic_adapter import BaseFile
+from pydantic import BaseModel, Field, model_validator
 
-from api.contract import Query, Strict, coded
-from api.uploads import MAX_BATCH, MAX_URL_CHARS
-from store.jobs import WEBHOOK_EVENTS
+from api.schemas.base import (
+    Query,
+    Strict,
+    TextFields,
+    Upload,
+    WebUrl,
+    coded,
+    event_names,
+    refused,
+)
+from core.options import (
+    DEFAULT_BEAM_SIZE,
+    DEFAULT_MAX_LENGTH,
+    MAX_BEAM_SIZE,
+    MAX_LENGTH,
+    MAX_SEED,
+    MAX_TEMPERATURE,
+)
+from store.jobs import DEFAULT_WEBHOOK_EVENTS, WEBHOOK_EVENTS
 from store.tables import JobStatus
 
-Event = Literal[WEBHOOK_EVENTS]  # type: ignore[valid-type]
+MAX_BATCH = 100  # images a batch
+MAX_DEADLINE_S = 7 * 24 * 3600  # a week
+OPTION = coded("invalid_option")
+Events = event_names(WEBHOOK_EVENTS, DEFAULT_WEBHOOK_EVENTS)
 
 
-def as_list(value: Any) -> Any:
-    """A form field sent once is a single value; the model wants the list."""
-    return value if isinstance(value, list) else [value]
-
-
-Url = Annotated[str, Field(max_length=MAX_URL_CHARS)]
-FormList = BeforeValidator(as_list)
-
-
-class Options(Strict):
-    """Decoding options and the webhook, shared by jobs and batches (JSON or form fields)."""
+class Submission(Strict):
+    """What every submission may say besides its images: decoding options, the webhook to
+    tell, and a deadline."""
 
     beam_size: int = Field(
-        3,
+        DEFAULT_BEAM_SIZE,
         ge=1,
-        le=10,
-        description="beams searched (1: greedy); 1 when temperature is above 0",
-        json_schema_extra=coded("invalid_option"),
+        le=MAX_BEAM_SIZE,
+        json_schema_extra=OPTION,
+        description="beams searched (1: greedy); 1 when sampling",
     )
     max_length: int = Field(
-        20,
+        DEFAULT_MAX_LENGTH,
         ge=1,
-        le=50,
+        le=MAX_LENGTH,
+        json_schema_extra=OPTION,
         description="most words in the caption",
-        json_schema_extra=coded("invalid_option"),
     )
     temperature: float = Field(
         0.0,
         ge=0,
-        le=2,
-        description="0: the most likely words; above 0, "
-        "each word is drawn from the model's distribution sharpened "
-        "(below 1) or flattened (above 1)",
-        json_schema_extra=coded("invalid_option"),
+        le=MAX_TEMPERATURE,
+        allow_inf_nan=False,
+        description="0: the most likely words; above 0, each word is drawn from the model's "
+        "distribution sharpened (below 1) or flattened (above 1)",
+        json_schema_extra=OPTION,
     )
     seed: int | None = Field(
         None,
         ge=0,
-        le=2**32 - 1,
-        description="the sampling noise's seed: "
-        "the same seed, image and model give the same caption (a batch's "
-        "i-th image takes seed + i; default: a random one, recorded)",
-        json_schema_extra=coded("invalid_option"),
+        le=MAX_SEED,
+        description="the sampling noise's seed: the same seed, image and model give the same "
+        "caption (a batch's i-th image takes seed + i; default: a random one when sampling, "
+        "recorded)",
+        json_schema_extra=OPTION,
     )
-    webhook: Url | None = Field(
+    webhook: WebUrl | None = Field(
         None,
-        description="an http(s) URL told when the job (or batch) "
-        "ends; the SSRF guard refuses private addresses",
+        description="an http(s) URL told when the job (or batch) ends; the SSRF guard refuses "
+        "private addresses",
         json_schema_extra=coded("invalid_webhook"),
     )
-    webhook_events: list[Event] | str | None = Field(
-        None,
-        description="events to tell: a list, or comma-separated (default completed)",
+    webhook_events: Events = Field(
+        list(DEFAULT_WEBHOOK_EVENTS),
+        description="events to tell the webhook: a list, or comma-separated",
         json_schema_extra=coded("invalid_webhook_events"),
     )
-    deadline_s: float | str | None = Field(
+    deadline_s: float | None = Field(
         None,
-        description="seconds (at most 7 days) the job may wait before it starts; later it "
-        "is aborted. The Cancel-After header does the same.",
+        gt=0,
+        le=MAX_DEADLINE_S,
+        allow_inf_nan=False,
+        description="seconds (at most 7 days) the job may wait before it starts; later it is "
+        "aborted. The Cancel-After header does the same (this field wins).",
         json_schema_extra=coded("invalid_deadline"),
     )
 
+    @model_validator(mode="after")
+    def consistent(self) -> Submission:
+        """Sampling takes one beam; webhook events need a webhook."""
+        if self.temperature and self.beam_size > 1:
+            raise refused(
+                "invalid_option",
+                "a temperature above 0 samples one caption: leave beam_size out or set it to 1",
+            )
+        if self.webhook is None and "webhook_events" in self.model_fields_set:
+            raise refused("invalid_webhook", "webhook_events needs a webhook URL")
+        return self
 
-class JobJson(Options):
+
+def one_image(image: bool, url: bool, hint: str) -> None:
+    """A 400 unless a job sends its image or its URL, not both."""
+    if image and url:
+        raise refused("invalid_image_url", "send the image or its URL, not both")
+    if not image and not url:
+        raise refused("missing_image", hint)
+
+
+def batch_images(count: int, urls: int) -> None:
+    """A 400 unless a batch sends 1 to MAX_BATCH images or URLs, not both."""
+    if count and urls:
+        raise refused("invalid_image_url", "send images or their URLs, not both")
+    if not count + urls:
+        raise refused(
+            "empty_batch",
+            "a batch needs at least one image under 'images' (or URL under 'image_urls')",
+        )
+    if count + urls > MAX_BATCH:
+        raise refused(
+            "batch_too_large", f"{count + urls} images; a batch holds at most {MAX_BATCH}"
+        )
+
+
+IMAGE_URL = "an http(s) URL the worker fetches the image from"
+
+
+class JobJson(Submission):
     """A job as JSON: the image as base64 (a data: URL is fine), or its URL."""
 
     image: str | None = Field(
@@ -86,70 +141,80 @@ class JobJson(Options):
         description="the image, base64 (or a data: URL)",
         json_schema_extra=coded("missing_image"),
     )
-    image_url: Url | None = Field(
-        None,
-        description="an http(s) URL the worker fetches the image from",
-        json_schema_extra=coded("invalid_image_url"),
+    image_url: WebUrl | None = Field(
+        None, description=IMAGE_URL, json_schema_extra=coded("invalid_image_url")
     )
 
-
-class Form(Options):
-    """Options as form fields: text, never null (an absent field takes its default)."""
-
-    webhook: Url = Field(
-        None,
-        description="an http(s) URL told when the job (or batch) ends; "
-        "the SSRF guard refuses private addresses",
-        json_schema_extra=coded("invalid_webhook"),
-    )
-    webhook_events: Annotated[list[str], FormList] = Field(
-        None,
-        description="events to tell (repeat the field, or comma-separate)",
-        json_schema_extra=coded("invalid_webhook_events"),
-    )
-    deadline_s: str = Field(
-        None,
-        description="seconds (at most 7 days) the job may wait before "
-        "it starts; later it is aborted",
-        json_schema_extra=coded("invalid_deadline"),
-    )
+    @model_validator(mode="after")
+    def an_image(self) -> JobJson:
+        """The image or its URL."""
+        one_image(
+            bool(self.image),
+            self.image_url is not None,
+            "send the image as base64 'image', or its URL as 'image_url'",
+        )
+        return self
 
 
-class JobForm(Form):
+class JobForm(TextFields, Submission):
     """A job as multipart/form-data: the image file, or its URL."""
 
-    image: BaseFile = Field(None, description="the image file")
-    image_url: Url = Field(
-        None,
-        description="an http(s) URL the worker fetches the image from",
-        json_schema_extra=coded("invalid_image_url"),
+    image: Upload | None = Field(
+        None, description="the image file", json_schema_extra=coded("missing_image")
+    )
+    image_url: WebUrl | None = Field(
+        None, description=IMAGE_URL, json_schema_extra=coded("invalid_image_url")
     )
 
+    @model_validator(mode="after")
+    def an_image(self) -> JobForm:
+        """The image or its URL."""
+        one_image(
+            self.image is not None,
+            self.image_url is not None,
+            "send the image as a multipart file named 'image', or its URL as 'image_url'",
+        )
+        return self
 
-class BatchJson(Options):
+
+IMAGE_URLS = "http(s) URLs the workers fetch the images from"
+UP_TO = {"maxItems": MAX_BATCH}
+
+
+class BatchJson(Submission):
     """A batch as JSON: up to 100 base64 images, or their URLs."""
 
     images: list[str] | None = Field(
         None,
-        description="base64 images",
-        json_schema_extra=coded("invalid_images", "missing_image", maxItems=MAX_BATCH),
+        description="base64 images (data: URLs are fine)",
+        json_schema_extra=coded("invalid_images", "missing_image", **UP_TO),
     )
-    image_urls: list[Url] | None = Field(
-        None,
-        description="http(s) URLs the workers fetch the images from",
-        json_schema_extra=coded("invalid_image_url", maxItems=MAX_BATCH),
+    image_urls: list[WebUrl] | None = Field(
+        None, description=IMAGE_URLS, json_schema_extra=coded("invalid_image_url", **UP_TO)
     )
 
+    @model_validator(mode="after")
+    def some_images(self) -> BatchJson:
+        """1 to MAX_BATCH images or URLs."""
+        batch_images(len(self.images or ()), len(self.image_urls or ()))
+        return self
 
-class BatchForm(Form):
+
+class BatchForm(TextFields, Submission):
     """A batch as multipart/form-data: files named `images` (repeated), or `image_urls`."""
 
-    images: Annotated[list[BaseFile], FormList] = Field(None, description="image files")
-    image_urls: Annotated[list[Url], FormList] = Field(
-        None,
-        description="http(s) URLs the workers fetch the images from",
-        json_schema_extra=coded("invalid_image_url"),
+    images: list[Upload] | None = Field(
+        None, description="image files", json_schema_extra=coded("missing_image", **UP_TO)
     )
+    image_urls: list[WebUrl] | None = Field(
+        None, description=IMAGE_URLS, json_schema_extra=coded("invalid_image_url", **UP_TO)
+    )
+
+    @model_validator(mode="after")
+    def some_images(self) -> BatchForm:
+        """1 to MAX_BATCH images or URLs."""
+        batch_images(len(self.images or ()), len(self.image_urls or ()))
+        return self
 
 
 class JobListQuery(Query):

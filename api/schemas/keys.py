@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from api.contract import Query, Strict, coded
+from api.schemas.base import Query, Strict, coded
 from store.tables import ALL_SCOPES
 
 KeyScope = Literal[ALL_SCOPES]  # type: ignore[valid-type]

@@ -1,9 +1,8 @@
 """Training runs: what starting one may send, and what the API answers about them.
 
-The nested request objects (`dataset`, `hyperparameters`, `promotion`, `model`) are documented
-closed (no other fields), and the view refuses other fields with its own codes
-(unknown_hyperparameter, unknown_dataset, unknown_promotion field, invalid_model): the models let
-them through to it.
+The request models are the one place a run's fields are typed, bounded and given their
+defaults: the view reads the validated model, and /openapi.json documents the same models.
+Every nested object refuses fields it does not know, as the body does.
 """
 
 from __future__ import annotations
@@ -14,85 +13,72 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     ValidatorFunctionWrapHandler,
     WrapValidator,
+    model_validator,
 )
-from pydantic_core import PydanticCustomError
 
-from api.contract import Strict, coded
-from api.schemas.jobs import Failure, Url, WebhookTarget
+from api.schemas.base import Strict, WebUrl, coded, event_names, refused
+from api.schemas.jobs import Failure, WebhookTarget
 from core.formats import CAPTION_METRICS
 from store.tables import RunStatus
 from store.training import EVENTS
 
-RunEvent = Literal[EVENTS]  # type: ignore[valid-type]
 Metric = Literal[CAPTION_METRICS]  # type: ignore[valid-type]
 Policy = Literal["never", "always", "if_better"]
-CLOSED = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": False})
+Decoder = Literal["gru", "transformer"]
+DEFAULT_METRIC = "bleu4"
 DATASET_MUST_BE = (
     'dataset must be {"type": "shapes", "size": N}, {"type": "scenes", "size": N} '
     'or {"type": "upload", "id": DATASET_ID}'
 )
 DATASET_TYPES = ("shapes", "scenes", "upload")
 WHOLE = 2**31 - 1
+RunEvents = event_names(EVENTS, ("completed",))
 
 
-class ShapesSet(BaseModel):
+class ShapesSet(Strict):
     """The built-in synthetic shapes set, generated with its size and seed."""
 
-    model_config = CLOSED
     type: Literal["shapes"]
     size: int = Field(1000, ge=20, le=100_000, description="captioned images generated")
     seed: int = Field(0, ge=0, le=WHOLE)
 
 
-class ScenesSet(BaseModel):
+class ScenesSet(Strict):
     """The built-in synthetic scenes set (two groups of shapes and their relation), generated
     with its size and seed: harder than the shapes set."""
 
-    model_config = CLOSED
     type: Literal["scenes"]
     size: int = Field(1000, ge=20, le=100_000, description="captioned images generated")
     seed: int = Field(0, ge=0, le=WHOLE)
 
 
-class UploadedSet(BaseModel):
+class UploadedSet(Strict):
     """A dataset uploaded to /v1/datasets (the caller's own)."""
 
-    model_config = CLOSED
     type: Literal["upload"]
     id: str = Field(description="the dataset's id")
 
 
-def as_the_view_says(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-    """A refused dataset, named as the view names it: dataset.size, not dataset.shapes.size."""
-    try:
-        return handler(value)
-    except ValidationError as exc:
-        if not isinstance(value, dict) or value.get("type") not in DATASET_TYPES:
-            raise PydanticCustomError("invalid_dataset", DATASET_MUST_BE) from None
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(["dataset", *(str(part) for part in first["loc"][1:])])
-        raise PydanticCustomError(
-            "invalid_dataset", "{where}: {msg}", {"where": where, "msg": first["msg"]}
-        ) from None
+def a_known_type(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """A dataset that is not an object of a known type is refused by saying what one is."""
+    if not isinstance(value, dict) or value.get("type") not in DATASET_TYPES:
+        raise refused("invalid_dataset", DATASET_MUST_BE)
+    return handler(value)
 
 
 DatasetChoice = Annotated[
-    ShapesSet | ScenesSet | UploadedSet,
-    Field(discriminator="type"),
-    WrapValidator(as_the_view_says),
+    ShapesSet | ScenesSet | UploadedSet, Field(discriminator="type"), WrapValidator(a_known_type)
 ]
 
 
-class Hyperparameters(BaseModel):
+class Hyperparameters(Strict):
     """Training settings; each one left out takes its default."""
 
-    model_config = CLOSED
     epochs: int = Field(10, ge=1, le=1000)
     batch_size: int = Field(64, ge=1, le=1024)
-    learning_rate: float = Field(1e-3, ge=1e-7, le=1.0)
+    learning_rate: float = Field(1e-3, ge=1e-7, le=1.0, allow_inf_nan=False)
     vocab_size: int = Field(
         5000,
         ge=10,
@@ -105,14 +91,10 @@ class Hyperparameters(BaseModel):
     )
 
 
-Decoder = Literal["gru", "transformer"]
+class ModelAsked(Strict):
+    """A fresh run's decoder architecture; each size left out takes its default, which is the
+    model's own (model/config.py's ModelConfig: a test holds them equal)."""
 
-
-class ModelAsked(BaseModel):
-    """A fresh run's decoder architecture; each size left out takes its default. The limits
-    are api.routes.training.MODEL's (the defaults mirror model/config.py's ModelConfig)."""
-
-    model_config = CLOSED
     decoder: Decoder = Field("gru", description="a GRU with attention, or a Transformer")
     embedding_dim: int = Field(
         256,
@@ -125,15 +107,27 @@ class ModelAsked(BaseModel):
     units: int = Field(512, ge=16, le=2048, description="GRU: its state size")
     attention_units: int = Field(512, ge=16, le=2048, description="GRU: its attention's size")
     layers: int = Field(2, ge=1, le=8, description="Transformer: decoder blocks")
-    heads: int = Field(2, ge=1, le=16, description="Transformer: attention heads per block")
+    heads: int = Field(1, ge=1, le=16, description="Transformer: attention heads per block")
     ff_units: int = Field(1024, ge=16, le=8192, description="Transformer: feed-forward size")
-    dropout: float = Field(0.1, ge=0.0, le=0.9, description="Transformer: dropout in training")
+    dropout: float = Field(
+        0.1, ge=0.0, le=0.9, allow_inf_nan=False, description="Transformer: dropout in training"
+    )
+
+    @model_validator(mode="after")
+    def heads_divide(self) -> ModelAsked:
+        """The Transformer splits its width between its heads."""
+        if self.embedding_dim % self.heads:
+            raise refused(
+                "invalid_model",
+                f"model.embedding_dim ({self.embedding_dim}) must be "
+                f"divisible by model.heads ({self.heads})",
+            )
+        return self
 
 
-class FeedbackUse(BaseModel):
+class FeedbackUse(Strict):
     """Learn from the tenant's caption corrections too (POST /v1/jobs/{id}/feedback)."""
 
-    model_config = CLOSED
     weight: int = Field(
         1,
         ge=1,
@@ -142,13 +136,12 @@ class FeedbackUse(BaseModel):
     )
 
 
-class PromotionAsked(BaseModel):
+class PromotionAsked(Strict):
     """Whether the version trained should serve: never, always, or if it beats the active one
     on a validation metric."""
 
-    model_config = CLOSED
     policy: Policy
-    metric: Metric = Field("bleu4", description="the validation metric compared (if_better)")
+    metric: Metric = Field(DEFAULT_METRIC, description="the validation metric compared (if_better)")
 
 
 class RunCreate(Strict):
@@ -160,9 +153,10 @@ class RunCreate(Strict):
         "DATASET_ID}",
         json_schema_extra=coded("invalid_dataset"),
     )
-    hyperparameters: Hyperparameters | None = Field(
-        None,
-        description="a JSON object of whole numbers (learning_rate: a number) within their limits",
+    hyperparameters: Hyperparameters = Field(
+        Hyperparameters(),
+        description="a JSON object of whole numbers (learning_rate: a number) within their "
+        "limits; each left out takes its default",
         json_schema_extra=coded("invalid_hyperparameters"),
     )
     base_version: str | int | None = Field(
@@ -173,18 +167,18 @@ class RunCreate(Strict):
     promotion: Policy | PromotionAsked | None = Field(
         None,
         description="a policy (never, always, if_better), or {policy, metric} with metric "
-        f"one of {', '.join(CAPTION_METRICS)} (default bleu4). Only an admin key's run may "
-        "promote: the default is if_better for an admin key, never for others",
+        f"one of {', '.join(CAPTION_METRICS)} (default {DEFAULT_METRIC}). Only an admin key's "
+        "run may promote: the default is if_better for an admin key, never for others",
         json_schema_extra=coded("invalid_promotion"),
     )
-    webhook: Url | None = Field(
+    webhook: WebUrl | None = Field(
         None,
         description="an http(s) URL told about the run; the SSRF guard refuses private addresses",
         json_schema_extra=coded("invalid_webhook"),
     )
-    webhook_events: list[RunEvent] | str | None = Field(
-        None,
-        description="events to tell: a list, or comma-separated (default completed)",
+    webhook_events: RunEvents = Field(
+        ["completed"],
+        description="events to tell the webhook: a list, or comma-separated",
         json_schema_extra=coded("invalid_webhook_events"),
     )
     feedback: FeedbackUse | None = Field(
@@ -200,6 +194,19 @@ class RunCreate(Strict):
         "one",
         json_schema_extra=coded("invalid_model"),
     )
+
+    @model_validator(mode="after")
+    def consistent(self) -> RunCreate:
+        """A fine-tune keeps its base's architecture; webhook events need a webhook."""
+        if self.base_version is not None and self.model is not None:
+            raise refused(
+                "invalid_model",
+                "a fine-tune keeps its base version's architecture: "
+                "leave model out with a base_version",
+            )
+        if self.webhook is None and "webhook_events" in self.model_fields_set:
+            raise refused("invalid_webhook", "webhook_events needs a webhook URL")
+        return self
 
 
 class RunFeedback(BaseModel):

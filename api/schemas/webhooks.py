@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
-from api.contract import Strict, coded
+from api.schemas.base import Strict, coded
 from store.tables import DeliveryStatus
 
 MAX_GRACE_S = 7 * 86400
@@ -15,7 +15,7 @@ MAX_GRACE_S = 7 * 86400
 class RotateSecret(Strict):
     """How long the secret being replaced keeps signing (the body is optional)."""
 
-    grace_seconds: float = Field(
+    grace_seconds: float | None = Field(
         None,
         ge=0,
         le=MAX_GRACE_S,
@@ -24,13 +24,6 @@ class RotateSecret(Strict):
         "WEBHOOK_SECRET_GRACE_S setting)",
         json_schema_extra=coded("invalid_grace"),
     )
-
-    @model_validator(mode="before")
-    @classmethod
-    def an_object(cls, body: Any) -> Any:
-        """A body that is not an object is a bad grace period (`invalid_grace`), as the view
-        says it: the value is checked as grace_seconds and refused there."""
-        return body if isinstance(body, dict) else {"grace_seconds": body}
 
 
 class PreviousSecret(BaseModel):
