@@ -250,26 +250,51 @@ function correctionForm(job) {
 
 // ---- submitting ----
 
-const SEED_MAX = 2 ** 32 - 1;
+/** The form's decoding fields and the request fields they set. */
+const FIELDS = { "max-length": "max_length", "beam-size": "beam_size", temperature: "temperature",
+  seed: "seed" };
 
-/** The decoding options the form asks for: temperature and seed only when set, and no beams
- * when sampling (the API samples with one beam). Throws when the temperature or seed is not one
- * the API takes. */
+/** Each decoding field starts at the default the API documents and takes its limits from
+ * there (GET /openapi.json), the one place they are written. A field the user already changed
+ * is left as it is; one left empty is not sent, and the API applies its default. */
+async function loadDefaults() {
+  try {
+    const document = await (await fetch("/openapi.json")).json();
+    const properties = document.components.schemas.JobForm.properties; // text: no nulls
+    for (const [id, name] of Object.entries(FIELDS)) {
+      const input = $(`#${id}`);
+      const { default: start, minimum, maximum } = properties[name];
+      if (minimum !== undefined) input.min = minimum;
+      if (maximum !== undefined) input.max = maximum;
+      if (start !== undefined && start !== null && input.value === "") input.value = start;
+    }
+  } catch {
+    // the fields stay empty: the API applies its defaults
+  }
+  $("#temperature").dispatchEvent(new Event("input"));
+}
+
+/** The decoding options the form asks for: only the fields that are set, and no beams when
+ * sampling (the API samples with one beam). Throws when a field holds what the API does not
+ * take. */
 function options() {
-  const temperature = $("#temperature");
-  const seed = $("#seed");
-  const chosen = { max_length: Number($("#max-length").value) || 20 };
-  const heat = temperature.value === "" ? 0 : Number(temperature.value);
-  if (!temperature.validity.valid || !(heat >= 0 && heat <= 2)) {
-    throw new Error("Temperature must be a number from 0 to 2.");
+  const chosen = {};
+  for (const [id, name] of Object.entries(FIELDS)) {
+    const input = $(`#${id}`);
+    if (input.value === "" && !input.validity.badInput) continue;
+    const value = Number(input.value);
+    const low = Number(input.min || 0), high = input.max === "" ? Infinity : Number(input.max);
+    const whole = name !== "temperature";
+    if (!input.validity.valid || !(value >= low && value <= high)
+        || (whole && !/^\d+$/.test(input.value))) {
+      const what = whole ? "a whole number" : "a number";
+      throw new Error(`${input.labels[0].textContent} must be ${what} from ${low} to ${high}`
+        + (name === "seed" ? ", or empty." : "."));
+    }
+    chosen[name] = value;
   }
-  if (heat > 0) chosen.temperature = heat;
-  else chosen.beam_size = Number($("#beam-size").value) || 3;
-  if (seed.validity.badInput || (seed.value !== "" && !/^\d+$/.test(seed.value))
-      || Number(seed.value) > SEED_MAX) {
-    throw new Error(`Seed must be a whole number from 0 to ${SEED_MAX}, or empty.`);
-  }
-  if (seed.value !== "") chosen.seed = Number(seed.value);
+  if (chosen.temperature > 0) delete chosen.beam_size;
+  else delete chosen.temperature;
   return chosen;
 }
 
@@ -396,5 +421,6 @@ function refresh() {
 setupKeyForm(refresh);
 setupSubmission();
 setupSampling();
+loadDefaults();
 $("#refresh").addEventListener("click", refresh);
 refresh();
