@@ -43,6 +43,7 @@ and adds the ratios new/old. The machine's load is reported: the figures need a 
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
 import json
 import os
@@ -74,24 +75,26 @@ import psycopg2  # noqa: E402
 import redis  # noqa: E402
 from cryptography.fernet import Fernet  # noqa: E402
 
-from captioner.client import TERMINAL, Client  # noqa: E402
 from captioner.processes import stop, tail, wait_ready  # noqa: E402
+from captioner_client import Client  # noqa: E402
+from core.settings import Settings, to_env  # noqa: E402
+from harness.http import free_port, wait_for_http  # noqa: E402
 from harness.stack import (  # noqa: E402
     ACCESS_KEY,
+    CLIENT_TIMEOUT_S,
     POSTGRES_URL,
     REDIS_URL,
     REGION,
     SECRET_KEY,
     UNTHROTTLED,
     admin_key,
-    free_port,
     fresh_postgres,
     moto_s3_server,
     redis_database,
 )
-from core.settings import Settings, to_env  # noqa: E402
 from store.blobs import open_blob_store  # noqa: E402
 from store.db import Database  # noqa: E402
+from store.tables import TERMINAL  # noqa: E402
 
 # Worker stages: (stage, file pattern, function pattern), searched (re.search) in py-spy's frames
 # `function (path:line)`, functions as qualified names (`Inference._claim`). Frames are tried
@@ -504,14 +507,15 @@ def start_services(run: Running, inputs: Inputs) -> None:
     ]
     run.processes["api"] = start(run, "api", gunicorn, child_env(run, inputs, False))
     wait_ready(run.processes["worker"], run.log("worker"))
-    run.client = Client(f"http://127.0.0.1:{port}", api_key(run))
-    wait_http(run)
+    run.client = Client(f"http://127.0.0.1:{port}", api_key(run), timeout=CLIENT_TIMEOUT_S)
+    wait_api(run)
 
 
 def api_key(run: Running) -> str | None:
     """A key with every scope where the source checks keys; None for older code, which has no
     table for them and ignores the header."""
-    if not (run.source / "store" / "api_keys.py").exists():
+    store = run.source / "store"
+    if not any((store / name).exists() for name in ("api_keys.py", "apikeys.py")):
         return None
     database = Database(run.settings.database_url)
     try:
@@ -528,18 +532,9 @@ def start(run: Running, name: str, command: list[str], env: dict[str, str]) -> s
         )
 
 
-def wait_http(run: Running, timeout: float = 60) -> None:
-    """Block until the API answers /healthz."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            run.client.request("GET", "/healthz")
-            return
-        except OSError:
-            if run.processes["api"].poll() is not None:
-                break
-            time.sleep(0.2)
-    raise RuntimeError(f"the API did not start:\n{tail(run.log('api'))}")
+def wait_api(run: Running, timeout: float = 60) -> None:
+    """Block until the API answers /healthz (raises, with its log's tail, if it exits first)."""
+    wait_for_http(f"{run.client.base_url}/healthz", timeout, run.processes["api"], run.log("api"))
 
 
 def measure(run: Running, inputs: Inputs) -> dict:
@@ -685,8 +680,11 @@ def verify_source(run: Running, inputs: Inputs) -> dict[str, str]:
 def post(run: Running, inputs: Inputs, images: list[bytes]) -> str:
     """POST /v1/batches (multipart files or JSON base64, as asked), or with `--singles` one
     image to /v1/jobs; the batch's or the job's id."""
+    # No Idempotency-Key (the client's submit methods send one): it would add its own
+    # transactions to every post, and the figures are per job of the bare API.
     if inputs.args.upload == "json" and not inputs.args.singles:
-        return run.client.submit_batch(images)["id"]
+        body = {"images": [base64.b64encode(data).decode() for data in images]}
+        return run.client.request("POST", "/v1/batches", json=body)["id"]
     path, name = ("/v1/jobs", "image") if inputs.args.singles else ("/v1/batches", "images")
     boundary = uuid.uuid4().hex
     parts = [
@@ -698,7 +696,7 @@ def post(run: Running, inputs: Inputs, images: list[bytes]) -> str:
     ]
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-    return json.loads(run.client.get_bytes(path, "POST", body, headers))["id"]
+    return run.client.request("POST", path, content=body, headers=headers)["id"]
 
 
 def load(run: Running, inputs: Inputs, progress: Progress) -> tuple[list[str], float, dict]:
@@ -804,7 +802,9 @@ class Profiler:
         if self.binary is None:
             return {"worker_stages_note": "py-spy is not installed in the venv: no breakdown"}
         if not self.output.exists() or not self.jobs:
-            return {"worker_stages_note": f"no profile:\n{tail(self.run.log('py-spy'))}"}
+            log = self.run.log("py-spy")
+            why = tail(log) if log.exists() else "the jobs passed the span between two polls"
+            return {"worker_stages_note": f"no profile:\n{why}"}
         samples = stage_samples(self.output)
         total = sum(samples.values())
         cpu_ms = self.worker_cpu * 1000 / self.jobs  # the stages are scaled to add up to this

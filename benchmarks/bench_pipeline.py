@@ -27,6 +27,7 @@ caption runs all 20 steps: the slowest case for decoding, as in bench_model.py.
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
 import json
 import os
@@ -47,11 +48,10 @@ import numpy as np  # noqa: E402
 from api import create_app  # noqa: E402
 from api.auth import identify  # noqa: E402
 from benchmarks.bench_model import full_size_bundle  # noqa: E402
-from captioner.client import Client  # noqa: E402
 from captioner.processes import api_server  # noqa: E402
-from harness.stack import admin_key, running_stack, services  # noqa: E402
-from core.errors import ApiError  # noqa: E402
+from captioner_client import ApiError, Client, Job  # noqa: E402
 from core.settings import Settings  # noqa: E402
+from harness.stack import CLIENT_TIMEOUT_S, admin_key, running_stack, services  # noqa: E402
 from model.bundle import load_bundle, save_bundle  # noqa: E402
 from model.encoder import Encoder  # noqa: E402
 from model.images import decode_image  # noqa: E402
@@ -84,17 +84,28 @@ def single_image_ms(captioner: Captioner, images: np.ndarray, reps: int) -> floa
     return statistics.median(times) * 1000
 
 
+def submit(client: Client, image: bytes, wait: float = 0) -> Job:
+    """POST /v1/jobs (base64 JSON), `Prefer: wait` if asked. Not `client.submit`: that sends
+    an Idempotency-Key, whose own transactions would count in every job's figures."""
+    headers = {"Prefer": f"wait={wait:g}"} if wait else {}
+    body = {"image": base64.b64encode(image).decode()}
+    timeout = client.timeout + wait
+    return Job.from_json(
+        client.request("POST", "/v1/jobs", json=body, headers=headers, timeout=timeout)
+    )
+
+
 def low_load_latency(client: Client, pngs: list[bytes], n: int) -> dict:
     """Percentiles of `n` jobs sent one at a time, each waited for, and where the time went."""
-    client.submit(pngs[0], wait=60)  # the first request opens connections
+    submit(client, pngs[0], wait=60)  # the first request opens connections
     latencies, jobs = [], []
     for i in range(n):
         start = time.perf_counter()
-        job = client.submit(pngs[i % len(pngs)], wait=60)
+        job = submit(client, pngs[i % len(pngs)], wait=60)
         latencies.append((time.perf_counter() - start) * 1000)
-        if job["status"] != "succeeded":
-            raise RuntimeError(f"job ended {job['status']}: {job['error']}")
-        jobs.append(job["timings"])
+        if job.status != "succeeded":
+            raise RuntimeError(f"job ended {job.status}: {job.error_code} {job.error_message}")
+        jobs.append(job.raw["timings"])
     # Server-side parts (medians): row created → claimed, the forward pass, created → finished.
     parts = {
         key: statistics.median(t[key] for t in jobs)
@@ -112,11 +123,12 @@ def saturation(client: Client, pngs: list[bytes], n: int) -> dict:
     started = time.perf_counter()
     images = [pngs[i % len(pngs)] for i in range(n)]
     with ThreadPoolExecutor(8) as pool:
-        ids = [job["id"] for job in pool.map(client.submit, images)]
+        ids = [job.id for job in pool.map(lambda image: submit(client, image), images)]
     submitted_s = time.perf_counter() - started
     submitted_at = datetime.datetime.now(datetime.UTC)
-    # Rates come from the server's finished_at, so checking on the jobs can be slow and light.
-    jobs = [client.wait_for(job_id, timeout=1200, poll_s=1.0) for job_id in ids]
+    # Rates come from the server's finished_at, so checking on the jobs can be slow and light:
+    # one request at a time, held by the API until its job ends.
+    jobs = [job.raw for job in client.wait_all(ids, timeout=1200, progress=False)]
     if any(job["status"] != "succeeded" for job in jobs):
         raise RuntimeError("some jobs did not succeed")
     finished = sorted(datetime.datetime.fromisoformat(j["timings"]["finished_at"]) for j in jobs)
@@ -221,8 +233,7 @@ def auth_overhead(settings: Settings, n: int) -> dict:
         n,
     )
     app.extensions["captioner"].db.dispose()
-    with api_server(settings) as url:
-        client = Client(url, key)
+    with api_server(settings) as url, Client(url, key, timeout=CLIENT_TIMEOUT_S) as client:
         figures |= interleaved(
             {
                 "auth_http_with_key": missing_job(client),

@@ -62,12 +62,13 @@ from benchmarks.bench_control_plane import (  # noqa: E402
     post,
     rates,
     start,
+    wait_api,
     wait_done,
-    wait_http,
 )
-from captioner.client import Client  # noqa: E402
 from captioner.processes import stop, wait_ready  # noqa: E402
-from harness.stack import free_port, services  # noqa: E402
+from captioner_client import Client  # noqa: E402
+from harness.http import free_port  # noqa: E402
+from harness.stack import CLIENT_TIMEOUT_S, services  # noqa: E402
 
 FIRST = "worker"  # the first worker's process name: bench_control_plane's helpers watch it
 WARM_IMAGES = 8  # per client thread, before the measured run
@@ -214,8 +215,8 @@ def start_api(run: Running, inputs: Inputs) -> None:
         "api:create_app()",
     ]
     run.processes["api"] = start(run, "api", gunicorn, child_env(run, inputs, False))
-    run.client = Client(f"http://127.0.0.1:{port}", api_key(run))
-    wait_http(run)
+    run.client = Client(f"http://127.0.0.1:{port}", api_key(run), timeout=CLIENT_TIMEOUT_S)
+    wait_api(run)
 
 
 def warm_up(run: Running, inputs: Inputs, progress: Progress) -> None:

@@ -1,6 +1,7 @@
 """Training throughput, and the time to swap models on a running inference worker.
 
-Prints one JSON object. Run: `python benchmarks/bench_training.py [--n 400] [--swaps 5]`.
+Prints one JSON object. Run: `python benchmarks/bench_training.py [--n 400] [--swaps 5]
+[--batch-sizes 16,64] [--batch-max 8]`.
 
 - training: the shapes set is generated, its features extracted (the encoder-bound phase), then
   `model.training.train` runs a few epochs at each batch size; images/s and steps/s are the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -30,23 +32,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 BATCH_SIZES = (16, 64)
 
 
-def training_throughput(folder: Path, n: int, epochs: int) -> dict:
+def training_throughput(
+    folder: Path, n: int, epochs: int, batch_sizes: tuple[int, ...] = BATCH_SIZES
+) -> dict:
     """Feature extraction images/s, then training images/s and steps/s per batch size."""
     from model.data import load_dataset
-    from model.encoder import Encoder
     from model.features import extract_features
     from model.shapes import write_shapes_dataset
     from model.training import Callbacks, TrainConfig, train
 
     write_shapes_dataset(folder / "shapes", n, seed=0, val_fraction=0.2)
     splits = load_dataset(folder / "shapes")
-    encoder = Encoder("seed:0")
+    encoder = seed0_encoder()
     started = time.perf_counter()
     for role in ("train", "val"):
         extract_features(encoder, splits[role], folder / "features")
     features_per_s = n / (time.perf_counter() - started)
     result = {"images": n, "feature_extraction_images_per_s": round(features_per_s, 1)}
-    for batch_size in BATCH_SIZES:
+    for batch_size in batch_sizes:
         last = []
         config = TrainConfig(epochs=epochs, batch_size=batch_size, patience=epochs, val_images=50)
         train(
@@ -82,22 +85,29 @@ def random_bundle(path: Path, seed: int) -> Path:
     config = ModelConfig(vocab_size=len(vocab))
     norm = FeatureNorm(np.zeros(2048, np.float32), np.ones(2048, np.float32))
     decoder = CaptionDecoder.from_model_config(config)
-    info = EncoderInfo("seed:0", seed0_fingerprint())
+    info = EncoderInfo("seed:0", seed0_encoder().fingerprint)
     return save_bundle(Bundle(config, vocab, decoder, norm, info), path)
 
 
-def seed0_fingerprint() -> str:
+@functools.cache
+def seed0_encoder():
+    """The seed:0 encoder, built once: training runs on it and each bundle records its
+    fingerprint."""
     from model.encoder import Encoder
 
-    return Encoder("seed:0").fingerprint
+    return Encoder("seed:0")
 
 
-def swap_times(folder: Path, swaps: int, image: bytes) -> dict:
-    """Promote two versions in turn under a stream of jobs; time each swap."""
-    from captioner.client import Client
+def swap_times(
+    folder: Path, swaps: int, image: bytes, batch_max: int = 8, pause_s: float = 3.0
+) -> dict:
+    """Promote two versions in turn under a stream of jobs; time each swap. The worker takes
+    batches of up to `batch_max` (it compiles each bucket up to it at every load); `pause_s` of
+    steady serving before the first swap and after each."""
     from captioner.keys import local_admin_key
     from captioner.processes import api_server, start_worker, stop, wait_ready
     from captioner.service import migrate
+    from captioner_client import Client
     from core.settings import from_env
     from store.blobs import open_blob_store
     from store.db import Database
@@ -106,7 +116,7 @@ def swap_times(folder: Path, swaps: int, image: bytes) -> dict:
     settings = from_env(
         {
             "CAPTIONER_DATA_DIR": str(folder / "service"),
-            "BATCH_MAX_SIZE": "8",
+            "BATCH_MAX_SIZE": str(batch_max),
             "MODEL_POLL_S": "0.5",
         }
     )
@@ -122,11 +132,11 @@ def swap_times(folder: Path, swaps: int, image: bytes) -> dict:
     try:
         wait_ready(worker, log)
         with api_server(settings) as url:
-            stream.start(Client(url, local_admin_key(settings)), image)
-            time.sleep(3)
+            stream.start(Client(url, local_admin_key(settings), timeout=120), image)
+            time.sleep(pause_s)
             for i in range(swaps):
                 rows.append(one_swap(db, versions[(i + 1) % 2]))
-                time.sleep(3)
+                time.sleep(pause_s)
             jobs = stream.finish()
     finally:
         stop([worker])
@@ -165,15 +175,16 @@ class JobStream:
 
         def loop() -> None:
             while not self._stop.wait(0.2):
-                self.sent.append((client.submit(image)["id"], time.monotonic()))
+                self.sent.append((client.submit(image).id, time.monotonic()))
 
         self._thread = threading.Thread(target=loop)
         self._thread.start()
 
     def finish(self) -> list[tuple[dict, float]]:
+        """Stop submitting; each job's JSON once it ended, and when it was sent."""
         self._stop.set()
         self._thread.join()
-        return [(self.client.wait_for(job_id, timeout=120), at) for job_id, at in self.sent]
+        return [(self.client.wait(job_id, timeout=120).raw, at) for job_id, at in self.sent]
 
 
 def summarize(rows: list[dict], jobs: list[tuple[dict, float]]) -> dict:
@@ -212,12 +223,22 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=400, help="shapes images to train on")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--swaps", type=int, default=5)
+    parser.add_argument(
+        "--batch-sizes",
+        type=lambda text: tuple(int(b) for b in text.split(",")),
+        default=BATCH_SIZES,
+        help="training batch sizes, e.g. 16,64",
+    )
+    parser.add_argument("--batch-max", type=int, default=8, help="the worker's BATCH_MAX_SIZE")
+    parser.add_argument(
+        "--pause-s", type=float, default=3.0, help="steady serving before and after each swap"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        training = training_throughput(folder / "training", args.n, args.epochs)
+        training = training_throughput(folder / "training", args.n, args.epochs, args.batch_sizes)
         image = next((folder / "training" / "shapes" / "images" / "val").glob("*.png")).read_bytes()
-        swap = swap_times(folder / "swap", args.swaps, image)
+        swap = swap_times(folder / "swap", args.swaps, image, args.batch_max, args.pause_s)
     print(
         json.dumps(
             {

@@ -30,12 +30,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from captioner.client import Client  # noqa: E402
-from harness.receiver import receiver  # noqa: E402
 from captioner.service import WEBHOOK_CONCURRENCY  # noqa: E402
-from harness.stack import running_stack  # noqa: E402
+from captioner_client import Client  # noqa: E402
 from core.netguard import Guard  # noqa: E402
 from core.signatures import new_secret, signed_headers  # noqa: E402
+from harness.receiver import receiver  # noqa: E402
+from harness.stack import running_stack  # noqa: E402
 from worker.webhooks import post  # noqa: E402
 
 WORKER = "webhooks@bench"
@@ -113,10 +113,10 @@ def measure(client: Client, sink, celery, args) -> dict:
     image, url = png(), sink.script("/hook")
 
     def submit(_=None) -> str:
-        return client.submit(image, webhook=url)["id"]
+        return client.submit(image, webhook=url).id
 
     one = submit()
-    body = json.dumps({"type": "job.completed", "data": client.job(one)}).encode()
+    body = json.dumps({"type": "job.completed", "data": client.job(one).raw}).encode()
     raw = raw_posts_per_s(sink.url("/raw"), body, args.jobs)
 
     low = []
