@@ -6,10 +6,10 @@ DATA ?= data
 
 .PHONY: install demo test lint bench clean
 
-$(BIN)/captioner: pyproject.toml client/pyproject.toml harness/pyproject.toml
+$(BIN)/captioner: pyproject.toml client/pyproject.toml dev/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[cpu,dev]" -e ./client -e ./harness
+	$(BIN)/python -m pip install --quiet -e ".[cpu,dev]" -e ./client -e ./dev
 	touch $@
 
 install: $(BIN)/captioner

@@ -10,10 +10,10 @@ from api.body_limits import BATCH, dataset_body, register_body_limits
 from api.contract import register_contract
 from api.errors import register_error_handlers
 from api.idempotency import register_idempotency
+from api.instruments import register_metrics
 from api.limits import register_limits
 from api.links import register_public_links
 from api.routes import blueprints
-from api.routes.metrics import register_metrics
 from api.services import Services
 from core.settings import Settings, from_env
 

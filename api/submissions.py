@@ -137,20 +137,39 @@ def job_template(asked: Submission) -> jobs.NewJob:
     )
 
 
-def image_job(template: jobs.NewJob, job_id: uuid.UUID, stored: StoredImage, data: bytes,
-              info: ImageInfo, index: int = 0) -> jobs.NewJob:  # fmt: skip
+def image_job(
+    template: jobs.NewJob,
+    job_id: uuid.UUID,
+    stored: StoredImage,
+    data: bytes,
+    info: ImageInfo,
+    index: int = 0,
+) -> jobs.NewJob:
     """A checked and stored image's job, the `index`-th of its submission."""
-    return replace(template, id=job_id, image_key=stored.key, image_offset=stored.offset,
-                   image_bytes=len(data), image_format=info.format, image_width=info.width,
-                   image_height=info.height, seed=job_seed(template, index))  # fmt: skip
+    return replace(
+        template,
+        id=job_id,
+        image_key=stored.key,
+        image_offset=stored.offset,
+        image_bytes=len(data),
+        image_format=info.format,
+        image_width=info.width,
+        image_height=info.height,
+        seed=job_seed(template, index),
+    )
 
 
 def url_job(template: jobs.NewJob, url: str, index: int = 0) -> jobs.NewJob:
     """A job whose image the worker fetches from `url` into the job's own key (its size is
     unknown until then: 0)."""
     job_id = uuid.uuid4()
-    return replace(template, id=job_id, image_key=image_key(job_id), image_url=url,
-                   seed=job_seed(template, index))  # fmt: skip
+    return replace(
+        template,
+        id=job_id,
+        image_key=image_key(job_id),
+        image_url=url,
+        seed=job_seed(template, index),
+    )
 
 
 def job_seed(template: jobs.NewJob, index: int) -> int | None:

@@ -1,5 +1,5 @@
 """The application on top: the `captioner` command (`captioner.cli:main`), its service commands
-and demo, the process runner, the HTTP client, and the throwaway stack tests and benchmarks run.
+and demo, the process runner, progress bars and gunicorn's settings.
 
-Nothing imports this package; it imports every other one.
+Nothing imports this package but the development harness (dev/); it imports every other one.
 """

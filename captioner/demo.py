@@ -16,16 +16,22 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
-from captioner.client import Client
 from captioner.keys import KEY_FILE, local_admin_key
 from captioner.processes import api_server, start_worker, stop, tail
 from captioner.progress import TrainingBars, progress_bar
 from core.settings import from_env
 
+if TYPE_CHECKING:
+    from captioner_client import Client, Job, TrainingRun
+
 STEPS = 4
 KEPT = ("datasets", "features")  # reused by the next demo: the shapes set and its features
 HELD_OUT_SEED = 12345  # the images to caption are drawn apart from the training set
+CLIENT_TIMEOUT_S = 120.0
+RUN_POLL_S = 0.5
+RUN_TIMEOUT_S = 3600.0
 
 
 def add_command(commands) -> None:
@@ -47,6 +53,7 @@ def step(number: int, text: str) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the four steps; exit status 0 when every submitted image got a caption."""
+    Client = light_client()
     started = time.monotonic()
     service = fresh_service(args.data / "service")
     settings = from_env(
@@ -67,9 +74,10 @@ def run_demo(args: argparse.Namespace) -> int:
             for queue in ("training", "inference")
         }
         stack.callback(stop, list(workers.values()))
-        client = Client(stack.enter_context(api_server(settings)), key)
+        url = stack.enter_context(api_server(settings))
+        client = stack.enter_context(Client(url, key, timeout=CLIENT_TIMEOUT_S))
         run = train_through_api(client, args, workers["training"], service / "training.log")
-        version = run["model_version"]
+        version = run.model_version
         wait_for_version(client, version, workers["inference"], service / "inference.log")
         examples = held_out(args.data / "held-out", args.submit)
         jobs = caption_through_api(
@@ -81,7 +89,21 @@ def run_demo(args: argparse.Namespace) -> int:
         f"\naccuracy: {correct}/{len(examples)} captions exactly right ({share:.0%}) by model "
         f"{version}; the demo took {time.monotonic() - started:.0f} s"
     )
-    return 0 if all(job["status"] == "succeeded" for job in jobs) else 1
+    return 0 if all(job.status == "succeeded" for job, _ in jobs) else 1
+
+
+def light_client() -> type[Client]:
+    """The light client's Client (client/, `captioner_client`: `make install` and the image
+    install it beside the service), imported only here: the rest of the CLI works without it."""
+    try:
+        from captioner_client import Client
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("captioner_client", "httpx"):
+            raise
+        raise RuntimeError(
+            "the demo talks to the API through the light client: pip install ./client"
+        ) from None
+    return Client
 
 
 def fresh_service(folder: Path) -> Path:
@@ -94,30 +116,43 @@ def fresh_service(folder: Path) -> Path:
     return folder
 
 
-def train_through_api(client: Client, args: argparse.Namespace, worker, log: Path) -> dict:
+def train_through_api(client: Client, args: argparse.Namespace, worker, log: Path) -> TrainingRun:
     """POST /v1/training-runs on the shapes set, promoted when done; follow it to its end."""
-    body = {
-        "dataset": {"type": "shapes", "size": args.n, "seed": 0},
-        "hyperparameters": {
+    run = client.start_run(
+        {"type": "shapes", "size": args.n, "seed": 0},
+        hyperparameters={
             "epochs": args.epochs,
             "batch_size": args.batch_size,
             "patience": args.patience,
         },
-        "promotion": {"policy": "always", "metric": "bleu4"},
-    }
-    run = client.request("POST", "/v1/training-runs", body)
-    step(2, f"training: run {run['id']} on {args.n} shapes images (seeded offline encoder)")
+        promotion={"policy": "always", "metric": "bleu4"},
+    )
+    step(2, f"training: run {run.id} on {args.n} shapes images (seeded offline encoder)")
     with RunBars() as bars:
-        run = client.wait_for_run(run["id"], seen=lambda r: bars.show(r, worker, log))
-    if run["status"] != "succeeded":
-        raise RuntimeError(f"training run {run['status']}: {run['error']}\n{tail(log)}")
-    scores = run["history"][-1]
+        run = follow_run(client, run.id, lambda r: bars.show(r, worker, log))
+    if run.status != "succeeded":
+        raise RuntimeError(f"training run {run.status}: {run.raw['error']}\n{tail(log)}")
+    scores = run.history[-1]
     print(
-        f"model {run['model_version']} registered and promoted; last epoch: bleu4 "
+        f"model {run.model_version} registered and promoted; last epoch: bleu4 "
         f"{scores['bleu4']:.3f}, exact match {scores['exact_match']:.0%}",
         file=sys.stderr,
     )
     return run
+
+
+def follow_run(client: Client, run_id: str, seen) -> TrainingRun:
+    """Read the run every RUN_POLL_S until it ends, passing each reading to `seen` (which
+    raises if a worker died)."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:
+        run = client.run(run_id)
+        seen(run)
+        if run.done:
+            return run
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"training run {run_id} is still {run.status}")
+        time.sleep(RUN_POLL_S)
 
 
 class RunBars:
@@ -133,14 +168,14 @@ class RunBars:
     def __exit__(self, *exc) -> None:
         self.bars.__exit__(*exc)
 
-    def show(self, run: dict, worker, log: Path) -> None:
+    def show(self, run: TrainingRun, worker, log: Path) -> None:
         """Update the bars from one GET of the run."""
         if worker.poll() is not None:
             raise RuntimeError(f"the training worker stopped:\n{tail(log)}")
-        for row in run["history"][self.epochs_shown :]:
+        for row in run.history[self.epochs_shown :]:
             self.bars.epoch_end(row)
             self.epochs_shown += 1
-        progress = run["progress"] or {}
+        progress = run.progress or {}
         phase = progress.get("phase")
         if phase in ("dataset", "features"):
             self.bars.features(
@@ -172,53 +207,54 @@ def held_out(folder: Path, n: int):
     return load_dataset(folder)["val"][:n]
 
 
-def caption_through_api(client: Client, examples, worker, log: Path) -> list[dict]:
-    """Submit the images as one batch and wait for every job."""
+def caption_through_api(
+    client: Client, examples, worker, log: Path
+) -> list[tuple[Job, bytes | None]]:
+    """Submit the images as one batch and wait for every job: each with its attention grid."""
     images = [example.path.read_bytes() for example in examples]
     batch = client.submit_batch(images)
     step(4, f"captioning: {len(images)} new images sent to {client.base_url}/v1/batches")
-    wait_for_batch(client, batch["id"], len(images), worker, log)
-    return [with_png(client, client.job(job["id"])) for job in batch["jobs"]]
+    wait_for_batch(client, batch.id, len(images), worker, log)
+    return [with_png(client, client.job(job)) for job in batch.jobs]
 
 
 def wait_for_batch(client: Client, batch_id: str, total: int, worker, log: Path) -> None:
     """Show a progress bar until every job of the batch is terminal."""
     with progress_bar(total, "captioned", "job") as bar:
         while True:
-            batch = client.request("GET", f"/v1/batches/{batch_id}")
-            done = total - batch["counts"]["queued"] - batch["counts"]["running"]
+            batch = client.batch(batch_id)
+            done = total - batch.counts["queued"] - batch.counts["running"]
             bar.update(done - bar.n)
-            if batch["status"] == "completed":
+            if batch.done:
                 return
             if worker.poll() is not None:
                 raise RuntimeError(f"the worker stopped:\n{tail(log)}")
             time.sleep(0.2)
 
 
-def with_png(client: Client, job: dict) -> dict:
-    """The job with its attention grid under "png" (None unless it succeeded)."""
-    url = job["urls"].get("attention_png")
-    return job | {"png": client.get_bytes(url) if url else None}
+def with_png(client: Client, job: Job) -> tuple[Job, bytes | None]:
+    """The job and its attention grid as a PNG (None unless it succeeded)."""
+    return job, client.attention_png(job) if job.raw["urls"].get("attention_png") else None
 
 
-def report(examples, jobs: list[dict], pictures: Path) -> int:
+def report(examples, jobs: list[tuple[Job, bytes | None]], pictures: Path) -> int:
     """Print caption, truth and picture per image; returns how many were exactly right."""
     from model.vocab import standardize
 
     pictures.mkdir(parents=True, exist_ok=True)
     correct = 0
-    for example, job in zip(examples, jobs, strict=True):
+    for example, (job, png) in zip(examples, jobs, strict=True):
         name = example.path.name
-        if job["status"] != "succeeded":
-            print(f"{name}: {job['status']}: {job['error']}")
+        if job.status != "succeeded":
+            print(f"{name}: {job.status}: {job.raw['error']}")
             continue
-        caption = job["result"]["caption"]
+        caption = job.caption.caption
         right = caption.split() in [standardize(c) for c in example.captions]
         correct += right
         picture = pictures / f"{example.path.stem}.png"
-        picture.write_bytes(job["png"])
+        picture.write_bytes(png)
         mark = "✓" if right else f"✗ truth: {example.captions[0]}"
-        timing = job["timings"]
+        timing = job.raw["timings"]
         print(
             f"{name}: {caption}  {mark}  [{picture}]  (batch of {timing['batch_size']}, "
             f"{timing['total_ms']:.0f} ms after submit)"

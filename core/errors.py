@@ -13,7 +13,6 @@
     │   └── EncoderMismatch         …trained on the features of another encoder
     ├── TrainingStopped             training stopped at a step because the caller asked
     ├── ErrorResponse               the API refuses a request: HTTP status, code and message
-    ├── ApiError                    the client got an error answer from the API
     └── WorkerOutcome               a worker's task ends early; logged, never shown to users
         ├── JobSkipped              the job is terminal, canceled or leased elsewhere
         ├── TemporaryFailure        the job went back to the queue, to be tried again
@@ -23,10 +22,11 @@
 Where they come from: SettingsError (core.settings), ImageError (core.images), UrlError
 (core.netguard), DatasetError (core.archives, model.data), VerificationError (core.signatures),
 BlobStoreError and BlobNotFound (store.blobs), StoreUnavailable (store.db), BundleError and
-EncoderMismatch (model.bundle), TrainingStopped (model.training), ErrorResponse (api), ApiError
-(captioner.client), the worker outcomes (worker.inference, worker.training). Errors of the
-libraries underneath (Pillow, SQLAlchemy, botocore, Celery) are turned into these where a caller
-can act on them, and otherwise left to propagate.
+EncoderMismatch (model.bundle), TrainingStopped (model.training), ErrorResponse (api), the
+worker outcomes (worker.inference, worker.training). Errors of the libraries underneath (Pillow,
+SQLAlchemy, botocore, Celery) are turned into these where a caller can act on them, and
+otherwise left to propagate. The light client (`captioner_client`, its own distribution) has a
+tree of its own, `captioner_client.CaptionerError`, with its `ApiError` for an error answer.
 """
 
 from __future__ import annotations
@@ -122,16 +122,6 @@ class ErrorResponse(CaptionerError):
         self.status, self.code, self.message = status, code, message
         self.headers = headers or {}  # e.g. Retry-After, WWW-Authenticate
         self.details = details  # more fields for the body, e.g. every bad entry of a dataset
-
-
-class ApiError(CaptionerError, RuntimeError):
-    """The API answered with an error status; `code` is its error code (captioner.client)."""
-
-    def __init__(self, status: int, code: str, message: str, error: dict | None = None) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.error = error or {}  # the whole error object (e.g. a dataset's `problems`)
 
 
 class WorkerOutcome(CaptionerError):

@@ -1,6 +1,9 @@
 """Shared fixtures: one seeded encoder, a small random bundle, a bundle trained via the CLI,
-and the one running stack (Postgres, Redis, moto S3, worker processes, the API) that the
-pipeline, webhook and training tests share."""
+the one running stack (Postgres, Redis, moto S3, worker processes, the API) that the pipeline,
+webhook and training tests share, and the API tests' app on real Postgres, Redis and moto S3.
+
+The helpers the test modules share are in tests/helpers.py; no test module imports another.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,14 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+# Before any test module imports it: its asserts then explain themselves as the tests' do.
+pytest.register_assert_rewrite("tests.helpers")
 
 # Big enough that 25 epochs learn the shapes grammar, small enough for a few minutes on 2 cores.
 SHAPES_IMAGES = 900
@@ -94,7 +101,7 @@ def trained_bundle(shapes_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module", params=["postgres", "sqlite"])
 def db(request, tmp_path_factory):
     """A migrated database of each kind, shared by a module's tests (store tests)."""
-    from tests.databases import migrated_database
+    from tests.helpers import migrated_database
 
     with migrated_database(request.param, tmp_path_factory.mktemp("sqlite")) as database:
         yield database
@@ -122,3 +129,64 @@ def receiver():
 
     with receiver() as endpoint:
         yield endpoint
+
+
+# The API on real Postgres, Redis and moto S3. Module scope gives each test module its own
+# database, Redis database and S3 server (`harness.stack.services`); a module may override
+# `settings` (the API tests of the SSRF guard allow no private address).
+
+
+def no_dns(host: str, port: int) -> list[str]:
+    """The SSRF guard's resolver in API tests: no name resolves, so no test asks a DNS server
+    (a name that does not resolve passes at submit; the guard checks again before sending)."""
+    raise socket.gaierror(socket.EAI_NONAME, f"{host}: tests resolve no names")
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory):
+    """Production-mode settings on throwaway Postgres, Redis and S3."""
+    from harness.stack import services
+
+    with services(
+        tmp_path_factory.mktemp("api"), max_image_bytes=200_000, max_image_pixels=1_000_000
+    ) as settings:
+        yield settings
+
+
+@pytest.fixture(scope="module")
+def app(settings):
+    """The app on those settings."""
+    from api import create_app
+
+    app = create_app(settings)
+    app.extensions["captioner"].resolver = no_dns
+    yield app
+    app.extensions["captioner"].db.dispose()
+
+
+@pytest.fixture(scope="module")
+def api_key(app) -> str:
+    """A key with every scope, for tenant "tenant-a" (`tests.helpers.OWNER`)."""
+    from harness.stack import admin_key
+    from tests.helpers import OWNER
+
+    return admin_key(app.extensions["captioner"].db, OWNER)
+
+
+@pytest.fixture
+def client(app, api_key):
+    """A test client of the app that sends `api_key`."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_key}"
+    return client
+
+
+@pytest.fixture
+def queue(settings):
+    """The inference queue in Redis, emptied before each test."""
+    import redis
+
+    connection = redis.Redis.from_url(settings.broker_url)
+    connection.flushdb()
+    yield connection
+    connection.close()

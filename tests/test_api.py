@@ -10,9 +10,7 @@ import time
 import pytest
 
 from api import create_app
-from tests.api_helpers import b64, ico, png, queued_ids
-
-pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, queue
+from tests.helpers import b64, ico, png, queued_ids
 
 
 def test_multipart_upload_is_stored_recorded_and_enqueued(client, app, queue):

@@ -12,13 +12,8 @@ from PIL import Image
 from core.images import open_image
 from core.plots import LABEL_HEIGHT, MARGIN, tile_box
 from store import jobs
-from store.blob_keys import attention_key, attention_png_key, image_key
-from tests.api_helpers import b64, png
-
-OWNER = "tenant-a"  # the api_key fixture's tenant
-pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, queue
-
-TOKENS = ["a", "red", "circle"]
+from store.blob_keys import attention_png_key
+from tests.helpers import TOKENS, b64, png, succeeded_job
 
 
 def weights(rows: int = len(TOKENS)) -> np.ndarray:
@@ -32,42 +27,6 @@ def npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
-
-
-def succeeded_job(
-    app, attention: bytes | None, image: bytes | None = None, in_row: bool = True
-) -> uuid.UUID:
-    """A job taken through create, claim and finish, its .npy `attention` in its row, or (as
-    before migration 0005) in the blob store; `attention` None leaves it out."""
-    svc, job_id = app.extensions["captioner"], uuid.uuid4()
-    svc.blobs.put(image_key(job_id), image or png(), "image/png")
-    new = jobs.NewJob(
-        owner=OWNER,
-        image_key=image_key(job_id),
-        image_bytes=1,
-        image_format="PNG",
-        image_width=64,
-        image_height=48,
-        id=job_id,
-    )
-    with svc.db.session() as session:
-        jobs.create_job(session, new)
-    with svc.db.session() as session:
-        claim = jobs.claim_jobs(session, [job_id], lease_seconds=60, max_attempts=3)
-        result = jobs.JobResult(
-            caption=" ".join(TOKENS),
-            tokens=TOKENS,
-            token_log_probs=[-0.1] * len(TOKENS),
-            model_version="v1",
-            attention=attention if in_row else None,
-            attention_shape=[len(TOKENS), 64],
-            predict_ms=1.0,
-            batch_size=1,
-        )
-        assert jobs.finish_jobs(session, claim.token, {job_id: result}) == [job_id]
-    if attention is not None and not in_row:
-        svc.blobs.put(attention_key(job_id), attention)
-    return job_id
 
 
 @pytest.mark.parametrize("in_row", [True, False], ids=["in-row", "blob-before-0005"])

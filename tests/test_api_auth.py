@@ -10,14 +10,11 @@ import uuid
 import pytest
 
 from api.auth import ANY_KEY, PUBLIC, required_scope
-from harness.stack import admin_key
 from core.archives import pack_dataset
+from harness.stack import admin_key
 from model.shapes import write_shapes_dataset
 from store import api_keys, registry
-from tests.api_helpers import b64, png
-from tests.test_api_attention import succeeded_job
-
-pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, api_key, queue
+from tests.helpers import b64, png, succeeded_job
 
 # Every route and what it needs; a route the app has and this table lacks fails the test.
 SCOPES = {

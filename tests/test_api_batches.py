@@ -12,14 +12,12 @@ from sqlalchemy import func, select
 
 from api import create_app
 from api.services import Services
-from harness.stack import admin_key
 from core.broker import Broker
+from harness.stack import admin_key
 from store import batches, jobs
 from store.images import read_images
 from store.tables import Batch, Job
-from tests.api_helpers import b64, ico, png, queued_ids, queued_messages
-
-pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, queue
+from tests.helpers import b64, ico, png, queued_ids, queued_messages
 
 
 def recorded(app) -> tuple[int, int, int]:

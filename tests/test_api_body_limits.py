@@ -1,12 +1,12 @@
-"""Request body limits per route, against a real gunicorn process spoken to in raw HTTP: a
-declared Content-Length over the route's limit is refused before the body is sent, a chunked
-body is cut off at the limit, and the API's memory stays flat while it does."""
+"""Request body limits per route, against the API as production runs it (the Dockerfile's
+gunicorn command, with one worker process) spoken to in raw HTTP: a declared Content-Length over
+the route's limit is refused before the body is sent, a chunked body is cut off at the limit,
+and the API's memory stays flat while it does."""
 
 from __future__ import annotations
 
 import json
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -14,12 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from captioner.processes import start_process, stop
-from harness.stack import free_port
-from tests.api_helpers import b64, png
-from tests.test_api_limits import wait_for_http
-
-pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, api_key, queue
+from harness.stack import production_api
+from tests.helpers import b64, png
 
 MiB = 1 << 20
 IMAGE_BYTES = 10 * MiB  # the default MAX_IMAGE_BYTES: a job's body may be ~14 MB
@@ -29,17 +25,11 @@ PEAK_ALLOWANCE = 100 * MiB  # the issue's goal: under 100 MiB above idle
 
 @pytest.fixture(scope="module")
 def server(settings, tmp_path_factory):
-    """(port, worker pid) of `gunicorn api:create_app()` with one worker, on the stack."""
+    """(port, worker pid) of the production gunicorn command with one worker, on the stack."""
     log = tmp_path_factory.mktemp("body-limits") / "api.log"
-    port = free_port()
-    gunicorn = str(Path(sys.executable).parent / "gunicorn")
-    command = [gunicorn, "--bind", f"127.0.0.1:{port}", "--workers", "1", "api:create_app()"]
-    process = start_process(settings.with_overrides(max_image_bytes=IMAGE_BYTES), command, log)
-    try:
-        wait_for_http(process, f"http://127.0.0.1:{port}", log)
-        yield port, worker_pid(process.pid)
-    finally:
-        stop([process])
+    limits = settings.with_overrides(max_image_bytes=IMAGE_BYTES)
+    with production_api(limits, log, workers=1) as api:
+        yield int(api.url.rsplit(":", 1)[1]), worker_pid(api.process.pid)
 
 
 def worker_pid(master: int) -> int:

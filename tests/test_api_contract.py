@@ -1,5 +1,6 @@
 """The typed contract: /openapi.json describes every route, /docs/ works with no CDN, unknown
-query parameters are refused by name on every route, and errors have one shape."""
+query parameters and body fields are refused by name on every route (every body, every media
+type, every nested object), and errors have one shape."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import uuid
 
 import pytest
 
-pytest_plugins = ["tests.api_fixtures"]
 # The contract itself; Prometheus' text; the web page (HTML, its scripts and styles). Each is a
 # path and everything under it.
 UNDESCRIBED = ("/openapi.json", "/docs", "/metrics", "/", "/training", "/web")
@@ -90,3 +90,89 @@ def test_a_405_names_the_allowed_methods(client):
     assert response.status_code == 405
     assert set(response.headers["Allow"].split(", ")) >= {"GET", "POST"}
     assert response.get_json()["code"] == "method_not_allowed"
+
+
+UNKNOWN = "zz_unknown"
+
+
+def request_bodies(document: dict):
+    """(operation, media type, body schema) of every request body the document describes."""
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for media, content in operation.get("requestBody", {}).get("content", {}).items():
+                yield f"{method.upper()} {path}", media, content["schema"]
+
+
+def objects_within(document: dict, schema: dict, at: str = ""):
+    """(location, object schema) of a body and of every object it holds (union members too)."""
+    schema = resolve(document, schema)
+    yield at, schema
+    for name, prop in schema.get("properties", {}).items():
+        target = resolve(document, prop)
+        for member in target.get("anyOf") or target.get("oneOf") or [target]:
+            if "$ref" in member or "properties" in member:
+                yield from objects_within(document, member, f"{at}{name}.")
+
+
+def resolve(document: dict, schema: dict) -> dict:
+    """A schema with its `$ref`s followed."""
+    while "$ref" in schema:
+        schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return schema
+
+
+def with_unknown(schema: dict, at: str):
+    """A body whose object at `at` holds one unknown field (and a union member's tag)."""
+    tags = {
+        name: prop["const"]
+        for name, prop in schema.get("properties", {}).items()
+        if "const" in prop
+    }
+    body = tags | {UNKNOWN: 1}
+    for name in reversed(at.rstrip(".").split(".") if at else []):
+        body = {name: body}
+    return body
+
+
+def test_every_request_body_refuses_unknown_fields_at_every_depth(client):
+    document = client.get("/openapi.json").get_json()
+    tried = set()
+    for operation, media, schema in request_bodies(document):
+        method, path = operation.split(" ", 1)
+        url = re.sub(r"\{\w+\}", str(uuid.uuid4()), path)
+        for at, part in objects_within(document, schema):
+            assert part.get("additionalProperties") is False, (operation, media, at)
+            if media == "application/json":
+                response = client.open(url, method=method, json=with_unknown(part, at))
+            elif not at:  # a form is flat
+                response = client.open(url, method=method, data={UNKNOWN: "1"}, content_type=media)
+            else:
+                continue
+            problem = response.get_json()
+            assert (response.status_code, problem["code"]) == (400, "unknown_field"), (
+                operation,
+                media,
+                at,
+                problem,
+            )
+            assert f"{at}{UNKNOWN}" in problem["detail"], problem
+            tried.add((operation, at))
+    assert ("POST /v1/webhooks/secret/rotate", "") in tried
+    assert ("POST /v1/training-runs", "hyperparameters.") in tried
+    assert ("POST /v1/training-runs", "dataset.") in tried  # each member of the union
+
+
+def test_every_request_model_refuses_unknown_fields_at_every_depth(app):
+    from pydantic import BaseModel
+
+    from api.contract import MODELS, models_in
+
+    def nested(model: type[BaseModel]):
+        yield model
+        for field in model.model_fields.values():
+            for inner in models_in(field.annotation):
+                yield from nested(inner)
+
+    assert {"RunCreate", "RotateSecret", "JobJson", "BatchForm", "DatasetForm"} <= set(MODELS)
+    for model in {inner for top in MODELS.values() for inner in nested(top)}:
+        assert model.model_config.get("extra") == "forbid", model

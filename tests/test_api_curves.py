@@ -13,8 +13,6 @@ from PIL import Image
 from core.plots import CURVES_SIZE, LOSS_COLOUR, METRIC_COLOUR, plot_box
 from store import training
 
-pytest_plugins = ["tests.api_fixtures"]  # settings, app, client
-
 METRICS = {"bleu1": 0.5, "bleu2": 0.4, "bleu3": 0.3, "bleu4": 0.2, "cider": 1.5,
            "exact_match": 0.0, "localization": None}  # fmt: skip
 

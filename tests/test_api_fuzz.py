@@ -10,7 +10,6 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-pytest_plugins = ["tests.api_fixtures"]
 EXAMPLES = 30  # per operation and phase
 # Where a request can match the schema and still be wrong, "valid data is accepted" cannot
 # hold: the content is checked beyond what JSON Schema says. Every other check runs everywhere.

@@ -25,16 +25,14 @@ from api import create_app
 from api.idempotency import BodyDigest
 from api.services import Services
 from captioner.processes import api_server
-from harness.stack import admin_key
 from core.archives import pack_dataset
+from harness.stack import admin_key
 from model.shapes import write_shapes_dataset
 from store import idempotency
 from store.blobs import LocalBlobStore
 from store.idempotency import Answer, Outcome
 from store.tables import ApiKey, IdempotencyKey, Job, utcnow
-from tests.api_helpers import b64, ico, png, queued_ids
-
-pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, api_key, queue
+from tests.helpers import b64, ico, png, queued_ids
 
 REPLAYED = "Idempotent-Replayed"
 

@@ -1,31 +1,23 @@
 """Rate limits per API key (counted in Redis, shared by API processes) and the bounded queue,
-against real Postgres, Redis and moto S3; the limit across processes with two gunicorn servers."""
+against real Postgres, Redis and moto S3; the limit across processes with two gunicorn servers
+started as production starts them."""
 
 from __future__ import annotations
 
 import logging
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
 from api import create_app
-from captioner.client import Client
-from captioner.processes import start_process, stop, tail
-from harness.stack import admin_key, free_port
-from core.errors import ApiError, SettingsError
+from captioner_client import ApiError, Client, RetryPolicy
+from core.errors import SettingsError
+from harness.http import free_port
+from harness.stack import admin_key, production_api
 from store import jobs
-from tests.api_helpers import b64, png
-from tests.databases import new_job
-
-pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, api_key, queue
+from tests.helpers import b64, new_job, png
 
 LIMIT = 5  # requests per minute per key in the rate limit tests
-START_S = 30.0
 
 
 def key_for(app, tenant: str | None = None) -> dict[str, str]:
@@ -95,41 +87,17 @@ def test_a_bad_rate_limit_fails_at_start_up(settings):
         create_app(settings.with_overrides(rate_limit="many"))
 
 
-def wait_for_http(process, url: str, log: Path) -> None:
-    """Block until the server answers /healthz; raise with its log if it dies or hangs."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + START_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{tail(log)}")
-        try:
-            opener.open(f"{url}/healthz", timeout=1).close()
-            return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    raise TimeoutError(f"gunicorn did not answer within {START_S} s:\n{tail(log)}")
-
-
 def test_the_limit_holds_across_two_api_processes_sharing_redis(settings, app, tmp_path):
     limited = settings.with_overrides(rate_limit=f"{LIMIT}/minute")
-    gunicorn = str(Path(sys.executable).parent / "gunicorn")
-    urls, servers = [], []
-    try:
-        for name in ("api-1", "api-2"):
-            urls.append(f"http://127.0.0.1:{free_port()}")
-            command = [
-                gunicorn,
-                "--bind",
-                urls[-1].removeprefix("http://"),
-                "--workers",
-                "1",
-                "api:create_app()",
-            ]
-            servers.append(start_process(limited, command, tmp_path / f"{name}.log"))
-        for name, url, server in zip(("api-1", "api-2"), urls, servers, strict=True):
-            wait_for_http(server, url, tmp_path / f"{name}.log")
-        key = key_for(app)["Authorization"].removeprefix("Bearer ")
-        clients = [Client(url, key) for url in urls]
+    key = key_for(app)["Authorization"].removeprefix("Bearer ")
+    once = RetryPolicy(attempts=1)  # a 429 is counted here, not waited out
+    with (
+        production_api(limited, tmp_path / "api-1.log", workers=1) as first,
+        production_api(limited, tmp_path / "api-2.log", workers=1) as second,
+        Client(first.url, key, retry=once) as one,
+        Client(second.url, key, retry=once) as two,
+    ):
+        clients = [one, two]
         allowed = [0, 0]
         for i in range(LIMIT * 3):  # alternating between the two processes
             try:
@@ -137,8 +105,6 @@ def test_the_limit_holds_across_two_api_processes_sharing_redis(settings, app, t
                 allowed[i % 2] += 1
             except ApiError as exc:
                 assert exc.status == 429 and exc.code == "rate_limited"
-    finally:
-        stop(servers)
     assert sum(allowed) == LIMIT and min(allowed) >= LIMIT // 2  # both served, one budget
 
 

@@ -12,16 +12,14 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import update
 
-from harness.stack import admin_key
 from core.archives import pack_dataset
+from harness.stack import admin_key
 from model.shapes import write_shapes_dataset
 from store import jobs
 from store.blob_keys import attention_key, attention_png_key
 from store.tables import IdempotencyKey, Job, utcnow
-from tests.api_helpers import b64, png
+from tests.helpers import b64, png
 from worker.sweeper import sweep
-
-pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, queue
 
 HOOK = "http://h.test/hook"
 

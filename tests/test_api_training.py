@@ -11,8 +11,6 @@ from model.shapes import write_shapes_dataset
 from store import registry
 from store.payloads import worker_label
 
-pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, queue
-
 SHAPES = {"type": "shapes", "size": 40, "seed": 1}
 DEFAULT_MODEL = {"decoder": "gru", "embedding_dim": 256, "units": 512, "attention_units": 512,
                  "layers": 2, "heads": 1, "ff_units": 1024, "dropout": 0.1}  # fmt: skip
@@ -58,7 +56,7 @@ def test_a_run_is_recorded_with_defaults_and_sent_to_the_training_queue(client, 
         ({"dataset": {"type": "scenes", "size": 5}}, "invalid_dataset", "dataset.size"),
         ({"dataset": {"type": "scenes", "size": 200_000}}, "invalid_dataset", "dataset.size"),
         ({"dataset": {"type": "scenes", "seed": -1}}, "invalid_dataset", "dataset.seed"),
-        ({"dataset": {"type": "scenes", "groups": 3}}, "unknown_dataset", "groups"),
+        ({"dataset": {"type": "scenes", "groups": 3}}, "unknown_field", "dataset.groups"),
         ({"dataset": {"type": "coco"}}, "invalid_dataset", '"scenes"'),
         ({"dataset": {"type": "upload", "id": "nope"}}, "invalid_dataset", "dataset.id"),
         (
@@ -69,7 +67,7 @@ def test_a_run_is_recorded_with_defaults_and_sent_to_the_training_queue(client, 
         ({"hyperparameters": {"epochs": 0}}, "invalid_hyperparameters", "epochs"),
         ({"hyperparameters": {"epochs": 2.5}}, "invalid_hyperparameters", "whole number"),
         ({"hyperparameters": {"learning_rate": "fast"}}, "invalid_hyperparameters", "rate"),
-        ({"hyperparameters": {"epoch": 3}}, "unknown_hyperparameter", "epoch"),
+        ({"hyperparameters": {"epoch": 3}}, "unknown_field", "hyperparameters.epoch"),
         ({"hyperparameters": [1]}, "invalid_hyperparameters", "JSON object"),
         ({"promotion": {"policy": "sometimes"}}, "invalid_promotion", "if_better"),
         (
@@ -105,8 +103,8 @@ def test_a_run_is_recorded_with_defaults_and_sent_to_the_training_queue(client, 
         ({"model": {"dropout": 0.95}}, "invalid_model", "model.dropout"),
         ({"model": {"dropout": -0.1}}, "invalid_model", "model.dropout"),
         ({"model": {"dropout": "none"}}, "invalid_model", "model.dropout"),
-        ({"model": {"depth": 3}}, "invalid_model", "depth"),
-        ({"model": {"vocab_size": 100}}, "invalid_model", "vocab_size"),
+        ({"model": {"depth": 3}}, "unknown_field", "model.depth"),
+        ({"model": {"vocab_size": 100}}, "unknown_field", "model.vocab_size"),
     ],
 )
 def test_a_bad_request_is_refused_and_nothing_is_queued(client, queue, body, code, words):
@@ -305,3 +303,12 @@ def test_workers_lists_what_each_worker_serves(client, app):
         (worker_label("inference@a"), "v1")
     ]
     assert worker_label("inference@a").startswith("inference@") and "@a" not in str(workers)
+
+
+def test_a_fresh_runs_default_architecture_is_the_models_own():
+    from api.schemas.training import ModelAsked
+    from model.config import ModelConfig
+
+    model = ModelConfig()
+    asked = ModelAsked().model_dump()
+    assert asked == {name: getattr(model, name) for name in asked} == DEFAULT_MODEL

@@ -10,10 +10,7 @@ import io
 import pytest
 
 from harness.stack import services
-from tests.api_helpers import b64, png, queued_ids
-from tests.test_netguard import BLOCKED
-
-pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, queue
+from tests.helpers import BLOCKED, b64, png, queued_ids
 
 SPELLINGS = [url for url, _ in BLOCKED if url.startswith("http://")]
 SHAPES = {"type": "shapes", "size": 40, "seed": 1}

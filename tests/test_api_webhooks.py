@@ -11,9 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from store.tables import Delivery
-from tests.api_helpers import b64, png
-
-pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, queue
+from tests.helpers import b64, png
 
 
 def test_a_job_keeps_its_webhook_and_events(client, queue):
@@ -111,12 +109,20 @@ def test_the_secret_is_shown_and_rotation_keeps_the_old_one_for_the_grace(client
 
 
 @pytest.mark.parametrize(
-    "body", [{"grace_seconds": -1}, {"grace_seconds": "1h"}, {"grace_seconds": 10**9}, ["x"]]
+    ("body", "code"),
+    [
+        ({"grace_seconds": -1}, "invalid_grace"),
+        ({"grace_seconds": "1h"}, "invalid_grace"),
+        ({"grace_seconds": 10**9}, "invalid_grace"),
+        (["x"], "invalid_json"),
+        ({"grace_secnds": 60}, "unknown_field"),  # a typo does not rotate with the default
+    ],
 )
-def test_a_bad_grace_period_is_a_400(client, body):
+def test_a_bad_grace_period_is_a_400(client, body, code):
+    before = client.get("/v1/webhooks/secret").get_json()
     response = client.post("/v1/webhooks/secret/rotate", json=body)
-    assert response.status_code == 400
-    assert response.get_json()["code"] == "invalid_grace"
+    assert (response.status_code, response.get_json()["code"]) == (400, code)
+    assert client.get("/v1/webhooks/secret").get_json() == before  # nothing rotated
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.stack import ACCESS_KEY, REGION, SECRET_KEY, free_port, moto_s3_server
 from core.settings import Settings
+from harness.http import free_port
+from harness.stack import ACCESS_KEY, REGION, SECRET_KEY, moto_s3_server
 from store.blobs import (
     BlobNotFound,
     BlobStore,

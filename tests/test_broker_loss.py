@@ -9,7 +9,7 @@ import redis
 from sqlalchemy import func, select
 
 from store.tables import TERMINAL, Job
-from tests.api_helpers import png
+from tests.helpers import png
 
 WORKER = "loss@stack"
 SWEEP_S = 2.0
@@ -37,11 +37,11 @@ def test_after_the_broker_loses_its_data_every_job_ends_within_two_sweeps(stack)
         flushed = time.monotonic()
     finally:
         stack.celery.control.add_consumer("inference", destination=[WORKER], reply=True)
-    ids = [job["id"] for batch in batches for job in batch["jobs"]]
+    ids = [job.id for batch in batches for job in batch.jobs]
     while ended(stack, ids) < len(ids) and time.monotonic() - flushed < 120:
         time.sleep(0.1)
     took = time.monotonic() - flushed
     drain_s = 10  # 15 batches of 50 ms and their round trips, with room for a slow machine
     assert ended(stack, ids) == len(ids) and took < 2 * SWEEP_S + drain_s, took
     jobs = [stack.client.job(job_id) for job_id in ids[::10]]
-    assert {job["status"] for job in jobs} == {"succeeded"}
+    assert {job.status for job in jobs} == {"succeeded"}

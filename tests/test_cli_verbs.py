@@ -15,8 +15,7 @@ import pytest
 
 from captioner.cli import main, parser
 from harness.stack import Stack
-from tests.api_helpers import png
-from tests.test_client import STANDIN_WORDS, client_stack
+from tests.helpers import STANDIN_WORDS, png, standin_stack
 
 SCRIPT = Path(sys.executable).parent / "captioner-client"
 VERBS = [["submit"], ["jobs", "list"], ["jobs", "show"], ["jobs", "cancel"], ["jobs", "correct"],
@@ -27,14 +26,14 @@ VERBS = [["submit"], ["jobs", "list"], ["jobs", "show"], ["jobs", "cancel"], ["j
 @pytest.fixture(scope="module")
 def stack(random_bundle, tmp_path_factory) -> Iterator[Stack]:
     """This module's service."""
-    with client_stack(random_bundle, tmp_path_factory.mktemp("cli-verbs")) as running:
+    with standin_stack(random_bundle, tmp_path_factory.mktemp("cli-verbs")) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def to_api(stack) -> list[str]:
     """The options that point a verb at the stack."""
-    return ["--api", stack.client.base_url, "--api-key", stack.client.api_key]
+    return ["--api", stack.client.base_url, "--api-key", stack.api_key]
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -11,7 +11,6 @@ import threading
 import time
 import tomllib
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,6 @@ import numpy as np
 import pytest
 
 from captioner.processes import api_server
-from harness.stack import Stack, admin_key, free_port, running_stack
 from captioner_client import (
     ApiError,
     Batch,
@@ -30,46 +28,27 @@ from captioner_client import (
     verify_webhook,
 )
 from core.signatures import signed_headers
-from tests.api_helpers import png
-from tests.test_datasets import tar_folder, write_dataset
+from harness.http import free_port
+from harness.stack import Stack, admin_key
+from tests.helpers import STANDIN_WORDS, png, standin_stack, tar_folder, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-STANDIN_WORDS = ("a", "stand-in", "caption")  # what model.standin says of every image
 LIMIT = 1  # requests a second for the rate limit test
 HEAVY = ["tensorflow", "keras", "celery", "sqlalchemy", "boto3", "flask", "pydantic", "core",
          "api", "store", "worker", "model", "captioner"]  # fmt: skip
 
 
-@contextmanager
-def client_stack(random_bundle, folder: Path) -> Iterator[Stack]:
-    """The API and one inference worker serving the stand-in model (10 ms a batch), with the
-    untrained bundle registered as v1 (not promoted: the worker keeps serving the stand-in)."""
-    from model.bundle import save_bundle
-    from worker.bundles import import_bundle
-
-    bundle = save_bundle(random_bundle, folder / "bundle")
-    with running_stack(
-        folder,
-        workers=["inference"],
-        model_bundle=bundle,
-        batch_max_size=1,
-        bench_standin_model_ms=10,
-    ) as stack:
-        import_bundle(stack.db, stack.blobs, bundle, promote=False)
-        yield stack
-
-
 @pytest.fixture(scope="module")
 def stack(random_bundle, tmp_path_factory) -> Iterator[Stack]:
     """This module's service."""
-    with client_stack(random_bundle, tmp_path_factory.mktemp("client")) as running:
+    with standin_stack(random_bundle, tmp_path_factory.mktemp("client")) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def api(stack) -> Iterator[Client]:
     """The light client on the stack, with its admin key."""
-    with Client(stack.client.base_url, stack.client.api_key) as client:
+    with Client(stack.client.base_url, stack.api_key) as client:
         yield client
 
 
@@ -143,7 +122,7 @@ def test_a_queued_job_is_canceled_and_an_ended_one_is_a_409(api, stack):
 def test_wait_is_held_by_the_api_rather_than_polling(stack):
     stack.celery.control.cancel_consumer("inference", destination=["inference@stack"], reply=True)
     recording = Recording()
-    with Client(stack.client.base_url, stack.client.api_key, transport=recording) as client:
+    with Client(stack.client.base_url, stack.api_key, transport=recording) as client:
         try:
             job = client.submit(png())
             threading.Timer(

@@ -12,10 +12,10 @@ import yaml
 from jsonschema import Draft7Validator, validators
 
 from core.settings import REQUIRED_IN_PRODUCTION
+from harness.stack import dockerfile_instructions
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-DOCKERFILE = ROOT / "Dockerfile"
 SCHEMA_FILE = Path(__file__).resolve().parent / "data" / "compose-spec.json"
 
 APP_IMAGE = "captioner:latest"
@@ -206,19 +206,6 @@ def test_worker_queues(services):
         assert command[:2] == ["captioner", "worker"], name
         assert command[command.index("--queue") + 1] == queue, name
     assert services["beat"]["command"] == ["captioner", "beat"]
-
-
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, with continuation lines joined and comments dropped."""
-    text = DOCKERFILE.read_text(encoding="utf-8")
-    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-    joined = re.sub(r"\\\n", " ", "\n".join(lines))
-    pairs = []
-    for line in joined.splitlines():
-        if line.strip():
-            instruction, _, args = line.strip().partition(" ")
-            pairs.append((instruction.upper(), args.strip()))
-    return pairs
 
 
 def test_dockerfile_installs_with_tf_extra_and_exposes_8000():

@@ -22,24 +22,7 @@ from core.archives import (
 )
 from model.data import check_images, load_dataset
 from model.shapes import write_shapes_dataset
-
-
-def write_dataset(root: Path, sizes: dict[str, int] | None = None) -> Path:
-    """A tiny COCO-format folder: `sizes[split]` 8×6 PNGs in images/<split>/, one caption each."""
-    sizes = sizes or {"train": 3, "val": 2}
-    (root / "annotations").mkdir(parents=True)
-    next_id = 0
-    for split, count in sizes.items():
-        (root / "images" / split).mkdir(parents=True)
-        images, captions = [], []
-        for i in range(count):
-            Image.new("RGB", (8, 6), (40 * i, 100, 200)).save(root / "images" / split / f"{i}.png")
-            images.append({"id": next_id, "file_name": f"{i}.png", "width": 8, "height": 6})
-            captions.append({"id": 100 + next_id, "image_id": next_id, "caption": f"picture {i}"})
-            next_id += 1
-        document = {"images": images, "annotations": captions}
-        (root / "annotations" / f"captions_{split}.json").write_text(json.dumps(document))
-    return root
+from tests.helpers import tar_folder, write_dataset
 
 
 def edit_json(root: Path, split: str, edit: Callable[[dict], None]) -> None:
@@ -47,13 +30,6 @@ def edit_json(root: Path, split: str, edit: Callable[[dict], None]) -> None:
     document = json.loads(path.read_text())
     edit(document)
     path.write_text(json.dumps(document))
-
-
-def tar_folder(folder: Path, out: Path, mode: str = "w:gz", arcname: str = "") -> Path:
-    with tarfile.open(out, mode) as archive:
-        for path in sorted(folder.rglob("*")):
-            archive.add(path, str(Path(arcname) / path.relative_to(folder)), recursive=False)
-    return out
 
 
 def zip_with_extra(folder: Path, out: Path, name: str, data: bytes = b"x", mode: int = 0) -> Path:

@@ -22,6 +22,7 @@ from sqlalchemy import exc as sa_exc
 
 from api import create_app
 from api.services import Services
+from core.settings import Settings
 from harness.stack import (
     ACCESS_KEY,
     REGION,
@@ -32,12 +33,11 @@ from harness.stack import (
     moto_s3_server,
     redis_database,
 )
-from core.settings import Settings
 from store.blobs import open_blob_store
 from store.db import Database
 from store.migrate import upgrade
 from store.tables import Job
-from tests.api_helpers import b64, png
+from tests.helpers import b64, png
 
 BINARIES = sorted(glob("/usr/lib/postgresql/*/bin/pg_ctl"))
 pytestmark = pytest.mark.skipif(not BINARIES, reason="no Postgres server binaries here")

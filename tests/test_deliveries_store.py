@@ -17,7 +17,7 @@ from store import batches, deliveries, jobs, webhook_secrets
 from store.db import Database
 from store.deliveries import AttemptRecord
 from store.tables import Delivery, Job, utcnow
-from tests.databases import new_job
+from tests.helpers import new_job
 
 LEASE = timedelta(seconds=60)
 HOOK = "https://example.com/hook"

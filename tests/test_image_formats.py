@@ -16,9 +16,7 @@ from PIL import Image
 
 from core.errors import ImageError
 from core.images import FORMATS, inspect_header, open_image, verify_image
-from tests.api_helpers import ico, queued_ids, tiff
-
-pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, api_key, queue
+from tests.helpers import ico, queued_ids, tiff
 
 ROOT = Path(__file__).resolve().parents[1]
 ALLOWED_READERS = {"Jpeg", "Mpo", "Png", "WebP", "Gif", "Bmp", "Tiff"}  # Pillow's plugin modules

@@ -11,7 +11,7 @@ import uuid
 from sqlalchemy import select
 
 from store.tables import Job
-from tests.api_helpers import png
+from tests.helpers import png
 
 FIRST, SECOND = "first@leases", "second@leases"
 LEASE_S, BATCH_S = 2, 2.5  # every batch outlives the lease of the jobs in it
@@ -37,9 +37,9 @@ def wait_until(check, timeout: float, what: str):
 def test_batches_longer_than_the_lease_finish_every_job_once(stack):
     seen = len(stack.log(FIRST).read_text())  # the paused-worker test may have run first
     batch = stack.client.submit_batch([png((40 + i, 30)) for i in range(8)])
-    ids = [job["id"] for job in batch["jobs"]]
-    ids += [stack.client.submit(png((60, 20 + i)))["id"] for i in range(4)]
-    ended = [stack.client.wait_for(job_id, timeout=120) for job_id in ids]
+    ids = [job.id for job in batch.jobs]
+    ids += [stack.client.submit(png((60, 20 + i))).id for i in range(4)]
+    ended = [job.raw for job in stack.client.wait_all(ids, timeout=120, progress=False)]
     assert [job["status"] for job in ended] == ["succeeded"] * len(ids)
     assert [job["attempts"] for job in ended] == [1] * len(ids)  # never taken for lost
     assert max(job["timings"]["total_ms"] for job in ended) > 2 * LEASE_S * 1000
@@ -48,13 +48,13 @@ def test_batches_longer_than_the_lease_finish_every_job_once(stack):
 
 
 def test_a_paused_attempt_cannot_change_a_job_another_worker_finished(stack):
-    job_id = stack.client.submit(png())["id"]
+    job_id = stack.client.submit(png()).id
     first = stack.processes[FIRST]
     wait_until(lambda: row(stack, job_id).status == "running", 30, "the first claim")
     os.kill(first.pid, signal.SIGSTOP)  # mid-batch: no heartbeat, the lease runs out
     try:
         stack.start_worker("inference", SECOND)  # it runs the sweeps, then the job again
-        job = stack.client.wait_for(job_id, timeout=120)
+        job = stack.client.wait(job_id, timeout=120).raw
         finished = row(stack, job_id)
     finally:
         os.kill(first.pid, signal.SIGCONT)

@@ -19,33 +19,11 @@ from PIL import Image
 from core.errors import UrlError
 from core.netguard import Guard, fetch, host_address, parse_allow, refusal
 from core.settings import Settings
+from tests.helpers import BLOCKED
 from worker.urlimages import fetch_image
 from worker.webhooks import post
 
 LOOPBACK = "127.0.0.1/32"
-BLOCKED = [  # (URL, what the refusal says)
-    ("http://127.0.0.1/", "loopback"),
-    ("http://localhost/", "loopback name"),
-    ("http://10.0.0.1/", "private"),
-    ("http://172.16.0.1/", "private"),
-    ("http://192.168.1.1/", "private"),
-    ("http://169.254.169.254/latest/meta-data/", "link-local"),
-    ("http://100.64.0.1/", "carrier-grade NAT"),
-    ("http://0.0.0.0/", "unspecified"),
-    ("http://[::1]/", "loopback"),
-    ("http://[fc00::1]/", "unique-local"),
-    ("http://[fe80::1]/", "link-local"),
-    ("http://[::ffff:127.0.0.1]/", "IPv4-mapped"),
-    ("http://[::ffff:0:a00:1]/", "IPv4-translated"),
-    ("http://[64:ff9b::a00:1]/", "NAT64"),
-    ("http://2130706433/", "loopback"),
-    ("http://0177.0.0.1/", "loopback"),
-    ("http://0x7f.1/", "loopback"),
-    ("http://127.1/", "loopback"),
-    ("http://224.0.0.1/", "multicast"),
-    ("http://240.0.0.1/", "reserved"),
-    ("https://sub.localhost:8443/", "loopback name"),
-]
 
 
 def no_dns(host: str, port: int) -> list[str]:

@@ -9,10 +9,10 @@ import uuid
 
 import pytest
 
-from harness.stack import redis_database
 from core.broker import make_celery
 from core.notify import POLL_S, Notifier
 from core.settings import from_env
+from harness.stack import redis_database
 
 
 @pytest.fixture(scope="module")

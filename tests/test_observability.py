@@ -14,10 +14,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from captioner.processes import start_worker, stop, wait_ready
-from harness.stack import admin_key, free_port, services
+from harness.http import free_port
+from harness.stack import admin_key, production_api, services
 from store.db import Database
-from tests.api_helpers import png
-from tests.test_serving import start_production_api, wait_for_http
+from tests.helpers import png
 
 BATCH = 6
 
@@ -51,15 +51,14 @@ def observed(bundle, tmp_path_factory):
             "webhooks@observed",
             "webhooks",
         )  # its own port: none here
-        api, url = start_production_api(settings, folder)
         db = Database(settings.database_url)
         try:
-            wait_ready(worker, folder / "worker.log")
-            wait_ready(sender, folder / "webhooks.log")
-            wait_for_http(api, url, folder / "gunicorn.log")
-            yield url, admin_key(db), f"http://127.0.0.1:{port}/metrics", folder
+            with production_api(settings, folder / "gunicorn.log") as api:
+                wait_ready(worker, folder / "worker.log")
+                wait_ready(sender, folder / "webhooks.log")
+                yield api.url, admin_key(db), f"http://127.0.0.1:{port}/metrics", folder
         finally:
-            stop([api, worker, sender])
+            stop([worker, sender])
             db.dispose()
 
 

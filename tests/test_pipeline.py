@@ -19,10 +19,10 @@ import redis
 from PIL import Image
 from sqlalchemy import select, update
 
-from captioner.client import Client
 from captioner.keys import local_admin_key
 from captioner.processes import api_server, start_worker, stop, wait_ready
 from captioner.service import migrate
+from captioner_client import Client
 from core.broker import SWEEP_TASK
 from core.settings import from_env
 from store.blob_keys import image_key
@@ -57,9 +57,10 @@ def test_concurrent_jobs_get_the_models_own_captions_once_each(
     images = val_images[:100]
     with ThreadPoolExecutor(16) as pool:  # 60 alone, 40 in one batch (packed, sent in chunks)
         submitted = list(pool.map(stack.client.submit, images[:60]))
-    submitted += stack.client.submit_batch(images[60:])["jobs"]
-    jobs = [stack.client.wait_for(job["id"], timeout=600) for job in submitted]
-    assert [job["status"] for job in jobs] == ["succeeded"] * len(images)
+    submitted += stack.client.submit_batch(images[60:]).jobs
+    ended = stack.client.wait_all(submitted, timeout=600, progress=False)
+    assert [job.status for job in ended] == ["succeeded"] * len(images)
+    jobs = [job.raw for job in ended]
 
     direct = Captioner(load_bundle(trained_bundle), encoder).caption_batch(
         np.stack([decode_image(data) for data in images])
@@ -68,10 +69,10 @@ def test_concurrent_jobs_get_the_models_own_captions_once_each(
         result = job["result"]
         assert result["tokens"] == expected.tokens and result["caption"] == expected.text
         np.testing.assert_allclose(result["token_log_probs"], expected.log_probs, atol=1e-3)
-        attention = np.load(io.BytesIO(stack.client.get_bytes(job["urls"]["attention"])))
-        assert attention.dtype == np.float16 and attention.shape == (len(expected.tokens), 64)
-        assert result["attention_shape"] == list(attention.shape)
-        np.testing.assert_allclose(attention, expected.attention, atol=2e-3)
+        attention = stack.client.attention(job["id"])  # a grid per word
+        assert attention.dtype == np.float16 and attention.shape == (len(expected.tokens), 8, 8)
+        assert result["attention_shape"] == [len(expected.tokens), 64]
+        np.testing.assert_allclose(attention.reshape(-1, 64), expected.attention, atol=2e-3)
         assert result["model_version"].startswith(trained_bundle.name)
 
     timings = [job["timings"] for job in jobs]
@@ -93,16 +94,16 @@ def resume(stack) -> None:
 def test_a_canceled_job_never_runs_and_bad_images_fail_while_workers_carry_on(stack, val_images):
     pause(stack)
     try:
-        canceled, corrupt, missing = (stack.client.submit(val_images[0])["id"] for _ in range(3))
-        cut = stack.client.submit(val_images[0][:400])["id"]  # its header passes the API's check
-        stack.client.request("POST", f"/v1/jobs/{canceled}/cancel")
+        canceled, corrupt, missing = (stack.client.submit(val_images[0]).id for _ in range(3))
+        cut = stack.client.submit(val_images[0][:400]).id  # its header passes the API's check
+        stack.client.cancel(canceled)
         stack.blobs.put(image_key(corrupt), b"\x89PNG\r\n\x1a\n but the rest is gone")
         stack.blobs.delete(image_key(missing))
     finally:
         resume(stack)
-    after = stack.client.submit(val_images[1], wait=120)
-    assert after["status"] == "succeeded"
-    ended = {job_id: stack.client.wait_for(job_id) for job_id in (canceled, corrupt, missing, cut)}
+    after = stack.client.submit(val_images[1], wait=60)
+    assert after.status == "succeeded"
+    ended = {job_id: stack.client.wait(job_id).raw for job_id in (canceled, corrupt, missing, cut)}
     queue = redis.Redis.from_url(stack.settings.broker_url)
     assert queue.llen("inference") == 0  # every message was consumed
     assert ended[canceled]["status"] == "canceled" and ended[canceled]["attempts"] == 0
@@ -116,7 +117,7 @@ def test_a_canceled_job_never_runs_and_bad_images_fail_while_workers_carry_on(st
 def test_the_sweeper_resends_a_job_whose_worker_died(stack, val_images):
     pause(stack)
     try:
-        job_id = stack.client.submit(val_images[2])["id"]
+        job_id = stack.client.submit(val_images[2]).id
         queue = redis.Redis.from_url(stack.settings.broker_url)
         queue.delete("inference")  # its message went with the worker
         expired = utcnow() - timedelta(seconds=1)
@@ -129,7 +130,7 @@ def test_the_sweeper_resends_a_job_whose_worker_died(stack, val_images):
     finally:
         resume(stack)
     stack.celery.send_task(SWEEP_TASK, queue="inference")
-    job = stack.client.wait_for(job_id, timeout=120)
+    job = stack.client.wait(job_id, timeout=120).raw
     assert (job["status"], job["attempts"]) == ("succeeded", 2)
 
 
@@ -151,16 +152,15 @@ def test_the_embedded_mode_runs_the_same_flow_with_no_servers(
     worker = start_worker(settings, log, "embedded@pipeline", gpus="all")  # one CPU worker here
     try:
         wait_ready(worker, log)
-        with api_server(settings) as url:
-            client = Client(url, key)
+        with api_server(settings) as url, Client(url, key) as client:
             with ThreadPoolExecutor(6) as pool:
-                ids = [job["id"] for job in pool.map(client.submit, val_images[:6])]
-            jobs = [client.wait_for(job_id, timeout=300) for job_id in ids]
-            picture = client.get_bytes(f"/v1/jobs/{ids[0]}/attention.png")
-            attention = [client.get_bytes(job["urls"]["attention"]) for job in jobs]
+                submitted = list(pool.map(client.submit, val_images[:6]))
+            jobs = client.wait_all(submitted, timeout=300, progress=False)
+            picture = client.attention_png(jobs[0])
+            attention = [client.attention(job) for job in jobs]
     finally:
         stop([worker])
-    assert [job["status"] for job in jobs] == ["succeeded"] * 6
-    for job, data in zip(jobs, attention, strict=True):
-        assert np.load(io.BytesIO(data)).shape == (len(job["result"]["tokens"]), 64)
+    assert [job.status for job in jobs] == ["succeeded"] * 6
+    for job, weights in zip(jobs, attention, strict=True):
+        assert weights.shape == (len(job.caption.words), 8, 8)
     assert Image.open(io.BytesIO(picture)).format == "PNG"

@@ -9,15 +9,13 @@ import json
 import pytest
 
 from api import create_app
-from harness.receiver import receiver
-from harness.stack import admin_key
 from core.errors import SettingsError
 from core.settings import from_env
+from harness.receiver import receiver
+from harness.stack import admin_key
 from store.payloads import absolute_urls
-from tests.api_helpers import b64, png
+from tests.helpers import b64, png
 from worker.webhooks import Sender
-
-pytest_plugins = ["tests.api_fixtures"]  # settings, app, client, queue
 
 BASE = "https://captioner.example.com"
 

@@ -14,7 +14,7 @@ from store.blob_keys import attention_key, attention_png_key
 from store.blobs import LocalBlobStore
 from store.deliveries import list_deliveries
 from store.tables import Batch, Dataset, DeliveryAttempt, Job, TrainingRun, utcnow
-from tests.databases import new_job
+from tests.helpers import new_job
 
 HOOK = "http://h.test/hook"
 

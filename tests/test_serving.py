@@ -20,19 +20,16 @@ import yaml
 
 from api.routes.jobs import MAX_WAIT_S, prefer_wait
 from captioner import gunicorn_conf
-from captioner.processes import start_process, start_worker, stop, wait_ready
-from harness.stack import admin_key, free_port, services
+from captioner.processes import start_worker, stop, wait_ready
+from harness.stack import admin_key, production_api, production_command, services
 from store.db import Database
-from tests.api_helpers import b64, png
-from tests.test_api_limits import wait_for_http
-from tests.test_compose import dockerfile_instructions
+from tests.helpers import b64, png
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = 100
-HEALTHZ_MAX_MS = 100.0  # every answer but one (2026-11-27, 9 runs: the slowest 9 to 44 ms)
-# The one: on this 2-core machine a single answer is sometimes slow. In 12 later runs (5 of the
-# code before issue 17, 7 after) the slowest took 12-162 ms, and one CI run saw 510 ms among
-# 278 answers with a median of 2.7 ms.
+HEALTHZ_MAX_MS = 100.0  # every answer but one (measured: the slowest of 9 runs took 9 to 44 ms)
+# The one: on a 2-core machine shared with the stack a single answer is sometimes slow (12 to
+# 162 ms in 12 runs, once 510 ms among 278 answers with a median of 2.7 ms).
 HEALTHZ_CAP_MS = 1000.0
 WARM_UP = 20  # requests before the measure
 STANDIN_MS = 3000  # per batch of up to 32: the first answer comes after every client has asked
@@ -41,11 +38,6 @@ STANDIN_MS = 3000  # per batch of up to 32: the first answer comes after every c
 # 96 ms; all 100 at once, at 100 to 550 ms (README: Production).
 RAMP_S = 0.02
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def production_command() -> list[str]:
-    """The Dockerfile's CMD: the command production runs."""
-    return json.loads(next(a for i, a in dockerfile_instructions() if i == "CMD"))
 
 
 @pytest.mark.parametrize(
@@ -101,25 +93,14 @@ def served(bundle, tmp_path_factory):
     overrides = {"model_bundle": bundle, "bench_standin_model_ms": STANDIN_MS}
     with services(folder / "data", **overrides) as settings:
         worker = start_worker(settings, folder / "worker.log", "inference@serving")
-        api, url = start_production_api(settings, folder)
         db = Database(settings.database_url)
         try:
-            wait_ready(worker, folder / "worker.log")
-            wait_for_http(api, url, folder / "gunicorn.log")
-            yield url, admin_key(db)
+            with production_api(settings, folder / "gunicorn.log") as api:
+                wait_ready(worker, folder / "worker.log")
+                yield api.url, admin_key(db)
         finally:
-            stop([api, worker])
+            stop([worker])
             db.dispose()
-
-
-def start_production_api(settings, folder: Path) -> tuple[subprocess.Popen, str]:
-    """The Dockerfile's gunicorn command on a free loopback port: (process, base URL); its log
-    is folder/gunicorn.log."""
-    url = f"http://127.0.0.1:{free_port()}"
-    command = production_command()
-    command[command.index("--bind") + 1] = url.removeprefix("http://")
-    command[0] = str(Path(sys.executable).parent / "gunicorn")
-    return start_process(settings, command, folder / "gunicorn.log"), url
 
 
 def submit_and_wait(

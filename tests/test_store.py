@@ -16,7 +16,7 @@ from harness.stack import fresh_postgres
 from store import jobs
 from store.migrate import downgrade, upgrade
 from store.tables import Base, Job, JobStatus, utcnow
-from tests.databases import new_job
+from tests.helpers import new_job
 
 
 def result(**changes) -> jobs.JobResult:

@@ -45,7 +45,7 @@ STACK = {
 
 def train(stack, **body) -> dict:
     """POST /v1/training-runs on the shapes set (unless `body` names another dataset)."""
-    return stack.client.request("POST", "/v1/training-runs", {"dataset": SHAPES} | body)
+    return stack.client.request("POST", "/v1/training-runs", json={"dataset": SHAPES} | body)
 
 
 def get_run(stack, run_id: str) -> dict:
@@ -88,7 +88,7 @@ def serve(stack, version: str) -> dict:
 
 
 def caption(stack, image: bytes) -> dict:
-    return stack.client.wait_for(stack.client.submit(image)["id"], timeout=60)
+    return stack.client.wait(stack.client.submit(image), timeout=60).raw
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,7 @@ def swap_under_load(stack, image: bytes, old: str, new: str) -> tuple[dict, list
 
     def submit_steadily() -> None:
         while not stop_at.is_set():
-            submitted.append((stack.client.submit(image)["id"], time.monotonic()))
+            submitted.append((stack.client.submit(image).id, time.monotonic()))
             time.sleep(0.05)
 
     sender = threading.Thread(target=submit_steadily)
@@ -226,7 +226,7 @@ def swap_under_load(stack, image: bytes, old: str, new: str) -> tuple[dict, list
     finally:
         stop_at.set()
         sender.join()
-    jobs = [(stack.client.wait_for(job_id, timeout=60), at) for job_id, at in submitted]
+    jobs = [(stack.client.wait(job_id, timeout=60).raw, at) for job_id, at in submitted]
     assert all(job["status"] == "succeeded" for job, _ in jobs), [j["error"] for j, _ in jobs]
     versions = [job["result"]["model_version"] for job, _ in jobs]
     assert set(versions) == {old, new}
@@ -270,16 +270,16 @@ def test_the_worker_swaps_between_architectures_under_load(stack, imported, tran
     swap_under_load(stack, image, imported, version)  # GRU → Transformer
     job = caption(stack, image)
     assert job["result"]["model_version"] == version and job["result"]["caption"]
-    attention = np.load(io.BytesIO(stack.client.get_bytes(job["urls"]["attention"])))
-    assert attention.shape == (len(job["result"]["tokens"]), 64)
-    np.testing.assert_allclose(attention.astype(np.float32).sum(-1), 1.0, atol=1e-2)
+    attention = stack.client.attention(job["id"])  # a grid per word
+    assert attention.shape == (len(job["result"]["tokens"]), 8, 8)
+    np.testing.assert_allclose(attention.astype(np.float32).sum((1, 2)), 1.0, atol=1e-2)
     swap_under_load(stack, image, version, imported)  # and back
 
 
 def test_a_sampled_job_repeats_with_its_seed_on_the_worker(stack, imported, image):
     serve(stack, imported)
-    sampled = [stack.client.submit(image, temperature=1.5, seed=seed)["id"] for seed in (7, 7, 8)]
-    jobs = [stack.client.wait_for(job_id, timeout=60) for job_id in sampled]
+    sampled = [stack.client.submit(image, temperature=1.5, seed=seed) for seed in (7, 7, 8)]
+    jobs = [job.raw for job in stack.client.wait_all(sampled, timeout=60, progress=False)]
     assert all(job["status"] == "succeeded" for job in jobs), [job["error"] for job in jobs]
     assert [job["options"]["seed"] for job in jobs] == [7, 7, 8]
     assert jobs[0]["result"]["tokens"] == jobs[1]["result"]["tokens"]
@@ -376,8 +376,8 @@ def test_a_bundle_it_cannot_build_is_refused_and_the_old_one_serves_on(
 def test_cancel_stops_a_run_at_the_next_step_and_keeps_its_checkpoint(stack, first_run):
     run = train(stack, hyperparameters=QUICK | {"epochs": 500, "patience": 500}, promotion="never")
     wait_run(stack, run["id"], lambda r: len(r["history"]) >= 1)
-    asked = stack.client.get_bytes(f"/v1/training-runs/{run['id']}/cancel", "POST")
-    assert json.loads(asked)["cancel_requested"] is True
+    asked = stack.client.request("POST", f"/v1/training-runs/{run['id']}/cancel")
+    assert asked["cancel_requested"] is True
     asked_at = time.monotonic()
     done = wait_run(stack, run["id"], lambda r: r["status"] != "running", timeout=60)
     assert done["status"] == "canceled" and done["error"]["code"] == "canceled"
@@ -405,7 +405,7 @@ def test_a_killed_training_workers_run_resumes_from_its_checkpoint(stack, first_
 
 def test_an_uploaded_dataset_fine_tunes_a_base_version(stack, imported, tmp_path):
     folder = write_shapes_dataset(tmp_path / "upload", 60, seed=4, val_fraction=0.25)
-    dataset = stack.client.upload_dataset(pack_dataset(folder, tmp_path / "up.zip").read_bytes())
+    dataset = stack.client.upload_dataset(pack_dataset(folder, tmp_path / "up.zip")).raw
     promote(stack, imported)  # the version to beat
     run = train(
         stack,
@@ -450,7 +450,7 @@ def test_corrections_teach_the_next_version_what_it_got_wrong(stack, imported):
     said = {truth: job["result"]["caption"] for truth, job in jobs.items()}
     assert all(said[truth] != truth for truth in truths), said  # it always names two objects
     for truth, job in jobs.items():
-        stack.client.request("POST", f"/v1/jobs/{job['id']}/feedback", {"caption": truth})
+        stack.client.correct(job["id"], truth)
     run = train(
         stack,
         dataset={"type": "shapes", "size": 60, "seed": 6},

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.api_helpers import png
+from tests.helpers import png
 
 STACK = {"workers": ["inference"], "trained_bundle": True, "batch_max_size": 4,
          "bench_standin_model_ms": 10}  # fmt: skip
@@ -64,15 +64,13 @@ def test_each_url_job_succeeds_or_fails_alone_with_its_code(stack, origin, trap)
         "/huge": "url_too_large",
         "/gone": "url_unreachable",
     }
-    batch = stack.client.request(
-        "POST", "/v1/batches", {"image_urls": [origin + path for path in paths]}
-    )
-    ended = [stack.client.wait_for(job["id"], timeout=120) for job in batch["jobs"]]
+    batch = stack.client.submit_batch(urls=[origin + path for path in paths])
+    ended = [job.raw for job in stack.client.wait_all(batch.jobs, timeout=120, progress=False)]
     for job, code in zip(ended, paths.values(), strict=True):
         if code is None:
             assert job["status"] == "succeeded" and job["result"]["caption"], job
         else:
             assert (job["status"], job["error"]["code"]) == ("failed", code), job
     assert select.select([trap], [], [], 0.2)[0] == []  # the redirect target never connected
-    again = stack.client.request("POST", "/v1/jobs", {"image_url": f"{origin}/cat.png"})
-    assert stack.client.wait_for(again["id"], timeout=120)["status"] == "succeeded"
+    again = stack.client.submit(url=f"{origin}/cat.png")
+    assert stack.client.wait(again, timeout=120).status == "succeeded"

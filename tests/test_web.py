@@ -48,7 +48,7 @@ def site(request, tmp_path_factory) -> Iterator[tuple[str, str]]:
     with running_stack(
         folder, workers=["inference", "training"], model_bundle=bundle, batch_max_size=4
     ) as stack:
-        yield stack.client.base_url, stack.client.api_key
+        yield stack.client.base_url, stack.api_key
 
 
 @pytest.fixture(scope="module")
@@ -230,9 +230,28 @@ def test_an_image_url_is_captioned(page, site, scene, tmp_path):
         server.shutdown()
 
 
+def test_the_decoding_fields_start_at_the_documented_defaults(page, site):
+    open_page(page, site)
+    page.wait_for_function("document.querySelector('#max-length').value !== ''")
+    fields = api(site, "/openapi.json")["components"]["schemas"]["JobForm"]["properties"]
+    for label, name in (
+        ("Words at most", "max_length"),
+        ("Beams", "beam_size"),
+        ("Temperature", "temperature"),
+    ):
+        field = page.get_by_label(label)
+        assert float(field.input_value()) == fields[name]["default"], label
+        assert float(field.get_attribute("max")) == fields[name]["maximum"], label
+    seed = page.get_by_label("Seed")
+    assert seed.input_value() == ""  # none: a random one when sampling
+    assert float(seed.get_attribute("max")) == fields["seed"]["maximum"]
+
+
 def test_a_sampled_job_carries_its_temperature_and_seed(page, site, scene):
     open_page(page, site)
+    page.wait_for_function("document.querySelector('#beam-size').value !== ''")
     beams = page.get_by_label("Beams")
+    beams.fill("4")
     page.get_by_label("Temperature").fill("0.8")
     assert beams.is_disabled() and beams.input_value() == "1"  # the API samples with one beam
     assert "Beams is 1" in page.locator("#sampling-hint").inner_text()
@@ -252,7 +271,7 @@ def test_a_sampled_job_carries_its_temperature_and_seed(page, site, scene):
     sampled = {"image_url": "http://127.0.0.1:9/scene.png", "max_length": 20, "temperature": 1.5}
     assert json_sent(page, "1.5", "7") == {**sampled, "seed": 7}  # numbers; no beam_size
     page.get_by_label("Temperature").fill("0")
-    assert beams.is_enabled() and beams.input_value() == "3"  # the beams asked for before
+    assert beams.is_enabled() and beams.input_value() == "4"  # the beams asked for before
     page.get_by_label("Seed").fill("4294967296")
     page.get_by_role("button", name="Caption URL").click()
     page.get_by_role("alert").filter(has_text="Seed must be a whole number").wait_for()

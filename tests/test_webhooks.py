@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from captioner.client import ApiError
-from harness.receiver import Reply
+from captioner_client import ApiError
 from core.signatures import VerificationError, verify
+from harness.receiver import Reply
 
 SCHEDULE = (0.0, 0.3, 0.3, 4.0, 0.3, 0.3)  # seconds before attempts 1…6
 TIMEOUT_S = 1.0
@@ -48,7 +48,7 @@ def submit(stack, receiver, image: bytes, path: str, *replies: Reply, events=Non
     options = {"webhook": receiver.script(path, *replies)}
     if events:
         options["webhook_events"] = events
-    return stack.client.submit(image, **options)["id"]
+    return stack.client.submit(image, **options).id
 
 
 def settled(stack, kind: str, resource_id: str, timeout: float = 30) -> list[dict]:
@@ -81,7 +81,7 @@ def test_start_and_completed_arrive_in_order_signed_and_carrying_the_job(stack, 
     first, second = json.loads(started.body), json.loads(completed.body)
     assert (first["type"], second["type"]) == ("job.started", "job.completed")
     assert first["data"]["status"] == "running" and first["data"]["id"] == job_id
-    assert second["data"] == stack.client.job(job_id)  # what GET returns, links not arrays
+    assert second["data"] == stack.client.job(job_id).raw  # what GET returns, links not arrays
     assert second["data"]["status"] == "succeeded" and "attention" in second["data"]["urls"]
     assert started.headers["webhook-id"] != completed.headers["webhook-id"]
     assert started.headers["content-type"] == "application/json"
@@ -169,19 +169,19 @@ def test_a_batch_webhook_fires_once_when_every_job_has_ended(stack, receiver, im
     url = receiver.script("/batch")
     batch = stack.client.submit_batch(images, webhook=url)
     try:  # a canceled job ends the batch too
-        stack.client.request("POST", f"/v1/jobs/{batch['jobs'][-1]['id']}/cancel")
+        stack.client.cancel(batch.jobs[-1])
     except ApiError as exc:  # the worker took it first
         assert exc.code == "not_cancelable"
     (message,) = receiver.wait("/batch", 1)
     event = json.loads(message.body)
     assert event["type"] == "batch.completed"
-    assert event["data"] == stack.client.request("GET", f"/v1/batches/{batch['id']}")
+    assert event["data"] == stack.client.batch(batch).raw
     assert event["data"]["status"] == "completed"
     assert sum(event["data"]["counts"].values()) == 6
     time.sleep(2)
     assert len(receiver.received("/batch")) == 1
-    assert [d["event"] for d in deliveries(stack, "batches", batch["id"])] == ["batch.completed"]
-    assert all(deliveries(stack, "jobs", job["id"]) == [] for job in batch["jobs"])
+    assert [d["event"] for d in deliveries(stack, "batches", batch.id)] == ["batch.completed"]
+    assert all(deliveries(stack, "jobs", job.id) == [] for job in batch.jobs)
 
 
 def test_a_delivery_owed_when_the_webhook_worker_dies_is_sent_after_restart(stack, receiver, image):
@@ -214,7 +214,7 @@ def test_replay_sends_the_same_message_again(stack, receiver, image):
 
 def test_after_rotation_both_secrets_sign_until_the_grace_period_ends(stack, receiver, image):
     old = current_secret(stack)
-    rotated = stack.client.request("POST", "/v1/webhooks/secret/rotate", {"grace_seconds": 60})
+    rotated = stack.client.request("POST", "/v1/webhooks/secret/rotate", json={"grace_seconds": 60})
     new = rotated["secret"]
     assert new != old and rotated["previous"][0]["secret"] == old
     submit(stack, receiver, image, "/rotation")
@@ -234,11 +234,11 @@ def test_the_example_receiver_verifies_and_prints_events(stack, receiver, image,
     )
     try:
         url = example.stdout.readline().split()[-1]
-        job_id = stack.client.submit(image, webhook=url + "hook")["id"]
+        job_id = stack.client.submit(image, webhook=url + "hook").id
         printed = json.loads(example.stdout.readline())
         (delivery,) = settled(stack, "jobs", job_id)
     finally:
         example.kill()
     assert printed["id"] == job_id and printed["type"] == "job.completed"
-    assert printed["caption"] == stack.client.job(job_id)["result"]["caption"]
+    assert printed["caption"] == stack.client.job(job_id).caption.caption
     assert delivery["attempts"][0]["status_code"] == 204

@@ -79,14 +79,14 @@ def succeeded_job(job_id: uuid.UUID) -> tuple[Job, bytes]:
     gone, 409 while it has no attention."""
     with services().db.session() as session:
         job = find_job(session, job_id)
-        data = job.attention  # kept in the row since migration 0005 (loaded only here)
+        data = job.attention  # in the row, loaded only here
     if job.status != JobStatus.SUCCEEDED:
         raise ErrorResponse(
             409,
             "attention_not_ready",
             f"the job is {job.status}; attention exists once it has succeeded",
         )
-    if data is None:  # an older job: its own object in the blob store
+    if data is None:  # a job from before migration 0005: its own object in the blob store
         data = stored_blob(attention_key(job.id), "attention_missing", "attention weights")
     return job, data
 

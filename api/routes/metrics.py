@@ -8,14 +8,13 @@ deliveries, inference workers seen lately) and Redis (messages per queue): see s
 from __future__ import annotations
 
 import logging
-import time
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Response
 from prometheus_client.core import GaugeMetricFamily
 
 from api.auth import public
 from api.services import services
-from core.metrics import HTTP_REQUESTS, HTTP_SECONDS, exposition
+from core.metrics import exposition
 from store.fleet import fleet
 
 bp = Blueprint("metrics", __name__)
@@ -23,9 +22,16 @@ log = logging.getLogger(__name__)
 SEEN_S = 60.0  # a worker silent this long is not counted
 # The gauges read at scrape time (the dashboard's test checks its queries against these and the
 # metrics core.metrics defines).
-FLEET = ("captioner_jobs", "captioner_training_runs", "captioner_workers",
-         "captioner_deliveries_pending", "captioner_queue_messages", "captioner_training_run_epoch",
-         "captioner_training_run_loss", "captioner_training_run_validation")  # fmt: skip
+FLEET = (
+    "captioner_jobs",
+    "captioner_training_runs",
+    "captioner_workers",
+    "captioner_deliveries_pending",
+    "captioner_queue_messages",
+    "captioner_training_run_epoch",
+    "captioner_training_run_loss",
+    "captioner_training_run_validation",
+)
 
 
 @bp.get("/metrics")
@@ -101,19 +107,3 @@ def queue_lengths() -> dict[str, int]:
     except Exception:  # noqa: BLE001 - a scrape must not fail because Redis is away
         log.warning("could not read the queues' lengths", exc_info=True)
         return {}
-
-
-def register_metrics(app: Flask) -> None:
-    """Count and time every request by route and status."""
-
-    @app.before_request
-    def start_clock() -> None:
-        g.started = time.perf_counter()
-
-    @app.after_request
-    def count(response):
-        route = request.url_rule.rule if request.url_rule else "unmatched"
-        HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-        if "started" in g:
-            HTTP_SECONDS.labels(route, request.method).observe(time.perf_counter() - g.started)
-        return response

@@ -6,7 +6,7 @@ from flask import Blueprint, jsonify
 
 from api.auth import any_key, requires
 from api.contract import contract
-from api.schemas import models as shapes
+from api.schemas import registry as schema
 from api.services import services
 from core.errors import ErrorResponse
 from store import registry
@@ -18,7 +18,7 @@ SEEN_POLLS = 5  # a worker silent for this many poll periods is left out of the 
 
 
 @bp.get("/models")
-@contract(shapes.ModelList, tags=["models"])
+@contract(schema.ModelList, tags=["models"])
 @any_key
 def list_models():
     """Every version, newest first, and which one is active."""
@@ -29,7 +29,7 @@ def list_models():
 
 
 @bp.get("/models/<name>")
-@contract(shapes.ModelVersion, tags=["models"])
+@contract(schema.ModelVersion, tags=["models"])
 @any_key
 def get_model(name: str):
     """One version: metrics, lineage, bundle, whether it is active."""
@@ -38,7 +38,7 @@ def get_model(name: str):
 
 
 @bp.post("/models/<name>/promote")
-@contract(shapes.ModelVersion, tags=["models"])
+@contract(schema.ModelVersion, tags=["models"])
 @requires(Scope.ADMIN)
 def promote_model(name: str):
     """Make a version the active one; workers swap to it within seconds. Older: a rollback."""
@@ -49,7 +49,7 @@ def promote_model(name: str):
 
 
 @bp.get("/workers")
-@contract(shapes.WorkerList, tags=["models"])
+@contract(schema.WorkerList, tags=["models"])
 @requires(Scope.ADMIN)
 def list_workers():
     """Workers of every role seen lately: heartbeat, tasks in flight, last error; for inference

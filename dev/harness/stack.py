@@ -3,13 +3,16 @@
 `services()` makes production-mode settings on a fresh Postgres database (migrated), a Redis
 database no other stack holds, and a moto S3 server with its bucket. `running_stack()` adds
 worker processes, beat if asked, and the API on a loopback port, and hands back a `Stack`.
+`production_api()` runs the API as production does instead: the Dockerfile's gunicorn command.
 Everything is dropped afterwards. Needs the local Postgres and Redis servers and the dev extras
 (moto).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -23,7 +26,14 @@ from pathlib import Path
 import redis
 from cryptography.fernet import Fernet
 
-from captioner.processes import api_server, start_beat, start_worker, stop, wait_ready
+from captioner.processes import (
+    api_server,
+    start_beat,
+    start_process,
+    start_worker,
+    stop,
+    wait_ready,
+)
 from captioner_client import Client
 from core.broker import make_celery
 from core.settings import Settings
@@ -34,6 +44,8 @@ from store.db import Database, create_database, drop_database
 from store.migrate import upgrade
 from store.tables import ALL_SCOPES
 
+ROOT = Path(__file__).resolve().parents[2]  # the checkout the harness runs from
+DOCKERFILE = ROOT / "Dockerfile"
 # The server's maintenance database; each stack creates and drops its own database beside it.
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
@@ -43,6 +55,7 @@ REDIS_DATABASES = range(1, 16)  # database 0 holds only the locks that hand thes
 ACCESS_KEY = SECRET_KEY = "testing"  # credentials moto accepts
 REGION = "us-east-1"
 MOTO_START_S = 20.0
+GUNICORN_START_S = 30.0
 CLIENT_TIMEOUT_S = 120.0  # above the API's longest hold (`Prefer: wait`, 60 s)
 # Tests and benchmarks drive one key as fast as they can (50 requests at once in some tests):
 # never refused, yet counted in two windows in Redis as the default limit is, so a request costs
@@ -246,3 +259,52 @@ def admin_key(db: Database, tenant: str = "stack") -> str:
 def worker_name(queue: str, name: str | None = None) -> str:
     """A stack worker's node name: `name`, or `QUEUE@stack`."""
     return name or f"{queue}@stack"
+
+
+def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
+    """The Dockerfile's (INSTRUCTION, arguments) pairs, with continuation lines joined and
+    comments dropped."""
+    text = path.read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    pairs = []
+    for line in joined.splitlines():
+        if line.strip():
+            instruction, _, args = line.strip().partition(" ")
+            pairs.append((instruction.upper(), args.strip()))
+    return pairs
+
+
+def production_command() -> list[str]:
+    """The Dockerfile's CMD: the command production runs (gunicorn with
+    captioner/gunicorn_conf.py)."""
+    return json.loads(next(args for name, args in dockerfile_instructions() if name == "CMD"))
+
+
+@dataclass(frozen=True)
+class ProductionApi:
+    """The API as production runs it: its base URL and gunicorn's master process."""
+
+    url: str
+    process: subprocess.Popen
+
+
+@contextmanager
+def production_api(
+    settings: Settings, log: Path, workers: int | None = None
+) -> Iterator[ProductionApi]:
+    """The Dockerfile's gunicorn command with `settings`, on a free loopback port (and with
+    `workers` processes rather than gunicorn_conf's, if given), its output going to `log`.
+    Yields once /healthz answers; stops gunicorn afterwards."""
+    url = f"http://127.0.0.1:{free_port()}"
+    command = production_command()
+    command[0] = str(Path(sys.executable).parent / "gunicorn")  # this environment's
+    command[command.index("--bind") + 1] = url.removeprefix("http://")
+    if workers is not None:  # gunicorn's command line wins over its config file
+        command[-1:-1] = ["--workers", str(workers)]
+    process = start_process(settings, command, log)
+    try:
+        wait_for_http(f"{url}/healthz", GUNICORN_START_S, process, log)
+        yield ProductionApi(url, process)
+    finally:
+        stop([process])
