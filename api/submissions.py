@@ -16,7 +16,7 @@ import secrets
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from flask import request
@@ -43,6 +43,32 @@ from store.images import StoredImage
 from store.tables import utcnow
 
 IMAGE_STATUS = {EMPTY: 400, TOO_LARGE: 413, NOT_AN_IMAGE: 415, UNSUPPORTED: 415, CORRUPT: 400}
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A submission its schema passed, checked for what the schema cannot say, before anything
+    is stored: its images and their headers, or their URLs; what its jobs share; its webhook."""
+
+    images: list[bytes]
+    infos: list[ImageInfo]  # each image's format and size, read from its header
+    urls: list[str]  # the images' URLs instead, let through by the SSRF guard
+    template: jobs.NewJob  # what every job of it shares (see `job_template`)
+    webhook_url: str | None
+    webhook_events: list[str] | None
+
+    @property
+    def count(self) -> int:
+        """The jobs it makes."""
+        return len(self.images) + len(self.urls)
+
+
+def check_submission(asked: JobJson | JobForm | BatchJson | BatchForm) -> Checked:
+    """A submission checked: a 4xx naming the first problem, else what to store and record."""
+    images = images_of(asked)
+    batch = isinstance(asked, BatchJson | BatchForm)
+    infos = [check_image(data, f"images[{i}]: " if batch else "") for i, data in enumerate(images)]
+    return Checked(images, infos, urls_of(asked), job_template(asked), *webhook_of(asked))
 
 
 def images_of(asked: JobJson | JobForm | BatchJson | BatchForm) -> list[bytes]:

@@ -73,26 +73,21 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg2  # noqa: E402
 import redis  # noqa: E402
-from cryptography.fernet import Fernet  # noqa: E402
 
 from captioner.processes import stop, tail, wait_ready  # noqa: E402
 from captioner_client import Client  # noqa: E402
 from core.settings import Settings, to_env  # noqa: E402
 from harness.http import free_port, wait_for_http  # noqa: E402
 from harness.stack import (  # noqa: E402
-    ACCESS_KEY,
     CLIENT_TIMEOUT_S,
     POSTGRES_URL,
     REDIS_URL,
-    REGION,
-    SECRET_KEY,
-    UNTHROTTLED,
     admin_key,
     fresh_postgres,
     moto_s3_server,
+    production_settings,
     redis_database,
 )
-from store.blobs import open_blob_store  # noqa: E402
 from store.db import Database  # noqa: E402
 from store.tables import TERMINAL  # noqa: E402
 
@@ -404,24 +399,17 @@ def started_stack(inputs: Inputs, source: Path, folder: Path) -> Iterator[Runnin
     """Postgres, Redis and moto as harness.stack makes them; `source`'s API and worker."""
     with moto_s3_server() as endpoint, fresh_postgres() as url, redis_database() as broker:
         migrate(source, url)
-        settings = Settings(
-            data_dir=folder / "data",
-            database_url=url,
-            broker_url=broker,
-            s3_bucket="bench",
-            s3_endpoint_url=endpoint,
-            s3_region=REGION,
-            s3_access_key=ACCESS_KEY,
-            s3_secret_key=SECRET_KEY,
+        batch = {"batch_max_size": inputs.args.batch} if inputs.args.batch else {}
+        settings = production_settings(
+            folder / "data",
+            url,
+            broker,
+            endpoint,
             model_bundle=inputs.bundle,
-            rate_limit=UNTHROTTLED,
             max_queued_jobs=UNBOUNDED,
             max_queued_per_tenant=UNBOUNDED,
-            secret_keys=Fernet.generate_key().decode(),  # production mode needs one
+            **batch,
         )
-        if inputs.args.batch:
-            settings = settings.with_overrides(batch_max_size=inputs.args.batch)
-        open_blob_store(settings).ensure_bucket()
         run = Running(source, standin_mode(source, inputs.args.standin), settings, folder)
         run.moto_pid, run.moto_log = moto_process(endpoint)
         try:

@@ -16,21 +16,17 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from cryptography.fernet import Fernet
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 
 from api import create_app
 from api.services import Services
 from core.settings import Settings
+from harness.http import free_port
 from harness.stack import (
-    ACCESS_KEY,
-    REGION,
-    SECRET_KEY,
-    UNTHROTTLED,
     admin_key,
-    free_port,
     moto_s3_server,
+    production_settings,
     redis_database,
 )
 from store.blobs import open_blob_store
@@ -105,20 +101,8 @@ def outage(tmp_path_factory):
     """(server, settings): production-mode settings on a private Postgres, Redis and moto S3."""
     with private_postgres() as server, moto_s3_server() as endpoint, redis_database() as broker:
         upgrade(server.url)
-        settings = Settings(
-            data_dir=tmp_path_factory.mktemp("outage"),
-            database_url=server.url,
-            broker_url=broker,
-            s3_bucket="outage",
-            s3_endpoint_url=endpoint,
-            s3_region=REGION,
-            s3_access_key=ACCESS_KEY,
-            s3_secret_key=SECRET_KEY,
-            rate_limit=UNTHROTTLED,
-            secret_keys=Fernet.generate_key().decode(),
-        )
-        open_blob_store(settings).ensure_bucket()
-        yield server, settings
+        data_dir = tmp_path_factory.mktemp("outage")
+        yield server, production_settings(data_dir, server.url, broker, endpoint)
 
 
 def blob_count(settings: Settings) -> int:

@@ -16,15 +16,12 @@ from api.schemas import jobs as schema
 from api.schemas.base import Problem
 from api.services import services
 from api.submissions import (
-    check_image,
+    Checked,
+    check_submission,
     dropping_blobs_on_error,
     enqueue,
     image_job,
-    images_of,
-    job_template,
     url_job,
-    urls_of,
-    webhook_of,
 )
 from core.errors import ErrorResponse
 from core.metrics import JOBS_SUBMITTED
@@ -51,28 +48,29 @@ bp = Blueprint("batches", __name__, url_prefix="/v1/batches")
 def submit_batch():
     """Check every image, store them a pack at a time, record the batch and its jobs in one
     transaction, enqueue a message per pack: 202."""
-    asked = validated()
-    images, urls = images_of(asked), urls_of(asked)
-    template = job_template(asked)
-    webhook = webhook_of(asked)
-    infos = [check_image(data, f"images[{i}]: ") for i, data in enumerate(images)]
-    check_queue_room(len(images) + len(urls))
+    checked = check_submission(validated())
+    check_queue_room(checked.count)
     chunk = services().settings.batch_max_size  # one pack and one message per chunk
-    if urls:
-        return record_batch(
-            [url_job(template, url, i) for i, url in enumerate(urls)], webhook, chunk
-        )
+    if checked.urls:
+        new_jobs = [url_job(checked.template, url, i) for i, url in enumerate(checked.urls)]
+    else:
+        new_jobs = image_jobs(checked, chunk)
+    return record_batch(new_jobs, (checked.webhook_url, checked.webhook_events), chunk)
+
+
+def image_jobs(checked: Checked, chunk: int) -> list[jobs.NewJob]:
+    """The images stored a pack of `chunk` at a time, and their jobs."""
+    images = checked.images
     stored = [
         place
         for start in range(0, len(images), chunk)
         for place in put_pack(services().blobs, images[start : start + chunk])
     ]
-    checked = enumerate(zip(stored, images, infos, strict=True))
-    new_jobs = [
-        image_job(template, uuid.uuid4(), place, data, info, i)
-        for i, (place, data, info) in checked
+    placed = enumerate(zip(stored, images, checked.infos, strict=True))
+    return [
+        image_job(checked.template, uuid.uuid4(), place, data, info, i)
+        for i, (place, data, info) in placed
     ]
-    return record_batch(new_jobs, webhook, chunk)
 
 
 def record_batch(

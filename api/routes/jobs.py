@@ -23,15 +23,11 @@ from api.schemas import jobs as schema
 from api.schemas.base import Problem
 from api.services import services
 from api.submissions import (
-    check_image,
+    check_submission,
     dropping_blobs_on_error,
     enqueue,
     image_job,
-    images_of,
-    job_template,
     url_job,
-    urls_of,
-    webhook_of,
 )
 from core.errors import ErrorResponse
 from core.metrics import JOBS_SUBMITTED
@@ -58,19 +54,16 @@ MAX_WAIT_S = 60
 @body_limit(ONE_IMAGE)
 def submit_job():
     """Check, store the image, record the job, enqueue it: 202 (200 if done within wait)."""
-    asked = validated()
-    images, urls = images_of(asked), urls_of(asked)
-    template = job_template(asked)
-    webhook_url, webhook_events = webhook_of(asked)
-    info = check_image(images[0]) if images else None
-    check_queue_room(1)
+    checked = check_submission(validated())
+    check_queue_room(checked.count)
     job_id = uuid.uuid4()
-    if info is None:
-        new = url_job(template, urls[0])
+    if checked.urls:
+        new = url_job(checked.template, checked.urls[0])
     else:
-        stored = put_image(services().blobs, job_id, images[0], f"image/{info.format.lower()}")
-        new = image_job(template, job_id, stored, images[0], info)
-    new = replace(new, webhook_url=webhook_url, webhook_events=webhook_events)
+        data, info = checked.images[0], checked.infos[0]
+        stored = put_image(services().blobs, job_id, data, f"image/{info.format.lower()}")
+        new = image_job(checked.template, job_id, stored, data, info)
+    new = replace(new, webhook_url=checked.webhook_url, webhook_events=checked.webhook_events)
     with dropping_blobs_on_error([new.image_key]), services().db.session() as session:
         body = job_json(jobs.create_job(session, new))  # the answer, from the row in memory
     enqueue([new.id])

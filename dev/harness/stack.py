@@ -138,26 +138,36 @@ def moto_s3_server() -> Iterator[str]:
 LOOPBACK = "127.0.0.1/32"  # the one private address the stack's guard allows
 
 
+def production_settings(
+    data_dir: Path, database_url: str, broker_url: str, s3_endpoint: str, **overrides
+) -> Settings:
+    """Production-mode settings on these servers (with `overrides`): moto's credentials, a
+    fresh secret key, the unthrottled rate limit; the bucket is made."""
+    settings = Settings(
+        data_dir=Path(data_dir),
+        database_url=database_url,
+        broker_url=broker_url,
+        s3_bucket="stack",
+        s3_endpoint_url=s3_endpoint,
+        s3_region=REGION,
+        s3_access_key=ACCESS_KEY,
+        s3_secret_key=SECRET_KEY,
+        secret_keys=Fernet.generate_key().decode(),
+        rate_limit=UNTHROTTLED,
+    ).with_overrides(**overrides)
+    open_blob_store(settings).ensure_bucket()
+    return settings
+
+
 @contextmanager
 def services(data_dir: Path, **overrides) -> Iterator[Settings]:
-    """Production-mode settings (with `overrides`) on fresh Postgres, Redis and S3."""
+    """Production-mode settings (with `overrides`) on fresh Postgres, Redis and S3; webhook
+    receivers on loopback are let through the SSRF guard."""
     with moto_s3_server() as endpoint, fresh_postgres() as database_url, redis_database() as url:
         upgrade(database_url)
-        settings = Settings(
-            data_dir=Path(data_dir),
-            database_url=database_url,
-            broker_url=url,
-            s3_bucket="stack",
-            s3_endpoint_url=endpoint,
-            s3_region=REGION,
-            s3_access_key=ACCESS_KEY,
-            s3_secret_key=SECRET_KEY,
-            secret_keys=Fernet.generate_key().decode(),
-            rate_limit=UNTHROTTLED,
-            url_allow=LOOPBACK,  # webhook receivers in tests listen on 127.0.0.1
-        ).with_overrides(**overrides)
-        open_blob_store(settings).ensure_bucket()
-        yield settings
+        yield production_settings(
+            data_dir, database_url, url, endpoint, **{"url_allow": LOOPBACK} | overrides
+        )
 
 
 @dataclass
