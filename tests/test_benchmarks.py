@@ -2,8 +2,10 @@
 real run, answers one JSON object with its main figures.
 
 Each script runs as `make bench` runs it: a subprocess from the repository root with this
-Python. Their temporary folders go under the test's tmp_path (TMPDIR). A new script must get
-an entry in SMOKE: the table and the folder are compared. The scripts that train a model on
+Python, two at a time (they spend much of their time starting servers and compiling, each on
+one core), started together when the module's first test runs. Their temporary folders go
+under pytest's tmp_path (TMPDIR). A new script must get an entry in SMOKE: the table and the
+folder are compared. The scripts that train a model on
 generated images are marked slow, as tests/test_training.py is. The stack's benchmarks need
 the local Postgres and Redis, as the stack tests do.
 """
@@ -15,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 TIMEOUT_S = 600  # each; they take seconds to about a minute on 2 busy cores
+AT_ONCE = 2
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,31 @@ def figure(result: dict, path: str):
     return value
 
 
+@pytest.fixture(scope="module")
+def runs(request, tmp_path_factory) -> dict[str, Future]:
+    """Every selected script's run, AT_ONCE at a time, the slowest first: (status, stdout,
+    stderr) futures by script."""
+    module = request.module.__name__
+    selected = [
+        item.callspec.params["script"]
+        for item in request.session.items
+        if item.module.__name__ == module and hasattr(item, "callspec")
+    ]
+    order = sorted(selected, key=lambda name: (not SMOKE[name].slow, name))
+    with ThreadPoolExecutor(AT_ONCE) as pool:
+        yield {name: pool.submit(run_tiny, name, tmp_path_factory.mktemp(name)) for name in order}
+
+
+def run_tiny(script: str, folder: Path) -> tuple[int, str, str]:
+    """Run `script` with its tiny arguments, its temporary files in `folder`."""
+    temporary = folder / "tmp"
+    temporary.mkdir()
+    command = [sys.executable, str(BENCHMARKS / script)]
+    command += [arg.format(tmp=folder) for arg in SMOKE[script].args.split()]
+    env = os.environ | {"TMPDIR": str(temporary), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return run(command, env)
+
+
 @pytest.mark.parametrize(
     "script",
     [
@@ -136,17 +165,11 @@ def figure(result: dict, path: str):
         for name, smoke in SMOKE.items()
     ],
 )
-def test_benchmark_runs_tiny(script, tmp_path):
-    smoke = SMOKE[script]
-    temporary = tmp_path / "tmp"
-    temporary.mkdir()
-    command = [sys.executable, str(BENCHMARKS / script)]
-    command += [arg.format(tmp=tmp_path) for arg in smoke.args.split()]
-    env = os.environ | {"TMPDIR": str(temporary), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    returncode, stdout, stderr = run(command, env)
+def test_benchmark_runs_tiny(script, runs):
+    returncode, stdout, stderr = runs[script].result()
     assert returncode == 0, f"{script} exited {returncode}:\n{stderr[-4000:]}"
     result = last_json(stdout)
     assert isinstance(result, dict)
-    for path in smoke.figures:
+    for path in SMOKE[script].figures:
         value = figure(result, path)
         assert isinstance(value, int | float) and not isinstance(value, bool), (path, value)
