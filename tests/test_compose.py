@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -240,6 +244,27 @@ def test_dockerfile_copies_the_application_and_only_that():
 
 def test_dockerignore_keeps_local_state_out():
     ignored = set((ROOT / ".dockerignore").read_text(encoding="utf-8").split())
-    for entry in (".venv", "data", "captioner-data", ".git", "tests", "benchmarks"):
+    for entry in (".venv", "data", "captioner-data", ".git", "tests", "benchmarks", "dev"):
         assert entry in ignored, entry
     assert {"__pycache__", "**/__pycache__"} & ignored
+
+
+def test_the_wheel_carries_the_service_and_no_test_scaffolding(tmp_path):
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    packages = [
+        name.rstrip("*") for name in project["tool"]["setuptools"]["packages"]["find"]["include"]
+    ]
+    source = tmp_path / "source"  # a copy, so that the build leaves nothing in the checkout
+    for name in [*packages, "dev", "tests", "benchmarks"]:
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    done = subprocess.run(
+        [*wheel, "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    (built,) = tmp_path.glob("captioner-*.whl")
+    tops = {name.split("/")[0] for name in zipfile.ZipFile(built).namelist()}
+    assert set(packages) <= tops
+    assert not tops & {"harness", "dev", "tests", "benchmarks"}, tops

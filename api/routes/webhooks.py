@@ -37,10 +37,9 @@ def get_secret():
 @requires(Scope.JOBS)
 def rotate_secret():
     """A new secret; the old one keeps signing for `grace_seconds` (default: the setting)."""
-    asked = validated()
-    grace = services().settings.webhook_secret_grace_s
-    if asked is not None and asked.grace_seconds is not None:
-        grace = asked.grace_seconds
+    grace = validated().grace_seconds
+    if grace is None:
+        grace = services().settings.webhook_secret_grace_s
     with services().db.session() as session:
         rotated = webhook_secrets.rotate(
             session, tenant(), timedelta(seconds=grace), services().cipher
