@@ -14,8 +14,9 @@ requests.
 
 Submissions are refused with a 503 `queue_full` (and `Retry-After`) before anything is stored
 when the tenant's queued jobs plus the new ones would exceed `max_queued_per_tenant`, or all
-queued jobs plus the new ones `max_queued_jobs`. Two submissions at once may both pass: the
-bounds are soft by at most the concurrent submissions' images.
+queued jobs plus the new ones `max_queued_jobs`. The counts are read at most once a second
+per process (`store.queue_counts`), plus what the process accepted since: the bounds are soft
+by at most a second of the other API processes' submissions.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from api.errors import error_response
 from api.services import services
 from core.errors import ErrorResponse, SettingsError
 from core.settings import Settings
-from store import jobs
 
 # Seconds a client waits before submitting again to a full queue: at the ~180 jobs/s one worker
 # drains with a fast model (BENCHMARKS.md), 10 s frees ~1,800 places, a third of a tenant's
@@ -96,10 +96,10 @@ def retry_after(limiter: Limiter, exc: RateLimitExceeded) -> int:
 
 
 def check_queue_room(count: int) -> None:
-    """A 503 `queue_full` unless `count` more jobs fit the tenant's and the global bound."""
+    """A 503 `queue_full` unless `count` more jobs fit the tenant's and the global bound (as
+    `store.queue_counts` knows them: at most a second old, plus this process's own since)."""
     settings = services().settings
-    with services().db.session() as session:
-        mine, total = jobs.queued_counts(session, tenant())
+    mine, total = services().queued.of(tenant())
     if mine + count > settings.max_queued_per_tenant:
         full = f"this tenant has {mine} jobs queued, at most {settings.max_queued_per_tenant}"
     elif total + count > settings.max_queued_jobs:

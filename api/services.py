@@ -15,6 +15,7 @@ from core.settings import Settings
 from store.blobs import BlobStore, open_blob_store
 from store.db import Database
 from store.deliveries import after_commit_sender
+from store.queue_counts import QueuedCounts
 
 
 @dataclass
@@ -27,13 +28,14 @@ class Services:
     broker: Broker
     notifier: Notifier
     cipher: Cipher
+    queued: QueuedCounts  # the queue's length per tenant, for the submissions' bound
     resolver: Resolver = system_resolver  # the SSRF guard's DNS; tests pass a fake one
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
         """Connections as the settings describe them (nothing is contacted yet)."""
         broker = Broker(make_celery(settings), logging.getLogger("api"))
-        db = Database(settings.database_url)
+        db = Database(settings.database_url, pool_size=settings.db_pool_size)
         db.after_commit.append(after_commit_sender(broker.deliveries))
         return cls(
             settings,
@@ -42,6 +44,7 @@ class Services:
             broker,
             Notifier(settings.broker_url),
             cipher_for(settings),
+            QueuedCounts(db),
         )
 
 

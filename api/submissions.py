@@ -226,6 +226,7 @@ def enqueue(job_ids: Sequence[uuid.UUID], per_message: int = 1) -> None:
     process dies between the commit and the send, the sweeper sends them once they have waited
     `RESEND_LEASES` leases unclaimed.
     """
+    services().queued.add(tenant(), len(job_ids))
     sent = services().broker.jobs(job_ids, per_message)
     if len(sent) < len(job_ids):
         with services().db.session() as session:

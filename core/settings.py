@@ -82,6 +82,9 @@ class Settings:
     s3_region: str = "us-east-1"  # AWS_REGION
     s3_access_key: str | None = field(default=None, repr=False)  # AWS_ACCESS_KEY_ID
     s3_secret_key: str | None = field(default=None, repr=False)  # AWS_SECRET_ACCESS_KEY
+    # DB_POOL_SIZE: Postgres connections a process keeps open (and as many more for bursts,
+    # closed after use): sized so the threads that use the database at once never open one
+    db_pool_size: Count = 16
     model_bundle: Path | None = None  # MODEL_BUNDLE: bundle directory the workers load
     encoder_weights: str | None = None  # ENCODER_WEIGHTS: override the bundle's encoder source
     batch_max_size: Count = 32  # BATCH_MAX_SIZE: most jobs in one forward pass

@@ -20,9 +20,9 @@ class Database:
     API and workers use it to send the webhook deliveries a transaction recorded).
     """
 
-    def __init__(self, url: str, echo: bool = False) -> None:
+    def __init__(self, url: str, echo: bool = False, pool_size: int = 16) -> None:
         self.url = url
-        self.engine = make_engine(url, echo)
+        self.engine = make_engine(url, echo, pool_size)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.after_commit: list[Callable[[dict], None]] = []
 
@@ -95,8 +95,13 @@ def _as_admin(server_url: str, statement: str) -> None:
         admin.dispose()
 
 
-def make_engine(url: str, echo: bool = False) -> Engine:
+def make_engine(url: str, echo: bool = False, pool_size: int = 16) -> Engine:
     """An engine with pre-ping (servers restart) and, for SQLite, WAL and a busy timeout.
+
+    `pool_size` Postgres connections stay open once made; a burst beyond them opens as many
+    more, closed when returned (each a backend that starts and exits: several milliseconds
+    of Postgres CPU, more than a submission's own queries). So the pool is sized to the
+    threads that use the database at once (`DB_POOL_SIZE`), not left at SQLAlchemy's 5.
 
     On Postgres an UPDATE run for many rows (a worker storing a chunk's results) goes in pages
     of statements per round trip (psycopg2's execute_batch), not one round trip per row.
@@ -109,8 +114,8 @@ def make_engine(url: str, echo: bool = False) -> Engine:
         url,
         echo=echo,
         pool_pre_ping=True,
-        pool_size=5,
-        max_overflow=10,
+        pool_size=pool_size,
+        max_overflow=pool_size,
         executemany_mode="values_plus_batch",
     )
 

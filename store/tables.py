@@ -125,6 +125,15 @@ class Job(Base):
         Index("ix_jobs_owner_created", "owner", "created_at", "id"),  # listing, newest first
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),  # the sweeper's scan
         Index("ix_jobs_finished_at", "finished_at"),  # retention: the oldest ended jobs first
+        # The claim's fair pick: owners with queued jobs, and each one's oldest (store.jobs).
+        Index(
+            "ix_jobs_queued",
+            "owner",
+            "created_at",
+            "id",
+            postgresql_where=text("status = 'queued'"),
+            sqlite_where=text("status = 'queued'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)

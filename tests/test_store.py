@@ -197,6 +197,46 @@ def test_concurrent_claims_give_each_job_to_one_worker(db):
     assert sorted(claimed) == sorted(ids)  # every job once, none twice
 
 
+def test_concurrent_claims_of_the_next_jobs_take_different_ones_without_waiting(db):
+    with db.session() as s:
+        ids = [jobs.create_job(s, new_job()).id for _ in range(40)]
+
+    def claim(_) -> list[uuid.UUID]:
+        with db.session() as s:
+            return jobs.claim_jobs(s, ids, 60, 3, limit=10).ids
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(claim, range(4)))
+    assert [len(taken) for taken in results] == [10] * 4
+    assert sorted(job_id for taken in results for job_id in taken) == sorted(ids)
+
+
+def test_a_claim_skips_the_rows_an_open_claim_holds(db):
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite locks the whole database, not rows")
+    with db.session() as s:
+        ids = [jobs.create_job(s, new_job()).id for _ in range(4)]
+    with db.session() as first, db.session() as second:
+        held = jobs.claim_jobs(first, ids, 60, 3, limit=2).ids  # not committed yet
+        other = jobs.claim_jobs(second, ids, 60, 3, limit=4).ids  # does not wait for it
+    assert len(held) == 2 and sorted(held + other) == sorted(ids)
+
+
+def test_a_claim_takes_tenants_in_turn_oldest_first(db):
+    with db.session() as s:
+        backlog = [jobs.create_job(s, new_job(owner="big")).id for _ in range(6)]
+        single = jobs.create_job(s, new_job(owner="small")).id
+        pair = [jobs.create_job(s, new_job(owner="pair")).id for _ in range(2)]
+    among = backlog + [single] + pair
+    with db.session() as s:
+        first = jobs.claim_jobs(s, among, 60, 3, limit=4)
+    with db.session() as s:
+        second = jobs.claim_jobs(s, among, 60, 3, limit=3)
+    by_start = sorted(first.jobs, key=lambda job: (job.created_at, job.id))
+    assert [job.id for job in by_start] == [backlog[0], backlog[1], single, pair[0]]
+    assert sorted(second.ids) == sorted([backlog[2], backlog[3], pair[1]])
+
+
 def test_one_claim_runs_some_jobs_and_ends_the_late_and_the_spent(db):
     with db.session() as s:
         fresh = jobs.create_job(s, new_job()).id

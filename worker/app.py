@@ -46,7 +46,9 @@ class WorkerState:
     def database(self) -> Database:
         """The process's database; deliveries its transactions record go to the webhooks queue."""
         if self._database is None:
-            self._database = Database(self.settings.database_url)
+            self._database = Database(
+                self.settings.database_url, pool_size=self.settings.db_pool_size
+            )
             self._database.after_commit.append(after_commit_sender(self.broker().deliveries))
         return self._database
 

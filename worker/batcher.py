@@ -134,15 +134,33 @@ class Slots:
         self._changed = threading.Condition()
 
     @contextmanager
-    def taking(self, count: int) -> Iterator[None]:
-        """Wait until `count` jobs (at most the capacity) fit, and hold their room for the block."""
-        count = min(count, self.capacity)
+    def taking(self, count: int) -> Iterator[Room]:
+        """Wait until `count` jobs (at most the capacity) fit, and hold their room for the block
+        (or what `Room.keep` kept of it)."""
+        room = Room(self, min(count, self.capacity))
         with self._changed:
-            self._changed.wait_for(lambda: self._free >= count)
-            self._free -= count
+            self._changed.wait_for(lambda: self._free >= room.count)
+            self._free -= room.count
         try:
-            yield
+            yield room
         finally:
-            with self._changed:
-                self._free += count
-                self._changed.notify_all()
+            self.give(room.count)
+
+    def give(self, count: int) -> None:
+        """Free room for `count` jobs."""
+        with self._changed:
+            self._free += count
+            self._changed.notify_all()
+
+
+@dataclass
+class Room:
+    """Room held in `Slots` for a claim; the part a claim did not fill goes back at once."""
+
+    slots: Slots
+    count: int
+
+    def keep(self, count: int) -> None:
+        """Keep room for `count` jobs only."""
+        self.slots.give(self.count - count)
+        self.count = count

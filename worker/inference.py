@@ -1,9 +1,10 @@
 """The inference worker's resident state: the served model, the micro-batcher, a chunk's path.
 
-`Inference.caption(job_ids)` runs a chunk of jobs (one Celery message) in one of the pool's
-threads. Every step is paid once per chunk, not once per job:
-- wait for room (the worker claims only what it will start soon), then claim the chunk in one
-  UPDATE that also ends jobs past their deadline or out of attempts;
+`Inference.caption(job_ids)` runs a chunk of jobs in one of the pool's threads. A Celery message
+wakes the worker; the chunk is whatever is next in the queue, tenants taking turns, up to a
+batch. Every step is paid once per chunk, not once per job:
+- wait for a batch's room (the worker claims only what it will start soon), then claim the chunk
+  in one UPDATE that also ends jobs past their deadline or out of attempts;
 - fetch the images (one GET per pack; a job's `image_url` through the SSRF guard, once, into
   its key) and decode them in a pool sized to the cores (Pillow releases the GIL), then hand
   them to the batcher, which runs the model on full batches;
@@ -88,15 +89,19 @@ class Inference:
         self.guard = Guard.from_allow(settings.url_allow)  # for jobs with an image_url
 
     def caption(self, job_ids: Sequence[str]) -> str:
-        """Run a chunk of jobs to terminal statuses; returns what happened, for the log.
+        """Claim the next queued jobs (a batch's worth at most) and run them to terminal
+        statuses; returns what happened, for the log.
 
-        Raises JobSkipped when none of them is ours to run, and TemporaryFailure (after putting
-        those jobs back in the queue) when some may succeed on a later attempt.
+        A message is a wake-up: the claim takes whichever jobs are next in fair order, its own
+        ids or others (`store.jobs.fair_pick`), so jobs sent one per message still run in full
+        batches, and a later message whose jobs were taken finds others or nothing. Raises
+        JobSkipped when nothing is claimable, and TemporaryFailure (after putting those jobs
+        back in the queue) when some may succeed on a later attempt.
         """
-        ids = [uuid.UUID(job_id) for job_id in job_ids]
-        with self.slots.taking(len(ids)), ExitStack() as held:
+        with self.slots.taking(self.settings.batch_max_size) as room, ExitStack() as held:
             with self.batcher.expecting():
-                claim = self._claim(ids)
+                claim = self._claim(room.count, job_ids)
+                room.keep(len(claim.jobs))  # the rest is free for the next claim at once
                 bind(batch_id=claim.jobs[0].batch_id)  # for this task's lines (None: none)
                 held.enter_context(self.leases.holding(claim))  # until the results are stored
                 futures, outcomes = self._submit(claim.jobs)
@@ -104,16 +109,21 @@ class Inference:
                 outcomes[job_id] = _outcome(future)
             return self._settle(claim, outcomes)
 
-    def _claim(self, ids: list[uuid.UUID]) -> jobs.Claim:
+    def _claim(self, count: int, woken_by: Sequence[str]) -> jobs.Claim:
         settings = self.settings
         with self.db.session() as session:
             claim = jobs.claim_jobs(
-                session, ids, settings.job_lease_seconds, settings.job_max_attempts, self.worker
+                session,
+                None,
+                settings.job_lease_seconds,
+                settings.job_max_attempts,
+                self.worker,
+                limit=count,
             )
         if claim.ended:  # past their deadline or out of attempts
             self.notifier.finished_many(claim.ended)
         if not claim.jobs:
-            raise JobSkipped(", ".join(map(str, ids)))
+            raise JobSkipped(f"nothing queued (woken for {len(woken_by)})")
         return claim
 
     def _submit(self, claimed: list) -> tuple[dict, dict[uuid.UUID, Outcome]]:
