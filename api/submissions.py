@@ -177,6 +177,7 @@ def image_job(
         id=job_id,
         image_key=stored.key,
         image_offset=stored.offset,
+        image_data=stored.data,
         image_bytes=len(data),
         image_format=info.format,
         image_width=info.width,

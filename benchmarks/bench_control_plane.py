@@ -1,27 +1,32 @@
 """The control plane's cost per job, with the model replaced by a stand-in of fixed cost.
 
 Prints one JSON object. Run from the repository root (Postgres and Redis running):
-`python benchmarks/bench_control_plane.py [--jobs 2000] [--standin-ms 5] [--source DIR]
-[--compare OLD_DIR --rounds 1]`.
+`python benchmarks/bench_control_plane.py [--jobs 2000] [--standin-ms 5] [--both | --singles]
+[--source DIR] [--compare OLD_DIR --rounds 1]`.
 
 The production stack on this machine: Postgres, Redis, a moto S3 server, the API in its own
-process under gunicorn (the Dockerfile's command, 2 workers) and one inference worker process
+process as the Dockerfile runs it (its CMD: gunicorn with captioner/gunicorn_conf.py, 4 threaded
+workers) and one inference worker process
 (`python -m captioner worker --queue inference`), beat with `--beat`. The worker's forward pass
 costs `--standin-ms` per batch (a fast GPU): the setting CAPTIONER_BENCH_STANDIN_MODEL_MS where
 the code has it, else a `sitecustomize.py` that patches `Captioner.caption_batch` (old code).
 Either way the real model's warm-up is skipped: it never runs.
 
-- `jobs_per_s`: client threads post batches of 100 images (64 shapes PNGs) as fast as the API
-  takes them; jobs over the time from the first post to the last `finished_at`.
-  `jobs_per_s_mid80`: over the middle 80% of completions. Progress is read from Postgres
-  (one COUNT every 0.2 s), not through the API.
+- `steady`: the figures that matter, over a window from 20% to 80% of the jobs done (past the
+  warm-up, before the tail): `jobs_per_s` and every part's CPU and requests per job. Client
+  threads post batches of 100 images (64 shapes PNGs), each waiting while more than
+  `--backlog` jobs are unfinished, so posting and draining overlap as in a service that keeps
+  up with its callers. `jobs_per_s` outside `steady`: from the first post to the last
+  `finished_at` (a burst); `jobs_per_s_mid80` over the middle 80% of completions. Progress is
+  read from Postgres (one COUNT every 0.2 s), not through the API.
 - `*_cpu_ms_per_job`: CPU (utime + stime from /proc) of each part over the run, per job: the
   API (gunicorn master and workers), the worker (and any children), moto, Postgres (the stack
   database's backends, followed at every poll as connections come and go, and the server's own
   processes; `postgres_all`: every postgres process on the machine, ended backends included),
-  Redis, this client. `decode_cpu_ms_per_image`: the source's `model.images.decode_image` on the
-  same images, alone in a child process (its allocator kept in a long-running process's steady
-  state); `own_cpu_ms_per_job_excl_decode` = api + worker - decode.
+  Redis, this client. `decode_cpu_ms_per_image`: the decode stage of the worker's own profile
+  (`decode_measured: worker`); without a profile, the source's `model.images.decode_image` on
+  the same images alone in a child process (`alone`). `own_cpu_ms_per_job_excl_decode` = api +
+  worker - decode, over the steady window.
 - `s3_requests_per_job` (moto's request log), `pg_xacts_per_job` and `pg_sessions_per_job`
   (pg_stat_database, less this script's polls), `redis_commands_per_job` (INFO stats: every
   Redis database on the server, so someone else's load counts: see `redis_other_clients`).
@@ -33,7 +38,9 @@ Either way the real model's warm-up is skipped: it never runs.
   `--no-profile` gives the cleanest rates. Needs py-spy in the venv; skipped with a note if not.
 
 `--singles` posts one image at a time to /v1/jobs instead (`--threads 32`: submits at
-concurrency 32); `posts_per_s` is the submission rate either way.
+concurrency 32); `posts_per_s` is the submission rate either way. `--both` runs the batch path
+and then single submissions from `--single-threads` clients (16), each on a fresh stack, and
+adds `singles_over_batches`, the ratio of their steady rates.
 
 `--source DIR` runs the API and the worker from another checkout (DIR first on PYTHONPATH, cwd
 DIR, DIR's migrations); `--compare OLD_DIR` alternates OLD_DIR and the source for `--rounds`
@@ -63,7 +70,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -85,6 +92,7 @@ from harness.stack import (  # noqa: E402
     admin_key,
     fresh_postgres,
     moto_s3_server,
+    production_command,
     production_settings,
     redis_database,
 )
@@ -127,7 +135,7 @@ WORKER = "bench@control-plane"
 UNBOUNDED = 10**9  # the queue's bounds: checked at every post (their cost counts), never hit
 POLL_S = 0.2
 SETTLE_S = 1.5  # Postgres backends publish their counters within a second of going idle
-PROFILE_SPAN = (0.1, 0.9)  # py-spy samples while this share of the jobs is done
+PROFILE_SPAN = (0.2, 0.8)  # the steady window, and py-spy samples: this share of jobs done
 PROFILER_NICE = 10
 STANDIN_ENV = "CAPTIONER_BENCH_STANDIN_MODEL_MS"
 PATCH_ENV = "CAPTIONER_BENCH_STANDIN_PATCH"
@@ -222,6 +230,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=2000, help="jobs in the measured run")
     parser.add_argument("--batch-images", type=int, default=100, help="images per POST")
     parser.add_argument("--threads", type=int, default=4, help="client threads posting")
+    parser.add_argument(
+        "--both", action="store_true", help="the batch path, then single submissions"
+    )
+    parser.add_argument(
+        "--single-threads", type=int, default=16, help="clients posting singles with --both"
+    )
+    parser.add_argument(
+        "--backlog", type=int, default=512, help="unfinished jobs at most before a post waits"
+    )
     parser.add_argument("--upload", choices=("multipart", "json"), default="multipart")
     parser.add_argument(
         "--singles",
@@ -248,17 +265,34 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
-    """Prepare the inputs, run each checkout, print one JSON object."""
+    """Prepare the inputs, run each checkout (or both submission modes), print one JSON object."""
     args = parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-cp-") as tmp:
         inputs = make_inputs(Path(tmp), args)
         if args.compare:
             result = compare(inputs)
+        elif args.both:
+            result = both_modes(inputs)
         else:
             result = run_once(inputs, args.source.resolve(), inputs.workdir / "run")
     result |= machine(load_before)
     print(json.dumps(result))
+
+
+def both_modes(inputs: Inputs) -> dict:
+    """The batch path and single submissions (`--single-threads` clients) one after the other,
+    each on a fresh stack, and the ratio of their steady rates."""
+    args = inputs.args
+    singles = argparse.Namespace(**vars(args) | {"singles": True, "threads": args.single_threads})
+    runs = {
+        "batches": run_once(inputs, args.source.resolve(), inputs.workdir / "batches"),
+        "singles": run_once(
+            replace(inputs, args=singles), args.source.resolve(), inputs.workdir / "singles"
+        ),
+    }
+    rate = {mode: run["steady"].get("jobs_per_s") for mode, run in runs.items()}
+    return runs | {"singles_over_batches": ratio(rate["singles"], rate["batches"])}
 
 
 def make_inputs(workdir: Path, args: argparse.Namespace) -> Inputs:
@@ -372,16 +406,24 @@ def medians(results: list[dict]) -> dict:
 
 
 def run_once(inputs: Inputs, source: Path, folder: Path) -> dict:
-    """One stack from `source`, warmed up, then measured; and the source's decode alone."""
+    """One stack from `source`, warmed up, then measured; decode as the worker's profile saw it
+    (else the source's decode alone, in a child process)."""
     folder.mkdir(parents=True, exist_ok=True)
-    decode_ms = decode_cpu_ms(inputs, source)
     with started_stack(inputs, source, folder) as run:
         figures = measure(run, inputs)
         if inputs.args.keep:
             keep_logs(run, inputs.args.keep / folder.name)
-    own = figures["api_cpu_ms_per_job"] + figures["worker_cpu_ms_per_job"] - decode_ms
+    profiled = figures.get("worker_stages_ms_per_job", {}).get("decode")
+    decode_ms, where = (
+        (profiled, "worker") if profiled else (decode_cpu_ms(inputs, source), "alone")
+    )
+    steady = figures["steady"]
+    if "note" in steady:
+        raise RuntimeError(f"{steady['note']}: the run is too short to measure, ask more --jobs")
+    own = steady["api_cpu_ms_per_job"] + steady["worker_cpu_ms_per_job"] - decode_ms
     return figures | {
         "decode_cpu_ms_per_image": round(decode_ms, 3),
+        "decode_measured": where,
         "own_cpu_ms_per_job_excl_decode": round(own, 3),
     }
 
@@ -485,14 +527,9 @@ def start_services(run: Running, inputs: Inputs) -> None:
         beat = [sys.executable, "-m", "captioner", "beat"]
         run.processes["beat"] = start(run, "beat", beat, child_env(run, inputs, False))
     port = free_port()
-    gunicorn = [
-        str(Path(sys.executable).parent / "gunicorn"),
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        "2",
-        "api:create_app()",
-    ]
+    gunicorn = production_command()  # the Dockerfile's CMD, with its gunicorn config
+    gunicorn[0] = str(Path(sys.executable).parent / "gunicorn")
+    gunicorn[gunicorn.index("--bind") + 1] = f"127.0.0.1:{port}"
     run.processes["api"] = start(run, "api", gunicorn, child_env(run, inputs, False))
     wait_ready(run.processes["worker"], run.log("worker"))
     run.client = Client(f"http://127.0.0.1:{port}", api_key(run), timeout=CLIENT_TIMEOUT_S)
@@ -526,18 +563,19 @@ def wait_api(run: Running, timeout: float = 60) -> None:
 
 
 def measure(run: Running, inputs: Inputs) -> dict:
-    """Warm up, then the measured run: rates, CPU and requests per job, the worker's stages."""
+    """Warm up, then the measured run: rates, CPU and requests per job (the whole run, and the
+    steady window), the worker's stages."""
     args = inputs.args
     with Progress(run.settings.database_url) as progress:
         warm_up(run, inputs, progress)
         sources = verify_source(run, inputs)
         before = snapshot(run, progress, first=True)
         started_at = datetime.datetime.now(datetime.UTC)
-        batch_ids, submit_s, profile = load(run, inputs, progress)
+        batch_ids, submit_s, followed = load(run, inputs, progress)
         after = snapshot(run, progress, first=False)
         jobs = progress.jobs(batch_ids)
     figures = per_job(before, after, args.jobs)
-    figures |= rates(jobs, started_at, args.jobs) | profile
+    figures |= rates(jobs, started_at, args.jobs) | followed
     return figures | {
         "submit_s": round(submit_s, 2),
         "posts_per_s": round(len(batch_ids) / submit_s, 1),
@@ -545,6 +583,7 @@ def measure(run: Running, inputs: Inputs) -> dict:
         "jobs": args.jobs,
         "batch_images": args.batch_images,
         "threads": args.threads,
+        "backlog": args.backlog,
         "upload": args.upload,
         "standin_ms": args.standin_ms,
         "standin": run.standin,
@@ -688,49 +727,92 @@ def post(run: Running, inputs: Inputs, images: list[bytes]) -> str:
 
 
 def load(run: Running, inputs: Inputs, progress: Progress) -> tuple[list[str], float, dict]:
-    """Post every batch from the client threads while following progress; the batch ids, the
-    seconds the posting took, and the worker's profile."""
+    """Post every batch from the client threads, each waiting while more than `--backlog` jobs
+    are unfinished, while following progress; the batch ids, the seconds the posting took, and
+    the steady window's figures and the worker's profile."""
     args, pngs = inputs.args, inputs.pngs
     size = 1 if args.singles else args.batch_images
     batches = [
         [pngs[(at + i) % len(pngs)] for i in range(min(size, args.jobs - at))]
         for at in range(0, args.jobs, size)
     ]
-    posted: dict = {}
+    posted: dict = {"jobs": 0, "done": 0}
+    lock = threading.Lock()
     started = time.perf_counter()
+
+    def paced(images: list[bytes]) -> str:
+        while posted["jobs"] - posted["done"] > args.backlog:
+            time.sleep(0.005)
+        with lock:
+            posted["jobs"] += len(images)
+        return post(run, inputs, images)
 
     def submit_all() -> None:
         with ThreadPoolExecutor(args.threads) as pool:
-            posted["ids"] = list(pool.map(lambda images: post(run, inputs, images), batches))
+            posted["ids"] = list(pool.map(paced, batches))
         posted["seconds"] = time.perf_counter() - started
 
     poster = threading.Thread(target=submit_all, name="poster")
     poster.start()
-    profile = follow(run, inputs, progress, lambda: not poster.is_alive() and "ids" not in posted)
+    followed = follow(run, inputs, progress, posted, poster)
     poster.join()
     if "ids" not in posted:
         raise RuntimeError(f"posting failed:\n{tail(run.log('api'))}")
-    return posted["ids"], posted["seconds"], profile
+    return posted["ids"], posted["seconds"], followed
 
 
-def follow(run: Running, inputs: Inputs, progress: Progress, posting_failed) -> dict:
-    """Poll until every job is terminal, profiling the worker over the middle of the run."""
+def follow(run: Running, inputs: Inputs, progress: Progress, posted: dict, poster) -> dict:
+    """Poll until every job is terminal (telling the posters how many are done); measure the
+    steady window and profile the worker while `PROFILE_SPAN` of the jobs are done."""
     args = inputs.args
     profiler = Profiler(run, args)
-    span = [int(share * args.jobs) for share in PROFILE_SPAN]
+    window = Window(run, progress, [int(share * args.jobs) for share in PROFILE_SPAN])
     deadline = time.monotonic() + args.timeout
     while (done := progress.done() - progress.warm) < args.jobs:
+        posted["done"] = done
         if time.monotonic() > deadline or run.processes["worker"].poll() is not None:
             raise RuntimeError(f"{done} of {args.jobs} jobs done:\n{tail(run.log('worker'))}")
-        if posting_failed():
+        if not poster.is_alive() and "ids" not in posted:
             raise RuntimeError(f"posting failed:\n{tail(run.log('api'))}")
+        window.step(done)
         if profiler.binary and not args.no_profile:
-            profiler.step(done, span)
+            profiler.step(done, window.span)
         progress.watch_backends()
         time.sleep(POLL_S)
+    window.step(done)  # the last poll may have passed the window's end
     if profiler.process is not None:
         profiler.stop(done)
-    return profiler.figures() if not args.no_profile else {"worker_stages_note": "--no-profile"}
+    profile = profiler.figures() if not args.no_profile else {"worker_stages_note": "--no-profile"}
+    return profile | {"steady": window.figures()}
+
+
+class Window:
+    """The steady window: from `span[0]` jobs done to `span[1]`, past the warm-up and before the
+    tail (posting and draining overlap in it); its rate and CPU per job."""
+
+    def __init__(self, run: Running, progress: Progress, span: list[int]) -> None:
+        self.run, self.progress, self.span = run, progress, span
+        self.ends: list[tuple[int, float, dict]] = []  # (done, time, snapshot) at each end
+
+    def step(self, done: int) -> None:
+        """Take a snapshot when `done` reaches the next end of the window."""
+        if len(self.ends) < 2 and done >= self.span[len(self.ends)]:
+            snap = snapshot(self.run, self.progress, first=False, settle=False)
+            self.ends.append((done, time.perf_counter(), snap))
+
+    def figures(self) -> dict:
+        """Jobs per second and the parts' CPU and requests per job over the window."""
+        if len(self.ends) < 2:
+            return {"note": "the jobs passed the window between two polls"}
+        (first, began, before), (last, ended, after) = self.ends
+        jobs = last - first
+        if jobs <= 0 or ended <= began:
+            return {"note": "no job ended inside the window"}
+        return per_job(before, after, jobs) | {
+            "jobs_per_s": round(jobs / (ended - began), 2),
+            "window_jobs": jobs,
+            "window_s": round(ended - began, 2),
+        }
 
 
 class Profiler:
@@ -884,9 +966,11 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def snapshot(run: Running, progress: Progress, first: bool) -> dict:
-    """Counters now: CPU per process, Postgres transactions, Redis commands, S3 requests."""
-    time.sleep(SETTLE_S)
+def snapshot(run: Running, progress: Progress, first: bool, settle: bool = True) -> dict:
+    """Counters now: CPU per process, Postgres transactions, Redis commands, S3 requests (after
+    letting the backends publish their counters, if `settle`)."""
+    if settle:
+        time.sleep(SETTLE_S)
     progress.watch_backends(fresh=first)
     server, others = progress.server_processes()
     commands = progress.redis.info("stats")["total_commands_processed"]
@@ -941,7 +1025,7 @@ def per_job(before: dict, after: dict, jobs: int) -> dict:
     for role, (pids, reaped) in roles(after).items():
         used = cpu_used(before["procs"], after["procs"], pids, reaped)
         out[f"{role}_cpu_ms_per_job"] = round(used * 1000 / jobs, 3)
-    backends = after["postgres_backends"] * 1000 / jobs
+    backends = (after["postgres_backends"] - before["postgres_backends"]) * 1000 / jobs
     out["postgres_cpu_ms_per_job"] = round(out.pop("postgres_server_cpu_ms_per_job") + backends, 3)
     s3 = after["s3"] - before["s3"]
     pg = {key: after["pg"][key] - before["pg"][key] for key in after["pg"]}

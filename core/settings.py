@@ -90,6 +90,9 @@ class Settings:
     batch_max_size: Count = 32  # BATCH_MAX_SIZE: most jobs in one forward pass
     batch_max_wait_ms: Count = 50  # BATCH_MAX_WAIT_MS: longest wait after a batch's first job
     max_image_bytes: Count = 10 * 1024 * 1024  # MAX_IMAGE_BYTES: larger uploads are refused
+    # INLINE_IMAGE_BYTES: a single upload this small lives in its job's row, not the blob store
+    # (no S3 PUT on submit nor GET on claim); 0 stores every image as an object
+    inline_image_bytes: Annotated[int, Field(ge=0)] = 256 * 1024
     max_image_pixels: Count = MAX_PIXELS  # MAX_IMAGE_PIXELS: decompression-bomb guard
     job_max_attempts: Count = 3  # JOB_MAX_ATTEMPTS: then the job fails for good
     # JOB_LEASE_SECONDS: a job's lease, renewed by its worker every quarter of it until the

@@ -1,12 +1,15 @@
-"""Job images in the blob store: a single upload is its own object; a batch's images are packed
-a chunk at a time into one object, and each job knows its slice (one PUT and one GET per chunk,
-not per image)."""
+"""Job images: a small single upload lives in its job's row (`jobs.image_data`: no S3 request
+at all, and the claim reads it with the job), a larger one is its own object; a batch's images
+are packed a chunk at a time into one object, and each job knows its slice (one PUT and one GET
+per chunk, not per image)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from sqlalchemy import inspect
 
 from core.errors import BlobNotFound
 from store.blob_keys import image_key, pack_key
@@ -18,12 +21,18 @@ from store.tables import Job
 class StoredImage:
     """Where one image lies: its key, and its offset when the object is a pack."""
 
-    key: str
+    key: str  # empty for an image kept in the row
     offset: int | None = None
+    data: bytes | None = None  # the bytes, when the row keeps them
 
 
-def put_image(blobs: BlobStore, job_id: uuid.UUID, data: bytes, content_type: str) -> StoredImage:
-    """Store one upload as its own object."""
+def put_image(
+    blobs: BlobStore, job_id: uuid.UUID, data: bytes, content_type: str, inline_up_to: int = 0
+) -> StoredImage:
+    """Keep one upload in its row when it has at most `inline_up_to` bytes, else store it as
+    its own object."""
+    if len(data) <= inline_up_to:
+        return StoredImage("", data=data)
     key = image_key(job_id)
     blobs.put(key, data, content_type)
     return StoredImage(key)
@@ -40,9 +49,12 @@ def put_pack(blobs: BlobStore, images: Sequence[bytes]) -> list[StoredImage]:
 
 
 def read_images(blobs: BlobStore, jobs: Sequence[Job]) -> dict[uuid.UUID, bytes | None]:
-    """Each job's image bytes (None when the object is gone), one GET per distinct object."""
-    objects: dict[str, bytes | None] = {}
-    for key in dict.fromkeys(job.image_key for job in jobs):
+    """Each job's image bytes (None when the object is gone): from the row when it keeps them
+    (the caller loaded `image_data`), else one GET per distinct object."""
+    objects: dict[str, bytes | None] = {"": None}
+    for key in dict.fromkeys(job.image_key for job in jobs if _kept(job) is None):
+        if not key:
+            continue
         try:
             objects[key] = blobs.get(key)
         except BlobNotFound:
@@ -50,7 +62,14 @@ def read_images(blobs: BlobStore, jobs: Sequence[Job]) -> dict[uuid.UUID, bytes 
     return {job.id: _slice(objects[job.image_key], job) for job in jobs}
 
 
+def _kept(job: Job) -> bytes | None:
+    """The bytes the row keeps, if they were loaded (`image_data` is deferred)."""
+    return inspect(job).dict.get("image_data")
+
+
 def _slice(data: bytes | None, job: Job) -> bytes | None:
+    if _kept(job) is not None:
+        return _kept(job)
     if data is None or job.image_offset is None:
         return data
     return data[job.image_offset : job.image_offset + job.image_bytes]

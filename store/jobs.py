@@ -32,7 +32,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from core.options import DEFAULT_BEAM_SIZE, DEFAULT_MAX_LENGTH
 from store.deliveries import Event, record_event, was_recorded
@@ -68,6 +68,7 @@ class NewJob:
     batch_id: uuid.UUID | None = None
     deadline_at: datetime | None = None
     image_offset: int | None = None  # set when the image lies in a batch's pack
+    image_data: bytes | None = None  # a small image kept in the row (image_key stays empty)
     image_url: str | None = None  # the worker fetches the image from here into image_key
     enqueued_at: datetime | None = None  # set when the caller sends it right after committing
     id: uuid.UUID = field(default_factory=uuid.uuid4)
@@ -212,7 +213,9 @@ def claim_jobs(
         "attempt_token": case((ends, null()), else_=cast(literal(token, Uuid), Uuid)),
         "worker": case((ends, Job.worker), else_=literal(worker, String)),
     }
-    changed = _update_jobs(session, and_(Job.id.in_(picked), _claimable(now)), changes)
+    changed = _update_jobs(
+        session, and_(Job.id.in_(picked), _claimable(now)), changes, undefer(Job.image_data)
+    )
     claimed = [job for job in changed if job.status == JobStatus.RUNNING.value]
     ended = [job for job in changed if job not in claimed]
     announce(session, ended, "completed")
@@ -464,9 +467,9 @@ def _finish_where(session, where, status: JobStatus, code: str, message: str, no
     return len(finished)
 
 
-def _update_jobs(session: Session, where, values: dict) -> list[Job]:
-    """UPDATE the matching jobs and return them as they are now."""
-    statement = update(Job).where(where).values(**values).returning(Job)
+def _update_jobs(session: Session, where, values: dict, *options) -> list[Job]:
+    """UPDATE the matching jobs and return them as they are now (loader `options` apply)."""
+    statement = update(Job).where(where).values(**values).returning(Job).options(*options)
     options = {"synchronize_session": False, "populate_existing": True}
     return list(session.scalars(statement, execution_options=options))
 

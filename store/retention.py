@@ -149,7 +149,7 @@ def _delete_empty_batches(session: Session, batch_ids: Sequence[uuid.UUID]) -> l
 def _blob_keys(session: Session, rows: Sequence) -> list[str]:
     """The blobs of deleted jobs: images no remaining job uses (a batch's pack is shared),
     attention weights kept as blobs (jobs before migration 0005) and cached attention pictures."""
-    images = {row.image_key for row in rows}
+    images = {row.image_key for row in rows if row.image_key}  # empty: kept in the row
     used = set(session.scalars(select(Job.image_key).where(Job.image_key.in_(images)).distinct()))
     keys = sorted(images - used)
     keys += [row.attention_key for row in rows if row.attention_key]

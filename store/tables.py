@@ -149,6 +149,9 @@ class Job(Base):
     deadline_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # The request
     image_key: Mapped[str] = mapped_column(String(256))  # its own object, or a batch's pack
+    # A small single upload's bytes, kept here rather than under image_key (no S3 PUT or GET);
+    # read with the claim, and by the attention picture
+    image_data: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     image_offset: Mapped[int | None] = mapped_column(BigInteger)  # where it starts in a pack
     image_bytes: Mapped[int] = mapped_column(Integer)
     image_format: Mapped[str] = mapped_column(String(16))

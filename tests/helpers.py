@@ -64,6 +64,17 @@ def queued_ids(connection) -> list[str]:
 # The store
 
 
+def stored_image(app, job_id: str) -> tuple[str, bytes | None]:
+    """Where a job's image lies: (its blob key, the bytes its row keeps)."""
+    from sqlalchemy.orm import undefer
+
+    from store.tables import Job
+
+    with app.extensions["captioner"].db.session() as session:
+        job = session.get(Job, uuid.UUID(job_id), options=[undefer(Job.image_data)])
+        return job.image_key, job.image_data
+
+
 @contextmanager
 def migrated_database(kind: str, folder) -> Iterator:
     """A `store.db.Database` migrated to the newest schema: a fresh Postgres database
@@ -103,19 +114,25 @@ TOKENS = ["a", "red", "circle"]  # the caption of succeeded_job's jobs
 
 
 def succeeded_job(
-    app, attention: bytes | None, image: bytes | None = None, in_row: bool = True
+    app,
+    attention: bytes | None,
+    image: bytes | None = None,
+    in_row: bool = True,
+    image_in_row: bool = False,
 ) -> uuid.UUID:
     """A job of OWNER taken through create, claim and finish in the app's store, captioned
     TOKENS by "v1", its .npy `attention` in its row, or (as before migration 0005) in the blob
-    store; `attention` None leaves it out."""
+    store; `attention` None leaves it out. Its image is an object, or kept in its row."""
     from store import jobs
     from store.blob_keys import attention_key, image_key
 
     svc, job_id = app.extensions["captioner"], uuid.uuid4()
-    svc.blobs.put(image_key(job_id), image or png(), "image/png")
+    if not image_in_row:
+        svc.blobs.put(image_key(job_id), image or png(), "image/png")
     new = jobs.NewJob(
         owner=OWNER,
-        image_key=image_key(job_id),
+        image_key="" if image_in_row else image_key(job_id),
+        image_data=image or png() if image_in_row else None,
         image_bytes=1,
         image_format="PNG",
         image_width=64,

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from api import create_app
-from tests.helpers import b64, ico, png, queued_ids
+from harness.stack import admin_key
+from tests.helpers import b64, ico, png, queued_ids, stored_image
 
 
 def test_multipart_upload_is_stored_recorded_and_enqueued(client, app, queue):
@@ -25,8 +26,23 @@ def test_multipart_upload_is_stored_recorded_and_enqueued(client, app, queue):
     assert job["image"] == {"format": "PNG", "width": 64, "height": 48, "bytes": len(data)}
     assert response.headers["Location"] == f"/v1/jobs/{job['id']}"
     assert queued_ids(queue) == [job["id"]]
-    assert app.extensions["captioner"].blobs.get(f"images/{job['id']}") == data
+    assert stored_image(app, job["id"]) == ("", data)  # small: in its row, no S3 request
     assert client.get(job["urls"]["self"]).get_json()["status"] == "queued"
+
+
+def test_an_upload_above_the_inline_size_is_its_own_object_in_the_blob_store(settings, queue):
+    app = create_app(settings.with_overrides(inline_image_bytes=100))
+    data = png((300, 200), (10, 200, 30))  # well over 100 bytes
+    try:
+        client = app.test_client()
+        headers = {"Authorization": f"Bearer {admin_key(app.extensions['captioner'].db)}"}
+        response = client.post("/v1/jobs", json={"image": b64(data)}, headers=headers)
+        assert response.status_code == 202, response.get_json()
+        job_id = response.get_json()["id"]
+        assert stored_image(app, job_id) == (f"images/{job_id}", None)
+        assert app.extensions["captioner"].blobs.get(f"images/{job_id}") == data
+    finally:
+        app.extensions["captioner"].db.dispose()
 
 
 def test_json_base64_upload_is_accepted(client, queue):

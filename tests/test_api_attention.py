@@ -91,6 +91,18 @@ def jpeg_upside_down() -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.parametrize("image_in_row", [False, True], ids=["object", "in-row"])
+def test_png_grid_draws_the_image_wherever_it_is_kept(client, app, image_in_row):
+    green = png((64, 48), (0, 200, 0))
+    job_id = succeeded_job(app, npy(weights()), image=green, image_in_row=image_in_row)
+    response = client.get(f"/v1/jobs/{job_id}/attention.png")
+    assert response.status_code == 200, response.get_json()
+    with Image.open(io.BytesIO(response.data)) as grid:
+        left, top, _, bottom = tile_box(0, columns=4)  # the plain image, no heat
+        pixel = grid.convert("RGB").getpixel((left + 40, (top + bottom) // 2))
+    assert max(range(3), key=lambda c: pixel[c]) == 1, pixel
+
+
 @pytest.mark.parametrize(
     ("image", "channel"),
     [(gif_green_then_red(), 1), (jpeg_upside_down(), 2)],

@@ -32,7 +32,7 @@ from store import idempotency
 from store.blobs import LocalBlobStore
 from store.idempotency import Answer, Outcome
 from store.tables import ApiKey, IdempotencyKey, Job, utcnow
-from tests.helpers import b64, ico, png, queued_ids
+from tests.helpers import b64, ico, png, queued_ids, stored_image
 
 REPLAYED = "Idempotent-Replayed"
 
@@ -182,7 +182,7 @@ def test_a_multipart_retry_with_a_new_boundary_is_a_replay(client, app, queue):
     job = first.get_json()
     assert job["image"] == {"format": "PNG", "width": 30, "height": 20, "bytes": len(data)}
     assert job["options"]["beam_size"] == 2
-    assert app.extensions["captioner"].blobs.get(f"images/{job['id']}") == data
+    assert stored_image(app, job["id"]) == ("", data)
     fields["image"] = upload(data, "red.png")
     again = post(client, "/v1/jobs", key, **multipart(fields, "another-boundary-2"))
     assert again.headers[REPLAYED] == "true" and again.get_json()["id"] == job["id"]
@@ -215,7 +215,10 @@ def test_a_4xx_is_recorded_and_replayed(client):
 def test_a_5xx_is_forgotten_so_a_retry_runs_again(app, settings, client, api_key, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_bytes(b"")  # images cannot be written under a file
-    broken = replace(Services.from_settings(settings), blobs=LocalBlobStore(blocker / "blobs"))
+    every_image_a_blob = settings.with_overrides(inline_image_bytes=0)
+    broken = replace(
+        Services.from_settings(every_image_a_blob), blobs=LocalBlobStore(blocker / "blobs")
+    )
     failing = create_app(services=broken).test_client()
     failing.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_key}"
     key, body = new_key(), {"image": b64(png())}

@@ -41,9 +41,12 @@ class Smoke:
 
 SMOKE = {
     "bench_control_plane.py": Smoke(
-        "--jobs 16 --batch-images 8 --threads 2",
-        ("jobs_per_s", "api_cpu_ms_per_job", "worker_cpu_ms_per_job",
-         "own_cpu_ms_per_job_excl_decode", "s3_requests_per_job", "pg_xacts_per_job"),
+        "--both --jobs 200 --batch-images 8 --threads 2 --single-threads 4 --batch 8"
+        " --standin-ms 50 --no-profile",
+        ("batches.steady.jobs_per_s", "batches.steady.api_cpu_ms_per_job",
+         "batches.own_cpu_ms_per_job_excl_decode", "singles.steady.jobs_per_s",
+         "singles.steady.postgres_cpu_ms_per_job", "singles.pg_xacts_per_job",
+         "singles_over_batches"),
     ),
     "bench_decoders.py": Smoke(  # one decoder (the GRU compiles fastest), no output-bias part
         "--work {tmp}/work --n 10 --epochs 1 --reps 1 --sets shapes --decoders gru"

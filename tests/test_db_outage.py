@@ -98,11 +98,13 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 @pytest.fixture(scope="module")
 def outage(tmp_path_factory):
-    """(server, settings): production-mode settings on a private Postgres, Redis and moto S3."""
+    """(server, settings): production-mode settings on a private Postgres, Redis and moto S3;
+    every upload an object in the blob store (the tests count the blobs a refusal leaves)."""
     with private_postgres() as server, moto_s3_server() as endpoint, redis_database() as broker:
         upgrade(server.url)
         data_dir = tmp_path_factory.mktemp("outage")
-        yield server, production_settings(data_dir, server.url, broker, endpoint)
+        settings = production_settings(data_dir, server.url, broker, endpoint, inline_image_bytes=0)
+        yield server, settings
 
 
 def blob_count(settings: Settings) -> int:

@@ -64,7 +64,7 @@ def get_attention(job_id: uuid.UUID):
 @requires(Scope.JOBS)
 def get_attention_png(job_id: uuid.UUID):
     """The per-word heat-map grid as a PNG, rendered on first request and cached in blobs."""
-    job, data = succeeded_job(job_id)
+    job, data = succeeded_job(job_id, with_image=True)
     blobs = services().blobs
     try:
         picture = blobs.get(attention_png_key(job.id))
@@ -74,12 +74,14 @@ def get_attention_png(job_id: uuid.UUID):
     return send_file(io.BytesIO(picture), mimetype="image/png")
 
 
-def succeeded_job(job_id: uuid.UUID) -> tuple[Job, bytes]:
-    """The caller's job if it succeeded, and its .npy attention bytes; 404 when unknown or
-    gone, 409 while it has no attention."""
+def succeeded_job(job_id: uuid.UUID, with_image: bool = False) -> tuple[Job, bytes]:
+    """The caller's job if it succeeded (with the image its row keeps, if asked), and its .npy
+    attention bytes; 404 when unknown or gone, 409 while it has no attention."""
     with services().db.session() as session:
         job = find_job(session, job_id)
         data = job.attention  # in the row, loaded only here
+        if with_image:
+            job.image_data  # noqa: B018 - loaded now, for the picture (None: in the blob store)
     if job.status != JobStatus.SUCCEEDED:
         raise ErrorResponse(
             409,
@@ -121,7 +123,7 @@ def render_png(job: Job, data: bytes) -> bytes:
         raise ErrorResponse(
             404,
             "image_missing",
-            f"the original image bytes are not in the blob store ({job.image_key})",
+            f"the original image bytes are not in the blob store ({job.image_key or 'none'})",
         )
     picture = open_image(original, services().settings.max_image_pixels)  # as the model saw it
     grid = render_attention_grid(picture, job.tokens, weights.astype(np.float32))
