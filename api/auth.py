@@ -15,7 +15,6 @@ from flask import Flask, g, request
 
 from api.services import services
 from core.errors import ErrorResponse
-from store import api_keys
 from store.api_keys import Caller
 from store.tables import Scope
 
@@ -82,8 +81,7 @@ def identify(header: str) -> Caller:
             "send an API key: 'Authorization: Bearer KEY'",
             headers={"WWW-Authenticate": REALM},
         )
-    with services().db.session() as session:
-        caller = api_keys.authenticate(session, key.strip())
+    caller = services().keys.caller(key.strip())
     if caller is None:
         challenge = f'{REALM}, error="invalid_token"'
         raise ErrorResponse(

@@ -12,6 +12,7 @@ from core.credentials import Cipher, cipher_for
 from core.netguard import Resolver, system_resolver
 from core.notify import Notifier
 from core.settings import Settings
+from store.api_keys import KnownKeys
 from store.blobs import BlobStore, open_blob_store
 from store.db import Database
 from store.deliveries import after_commit_sender
@@ -29,6 +30,7 @@ class Services:
     notifier: Notifier
     cipher: Cipher
     queued: QueuedCounts  # the queue's length per tenant, for the submissions' bound
+    keys: KnownKeys  # the API keys checked lately
     resolver: Resolver = system_resolver  # the SSRF guard's DNS; tests pass a fake one
 
     @classmethod
@@ -45,6 +47,7 @@ class Services:
             Notifier(settings.broker_url),
             cipher_for(settings),
             QueuedCounts(db),
+            KnownKeys(db, settings.key_cache_s),
         )
 
 

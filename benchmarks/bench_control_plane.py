@@ -526,14 +526,21 @@ def start_services(run: Running, inputs: Inputs) -> None:
     if inputs.args.beat:
         beat = [sys.executable, "-m", "captioner", "beat"]
         run.processes["beat"] = start(run, "beat", beat, child_env(run, inputs, False))
+    url = start_api(run, inputs)
+    wait_ready(run.processes["worker"], run.log("worker"))
+    run.client = Client(url, api_key(run), timeout=CLIENT_TIMEOUT_S)
+    wait_api(run)
+
+
+def start_api(run: Running, inputs: Inputs) -> str:
+    """The API as production runs it (the Dockerfile's CMD: gunicorn with its config) on a free
+    loopback port; its URL."""
     port = free_port()
-    gunicorn = production_command()  # the Dockerfile's CMD, with its gunicorn config
+    gunicorn = production_command()
     gunicorn[0] = str(Path(sys.executable).parent / "gunicorn")
     gunicorn[gunicorn.index("--bind") + 1] = f"127.0.0.1:{port}"
     run.processes["api"] = start(run, "api", gunicorn, child_env(run, inputs, False))
-    wait_ready(run.processes["worker"], run.log("worker"))
-    run.client = Client(f"http://127.0.0.1:{port}", api_key(run), timeout=CLIENT_TIMEOUT_S)
-    wait_api(run)
+    return f"http://127.0.0.1:{port}"
 
 
 def api_key(run: Running) -> str | None:

@@ -5,13 +5,17 @@ Prints one JSON object. Run from the repository root (Postgres and Redis running
 `python benchmarks/bench_scaleout.py --real-model [--workers 1,2] [--jobs 200]`.
 
 The production stack as bench_control_plane.py starts it (its functions are imported): Postgres,
-Redis, a moto S3 server, the API under gunicorn (the Dockerfile's command and config), and N
+Redis, a moto S3 server, the API as the Dockerfile runs it (its CMD and gunicorn config), and N
 processes `python -m captioner worker --queue inference --name scaleout-I`, fresh for each N.
 4 client threads post `--jobs` images as batches of 100 (64 shapes PNGs, 299x299); `jobs_per_s`
 is jobs over the time from the first post to the last `finished_at` in Postgres (see
 bench_control_plane.rates). Per N: `speedup` = jobs_per_s / jobs_per_s at N=1 and
 `efficiency` = speedup / N, plus the load average after the run; the machine's cpu count and
-load before and after everything.
+load before and after everything. Clients wait while more than `--backlog` jobs are unfinished.
+`steady`: bench_control_plane's steady window (20% to 80% of the jobs done): jobs/s and each
+part's CPU and requests per job. `shared_servers`: for Postgres (backends that exited included),
+Redis, the S3 endpoint and the API, the CPU per job in that window and the jobs per second one
+core of each could serve at that cost: the inputs of the capacity model (docs/capacity.md).
 
 Stand-in mode (default): each worker's model costs `--standin-ms` per batch and sleeps for it
 (CAPTIONER_BENCH_STANDIN_MODEL_MS), as a GPU's forward pass would: it takes none of this
@@ -59,15 +63,16 @@ from benchmarks.bench_control_plane import (  # noqa: E402
     load,
     machine,
     make_inputs,
+    moto_process,
     post,
     rates,
     start,
     wait_api,
     wait_done,
 )
+from benchmarks.bench_control_plane import start_api as start_production_api  # noqa: E402
 from captioner.processes import stop, wait_ready  # noqa: E402
 from captioner_client import Client  # noqa: E402
-from harness.http import free_port  # noqa: E402
 from harness.stack import CLIENT_TIMEOUT_S, services  # noqa: E402
 
 FIRST = "worker"  # the first worker's process name: bench_control_plane's helpers watch it
@@ -85,6 +90,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=4, help="client threads posting")
     parser.add_argument("--batch-images", type=int, default=100, help="images per POST")
     parser.add_argument("--timeout", type=float, default=900, help="seconds for one run")
+    parser.add_argument(
+        "--backlog", type=int, default=2000, help="unfinished jobs at most before a post waits"
+    )
     parser.set_defaults(
         singles=False, upload="multipart", no_profile=True, profile_rate=0, batch=None
     )
@@ -122,6 +130,26 @@ def scaling(runs: dict[int, dict], args: argparse.Namespace) -> dict:
     }
 
 
+# The servers every worker shares, and the one process each part runs in here; Postgres'
+# figure includes its backends (also those that exited).
+SHARED = {"postgres": "postgres_cpu_ms_per_job", "redis": "redis_cpu_ms_per_job",
+          "s3 (moto)": "moto_cpu_ms_per_job", "api": "api_cpu_ms_per_job"}  # fmt: skip
+
+
+def capacity(steady: dict) -> dict:
+    """For each shared server: its CPU per job in the steady window, and the jobs per second
+    one core of it could serve at that cost (what it can feed before it saturates)."""
+    if "note" in steady:
+        return {}
+    return {
+        name: {
+            "cpu_ms_per_job": steady[key],
+            "jobs_per_s_per_core": round(1000 / steady[key]) if steady[key] > 0 else None,
+        }
+        for name, key in SHARED.items()
+    }
+
+
 def real_model(runs: dict[int, dict], args: argparse.Namespace) -> dict:
     """Real-model mode: images/s per worker count and the ratio of 2 processes over 1."""
     for run in runs.values():
@@ -145,10 +173,12 @@ def run_once(inputs: Inputs, workers: int, folder: Path) -> dict:
         warm_up(run, inputs, db)
         db.watch_backends(fresh=True)  # `load` follows Postgres backends as it polls
         started_at = datetime.datetime.now(datetime.UTC)
-        batch_ids, submit_s, _ = load(run, inputs, db)
+        batch_ids, submit_s, followed = load(run, inputs, db)
         figures = rates(db.jobs(batch_ids), started_at, inputs.args.jobs)
         shares = jobs_by_worker(db, batch_ids)
     return figures | {
+        "steady": followed["steady"],
+        "shared_servers": capacity(followed["steady"]),
         "workers": workers,
         "submit_s": round(submit_s, 2),
         "jobs_by_worker": shares,
@@ -175,6 +205,7 @@ def scaled_stack(inputs: Inputs, workers: int, folder: Path) -> Iterator[Running
     }
     with services(folder / "data", **overrides) as settings:
         run = Running(ROOT, "setting", settings, folder)
+        run.moto_pid, run.moto_log = moto_process(settings.s3_endpoint_url)
         try:
             start_workers(run, inputs, workers)
             start_api(run, inputs)
@@ -204,18 +235,8 @@ def start_workers(run: Running, inputs: Inputs, count: int) -> None:
 
 
 def start_api(run: Running, inputs: Inputs) -> None:
-    """The API under gunicorn with the Dockerfile's config, on a free loopback port."""
-    port = free_port()
-    gunicorn = [
-        str(Path(sys.executable).parent / "gunicorn"),
-        "--config",
-        "python:captioner.gunicorn_conf",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "api:create_app()",
-    ]
-    run.processes["api"] = start(run, "api", gunicorn, child_env(run, inputs, False))
-    run.client = Client(f"http://127.0.0.1:{port}", api_key(run), timeout=CLIENT_TIMEOUT_S)
+    """The API as the Dockerfile runs it, on a free loopback port."""
+    run.client = Client(start_production_api(run, inputs), api_key(run), timeout=CLIENT_TIMEOUT_S)
     wait_api(run)
 
 

@@ -50,6 +50,14 @@ JOB_SECONDS = Histogram(
 PREDICT_SECONDS = Histogram(
     "captioner_predict_seconds", "One batch's forward pass", buckets=SECONDS
 )
+# A worker's two statements per chunk: the claim and the store of its results. Postgres is what
+# saturates first when workers are added (docs/capacity.md): these grow before the GPUs idle.
+STORE_SECONDS = Histogram(
+    "captioner_store_seconds",
+    "A worker's claim of a chunk, or the store of its results, in Postgres",
+    ["step"],
+    buckets=SECONDS,
+)
 BATCH_SIZE = Histogram("captioner_batch_size", "Images in one forward pass", buckets=SIZES)
 IMAGES = Counter("captioner_images", "Images captioned (rate: images per second)")
 MODEL_INFO = Gauge(

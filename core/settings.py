@@ -90,6 +90,9 @@ class Settings:
     batch_max_size: Count = 32  # BATCH_MAX_SIZE: most jobs in one forward pass
     batch_max_wait_ms: Count = 50  # BATCH_MAX_WAIT_MS: longest wait after a batch's first job
     max_image_bytes: Count = 10 * 1024 * 1024  # MAX_IMAGE_BYTES: larger uploads are refused
+    # KEY_CACHE_S: an API key checked is trusted this long by each API process without asking
+    # the database again; a revocation reaches the other processes within it (0: every time)
+    key_cache_s: Fraction = 5.0
     # INLINE_IMAGE_BYTES: a single upload this small lives in its job's row, not the blob store
     # (no S3 PUT on submit nor GET on claim); 0 stores every image as an object
     inline_image_bytes: Annotated[int, Field(ge=0)] = 256 * 1024

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -11,6 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from core.credentials import SHOWN_PREFIX, hash_api_key, new_api_key
+from store.db import Database
 from store.tables import ALL_SCOPES, ApiKey, as_utc, utcnow
 
 TOUCH_EVERY = timedelta(minutes=1)  # last_used_at is written at most this often per key
@@ -87,3 +91,35 @@ def revoke(session: Session, key_id: uuid.UUID) -> ApiKey | None:
     if row is not None:
         session.refresh(row)
     return row
+
+
+class KnownKeys:
+    """Callers of keys checked in the last `ttl_s` seconds, so a client sending many requests
+    costs one database round trip per key every `ttl_s`, not one per request. A key revoked
+    through this process stops at once (`forget`); in the other processes within `ttl_s`."""
+
+    def __init__(self, db: Database, ttl_s: float) -> None:
+        self.db, self.ttl_s = db, ttl_s
+        self._known: dict[str, tuple[Caller, float]] = {}  # digest → (caller, checked at)
+        self._lock = threading.Lock()
+
+    def caller(self, key: str) -> Caller | None:
+        """The caller a key belongs to, or None (unknown or revoked)."""
+        digest, now = hash_api_key(key), time.monotonic()
+        with self._lock:
+            caller, checked = self._known.get(digest, (None, -math.inf))
+        if now - checked < self.ttl_s:
+            return caller
+        with self.db.session() as session:
+            caller = authenticate(session, key)
+        with self._lock:
+            if caller is None:
+                self._known.pop(digest, None)
+            else:
+                self._known[digest] = (caller, now)
+        return caller
+
+    def forget(self, key_id: uuid.UUID) -> None:
+        """Check the key `key_id` again at its next request (it was just revoked)."""
+        with self._lock:
+            self._known = {d: e for d, e in self._known.items() if e[0].key_id != key_id}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -254,6 +255,20 @@ def test_a_key_made_over_the_api_works_once_and_not_after_it_is_revoked(app, cli
     assert listed[0]["last_used_at"] is not None
     assert client.delete(f"/v1/keys/{body['id']}").get_json()["revoked_at"] is not None
     assert other.get("/v1/jobs", headers=bearer(body["key"])).status_code == 401  # at once
+
+
+def test_a_key_revoked_by_another_process_stops_within_the_cache_time(app):
+    db = app.extensions["captioner"].db
+    key = admin_key(db, "tenant-cached")
+    known, uncached = api_keys.KnownKeys(db, ttl_s=0.5), api_keys.KnownKeys(db, ttl_s=0)
+    caller = known.caller(key)
+    assert caller.tenant == "tenant-cached" and uncached.caller(key) == caller
+    with db.session() as session:  # as another API process would
+        api_keys.revoke(session, caller.key_id)
+    assert known.caller(key) == caller and uncached.caller(key) is None
+    time.sleep(0.6)
+    assert known.caller(key) is None
+    assert known.caller("cap_unknown") is None
 
 
 @pytest.mark.parametrize(

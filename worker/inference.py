@@ -30,7 +30,14 @@ import numpy as np
 
 from core.errors import BlobStoreError, ImageError, JobSkipped, TemporaryFailure, UrlError
 from core.logs import bind
-from core.metrics import BATCH_SIZE, IMAGES, JOB_SECONDS, JOBS_FINISHED, PREDICT_SECONDS
+from core.metrics import (
+    BATCH_SIZE,
+    IMAGES,
+    JOB_SECONDS,
+    JOBS_FINISHED,
+    PREDICT_SECONDS,
+    STORE_SECONDS,
+)
 from core.netguard import Guard
 from core.notify import Notifier
 from core.settings import Settings
@@ -111,7 +118,7 @@ class Inference:
 
     def _claim(self, count: int, woken_by: Sequence[str]) -> jobs.Claim:
         settings = self.settings
-        with self.db.session() as session:
+        with STORE_SECONDS.labels("claim").time(), self.db.session() as session:
             claim = jobs.claim_jobs(
                 session,
                 None,
@@ -223,7 +230,7 @@ class Inference:
                 retry.append(job.id)
             elif isinstance(error, Exception):
                 failures[job.id] = Failure("caption_failed", f"{type(error).__name__}: {error}")
-        with self.db.session() as session:
+        with STORE_SECONDS.labels("store").time(), self.db.session() as session:
             finished = jobs.finish_jobs(session, claim.token, results)
             failed = [
                 job_id

@@ -62,6 +62,8 @@ def get_key(key_id: uuid.UUID):
 @contract(schema.ApiKey, tags=["keys"])
 @requires(Scope.ADMIN)
 def revoke_key(key_id: uuid.UUID):
-    """Revoke a key: its next request gets 401."""
+    """Revoke a key: its next request gets 401 (from another API process: within KEY_CACHE_S)."""
     with services().db.session() as session:
-        return jsonify(key_json(found(api_keys.revoke(session, key_id), "key", key_id)))
+        revoked = key_json(found(api_keys.revoke(session, key_id), "key", key_id))
+    services().keys.forget(key_id)
+    return jsonify(revoked)
