@@ -37,6 +37,8 @@ Either way the real model's warm-up is skipped: it never runs.
   rate / CPU seconds). py-spy runs niced, yet takes CPU the stack needs on a small machine:
   `--no-profile` gives the cleanest rates. Needs py-spy in the venv; skipped with a note if not.
 
+`post_ms_p50`, `post_ms_p99`: how long a post took to be answered (from the client).
+
 `--singles` posts one image at a time to /v1/jobs instead (`--threads 32`: submits at
 concurrency 32); `posts_per_s` is the submission rate either way. `--both` runs the batch path
 and then single submissions from `--single-threads` clients (16), each on a fresh stack, and
@@ -744,6 +746,7 @@ def load(run: Running, inputs: Inputs, progress: Progress) -> tuple[list[str], f
         for at in range(0, args.jobs, size)
     ]
     posted: dict = {"jobs": 0, "done": 0}
+    latencies: list[float] = []  # seconds each post took to be answered
     lock = threading.Lock()
     started = time.perf_counter()
 
@@ -752,7 +755,10 @@ def load(run: Running, inputs: Inputs, progress: Progress) -> tuple[list[str], f
             time.sleep(0.005)
         with lock:
             posted["jobs"] += len(images)
-        return post(run, inputs, images)
+        began = time.perf_counter()
+        answer = post(run, inputs, images)
+        latencies.append(time.perf_counter() - began)  # list.append is atomic
+        return answer
 
     def submit_all() -> None:
         with ThreadPoolExecutor(args.threads) as pool:
@@ -765,7 +771,9 @@ def load(run: Running, inputs: Inputs, progress: Progress) -> tuple[list[str], f
     poster.join()
     if "ids" not in posted:
         raise RuntimeError(f"posting failed:\n{tail(run.log('api'))}")
-    return posted["ids"], posted["seconds"], followed
+    cuts = statistics.quantiles(latencies, n=100)
+    answered = {"post_ms_p50": round(cuts[49] * 1000, 1), "post_ms_p99": round(cuts[98] * 1000, 1)}
+    return posted["ids"], posted["seconds"], followed | answered
 
 
 def follow(run: Running, inputs: Inputs, progress: Progress, posted: dict, poster) -> dict:

@@ -63,8 +63,12 @@ def read_images(blobs: BlobStore, jobs: Sequence[Job]) -> dict[uuid.UUID, bytes 
 
 
 def _kept(job: Job) -> bytes | None:
-    """The bytes the row keeps, if they were loaded (`image_data` is deferred)."""
-    return inspect(job).dict.get("image_data")
+    """The bytes the row keeps. `image_data` is deferred: a job still in its session loads it
+    now; a detached one has it only if its query loaded it (the claim, the attention picture)."""
+    state = inspect(job)
+    if "image_data" in state.unloaded and state.session is None:
+        return None
+    return job.image_data
 
 
 def _slice(data: bytes | None, job: Job) -> bytes | None:

@@ -22,9 +22,12 @@ def other_tenant(app):
     return {"Authorization": f"Bearer {admin_key(app.extensions['captioner'].db, 'tenant-b')}"}
 
 
-def test_a_correction_keeps_its_own_copy_of_the_image_and_outlives_the_job(app, client):
+@pytest.mark.parametrize("image_in_row", [False, True], ids=["object", "in-row"])
+def test_a_correction_keeps_its_own_copy_of_the_image_and_outlives_the_job(
+    app, client, image_in_row
+):
     image = png((70, 50), (10, 20, 200))
-    job_id = succeeded_job(app, None, image)
+    job_id = succeeded_job(app, None, image, image_in_row=image_in_row)
     answer = correct(client, job_id, "  a blue \n square ")
     assert answer.status_code == 201, answer.json
     body = answer.json
