@@ -151,11 +151,18 @@ def mark_unsent(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
 
 
 def _claimable(now: datetime):
-    # Queued, or running under a lease that expired (its worker died mid-batch).
+    # Queued (and not held back after a temporary failure), or running under a lease that
+    # expired (its worker died mid-batch).
     return or_(
-        Job.status == JobStatus.QUEUED.value,
-        and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now),
+        _queued_now(now), and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now)
     )
+
+
+def _queued_now(now: datetime):
+    """Queued jobs a claim may take now: on a queued row, `lease_expires_at` is the time a job
+    put back after a temporary failure may run again (None: at once)."""
+    due = or_(Job.lease_expires_at.is_(None), Job.lease_expires_at <= now)
+    return and_(Job.status == JobStatus.QUEUED.value, due)
 
 
 @dataclass(frozen=True)
@@ -235,7 +242,7 @@ def fair_pick(session: Session, now: datetime, limit: int, among=None):
     """
     spare = limit * PICK_SPARE  # room for rows another claim holds
     by_owner = _turns_by_owner if session.get_bind().dialect.name == "postgresql" else _turns
-    turns = union_all(by_owner(spare, among), _expired(now, among)).subquery()
+    turns = union_all(by_owner(now, spare, among), _expired(now, among)).subquery()
     ahead = select(turns).order_by(turns.c.turn, turns.c.created_at, turns.c.id).limit(spare)
     ahead = ahead.subquery()
     return (
@@ -252,8 +259,8 @@ def fair_pick(session: Session, now: datetime, limit: int, among=None):
     )
 
 
-def _queued(among):
-    queued = Job.status == JobStatus.QUEUED.value
+def _queued(now: datetime, among):
+    queued = _queued_now(now)
     return queued if among is None else and_(queued, Job.id.in_(among))
 
 
@@ -264,17 +271,17 @@ def _numbered(where, partition=None):
     return select(Job.id, Job.created_at, turn).where(where)
 
 
-def _turns(first: int, among):
+def _turns(now: datetime, first: int, among):
     """Every owner's first `first` queued jobs with their turns: one pass over the queue."""
-    numbered = _numbered(_queued(among), Job.owner).subquery()
+    numbered = _numbered(_queued(now, among), Job.owner).subquery()
     return select(numbered).where(numbered.c.turn <= first)
 
 
-def _turns_by_owner(first: int, among):
+def _turns_by_owner(now: datetime, first: int, among):
     """The same, owner by owner (Postgres): the owners with queued jobs are found one index
     probe each (`ix_jobs_queued`, a loose index scan), then each one's first `first` jobs, so
     the cost follows the owners and `first`, not the length of the queue."""
-    queued = _queued(among)
+    queued = _queued(now, among)
     start = select(func.min(Job.owner).label("owner")).where(queued)
     owners = start.cte("owners", recursive=True)
     following = select(func.min(Job.owner)).where(queued, Job.owner > owners.c.owner)
@@ -415,13 +422,19 @@ def abort_late_jobs(session: Session) -> list[uuid.UUID]:
     return [job.id for job in aborted]
 
 
-def release_jobs(session: Session, token: uuid.UUID, job_ids: Sequence[uuid.UUID]) -> int:
+def release_jobs(
+    session: Session, token: uuid.UUID, job_ids: Sequence[uuid.UUID], after_s: float = 0
+) -> int:
     """Put jobs still held by `token` back in the queue after a temporary failure (the attempt
-    still counts); how many were."""
+    still counts), to be claimed again no sooner than `after_s` from now; how many were.
+
+    Without the wait, the next claim (any message wakes one) would retry them at once, and an
+    outage of a few seconds would spend every attempt."""
     held = and_(
         Job.id.in_(job_ids), Job.attempt_token == token, Job.status == JobStatus.RUNNING.value
     )
-    values = {"status": JobStatus.QUEUED.value, "lease_expires_at": None, "attempt_token": None}
+    again = utcnow() + timedelta(seconds=after_s) if after_s else None
+    values = {"status": JobStatus.QUEUED.value, "lease_expires_at": again, "attempt_token": None}
     return session.execute(update(Job).where(held).values(**values)).rowcount
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -195,6 +196,19 @@ def test_concurrent_claims_give_each_job_to_one_worker(db):
         results = list(pool.map(claim, range(4)))
     claimed = [job_id for ids_ in results for job_id in ids_]
     assert sorted(claimed) == sorted(ids)  # every job once, none twice
+
+
+def test_a_job_released_with_a_wait_is_claimed_again_only_after_it(db):
+    with db.session() as s:
+        job_id = jobs.create_job(s, new_job()).id
+        token = jobs.claim_jobs(s, [job_id], 60, 3).token
+    with db.session() as s:
+        assert jobs.release_jobs(s, token, [job_id], after_s=0.5) == 1
+    with db.session() as s:
+        assert jobs.claim_jobs(s, [job_id], 60, 3).jobs == []  # an outage's next claim
+    time.sleep(0.6)
+    with db.session() as s:
+        assert jobs.claim_jobs(s, [job_id], 60, 3).ids == [job_id]
 
 
 def test_concurrent_claims_of_the_next_jobs_take_different_ones_without_waiting(db):

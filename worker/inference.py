@@ -52,6 +52,7 @@ from worker.rollout import Rollout
 from worker.urlimages import fetch_image
 
 log = logging.getLogger(__name__)
+RETRY_DELAY_S = 5  # a job put back after a temporary failure waits this long (its message too)
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ class Inference:
                 for job_id, failure in failures.items()
                 if jobs.fail_job(session, job_id, failure.code, failure.message, claim.token)
             ]
-            jobs.release_jobs(session, claim.token, retry)
+            jobs.release_jobs(session, claim.token, retry, RETRY_DELAY_S)
         self._log_ended(claim, results, finished, failures, failed)
         count_ended(claim.jobs, finished, {job_id: failures[job_id].code for job_id in failed})
         self.notifier.finished_many(finished + failed)

@@ -15,10 +15,10 @@ from core.broker import (
 )
 from core.errors import TemporaryFailure, WorkerOutcome
 from core.logs import bound
+from worker.inference import RETRY_DELAY_S
 from worker.sweeper import sweep
 
 log = logging.getLogger(__name__)
-RETRY_DELAY_S = 5
 
 
 def register_tasks(app: Celery) -> None:
