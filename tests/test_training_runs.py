@@ -245,7 +245,7 @@ def transformer(stack, first_run) -> dict:
     not promoted: its run and its registry entry."""
     run = train(
         stack,
-        hyperparameters=QUICK | {"epochs": 8, "learning_rate": 3e-3},
+        hyperparameters=QUICK | {"epochs": 8, "learning_rate": 1e-3, "patience": 8},
         model=TRANSFORMER,
         promotion="never",
     )
@@ -262,7 +262,8 @@ def test_a_run_trains_the_architecture_its_model_block_names(transformer, first_
     assert model["active"] is False
     assert all(0 < row["accuracy"] <= 1 and row["loss"] > 0 for row in run["history"])
     assert run["history"][-1]["accuracy"] > run["history"][0]["accuracy"]  # it learned
-    assert model["metrics"]["bleu4"] > 0.1, model["metrics"]  # 8 small epochs: 0.18 measured
+    # 8 small epochs at 1e-3 pass; at 3e-3 this run ended at BLEU-4 0.000003 (Keras 3.15.1)
+    assert model["metrics"]["bleu4"] > 0.1, model["metrics"]
 
 
 def test_the_worker_swaps_between_architectures_under_load(stack, imported, transformer, image):
