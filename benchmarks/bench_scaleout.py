@@ -91,11 +91,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-images", type=int, default=100, help="images per POST")
     parser.add_argument("--timeout", type=float, default=900, help="seconds for one run")
     parser.add_argument(
-        "--backlog", type=int, default=2000, help="unfinished jobs at most before a post waits"
+        "--backlog", type=int, default=512, help="unfinished jobs at most before a post waits"
     )
-    parser.set_defaults(
-        singles=False, upload="multipart", no_profile=True, profile_rate=0, batch=None
-    )
+    parser.add_argument("--singles", action="store_true", help="one image per POST /v1/jobs")
+    parser.set_defaults(upload="multipart", no_profile=True, profile_rate=0, batch=None)
     args = parser.parse_args()
     args.workers = args.workers or ("1,2" if args.real_model else "1,2,4")
     args.jobs = args.jobs or (200 if args.real_model else 2000)
@@ -125,7 +124,8 @@ def scaling(runs: dict[int, dict], args: argparse.Namespace) -> dict:
         "mode": "standin",
         "standin_ms_per_batch": args.standin_ms,
         "jobs": args.jobs,
-        "batch_images": args.batch_images,
+        "batch_images": 1 if args.singles else args.batch_images,
+        "threads": args.threads,
         "by_workers": runs,
     }
 
@@ -187,12 +187,13 @@ def run_once(inputs: Inputs, workers: int, folder: Path) -> dict:
 
 
 def jobs_by_worker(progress: Progress, batch_ids: list[str]) -> dict[str, int]:
-    """How many of the measured jobs each worker process ran (the `worker` that claimed it)."""
+    """How many of the measured jobs each worker process ran (the `worker` that claimed it);
+    `batch_ids` are job ids with --singles."""
     sql = (
         "SELECT worker, count(*) FROM jobs WHERE batch_id = ANY(%s::uuid[]) "
-        "GROUP BY worker ORDER BY worker"
+        "OR id = ANY(%s::uuid[]) GROUP BY worker ORDER BY worker"
     )
-    return {str(worker): count for worker, count in progress.query(sql, (batch_ids,))}
+    return {str(w): count for w, count in progress.query(sql, (batch_ids, batch_ids))}
 
 
 @contextmanager
@@ -242,10 +243,10 @@ def start_api(run: Running, inputs: Inputs) -> None:
 
 def warm_up(run: Running, inputs: Inputs, progress: Progress) -> None:
     """One small batch per client thread, all finished; check every worker's model."""
-    threads = inputs.args.threads
+    threads, count = inputs.args.threads, 1 if inputs.args.singles else WARM_IMAGES
     for _ in range(threads):
-        post(run, inputs, inputs.pngs[:WARM_IMAGES])
-    wait_done(run, progress, WARM_IMAGES * threads, 600)
+        post(run, inputs, inputs.pngs[:count])
+    wait_done(run, progress, count * threads, 600)
     workers = [name for name in run.processes if name != "api"]
     for name in workers:
         uses_standin = SETTING_MARK in run.log(name).read_text(errors="replace")

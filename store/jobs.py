@@ -46,7 +46,7 @@ PAST = {"start": "started", "progress": "progress", "completed": "completed"}
 # How a job that had not started by its deadline ends (claimed late, or found by the sweeper).
 DEADLINE_PASSED = "deadline_passed"
 DEADLINE_MESSAGE = "the job's deadline passed before it started"
-PICK_SPARE = 4  # a claim looks at this many times its limit, so rows others hold locked are skipped
+PICK_SPARE = 8  # a claim looks at this many times its limit: up to 7 claims at once all fill
 
 
 @dataclass(frozen=True)
