@@ -71,7 +71,7 @@ SMOKE = {
          "auth_identify_p50_ms", "auth_http_added_p50_ms"),
     ),
     "bench_scaleout.py": Smoke(
-        "--workers 1 --jobs 16 --batch-images 8 --threads 2",
+        "--workers 1 --jobs 16 --threads 2 --singles",  # the batch path: bench_control_plane
         ("by_workers.1.jobs_per_s", "by_workers.1.speedup", "by_workers.1.efficiency"),
     ),
     "bench_training.py": Smoke(
