@@ -132,8 +132,8 @@ def list_jobs(
 
 
 def queued_by_owner(session: Session) -> dict[str, int]:
-    """How many jobs wait in the queue, per owner: one pass over `ix_jobs_queued` (about 2 ms
-    at 20,000 queued on Postgres; `store.queue_counts` reads it at most once a second)."""
+    """How many jobs wait in the queue, per owner: one pass over the queued rows
+    (`store.queue_counts` reads it at most once a second per API process)."""
     query = select(Job.owner, func.count()).where(Job.status == JobStatus.QUEUED.value)
     return {owner: count for owner, count in session.execute(query.group_by(Job.owner))}
 
