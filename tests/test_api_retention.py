@@ -24,6 +24,13 @@ from worker.sweeper import sweep
 HOOK = "http://h.test/hook"
 
 
+@pytest.fixture(scope="module")
+def settings(settings):
+    """Every upload an object in the blob store: these tests count the blobs a removal leaves
+    (an image kept in its job's row goes with the row)."""
+    return settings.with_overrides(inline_image_bytes=0)
+
+
 def svc(app):
     return app.extensions["captioner"]
 

@@ -75,6 +75,13 @@ def test_an_ended_job_goes_with_its_deliveries_and_names_its_blobs(db):
         assert list_deliveries(s, job_id) == []
 
 
+def test_a_job_whose_image_lives_in_its_row_leaves_no_image_blob(db):
+    with db.session() as s:
+        job_id = jobs.create_job(s, new_job(image_key="", image_data=b"png bytes")).id
+    with db.session() as s:
+        assert retention.delete_jobs(s, [job_id]).blob_keys == []  # the bytes went with the row
+
+
 def test_a_queued_job_goes_a_running_one_blocks_and_nothing_is_deleted(db):
     with db.session() as s:
         queued, running = (jobs.create_job(s, own_job()).id for _ in range(2))
