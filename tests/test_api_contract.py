@@ -162,6 +162,29 @@ def test_every_request_body_refuses_unknown_fields_at_every_depth(client):
     assert ("POST /v1/training-runs", "dataset.") in tried  # each member of the union
 
 
+def test_every_request_body_refuses_text_with_a_nul_character(client):
+    document = client.get("/openapi.json").get_json()
+    tried = set()
+    for operation, media, schema in request_bodies(document):
+        method, path = operation.split(" ", 1)
+        url = re.sub(r"\{\w+\}", str(uuid.uuid4()), path)
+        fields = resolve(document, schema).get("properties", {})
+        text = [
+            name for name, prop in fields.items() if resolve(document, prop).get("type") == "string"
+        ]
+        if not text:
+            continue
+        body = {text[0]: "a\x00b"}
+        if media == "application/json":
+            response = client.open(url, method=method, json=body)
+        else:
+            response = client.open(url, method=method, data=body, content_type=media)
+        problem = response.get_json()
+        assert (response.status_code, problem["code"]) == (400, "invalid_text"), (operation, media)
+        tried.add(operation)
+    assert "POST /v1/keys" in tried  # the fuzzer's 500: Postgres refuses NUL in text
+
+
 def test_every_request_model_refuses_unknown_fields_at_every_depth(app):
     from pydantic import BaseModel
 

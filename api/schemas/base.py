@@ -52,9 +52,29 @@ class Problem(BaseModel):
 
 
 class Strict(BaseModel):
-    """A JSON request model: unknown fields refused by name, values never converted."""
+    """A JSON request model: unknown fields refused by name, values never converted, and no
+    text with a NUL character (Postgres cannot store one: it was a 500)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def no_nul(cls, values: Any) -> Any:
+        """Refuse a NUL character anywhere in the request's text, names included."""
+        if has_nul(values):
+            raise refused("invalid_text", "text may not contain NUL (\\u0000) characters")
+        return values
+
+
+def has_nul(value: Any) -> bool:
+    """Whether a NUL character is in any text of a JSON-like value (keys too)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(has_nul(key) or has_nul(item) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return any(has_nul(item) for item in value)
+    return False
 
 
 def without_nulls(schema: dict[str, Any]) -> None:
