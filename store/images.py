@@ -51,15 +51,22 @@ def put_pack(blobs: BlobStore, images: Sequence[bytes]) -> list[StoredImage]:
 def read_images(blobs: BlobStore, jobs: Sequence[Job]) -> dict[uuid.UUID, bytes | None]:
     """Each job's image bytes (None when the object is gone): from the row when it keeps them
     (the caller loaded `image_data`), else one GET per distinct object."""
-    objects: dict[str, bytes | None] = {"": None}
-    for key in dict.fromkeys(job.image_key for job in jobs if _kept(job) is None):
-        if not key:
-            continue
-        try:
-            objects[key] = blobs.get(key)
-        except BlobNotFound:
-            objects[key] = None
-    return {job.id: _slice(objects[job.image_key], job) for job in jobs}
+    kept = {job.id: _kept(job) for job in jobs}
+    keys = dict.fromkeys(job.image_key for job in jobs if kept[job.id] is None and job.image_key)
+    objects = {key: _get(blobs, key) for key in keys}
+    return {
+        job.id: kept[job.id]
+        if kept[job.id] is not None
+        else _slice(objects.get(job.image_key), job)
+        for job in jobs
+    }
+
+
+def _get(blobs: BlobStore, key: str) -> bytes | None:
+    try:
+        return blobs.get(key)
+    except BlobNotFound:
+        return None
 
 
 def _kept(job: Job) -> bytes | None:
@@ -72,8 +79,6 @@ def _kept(job: Job) -> bytes | None:
 
 
 def _slice(data: bytes | None, job: Job) -> bytes | None:
-    if _kept(job) is not None:
-        return _kept(job)
     if data is None or job.image_offset is None:
         return data
     return data[job.image_offset : job.image_offset + job.image_bytes]

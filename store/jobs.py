@@ -154,9 +154,7 @@ def mark_unsent(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
 def _claimable(now: datetime):
     # Queued (and not held back after a temporary failure), or running under a lease that
     # expired (its worker died mid-batch).
-    return or_(
-        _queued_now(now), and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now)
-    )
+    return or_(_queued_now(now), _lease_ran_out(now))
 
 
 def _queued_now(now: datetime):
@@ -315,7 +313,7 @@ def _expired(now: datetime, among):
     )
 
 
-def _lease_ran_out(now: datetime, among):
+def _lease_ran_out(now: datetime, among=None):
     """Running jobs whose lease expired (their worker died), among `among` if given."""
     where = and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now)
     return where if among is None else and_(where, Job.id.in_(among))
@@ -465,7 +463,7 @@ def jobs_to_resend(
     one claim of a job can succeed.
     """
     now = utcnow()
-    lost = and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now)
+    lost = _lease_ran_out(now)
     requeued = session.scalars(
         update(Job)
         .where(lost)

@@ -1,8 +1,8 @@
 """The inference worker's resident state: the served model, the micro-batcher, a chunk's path.
 
-`Inference.caption(job_ids)` runs a chunk of jobs in one of the pool's threads. A Celery message
-wakes the worker; the chunk is whatever is next in the queue, tenants taking turns, up to a
-batch. Every step is paid once per chunk, not once per job:
+`Inference.caption()` runs a chunk of jobs in one of the pool's threads. A Celery message wakes
+the worker; the chunk is whatever is next in the queue, tenants taking turns, up to a batch.
+Every step is paid once per chunk, not once per job:
 - wait for a batch's room (the worker claims only what it will start soon), then claim the chunk
   in one UPDATE that also ends jobs past their deadline or out of attempts;
 - fetch the images (one GET per pack; a job's `image_url` through the SSRF guard, once, into
@@ -21,7 +21,6 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -96,19 +95,19 @@ class Inference:
         self.decoders = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="decode")
         self.guard = Guard.from_allow(settings.url_allow)  # for jobs with an image_url
 
-    def caption(self, job_ids: Sequence[str]) -> str:
+    def caption(self) -> str:
         """Claim the next queued jobs (a batch's worth at most) and run them to terminal
         statuses; returns what happened, for the log.
 
-        A message is a wake-up: the claim takes whichever jobs are next in fair order, its own
-        ids or others (`store.jobs.fair_pick`), so jobs sent one per message still run in full
+        A message is a wake-up: the claim takes whichever jobs are next in fair order, the
+        message's or others (`store.jobs.fair_pick`), so jobs sent one per message still run in full
         batches, and a later message whose jobs were taken finds others or nothing. Raises
         JobSkipped when nothing is claimable, and TemporaryFailure (after putting those jobs
         back in the queue) when some may succeed on a later attempt.
         """
         with self.slots.taking(self.settings.batch_max_size) as room, ExitStack() as held:
             with self.batcher.expecting():
-                claim = self._claim(room.count, job_ids)
+                claim = self._claim(room.count)
                 room.keep(len(claim.jobs))  # the rest is free for the next claim at once
                 bind(batch_id=claim.jobs[0].batch_id)  # for this task's lines (None: none)
                 held.enter_context(self.leases.holding(claim))  # until the results are stored
@@ -117,7 +116,7 @@ class Inference:
                 outcomes[job_id] = _outcome(future)
             return self._settle(claim, outcomes)
 
-    def _claim(self, count: int, woken_by: Sequence[str]) -> jobs.Claim:
+    def _claim(self, count: int) -> jobs.Claim:
         settings = self.settings
         with STORE_SECONDS.labels("claim").time(), self.db.session() as session:
             claim = jobs.claim_jobs(
@@ -131,7 +130,7 @@ class Inference:
         if claim.ended:  # past their deadline or out of attempts
             self.notifier.finished_many(claim.ended)
         if not claim.jobs:
-            raise JobSkipped(f"nothing queued (woken for {len(woken_by)})")
+            raise JobSkipped("nothing claimable")
         return claim
 
     def _submit(self, claimed: list) -> tuple[dict, dict[uuid.UUID, Outcome]]:

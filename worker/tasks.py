@@ -31,7 +31,7 @@ def register_tasks(app: Celery) -> None:
         ids = [job_ids] if isinstance(job_ids, str) else job_ids
         with bound(job_id=ids[0] if len(ids) == 1 else None, job_ids=len(ids)):
             try:
-                outcome = app.captioner.role("inference").caption(ids)
+                outcome = app.captioner.role("inference").caption()  # ids: for the log
             except TemporaryFailure as exc:  # the retry claims only the jobs put back in queue
                 raise self.retry(exc=exc, countdown=RETRY_DELAY_S) from exc
             except WorkerOutcome as exc:

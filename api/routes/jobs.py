@@ -54,15 +54,15 @@ MAX_WAIT_S = 60
 @body_limit(ONE_IMAGE)
 def submit_job():
     """Check, store the image, record the job, enqueue it: 202 (200 if done within wait)."""
-    checked, settings = check_submission(validated()), services().settings
+    checked = check_submission(validated())
     check_queue_room(checked.count)
     job_id = uuid.uuid4()
     if checked.urls:
         new = url_job(checked.template, checked.urls[0])
     else:
         data, info = checked.images[0], checked.infos[0]
-        content_type, inline = f"image/{info.format.lower()}", settings.inline_image_bytes
-        stored = put_image(services().blobs, job_id, data, content_type, inline)
+        inline = services().settings.inline_image_bytes  # at most this many bytes: in the row
+        stored = put_image(services().blobs, job_id, data, f"image/{info.format.lower()}", inline)
         new = image_job(checked.template, job_id, stored, data, info)
     new = replace(new, webhook_url=checked.webhook_url, webhook_events=checked.webhook_events)
     with dropping_blobs_on_error([new.image_key]), services().db.session() as session:
