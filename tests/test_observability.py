@@ -176,7 +176,14 @@ def test_worker_logs_are_json_lines_with_role_worker_and_ids(observed):
 
 def test_workers_lists_every_role_with_its_heartbeat(observed):
     url, key, _, _ = observed
-    workers = {w["role"]: w for w in call(f"{url}/v1/workers", key)["workers"]}
+    run_batch(url, key)
+    deadline = time.monotonic() + 20  # beats every MODEL_POLL_S (2 s)
+    while True:  # a beat taken while the batch's deliveries or tasks ran counts them
+        workers = {w["role"]: w for w in call(f"{url}/v1/workers", key)["workers"]}
+        busy = [w for w in workers.values() if w["in_flight"]]
+        if not busy or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert set(workers) == {"inference", "webhooks"}
     assert workers["inference"]["model_version"] and workers["webhooks"]["model_version"] is None
     for worker in workers.values():
