@@ -40,9 +40,11 @@ Either way the real model's warm-up is skipped: it never runs.
 `post_ms_p50`, `post_ms_p99`: how long a post took to be answered (from the client).
 
 `--singles` posts one image at a time to /v1/jobs instead (`--threads 32`: submits at
-concurrency 32); `posts_per_s` is the submission rate either way. `--both` runs the batch path
-and then single submissions from `--single-threads` clients (16), each on a fresh stack, and
-adds `singles_over_batches`, the ratio of their steady rates.
+concurrency 32); `posts_per_s` is the submission rate either way. `--submit-only` stops the
+worker after the warm-up: the submissions alone, every figure per job submitted (the jobs stay
+queued; `--singles --threads 32 --submit-only` is POST /v1/jobs at 32 clients). `--both` runs
+the batch path and then single submissions from `--single-threads` clients (16), each on a
+fresh stack, and adds `singles_over_batches`, the ratio of their steady rates.
 
 `--source DIR` runs the API and the worker from another checkout (DIR first on PYTHONPATH, cwd
 DIR, DIR's migrations); `--compare OLD_DIR` alternates OLD_DIR and the source for `--rounds`
@@ -247,6 +249,11 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="POST /v1/jobs one image at a time (try --threads 32)",
     )
+    parser.add_argument(
+        "--submit-only",
+        action="store_true",
+        help="stop the worker after the warm-up: the submissions alone (with --singles)",
+    )
     parser.add_argument("--standin-ms", type=float, default=5.0, help="model cost per batch")
     parser.add_argument(
         "--standin",
@@ -259,11 +266,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=1, help="old/new pairs with --compare")
     parser.add_argument("--batch", type=int, help="BATCH_MAX_SIZE (default: the code's)")
     parser.add_argument("--beat", action="store_true", help="run beat (the sweepers) too")
+    parser.add_argument(
+        "--inline-bytes", type=int, help="INLINE_IMAGE_BYTES (default: the code's; 0: all in S3)"
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy breakdown")
     parser.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per s")
     parser.add_argument("--timeout", type=float, default=900, help="seconds for the run")
     parser.add_argument("--keep", type=Path, help="copy the processes' logs here")
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.no_profile |= args.submit_only  # the profile is the worker's
+    return args
 
 
 def main() -> None:
@@ -422,6 +434,8 @@ def run_once(inputs: Inputs, source: Path, folder: Path) -> dict:
     steady = figures["steady"]
     if "note" in steady:
         raise RuntimeError(f"{steady['note']}: the run is too short to measure, ask more --jobs")
+    if inputs.args.submit_only:
+        return figures
     own = steady["api_cpu_ms_per_job"] + steady["worker_cpu_ms_per_job"] - decode_ms
     return figures | {
         "decode_cpu_ms_per_image": round(decode_ms, 3),
@@ -443,7 +457,10 @@ def started_stack(inputs: Inputs, source: Path, folder: Path) -> Iterator[Runnin
     """Postgres, Redis and moto as harness.stack makes them; `source`'s API and worker."""
     with moto_s3_server() as endpoint, fresh_postgres() as url, redis_database() as broker:
         migrate(source, url)
-        batch = {"batch_max_size": inputs.args.batch} if inputs.args.batch else {}
+        asked = {
+            "batch_max_size": inputs.args.batch,
+            "inline_image_bytes": inputs.args.inline_bytes,
+        }
         settings = production_settings(
             folder / "data",
             url,
@@ -452,7 +469,7 @@ def started_stack(inputs: Inputs, source: Path, folder: Path) -> Iterator[Runnin
             model_bundle=inputs.bundle,
             max_queued_jobs=UNBOUNDED,
             max_queued_per_tenant=UNBOUNDED,
-            **batch,
+            **{name: value for name, value in asked.items() if value is not None},
         )
         run = Running(source, standin_mode(source, inputs.args.standin), settings, folder)
         run.moto_pid, run.moto_log = moto_process(endpoint)
@@ -578,17 +595,23 @@ def measure(run: Running, inputs: Inputs) -> dict:
     with Progress(run.settings.database_url) as progress:
         warm_up(run, inputs, progress)
         sources = verify_source(run, inputs)
+        if args.submit_only:
+            stop([run.processes.pop("worker")])
         before = snapshot(run, progress, first=True)
         started_at = datetime.datetime.now(datetime.UTC)
         batch_ids, submit_s, followed = load(run, inputs, progress)
         after = snapshot(run, progress, first=False)
         jobs = progress.jobs(batch_ids)
-    figures = per_job(before, after, args.jobs)
-    figures |= rates(jobs, started_at, args.jobs) | followed
+    figures = per_job(before, after, args.jobs) | followed
+    if args.submit_only:  # the jobs stay queued: "done" is answered
+        figures["jobs_per_s"] = round(args.jobs / submit_s, 2)
+    else:
+        figures |= rates(jobs, started_at, args.jobs)
     return figures | {
         "submit_s": round(submit_s, 2),
         "posts_per_s": round(len(batch_ids) / submit_s, 1),
         "singles": args.singles,
+        "submit_only": args.submit_only,
         "jobs": args.jobs,
         "batch_images": args.batch_images,
         "threads": args.threads,
@@ -745,7 +768,7 @@ def load(run: Running, inputs: Inputs, progress: Progress) -> tuple[list[str], f
         [pngs[(at + i) % len(pngs)] for i in range(min(size, args.jobs - at))]
         for at in range(0, args.jobs, size)
     ]
-    posted: dict = {"jobs": 0, "done": 0}
+    posted: dict = {"jobs": 0, "done": 0, "answered": 0}
     latencies: list[float] = []  # seconds each post took to be answered
     lock = threading.Lock()
     started = time.perf_counter()
@@ -758,6 +781,8 @@ def load(run: Running, inputs: Inputs, progress: Progress) -> tuple[list[str], f
         began = time.perf_counter()
         answer = post(run, inputs, images)
         latencies.append(time.perf_counter() - began)  # list.append is atomic
+        with lock:
+            posted["answered"] += len(images)
         return answer
 
     def submit_all() -> None:
@@ -778,14 +803,16 @@ def load(run: Running, inputs: Inputs, progress: Progress) -> tuple[list[str], f
 
 def follow(run: Running, inputs: Inputs, progress: Progress, posted: dict, poster) -> dict:
     """Poll until every job is terminal (telling the posters how many are done); measure the
-    steady window and profile the worker while `PROFILE_SPAN` of the jobs are done."""
+    steady window and profile the worker while `PROFILE_SPAN` of the jobs are done. With
+    `--submit-only`, until every job is submitted: the window and the figures are per submit."""
     args = inputs.args
     profiler = Profiler(run, args)
     window = Window(run, progress, [int(share * args.jobs) for share in PROFILE_SPAN])
     deadline = time.monotonic() + args.timeout
-    while (done := progress.done() - progress.warm) < args.jobs:
+    while (done := finished(progress, posted, args)) < args.jobs:
         posted["done"] = done
-        if time.monotonic() > deadline or run.processes["worker"].poll() is not None:
+        worker = run.processes.get("worker")
+        if time.monotonic() > deadline or (worker and worker.poll() is not None):
             raise RuntimeError(f"{done} of {args.jobs} jobs done:\n{tail(run.log('worker'))}")
         if not poster.is_alive() and "ids" not in posted:
             raise RuntimeError(f"posting failed:\n{tail(run.log('api'))}")
@@ -799,6 +826,11 @@ def follow(run: Running, inputs: Inputs, progress: Progress, posted: dict, poste
         profiler.stop(done)
     profile = profiler.figures() if not args.no_profile else {"worker_stages_note": "--no-profile"}
     return profile | {"steady": window.figures()}
+
+
+def finished(progress: Progress, posted: dict, args: argparse.Namespace) -> int:
+    """Jobs done since the warm-up (submitted, with `--submit-only`)."""
+    return posted["answered"] if args.submit_only else progress.done() - progress.warm
 
 
 class Window:

@@ -9,6 +9,10 @@ what authentication adds to a request (seconds, no model).
 - `pipeline_jobs_per_s`: jobs submitted over HTTP by 8 client threads as fast as the API takes
   them, through Redis to one worker process, to `succeeded` in Postgres with attention in S3
   (moto). The rate is taken over the middle 80% of completions, leaving out ramp-up and drain.
+- `closed_loop_jobs_per_s`, `closed_loop_ratio` (over `raw_images_per_s`): `--clients` (16)
+  clients, each sending one image and waiting for its caption (`Prefer: wait`) before the
+  next, as callers of a one-image endpoint do; the rate over the middle 80% of completions.
+- The API runs as production runs it (the Dockerfile's gunicorn command), in its own processes.
 - `p50_ms`, `p95_ms`: one job at a time (low load), from the HTTP request to the answer that
   it succeeded (`Prefer: wait`), measured by the client.
 - `single_image_ms`: `caption_batch` on one pre-decoded image, in this process.
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -48,15 +53,16 @@ import numpy as np  # noqa: E402
 from api import create_app  # noqa: E402
 from api.auth import identify  # noqa: E402
 from benchmarks.bench_model import full_size_bundle  # noqa: E402
-from captioner.processes import api_server  # noqa: E402
+from captioner.processes import api_server, start_worker, stop, wait_ready  # noqa: E402
 from captioner_client import ApiError, Client, Job  # noqa: E402
 from core.settings import Settings  # noqa: E402
-from harness.stack import CLIENT_TIMEOUT_S, admin_key, running_stack, services  # noqa: E402
+from harness.stack import CLIENT_TIMEOUT_S, admin_key, production_api, services  # noqa: E402
 from model.bundle import load_bundle, save_bundle  # noqa: E402
 from model.encoder import Encoder  # noqa: E402
 from model.images import decode_image  # noqa: E402
 from model.inference import Captioner  # noqa: E402
 from model.shapes import write_shapes_dataset  # noqa: E402
+from store.db import Database  # noqa: E402
 
 WORKER = "bench@stack"
 
@@ -149,7 +155,7 @@ def saturation(client: Client, pngs: list[bytes], n: int) -> dict:
 
 def cpu_seconds(worker_pid: int) -> dict[str, float]:
     """CPU seconds used so far by each part of the pipeline on this machine (from /proc)."""
-    roles = {"worker": 0.0, "api_and_client": 0.0, "s3_moto": 0.0, "postgres": 0.0, "redis": 0.0}
+    roles = {part: 0.0 for part in ("worker", "api", "client", "s3_moto", "postgres", "redis")}
     tick = os.sysconf("SC_CLK_TCK")
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -161,8 +167,10 @@ def cpu_seconds(worker_pid: int) -> dict[str, float]:
         role = (
             "worker"
             if pid == worker_pid
-            else "api_and_client"
+            else "client"
             if pid == os.getpid()
+            else "api"
+            if "gunicorn" in cmdline
             else "s3_moto"
             if "moto_server" in cmdline
             else "postgres"
@@ -257,23 +265,69 @@ def make_inputs(workdir: Path, encoder: Encoder) -> tuple[Path, list[bytes], np.
 
 
 def run_pipeline(workdir: Path, bundle: Path, pngs: list[bytes], args) -> dict:
-    """Postgres, Redis, moto S3, one worker process and the API: latency, then saturation."""
+    """Postgres, Redis, moto S3, one worker process and the API as production runs it:
+    latency, then saturation, then closed-loop clients."""
     options = {
         "model_bundle": bundle,
         "batch_max_size": args.batch,
         "batch_max_wait_ms": args.max_wait_ms,
     }
-    with running_stack(workdir / "service", [("inference", WORKER)], **options) as stack:
-        worker = stack.processes[WORKER]
-        auth = auth_overhead(stack.settings, args.auth_requests)
-        latency = low_load_latency(stack.client, pngs, args.latency_jobs)
-        before = cpu_seconds(worker.pid)
-        figures = saturation(stack.client, pngs, args.jobs)
-        after = cpu_seconds(worker.pid)
+    with services(workdir / "service", **options) as settings:
+        log = workdir / "worker.log"
+        worker = start_worker(settings, log, WORKER)
+        try:
+            wait_ready(worker, log)
+            database = Database(settings.database_url)
+            key = admin_key(database)
+            database.dispose()
+            with (
+                production_api(settings, workdir / "api.log") as api,
+                Client(api.url, key, timeout=CLIENT_TIMEOUT_S) as client,
+            ):
+                return measure_pipeline(client, worker.pid, settings, pngs, args)
+        finally:
+            stop([worker])
+
+
+def measure_pipeline(client: Client, worker_pid: int, settings, pngs: list[bytes], args) -> dict:
+    """The auth figures, low-load latency, saturation (with each part's share of the CPU), then
+    `--clients` closed-loop clients."""
+    auth = auth_overhead(settings, args.auth_requests)
+    latency = low_load_latency(client, pngs, args.latency_jobs)
+    before = cpu_seconds(worker_pid)
+    figures = saturation(client, pngs, args.jobs)
+    after = cpu_seconds(worker_pid)
     used = {role: after[role] - before[role] for role in after}
     total = sum(used.values())
     shares = {f"cpu_share_{role}": seconds / total for role, seconds in used.items()}
-    return figures | latency | shares | auth
+    loop = closed_loop(client, pngs, args.clients, args.closed_loop_jobs)
+    return figures | latency | shares | auth | loop
+
+
+def closed_loop(client: Client, pngs: list[bytes], clients: int, n: int) -> dict:
+    """`clients` threads, each sending one image and waiting for its caption (`Prefer: wait`)
+    before sending the next, until `n` jobs are done: the completion rate over the middle 80%
+    and the batches the worker made."""
+    numbers = itertools.count()
+
+    def one_client(_) -> list[dict]:
+        done = []
+        while (i := next(numbers)) < n:
+            job = submit(client, pngs[i % len(pngs)], wait=60)
+            if job.status != "succeeded":
+                raise RuntimeError(f"job ended {job.status}: {job.error_code}")
+            done.append(job.raw["timings"])
+        return done
+
+    with ThreadPoolExecutor(clients) as pool:
+        timings = [t for part in pool.map(one_client, range(clients)) for t in part]
+    finished = sorted(datetime.datetime.fromisoformat(t["finished_at"]) for t in timings)
+    low, high = n // 10, n - 1 - n // 10
+    window = (finished[high] - finished[low]).total_seconds()
+    return {
+        "closed_loop_jobs_per_s": (high - low) / window if window > 0 else None,
+        "closed_loop_mean_batch_size": statistics.mean(t["batch_size"] for t in timings),
+    }
 
 
 def auth_only(n: int) -> dict:
@@ -295,6 +349,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=32, help="the worker's BATCH_MAX_SIZE")
     parser.add_argument("--max-wait-ms", type=int, default=50, help="BATCH_MAX_WAIT_MS")
     parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--clients", type=int, default=16, help="closed-loop clients")
+    parser.add_argument(
+        "--closed-loop-jobs", type=int, default=256, help="jobs the closed-loop clients send"
+    )
     parser.add_argument(
         "--auth-requests", type=int, default=500, help="requests of each kind in the auth figures"
     )
@@ -334,10 +392,13 @@ def main() -> None:
         "batch": args.batch,
         "jobs": args.jobs,
         "latency_jobs": args.latency_jobs,
+        "clients": args.clients,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": datetime.date.today().isoformat(),
     }
     result["ratio"] = round(result["pipeline_jobs_per_s"] / raw, 3)
+    closed = result["closed_loop_jobs_per_s"]
+    result["closed_loop_ratio"] = round(closed / raw, 3) if closed else None
     result["p50_minus_single_ms"] = round(result["p50_ms"] - result["single_image_ms"], 1)
     print(json.dumps(result))
 

@@ -66,9 +66,10 @@ SMOKE = {
          "train_steps_per_s_compiled"),
     ),
     "bench_pipeline.py": Smoke(
-        "--jobs 8 --latency-jobs 2 --reps 1 --batch 1 --auth-requests 5",
+        "--jobs 8 --latency-jobs 2 --reps 1 --batch 1 --auth-requests 5 --clients 2"
+        " --closed-loop-jobs 4",
         ("pipeline_jobs_per_s", "raw_images_per_s", "ratio", "p50_ms", "single_image_ms",
-         "auth_identify_p50_ms", "auth_http_added_p50_ms"),
+         "auth_identify_p50_ms", "auth_http_added_p50_ms", "closed_loop_ratio"),
     ),
     "bench_scaleout.py": Smoke(
         "--workers 1 --jobs 16 --threads 2 --singles",  # the batch path: bench_control_plane

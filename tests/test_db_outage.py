@@ -143,6 +143,23 @@ def test_database_away_gives_503_with_retry_after_then_recovers(outage):
     app.extensions["captioner"].db.dispose()
 
 
+def test_a_restart_between_requests_costs_no_request(outage):
+    """Postgres restarts while the pool's connections sit idle: the next requests get fresh
+    connections, not an error (the pool pings a connection before handing it out)."""
+    server, settings = outage
+    app = create_app(settings)
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {admin_key(app.extensions['captioner'].db)}"}
+    job_id = client.post("/v1/jobs", json={"image": b64(png())}, headers=headers).get_json()["id"]
+    server.stop()
+    server.start()
+    for _ in range(3):  # the pool holds the connection of each request before
+        assert client.get(f"/v1/jobs/{job_id}", headers=headers).status_code == 200
+    again = client.post("/v1/jobs", json={"image": b64(png())}, headers=headers)
+    assert again.status_code == 202, again.get_json()
+    app.extensions["captioner"].db.dispose()
+
+
 class InsertsFail(Database):
     """A database that loses its connection when jobs are inserted: after the key was checked,
     so the submission's image is already stored."""
