@@ -9,11 +9,11 @@ from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
-from core.errors import ErrorResponse, StoreUnavailable
+from core.errors import BlobStoreError, ErrorResponse, StoreUnavailable
 
 T = TypeVar("T")
 PROBLEM = "application/problem+json"
-RETRY_AFTER_S = 5  # when the database is away: a restart or fail-over takes seconds
+RETRY_AFTER_S = 5  # when a store is away: a restart or fail-over takes seconds
 
 
 def found(row: T | None, what: str, row_id: object) -> T:
@@ -40,6 +40,12 @@ def error_response(status: int, code: str, message: str, **details):
     return body, status
 
 
+def unavailable(code: str, what: str):
+    """A 503 for a dependency that is away, with Retry-After: nothing was recorded."""
+    body, status = error_response(503, code, f"{what}; try again shortly")
+    return body, status, {"Retry-After": str(RETRY_AFTER_S)}
+
+
 def register_error_handlers(app: Flask) -> None:
     """Turn ErrorResponse, HTTP errors and anything unexpected into JSON errors."""
 
@@ -51,10 +57,12 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(StoreUnavailable)
     def store_unavailable(exc: StoreUnavailable):
         app.logger.warning("%s: %s", exc, exc.__cause__)
-        body, status = error_response(
-            503, "database_unavailable", "the database cannot be reached; try again shortly"
-        )
-        return body, status, {"Retry-After": str(RETRY_AFTER_S)}
+        return unavailable("database_unavailable", "the database cannot be reached")
+
+    @app.errorhandler(BlobStoreError)
+    def blob_store_unavailable(exc: BlobStoreError):
+        app.logger.warning("the blob store cannot be used: %s", exc)
+        return unavailable("blob_store_unavailable", "the blob store cannot be reached")
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

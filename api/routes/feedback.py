@@ -16,7 +16,7 @@ from api.schemas import feedback as schema
 from api.schemas.base import Problem
 from api.services import services
 from core.errors import ErrorResponse
-from store import feedback
+from store import feedback, retention
 from store.payloads import feedback_json
 from store.tables import JobStatus, Scope
 
@@ -76,5 +76,5 @@ def delete_feedback(feedback_id: uuid.UUID):
     with services().db.session() as session:
         row = found(feedback.get_feedback(session, feedback_id, tenant()), "feedback", feedback_id)
         image_key = feedback.delete_feedback(session, row)
-    services().blobs.delete(image_key)  # only once the row is gone
+    retention.delete_blobs(services().blobs, [image_key])  # only once the row is gone
     return "", 204

@@ -1,0 +1,137 @@
+"""The blob store away (its endpoint unreachable, its data kept): every route that needs it
+answers 503 `blob_store_unavailable` with Retry-After and records nothing; a worker keeps the
+jobs it could not read queued, without spending their attempts, and captions them once the
+store is back. Real Postgres, Redis, moto S3 behind a gate that is closed and opened."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from urllib.parse import urlsplit
+
+import pytest
+from sqlalchemy import func, select
+
+from api import create_app
+from core.archives import pack_dataset
+from harness.gate import Gate
+from harness.stack import (
+    admin_key,
+    fresh_postgres,
+    moto_s3_server,
+    production_settings,
+    redis_database,
+)
+from store.migrate import upgrade
+from store.tables import Feedback, Job
+from tests.helpers import OWNER, b64, png, succeeded_job, write_dataset
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory):
+    """(settings, gate): production-mode settings whose S3 endpoint is a gate before moto;
+    every image an object (nothing kept in rows)."""
+    with moto_s3_server() as endpoint, Gate(urlsplit(endpoint).port) as gate:
+        with fresh_postgres() as url, redis_database() as broker:
+            upgrade(url)
+            folder = tmp_path_factory.mktemp("blob-outage")
+            settings = production_settings(
+                folder,
+                url,
+                broker,
+                f"http://127.0.0.1:{gate.port}",
+                inline_image_bytes=0,
+            )
+            yield settings, gate
+
+
+@pytest.fixture(scope="module")
+def app(gated):
+    app = create_app(gated[0])
+    yield app
+    app.extensions["captioner"].db.dispose()
+
+
+@pytest.fixture
+def client(app):
+    client = app.test_client()
+    key = admin_key(app.extensions["captioner"].db, OWNER)
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {key}"
+    return client
+
+
+def rows(app, table) -> int:
+    with app.extensions["captioner"].db.session() as session:
+        return session.scalar(select(func.count()).select_from(table))
+
+
+def dataset_archive(folder) -> bytes:
+    return pack_dataset(write_dataset(folder), folder.with_suffix(".zip")).read_bytes()
+
+
+def requests(app, tmp_path) -> dict:
+    """Each route that needs the blob store, as (method, path, keyword arguments): made while
+    the store is up, so only the outage can refuse them."""
+    captioned = succeeded_job(app, attention=b"\x93NUMPY", image=png())  # image in the store
+    archive = dataset_archive(tmp_path / "dataset")
+    return {
+        "submit JSON": ("POST", "/v1/jobs", {"json": {"image": b64(png())}}),
+        "submit form": ("POST", "/v1/jobs", {"data": {"image": (io.BytesIO(png()), "a.png")}}),
+        "batch": ("POST", "/v1/batches", {"json": {"images": [b64(png())] * 2}}),
+        "dataset": ("POST", "/v1/datasets", {"data": archive, "content_type": "application/zip"}),
+        "feedback": ("POST", f"/v1/jobs/{captioned}/feedback", {"json": {"caption": "a circle"}}),
+        "attention picture": ("GET", f"/v1/jobs/{captioned}/attention.png", {}),
+    }
+
+
+def test_every_route_that_needs_the_store_answers_503_and_records_nothing(
+    app, client, gated, tmp_path
+):
+    _, gate = gated
+    calls = requests(app, tmp_path)
+    before = rows(app, Job), rows(app, Feedback)
+    gate.close()
+    try:
+        for name, (method, path, kwargs) in calls.items():
+            answer = client.open(path, method=method, **kwargs)
+            assert answer.status_code == 503, (name, answer.get_json())
+            assert answer.get_json()["code"] == "blob_store_unavailable", name
+            assert int(answer.headers["Retry-After"]) > 0, name
+        assert (rows(app, Job), rows(app, Feedback)) == before
+    finally:
+        gate.open()
+    answer = client.post("/v1/jobs", json={"image": b64(png())})
+    assert answer.status_code == 202, answer.get_json()  # the same app, once the store is back
+
+
+def test_deleting_while_the_store_is_away_deletes_the_row(app, client, gated):
+    """The row is the record: its blob is left behind (logged), the answer is the delete's."""
+    _, gate = gated
+    job_id = succeeded_job(app, attention=None, image=png())
+    correction = client.post(f"/v1/jobs/{job_id}/feedback", json={"caption": "a red circle"})
+    feedback_id = correction.get_json()["id"]
+    gate.close()
+    try:
+        assert client.delete(f"/v1/feedback/{feedback_id}").status_code == 204
+        assert client.delete(f"/v1/jobs/{job_id}").status_code == 204
+    finally:
+        gate.open()
+    assert client.get(f"/v1/feedback/{feedback_id}").status_code == 404
+    assert client.get(f"/v1/jobs/{job_id}").status_code == 404
+
+
+def test_the_gate_cuts_the_store_off_and_lets_it_back(gated):
+    """The fault injector itself: closed, the endpoint refuses; opened, the data is still there."""
+    from core.errors import BlobStoreError
+    from store.blobs import open_blob_store
+
+    settings, gate = gated
+    blobs, key = open_blob_store(settings), f"probe/{uuid.uuid4()}"
+    blobs.put(key, b"kept")
+    gate.close()
+    try:
+        with pytest.raises(BlobStoreError):
+            blobs.get(key)
+    finally:
+        gate.open()
+    assert blobs.get(key) == b"kept"
