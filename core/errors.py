@@ -137,9 +137,13 @@ class JobSkipped(WorkerOutcome):
 
 
 class TemporaryFailure(WorkerOutcome):
-    """The job was put back in the queue and its message should be retried later."""
+    """The job was put back in the queue and its message should be retried after `delay_s`."""
 
     outcome = "put back in the queue, to be retried"
+
+    def __init__(self, message: str, delay_s: float) -> None:
+        super().__init__(message)
+        self.delay_s = delay_s
 
 
 class RunSkipped(WorkerOutcome):

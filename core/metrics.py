@@ -69,6 +69,17 @@ MODEL_INFO = Gauge(
 MODEL_SWAP_SECONDS = Histogram(
     "captioner_model_swap_seconds", "Download, load and warm-up of a new version", buckets=SECONDS
 )
+DEPENDENCY_UP = Gauge(
+    "captioner_dependency_up",
+    "Whether this worker could use a dependency at its last try (0 during an outage)",
+    ["dependency"],
+    multiprocess_mode="liveall",
+)
+JOBS_PUT_BACK = Counter(
+    "captioner_jobs_put_back",
+    "Jobs put back in the queue without spending an attempt, by the dependency that was away",
+    ["dependency"],
+)
 WEBHOOK_ATTEMPTS = Counter("captioner_webhook_attempts", "Webhook attempts by outcome", ["outcome"])
 WEBHOOK_LAG = Histogram(
     "captioner_webhook_lag_seconds", "From the event to its delivery", buckets=SECONDS

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import inspect
 
-from core.errors import BlobNotFound
+from core.errors import BlobNotFound, BlobStoreError
 from store.blob_keys import image_key, pack_key
 from store.blobs import BlobStore
 from store.tables import Job
@@ -48,12 +48,16 @@ def put_pack(blobs: BlobStore, images: Sequence[bytes]) -> list[StoredImage]:
     return [StoredImage(key, offset) for offset in offsets]
 
 
-def read_images(blobs: BlobStore, jobs: Sequence[Job]) -> dict[uuid.UUID, bytes | None]:
+def read_images(
+    blobs: BlobStore, jobs: Sequence[Job], keep_errors: bool = False
+) -> dict[uuid.UUID, bytes | None | BlobStoreError]:
     """Each job's image bytes (None when the object is gone): from the row when it keeps them
-    (the caller loaded `image_data`), else one GET per distinct object."""
+    (the caller loaded `image_data`), else one GET per distinct object. A store that cannot be
+    read raises BlobStoreError, or with `keep_errors` gives it as the image of each job whose
+    object it could not read (the others still have theirs)."""
     kept = {job.id: _kept(job) for job in jobs}
     keys = dict.fromkeys(job.image_key for job in jobs if kept[job.id] is None and job.image_key)
-    objects = {key: _get(blobs, key) for key in keys}
+    objects = {key: _get(blobs, key, keep_errors) for key in keys}
     return {
         job.id: kept[job.id]
         if kept[job.id] is not None
@@ -62,11 +66,15 @@ def read_images(blobs: BlobStore, jobs: Sequence[Job]) -> dict[uuid.UUID, bytes 
     }
 
 
-def _get(blobs: BlobStore, key: str) -> bytes | None:
+def _get(blobs: BlobStore, key: str, keep_errors: bool) -> bytes | None | BlobStoreError:
     try:
         return blobs.get(key)
     except BlobNotFound:
         return None
+    except BlobStoreError as exc:
+        if keep_errors:
+            return exc
+        raise
 
 
 def _kept(job: Job) -> bytes | None:
@@ -78,7 +86,7 @@ def _kept(job: Job) -> bytes | None:
     return job.image_data
 
 
-def _slice(data: bytes | None, job: Job) -> bytes | None:
-    if data is None or job.image_offset is None:
+def _slice(data: bytes | None | BlobStoreError, job: Job) -> bytes | None | BlobStoreError:
+    if not isinstance(data, bytes) or job.image_offset is None:
         return data
     return data[job.image_offset : job.image_offset + job.image_bytes]

@@ -437,18 +437,27 @@ def abort_late_jobs(session: Session) -> list[uuid.UUID]:
 
 
 def release_jobs(
-    session: Session, token: uuid.UUID, job_ids: Sequence[uuid.UUID], after_s: float = 0
+    session: Session,
+    token: uuid.UUID,
+    job_ids: Sequence[uuid.UUID],
+    after_s: float = 0,
+    refund: bool = False,
 ) -> int:
-    """Put jobs still held by `token` back in the queue after a temporary failure (the attempt
-    still counts), to be claimed again no sooner than `after_s` from now; how many were.
+    """Put jobs still held by `token` back in the queue after a temporary failure, to be
+    claimed again no sooner than `after_s` from now; how many were. The attempt counts, unless
+    `refund` (the job did nothing wrong: a store it needs was away).
 
     Without the wait, the next claim (any message wakes one) would retry them at once, and an
     outage of a few seconds would spend every attempt."""
+    if not job_ids:
+        return 0
     held = and_(
         Job.id.in_(job_ids), Job.attempt_token == token, Job.status == JobStatus.RUNNING.value
     )
     again = utcnow() + timedelta(seconds=after_s) if after_s else None
     values = {"status": JobStatus.QUEUED.value, "lease_expires_at": again, "attempt_token": None}
+    if refund:
+        values["attempts"] = Job.attempts - 1
     return session.execute(update(Job).where(held).values(**values)).rowcount
 
 

@@ -6,6 +6,7 @@ store is back. Real Postgres, Redis, moto S3 behind a gate that is closed and op
 from __future__ import annotations
 
 import io
+import time
 import uuid
 from urllib.parse import urlsplit
 
@@ -13,6 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from api import create_app
+from captioner.processes import start_worker, stop, wait_ready
 from core.archives import pack_dataset
 from harness.gate import Gate
 from harness.stack import (
@@ -135,3 +137,53 @@ def test_the_gate_cuts_the_store_off_and_lets_it_back(gated):
     finally:
         gate.open()
     assert blobs.get(key) == b"kept"
+
+
+def job_rows(app, job_ids: list[str]) -> list[tuple[str, int]]:
+    """(status, attempts) of each job."""
+    ids = [uuid.UUID(job_id) for job_id in job_ids]
+    with app.extensions["captioner"].db.session() as session:
+        return list(session.execute(select(Job.status, Job.attempts).where(Job.id.in_(ids))))
+
+
+def test_a_worker_keeps_jobs_queued_through_an_outage_without_spending_attempts(
+    app, client, gated, random_bundle, tmp_path
+):
+    """Jobs whose images are in the store, claimed while it is away for longer than their
+    attempts last (2 attempts, 5 s apart), all succeed once it is back; the worker says so
+    once at the start of the outage and once at its end."""
+    from model.bundle import save_bundle
+
+    settings, gate = gated
+    batch = client.post("/v1/batches", json={"images": [b64(png((40 + i, 30))) for i in range(4)]})
+    job_ids = [job["id"] for job in batch.get_json()["jobs"]]
+    worker_settings = settings.with_overrides(
+        model_bundle=save_bundle(random_bundle, tmp_path / "bundle"),
+        bench_standin_model_ms=5,
+        job_max_attempts=2,
+    )
+    log = tmp_path / "worker.log"
+    gate.close()
+    worker = start_worker(worker_settings, log, "inference@blob-outage")
+    try:
+        wait_ready(worker, log)
+        until(lambda: "blob store is away" in log.read_text(), 60)
+        time.sleep(12)  # past two attempts' worth of retries
+        assert all(status == "queued" for status, _ in job_rows(app, job_ids))
+        assert all(attempts == 0 for _, attempts in job_rows(app, job_ids))
+        gate.open()
+        until(lambda: all(s == "succeeded" for s, _ in job_rows(app, job_ids)), 90)
+    finally:
+        stop([worker])
+        if not gate.is_open:
+            gate.open()
+    text = log.read_text()
+    assert text.count("blob store is away") == 1 and text.count("blob store is back") == 1
+
+
+def until(condition, timeout: float) -> None:
+    """Poll `condition` until it holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)

@@ -34,6 +34,7 @@ from core.metrics import (
     IMAGES,
     JOB_SECONDS,
     JOBS_FINISHED,
+    JOBS_PUT_BACK,
     PREDICT_SECONDS,
     STORE_SECONDS,
 )
@@ -47,6 +48,7 @@ from store.images import read_images
 from store.tables import as_utc, utcnow
 from worker.batcher import MicroBatcher, Slots
 from worker.leases import Leases
+from worker.outages import Outage
 from worker.rollout import Rollout
 from worker.urlimages import fetch_image
 
@@ -94,6 +96,7 @@ class Inference:
         self.leases = Leases(db, settings.job_lease_seconds)
         self.decoders = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="decode")
         self.guard = Guard.from_allow(settings.url_allow)  # for jobs with an image_url
+        self.blob_store = Outage("blob store")
 
     def caption(self) -> str:
         """Claim the next queued jobs (a batch's worth at most) and run them to terminal
@@ -135,10 +138,7 @@ class Inference:
 
     def _submit(self, claimed: list) -> tuple[dict, dict[uuid.UUID, Outcome]]:
         """Prepare the images and queue them for the model: futures, and the jobs that failed."""
-        try:
-            images: dict = read_images(self.blobs, claimed)
-        except BlobStoreError as exc:
-            return {}, {job.id: exc for job in claimed}
+        images: dict = read_images(self.blobs, claimed, keep_errors=True)
         by_url = [job for job in claimed if images[job.id] is None and job.image_url]
         images |= dict(
             zip([job.id for job in by_url], self.decoders.map(self._fetch, by_url), strict=True)
@@ -213,12 +213,19 @@ class Inference:
         return [Captioned(r, predict_ms, len(images), served.version) for r in results]
 
     def _settle(self, claim: jobs.Claim, outcomes: dict[uuid.UUID, Outcome]) -> str:
-        """Store every outcome of the claim in one transaction; returns a summary for the log."""
+        """Store every outcome of the claim in one transaction; returns a summary for the log.
+
+        A job whose image the blob store could not give or keep waits for the store without
+        spending its attempt (`worker.outages`); other errors spend it."""
         results = {i: _stored(o) for i, o in outcomes.items() if isinstance(o, Captioned)}
         failures = {i: o for i, o in outcomes.items() if isinstance(o, Failure)}
+        waiting = [i for i, o in outcomes.items() if isinstance(o, BlobStoreError)]
+        wait_s = self._blob_store_wait(claim, outcomes, waiting)
         retry = []
         for job in claim.jobs:
             error = outcomes[job.id]
+            if isinstance(error, BlobStoreError):
+                continue
             if isinstance(error, Exception) and job.attempts < self.settings.job_max_attempts:
                 log.warning(
                     "job %s attempt %d failed (%r); requeued",
@@ -238,12 +245,26 @@ class Inference:
                 if jobs.fail_job(session, job_id, failure.code, failure.message, claim.token)
             ]
             jobs.release_jobs(session, claim.token, retry, RETRY_DELAY_S)
+            jobs.release_jobs(session, claim.token, waiting, wait_s, refund=True)
         self._log_ended(claim, results, finished, failures, failed)
         count_ended(claim.jobs, finished, {job_id: failures[job_id].code for job_id in failed})
         self.notifier.finished_many(finished + failed)
-        if retry:
-            raise TemporaryFailure(", ".join(map(str, retry)))
+        if retry or waiting:
+            delay = max(RETRY_DELAY_S if retry else 0, wait_s)
+            raise TemporaryFailure(", ".join(map(str, retry + waiting)), delay)
         return f"{len(finished)} succeeded, {len(failed)} failed"
+
+    def _blob_store_wait(
+        self, claim: jobs.Claim, outcomes: dict[uuid.UUID, Outcome], waiting: list[uuid.UUID]
+    ) -> float:
+        """Seconds the jobs the blob store failed should wait (0: none did); notes whether the
+        store worked for this claim."""
+        if waiting:
+            JOBS_PUT_BACK.labels("blob_store").inc(len(waiting))
+            return self.blob_store.failed(outcomes[waiting[0]])
+        if any(job.image_key for job in claim.jobs):  # it read or wrote an object
+            self.blob_store.worked()
+        return 0.0
 
     def _log_ended(self, claim, results, finished, failures, failed) -> None:
         for job_id in (set(results) - set(finished)) | (set(failures) - set(failed)):

@@ -15,7 +15,6 @@ from core.broker import (
 )
 from core.errors import TemporaryFailure, WorkerOutcome
 from core.logs import bound
-from worker.inference import RETRY_DELAY_S
 from worker.sweeper import sweep
 
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ def register_tasks(app: Celery) -> None:
             try:
                 outcome = app.captioner.role("inference").caption()  # ids: for the log
             except TemporaryFailure as exc:  # the retry claims only the jobs put back in queue
-                raise self.retry(exc=exc, countdown=RETRY_DELAY_S) from exc
+                raise self.retry(exc=exc, countdown=exc.delay_s) from exc
             except WorkerOutcome as exc:
                 outcome = exc.outcome
             log.info(

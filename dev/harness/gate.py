@@ -8,6 +8,7 @@ ones cut) while the server itself keeps its state; `open()` lets connections thr
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 
 from harness.http import free_port
@@ -30,6 +31,10 @@ class Gate:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._listener is not None
 
     def open(self) -> None:
         """Accept connections again."""
@@ -81,7 +86,10 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
 
 
 def _shut(each: socket.socket) -> None:
+    """Close at once: a listener stops accepting; a connection is reset (no FIN_WAIT state left
+    holding the port, which the gate binds again when it opens)."""
     try:
+        each.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         each.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
