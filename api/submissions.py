@@ -35,6 +35,7 @@ from core.images import (
     ImageInfo,
     inspect_header,
 )
+from core.metrics import JOBS_UNSENT
 from core.netguard import Guard
 from core.options import MAX_SEED
 from store import jobs, retention
@@ -219,8 +220,8 @@ def dropping_blobs_on_error(keys: Iterable[str]) -> Iterator[None]:
         raise
 
 
-def enqueue(job_ids: Sequence[uuid.UUID], per_message: int = 1) -> None:
-    """Send the committed jobs to the broker.
+def enqueue(job_ids: Sequence[uuid.UUID], per_message: int = 1) -> set[str]:
+    """Send the committed jobs to the broker; the ids (as text) it did not take.
 
     Their rows were recorded as sent in the insert's transaction, which spares a second one
     per submission. Ids the broker refuses are marked unsent again, for the sweeper; if the
@@ -229,6 +230,9 @@ def enqueue(job_ids: Sequence[uuid.UUID], per_message: int = 1) -> None:
     """
     services().queued.add(tenant(), len(job_ids))
     sent = services().broker.jobs(job_ids, per_message)
-    if len(sent) < len(job_ids):
+    unsent = job_ids[len(sent) :]
+    if unsent:
+        JOBS_UNSENT.inc(len(unsent))
         with services().db.session() as session:
-            jobs.mark_unsent(session, job_ids[len(sent) :])
+            jobs.mark_unsent(session, unsent)
+    return {str(job_id) for job_id in unsent}

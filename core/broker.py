@@ -7,6 +7,7 @@ database is the record, and a sweeper sends again whatever it shows unsent).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -22,6 +23,8 @@ DELIVER_TASK = "worker.deliver"  # one webhook delivery attempt
 SWEEP_DELIVERIES_TASK = "worker.sweep_deliveries"
 TRAIN_TASK = "worker.train"  # one training run, on the training queue
 MARKER_KEY = "captioner:broker-marker"  # gone from Redis means its queued messages are gone too
+BROKER_TIMEOUT_S = 2.0  # to connect to Redis, or for its answer
+AWAY_S = 5.0  # after a send fails, the sends of the next seconds are not tried (nor waited for)
 
 
 def make_celery(settings: Settings, name: str = "captioner") -> Celery:
@@ -32,8 +35,14 @@ def make_celery(settings: Settings, name: str = "captioner") -> Celery:
         app.conf.broker_transport = "core.fstransport:Transport"
         options = filesystem_options(settings.data_dir / "broker")
     else:
-        # Longer than any task may run, or Redis hands an unacknowledged task out twice.
-        options = {"visibility_timeout": 3600}
+        # Longer than any task may run, or Redis hands an unacknowledged task out twice. A Redis
+        # that hangs (stopped, or a network that drops packets) fails a send in seconds rather
+        # than holding the submission that sends it.
+        options = {
+            "visibility_timeout": 3600,
+            "socket_timeout": BROKER_TIMEOUT_S,
+            "socket_connect_timeout": BROKER_TIMEOUT_S,
+        }
     app.conf.update(
         broker_transport_options=options,
         broker_connection_retry_on_startup=True,
@@ -48,6 +57,10 @@ def make_celery(settings: Settings, name: str = "captioner") -> Celery:
         result_backend_thread_safe=True,
         task_serializer="json",
         accept_content=["json"],
+        # One quick retry (a pooled connection Redis closed); a broker that is away is the
+        # sweeper's to catch up with, not the submission's to wait for (`Broker.away_until`).
+        task_publish_retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0},
+        broker_connection_timeout=BROKER_TIMEOUT_S,
     )
     return app
 
@@ -73,6 +86,7 @@ class Broker:
 
     def __init__(self, app: Celery, log: logging.Logger) -> None:
         self.app, self.log = app, log
+        self.away_until = 0.0  # monotonic time until which the broker is taken to be away
 
     def jobs(self, job_ids: Sequence, per_message: int = 1) -> list:
         """Send jobs to the inference queue, `per_message` ids in each message (a worker claims
@@ -121,15 +135,20 @@ class Broker:
         """Send each id until the broker refuses one (logged); the ids sent.
 
         What was not sent stays recorded in the database, for a sweeper to send later. Stopping
-        at the first refusal spares the rest from each waiting out the same broker timeout.
+        at the first refusal spares the rest from each waiting out the same broker timeout, and
+        for `AWAY_S` after it nothing is tried: while Redis is away, a submission answers in its
+        usual time instead of waiting on a broker that does not answer.
         """
-        sent = []
+        sent: list = []
+        if time.monotonic() < self.away_until:
+            return sent
         for item in ids:
             try:
                 args = [item if isinstance(item, list) else str(item)]
                 self.app.send_task(task, args=args, queue=queue, countdown=countdown)
-            except Exception:  # noqa: BLE001 - recorded in the database; a sweeper sends it later
-                self.log.exception("could not enqueue %s", item)
+            except Exception as exc:  # noqa: BLE001 - recorded in the database; sent later
+                self.away_until = time.monotonic() + AWAY_S
+                self.log.warning("could not enqueue %s (not tried for %g s): %s", item, AWAY_S, exc)
                 break
             sent.append(item)
         return sent

@@ -38,6 +38,10 @@ HTTP_SECONDS = Histogram(
     buckets=SECONDS,
 )
 JOBS_SUBMITTED = Counter("captioner_jobs_submitted", "Jobs accepted by the API", ["kind"])
+JOBS_UNSENT = Counter(
+    "captioner_jobs_unsent",
+    "Jobs accepted while the broker was away: recorded, sent later by the sweeper",
+)
 JOBS_FINISHED = Counter(
     "captioner_jobs_finished", "Jobs a worker ended, by status and error code", ["status", "code"]
 )

@@ -70,6 +70,8 @@ def job_json(job: Job) -> dict[str, Any]:
         "status": job.status,
         "batch_id": str(job.batch_id) if job.batch_id else None,
         "attempts": job.attempts,
+        # False only while queued and never handed to the broker (it was away): sent later.
+        "enqueued": job.enqueued_at is not None or job.status != JobStatus.QUEUED,
         "options": {
             "beam_size": job.beam_size,
             "max_length": job.max_length,

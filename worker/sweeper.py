@@ -19,7 +19,10 @@ from store.db import Database
 from store.tables import utcnow
 
 log = logging.getLogger(__name__)
-UNSENT_AFTER = timedelta(seconds=30)  # the API marks a job sent right after committing it
+UNSENT_AFTER = timedelta(seconds=30)  # the API marks a run sent right after committing it
+# A job's row is marked sent in its insert's transaction, and unmarked if the broker refused its
+# message: a job with no mark is sent again at the next sweep.
+UNSENT_JOB_AFTER = timedelta(0)
 RESEND_LEASES = 4  # a queued job unclaimed for this many leases may have lost its message
 PURGE_PAGES = 20  # pages of `retention.PURGE_PAGE` jobs per sweep at most; the next goes on
 
@@ -42,7 +45,7 @@ def resend(settings: Settings, db: Database, broker: Broker) -> int:
     if lost:
         log.warning("the broker holds none of its earlier messages: every queued job is resent")
     with db.session() as session:
-        job_ids = jobs.jobs_to_resend(session, UNSENT_AFTER, resend_after, all_queued=lost)
+        job_ids = jobs.jobs_to_resend(session, UNSENT_JOB_AFTER, resend_after, all_queued=lost)
         run_ids = training.runs_to_resend(session, UNSENT_AFTER, all_queued=lost)
     sent_jobs = broker.jobs(job_ids, per_message=settings.batch_max_size)
     sent_runs = broker.runs(run_ids)

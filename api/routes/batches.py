@@ -81,7 +81,9 @@ def record_batch(
     with dropping_blobs_on_error(keys), services().db.session() as session:
         batch, members = batches.create_batch(session, tenant(), new_jobs, *webhook)
         body = batch_json(batch, members)  # from the rows in memory
-    enqueue([new.id for new in new_jobs], per_message=chunk)
+    unsent = enqueue([new.id for new in new_jobs], per_message=chunk)
+    for job in body["jobs"]:
+        job["enqueued"] = job["id"] not in unsent
     JOBS_SUBMITTED.labels("batch").inc(len(new_jobs))
     response = jsonify(body)
     response.status_code = 202

@@ -67,7 +67,7 @@ def submit_job():
     new = replace(new, webhook_url=checked.webhook_url, webhook_events=checked.webhook_events)
     with dropping_blobs_on_error([new.image_key]), services().db.session() as session:
         body = job_json(jobs.create_job(session, new))  # the answer, from the row in memory
-    enqueue([new.id])
+    body["enqueued"] = not enqueue([new.id])
     JOBS_SUBMITTED.labels("job").inc()
     return respond_after_wait(new.id, body)
 

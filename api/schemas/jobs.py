@@ -304,6 +304,10 @@ class Job(BaseModel):
     status: JobStatus
     batch_id: str | None
     attempts: int
+    enqueued: bool = Field(
+        description="false while the job waits to be handed to the queue's broker, which was "
+        "away when it was submitted: it is recorded, and sent once the broker is back"
+    )
     options: JobOptions
     deadline_at: str | None
     image: JobImage
