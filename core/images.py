@@ -60,7 +60,7 @@ class ImageInfo:
 def inspect_header(data: bytes, max_bytes: int, max_pixels: int = MAX_PIXELS) -> ImageInfo:
     """Format and size from the header alone (the API's check; the worker decodes once)."""
     _check_bytes(data, max_bytes)
-    with _pillow_errors(data), Image.open(io.BytesIO(data), formats=FORMATS) as image:
+    with _pillow_errors(data, max_pixels), Image.open(io.BytesIO(data), formats=FORMATS) as image:
         _check_pixels(image, max_pixels)
         return ImageInfo(image.format or "unknown", image.width, image.height)
 
@@ -84,7 +84,7 @@ def open_image(
 
 def verify_image(stream: IO[bytes], max_pixels: int = MAX_PIXELS) -> None:
     """Check an image read from a stream, from its header and checksums, without decoding it."""
-    with _pillow_errors(stream), Image.open(stream, formats=FORMATS) as image:
+    with _pillow_errors(stream, max_pixels), Image.open(stream, formats=FORMATS) as image:
         _check_pixels(image, max_pixels)
         image.verify()
 
@@ -109,7 +109,7 @@ def _decode(data: bytes, max_pixels: int, draft: tuple[int, int] | None = None) 
     """The first frame, decoded, in its own mode; the pixel limit is checked before decoding."""
     if not data:
         raise ImageError(EMPTY, "the image is empty (0 bytes)")
-    with _pillow_errors(data):
+    with _pillow_errors(data, max_pixels):
         image = Image.open(io.BytesIO(data), formats=FORMATS)
         _check_pixels(image, max_pixels)  # the full size, before a draft shrinks it
         image.seek(0)
@@ -150,9 +150,9 @@ def _head(source: bytes | IO[bytes], size: int = 256) -> bytes:
 
 
 @contextmanager
-def _pillow_errors(source: bytes | IO[bytes]) -> Iterator[None]:
+def _pillow_errors(source: bytes | IO[bytes], max_pixels: int) -> Iterator[None]:
     """Pillow's failures on untrusted bytes (`source`) as ImageError (its bomb warning
-    included)."""
+    included: named by the service's own limit, `max_pixels`, not Pillow's)."""
     try:
         with warnings.catch_warnings():
             # Pillow only warns between MAX_IMAGE_PIXELS and twice that: make it an error.
@@ -169,7 +169,9 @@ def _pillow_errors(source: bytes | IO[bytes]) -> Iterator[None]:
             NOT_AN_IMAGE, f"the data is not an image in a supported format ({supported})"
         ) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(TOO_LARGE, str(exc)) from exc
+        raise ImageError(
+            TOO_LARGE, f"the image is over the limit of {max_pixels:,} pixels"
+        ) from exc
     except Exception as exc:  # decoders of untrusted bytes fail in many ways; each is corrupt
         reason = str(exc) or type(exc).__name__
         raise ImageError(CORRUPT, f"the image could not be decoded: {reason}") from exc

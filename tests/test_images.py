@@ -124,3 +124,34 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale_to_nearly_the_same_input():
     drafted, full = decode_image(data), preprocess(open_image(data))
     assert drafted.shape == full.shape == (299, 299, 3)
     assert np.abs(drafted - full).mean() < 0.01  # a fraction of one 8-bit level (2/255)
+
+
+def huge_png(width: int = 20_000, height: int = 20_000) -> bytes:
+    """A PNG header declaring `width` × `height` pixels (past Pillow's own bomb limit), no data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("check", ["inspect_header", "open_image", "verify_image"])
+def test_a_decompression_bomb_is_refused_naming_the_service_limit(check):
+    """Pillow refuses it before the service's own check can: the message still names the limit
+    the caller can act on (MAX_IMAGE_PIXELS), not Pillow's 178,956,970."""
+    from core import images
+
+    calls = {
+        "inspect_header": lambda data: images.inspect_header(data, 10**6, 50_000_000),
+        "open_image": lambda data: images.open_image(data, 50_000_000),
+        "verify_image": lambda data: images.verify_image(io.BytesIO(data), 50_000_000),
+    }
+    with pytest.raises(images.ImageError) as refused:
+        calls[check](huge_png())
+    assert refused.value.code == images.TOO_LARGE
+    assert "50,000,000" in str(refused.value) and "178956970" not in str(refused.value)
