@@ -18,6 +18,7 @@ from harness.http import free_port
 from harness.stack import admin_key, production_api
 from store import jobs
 from store.queue_counts import QueuedCounts
+from tests.conftest import no_dns
 from tests.helpers import b64, new_job, png
 
 LIMIT = 5  # requests per minute per key in the rate limit tests
@@ -66,6 +67,16 @@ def test_another_tenants_key_is_not_limited_at_the_same_moment(limited):
         client.get("/v1/models", headers=first)
     assert client.get("/v1/models", headers=first).status_code == 429
     assert client.get("/v1/models", headers=other).status_code == 200
+
+
+def test_two_keys_of_one_tenant_have_a_budget_each(limited):
+    """The limit is the key's, not the tenant's: a tenant's busy key leaves its others alone."""
+    client, tenant = limited.test_client(), new_tenant()
+    first, second = key_for(limited, tenant), key_for(limited, tenant)
+    for _ in range(LIMIT):
+        client.get("/v1/models", headers=first)
+    assert client.get("/v1/models", headers=first).status_code == 429
+    assert client.get("/v1/models", headers=second).status_code == 200
 
 
 def test_health_checks_and_requests_without_a_key_are_not_counted(limited):
@@ -166,6 +177,20 @@ def test_a_batch_counts_all_its_images(bounded, queue):
     assert submit(client, headers, 2).status_code == 202  # exactly 5
     assert_queue_full(submit(client, headers, 1), "this tenant")
     assert queued(app, headers) == 5
+
+
+def test_a_batch_of_urls_counts_all_its_urls(bounded, queue):
+    """Images named by URL count toward the bound as uploads do (no address is contacted at
+    submission: only a worker fetches them)."""
+    app = bounded(per_tenant=5, room=100)
+    app.extensions["captioner"].resolver = no_dns  # a name that does not resolve yet passes
+    client, headers = app.test_client(), key_for(app)
+    urls = [f"http://images.example/{i}.png" for i in range(3)]
+    assert client.post("/v1/batches", json={"image_urls": urls}, headers=headers).status_code == 202
+    refused = client.post("/v1/batches", json={"image_urls": urls}, headers=headers)
+    assert_queue_full(refused, "this tenant")  # 3 + 3 > 5
+    one = client.post("/v1/jobs", json={"image_url": urls[0]}, headers=headers)
+    assert one.status_code == 202 and queued(app, headers) == 4
 
 
 def test_the_global_bound_refuses_every_tenant(bounded, queue):
