@@ -253,6 +253,8 @@ def _get(guard: Guard, target: Target, deadline: float, max_bytes: int):
             size += len(chunk)
             if size > max_bytes:
                 raise UrlError("url_too_large", f"over {max_bytes} bytes; the fetch stopped")
+        if length.isdigit() and size < int(length):  # the server closed early
+            raise UrlError("url_unreachable", f"the answer ended after {size} of {length} bytes")
         return response.status, None, b"".join(chunks)
     finally:
         response.close()

@@ -182,6 +182,12 @@ def server(trap) -> Iterator[ThreadingHTTPServer]:
         "/slow": lambda h: (time.sleep(1.5), h.send(200, png())),
         "/text": lambda h: h.send(200, b"<html>not an image</html>", Content_Type="image/png"),
         "/missing": lambda h: h.send(404, b"no"),
+        "/short": lambda h: (
+            h.send_response(200),
+            h.send_header("Content-Length", str(len(png()) + 1000)),
+            h.end_headers(),
+            h.wfile.write(png()),  # then the connection closes, 1000 bytes short
+        ),
     }
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -217,6 +223,7 @@ def test_a_redirect_to_an_address_outside_the_allow_list_is_refused_unconnected(
         ("/slow", "url_timeout", {"url_fetch_timeout_s": 0.5}),
         ("/loop", "url_redirects", {}),
         ("/missing", "url_unreachable", {}),
+        ("/short", "url_unreachable", {}),
         ("/text", "not_an_image", {}),
     ],
 )
