@@ -226,7 +226,7 @@ def enqueue(job_ids: Sequence[uuid.UUID], per_message: int = 1) -> set[str]:
     Their rows were recorded as sent in the insert's transaction, which spares a second one
     per submission. Ids the broker refuses are marked unsent again, for the sweeper; if the
     process dies between the commit and the send, the sweeper sends them once they have waited
-    `RESEND_LEASES` leases unclaimed.
+    unclaimed for a lease with no message waiting (`worker.sweeper`).
     """
     services().queued.add(tenant(), len(job_ids))
     sent = services().broker.jobs(job_ids, per_message)

@@ -24,6 +24,9 @@ UNSENT_AFTER = timedelta(seconds=30)  # the API marks a run sent right after com
 # message: a job with no mark is sent again at the next sweep.
 UNSENT_JOB_AFTER = timedelta(0)
 RESEND_LEASES = 4  # a queued job unclaimed for this many leases may have lost its message
+# ... or for one lease when no message waits in the queue: then nothing will claim it but a
+# worker that holds its message, and a worker that died holding it never will.
+IDLE_RESEND_LEASES = 1
 PURGE_PAGES = 20  # pages of `retention.PURGE_PAGE` jobs per sweep at most; the next goes on
 
 
@@ -40,7 +43,8 @@ def sweep(settings: Settings, db: Database, broker: Broker) -> int:
 
 def resend(settings: Settings, db: Database, broker: Broker) -> int:
     """Requeue expired leases, resend unsent or long-unclaimed jobs and runs; how many were sent."""
-    resend_after = timedelta(seconds=settings.job_lease_seconds * RESEND_LEASES)
+    leases = IDLE_RESEND_LEASES if no_message_waits(broker) else RESEND_LEASES
+    resend_after = timedelta(seconds=settings.job_lease_seconds * leases)
     lost = broker.lost_messages()
     if lost:
         log.warning("the broker holds none of its earlier messages: every queued job is resent")
@@ -55,6 +59,16 @@ def resend(settings: Settings, db: Database, broker: Broker) -> int:
     if sent_jobs or sent_runs:
         log.info("sweeper resent %d jobs and %d training runs", len(sent_jobs), len(sent_runs))
     return len(sent_jobs) + len(sent_runs)
+
+
+def no_message_waits(broker: Broker) -> bool:
+    """Whether the inference queue is empty in Redis (False when that cannot be known: the
+    embedded broker, or Redis away). Any waiting message claims whichever jobs are next, so
+    queued jobs are only at risk when none waits."""
+    try:
+        return broker.queue_lengths().get("inference") == 0
+    except Exception:  # noqa: BLE001 - Redis away: the usual rule applies
+        return False
 
 
 def abort_late_jobs(settings: Settings, db: Database) -> list[uuid.UUID]:
