@@ -4,6 +4,7 @@ started as production starts them."""
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 import uuid
@@ -191,6 +192,24 @@ def test_a_batch_of_urls_counts_all_its_urls(bounded, queue):
     assert_queue_full(refused, "this tenant")  # 3 + 3 > 5
     one = client.post("/v1/jobs", json={"image_url": urls[0]}, headers=headers)
     assert one.status_code == 202 and queued(app, headers) == 4
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/v1/jobs", {"json": {"image": b64(b"not an image")}}, 415),
+        ("/v1/jobs", {"data": {"image": (io.BytesIO(b""), "empty.png")}}, 400),
+        ("/v1/batches", {"json": {"images": [b64(png()), b64(b"not an image")]}}, 415),
+        ("/v1/batches", {"json": {"image_urls": ["http://10.0.0.1/x.png"]}}, 400),
+    ],
+)
+def test_a_bad_submission_gets_its_4xx_when_the_queue_is_full(bounded, queue, path, body, status):
+    """The bound applies only to what would be accepted: no pointless retry is invited."""
+    app = bounded(per_tenant=1, room=100)
+    client, headers = app.test_client(), key_for(app)
+    assert submit(client, headers, 1).status_code == 202  # the tenant's queue is now full
+    answer = client.post(path, headers=headers, **body)
+    assert answer.status_code == status, answer.get_json()
 
 
 def test_the_global_bound_refuses_every_tenant(bounded, queue):
