@@ -94,7 +94,14 @@ def parse_args() -> argparse.Namespace:
         "--backlog", type=int, default=512, help="unfinished jobs at most before a post waits"
     )
     parser.add_argument("--singles", action="store_true", help="one image per POST /v1/jobs")
-    parser.set_defaults(upload="multipart", no_profile=True, profile_rate=0, batch=None)
+    parser.set_defaults(  # what bench_control_plane's functions read, as its defaults
+        upload="multipart",
+        no_profile=True,
+        profile_rate=0,
+        batch=None,
+        submit_only=False,
+        inline_bytes=None,
+    )
     args = parser.parse_args()
     args.workers = args.workers or ("1,2" if args.real_model else "1,2,4")
     args.jobs = args.jobs or (200 if args.real_model else 2000)

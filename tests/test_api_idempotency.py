@@ -223,7 +223,7 @@ def test_a_5xx_is_forgotten_so_a_retry_runs_again(app, settings, client, api_key
     failing.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_key}"
     key, body = new_key(), {"image": b64(png())}
     response = post(failing, "/v1/jobs", key, json=body)
-    assert response.status_code == 500
+    assert response.status_code == 503  # blob_store_unavailable: a 5xx, not kept for the key
     assert stored_row(app, "tenant-a", key) is None
     retried = post(client, "/v1/jobs", key, json=body)
     assert retried.status_code == 202 and REPLAYED not in retried.headers
