@@ -40,7 +40,12 @@ def configure(role: str, log_format: str = "console", level: str = "INFO", **fie
     renderer = (
         structlog.processors.JSONRenderer()
         if log_format == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        # Plain tracebacks: rich's, with every frame's locals, took seconds each under the
+        # logging lock (a database outage's failed tasks then stalled the worker for minutes)
+        # and printed whatever the locals held.
+        else structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     handler = logging.StreamHandler()
     handler.setFormatter(

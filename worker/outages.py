@@ -1,9 +1,10 @@
 """An outage of a dependency the worker needs (the blob store): noticed once, told once.
 
 A job that cannot run because the blob store is away has done nothing wrong: it goes back in
-the queue without spending an attempt, and waits longer each time the store is found away (a
-backoff), so a long outage neither fails jobs nor keeps the worker busy retrying them. Its
-deadline, if it has one, still ends it (the claim aborts late jobs).
+the queue without spending an attempt, and waits as long as the outage has lasted so far (5 s
+at least, 60 s at most), so a long outage neither fails jobs nor keeps the worker busy
+retrying them, and a short one delays them by about its own length. Its deadline, if it has
+one, still ends it (the claim aborts late jobs).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from core.metrics import DEPENDENCY_UP
 
 log = logging.getLogger(__name__)
-FIRST_DELAY_S = 5.0  # the wait after the first failure; it doubles on each one after
+MIN_DELAY_S = 5.0
 MAX_DELAY_S = 60.0
 
 
@@ -26,7 +27,6 @@ class Outage:
         self.dependency = dependency
         self._lock = threading.Lock()
         self._since: float | None = None  # monotonic time of the first failure
-        self._failures = 0
         DEPENDENCY_UP.labels(dependency).set(1)
 
     @property
@@ -36,13 +36,13 @@ class Outage:
     def failed(self, error: BaseException) -> float:
         """Record a failure (logged when it starts an outage); the seconds its jobs should wait
         before they are tried again."""
+        now = time.monotonic()
         with self._lock:
-            self._failures += 1
             if self._since is None:
-                self._since = time.monotonic()
+                self._since = now
                 DEPENDENCY_UP.labels(self.dependency).set(0)
                 log.warning("the %s is away (%s): its jobs wait for it", self.dependency, error)
-            return min(FIRST_DELAY_S * 2 ** (self._failures - 1), MAX_DELAY_S)
+            return min(max(now - self._since, MIN_DELAY_S), MAX_DELAY_S)
 
     def worked(self) -> None:
         """Record a success (logged when it ends an outage)."""
@@ -50,6 +50,6 @@ class Outage:
             if self._since is None:
                 return
             lasted = time.monotonic() - self._since
-            self._since, self._failures = None, 0
+            self._since = None
             DEPENDENCY_UP.labels(self.dependency).set(1)
             log.warning("the %s is back after %.0f s", self.dependency, lasted)

@@ -13,11 +13,12 @@ from core.broker import (
     SWEEP_TASK,
     TRAIN_TASK,
 )
-from core.errors import TemporaryFailure, WorkerOutcome
+from core.errors import StoreUnavailable, TemporaryFailure, WorkerOutcome
 from core.logs import bound
 from worker.sweeper import sweep
 
 log = logging.getLogger(__name__)
+DB_WAIT_S = 5.0  # a message whose claim or store found the database away waits this long
 
 
 def register_tasks(app: Celery) -> None:
@@ -33,6 +34,9 @@ def register_tasks(app: Celery) -> None:
                 outcome = app.captioner.role("inference").caption()  # ids: for the log
             except TemporaryFailure as exc:  # the retry claims only the jobs put back in queue
                 raise self.retry(exc=exc, countdown=exc.delay_s) from exc
+            except StoreUnavailable as exc:  # claimed jobs come back when their lease ends
+                log.warning("jobs %s: %s; the message is retried in %g s", ids[0], exc, DB_WAIT_S)
+                raise self.retry(exc=exc, countdown=DB_WAIT_S) from None
             except WorkerOutcome as exc:
                 outcome = exc.outcome
             log.info(
