@@ -169,7 +169,9 @@ def test_a_dependency_cut_off_under_load_loses_nothing(dependency, stack):
     assert set(statuses) <= {202, 503}, statuses
     assert all(r["status"] == 503 and int(r["retry_after"]) > 0 for r in refusals), refusals[:3]
     assert outcome == Counter({"succeeded": len(accepted)}), outcome
-    # A PUT cut off after the store took its bytes is refused (503) yet leaves its image: at
-    # most one per client in flight at the cut, and nothing removes it yet. No other case may.
-    most = CLIENTS if dependency == "blob_store" else 0
-    assert 0 <= orphans <= most, f"{orphans} images without their job (or jobs without theirs)"
+    # Two cuts leave an ambiguous answer, at most one per client in flight at the cut: a PUT
+    # cut off after the store took its bytes is refused yet leaves its image (nothing removes
+    # it yet); a commit cut off after Postgres made it is refused and its image deleted, so
+    # that job fails `image_missing`. Redis' cut may leave neither.
+    most = {"blob_store": (0, CLIENTS), "postgres": (-CLIENTS, 0)}.get(dependency, (0, 0))
+    assert most[0] <= orphans <= most[1], f"{orphans} images without their job (< 0: the reverse)"
