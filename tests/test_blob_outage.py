@@ -41,7 +41,7 @@ def gated(tmp_path_factory):
                 folder,
                 url,
                 broker,
-                f"http://127.0.0.1:{gate.port}",
+                gate.through(endpoint),
                 inline_image_bytes=0,
             )
             yield settings, gate

@@ -36,7 +36,7 @@ def gated(tmp_path_factory):
         upgrade(url)
         parts = urlsplit(broker)
         with Gate(parts.port or 6379) as gate:
-            through = f"redis://127.0.0.1:{gate.port}{parts.path}"
+            through = gate.through(broker)
             folder = tmp_path_factory.mktemp("broker-away")
             yield production_settings(Path(folder), url, through, endpoint), gate, broker
 

@@ -62,9 +62,9 @@ def gated_stack(folder: Path, bundle: Path):
         }
         settings = production_settings(
             folder / "data",
-            through(database, gates["postgres"]),
-            through(broker, gates["redis"]),
-            through(endpoint, gates["blob_store"]),
+            gates["postgres"].through(database),
+            gates["redis"].through(broker),
+            gates["blob_store"].through(endpoint),
             url_allow=LOOPBACK,
             inline_image_bytes=0,  # every image an object: the blob store is on every job's path
             model_bundle=bundle,
@@ -80,12 +80,6 @@ def gated_stack(folder: Path, bundle: Path):
         db = Database(database)
         stack.callback(db.dispose)
         yield api.url, admin_key(db), settings, gates, db
-
-
-def through(url: str, gate: Gate) -> str:
-    """`url` with its port replaced by the gate's."""
-    parts = urlsplit(url)
-    return parts._replace(netloc=parts.netloc.rsplit(":", 1)[0] + f":{gate.port}").geturl()
 
 
 @pytest.fixture(scope="module")

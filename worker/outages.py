@@ -29,10 +29,6 @@ class Outage:
         self._since: float | None = None  # monotonic time of the first failure
         DEPENDENCY_UP.labels(dependency).set(1)
 
-    @property
-    def away(self) -> bool:
-        return self._since is not None
-
     def failed(self, error: BaseException) -> float:
         """Record a failure (logged when it starts an outage); the seconds its jobs should wait
         before they are tried again."""

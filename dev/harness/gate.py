@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+from urllib.parse import urlsplit
 
 from harness.http import free_port
 
@@ -31,6 +32,12 @@ class Gate:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def through(self, url: str) -> str:
+        """`url` (of the target, on loopback) sent through the gate: its port replaced."""
+        parts = urlsplit(url)
+        host = parts.netloc.rsplit(":", 1)[0] if parts.port else parts.netloc  # user@ kept
+        return parts._replace(netloc=f"{host}:{self.port}").geturl()
 
     @property
     def is_open(self) -> bool:
