@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -182,3 +183,21 @@ def test_100_waiting_clients_get_captions_while_healthz_stays_fast(served, tmp_p
     assert last_sent < first_answered  # every client was held at the same moment
     slowest, next_slowest = sorted(latencies)[-1], sorted(latencies)[-2]
     assert next_slowest < HEALTHZ_MAX_MS and slowest < HEALTHZ_CAP_MS
+
+
+@pytest.mark.parametrize(
+    "target, headers, status, code",
+    [
+        # over gunicorn's 4 KiB default, under its limit: the app answers (the cursor is bad)
+        ("/v1/jobs?cursor=" + "%C3%A9" * 1200, {}, 400, "invalid_cursor"),
+        ("/v1/jobs?cursor=" + "x" * 9000, {}, 400, "malformed_request"),  # over every limit
+        ("/v1/jobs", {"X-Big": "x" * 9000}, 431, "headers_too_large"),
+    ],
+    ids=["long-target", "too-long-target", "too-large-header"],
+)
+def test_what_gunicorn_refuses_itself_is_a_problem_document(served, target, headers, status, code):
+    url, key = served
+    answer = httpx.get(url + target, headers={"Authorization": f"Bearer {key}"} | headers)
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert answer.json()["code"] == code
