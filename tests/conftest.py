@@ -61,6 +61,14 @@ def random_bundle(encoder):
 
 
 @pytest.fixture(scope="session")
+def random_bundle_dir(random_bundle, tmp_path_factory) -> Path:
+    """That bundle saved, for workers started as processes."""
+    from model.bundle import save_bundle
+
+    return save_bundle(random_bundle, tmp_path_factory.mktemp("random") / "bundle")
+
+
+@pytest.fixture(scope="session")
 def random_transformer(encoder):
     """An untrained Transformer bundle with a 30-word vocabulary."""
     return untrained_bundle(encoder, "transformer")

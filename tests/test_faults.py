@@ -1,41 +1,35 @@
 """Each dependency cut off under load and brought back, with the outcome counted.
 
 The production stack (the API as the Dockerfile runs it, one inference worker with a stand-in
-model, beat) reaches Postgres, Redis and the S3 endpoint through gates (`harness.gate`). Client
-threads submit single images, each waiting for the previous answer, while one dependency is cut
-off for a few seconds. Afterwards: no answer was a 500, every refused submission was a 503 with
-Retry-After, every accepted job ends `succeeded`, and no image blob is left without its job
-(but for an upload cut off mid-PUT when the blob store goes away: see the test).
+model, a webhooks worker, beat) reaches Postgres, Redis, the S3 endpoint and a webhook receiver
+through gates (`harness.gate`). Client threads submit single images, each job's end to be told
+to the receiver, each client waiting for the previous answer, while one dependency is cut off
+for a few seconds. Afterwards: no answer was a 500, every refused submission was a 503 with
+Retry-After, every accepted job ends `succeeded` and is told once (no duplicate webhook), and no
+image blob is left without its job (but for an upload cut off mid-PUT when the blob store goes
+away: see the test).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from collections import Counter
-from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from contextlib import ExitStack
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 
-from captioner.processes import start_beat, start_worker, stop, wait_ready
+from captioner.processes import start_worker, stop, wait_ready
 from harness.gate import Gate
-from harness.stack import (
-    LOOPBACK,
-    admin_key,
-    fresh_postgres,
-    moto_s3_server,
-    production_api,
-    production_settings,
-    redis_database,
-)
+from harness.receiver import receiver
+from harness.stack import gated_stack
 from store.blobs import open_blob_store
 from store.db import Database
-from store.migrate import upgrade
 from store.tables import TERMINAL, Job
 from tests.helpers import png
 
@@ -44,54 +38,14 @@ OUTAGE_S = 5.0
 LOAD_S = OUTAGE_S + 5  # the outage starts after 3 s of load
 LEASE_S = 6  # short leases: a job claimed before a cut is taken again soon after it
 SWEEP_S = 2.0
+SCHEDULE = "0,1s,2s,4s,8s,16s"  # webhook attempts: past the cut off receiver's OUTAGE_S
 IMAGES = "images/"  # where single uploads' images lie (store.blob_keys.image_key)
 
 
-@contextmanager
-def gated_stack(folder: Path, bundle: Path):
-    """(API URL, key, settings, gates by dependency): the stack, every server behind a gate."""
-    with ExitStack() as stack:
-        endpoint = stack.enter_context(moto_s3_server())
-        database = stack.enter_context(fresh_postgres())
-        broker = stack.enter_context(redis_database())
-        upgrade(database)
-        gates = {
-            "postgres": stack.enter_context(Gate(urlsplit(database).port or 5432)),
-            "redis": stack.enter_context(Gate(urlsplit(broker).port or 6379)),
-            "blob_store": stack.enter_context(Gate(urlsplit(endpoint).port)),
-        }
-        settings = production_settings(
-            folder / "data",
-            gates["postgres"].through(database),
-            gates["redis"].through(broker),
-            gates["blob_store"].through(endpoint),
-            url_allow=LOOPBACK,
-            inline_image_bytes=0,  # every image an object: the blob store is on every job's path
-            model_bundle=bundle,
-            bench_standin_model_ms=20,
-            job_lease_seconds=LEASE_S,
-            sweep_interval_s=SWEEP_S,
-        )
-        worker = start_worker(settings, folder / "worker.log", "inference@faults")
-        beat = start_beat(settings, folder / "beat.log")
-        stack.callback(stop, [worker, beat])
-        wait_ready(worker, folder / "worker.log")
-        api = stack.enter_context(production_api(settings, folder / "api.log", workers=2))
-        db = Database(database)
-        stack.callback(db.dispose)
-        yield api.url, admin_key(db), settings, gates, db
-
-
-@pytest.fixture(scope="module")
-def bundle(random_bundle, tmp_path_factory) -> Path:
-    from model.bundle import save_bundle
-
-    return save_bundle(random_bundle, tmp_path_factory.mktemp("faults") / "bundle")
-
-
-def load(url: str, key: str, gate: Gate) -> tuple[list[str], Counter, list[dict]]:
-    """CLIENTS threads submitting one image at a time for LOAD_S, the gate closed for OUTAGE_S
-    from the third second: the ids accepted, the answers' statuses, the refusals' bodies."""
+def load(url: str, key: str, gate: Gate, webhook: str) -> tuple[list[str], Counter, list[dict]]:
+    """CLIENTS threads submitting one image at a time for LOAD_S, each job's end told to
+    `webhook`, the gate closed for OUTAGE_S from the third second: the ids accepted, the
+    answers' statuses, the refusals' bodies."""
     accepted: list[str] = []
     statuses: Counter = Counter()
     refusals: list[dict] = []
@@ -103,7 +57,8 @@ def load(url: str, key: str, gate: Gate) -> tuple[list[str], Counter, list[dict]
             while time.monotonic() < end:
                 i += 1
                 files = {"image": ("a.png", png((40 + n, 30 + i % 20)), "image/png")}
-                answer = http.post("/v1/jobs", files=files, timeout=30)
+                data = {"webhook": webhook, "webhook_events": "completed"}
+                answer = http.post("/v1/jobs", files=files, data=data, timeout=30)
                 statuses[answer.status_code] += 1
                 if answer.status_code == 202:
                     accepted.append(answer.json()["id"])
@@ -140,10 +95,39 @@ def settled(db: Database, ids: list[str], timeout: float) -> Counter:
 
 
 @pytest.fixture(scope="module")
-def stack(bundle, tmp_path_factory):
-    """One gated stack for the module: each test cuts off another dependency."""
-    with gated_stack(tmp_path_factory.mktemp("faults-stack"), bundle) as running:
-        yield running
+def stack(random_bundle_dir, tmp_path_factory):
+    """One gated stack for the module, with a webhooks worker and a receiver behind a gate of
+    its own (`gates["receiver"]`): each test cuts off another dependency."""
+    folder = tmp_path_factory.mktemp("faults-stack")
+    with ExitStack() as stack:
+        running = stack.enter_context(
+            gated_stack(
+                folder,
+                random_bundle_dir,
+                job_lease_seconds=LEASE_S,
+                sweep_interval_s=SWEEP_S,
+                webhook_schedule=SCHEDULE,
+            )
+        )
+        receiving = stack.enter_context(receiver())
+        running.gates["receiver"] = stack.enter_context(Gate(urlsplit(receiving.base).port))
+        sender = start_worker(
+            running.settings, folder / "webhooks.log", "webhooks@faults", "webhooks"
+        )
+        stack.callback(stop, [sender])
+        wait_ready(sender, folder / "webhooks.log")
+        yield running, receiving
+
+
+def told_jobs(receiving, path: str, count: int) -> list[str]:
+    """The jobs whose end `path` was told of, once `count` arrived and a sweep more passed (a
+    duplicate would come then), each as often as it was told; no webhook-id twice."""
+    receiving.wait(path, count, timeout=60)
+    time.sleep(2 * SWEEP_S + 1)
+    messages = receiving.received(path)
+    ids = [m.headers["webhook-id"] for m in messages]
+    assert len(ids) == len(set(ids)), "a delivery arrived twice"
+    return [json.loads(m.body)["data"]["id"] for m in messages]
 
 
 def job_count(db: Database) -> int:
@@ -151,18 +135,23 @@ def job_count(db: Database) -> int:
         return session.scalar(select(func.count()).select_from(Job))
 
 
-@pytest.mark.parametrize("dependency", ["blob_store", "redis", "postgres"])
+@pytest.mark.parametrize("dependency", ["blob_store", "redis", "postgres", "receiver"])
 def test_a_dependency_cut_off_under_load_loses_nothing(dependency, stack):
-    url, key, settings, gates, db = stack
-    orphans = len(open_blob_store(settings).list(IMAGES)) - job_count(db)  # earlier tests'
-    accepted, statuses, refusals = load(url, key, gates[dependency])
+    stack, receiving = stack
+    blobs, db = open_blob_store(stack.settings), stack.db
+    orphans = len(blobs.list(IMAGES)) - job_count(db)  # earlier tests'
+    webhook = stack.gates["receiver"].through(receiving.url(f"/{dependency}"))
+    accepted, statuses, refusals = load(stack.url, stack.key, stack.gates[dependency], webhook)
     outcome = settled(db, accepted, 60 + 4 * LEASE_S)
-    orphans = len(open_blob_store(settings).list(IMAGES)) - job_count(db) - orphans
+    told = told_jobs(receiving, f"/{dependency}", len(accepted))
+    orphans = len(blobs.list(IMAGES)) - job_count(db) - orphans
     print(f"{dependency} away {OUTAGE_S:g} s: answers {dict(statuses)}, jobs {dict(outcome)}")
     assert accepted and statuses[500] == 0, (statuses, refusals[:3])
     assert set(statuses) <= {202, 503}, statuses
     assert all(r["status"] == 503 and int(r["retry_after"]) > 0 for r in refusals), refusals[:3]
     assert outcome == Counter({"succeeded": len(accepted)}), outcome
+    assert set(accepted) <= set(told), "a job's end was not told"
+    assert len(told) == len(set(told)), "a job's end was told twice"
     # Two cuts leave an ambiguous answer, at most one per client in flight at the cut: a PUT
     # cut off after the store took its bytes is refused yet leaves its image (nothing removes
     # it yet); a commit cut off after Postgres made it is refused and its image deleted, so

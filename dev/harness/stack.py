@@ -18,10 +18,11 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 from cryptography.fernet import Fernet
@@ -37,6 +38,7 @@ from captioner.processes import (
 from captioner_client import Client
 from core.broker import make_celery
 from core.settings import Settings
+from harness.gate import Gate
 from harness.http import free_port, wait_for_http
 from store import api_keys
 from store.blobs import BlobStore, open_blob_store
@@ -318,3 +320,55 @@ def production_api(
         yield ProductionApi(url, process)
     finally:
         stop([process])
+
+
+@dataclass(frozen=True)
+class GatedStack:
+    """The production stack with each server behind a gate: the API's URL, an admin key, the
+    settings, the gates by dependency (`postgres`, `redis`, `blob_store`), the worker's process
+    and its log, and the database."""
+
+    url: str
+    key: str
+    settings: Settings
+    gates: dict[str, Gate]
+    worker: subprocess.Popen
+    worker_log: Path
+    db: Database
+
+
+@contextmanager
+def gated_stack(
+    folder: Path, bundle: Path, api_workers: int | None = 2, **overrides
+) -> Iterator[GatedStack]:
+    """The API as the Dockerfile runs it (`api_workers` processes; None: its config's), an
+    inference worker serving a stand-in model (20 ms a batch) from `bundle`, and beat, on fresh
+    servers each reached through a `Gate`; every image is an object, so the blob store is on
+    every job's path. `overrides` change the settings."""
+    with ExitStack() as stack:
+        endpoint = stack.enter_context(moto_s3_server())
+        database = stack.enter_context(fresh_postgres())
+        broker = stack.enter_context(redis_database())
+        upgrade(database)
+        gates = {
+            "postgres": stack.enter_context(Gate(urlsplit(database).port or 5432)),
+            "redis": stack.enter_context(Gate(urlsplit(broker).port or 6379)),
+            "blob_store": stack.enter_context(Gate(urlsplit(endpoint).port)),
+        }
+        defaults = {"inline_image_bytes": 0, "bench_standin_model_ms": 20, "url_allow": LOOPBACK}
+        settings = production_settings(
+            folder / "data",
+            gates["postgres"].through(database),
+            gates["redis"].through(broker),
+            gates["blob_store"].through(endpoint),
+            **defaults | {"model_bundle": bundle} | overrides,
+        )
+        log = folder / "worker.log"
+        worker = start_worker(settings, log, "inference@gated")
+        beat = start_beat(settings, folder / "beat.log")
+        stack.callback(stop, [worker, beat])
+        wait_ready(worker, log)
+        api = stack.enter_context(production_api(settings, folder / "api.log", api_workers))
+        db = Database(database)
+        stack.callback(db.dispose)
+        yield GatedStack(api.url, admin_key(db), settings, gates, worker, log, db)
