@@ -24,6 +24,7 @@ from spectree.utils import get_multidict_items
 
 from api.auth import public
 from api.errors import PROBLEM
+from api.openapi_links import with_links
 from api.schemas.base import CODES, NoQuery, Problem, Query, Strict, TextFields
 from core.errors import ErrorResponse
 
@@ -275,8 +276,9 @@ def register_contract(app: Flask) -> None:
     @app.get("/openapi.json")
     @public
     def openapi():
-        """The OpenAPI 3.1 description of every route."""
-        return jsonify(spec.spec)
+        """The OpenAPI 3.1 description of every route, with links from what creates to what
+        reads, changes or deletes what it made."""
+        return jsonify(with_links(spec.spec))
 
     config = {"app_name": "captioner API", "persistAuthorization": True}
     app.register_blueprint(get_swaggerui_blueprint("/docs", "/openapi.json", config, None, "docs"))

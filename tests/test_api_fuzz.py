@@ -10,17 +10,9 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from tests.helpers import CONTENT_CHECKED
+
 EXAMPLES = 30  # per operation and phase
-# Where a request can match the schema and still be wrong, "valid data is accepted" cannot
-# hold: the content is checked beyond what JSON Schema says. Every other check runs everywhere.
-CONTENT_CHECKED = {
-    "POST /v1/jobs": "the image must decode; URLs must pass the SSRF guard",
-    "POST /v1/batches": "the images must decode; URLs must pass the SSRF guard",
-    "GET /v1/jobs": "a cursor must be one the API issued",
-    "POST /v1/datasets": "the archive must be a COCO-format zip or tar",
-    "POST /v1/training-runs": "base_version and an uploaded dataset's id must exist; the webhook "
-    "must pass the SSRF guard",
-}
 
 
 @pytest.fixture(scope="module")

@@ -51,11 +51,31 @@ class Problem(BaseModel):
     code: str = Field(description="what went wrong, for programs: stable")
 
 
+NO_NUL = "^[^\\u0000]*$"  # the pattern every text field is documented with
+
+
+def nul_free_text(schema: dict[str, Any]) -> None:
+    """Document the NUL rule: each text property (a list's items, a union's members) that has
+    no pattern, format or fixed values gets the pattern NO_NUL."""
+
+    def mark(prop: dict[str, Any]) -> None:
+        for member in prop.get("anyOf", ()):
+            mark(member)
+        if isinstance(prop.get("items"), dict):
+            mark(prop["items"])
+        if prop.get("type") == "string" and not {"pattern", "format", "enum", "const"} & set(prop):
+            prop["pattern"] = NO_NUL
+
+    for prop in schema.get("properties", {}).values():
+        mark(prop)
+
+
 class Strict(BaseModel):
     """A JSON request model: unknown fields refused by name, values never converted, and no
-    text with a NUL character (Postgres cannot store one: it was a 500)."""
+    text with a NUL character (Postgres cannot store one: it was a 500), which the document
+    says with a pattern on every text field."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=nul_free_text)
 
     @model_validator(mode="before")
     @classmethod
@@ -78,7 +98,8 @@ def has_nul(value: Any) -> bool:
 
 
 def without_nulls(schema: dict[str, Any]) -> None:
-    """Text is never null: drop null from each property's documented types."""
+    """Text is never null: drop null from each property's documented types (and no NUL in
+    it, as in any request)."""
     for prop in schema.get("properties", {}).values():
         members = [m for m in prop.get("anyOf", ()) if m != {"type": "null"}]
         if "anyOf" in prop:
@@ -86,6 +107,7 @@ def without_nulls(schema: dict[str, Any]) -> None:
             prop.update(members[0] if len(members) == 1 else {"anyOf": members})
         if "default" in prop and prop["default"] is None:
             del prop["default"]
+    nul_free_text(schema)
 
 
 class TextFields(Strict):
