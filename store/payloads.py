@@ -289,6 +289,7 @@ def worker_json(worker: WorkerModel) -> dict[str, Any]:
         "seen_at": iso(worker.seen_at),
         "role": worker.role or "inference",  # rows from before migration 0009
         "in_flight": worker.in_flight,
+        "away": worker.away or [],
         "last_error": {"message": worker.last_error, "at": iso(worker.last_error_at)}
         if worker.last_error
         else None,

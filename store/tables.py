@@ -393,6 +393,7 @@ class WorkerModel(Base):
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     role: Mapped[str | None] = mapped_column(String(64))  # its queues: inference, training, …
     in_flight: Mapped[int | None] = mapped_column(Integer)  # tasks running at the heartbeat
+    away: Mapped[list[str] | None] = mapped_column(Json)  # dependencies it found away then
     last_error: Mapped[str | None] = mapped_column(Text)  # its last failed task, if any
     last_error_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -147,18 +147,16 @@ def job_rows(app, job_ids: list[str]) -> list[tuple[str, int]]:
 
 
 def test_a_worker_keeps_jobs_queued_through_an_outage_without_spending_attempts(
-    app, client, gated, random_bundle, tmp_path
+    app, client, gated, random_bundle_dir, tmp_path
 ):
     """Jobs whose images are in the store, claimed while it is away for longer than their
     attempts last (2 attempts, 5 s apart), all succeed once it is back; the worker says so
-    once at the start of the outage and once at its end."""
-    from model.bundle import save_bundle
-
+    once at the start of the outage and once at its end, and its heartbeat in between."""
     settings, gate = gated
     batch = client.post("/v1/batches", json={"images": [b64(png((40 + i, 30))) for i in range(4)]})
     job_ids = [job["id"] for job in batch.get_json()["jobs"]]
     worker_settings = settings.with_overrides(
-        model_bundle=save_bundle(random_bundle, tmp_path / "bundle"),
+        model_bundle=random_bundle_dir,
         bench_standin_model_ms=5,
         job_max_attempts=2,
     )
@@ -171,14 +169,22 @@ def test_a_worker_keeps_jobs_queued_through_an_outage_without_spending_attempts(
         time.sleep(12)  # past two attempts' worth of retries
         assert all(status == "queued" for status, _ in job_rows(app, job_ids))
         assert all(attempts == 0 for _, attempts in job_rows(app, job_ids))
+        until(lambda: away(client) == ["blob store"], 30)
         gate.open()
         until(lambda: all(s == "succeeded" for s, _ in job_rows(app, job_ids)), 90)
+        until(lambda: away(client) == [], 30)
     finally:
         stop([worker])
         if not gate.is_open:
             gate.open()
     text = log.read_text()
     assert text.count("blob store is away") == 1 and text.count("blob store is back") == 1
+
+
+def away(client) -> list[str] | None:
+    """What the outage test's worker found away at its last heartbeat (None: not seen yet)."""
+    workers = client.get("/v1/workers").get_json()["workers"]
+    return next((w["away"] for w in workers if w["worker"].startswith("inference@")), None)
 
 
 def until(condition, timeout: float) -> None:

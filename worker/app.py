@@ -59,6 +59,11 @@ class WorkerState:
             raise RuntimeError(f"this worker does not consume the {queue} queue")
         return state
 
+    def away(self) -> list[str]:
+        """The dependencies this worker's jobs wait for now."""
+        outages = [self.inference.blob_store] if self.inference is not None else []
+        return [outage.dependency for outage in outages if outage.is_away]
+
     def broker(self) -> Broker:
         """Sends ids to the queues through this worker's app."""
         return Broker(self.app, log)
@@ -124,7 +129,12 @@ def connect_lifecycle(app: Celery) -> None:
         if {"training", "inference"} & set(queues):
             import_tensorflow()
         state.heartbeat = Heartbeat(
-            state.database(), instance.hostname, role, state.activity, settings.model_poll_s
+            state.database(),
+            instance.hostname,
+            role,
+            state.activity,
+            settings.model_poll_s,
+            state.away,
         )
         state.heartbeat.start()  # before a model load that may wait: seen, with no version yet
         if "training" in queues:

@@ -1,11 +1,13 @@
-"""Every worker's heartbeat: its role, tasks in flight and last error, written to its
-worker_models row every few seconds by a thread of its own (so a long batch, a model swap or a
-training epoch never makes a live worker look gone). /v1/workers and /metrics read it."""
+"""Every worker's heartbeat: its role, tasks in flight, last error and the dependencies it finds
+away, written to its worker_models row every few seconds by a thread of its own (so a long
+batch, a model swap or a training epoch never makes a live worker look gone). /v1/workers and
+/metrics read it."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from store import registry
 from store.db import Database
@@ -38,13 +40,20 @@ class Activity:
 
 
 class Heartbeat:
-    """Reports `activity` for `worker` (with `role`) every `every_s` seconds until stopped."""
+    """Reports `activity` and the dependencies `away()` names for `worker` (with `role`) every
+    `every_s` seconds until stopped."""
 
     def __init__(
-        self, db: Database, worker: str, role: str, activity: Activity, every_s: float
+        self,
+        db: Database,
+        worker: str,
+        role: str,
+        activity: Activity,
+        every_s: float,
+        away: Callable[[], list[str]] = list,
     ) -> None:
         self.db, self.worker, self.role, self.activity = db, worker, role, activity
-        self.every_s = every_s
+        self.every_s, self.away = every_s, away
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
 
@@ -64,6 +73,7 @@ class Heartbeat:
                 self.worker,
                 role=self.role,
                 in_flight=self.activity.in_flight,
+                away=self.away(),
                 last_error=error,
                 last_error_at=at,
             )

@@ -103,6 +103,9 @@ class Worker(BaseModel):
     seen_at: str = Field(description="its last heartbeat")
     role: str = Field(description="the queues it consumes: inference, training, webhooks")
     in_flight: int | None = Field(description="tasks it was running at that heartbeat")
+    away: list[str] = Field(
+        description="dependencies it found away at that heartbeat (`blob store`: its jobs wait)"
+    )
     last_error: WorkerError | None
 
 
