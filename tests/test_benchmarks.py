@@ -55,6 +55,12 @@ SMOKE = {
          "shapes.gru.beam1.bleu4", "shapes.gru.beam3.cider", "shapes.gru.greedy_b32_ms"),
         slow=True,
     ),
+    "bench_faults.py": Smoke(
+        "--clients 4 --outage-s 3 --warm-s 2 --phase-s 3 --lease-s 6 --sweep-s 2"
+        " --kill-jobs 48 --victim-ms 1000",
+        ("blob_store.accepted", "blob_store.sweeps", "redis.p99_ratio",
+         "worker_kill.pending_at_kill", "worker_kill.leases"),
+    ),
     "bench_images.py": Smoke(
         "--images 4 --large 2 --reps 1",
         ("cpu_ms_per_image", "scaling_1_to_2", "free_cores_measured",
