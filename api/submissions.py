@@ -14,7 +14,7 @@ import base64
 import binascii
 import secrets
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -210,13 +210,16 @@ def job_seed(template: jobs.NewJob, index: int) -> int | None:
 
 
 @contextmanager
-def dropping_blobs_on_error(keys: Iterable[str]) -> Iterator[None]:
-    """Delete the blobs a submission just stored when recording it fails (the database is away,
-    say), so a refused submission leaves nothing behind. A missing key is no error."""
+def dropping_blobs_on_error() -> Iterator[list[str]]:
+    """A list for the keys a submission stores (each added before its PUT); when storing or
+    recording then fails (the blob store or the database away, say), those blobs are deleted,
+    so a refused submission leaves nothing behind. One the store cannot delete now (a PUT cut
+    off may still have landed) is noted for the sweeper. A missing key is no error."""
+    keys: list[str] = []
     try:
-        yield
+        yield keys
     except Exception:
-        retention.delete_blobs(services().blobs, sorted(set(keys)))
+        retention.delete_blobs(services().blobs, sorted(set(keys)), services().db)
         raise
 
 

@@ -13,8 +13,9 @@ posts one image, waits for the answer, and posts the next; after a 503 it waits 
 - `blob_store`: clients run `--warm-s`, the S3 endpoint is cut off for `--outage-s`, and they
   go on `--warm-s` after its return. Answers by status, refusals without `Retry-After`, the
   accepted jobs by final status, and `recovered_s`, from the store's return to the last
-  accepted job's `finished_at`, also in sweep intervals (`sweeps`). Goals: no 500, every
-  refusal a 503 with `Retry-After`, no accepted job failed, all succeeded within 2 sweeps.
+  accepted job's `finished_at`, also in sweep intervals (`sweeps`), and `orphan_images`:
+  images without their job two sweeps later. Goals: no 500, every refusal a 503 with
+  `Retry-After`, no accepted job failed, all succeeded within 2 sweeps, no orphan.
 - `redis`: clients run `--phase-s` with Redis up, then `--phase-s` with it cut off: each
   phase's submission p50 and p99 (ms) and `p99_ratio` (away / up; goal: at most 2), and the
   accepted jobs by final status once Redis is back.
@@ -145,6 +146,7 @@ def blob_store(stack: GatedStack, args: argparse.Namespace) -> dict:
     load.join()
     statuses, last = outcome(stack, answers.accepted, 10 * args.sweep_s + 60)
     recovered = max(last - back, 0.0) if last else None
+    left = orphans(stack, time.monotonic() + 2 * args.sweep_s + 5)
     return {
         "outage_s": args.outage_s,
         "answers": answers.statuses(),
@@ -153,7 +155,25 @@ def blob_store(stack: GatedStack, args: argparse.Namespace) -> dict:
         "jobs": dict(statuses),
         "recovered_s": round(recovered, 1) if recovered is not None else None,
         "sweeps": round(recovered / args.sweep_s, 2) if recovered is not None else None,
+        "orphan_images": left,
     }
+
+
+def orphans(stack: GatedStack, until: float) -> int:
+    """Images in the store less jobs in the database, once 0 (stray blobs deleted by the
+    sweeper) or at `until` (time.monotonic)."""
+    from sqlalchemy import func, select
+
+    from store.blobs import open_blob_store
+
+    blobs = open_blob_store(stack.settings)
+    while True:
+        with stack.db.session() as session:
+            jobs = session.scalar(select(func.count()).select_from(Job))
+        left = len(blobs.list("images/")) - jobs
+        if left <= 0 or time.monotonic() > until:
+            return left
+        time.sleep(1)
 
 
 def redis(stack: GatedStack, args: argparse.Namespace) -> dict:

@@ -27,24 +27,38 @@ class StoredImage:
 
 
 def put_image(
-    blobs: BlobStore, job_id: uuid.UUID, data: bytes, content_type: str, inline_up_to: int = 0
+    blobs: BlobStore,
+    job_id: uuid.UUID,
+    data: bytes,
+    content_type: str,
+    inline_up_to: int = 0,
+    tried: list[str] | None = None,
 ) -> StoredImage:
     """Keep one upload in its row when it has at most `inline_up_to` bytes, else store it as
-    its own object."""
+    its own object (its key added to `tried` first: a PUT that fails may have landed)."""
     if len(data) <= inline_up_to:
         return StoredImage("", data=data)
     key = image_key(job_id)
-    blobs.put(key, data, content_type)
+    _put(blobs, key, data, content_type, tried)
     return StoredImage(key)
 
 
-def put_pack(blobs: BlobStore, images: Sequence[bytes]) -> list[StoredImage]:
-    """Store images back to back in one object; where each one lies, in order."""
+def _put(blobs: BlobStore, key: str, data: bytes, kind: str, tried: list[str] | None) -> None:
+    if tried is not None:
+        tried.append(key)
+    blobs.put(key, data, kind)
+
+
+def put_pack(
+    blobs: BlobStore, images: Sequence[bytes], tried: list[str] | None = None
+) -> list[StoredImage]:
+    """Store images back to back in one object (its key added to `tried` first); where each
+    one lies, in order."""
     key, offsets, at = pack_key(uuid.uuid4()), [], 0
     for data in images:
         offsets.append(at)
         at += len(data)
-    blobs.put(key, b"".join(images), "application/octet-stream")
+    _put(blobs, key, b"".join(images), "application/octet-stream", tried)
     return [StoredImage(key, offset) for offset in offsets]
 
 

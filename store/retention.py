@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from core.errors import BlobStoreError
 from store.blob_keys import attention_png_key
 from store.blobs import BlobStore
+from store.db import Database
 from store.tables import (
     TERMINAL,
     Batch,
@@ -30,7 +31,9 @@ from store.tables import (
     Job,
     JobStatus,
     RunStatus,
+    StrayBlob,
     TrainingRun,
+    utcnow,
 )
 
 log = logging.getLogger(__name__)
@@ -109,16 +112,53 @@ def delete_dataset(session: Session, dataset_id: uuid.UUID) -> Removal:
     return Removal([dataset_id], blob_keys=[dataset.archive_key])
 
 
-def delete_blobs(blobs: BlobStore, keys: Sequence[str]) -> int:
-    """Delete the blobs of a committed removal; one that fails is logged and left behind."""
-    deleted = 0
+def delete_blobs(blobs: BlobStore, keys: Sequence[str], db: Database | None = None) -> int:
+    """Delete blobs no row needs (a committed removal's, a refused submission's); one that
+    fails is logged and, with `db`, noted for the sweeper (`delete_strays`). How many went."""
+    deleted, left = 0, []
     for key in keys:
         try:
             blobs.delete(key)
             deleted += 1
         except (BlobStoreError, OSError) as exc:
-            log.warning("blob %s left behind (its row is gone): %s", key, exc)
+            log.warning("blob %s left behind: %s", key, exc)
+            left.append(key)
+    if left and db is not None:
+        note_strays(db, left)
     return deleted
+
+
+def note_strays(db: Database, keys: Sequence[str]) -> None:
+    """Record blobs to delete later; if that fails too (the database away), they are only
+    logged."""
+    try:
+        with db.session() as session:
+            for key in keys:
+                session.merge(StrayBlob(key=key, noted_at=utcnow()))
+    except Exception as exc:  # noqa: BLE001 - best effort: the error being handled matters more
+        log.warning("blobs %s left behind for good (not noted: %s)", keys, exc)
+
+
+def delete_strays(db: Database, blobs: BlobStore, limit: int = 500) -> int:
+    """Delete the noted stray blobs, but any a job's row still names (a commit that was made
+    though its answer was lost); stops at the first the store refuses. How many went."""
+    with db.session() as session:
+        keys = list(
+            session.scalars(select(StrayBlob.key).order_by(StrayBlob.noted_at).limit(limit))
+        )
+        named = set(session.scalars(select(Job.image_key).where(Job.image_key.in_(keys))))
+    gone = []
+    for key in keys:
+        try:
+            if key not in named:
+                blobs.delete(key)
+        except (BlobStoreError, OSError):
+            break  # still away: the next sweep tries again
+        gone.append(key)
+    if gone:
+        with db.session() as session:
+            session.execute(delete(StrayBlob).where(StrayBlob.key.in_(gone)))
+    return len(gone) - len(named & set(gone))
 
 
 def _delete_deliveries(session: Session, resource_ids: Sequence[uuid.UUID]) -> None:

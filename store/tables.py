@@ -443,6 +443,17 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class StrayBlob(Base):
+    """A blob that should not be there: stored (or perhaps stored: a PUT cut off may have
+    landed) for a submission that was then refused, or left by a delete, because the store
+    could not delete it then. The sweeper deletes it once the store is back."""
+
+    __tablename__ = "stray_blobs"
+
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    noted_at: Mapped[datetime] = _now_column()
+
+
 class IdempotencyKey(Base):
     """A POST's `Idempotency-Key`: the request it was first used with, and its answer."""
 

@@ -25,7 +25,7 @@ from harness.stack import (
     redis_database,
 )
 from store.migrate import upgrade
-from store.tables import Feedback, Job
+from store.tables import Feedback, Job, StrayBlob
 from tests.helpers import OWNER, b64, png, succeeded_job, write_dataset
 
 
@@ -91,7 +91,7 @@ def test_every_route_that_needs_the_store_answers_503_and_records_nothing(
 ):
     _, gate = gated
     calls = requests(app, tmp_path)
-    before = rows(app, Job), rows(app, Feedback)
+    before, strays = (rows(app, Job), rows(app, Feedback)), rows(app, StrayBlob)
     gate.close()
     try:
         for name, (method, path, kwargs) in calls.items():
@@ -100,6 +100,9 @@ def test_every_route_that_needs_the_store_answers_503_and_records_nothing(
             assert answer.get_json()["code"] == "blob_store_unavailable", name
             assert int(answer.headers["Retry-After"]) > 0, name
         assert (rows(app, Job), rows(app, Feedback)) == before
+        # each refused submission's object is noted (its PUT may have landed): two images and
+        # a batch's pack, for the sweeper to delete once the store is back
+        assert rows(app, StrayBlob) == strays + 3
     finally:
         gate.open()
     answer = client.post("/v1/jobs", json={"image": b64(png())})
@@ -107,19 +110,30 @@ def test_every_route_that_needs_the_store_answers_503_and_records_nothing(
 
 
 def test_deleting_while_the_store_is_away_deletes_the_row(app, client, gated):
-    """The row is the record: its blob is left behind (logged), the answer is the delete's."""
-    _, gate = gated
+    """The row is the record: its blob is left behind, noted as a stray, and the answer is the
+    delete's; the sweeper deletes the strays once the store is back."""
+    from store.blob_keys import feedback_image_key, image_key
+    from store.blobs import open_blob_store
+    from store.retention import delete_strays
+
+    settings, gate = gated
+    blobs, db = open_blob_store(settings), app.extensions["captioner"].db
     job_id = succeeded_job(app, attention=None, image=png())
     correction = client.post(f"/v1/jobs/{job_id}/feedback", json={"caption": "a red circle"})
     feedback_id = correction.get_json()["id"]
+    left = [feedback_image_key(feedback_id), image_key(job_id)]
     gate.close()
     try:
         assert client.delete(f"/v1/feedback/{feedback_id}").status_code == 204
         assert client.delete(f"/v1/jobs/{job_id}").status_code == 204
+        assert delete_strays(db, blobs) == 0  # still away: noted, kept for the next sweep
     finally:
         gate.open()
     assert client.get(f"/v1/feedback/{feedback_id}").status_code == 404
     assert client.get(f"/v1/jobs/{job_id}").status_code == 404
+    assert all(blobs.exists(key) for key in left)
+    assert delete_strays(db, blobs) >= 2  # and those of the refused submissions before
+    assert not any(blobs.exists(key) for key in left)
 
 
 def test_the_gate_cuts_the_store_off_and_lets_it_back(gated):

@@ -32,12 +32,14 @@ PURGE_PAGES = 20  # pages of `retention.PURGE_PAGE` jobs per sweep at most; the 
 
 def sweep(settings: Settings, db: Database, broker: Broker) -> int:
     """Abort late jobs, requeue expired leases, resend unsent or long-unclaimed jobs and runs,
-    purge old idempotency keys and jobs; how many jobs and runs were sent."""
+    purge old idempotency keys and jobs, delete stray blobs; how many jobs and runs were sent."""
     abort_late_jobs(settings, db)
     sent = resend(settings, db, broker)
     purge_idempotency_keys(db)
+    blobs = open_blob_store(settings)
     if settings.retention_days:
-        purge_old_jobs(settings, db, open_blob_store(settings))
+        purge_old_jobs(settings, db, blobs)
+    delete_stray_blobs(db, blobs)
     return sent
 
 
@@ -82,6 +84,15 @@ def abort_late_jobs(settings: Settings, db: Database) -> list[uuid.UUID]:
     return aborted
 
 
+def delete_stray_blobs(db: Database, blobs: BlobStore) -> int:
+    """Delete the blobs refused submissions and deletes left while the store was away; how
+    many."""
+    deleted = retention.delete_strays(db, blobs)
+    if deleted:
+        log.info("sweeper deleted %d stray blobs", deleted)
+    return deleted
+
+
 def purge_idempotency_keys(db: Database) -> int:
     """Forget the idempotency keys first used over 24 hours ago; how many."""
     with db.session() as session:
@@ -99,7 +110,7 @@ def purge_old_jobs(settings: Settings, db: Database, blobs: BlobStore) -> int:
     for _ in range(PURGE_PAGES):
         with db.session() as session:
             removal = retention.purge_ended_jobs(session, ended_before)
-        retention.delete_blobs(blobs, removal.blob_keys)  # after the commit: see store.retention
+        retention.delete_blobs(blobs, removal.blob_keys, db)  # after the commit: store.retention
         purged += len(removal.deleted)
         if len(removal.deleted) < retention.PURGE_PAGE:
             break

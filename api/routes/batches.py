@@ -51,20 +51,23 @@ def submit_batch():
     checked = check_submission(validated())
     check_queue_room(checked.count)
     chunk = services().settings.batch_max_size  # one pack and one message per chunk
-    if checked.urls:
-        new_jobs = [url_job(checked.template, url, i) for i, url in enumerate(checked.urls)]
-    else:
-        new_jobs = image_jobs(checked, chunk)
-    return record_batch(new_jobs, (checked.webhook_url, checked.webhook_events), chunk)
+    with dropping_blobs_on_error() as stored_keys:
+        if checked.urls:
+            new_jobs = [url_job(checked.template, url, i) for i, url in enumerate(checked.urls)]
+        else:
+            new_jobs = image_jobs(checked, chunk, stored_keys)
+        body = record_batch(new_jobs, (checked.webhook_url, checked.webhook_events))
+    return accepted(body, new_jobs, chunk)
 
 
-def image_jobs(checked: Checked, chunk: int) -> list[jobs.NewJob]:
-    """The images stored a pack of `chunk` at a time, and their jobs."""
+def image_jobs(checked: Checked, chunk: int, stored_keys: list[str]) -> list[jobs.NewJob]:
+    """The images stored a pack of `chunk` at a time (each pack's key added to `stored_keys`
+    before its PUT), and their jobs."""
     images = checked.images
     stored = [
         place
         for start in range(0, len(images), chunk)
-        for place in put_pack(services().blobs, images[start : start + chunk])
+        for place in put_pack(services().blobs, images[start : start + chunk], stored_keys)
     ]
     placed = enumerate(zip(stored, images, checked.infos, strict=True))
     return [
@@ -73,14 +76,15 @@ def image_jobs(checked: Checked, chunk: int) -> list[jobs.NewJob]:
     ]
 
 
-def record_batch(
-    new_jobs: list[jobs.NewJob], webhook: tuple[str | None, list[str] | None], chunk: int
-):
-    """Record the batch and its jobs in one transaction, enqueue a message per chunk: 202."""
-    keys = [new.image_key for new in new_jobs]
-    with dropping_blobs_on_error(keys), services().db.session() as session:
+def record_batch(new_jobs: list[jobs.NewJob], webhook: tuple[str | None, list[str] | None]) -> dict:
+    """Record the batch and its jobs in one transaction; the answer's body."""
+    with services().db.session() as session:
         batch, members = batches.create_batch(session, tenant(), new_jobs, *webhook)
-        body = batch_json(batch, members)  # from the rows in memory
+        return batch_json(batch, members)  # from the rows in memory
+
+
+def accepted(body: dict, new_jobs: list[jobs.NewJob], chunk: int):
+    """Enqueue the recorded batch, a message per chunk: 202."""
     unsent = enqueue([new.id for new in new_jobs], per_message=chunk)
     for job in body["jobs"]:
         job["enqueued"] = job["id"] not in unsent
@@ -117,6 +121,6 @@ def delete_batch(batch_id: uuid.UUID):
                 "jobs are running; delete the batch once they have ended",
                 running=[str(job_id) for job_id in removal.blocked_by],
             )
-    retention.delete_blobs(services().blobs, removal.blob_keys)  # only once the rows are gone
+    retention.delete_blobs(services().blobs, removal.blob_keys, services().db)  # rows gone
     services().notifier.finished_many(removal.deleted)
     return "", 204

@@ -141,5 +141,5 @@ def delete_dataset(dataset_id: uuid.UUID):
                 "the dataset; delete it once the run has ended (or cancel it)",
                 training_runs=[str(run) for run in removal.blocked_by],
             )
-    retention.delete_blobs(services().blobs, removal.blob_keys)  # only once the row is gone
+    retention.delete_blobs(services().blobs, removal.blob_keys, services().db)  # row gone
     return "", 204

@@ -76,5 +76,5 @@ def delete_feedback(feedback_id: uuid.UUID):
     with services().db.session() as session:
         row = found(feedback.get_feedback(session, feedback_id, tenant()), "feedback", feedback_id)
         image_key = feedback.delete_feedback(session, row)
-    retention.delete_blobs(services().blobs, [image_key])  # only once the row is gone
+    retention.delete_blobs(services().blobs, [image_key], services().db)  # the row gone
     return "", 204

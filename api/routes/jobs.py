@@ -57,16 +57,18 @@ def submit_job():
     checked = check_submission(validated())
     check_queue_room(checked.count)
     job_id = uuid.uuid4()
-    if checked.urls:
-        new = url_job(checked.template, checked.urls[0])
-    else:
-        data, info = checked.images[0], checked.infos[0]
-        inline = services().settings.inline_image_bytes  # at most this many bytes: in the row
-        stored = put_image(services().blobs, job_id, data, f"image/{info.format.lower()}", inline)
-        new = image_job(checked.template, job_id, stored, data, info)
-    new = replace(new, webhook_url=checked.webhook_url, webhook_events=checked.webhook_events)
-    with dropping_blobs_on_error([new.image_key]), services().db.session() as session:
-        body = job_json(jobs.create_job(session, new))  # the answer, from the row in memory
+    with dropping_blobs_on_error() as stored_keys:
+        if checked.urls:
+            new = url_job(checked.template, checked.urls[0])
+        else:
+            data, info = checked.images[0], checked.infos[0]
+            inline = services().settings.inline_image_bytes  # at most this many bytes: in the row
+            kind = f"image/{info.format.lower()}"
+            stored = put_image(services().blobs, job_id, data, kind, inline, stored_keys)
+            new = image_job(checked.template, job_id, stored, data, info)
+        new = replace(new, webhook_url=checked.webhook_url, webhook_events=checked.webhook_events)
+        with services().db.session() as session:
+            body = job_json(jobs.create_job(session, new))  # the answer, from the row in memory
     body["enqueued"] = not enqueue([new.id])
     JOBS_SUBMITTED.labels("job").inc()
     return respond_after_wait(new.id, body)
@@ -181,7 +183,7 @@ def delete_job(job_id: uuid.UUID):
                 "the job is running; delete it once it has "
                 "ended (it cannot be canceled while it runs)",
             )
-    retention.delete_blobs(services().blobs, removal.blob_keys)  # only once the rows are gone
+    retention.delete_blobs(services().blobs, removal.blob_keys, services().db)  # rows gone
     services().notifier.finished(job_id)  # a request waiting on it answers now (a 404)
     return "", 204
 
