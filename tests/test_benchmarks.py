@@ -56,7 +56,7 @@ SMOKE = {
         slow=True,
     ),
     "bench_faults.py": Smoke(
-        "--clients 4 --outage-s 3 --warm-s 2 --phase-s 3 --lease-s 6 --sweep-s 2"
+        "--clients 4 --outage-s 2 --warm-s 1 --phase-s 2 --lease-s 6 --sweep-s 2"
         " --kill-jobs 48 --victim-ms 1000",
         ("blob_store.accepted", "blob_store.sweeps", "blob_store.orphan_images", "redis.p99_ratio",
          "worker_kill.pending_at_kill", "worker_kill.leases"),

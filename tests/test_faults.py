@@ -108,6 +108,7 @@ def stack(random_bundle_dir, tmp_path_factory):
                 job_lease_seconds=LEASE_S,
                 sweep_interval_s=SWEEP_S,
                 webhook_schedule=SCHEDULE,
+                webhook_timeout_s=5,  # a claim whose commit's answer is lost waits 20 s
             )
         )
         receiving = stack.enter_context(receiver())
@@ -121,10 +122,10 @@ def stack(random_bundle_dir, tmp_path_factory):
 
 
 def told(receiving, path: str, count: int) -> tuple[dict[str, set[str]], int]:
-    """What `path` was told, once `count` messages arrived and a few sweeps more passed (a
+    """What `path` was told, once `count` messages arrived and a sweep more passed (a
     duplicate would come then): each job's webhook-ids, and how many messages came again."""
     receiving.wait(path, count, timeout=60)
-    time.sleep(2 * SWEEP_S + 1)
+    time.sleep(SWEEP_S + 1)
     messages = receiving.received(path)
     ids: dict[str, set[str]] = defaultdict(set)
     for message in messages:

@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from harness.stack import gated_stack
 from tests.helpers import CONTENT_CHECKED, png
 
-SCENARIOS = 250
+SCENARIOS = 120
 STEPS = 8  # operations per scenario, at most
 RUNS = 10  # hypothesis runs at most, to make up SCENARIOS (see run_settings)
 PNG = png((48, 40))

@@ -70,12 +70,21 @@ def nul_free_text(schema: dict[str, Any]) -> None:
         mark(prop)
 
 
+def documented_rules(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """What the document says beyond the fields' types: no NUL in any text, and no null in a
+    text model's values. One hook for both: a subclass's own `json_schema_extra` would not
+    reach models that also inherit from another Strict model (JobForm, BatchForm)."""
+    if issubclass(model, TextFields):
+        without_nulls(schema)
+    nul_free_text(schema)
+
+
 class Strict(BaseModel):
     """A JSON request model: unknown fields refused by name, values never converted, and no
     text with a NUL character (Postgres cannot store one: it was a 500), which the document
     says with a pattern on every text field."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=nul_free_text)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=documented_rules)
 
     @model_validator(mode="before")
     @classmethod
@@ -98,8 +107,7 @@ def has_nul(value: Any) -> bool:
 
 
 def without_nulls(schema: dict[str, Any]) -> None:
-    """Text is never null: drop null from each property's documented types (and no NUL in
-    it, as in any request)."""
+    """Text is never null: drop null from each property's documented types."""
     for prop in schema.get("properties", {}).values():
         members = [m for m in prop.get("anyOf", ()) if m != {"type": "null"}]
         if "anyOf" in prop:
@@ -107,13 +115,11 @@ def without_nulls(schema: dict[str, Any]) -> None:
             prop.update(members[0] if len(members) == 1 else {"anyOf": members})
         if "default" in prop and prop["default"] is None:
             del prop["default"]
-    nul_free_text(schema)
 
 
 class TextFields(Strict):
     """A request model whose values arrive as text (form fields, query parameters)."""
 
-    model_config = ConfigDict(json_schema_extra=without_nulls)
     empty_is_absent: ClassVar[bool] = True  # an HTML form sends its empty fields
 
     @model_validator(mode="before")
