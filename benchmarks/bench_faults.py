@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from sqlalchemy import select
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -117,23 +118,6 @@ def clients(stack: GatedStack, n: int, seconds: float, answers: Answers) -> thre
     return thread
 
 
-def outcome(stack: GatedStack, ids: list[str], timeout: float) -> tuple[Counter, float | None]:
-    """The jobs' statuses once all ended (or at the timeout), and the latest finish (epoch s)."""
-    from sqlalchemy import func, select
-
-    wanted = [uuid.UUID(i) for i in ids]
-    query = select(Job.status, func.count(), func.max(Job.finished_at)).where(Job.id.in_(wanted))
-    deadline = time.monotonic() + timeout
-    while True:
-        with stack.db.session() as session:
-            rows = session.execute(query.group_by(Job.status)).all()
-        statuses = Counter({status: count for status, count, _ in rows})
-        if sum(statuses[s] for s in TERMINAL) == len(ids) or time.monotonic() > deadline:
-            last = max((at for *_, at in rows if at is not None), default=None)
-            return statuses, last.timestamp() if last else None
-        time.sleep(0.5)
-
-
 def blob_store(stack: GatedStack, args: argparse.Namespace) -> dict:
     """The S3 endpoint cut off for `--outage-s` under the clients."""
     answers = Answers()
@@ -144,8 +128,8 @@ def blob_store(stack: GatedStack, args: argparse.Namespace) -> dict:
     stack.gates["blob_store"].open()
     back = time.time()
     load.join()
-    statuses, last = outcome(stack, answers.accepted, 10 * args.sweep_s + 60)
-    recovered = max(last - back, 0.0) if last else None
+    statuses, last = stack.ended(answers.accepted, 10 * args.sweep_s + 60)
+    recovered = max(last.timestamp() - back, 0.0) if last else None
     left = orphans(stack, time.monotonic() + 2 * args.sweep_s + 5)
     return {
         "outage_s": args.outage_s,
@@ -160,20 +144,11 @@ def blob_store(stack: GatedStack, args: argparse.Namespace) -> dict:
 
 
 def orphans(stack: GatedStack, until: float) -> int:
-    """Images in the store less jobs in the database, once 0 (stray blobs deleted by the
-    sweeper) or at `until` (time.monotonic)."""
-    from sqlalchemy import func, select
-
-    from store.blobs import open_blob_store
-
-    blobs = open_blob_store(stack.settings)
-    while True:
-        with stack.db.session() as session:
-            jobs = session.scalar(select(func.count()).select_from(Job))
-        left = len(blobs.list("images/")) - jobs
-        if left <= 0 or time.monotonic() > until:
-            return left
+    """Images without their job, once none is left (the sweeper deleted the strays) or at
+    `until` (time.monotonic)."""
+    while (left := stack.orphan_images()) > 0 and time.monotonic() < until:
         time.sleep(1)
+    return left
 
 
 def redis(stack: GatedStack, args: argparse.Namespace) -> dict:
@@ -186,7 +161,7 @@ def redis(stack: GatedStack, args: argparse.Namespace) -> dict:
     cut = time.monotonic()
     load.join()
     stack.gates["redis"].open()
-    statuses, _ = outcome(stack, answers.accepted, 10 * args.sweep_s + 60)
+    statuses, _ = stack.ended(answers.accepted, 10 * args.sweep_s + 60)
     up, away = answers.latencies_ms(start, cut), answers.latencies_ms(cut, cut + args.phase_s)
     return {
         "phase_s": args.phase_s,
@@ -218,8 +193,6 @@ def worker_kill(stack: GatedStack, args: argparse.Namespace, folder: Path) -> di
     """A slow second worker SIGKILLed a second after a burst of submissions, the first one
     stopped (SIGSTOP) meanwhile so that the burst is the killed worker's, and resumed at the
     kill, as a surviving replica would be."""
-    from sqlalchemy import select
-
     settings = stack.settings.with_overrides(bench_standin_model_ms=args.victim_ms)
     victim = start_worker(settings, folder / "victim.log", VICTIM)
     try:
@@ -237,7 +210,7 @@ def worker_kill(stack: GatedStack, args: argparse.Namespace, folder: Path) -> di
         stop([victim])
     pending = [str(job_id) for job_id, status, _ in rows if status not in TERMINAL]
     held = sum(status == "running" and worker == VICTIM for _, status, worker in rows)
-    statuses, _ = outcome(stack, pending, 4 * args.lease_s + 60)
+    statuses, _ = stack.ended(pending, 4 * args.lease_s + 60)
     with stack.db.session() as session:
         claims = session.scalars(select(Job.started_at).where(in_(pending))).all()
     latest = max(((at - killed).total_seconds() for at in claims if at), default=0.0)

@@ -16,22 +16,17 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections import Counter, defaultdict
 from contextlib import ExitStack
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 
 from captioner.processes import start_worker, stop, wait_ready
 from harness.gate import Gate
 from harness.receiver import receiver
 from harness.stack import gated_stack
-from store.blobs import open_blob_store
-from store.db import Database
-from store.tables import TERMINAL, Job
 from tests.helpers import png
 
 CLIENTS = 6
@@ -40,7 +35,6 @@ LOAD_S = OUTAGE_S + 5  # the outage starts after 3 s of load
 LEASE_S = 6  # short leases: a job claimed before a cut is taken again soon after it
 SWEEP_S = 2.0
 SCHEDULE = "0,1s,2s,4s,8s,16s"  # webhook attempts: past the cut off receiver's OUTAGE_S
-IMAGES = "images/"  # where single uploads' images lie (store.blob_keys.image_key)
 
 
 def load(url: str, key: str, gate: Gate, webhook: str) -> tuple[list[str], Counter, list[dict]]:
@@ -77,22 +71,6 @@ def load(url: str, key: str, gate: Gate, webhook: str) -> tuple[list[str], Count
     for thread in threads:
         thread.join()
     return accepted, statuses, refusals
-
-
-def settled(db: Database, ids: list[str], timeout: float) -> Counter:
-    """The accepted jobs' statuses once all are terminal (or at the timeout)."""
-    query = (
-        select(Job.status, func.count())
-        .where(Job.id.in_([uuid.UUID(i) for i in ids]))
-        .group_by(Job.status)
-    )
-    deadline = time.monotonic() + timeout
-    while True:
-        with db.session() as session:
-            statuses = Counter(dict(session.execute(query).all()))
-        if sum(statuses[s] for s in TERMINAL) == len(ids) or time.monotonic() > deadline:
-            return statuses
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -133,12 +111,6 @@ def told(receiving, path: str, count: int) -> tuple[dict[str, set[str]], int]:
     return ids, len(messages) - len({m.headers["webhook-id"] for m in messages})
 
 
-def orphans(blobs, db: Database) -> int:
-    """Images in the store less jobs in the database."""
-    with db.session() as session:
-        return len(blobs.list(IMAGES)) - session.scalar(select(func.count()).select_from(Job))
-
-
 def until_settled(count, least: int, timeout: float) -> int:
     """`count()` once it is within [least, 0], or at the timeout."""
     deadline = time.monotonic() + timeout
@@ -150,11 +122,10 @@ def until_settled(count, least: int, timeout: float) -> int:
 @pytest.mark.parametrize("dependency", ["blob_store", "redis", "postgres", "receiver"])
 def test_a_dependency_cut_off_under_load_loses_nothing(dependency, stack):
     stack, receiving = stack
-    blobs, db = open_blob_store(stack.settings), stack.db
-    before = orphans(blobs, db)  # earlier tests'
+    before = stack.orphan_images()  # earlier tests'
     webhook = stack.gates["receiver"].through(receiving.url(f"/{dependency}"))
     accepted, statuses, refusals = load(stack.url, stack.key, stack.gates[dependency], webhook)
-    outcome = settled(db, accepted, 60 + 4 * LEASE_S)
+    outcome, _ = stack.ended(accepted, 60 + 4 * LEASE_S)
     events, again = told(receiving, f"/{dependency}", len(accepted))
     print(f"{dependency} away {OUTAGE_S:g} s: answers {dict(statuses)}, jobs {dict(outcome)}")
     assert accepted and statuses[500] == 0, (statuses, refusals[:3])
@@ -172,5 +143,5 @@ def test_a_dependency_cut_off_under_load_loses_nothing(dependency, stack):
     # is refused and its image deleted, so that job fails `image_missing`: at most one per
     # client in flight at the cut (fewer images than jobs).
     least = -CLIENTS if dependency == "postgres" else 0
-    left = until_settled(lambda: orphans(blobs, db) - before, least, 3 * SWEEP_S)
+    left = until_settled(lambda: stack.orphan_images() - before, least, 3 * SWEEP_S)
     assert least <= left <= 0, f"{left} images without their job (< 0: the reverse)"

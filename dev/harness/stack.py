@@ -16,16 +16,20 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
+from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis
 from cryptography.fernet import Fernet
+from sqlalchemy import func, select
 
 from captioner.processes import (
     api_server,
@@ -44,7 +48,7 @@ from store import api_keys
 from store.blobs import BlobStore, open_blob_store
 from store.db import Database, create_database, drop_database
 from store.migrate import upgrade
-from store.tables import ALL_SCOPES
+from store.tables import ALL_SCOPES, TERMINAL, Job
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout the harness runs from
 DOCKERFILE = ROOT / "Dockerfile"
@@ -137,6 +141,7 @@ def moto_s3_server() -> Iterator[str]:
             stop([process], timeout=10)
 
 
+IMAGES = "images/"  # where single uploads' images lie (store.blob_keys.image_key)
 LOOPBACK = "127.0.0.1/32"  # the one private address the stack's guard allows
 
 
@@ -335,6 +340,31 @@ class GatedStack:
     worker: subprocess.Popen
     worker_log: Path
     db: Database
+
+    def ended(self, ids: Sequence[str], timeout: float) -> tuple[Counter, datetime | None]:
+        """The jobs' statuses once all are terminal (or at the timeout), and the latest
+        `finished_at` among them."""
+        wanted = Job.id.in_([uuid.UUID(i) for i in ids])
+        query = select(Job.status, func.count(), func.max(Job.finished_at)).where(wanted)
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.db.session() as session:
+                rows = session.execute(query.group_by(Job.status)).all()
+            statuses = Counter({status: count for status, count, _ in rows})
+            if sum(statuses[s] for s in TERMINAL) == len(ids) or time.monotonic() > deadline:
+                return statuses, max((at for *_, at in rows if at is not None), default=None)
+            time.sleep(0.5)
+
+    def orphan_images(self) -> int:
+        """Images in the store less jobs in the database (single uploads, as the fault suite
+        and bench_faults send; below 0: jobs without their image)."""
+        with self.db.session() as session:
+            jobs = session.scalar(select(func.count()).select_from(Job))
+        return len(self.blobs.list(IMAGES)) - jobs
+
+    @cached_property
+    def blobs(self) -> BlobStore:
+        return open_blob_store(self.settings)
 
 
 @contextmanager
