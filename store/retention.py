@@ -143,22 +143,24 @@ def delete_strays(db: Database, blobs: BlobStore, limit: int = 500) -> int:
     """Delete the noted stray blobs, but any a job's row still names (a commit that was made
     though its answer was lost); stops at the first the store refuses. How many went."""
     with db.session() as session:
-        keys = list(
-            session.scalars(select(StrayBlob.key).order_by(StrayBlob.noted_at).limit(limit))
-        )
+        oldest = select(StrayBlob.key).order_by(StrayBlob.noted_at).limit(limit)
+        keys = list(session.scalars(oldest))
+        if not keys:
+            return 0
         named = set(session.scalars(select(Job.image_key).where(Job.image_key.in_(keys))))
-    gone = []
+    settled, deleted = [], 0
     for key in keys:
-        try:
-            if key not in named:
+        if key not in named:
+            try:
                 blobs.delete(key)
-        except (BlobStoreError, OSError):
-            break  # still away: the next sweep tries again
-        gone.append(key)
-    if gone:
+            except (BlobStoreError, OSError):
+                break  # still away: the next sweep tries again
+            deleted += 1
+        settled.append(key)
+    if settled:
         with db.session() as session:
-            session.execute(delete(StrayBlob).where(StrayBlob.key.in_(gone)))
-    return len(gone) - len(named & set(gone))
+            session.execute(delete(StrayBlob).where(StrayBlob.key.in_(settled)))
+    return deleted
 
 
 def _delete_deliveries(session: Session, resource_ids: Sequence[uuid.UUID]) -> None:
