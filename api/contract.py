@@ -11,6 +11,7 @@ at run time: the schemathesis run in the tests checks every answer against them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import cache
 from typing import Any, get_args
 
 from flask import Flask, current_app, jsonify, make_response, request
@@ -273,12 +274,16 @@ def register_contract(app: Flask) -> None:
     """Serve the OpenAPI document at /openapi.json and Swagger UI at /docs/ (flask-swagger-ui:
     its page and scripts come from this app, no CDN)."""
 
+    @cache  # made at the first request, once every route is registered
+    def document() -> dict[str, Any]:
+        return with_links(spec.spec)
+
     @app.get("/openapi.json")
     @public
     def openapi():
         """The OpenAPI 3.1 description of every route, with links from what creates to what
         reads, changes or deletes what it made."""
-        return jsonify(with_links(spec.spec))
+        return jsonify(document())
 
     config = {"app_name": "captioner API", "persistAuthorization": True}
     app.register_blueprint(get_swaggerui_blueprint("/docs", "/openapi.json", config, None, "docs"))
