@@ -22,6 +22,11 @@ View = TypeVar("View", bound=Callable)
 PUBLIC = "public"  # no key needed
 ANY_KEY = "any"  # any valid key, whatever its scopes
 REALM = 'Bearer realm="captioner"'
+NO_KEY = (
+    "no API key: send one in the header 'Authorization: Bearer KEY' (the captioner CLIs take "
+    "--api-key KEY or the CAPTIONER_API_KEY environment variable; `captioner up` keeps an admin "
+    "key in its data folder's api-key file, data/service/api-key after `make demo`)"
+)
 
 
 def requires(scope: Scope) -> Callable[[View], View]:
@@ -78,7 +83,7 @@ def identify(header: str) -> Caller:
         raise ErrorResponse(
             401,
             "unauthorized",
-            "send an API key: 'Authorization: Bearer KEY'",
+            NO_KEY,
             headers={"WWW-Authenticate": REALM},
         )
     caller = services().keys.caller(key.strip())

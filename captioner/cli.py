@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from captioner.noise import import_tensorflow, quiet
+from captioner.options import renamed, verbose_everywhere
 from captioner.progress import TrainingBars, progress_bar
 from core.errors import ImageError
 from core.images import open_image
@@ -15,9 +17,12 @@ from core.images import open_image
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run one subcommand; returns the exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
     args = parser().parse_args(argv)
+    verbose = getattr(args, "verbose", False)  # the light client's verbs have none
+    quiet(verbose)  # before TensorFlow is first imported
     try:
+        if getattr(args, "tensorflow", False):
+            import_tensorflow(verbose)
         return args.run(args) or 0
     except KeyboardInterrupt:
         return 130
@@ -40,7 +45,8 @@ def parser() -> argparse.ArgumentParser:
     ):
         made = data.add_parser(kind, help=f"write {text} (COCO format)")
         made.add_argument("out", type=Path)
-        made.add_argument("--n", type=int, default=1500, help="number of images")
+        made.add_argument("--size", type=int, default=1500, help="number of images")
+        renamed(made, "--n", "--size")
         made.add_argument("--seed", type=int, default=0)
         made.add_argument("--val-fraction", type=float, default=0.2)
         made.set_defaults(run=run_data, kind=kind)
@@ -52,7 +58,8 @@ def parser() -> argparse.ArgumentParser:
     _encoder_option(train, "seed:0")
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    train.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
+    renamed(train, "--lr", "--learning-rate")
     train.add_argument("--vocab-size", type=int, default=5000, help="words kept")
     train.add_argument("--max-words", type=int, default=30, help="training captions cut to this")
     train.add_argument("--attention-reg", type=float, default=0.0, help="doubly stochastic λ")
@@ -67,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
         help="start the output bias at 0, not at the words' log frequencies",
     )
     _architecture_options(train)
-    train.set_defaults(run=run_train)
+    train.set_defaults(run=run_train, tensorflow=True)
 
     caption = commands.add_parser("caption", help="caption image files with a bundle")
     caption.add_argument("bundle", type=Path)
@@ -77,18 +84,19 @@ def parser() -> argparse.ArgumentParser:
         "--temperature",
         type=float,
         default=0.0,
-        help="0: the most likely words; above 0, sample (with --beam 1)",
+        help="0: the most likely words; above 0, sample (with --beam-size 1)",
     )
     caption.add_argument(
-        "--sample-seed",
+        "--seed",
         type=int,
         default=0,
         help="the sampling noise's seed: one seed, one caption",
     )
+    renamed(caption, "--sample-seed", "--seed")
     _encoder_option(caption, "the bundle's")
     caption.add_argument("--attention-png", type=Path, metavar="DIR", help="write heatmap grids")
     caption.add_argument("--json", action="store_true", help="print one JSON object per image")
-    caption.set_defaults(run=run_caption)
+    caption.set_defaults(run=run_caption, tensorflow=True)
 
     evaluate = commands.add_parser("eval", help="score a bundle on a dataset split")
     evaluate.add_argument("bundle", type=Path)
@@ -99,13 +107,14 @@ def parser() -> argparse.ArgumentParser:
     _decoding_options(evaluate)
     _encoder_option(evaluate, "the bundle's")
     evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
-    evaluate.set_defaults(run=run_eval)
+    evaluate.set_defaults(run=run_eval, tensorflow=True)
 
     from captioner import demo, keys, service
 
     service.add_commands(commands)
     keys.add_commands(commands)
     demo.add_command(commands)
+    verbose_everywhere(commands)  # not on the client's verbs: they load no library that chatters
     add_client_verbs(commands)
     return root
 
@@ -171,7 +180,8 @@ def model_config_of(args: argparse.Namespace):
 
 
 def _decoding_options(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    command.add_argument("--beam-size", type=int, default=1, help="beams searched (1: greedy)")
+    renamed(command, "--beam", "--beam-size")
     command.add_argument("--max-length", type=int, help="most words per caption")
 
 
@@ -187,10 +197,12 @@ def run_data(args: argparse.Namespace) -> None:
     from model.shapes import write_shapes_dataset
 
     write = {"shapes": write_shapes_dataset, "scenes": write_scenes_dataset}[args.kind]
-    with progress_bar(args.n, "images") as bar:
+    with progress_bar(args.size, "images") as bar:
         # The callback reports images done so far; tqdm's update takes the increment.
-        write(args.out, args.n, args.seed, args.val_fraction, lambda done: bar.update(done - bar.n))
-    print(f"wrote {args.n} images and COCO annotations to {args.out}")
+        write(
+            args.out, args.size, args.seed, args.val_fraction, lambda done: bar.update(done - bar.n)
+        )
+    print(f"wrote {args.size} images and COCO annotations to {args.out}")
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -207,7 +219,7 @@ def run_train(args: argparse.Namespace) -> None:
     config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
-        learning_rate=args.lr,
+        learning_rate=args.learning_rate,
         vocab_size=args.vocab_size,
         max_caption_words=args.max_words,
         attention_reg=args.attention_reg,
@@ -249,7 +261,7 @@ def run_caption(args: argparse.Namespace) -> int:
     from model.inference import Sampling
 
     captioner = load_captioner(args.bundle, args.encoder)
-    sampling = Sampling.of([(args.temperature, args.sample_seed)])
+    sampling = Sampling.of([(args.temperature, args.seed)])
     failed = 0
     for path in args.images:
         try:
@@ -259,7 +271,7 @@ def run_caption(args: argparse.Namespace) -> int:
             print(f"{path}: error: {exc}", file=sys.stderr)
             continue
         (result,) = captioner.caption_batch(
-            preprocess(image)[None], args.beam, args.max_length, sampling
+            preprocess(image)[None], args.beam_size, args.max_length, sampling
         )
         picture = None
         if args.attention_png:
@@ -300,7 +312,7 @@ def run_eval(args: argparse.Namespace) -> None:
     cache = args.cache or args.bundle.with_name(args.bundle.name + ".work") / "features"
     with progress_bar(len(examples), f"features {args.split}") as bar:
         features = extract_features(captioner.encoder, examples, cache, progress=bar.update)
-    results = caption_features(captioner.decoding, features, args.beam)
+    results = caption_features(captioner.decoding, features, args.beam_size)
     scores = {"images": len(examples), **score(examples, results)}
     if args.json:
         print(json.dumps(scores))

@@ -18,7 +18,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
+from captioner.banner import shown
 from captioner.keys import KEY_FILE, local_admin_key
+from captioner.options import renamed
 from captioner.processes import api_server, start_worker, stop, tail
 from captioner.progress import TrainingBars, progress_bar
 from core.settings import from_env
@@ -38,7 +40,8 @@ def add_command(commands) -> None:
     """Register `captioner demo`."""
     demo = commands.add_parser("demo", help="train through the API, then caption through it")
     demo.add_argument("--data", type=Path, default=Path("data"), help="where everything goes")
-    demo.add_argument("--n", type=int, default=1000, help="shapes images (a fifth held out)")
+    demo.add_argument("--size", type=int, default=1000, help="shapes images (a fifth held out)")
+    renamed(demo, "--n", "--size")
     demo.add_argument("--epochs", type=int, default=12, help="most training epochs")
     demo.add_argument("--patience", type=int, default=3, help="early stopping, in epochs")
     demo.add_argument("--batch-size", type=int, default=32, help="training batch size")
@@ -89,7 +92,21 @@ def run_demo(args: argparse.Namespace) -> int:
         f"\naccuracy: {correct}/{len(examples)} captions exactly right ({share:.0%}) by model "
         f"{version}; the demo took {time.monotonic() - started:.0f} s"
     )
+    print(use_it_now(args.data, settings.data_dir / KEY_FILE))
     return 0 if all(job.status == "succeeded" for job, _ in jobs) else 1
+
+
+def use_it_now(data: Path, key_file: Path) -> str:
+    """The demo's last lines: the one command that serves its model and key, and where they are."""
+    make = "make up" if data == Path("data") else f"make up DATA={data}"
+    key = shown(key_file)
+    return (
+        f"\nuse it now: `{make}` serves this model until Ctrl-C (the same as "
+        f"`CAPTIONER_DATA_DIR={data / 'service'} captioner up`):\n"
+        f"  the page  http://127.0.0.1:8000/  (paste the key; /training trains more)\n"
+        f"  API key   {key}  (export CAPTIONER_API_KEY=$(cat {key}))\n"
+        f"  then      captioner submit {data / 'held-out' / 'images' / 'val' / '000000.png'} --wait"
+    )
 
 
 def light_client() -> type[Client]:
@@ -119,7 +136,7 @@ def fresh_service(folder: Path) -> Path:
 def train_through_api(client: Client, args: argparse.Namespace, worker, log: Path) -> TrainingRun:
     """POST /v1/training-runs on the shapes set, promoted when done; follow it to its end."""
     run = client.start_run(
-        {"type": "shapes", "size": args.n, "seed": 0},
+        {"type": "shapes", "size": args.size, "seed": 0},
         hyperparameters={
             "epochs": args.epochs,
             "batch_size": args.batch_size,
@@ -127,7 +144,7 @@ def train_through_api(client: Client, args: argparse.Namespace, worker, log: Pat
         },
         promotion={"policy": "always", "metric": "bleu4"},
     )
-    step(2, f"training: run {run.id} on {args.n} shapes images (seeded offline encoder)")
+    step(2, f"training: run {run.id} on {args.size} shapes images (seeded offline encoder)")
     with RunBars() as bars:
         run = follow_run(client, run.id, lambda r: bars.show(r, worker, log))
     if run.status != "succeeded":

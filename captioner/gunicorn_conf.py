@@ -7,6 +7,11 @@ worker's main loop, set above the wait cap anyway. Measured on 2 cores (tests/te
 100 clients waiting at once while /healthz, asked by another process, answered every time
 within 9 to 44 ms (2026-11-27, 9 runs). Each waiting request holds a thread and one Redis
 pub/sub connection, and a database connection only while it reads.
+
+/metrics is not on the public port: gunicorn also listens on METRICS_PORT (on the interface of
+the first --bind), where /metrics alone answers, and the public port answers /metrics with a
+404 (`when_ready`, `MetricsApart`). The embedded server (`captioner api`, `captioner up`) has one
+port, on loopback by default, and serves /metrics there.
 """
 
 import json
@@ -16,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from gunicorn import util
+from gunicorn.sock import TCP6Socket, TCPSocket
 
 # Threads: every waiting request holds one; 4 × 64 leaves room for 100 waiting requests even
 # when the kernel hands one worker more than its share. Four processes rather than two: when
@@ -41,18 +47,19 @@ REFUSALS = {
 }
 
 
+NOT_FOUND = "The requested URL was not found on the server."  # as the app's 404 begins
+
+
+def problem(status: int, reason: str, message: str, code: str) -> bytes:
+    """The API's problem document (api.errors), for answers gunicorn gives without the app."""
+    document = {"type": "about:blank", "title": reason, "status": status, "detail": message}
+    return json.dumps(document | {"code": code}).encode()
+
+
 def write_problem(sock, status: int, reason: str, message: str) -> None:
     """gunicorn's answer to a request it refuses itself (a request line or header over its
     limits, a malformed request), as the API's problem document rather than an HTML page."""
-    body = json.dumps(
-        {
-            "type": "about:blank",
-            "title": reason,
-            "status": status,
-            "detail": message or reason,
-            "code": REFUSALS.get(status, "malformed_request"),
-        }
-    ).encode()
+    body = problem(status, reason, message or reason, REFUSALS.get(status, "malformed_request"))
     head = (
         f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
         f"Content-Type: application/problem+json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -90,3 +97,63 @@ def child_exit(server, worker) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def when_ready(server) -> None:
+    """Listen on METRICS_PORT too, before the workers start (they accept on every listener)."""
+    listen_for_metrics(server, metrics_port())
+
+
+def listen_for_metrics(server, port: int) -> None:
+    """Add a listener on `port`, on the interface of the first --bind (0.0.0.0 in the image):
+    Prometheus scrapes /metrics there. None when `port` is 0 or taken (as a worker's endpoint);
+    the public port answers /metrics 404 all the same."""
+    if not port or port in {local_port(listener.sock) for listener in server.LISTENERS}:
+        return  # none asked, or inherited from the master this one replaces (USR2)
+    first = server.cfg.address[0]
+    host = first[0] if isinstance(first, tuple) else "0.0.0.0"  # a unix socket or an fd
+    kind = TCP6Socket if util.is_ipv6(host) else TCPSocket
+    try:
+        listener = kind((host, port), server.cfg, server.log)
+    except OSError as exc:
+        server.log.warning("no metrics endpoint: port %d: %s", port, exc)
+        return
+    server.LISTENERS.append(listener)  # the workers, forked next, accept on it too
+    server.log.info("Metrics at: %s", listener)
+
+
+def post_worker_init(worker) -> None:
+    """The worker's app answers /metrics on the metrics listener alone."""
+    from api.routes.metrics import PATH
+
+    worker.wsgi = MetricsApart(worker.wsgi, metrics_port(), PATH)
+
+
+class MetricsApart:
+    """A WSGI app in front of the API: a request for /metrics goes through on the metrics port
+    alone, and that port passes nothing else; the rest is a 404 problem document."""
+
+    def __init__(self, app, port: int, path: str) -> None:
+        self.app, self.port, self.path = app, port, path
+
+    def __call__(self, environ, start_response):
+        on_metrics_port = local_port(environ["gunicorn.socket"]) == self.port
+        if (environ.get("PATH_INFO") == self.path) == on_metrics_port:
+            return self.app(environ, start_response)
+        body = problem(404, "Not Found", NOT_FOUND, "not_found")
+        headers = [("Content-Type", "application/problem+json"), ("Content-Length", str(len(body)))]
+        start_response("404 Not Found", headers)
+        return [body]
+
+
+def metrics_port() -> int:
+    """METRICS_PORT, from the settings (0: none)."""
+    from core.settings import from_env
+
+    return from_env().metrics_port
+
+
+def local_port(connection) -> int | None:
+    """The port a socket is bound to on this host (None for a unix socket)."""
+    name = connection.getsockname()
+    return name[1] if isinstance(name, tuple) else None

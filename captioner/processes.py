@@ -45,11 +45,17 @@ def api_server(
 
 
 def worker_command(
-    queues: str = "inference", name: str | None = None, gpus: str = "none"
+    queues: str = "inference", name: str | None = None, gpus: str = "none", verbose: bool = False
 ) -> list[str]:
-    """The command line of a worker (`gpus="all"`: one process per visible GPU)."""
+    """The command line of a worker (`gpus="all"`: one process per visible GPU; `verbose`: with
+    the libraries' log lines)."""
     command = [sys.executable, "-m", "captioner", "worker", "--queue", queues, "--gpus", gpus]
-    return command + (["--name", name] if name else [])
+    return command + (["--name", name] if name else []) + (["--verbose"] if verbose else [])
+
+
+def beat_command(verbose: bool = False) -> list[str]:
+    """The command line of `captioner beat`."""
+    return [sys.executable, "-m", "captioner", "beat"] + (["--verbose"] if verbose else [])
 
 
 def start_worker(
@@ -61,7 +67,7 @@ def start_worker(
 
 def start_beat(settings: Settings, log: Path) -> subprocess.Popen:
     """Start `captioner beat` (the sweepers' schedule) for `settings`, its output going to `log`."""
-    return start_process(settings, [sys.executable, "-m", "captioner", "beat"], log)
+    return start_process(settings, beat_command(), log)
 
 
 def start_process(settings: Settings, command: list[str], log: Path) -> subprocess.Popen:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from celery.utils.nodenames import host_format
 
-from captioner.processes import api_server, background, worker_command
+from captioner.processes import api_server, background, beat_command, worker_command
 from core.broker import QUEUES
 from core.logs import configure
 from core.settings import Settings, from_env
@@ -108,7 +108,8 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.gpus == "all" and "inference" in queues:
         plan = plan_workers(visible_gpus(), name)
         if plan[0].env:  # at least one GPU: a pinned child process each
-            return supervise(plan, worker_command(",".join(queues), gpus="none"))
+            command = worker_command(",".join(queues), gpus="none", verbose=args.verbose)
+            return supervise(plan, command)
     return run_celery_worker(from_env(), queues, name, args.concurrency, args.loglevel)
 
 
@@ -176,21 +177,21 @@ def run_api(args: argparse.Namespace) -> None:
     serve_api(settings, args.host, args.port)
 
 
-def serve_api(settings: Settings, host: str, port: int) -> None:
-    """Serve the API until interrupted (in the embedded mode, with a local admin key)."""
+def serve_api(settings: Settings, host: str, port: int, warn_without_model: bool = False) -> None:
+    """Serve the API until interrupted (in the embedded mode, with a local admin key), after
+    saying where the page and the key are; `warn_without_model`: warn when no model is active."""
+    from captioner.banner import no_model_warning, startup_lines
+
     configure("api", settings.log_format, settings.log_level)
     if settings.embedded:
-        from captioner.keys import KEY_FILE, local_admin_key
+        from captioner.keys import local_admin_key
 
         local_admin_key(settings)
-        print(
-            f"admin API key in {settings.data_dir / KEY_FILE} (send it as 'Authorization: "
-            "Bearer KEY'; the CLI and client read it from there)",
-            file=sys.stderr,
-        )
     with api_server(settings, host, port, access_log=True) as url:
-        print(f"API on {url}  (data: {settings.data_dir}); Ctrl-C stops", file=sys.stderr)
-        print(f"web page: {url}/  (jobs and attention; {url}/training for runs)", file=sys.stderr)
+        print(startup_lines(settings, url), file=sys.stderr, flush=True)
+        warning = no_model_warning(settings, url) if warn_without_model else None
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         threading.Event().wait()
 
 
@@ -201,12 +202,12 @@ def run_up(args: argparse.Namespace) -> None:
     migrate(settings)
     stop_on_sigterm()
     workers = [
-        worker_command("inference", gpus="all"),
-        worker_command("training"),
-        worker_command("webhooks"),
+        worker_command("inference", gpus="all", verbose=args.verbose),
+        worker_command("training", verbose=args.verbose),
+        worker_command("webhooks", verbose=args.verbose),
     ]
-    with background([*workers, [sys.executable, "-m", "captioner", "beat"]]):
-        serve_api(settings, args.host, args.port)
+    with background([*workers, beat_command(args.verbose)]):
+        serve_api(settings, args.host, args.port, warn_without_model=True)
 
 
 def stop_on_sigterm() -> None:

@@ -92,7 +92,7 @@ def shapes_dir(tmp_path_factory) -> Path:
     from captioner.cli import main
 
     out = tmp_path_factory.mktemp("shapes")
-    assert main(["data", "shapes", str(out), "--n", str(SHAPES_IMAGES), "--seed", "1"]) == 0
+    assert main(["data", "shapes", str(out), "--size", str(SHAPES_IMAGES), "--seed", "1"]) == 0
     return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,18 @@ from PIL import Image
 from harness.stack import Stack, fresh_postgres, running_stack
 
 # Images
+
+
+def settings_free_env() -> dict[str, str]:
+    """This process's environment without any of the service's settings: what a command started
+    as a new user would start it sees."""
+    from core.settings import KNOWN
+
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name not in KNOWN and not name.startswith(("CAPTIONER_", "AWS_", "S3_"))
+    }
 
 
 def png(size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:

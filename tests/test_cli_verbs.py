@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from captioner.cli import main, parser
+from harness.http import free_port
 from harness.stack import Stack
 from tests.helpers import STANDIN_WORDS, png, standin_stack
 
@@ -89,6 +90,23 @@ def test_an_api_error_is_one_line_and_exit_status_1(capsys, to_api):
     status, out, err = run(capsys, "jobs", "show", "00000000-0000-0000-0000-000000000000", *to_api)
     assert status == 1 and not out
     assert err.startswith("captioner: error: 404 job_not_found") and err.count("\n") == 1
+
+
+def test_a_failed_url_job_prints_its_code_and_reason(capsys, to_api):
+    url = f"http://127.0.0.1:{free_port()}/shapes.png"  # loopback is allowed here; nothing listens
+    status, out, _ = run(capsys, "submit", "--url", url, "--wait", "--timeout", "30", *to_api)
+    assert status == 1 and out.split()[1:3] == ["failed", f"{url}:"]
+    assert "url_unreachable: " in out and "Connection refused" in out  # the job's error.message
+
+
+def test_no_key_names_the_three_ways_to_give_one(capsys, stack, monkeypatch, tmp_path):
+    monkeypatch.delenv("CAPTIONER_API_KEY", raising=False)
+    monkeypatch.setenv("CAPTIONER_DATA_DIR", str(tmp_path))  # no api-key file there
+    status, _, err = run(capsys, "jobs", "list", "--api", stack.client.base_url)
+    assert status == 1 and err.startswith("captioner: error: 401 unauthorized: no API key was sent")
+    for way in ("--api-key KEY", "CAPTIONER_API_KEY", "'Authorization: Bearer KEY'"):
+        assert way in err
+    assert "data/service/api-key" in err and str(tmp_path / "api-key") in err
 
 
 def test_models_list_shows_the_registered_version(capsys, to_api):

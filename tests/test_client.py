@@ -21,9 +21,11 @@ from captioner.processes import api_server
 from captioner_client import (
     ApiError,
     Batch,
+    CaptionerError,
     Client,
     Job,
     RetryPolicy,
+    ServerUnreachable,
     WebhookVerificationError,
     verify_webhook,
 )
@@ -186,9 +188,22 @@ def test_connection_errors_are_retried_then_raised():
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with Client(url, "k", retry=RetryPolicy(attempts=3, backoff_s=0.01)) as api:
         started = time.monotonic()
-        with pytest.raises(httpx.ConnectError):
+        with pytest.raises(ServerUnreachable) as error:
             api.job("00000000-0000-0000-0000-000000000000")
         assert time.monotonic() - started >= 0.03  # two pauses: 0.01 s, then 0.02 s
+    assert error.value.url == url and isinstance(error.value.__cause__, httpx.ConnectError)
+
+
+def test_a_server_that_is_down_is_said_so_within_a_second_naming_its_url():
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with Client(url, "k") as api:  # the default retry policy
+        started = time.monotonic()
+        with pytest.raises(CaptionerError) as error:
+            api.submit(png())
+        assert time.monotonic() - started < 2
+    assert isinstance(error.value, ServerUnreachable)
+    assert f"no captioner API answers at {url}" in str(error.value)
+    assert "`captioner up`" in str(error.value) and "`make up`" in str(error.value)
 
 
 @pytest.mark.parametrize(
@@ -206,6 +221,20 @@ def test_error_answers_raise_api_error_with_the_problems_code(api, call, status,
         call(api)
     assert (error.value.status, error.value.code) == (status, code)
     assert error.value.detail and error.value.problem["status"] == status
+
+
+def test_no_key_is_a_401_that_names_the_three_ways_to_give_one(stack, monkeypatch, tmp_path):
+    monkeypatch.delenv("CAPTIONER_API_KEY", raising=False)
+    monkeypatch.setenv("CAPTIONER_DATA_DIR", str(tmp_path))  # no api-key file there
+    with Client(stack.client.base_url) as api, pytest.raises(ApiError) as error:
+        api.models()
+    message = str(error.value)
+    assert error.value.status == 401 and message.startswith("401 unauthorized: no API key")
+    for way in ("Client(api_key=KEY)", "--api-key", "CAPTIONER_API_KEY", "Authorization: Bearer"):
+        assert way in message
+    assert "data/service/api-key" in message and str(tmp_path / "api-key") in message
+    for way in ("--api-key", "CAPTIONER_API_KEY", "'Authorization: Bearer KEY'", "api-key file"):
+        assert way in error.value.detail  # the API's own answer says it too
 
 
 def test_a_bad_key_is_a_401_api_error(stack):

@@ -249,7 +249,7 @@ def test_shapes_set_ignores_plurals_and_sizes() -> None:
 def test_cli_writes_the_set(tmp_path: Path, capsys) -> None:
     from captioner.cli import main
 
-    argv = ["data", "scenes", str(tmp_path), "--n", "5", "--seed", "2", "--val-fraction", "0.4"]
+    argv = ["data", "scenes", str(tmp_path), "--size", "5", "--seed", "2", "--val-fraction", "0.4"]
     assert main(argv) == 0
     assert "wrote 5 images" in capsys.readouterr().out
     splits = load_dataset(tmp_path)

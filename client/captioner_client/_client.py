@@ -41,7 +41,9 @@ class JobPage:
 
 class Client:
     """The captioner API at `base_url`, with `api_key` (default: `CAPTIONER_API_KEY`, else the
-    data folder's `api-key` file). Use it as a context manager, or call `close()`."""
+    data folder's `api-key` file); `timeout`: seconds a request may take (5 at most to connect).
+    Use it as a context manager, or call `close()`. No server there: ServerUnreachable, within
+    about a second."""
 
     verify_webhook = staticmethod(verify_webhook)
 

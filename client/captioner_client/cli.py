@@ -312,10 +312,15 @@ def save_png(api: Client, job: Job, name: str, folder: Path | None) -> Path | No
 
 
 def job_line(job: Job, name: str = "", picture: Path | None = None) -> str:
-    """One line for a job: its id, status, and caption or error."""
-    outcome = job.caption.caption if job.caption else job.error_code or ""
+    """One line for a job: its id, status, and caption or error (its code and why)."""
+    outcome = job.caption.caption if job.caption else failure(job.error_code, job.error_message)
     line = f"{job.id}  {job.status:<9}  {name + ': ' if name else ''}{outcome}"
     return line + (f"  [{picture}]" if picture else "")
+
+
+def failure(code: str | None, message: str | None) -> str:
+    """An error as `code: message` (either may be missing)."""
+    return ": ".join(part for part in (code, message) if part)
 
 
 def run_jobs_list(args: argparse.Namespace) -> None:
@@ -380,7 +385,8 @@ def run_line(run: TrainingRun) -> str:
         if progress.get("phase") == "training"
         else progress.get("phase", "")
     )
-    outcome = run.model_version or run.error_code or where or ""
+    error = run.raw.get("error") or {}
+    outcome = run.model_version or failure(run.error_code, error.get("message")) or where or ""
     return f"{run.id}  {run.status:<9}  {outcome}"
 
 
