@@ -8,6 +8,7 @@
 #   captioner worker --queue inference --gpus all | --queue training | --queue webhooks
 #   captioner beat
 #   captioner migrate
+# The API and the workers serve /metrics on METRICS_PORT (9100), apart from the API's port 8000.
 FROM python:3.11-slim
 
 # `gpu` installs tensorflow[and-cuda] (CUDA libraries come as pip wheels, so the slim base is
@@ -19,6 +20,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
     CAPTIONER_DATA_DIR=/data \
+    METRICS_PORT=9100 \
     PYTHONPATH=/app
 
 WORKDIR /app
@@ -57,6 +59,8 @@ RUN groupadd --system --gid 10001 captioner \
 USER captioner
 
 EXPOSE 8000
+# Prometheus' /metrics (METRICS_PORT): for the cluster's network only, never published to the world.
+EXPOSE 9100
 
 # Only meaningful for the API role; compose disables it for workers, beat and migrate.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \

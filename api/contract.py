@@ -87,8 +87,10 @@ spec = SpecTree(
     backend=Plugin,
     title="captioner",
     version="1",
+    # Markdown: Swagger UI (/docs/) shows it at the top, so its links lead back to the web page.
     description="Image captions with the attention behind every word: submit images, read "
-    "jobs, get signed webhooks, train and roll out new models.",
+    "jobs, get signed webhooks, train and roll out new models.\n\n"
+    "The web page: [the jobs page](/) and [the training page](/training).",
     mode="strict",  # only views under `contract` are described
     annotations=False,
     naming_strategy=lambda model: model.__name__,

@@ -141,8 +141,9 @@ class Settings:
     # for production log pipelines); LOG_LEVEL: DEBUG, INFO, WARNING or ERROR
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # METRICS_PORT: a worker process serves Prometheus metrics on this port (+ its GPU index
-    # when `--gpus all` starts one process per GPU); 0: no endpoint. The API serves /metrics.
+    # METRICS_PORT: Prometheus metrics on this port: a worker process's (+ its GPU index when
+    # `--gpus all` starts one process per GPU), and the API's under gunicorn (whose public port
+    # then answers /metrics 404); 0: no endpoint. The development server serves /metrics itself.
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 0
     # READY_FILE: an inference worker creates this file once its model is loaded (and removes
     # it when it stops): a Kubernetes readiness probe checks it; None: no file

@@ -18,6 +18,11 @@ from sqlalchemy.orm import Session
 from store.blob_keys import bundle_prefix
 from store.tables import ModelVersion, WorkerModel, utcnow
 
+# A worker whose heartbeat is this many beats late is taken for gone (stopped or dead): it
+# leaves /v1/workers and the `captioner_workers` gauge. Floor: MODEL_POLL_S set very short.
+MISSED_BEATS = 3
+MIN_LIVE_WINDOW_S = 5.0
+
 
 @dataclass(frozen=True)
 class NewVersion:
@@ -98,7 +103,15 @@ def report_worker(session: Session, worker: str, **state: Any) -> None:
     session.add(row)
 
 
+def live_window_s(heartbeat_s: float) -> float:
+    """How long after its last heartbeat a worker still counts as running: a few missed beats
+    (every worker beats every MODEL_POLL_S), and never less than a short floor, so that a
+    database slower for a moment does not hide a live worker."""
+    return max(MISSED_BEATS * heartbeat_s, MIN_LIVE_WINDOW_S)
+
+
 def serving_workers(session: Session, seen_within_s: float) -> list[WorkerModel]:
-    """Workers of every role that reported within the last `seen_within_s` seconds, by name."""
+    """Workers of every role that reported within the last `seen_within_s` seconds, by name
+    (`live_window_s`: those still running)."""
     recent = WorkerModel.seen_at >= utcnow() - timedelta(seconds=seen_within_s)
     return list(session.scalars(select(WorkerModel).where(recent).order_by(WorkerModel.worker)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 
@@ -10,6 +11,7 @@ from core.archives import pack_dataset
 from model.shapes import write_shapes_dataset
 from store import registry
 from store.payloads import worker_label
+from store.tables import WorkerModel
 
 SHAPES = {"type": "shapes", "size": 40, "seed": 1}
 DEFAULT_MODEL = {"decoder": "gru", "embedding_dim": 256, "units": 512, "attention_units": 512,
@@ -295,14 +297,23 @@ def test_an_unknown_version_is_a_404(client, name):
     assert (response.status_code, response.get_json()["code"]) == (404, "model_not_found")
 
 
-def test_workers_lists_what_each_worker_serves(client, app):
+def test_workers_lists_what_each_running_worker_serves(client, app, settings):
+    window = registry.live_window_s(settings.model_poll_s)
+    assert settings.model_poll_s < window <= 4 * settings.model_poll_s  # a few heartbeats
     with app.extensions["captioner"].db.session() as session:
         registry.report_worker(session, "inference@a", model_version="v1")
+        for name, late_s in [("inference@late", window - 2), ("inference@gone", window + 1)]:
+            registry.report_worker(session, name, model_version="v1")
+            session.flush()
+            row = session.get(WorkerModel, name)
+            row.seen_at -= timedelta(seconds=late_s)  # its last heartbeat, that long ago
     workers = client.get("/v1/workers").get_json()["workers"]
-    assert [(w["worker"], w["model_version"]) for w in workers] == [
-        (worker_label("inference@a"), "v1")
-    ]
+    assert sorted((w["worker"], w["model_version"]) for w in workers) == sorted(
+        [(worker_label("inference@a"), "v1"), (worker_label("inference@late"), "v1")]
+    )
     assert worker_label("inference@a").startswith("inference@") and "@a" not in str(workers)
+    gauge = 'captioner_workers{role="inference"} 2.0'  # /metrics counts the same workers
+    assert gauge in client.get("/metrics").get_data(as_text=True)
 
 
 def test_a_fresh_runs_default_architecture_is_the_models_own():

@@ -1,9 +1,11 @@
-"""Static checks of the container set-up: docker-compose.yml and the Dockerfile (no Docker)."""
+"""Static checks of the container set-up: docker-compose.yml, its CPU override
+docker-compose.cpu.yml (merged here by Compose's rules) and the Dockerfile (no Docker)."""
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,17 +22,95 @@ from harness.stack import dockerfile_instructions
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+CPU_FILE = ROOT / "docker-compose.cpu.yml"
 SCHEMA_FILE = Path(__file__).resolve().parent / "data" / "compose-spec.json"
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 
-APP_IMAGE = "captioner:latest"
+APP_IMAGE = f"captioner:{PROJECT['version']}"  # the image is tagged with the release it holds
+CPU_IMAGE = f"{APP_IMAGE}-cpu"
 APP_SERVICES = {"migrate", "api", "worker-gpu", "worker-training", "worker-webhooks", "beat"}
 EXPECTED_SERVICES = APP_SERVICES | {"postgres", "redis", "minio", "minio-init", "flower"}
+# Every role the stack runs, and how its service is known.
+ROLES = {
+    "api": lambda spec: spec.get("command", [""])[0] == "gunicorn",
+    "inference worker": lambda spec: queue(spec) == "inference",
+    "training worker": lambda spec: queue(spec) == "training",
+    "webhooks worker": lambda spec: queue(spec) == "webhooks",
+    "beat": lambda spec: spec.get("command") == ["captioner", "beat"],
+    "migrate": lambda spec: spec.get("command") == ["captioner", "migrate"],
+    "postgres": lambda spec: spec.get("image", "").startswith("postgres:"),
+    "redis": lambda spec: spec.get("image", "").startswith("redis:"),
+    "minio": lambda spec: spec.get("image", "").startswith("minio/minio:"),
+}
+METRICS_PORT = "9100"
+# Sequences that a later Compose file replaces rather than extends (Compose's merge rules).
+REPLACED = {"command", "entrypoint", "test"}
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """YAML as Compose reads it, with its `!reset` tag (the key is dropped from the files
+    merged before)."""
+
+
+RESET = object()
+ComposeLoader.add_constructor("!reset", lambda loader, node: RESET)
+
+
+def load_compose(path: Path) -> dict:
+    """A Compose file with YAML anchors and merge keys resolved."""
+    return yaml.load(path.read_text(encoding="utf-8"), ComposeLoader)
+
+
+def merged(base, override, key: str = ""):
+    """`override` merged onto `base` as `docker compose -f base -f override` does: mappings key
+    by key, `!reset` drops the key, command/entrypoint/healthcheck test replaced, other
+    sequences appended (enough for these files: none overrides ports or volumes)."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        out = dict(base)
+        for name, value in override.items():
+            if value is RESET:
+                out.pop(name, None)
+            else:
+                out[name] = merged(out[name], value, name) if name in out else value
+        return out
+    if isinstance(base, list) and isinstance(override, list) and key not in REPLACED:
+        return base + override
+    return override
+
+
+def without_resets(node):
+    """A file as Compose validates it alone: its `!reset` keys already dropped."""
+    if isinstance(node, dict):
+        return {k: without_resets(v) for k, v in node.items() if v is not RESET}
+    if isinstance(node, list):
+        return [without_resets(v) for v in node]
+    return node
+
+
+def queue(spec: dict) -> str | None:
+    """The queue a worker service consumes, if it is one."""
+    command = spec.get("command") or []
+    if command[:2] != ["captioner", "worker"]:
+        return None
+    return command[command.index("--queue") + 1]
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict:
     """docker-compose.yml with YAML anchors and merge keys resolved."""
-    return yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
+    return load_compose(COMPOSE_FILE)
+
+
+@pytest.fixture(scope="module")
+def cpu_override() -> dict:
+    """docker-compose.cpu.yml alone."""
+    return load_compose(CPU_FILE)
+
+
+@pytest.fixture(scope="module")
+def cpu_compose(compose, cpu_override) -> dict:
+    """docker-compose.yml with docker-compose.cpu.yml merged onto it."""
+    return merged(compose, cpu_override)
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +150,26 @@ def test_environment_helper_accepts_both_forms():
     assert environment({}) == {}
 
 
+def schema_errors(cls, schema: dict, document: dict) -> str:
+    """Every place `document` breaks the schema, one a line (empty: none)."""
+    errors = sorted(cls(schema).iter_errors(document), key=lambda e: list(e.absolute_path))
+    return "\n".join(
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors
+    )
+
+
 @pytest.mark.parametrize("which", ["draft7", "declared"])
 def test_compose_file_matches_the_compose_specification(compose, schema, which):
     cls = Draft7Validator if which == "draft7" else validators.validator_for(schema)
     cls.check_schema(schema)
-    errors = sorted(cls(schema).iter_errors(compose), key=lambda e: list(e.absolute_path))
-    assert not errors, "\n".join(
-        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors
-    )
+    assert not (errors := schema_errors(cls, schema, compose)), errors
+
+
+@pytest.mark.parametrize("which", ["override alone", "merged"])
+def test_cpu_files_match_the_compose_specification(cpu_override, cpu_compose, schema, which):
+    document = without_resets(cpu_override) if which == "override alone" else cpu_compose
+    cls = validators.validator_for(schema)
+    assert not (errors := schema_errors(cls, schema, document)), errors
 
 
 def test_vendored_schema_is_the_compose_specification(schema):
@@ -150,6 +242,112 @@ def gpu_devices(spec: dict) -> list[dict]:
 def test_gpu_workers_reserve_an_nvidia_gpu(services, name):
     devices = gpu_devices(services[name])
     assert any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+
+
+@pytest.mark.parametrize("stack", ["compose", "cpu_compose"])
+def test_every_role_runs(request, stack):
+    services = request.getfixturevalue(stack)["services"]
+    found = {
+        role: [n for n, spec in services.items() if is_it(spec)] for role, is_it in ROLES.items()
+    }
+    assert all(len(names) == 1 for names in found.values()), found
+
+
+def test_the_cpu_stack_reserves_no_gpu_and_builds_the_cpu_image(cpu_compose):
+    services = cpu_compose["services"]
+    for name, spec in services.items():
+        assert not gpu_devices(spec), name
+        assert "nvidia" not in json.dumps(spec).lower(), name  # no runtime, driver or variable
+    assert set(app_services(services)) == APP_SERVICES
+    for name, spec in app_services(services).items():
+        assert spec["build"] == {"context": ".", "args": {"TF_EXTRA": "cpu"}}, name
+        assert spec["image"] == CPU_IMAGE, name  # a CPU build never replaces the GPU image
+    assert "cpu" in PROJECT["optional-dependencies"]  # the extra the Dockerfile installs
+    assert "TF_EXTRA=gpu" in [a for i, a in dockerfile_instructions() if i == "ARG"]
+
+
+def test_the_cpu_override_changes_nothing_but_the_image_and_the_gpu(compose, cpu_compose):
+    assert cpu_compose["services"].keys() == compose["services"].keys()
+    for name, spec in compose["services"].items():
+        cpu = cpu_compose["services"][name]
+        changed = {k for k in spec.keys() | cpu.keys() if spec.get(k) != cpu.get(k)}
+        assert changed <= {"build", "image", "deploy"}, (name, changed)
+
+    def top(document: dict) -> dict:
+        return {k: v for k, v in document.items() if k != "services" and not k.startswith("x-")}
+
+    assert top(cpu_compose) == top(compose)
+
+
+def test_the_merge_follows_composes_rules():
+    """The merge the CPU tests read: !reset drops, mappings merge, commands are replaced."""
+    base = {"a": {"x": 1, "y": [1]}, "command": ["a"], "deploy": {"r": 1}}
+    override = {"a": {"x": 2, "y": [2]}, "command": ["b"], "deploy": RESET}
+    assert merged(base, override) == {"a": {"x": 2, "y": [1, 2]}, "command": ["b"]}
+    assert yaml.load("k: !reset {}", ComposeLoader) == {"k": RESET}
+
+
+def pinned(image: str) -> bool:
+    """True for an image named with a tag other than `latest`, or with a digest."""
+    if "@sha256:" in image:
+        return True
+    name, _, tag = image.rpartition(":")
+    return bool(name) and "/" not in tag and tag not in ("", "latest")
+
+
+@pytest.mark.parametrize(
+    "image, ok",
+    [
+        ("minio/minio", False),
+        ("captioner:latest", False),
+        ("registry:5000/captioner", False),
+        ("minio/minio:RELEASE.2025-09-07T16-13-09Z", True),
+        ("registry:5000/captioner:0.1.0", True),
+        ("redis@sha256:" + "0" * 64, True),
+    ],
+)
+def test_pinned_tells_a_pinned_image(image, ok):
+    assert pinned(image) is ok
+
+
+@pytest.mark.parametrize("stack", ["compose", "cpu_compose"])
+def test_every_image_is_pinned(request, stack):
+    services = request.getfixturevalue(stack)["services"]
+    images = {name: spec["image"] for name, spec in services.items()}
+    assert all(pinned(image) for image in images.values()), images
+    assert APP_IMAGE in images.values() or CPU_IMAGE in images.values()
+
+
+def test_the_secret_keys_message_says_how_to_make_one(services, tmp_path):
+    """Compose stops with the message while CAPTIONER_SECRET_KEYS is unset or empty; the
+    command in it appends a key to .env that the service accepts."""
+    from core.credentials import Cipher
+
+    value = environment(services["api"])["CAPTIONER_SECRET_KEYS"]
+    match = re.fullmatch(r"\$\{CAPTIONER_SECRET_KEYS:\?([^{}$\n]+)\}", value)
+    assert match, value  # one line, no braces or $: Compose would end or expand the message there
+    message = match.group(1)
+    command = message.split("run: ", 1)[1]
+    assert command.startswith("python3 -c ") and command.endswith(" >> .env")
+    runnable = shlex.quote(sys.executable) + command.removeprefix("python3")
+    subprocess.run(["bash", "-c", runnable], cwd=tmp_path, check=True, timeout=30)
+    name, _, key = (tmp_path / ".env").read_text().strip().partition("=")
+    assert name == "CAPTIONER_SECRET_KEYS"
+    cipher = Cipher(key)  # a Fernet key: SettingsError otherwise
+    assert cipher.decrypt(cipher.encrypt("whsec_x")) == "whsec_x"
+
+
+def test_metrics_are_published_on_loopback_alone(services):
+    for name, spec in app_services(services).items():
+        assert environment(spec)["METRICS_PORT"] == METRICS_PORT, name
+    published = [(n, str(p)) for n, spec in services.items() for p in spec.get("ports", [])]
+    to_metrics = [(n, p) for n, p in published if p.endswith(f":{METRICS_PORT}")]
+    assert [n for n, _ in to_metrics] == ["api"]  # the workers' stay inside the network
+    assert all(p.startswith("127.0.0.1:") for _, p in to_metrics), to_metrics
+    instructions = dockerfile_instructions()
+    assert ("EXPOSE", METRICS_PORT) in instructions
+    env = " ".join(a for i, a in instructions if i == "ENV")
+    assert f"METRICS_PORT={METRICS_PORT}" in env.split()
 
 
 def test_inference_worker_can_be_scaled(services):

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import kubernetes_validate
@@ -26,6 +27,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DASHBOARD = K8S / "grafana-dashboard.json"
 
 K8S_VERSION = "1.33.0"  # one kubernetes-validate ships; managed clusters offer it
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
 INFERENCE = "captioner-worker-inference"
 READY_FILE = "/tmp/captioner/ready"
 # Variables that are no setting of ours but read by libraries (prometheus_client, boto3).
@@ -176,7 +178,17 @@ def test_kustomization_builds():
     dashboards = [d for d in built if d["metadata"]["name"] == "captioner-grafana-dashboard"]
     assert json.loads(dashboards[0]["data"]["grafana-dashboard.json"])["uid"] == "captioner"
     images = {c["image"] for d in built if d["kind"] == "Deployment" for c in containers(d)}
-    assert images == {"registry.example.com/captioner:latest"}
+    assert images == {f"registry.example.com/captioner:{VERSION}"}
+
+
+def test_every_image_is_the_release_pinned():
+    """Every container names the image with the project's version, and so does kustomize's
+    rewrite (set it to the release deployed): never `latest`, never untagged."""
+    images = {c["image"] for doc in workloads() for c in containers(doc)}
+    assert images == {f"captioner:{VERSION}"}
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
+    (rewrite,) = kustomization["images"]
+    assert (rewrite["name"], rewrite["newTag"]) == ("captioner", VERSION)
 
 
 def test_inference_worker_has_a_gpu_a_long_grace_period_and_a_readiness_file():
@@ -261,14 +273,37 @@ def test_api_command_is_the_dockerfiles_cmd():
 
 def test_api_service_and_autoscaler():
     service = by_kind("Service")["captioner-api"]
-    (port,) = service["spec"]["ports"]
+    (port,) = service["spec"]["ports"]  # the API alone: no metrics port
     assert (port["port"], port["targetPort"]) == (80, "http")
-    assert service["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert not any(
+        k.startswith("prometheus.io/") for k in service["metadata"].get("annotations", {})
+    )
     hpa = by_kind("HorizontalPodAutoscaler")["captioner-api"]["spec"]
     assert hpa["scaleTargetRef"]["name"] == "captioner-api"
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 10)
     (metric,) = hpa["metrics"]
     assert metric["resource"]["target"]["averageUtilization"] == 70
+
+
+def test_metrics_are_scraped_on_the_metrics_port_which_no_service_exposes():
+    """The API's pods, like the workers', are scraped on METRICS_PORT (gunicorn listens there
+    beside 8000, whose /metrics answers 404); Services expose the API's port alone."""
+    port = int(by_kind("ConfigMap")["captioner-config"]["data"]["METRICS_PORT"])
+    scraped = {}
+    for name, doc in by_kind("Deployment").items():
+        annotations = doc["spec"]["template"]["metadata"].get("annotations", {})
+        if annotations.get("prometheus.io/scrape") == "true":
+            (container,) = containers(doc)
+            ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+            assert ports["metrics"] == port == int(annotations["prometheus.io/port"]), name
+            assert annotations["prometheus.io/path"] == "/metrics"
+            scraped[name] = ports
+    workers = {f"captioner-worker-{role}" for role in ("inference", "training", "webhooks")}
+    assert set(scraped) == {"captioner-api"} | workers  # beat serves none
+    assert scraped["captioner-api"] == {"http": 8000, "metrics": port}
+    for service in by_kind("Service").values():
+        for exposed in service["spec"]["ports"]:
+            assert exposed["targetPort"] not in ("metrics", port), service["metadata"]["name"]
 
 
 def test_pods_run_as_the_images_user():

@@ -1,6 +1,7 @@
 """Metrics and logs as production runs them: the Dockerfile's gunicorn command (4 processes
-sharing prometheus-client's multiprocess directory) and a real inference worker with its own
-metrics port, JSON logs and a ready file; the stand-in model answers."""
+sharing prometheus-client's multiprocess directory, /metrics on a port of its own and not on the
+public one) and a real inference worker with its own metrics port, JSON logs and a ready file;
+the stand-in model answers."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -32,9 +34,10 @@ def bundle(random_bundle, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def observed(bundle, tmp_path_factory):
-    """(API URL, API key, worker metrics URL, folder) of gunicorn and one inference worker."""
+    """(API URL, API key, worker metrics URL, folder, API metrics URL) of gunicorn and one
+    inference worker: each its own METRICS_PORT, as two containers have."""
     folder = tmp_path_factory.mktemp("observed-stack")
-    port = free_port()
+    port, api_port = free_port(), free_port()
     overrides = {
         "model_bundle": bundle,
         "bench_standin_model_ms": 5,
@@ -53,10 +56,17 @@ def observed(bundle, tmp_path_factory):
         )  # its own port: none here
         db = Database(settings.database_url)
         try:
-            with production_api(settings, folder / "gunicorn.log") as api:
+            api_settings = settings.with_overrides(metrics_port=api_port)
+            with production_api(api_settings, folder / "gunicorn.log") as api:
                 wait_ready(worker, folder / "worker.log")
                 wait_ready(sender, folder / "webhooks.log")
-                yield api.url, admin_key(db), f"http://127.0.0.1:{port}/metrics", folder
+                yield (
+                    api.url,
+                    admin_key(db),
+                    f"http://127.0.0.1:{port}/metrics",
+                    folder,
+                    f"http://127.0.0.1:{api_port}/metrics",
+                )
         finally:
             stop([worker, sender])
             db.dispose()
@@ -103,13 +113,26 @@ def run_batch(url: str, key: str) -> dict:
     return batch
 
 
+def test_metrics_answer_on_their_own_port_and_not_on_the_public_one(observed):
+    url, key, _, _, metrics = observed
+    public = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {key}"})
+    assert public.status_code == 404, public.text
+    assert public.headers["content-type"] == "application/problem+json"
+    assert public.json()["code"] == "not_found"
+    assert "captioner_http_requests_total" in httpx.get(metrics).text
+    base = metrics.removesuffix("/metrics")
+    for path in ("/healthz", "/v1/workers", "/metrics/"):  # the metrics port serves nothing else
+        other = httpx.get(base + path, headers={"Authorization": f"Bearer {key}"})
+        assert other.status_code == 404, path
+
+
 def test_the_api_counts_requests_across_its_gunicorn_processes(observed):
-    url, _, _, _ = observed
-    before = scrape(f"{url}/metrics")
+    url, _, _, _, metrics = observed
+    before = scrape(metrics)
     for _ in range(40):  # new connections: gunicorn spreads them over its 4 processes
         with urllib.request.urlopen(f"{url}/healthz", timeout=5) as response:
             assert response.status == 200
-    after = scrape(f"{url}/metrics")
+    after = scrape(metrics)
     name, labels = "captioner_http_requests_total", {"route": "/healthz", "method": "GET"}
     assert (
         value(after, name, status="200", **labels) - value(before, name, status="200", **labels)
@@ -120,7 +143,7 @@ def test_the_api_counts_requests_across_its_gunicorn_processes(observed):
 
 
 def test_worker_metrics_count_jobs_batches_and_latency(observed):
-    url, key, worker_metrics, _ = observed
+    url, key, worker_metrics, _, _ = observed
     before = scrape(worker_metrics)
     run_batch(url, key)
     after = scrape(worker_metrics)
@@ -143,9 +166,9 @@ def test_worker_metrics_count_jobs_batches_and_latency(observed):
 
 
 def test_the_fleet_state_comes_from_postgres_and_redis(observed):
-    url, key, _, _ = observed
+    url, key, _, _, metrics = observed
     run_batch(url, key)
-    samples = scrape(f"{url}/metrics")
+    samples = scrape(metrics)
     assert value(samples, "captioner_jobs", status="queued") == 0  # all ended
     assert value(samples, "captioner_jobs", status="running") == 0
     assert value(samples, "captioner_workers", role="inference") == 1
@@ -158,7 +181,7 @@ def test_the_fleet_state_comes_from_postgres_and_redis(observed):
 
 
 def test_worker_logs_are_json_lines_with_role_worker_and_ids(observed):
-    url, key, _, folder = observed
+    url, key, _, folder, _ = observed
     run_batch(url, key)
     lines = (folder / "worker.log").read_text().splitlines()
     events = [json.loads(line) for line in lines if line.startswith("{")]
@@ -175,7 +198,7 @@ def test_worker_logs_are_json_lines_with_role_worker_and_ids(observed):
 
 
 def test_workers_lists_every_role_with_its_heartbeat(observed):
-    url, key, _, _ = observed
+    url, key, _, _, _ = observed
     run_batch(url, key)
     deadline = time.monotonic() + 20  # beats every MODEL_POLL_S (2 s)
     while True:  # a beat taken while the batch's deliveries or tasks ran counts them

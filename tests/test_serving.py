@@ -1,11 +1,12 @@
 """Production serving holds: the Dockerfile's own gunicorn command, on real Postgres, Redis, moto
 S3 and an inference worker whose model is a stand-in of fixed cost, keeps 100 clients waiting
 with a bare `Prefer: wait` and still answers /healthz quickly; the command is the same in the
-Dockerfile, docker-compose.yml and the README."""
+Dockerfile, docker-compose.yml and the docs. /metrics is on METRICS_PORT alone."""
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -14,14 +15,17 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
 import yaml
+from gunicorn.config import Config
 
 from api.routes.jobs import MAX_WAIT_S, prefer_wait
 from captioner import gunicorn_conf
 from captioner.processes import start_worker, stop, wait_ready
+from harness.http import free_port
 from harness.stack import admin_key, production_api, production_command, services
 from store.db import Database
 from tests.helpers import b64, png
@@ -61,12 +65,13 @@ def test_prefer_wait_bare_means_the_cap(header, seconds):
     assert prefer_wait(header) == seconds
 
 
-def test_compose_and_readme_run_the_dockerfiles_command():
+def test_compose_and_the_docs_run_the_dockerfiles_command():
     command = production_command()
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
     assert compose["services"]["api"]["command"] == command
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert " ".join(f'"{a}"' if "(" in a else a for a in command) in readme
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    shown = " ".join(f'"{a}"' if "(" in a else a for a in command)
+    assert any(shown in page.read_text(encoding="utf-8") for page in pages)
     assert command[:3] == ["gunicorn", "--config", "python:captioner.gunicorn_conf"]
 
 
@@ -76,6 +81,54 @@ def test_gunicorn_holds_requests_longer_than_the_wait_cap():
     assert gunicorn_conf.threads * gunicorn_conf.workers >= 2 * CLIENTS
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
     assert compose["services"]["api"]["stop_grace_period"] == f"{gunicorn_conf.graceful_timeout}s"
+
+
+@pytest.mark.parametrize(
+    "metrics_port, arrived_on, path, passed",
+    [
+        (9100, 8000, "/v1/jobs", True),
+        (9100, 8000, "/metrics", False),  # the public port: a 404
+        (9100, 9100, "/metrics", True),
+        (9100, 9100, "/healthz", False),  # the metrics port serves nothing else
+        (9100, 9100, "/metrics/", False),
+        (0, 8000, "/metrics", False),  # no metrics port: /metrics nowhere
+    ],
+)
+def test_metrics_pass_on_the_metrics_port_alone(metrics_port, arrived_on, path, passed):
+    statuses = []
+    app = gunicorn_conf.MetricsApart(lambda environ, start: [b"app"], metrics_port, "/metrics")
+    connection = SimpleNamespace(getsockname=lambda: ("127.0.0.1", arrived_on))
+    environ = {"gunicorn.socket": connection, "PATH_INFO": path}
+    body = b"".join(app(environ, lambda status, headers: statuses.append(status)))
+    if passed:
+        assert body == b"app" and not statuses
+    else:
+        assert statuses == ["404 Not Found"] and json.loads(body)["code"] == "not_found"
+
+
+def arbiter(bind: str) -> SimpleNamespace:
+    """What listen_for_metrics reads of gunicorn's arbiter: settings, log, listeners."""
+    cfg = Config()
+    cfg.set("bind", [bind])
+    return SimpleNamespace(cfg=cfg, log=logging.getLogger("test.gunicorn"), LISTENERS=[])
+
+
+def test_the_metrics_listener_opens_beside_the_api_or_not_at_all(caplog):
+    server, port = arbiter("127.0.0.1:8000"), free_port()
+    gunicorn_conf.listen_for_metrics(server, port)
+    (listener,) = server.LISTENERS
+    try:
+        assert listener.sock.getsockname() == ("127.0.0.1", port)  # the API's interface
+        gunicorn_conf.listen_for_metrics(server, port)  # inherited from an old master: kept
+        assert len(server.LISTENERS) == 1
+        taken = arbiter("127.0.0.1:8000")
+        with caplog.at_level(logging.WARNING):
+            gunicorn_conf.listen_for_metrics(taken, port)  # a warning; the API goes on
+        assert not taken.LISTENERS and f"no metrics endpoint: port {port}" in caplog.text
+        gunicorn_conf.listen_for_metrics(taken, 0)
+        assert not taken.LISTENERS
+    finally:
+        listener.close()
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,11 @@
 
 Requests are counted by route template (`/v1/jobs/<uuid:job_id>`, never the id) and status.
 The fleet's numbers come from Postgres (jobs queued and running, training runs, pending
-deliveries, inference workers seen lately) and Redis (messages per queue): see store.fleet.
+deliveries, workers with a recent heartbeat) and Redis (messages per queue): see store.fleet.
+
+Under gunicorn (production) it answers on METRICS_PORT alone, never on the public port
+(captioner/gunicorn_conf.py); the embedded server (`captioner api`, `captioner up`) serves it on
+its one port, which is on loopback by default.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from api.auth import public
 from api.services import services
 from core.metrics import exposition
 from store.fleet import fleet
+from store.registry import live_window_s
 
 bp = Blueprint("metrics", __name__)
 log = logging.getLogger(__name__)
-SEEN_S = 60.0  # a worker silent this long is not counted
+PATH = "/metrics"
 # The gauges read at scrape time (the dashboard's test checks its queries against these and the
 # metrics core.metrics defines).
 FLEET = (
@@ -34,7 +39,7 @@ FLEET = (
 )
 
 
-@bp.get("/metrics")
+@bp.get(PATH)
 @public
 def metrics():
     """Prometheus' text format: this API's counters (all its processes) and the fleet's state."""
@@ -46,14 +51,15 @@ class FleetCollector:
     """Gauges read from Postgres and Redis when Prometheus scrapes."""
 
     def collect(self):
+        live_s = live_window_s(services().settings.model_poll_s)  # as /v1/workers lists them
         with services().db.session() as session:
-            state = fleet(session, SEEN_S)
+            state = fleet(session, live_s)
         yield gauge("captioner_jobs", "Jobs queued or running (Postgres)", "status", state.jobs)
         yield gauge(
             "captioner_training_runs", "Training runs by status (Postgres)", "status", state.runs
         )
         yield gauge(
-            "captioner_workers", "Workers seen in the last minute, by role", "role", state.workers
+            "captioner_workers", "Workers with a recent heartbeat, by role", "role", state.workers
         )
         yield gauge(
             "captioner_deliveries_pending",

@@ -14,7 +14,6 @@ from store.payloads import model_json, worker_json
 from store.tables import Scope
 
 bp = Blueprint("models", __name__, url_prefix="/v1")
-SEEN_POLLS = 5  # a worker silent for this many poll periods is left out of the rollout view
 
 
 @bp.get("/models")
@@ -52,9 +51,9 @@ def promote_model(name: str):
 @contract(schema.WorkerList, tags=["models"])
 @requires(Scope.ADMIN)
 def list_workers():
-    """Workers of every role seen lately: heartbeat, tasks in flight, last error; for inference
-    workers the version each one serves (or refused)."""
-    within = max(10.0, SEEN_POLLS * services().settings.model_poll_s)
+    """Workers of every role still running (a recent heartbeat): heartbeat, tasks in flight,
+    last error; for inference workers the version each one serves (or refused)."""
+    within = registry.live_window_s(services().settings.model_poll_s)
     with services().db.session() as session:
         workers = registry.serving_workers(session, within)
         active = registry.active_version(session)
