@@ -3,7 +3,10 @@ API on a real stack (Postgres, Redis, moto S3, an inference worker and a trainin
 
 The inference worker serves the untrained random bundle, not the stand-in model: the stand-in's
 attention is the same uniform map for every word, and the overlay must change from word to word.
-Set CAPTIONER_SCREENSHOT=1 to rewrite docs/web-page.png (the README shows it).
+Both pages are checked at a phone's width (360 px) and a desktop's (1280 px): nothing scrolls
+sideways, and axe-core (vendored: tests/data/axe.min.js) finds nothing serious or critical.
+Set CAPTIONER_SCREENSHOT=1 to rewrite docs/web-page.png (the README shows it),
+docs/web-page-phone.png and docs/training-page.png.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import struct
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from functools import partial
@@ -21,32 +27,51 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.archives import pack_dataset
 from harness.stack import running_stack
-from model.shapes import render_scene
+from model.shapes import render_scene, write_shapes_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; CI installs it (apt-get install chromium)
 SCREENSHOT = ROOT / "docs" / "web-page.png"
-SHOOT = os.environ.get("CAPTIONER_SCREENSHOT") == "1"  # rewrite SCREENSHOT (not in CI)
+PHONE_SCREENSHOT = ROOT / "docs" / "web-page-phone.png"
+TRAINING_SCREENSHOT = ROOT / "docs" / "training-page.png"
+SHOOT = os.environ.get("CAPTIONER_SCREENSHOT") == "1"  # rewrite the screenshots (not in CI)
+AXE = ROOT / "tests" / "data" / "axe.min.js"  # axe-core, vendored (see tests/data/README.md)
+WIDTHS = {"phone": {"width": 360, "height": 740}, "desktop": {"width": 1280, "height": 900}}
+EPOCHS, IMAGES = (4, 100) if SHOOT else (1, 20)  # the watched run's; more for the screenshot
 JOB_S = 30_000  # ms for a job to be captioned (the worker is up; the model runs on CPU)
 RUN_S = 60_000  # ms for a 1-epoch run on 20 shapes images
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture(scope="module")
-def site(request, tmp_path_factory) -> Iterator[tuple[str, str]]:
-    """(base URL, admin key) of the API on a stack with an inference and a training worker. The
-    worker serves the untrained random bundle; for the screenshot, the suite's trained bundle
-    (minutes to train, but its captions read well)."""
+def stack(request, tmp_path_factory) -> Iterator:
+    """A stack with an inference and a training worker. The worker serves the untrained random
+    bundle; for the screenshots, the suite's trained bundle (minutes to train, but its captions
+    read well)."""
     folder = tmp_path_factory.mktemp("web")
     if SHOOT:
         bundle = request.getfixturevalue("trained_bundle")
     else:
         bundle = talkative(request.getfixturevalue("random_bundle"), folder)
+    # A short training lease: the run's heartbeat (a quarter of it) brings a cancel within a
+    # second, not five (no beat runs here, so no sweeper takes a lapsed lease back).
     with running_stack(
-        folder, workers=["inference", "training"], model_bundle=bundle, batch_max_size=4
-    ) as stack:
-        yield stack.client.base_url, stack.api_key
+        folder,
+        workers=["inference", "training"],
+        model_bundle=bundle,
+        batch_max_size=4,
+        training_lease_s=4,
+    ) as running:
+        running.bundle = bundle
+        yield running
+
+
+@pytest.fixture(scope="module")
+def site(stack) -> tuple[str, str]:
+    """(base URL, admin key) of the API on the stack."""
+    return stack.client.base_url, stack.api_key
 
 
 def talkative(bundle, folder: Path) -> Path:
@@ -77,6 +102,17 @@ def browser():
 def page(browser):
     """A fresh browser context (its own sessionStorage) and page."""
     context = browser.new_context(viewport={"width": 1000, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(JOB_S)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def checked_page(browser):
+    """A page as `page`, whose context lets a test inject axe-core (it bypasses the pages'
+    Content-Security-Policy, which the tests with `page` keep)."""
+    context = browser.new_context(viewport={"width": 1000, "height": 900}, bypass_csp=True)
     page = context.new_page()
     page.set_default_timeout(JOB_S)
     yield page
@@ -151,11 +187,57 @@ def overlay_pixels(card) -> list[int]:
 
 
 def sticking_out(page) -> list[str]:
-    """Elements wider than the window (the page would scroll sideways), outside scroll boxes."""
-    return page.evaluate("""() => [...document.querySelectorAll("body *")]
-        .filter(e => !e.closest(".table-wrap")
-                     && e.getBoundingClientRect().right > window.innerWidth + 0.5)
-        .map(e => `${e.tagName}#${e.id}.${e.className}: ${e.getBoundingClientRect().right}`)""")
+    """What makes the page scroll sideways: the document wider than the window, or any element
+    reaching past either edge, unless it is inside a box that scrolls sideways on purpose."""
+    return page.evaluate("""() => {
+        const width = window.innerWidth;
+        const out = [];
+        const wide = document.documentElement.scrollWidth;
+        if (wide > width) out.push(`the document: ${wide} px wide in ${width}`);
+        const scrolled = e => {
+            for (let box = e.parentElement; box; box = box.parentElement) {
+                if (["auto", "scroll"].includes(getComputedStyle(box).overflowX)) return true;
+            }
+            return false;
+        };
+        for (const e of document.querySelectorAll("body *")) {
+            const r = e.getBoundingClientRect();
+            if (r.width === 0 && r.height === 0) continue;  // not drawn
+            if ((r.right > width + 0.5 || r.left < -0.5) && !scrolled(e)) {
+                out.push(`${e.tagName}#${e.id}.${e.className}: ${r.left}..${r.right}`);
+            }
+        }
+        return out;
+    }""")
+
+
+def serious_violations(page) -> list[str]:
+    """What axe-core finds of impact "serious" or "critical" on the page as it is now."""
+    if not page.evaluate("typeof axe !== 'undefined'"):
+        page.add_script_tag(path=str(AXE))
+    found = page.evaluate("""async () => (await axe.run(document, {resultTypes: ["violations"]}))
+        .violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
+                              nodes: v.nodes.slice(0, 3).map(n => n.target.join(" "))}))""")
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']} at {v['nodes']}"
+        for v in found
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+def check_fits_and_is_accessible(page, width: str) -> None:
+    """At `width` ("phone" or "desktop"): nothing scrolls sideways, axe finds nothing serious."""
+    page.set_viewport_size(WIDTHS[width])
+    assert not sticking_out(page), width
+    assert not serious_violations(page), width
+
+
+def collect_errors(page) -> list[str]:
+    """A list that fills with console errors (a CSP violation, a failed call) and script errors."""
+    messages: list[str] = []
+    page.on("console", lambda m: messages.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda error: messages.append(str(error)))
+    return messages
 
 
 def watch_status(page) -> None:
@@ -166,6 +248,13 @@ def watch_status(page) -> None:
             .observe(document.querySelector("#status"), {childList: true, characterData: true,
                                                          subtree: true});
     }""")
+
+
+def pick_image(page, name: str, data: bytes, mime: str = "image/png") -> None:
+    """Choose one file with the page's file input."""
+    page.get_by_label("Choose images").set_input_files(
+        files=[{"name": name, "mimeType": mime, "buffer": data}]
+    )
 
 
 def test_the_pages_come_with_a_strict_content_security_policy(site):
@@ -179,9 +268,7 @@ def test_the_pages_come_with_a_strict_content_security_policy(site):
 
 
 def test_an_uploaded_image_is_captioned_live(page, site, scene):
-    messages: list[str] = []
-    page.on("console", lambda m: messages.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda error: messages.append(str(error)))
+    messages = collect_errors(page)
     open_page(page, site)
     watch_status(page)
     card = upload(page, scene)
@@ -191,13 +278,90 @@ def test_an_uploaded_image_is_captioned_live(page, site, scene):
     said = " ".join(page.evaluate("window.said"))
     assert said.index(" queued.") < said.index(" succeeded."), said  # running: if polled then
     assert card.locator("img").evaluate("img => img.src.startsWith('blob:') && img.naturalWidth")
+    assert card.locator(".steps li[data-step='done']").all_inner_texts() == [
+        "sent",
+        "queued",
+        "running",
+        "captioned",
+    ]
     link = card.get_by_role("link", name="Download attention (.npy)")
     assert link.get_attribute("download") == f"{job['id']}.attention.npy"
     recent = page.locator(f"#recent li[data-job-id='{job['id']}']")
     recent.wait_for()
     assert job["result"]["caption"] in recent.inner_text()
-    assert "No registered version is active" in page.locator("#model").inner_text()
+    assert recent.locator("time").inner_text() in ("just now", *(f"{s} s ago" for s in range(60)))
+    notice = page.locator("#model.warning")  # no version is promoted on this stack
+    assert "No model version is active" in notice.inner_text()
+    assert "captioner models import BUNDLE --promote" in notice.inner_text()
+    assert notice.get_by_role("link", name="Training page").get_attribute("href") == "/training"
+    notice.filter(has_text="serve the bundle they were started with").wait_for()  # admin key
+    page.reload()  # the same browser session: the job reopens with its picture
+    recent.get_by_role("button").click()
+    again = page.locator(f".job[data-job-id='{job['id']}']")
+    again.locator(".word").first.wait_for()
+    assert again.locator("h3").inner_text() == "scene.png"
+    assert again.locator("img").get_attribute("src").startswith("data:image/jpeg")
+    assert any(overlay_pixels(again)[3::4])
     assert not messages, messages  # no CSP violation, no script error, no failed call
+
+
+def test_a_recent_job_reopens_with_its_attention(page, site):
+    jobs = api(site, "/v1/jobs?limit=10")["jobs"]
+    job = next(j for j in jobs if j["status"] == "succeeded" and j["result"]["tokens"])
+    open_page(page, site)  # a new browser session: it has no copy of the job's image
+    page.locator(f"#recent li[data-job-id='{job['id']}']").get_by_role("button").click()
+    card = page.locator(f".job[data-job-id='{job['id']}']")
+    card.locator(".word").first.wait_for()
+    assert card.locator(".word").all_inner_texts() == job["result"]["tokens"]
+    assert card.locator(".state").inner_text() == "succeeded"
+    assert any(overlay_pixels(card)[3::4])  # over a checkerboard of the image's shape
+    assert card.locator(".figure.no-image").count() == 1
+    card.get_by_role("button", name="Show the attention over the image (PNG)").click()
+    picture = card.locator("img.api-picture")
+    picture.wait_for()
+    page.wait_for_function("() => document.querySelector('img.api-picture').naturalWidth > 0")
+    assert card.locator("time").first.get_attribute("datetime") == job["timings"]["created_at"]
+
+
+def test_a_queued_card_shows_its_image_and_live_progress(page, site, scene):
+    """The API is answered by the test: the job stays queued."""
+    job_id = "00000000-0000-4000-8000-000000000001"
+    queued = {
+        "id": job_id,
+        "status": "queued",
+        "options": {"beam_size": 3, "max_length": 20, "temperature": 0.0, "seed": None},
+        "image": {"format": "png", "width": 299, "height": 299, "bytes": len(scene)},
+        "result": None,
+        "error": None,
+        "timings": {"created_at": "2030-01-01T00:00:00Z"},
+        "urls": {"self": f"/v1/jobs/{job_id}"},
+    }
+    answer = json.dumps(queued)
+    page.route(
+        "**/v1/jobs", lambda r: r.fulfill(status=202, body=answer, content_type="application/json")
+    )
+    page.route(
+        f"**/v1/jobs/{job_id}", lambda r: r.fulfill(body=answer, content_type="application/json")
+    )
+    open_page(page, site)
+    pick_image(page, "scene.png", scene)
+    card = page.locator(".job").first
+    card.locator(".state[data-status='queued']").wait_for()
+    assert card.locator(".figure img").is_visible()  # the image, before any caption
+    assert card.locator(".steps li[data-step='now']").inner_text() == "queued"
+    assert card.get_by_role("progressbar").is_visible()
+    card.locator(".elapsed").filter(has_text=re.compile(r"Queued for [1-9] s")).wait_for()
+    assert "Options: max_length 20, beam_size 3" in card.locator(".options").inner_text()
+
+
+def test_a_refused_image_shows_its_error_on_its_card(page, site):
+    open_page(page, site)
+    pick_image(page, "notes.png", b"these are notes, not an image")
+    card = page.locator(".job").first
+    card.locator(".state[data-status='error']").wait_for()
+    error = card.get_by_role("alert")
+    assert "415" in error.inner_text() and "Not sent" in error.inner_text(), error.inner_text()
+    assert page.locator("#error").is_hidden()  # on the card, not only at the top
 
 
 def test_moving_across_the_words_redraws_the_attention_over_the_image(page, site, scene):
@@ -242,33 +406,34 @@ def test_an_image_url_is_captioned(page, site, scene, tmp_path):
 
 def test_the_decoding_fields_start_at_the_documented_defaults(page, site):
     open_page(page, site)
-    page.wait_for_function("document.querySelector('#max-length').value !== ''")
+    page.wait_for_function("document.querySelector('#max_length').value !== ''")
     fields = api(site, "/openapi.json")["components"]["schemas"]["JobForm"]["properties"]
     for label, name in (
         ("Words at most", "max_length"),
         ("Beams", "beam_size"),
         ("Temperature", "temperature"),
+        ("Seed", "seed"),
     ):
         field = page.get_by_label(label)
-        assert float(field.input_value()) == fields[name]["default"], label
+        assert field.get_attribute("name") == field.get_attribute("id") == name, label
+        assert name in page.locator(f"label[for='{name}']").inner_text()  # the API's spelling
         assert float(field.get_attribute("max")) == fields[name]["maximum"], label
-    seed = page.get_by_label("Seed")
-    assert seed.input_value() == ""  # none: a random one when sampling
-    assert float(seed.get_attribute("max")) == fields["seed"]["maximum"]
+        if name != "seed":
+            assert float(field.input_value()) == fields[name]["default"], label
+    assert page.get_by_label("Seed").input_value() == ""  # none: a random one when sampling
+    assert page.get_by_label("Image URL").get_attribute("name") == "image_url"
 
 
 def test_a_sampled_job_carries_its_temperature_and_seed(page, site, scene):
     open_page(page, site)
-    page.wait_for_function("document.querySelector('#beam-size').value !== ''")
+    page.wait_for_function("document.querySelector('#beam_size').value !== ''")
     beams = page.get_by_label("Beams")
     beams.fill("4")
     page.get_by_label("Temperature").fill("0.8")
     assert beams.is_disabled() and beams.input_value() == "1"  # the API samples with one beam
     assert "Beams is 1" in page.locator("#sampling-hint").inner_text()
     page.get_by_label("Seed").fill("1234")
-    page.get_by_label("Choose images").set_input_files(
-        files=[{"name": "scene.png", "mimeType": "image/png", "buffer": scene}]
-    )  # as form fields
+    pick_image(page, "scene.png", scene)  # as form fields
     card = page.locator(".job").first
     card.locator(".state[data-status='succeeded']").wait_for()  # a sampled caption may be empty
     job = api(site, f"/v1/jobs/{card.get_attribute('data-job-id')}")
@@ -304,10 +469,8 @@ def json_sent(page, temperature: str, seed: str) -> dict:
 
 def test_a_wrong_key_gets_a_clear_message(page, site, scene):
     open_page(page, site, key="cap_not-a-key")
-    page.get_by_label("Choose images").set_input_files(
-        files=[{"name": "scene.png", "mimeType": "image/png", "buffer": scene}]
-    )
-    alert = page.get_by_role("alert")
+    pick_image(page, "scene.png", scene)
+    alert = page.locator(".job").first.get_by_role("alert")
     alert.wait_for()
     assert "401" in alert.inner_text() and "unknown or revoked" in alert.inner_text()
 
@@ -322,23 +485,35 @@ def test_a_correction_is_sent_and_acknowledged(page, site, scene):
     assert result.get_attribute("data-outcome") == "saved", result.inner_text()
 
 
-# The validation score's points: solid 4-pixel squares in its colour (#2e8b57).
-VALIDATION_DRAWN = """c => {
-    const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
-    for (let i = 0; i < d.length; i += 4) {
-        if (d[i] === 46 && d[i + 1] === 139 && d[i + 2] === 87 && d[i + 3] === 255) return true;
-    }
-    return false;
-}"""
+def test_the_api_docs_link_back_to_the_page(page, site):
+    page.goto(f"{site[0]}/docs/")
+    for name, href in (("the jobs page", "/"), ("the training page", "/training")):
+        assert page.get_by_role("link", name=name).get_attribute("href") == href
 
 
-def test_the_training_page_starts_a_run_and_charts_its_progress(page, site):
+def drawn(colour: str) -> str:
+    """A canvas check: some pixel is exactly `colour` ("#rrggbb"), as the chart's points are."""
+    r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"""c => {{
+        const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+        for (let i = 0; i < d.length; i += 4) {{
+            if (d[i] === {r} && d[i + 1] === {g} && d[i + 2] === {b} && d[i + 3] === 255) {{
+                return true;
+            }}
+        }}
+        return false;
+    }}"""
+
+
+def test_the_training_page_starts_a_run_and_charts_its_progress(checked_page, site):
+    page = checked_page
     open_page(page, site, "/training")
-    page.get_by_label("Epochs").fill("1")
+    page.wait_for_function("document.querySelector('#learning_rate').value !== ''")
+    page.get_by_label("Epochs").fill(str(EPOCHS))
     page.get_by_label("Batch size").fill("8")
     check_a_scenes_transformer_request(page)
     page.get_by_label("Generated shapes set").check()
-    page.get_by_label("shapes set: images").fill("20")
+    page.get_by_label("shapes set: images").fill(str(IMAGES))
     page.get_by_label("Decoder").select_option("gru")
     page.evaluate("""() => {
         window.states = [];
@@ -349,33 +524,36 @@ def test_the_training_page_starts_a_run_and_charts_its_progress(page, site):
     with page.expect_request(lambda r: r.method == "POST" and "/v1/training-runs" in r.url) as sent:
         page.get_by_role("button", name="Start training run").click()
     asked = sent.value.post_data_json
-    assert asked["dataset"] == {"type": "shapes", "size": 20}, asked
+    assert asked["dataset"] == {"type": "shapes", "size": IMAGES}, asked
     assert asked["model"] == {"decoder": "gru"}, asked
     state = page.locator("#run-state")
-    page.locator("#run-state[data-status='succeeded']").wait_for(timeout=RUN_S)
+    page.locator("#run-state[data-status='succeeded']").wait_for(timeout=RUN_S * EPOCHS * 3)
     states = page.evaluate("window.states")
     assert any(": running" in s for s in states), states  # seen while it ran
+    assert " left" not in state.inner_text() and "took" in state.inner_text()  # it ended
+    assert page.get_by_role("button", name="Cancel run").is_hidden()
     chart = page.locator("#chart")
-    assert int(chart.get_attribute("data-points")) >= 2  # the epoch's loss and its score
-    assert chart.evaluate(
-        "c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data.some(v => v > 0)"
-    )
-    assert chart.evaluate(VALIDATION_DRAWN)
+    assert int(chart.get_attribute("data-points")) >= 3  # the epoch's loss, accuracy and score
+    assert chart.evaluate(drawn("#2e8b57"))  # the validation score
+    assert chart.evaluate(drawn("#7b3fa0"))  # the token accuracy
+    progress = page.locator("section[aria-labelledby='run-heading']")
+    assert progress.locator("canvas, img").count() == 1  # one chart, not a picture of it too
     assert page.locator("#chart-metric").inner_text() == "bleu4"
     assert "made v1" in state.inner_text()
-    assert page.locator("#history tbody tr").count() == 1
+    assert page.locator("#history tbody tr").count() == EPOCHS
     assert "token accuracy" in page.locator("#history thead").inner_text()
-    accuracy = page.locator("#history tbody td.accuracy").inner_text()  # "—" for older workers
+    accuracy = page.locator("#history tbody td.accuracy").first.inner_text()  # "—": old workers
     assert accuracy == "—" or 0 <= float(accuracy) <= 1, accuracy
     assert "accuracy" not in page.locator("#history tbody td").last.inner_text()  # validation only
     check_the_curves_png(page)
     version = page.locator("#models tr[data-version='v1']")
     version.wait_for()
-    assert page.get_by_role("button", name="Promote v1").is_visible()
     assert "decoder" in page.locator("#models thead").inner_text()
     assert version.locator("td.decoder").inner_text() == "GRU"
-    page.set_viewport_size({"width": 360, "height": 740})
-    assert not sticking_out(page)
+    for width in ("desktop", "phone"):
+        check_fits_and_is_accessible(page, width)
+        box = page.get_by_role("button", name="Promote v1").bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= WIDTHS[width]["width"], box
 
 
 def check_a_scenes_transformer_request(page) -> None:
@@ -394,25 +572,78 @@ def check_a_scenes_transformer_request(page) -> None:
     page.get_by_role("alert").filter(has_text="answered by the test").wait_for()
     page.unroute("**/v1/training-runs", answer)
     asked = {"dataset": {"type": "scenes", "size": 30}, "model": {"decoder": "transformer"}}
-    rest = {"hyperparameters": {"epochs": 1, "batch_size": 8}, "promotion": "never"}
-    assert sent == [{**asked, **rest}]
+    hyperparameters = {"epochs": EPOCHS, "batch_size": 8, "learning_rate": 0.001}  # its default
+    assert sent == [{**asked, "hyperparameters": hyperparameters, "promotion": "never"}]
 
 
 def check_the_curves_png(page) -> None:
-    """The "curves (PNG)" link of the watched run shows the API's picture of its curves."""
-    link = page.get_by_role("link", name="curves (PNG)")
+    """The watched run's curves as the API draws them come as a download, not a second chart."""
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download the curves (PNG)").click()
     shown = page.locator("#run-state").inner_text().split(":")[0].removeprefix("Run ")
-    href = link.get_attribute("href")  # the run's id, of which the state line shows 8 characters
-    assert href.startswith(f"/v1/training-runs/{shown}") and href.endswith("/curves.png"), href
-    link.click()
-    image = page.get_by_role("img", name="training loss, token accuracy")
-    image.wait_for()
-    page.wait_for_function("() => document.querySelector('#curves-image').naturalWidth > 0")
-    assert image.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [800, 450]
-    assert image.get_attribute("src").startswith("blob:")
+    assert download.value.suggested_filename.startswith(shown), download.value.suggested_filename
+    png = Path(download.value.path()).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", png[16:24]) == (800, 450)  # IHDR: width, height
 
 
-def test_the_jobs_page_fits_a_narrow_screen(page, site, scene):
+def test_a_running_run_can_be_canceled(page, site):
+    open_page(page, site, "/training")
+    page.get_by_label("Epochs").fill("1000")
+    page.get_by_label("Batch size").fill("1")
+    page.get_by_label("shapes set: images").fill("20")
+    page.get_by_role("button", name="Start training run").click()
+    page.locator("#run-state[data-status='running']").wait_for(timeout=RUN_S)
+    with page.expect_response(lambda r: r.url.endswith("/cancel")) as answer:
+        page.get_by_role("button", name="Cancel run").click()
+    assert answer.value.status in (200, 202)  # 202: it stops before its next step
+    page.locator("#run-state[data-status='canceled']").wait_for(timeout=RUN_S)
+    assert page.get_by_role("button", name="Cancel run").is_hidden()
+    assert " left" not in page.locator("#run-state").inner_text()
+
+
+def test_a_dataset_is_uploaded_and_chosen_for_the_next_run(page, site, tmp_path):
+    messages = collect_errors(page)
+    write_shapes_dataset(tmp_path / "tiny", 10, seed=2, val_fraction=0.3)
+    archive = pack_dataset(tmp_path / "tiny", tmp_path / "tiny.zip").read_bytes()
+    open_page(page, site, "/training")
+    chooser = page.get_by_label("Archive")
+    chooser.set_input_files(
+        files=[{"name": "bad.zip", "mimeType": "application/zip", "buffer": b"not a zip"}]
+    )
+    page.get_by_role("button", name="Upload dataset").click()
+    refusal = page.locator("#upload-result .error")
+    refusal.wait_for()
+    assert "400" in refusal.inner_text(), refusal.inner_text()
+    messages.clear()  # the refused upload's 400, which the console logs
+    chooser.set_input_files(
+        files=[{"name": "tiny.zip", "mimeType": "application/zip", "buffer": archive}]
+    )
+    page.get_by_label("Name").fill("tiny shapes")
+    page.get_by_role("button", name="Upload dataset").click()
+    page.locator("#upload-result .uploaded").wait_for()
+    assert "10 images" in page.locator("#upload-result").inner_text()
+    assert page.locator("#use-upload").is_checked()
+    assert page.locator("#dataset option:checked").inner_text() == "tiny shapes (10 images)"
+    assert not messages, messages
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("path", ["/", "/training"])
+def test_the_pages_fit_the_screen_and_pass_axe(checked_page, site, path, width):
+    page = checked_page
+    page.set_viewport_size(WIDTHS[width])
+    open_page(page, site, path)
+    page.locator("#model.warning, #model[data-active]").wait_for()
+    page.locator("#recent li, #models tbody tr").first.wait_for()  # the lists are filled
+    assert not sticking_out(page)
+    assert not serious_violations(page)
+
+
+def test_the_jobs_page_fits_a_narrow_screen(checked_page, stack, site, scene):
+    page = checked_page
+    if SHOOT:
+        promote_the_trained_bundle(stack, site)
     open_page(page, site)
     card = upload(page, scene)
     words = card.locator(".word")
@@ -421,7 +652,34 @@ def test_the_jobs_page_fits_a_narrow_screen(page, site, scene):
     if SHOOT:
         page.mouse.move(0, 0)  # the word stays chosen; no hover styling in the picture
         page.screenshot(path=str(SCREENSHOT), full_page=True)
-    page.set_viewport_size({"width": 360, "height": 740})
-    assert not sticking_out(page)
+    check_fits_and_is_accessible(page, "desktop")  # with a job shown
+    check_fits_and_is_accessible(page, "phone")
     assert card.locator("img").bounding_box()["width"] <= 360
     assert words.first.is_visible() and card.get_by_label("Correct this caption").is_visible()
+    if SHOOT:
+        page.screenshot(path=str(PHONE_SCREENSHOT), full_page=True)
+        shoot_the_training_page(page, site)
+
+
+def promote_the_trained_bundle(stack, site) -> None:
+    """Register the served bundle as the active version, as after the quickstart, and wait until
+    the inference worker serves it (the screenshots then show no warning)."""
+    from worker.bundles import import_bundle
+
+    version = import_bundle(stack.db, stack.blobs, stack.bundle, promote=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if any(w["model_version"] == version for w in api(site, "/v1/workers")["workers"]):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no worker serves {version} after 60 s")
+
+
+def shoot_the_training_page(page, site) -> None:
+    """docs/training-page.png: the watched run of the training test, on a desktop's width."""
+    page.set_viewport_size(WIDTHS["desktop"])
+    page.goto(f"{site[0]}/training")
+    page.locator("#runs li:has(.badge[data-status='succeeded']) button").first.click()
+    page.locator("#run-state[data-status='succeeded']").wait_for()
+    page.locator("#model[data-active]").wait_for()
+    page.screenshot(path=str(TRAINING_SCREENSHOT), full_page=True)

@@ -1,7 +1,8 @@
 // The jobs page: submit images (files, drag and drop, or a URL) with beam search or sampling at a
-// temperature (and a seed), watch each job go queued →
-// running → succeeded, explore the caption's attention word by word over the image, download
-// the attention, correct the caption; recent jobs and the active model version.
+// temperature (and a seed), watch each job go queued → running → succeeded on its own card (its
+// image shown from the start, its errors on the card), explore the caption's attention word by
+// word over the image, download the attention, correct the caption; reopen recent jobs; say
+// which model version is active, or loudly that none is.
 
 import {
   $,
@@ -9,16 +10,22 @@ import {
   api,
   apiKey,
   ApiError,
+  duration,
   el,
-  listModels,
+  keepTimesCurrent,
   setupKeyForm,
   showError,
+  showModelState,
+  timeElement,
 } from "/web/common.js";
 
 const POLL_MS = 300;
 const POLL_LIMIT_MS = 5 * 60 * 1000;
 const TERMINAL = new Set(["succeeded", "failed", "canceled", "aborted"]);
 const OVERLAY_MAX_SIDE = 640; // canvas pixels: enough for a smooth overlay, cheap to redraw
+const PICTURES = "captioner.pictures"; // sessionStorage: {job id: {name, src}} of this session's
+const PICTURES_KEPT = 12; // uploads, small, so a reopened job shows its image (the API has no
+const PICTURE_SIDE = 480; // route that serves a job's image back)
 
 // ---- the .npy format (NumPy's own: magic, version, header length, a Python dict, the data) ----
 
@@ -92,74 +99,199 @@ export function drawOverlay(canvas, weights, grid) {
   context.drawImage(small, 0, 0, canvas.width, canvas.height);
 }
 
+// ---- this session's pictures: reopened jobs show their image ----
+
+/** The pictures kept for this session's jobs: {job id: {name, src}}. */
+function keptPictures() {
+  try {
+    return JSON.parse(sessionStorage.getItem(PICTURES) || "{}");
+  } catch {
+    return {};
+  }
+}
+
+/** Keep a small copy of a job's image (a JPEG data: URL) for this browser session. */
+function keepPicture(id, name, src) {
+  if (!src) return;
+  const kept = Object.entries(keptPictures()).filter(([key]) => key !== id)
+    .slice(-(PICTURES_KEPT - 1));
+  kept.push([id, { name, src }]);
+  try {
+    sessionStorage.setItem(PICTURES, JSON.stringify(Object.fromEntries(kept)));
+  } catch {
+    // storage full: the job reopens over a checkerboard
+  }
+}
+
+/** A copy of `file` at most PICTURE_SIDE pixels on a side, as a data: URL (null if unreadable). */
+async function smallCopy(file) {
+  try {
+    const bitmap = await createImageBitmap(file);
+    const scale = Math.min(1, PICTURE_SIDE / Math.max(bitmap.width, bitmap.height));
+    const canvas = el("canvas", { width: Math.max(1, Math.round(bitmap.width * scale)),
+                                  height: Math.max(1, Math.round(bitmap.height * scale)) });
+    canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    return canvas.toDataURL("image/jpeg", 0.85);
+  } catch {
+    return null;
+  }
+}
+
 // ---- one job's card ----
 
-/** A card in the jobs list; `picture` is a blob: URL of the image (null: none to show). */
-function jobCard(title, picture) {
+const STEPS = ["sent", "queued", "running", "captioned"];
+
+/** A card in the jobs list, its image (`picture`: a blob: or data: URL) shown from the start;
+ * without one, a checkerboard of the image's shape (`size`: {width, height}) if known. */
+function jobCard(title, picture, size = null) {
+  const figure = el(
+    "div",
+    { class: picture ? "figure" : "figure no-image" },
+    picture ? el("img", { src: picture, alt: `the image: ${title}` }) : null,
+    el("canvas", { class: "overlay", "aria-hidden": "true" }),
+  );
+  if (!picture && size?.width && size?.height) {
+    figure.style.aspectRatio = `${size.width} / ${size.height}`;
+  }
   const card = el(
     "li",
     { class: "job" },
-    el("h3", { text: title }),
-    el("p", { class: "state", text: "sending…" }),
-    el("p", { class: "options note" }),
-    el(
-      "div",
-      { class: "figure", hidden: true },
-      picture ? el("img", { src: picture, alt: `the image: ${title}` }) : null,
-      el("canvas", { class: "overlay", "aria-hidden": "true" }),
-    ),
-    el("div", { class: "caption", role: "group", "aria-label": "caption words" }),
-    el("p", { class: "hint", hidden: true }),
-    el("p", { class: "links" }),
-    el("div", { class: "correction-slot" }),
+    el("div", { class: "job-head" },
+      el("h3", { text: title, tabindex: "-1" }),
+      el("p", { class: "state", text: "sending…" }),
+      el("span", { class: "when note" })),
+    figure,
+    el("div", { class: "job-body" },
+      el("ol", { class: "steps", "aria-label": "progress" },
+        ...STEPS.map((step) => el("li", { text: step }))),
+      el("div", { class: "progress-line" },
+        el("progress", { "aria-label": `progress of ${title}` }),
+        el("span", { class: "elapsed", text: "Sending the image…" })),
+      el("p", { class: "options note" }),
+      el("div", { class: "error job-error", role: "alert", hidden: true }),
+      el("div", { class: "caption", role: "group", "aria-label": "caption words" }),
+      el("p", { class: "hint", hidden: true }),
+      el("p", { class: "links" }),
+      el("div", { class: "api-picture-slot" }),
+      el("div", { class: "correction-slot" })),
   );
-  if (!picture) card.querySelector(".figure").classList.add("no-image");
   $("#jobs").prepend(card);
+  $("#jobs-empty").hidden = true;
   return card;
 }
 
+/** Show the job's status, options and error on its card. */
 function setState(card, job) {
   const state = card.querySelector(".state");
-  state.textContent = job.error ? `${job.status}: ${job.error.message || job.error.code}` : job.status;
+  state.textContent = job.status;
   state.dataset.status = job.status;
   card.querySelector(".options").textContent = optionsLine(job.options);
   card.dataset.jobId = job.id;
   card.dataset.status = job.status;
-}
-
-/** Submit `send` (a FormData or JSON object) and follow the job on `card` until it ends. */
-async function submit(card, send) {
-  try {
-    const job = await api("/v1/jobs", send instanceof FormData ? { method: "POST", body: send }
-      : { method: "POST", json: send });
-    setState(card, job);
-    announce(`Job ${job.id} ${job.status}.`);
-    await follow(card, job);
-  } catch (error) {
-    card.querySelector(".state").textContent = "not sent";
-    card.querySelector(".state").dataset.status = "error";
-    card.dataset.status = "error";
-    showError(error);
-    announce(String(error.message));
+  const when = card.querySelector(".when");
+  if (!when.firstChild && job.timings?.created_at) when.append(timeElement(job.timings.created_at));
+  if (job.error) {
+    cardError(card, `The job ${job.status}: ${job.error.message || job.error.code}`
+      + (job.error.code ? ` (${job.error.code})` : ""));
+  }
+  if (job.image?.width && job.image?.height && card.querySelector(".figure.no-image")) {
+    card.querySelector(".figure").style.aspectRatio = `${job.image.width} / ${job.image.height}`;
   }
 }
 
-/** Poll the job until it ends, showing each status change; then show its result. */
+/** Show `text` as the card's error (an alert: read out at once). */
+function cardError(card, text) {
+  const box = card.querySelector(".job-error");
+  box.textContent = text;
+  box.hidden = false;
+}
+
+/** The steps and the line under them: where the job is and for how long (`since`: ms when it
+ * entered that status, as this page saw it). */
+function showProgress(card, job, since) {
+  const status = job?.status || "sending";
+  const at = { sending: 0, queued: 1, running: 2, succeeded: 4 }[status] ?? 3; // 3: it failed
+  card.querySelectorAll(".steps li").forEach((step, i) => {
+    step.dataset.step = i < at ? "done" : i === at ? "now" : "";
+    if (i === 3) step.textContent = at === 3 ? status : "captioned";
+  });
+  const line = card.querySelector(".progress-line");
+  line.hidden = TERMINAL.has(status) || status === "error";
+  const waited = duration((Date.now() - since) / 1000);
+  const text = {
+    sending: "Sending the image…",
+    queued: `Queued for ${waited}: waiting for a worker.`,
+    running: `Running for ${waited}: the model is writing the caption.`,
+  }[status];
+  if (text) line.querySelector(".elapsed").textContent = text
+    + (status === "queued" && Date.now() - since > 15_000 && $("#model.warning")
+      ? " No model version is active: see the notice at the top." : "");
+  const timings = job?.timings;
+  if (status === "succeeded" && typeof timings?.total_ms === "number") {
+    card.querySelector(".options").textContent = `${optionsLine(job.options)} Captioned in `
+      + `${(timings.total_ms / 1000).toFixed(1)} s`
+      + (typeof timings.queue_ms === "number" ? ` (${(timings.queue_ms / 1000).toFixed(1)} s `
+        + "queued)." : ".");
+  }
+}
+
+/** Submit `send` (a FormData or JSON object) and follow the job on `card` until it ends;
+ * `picture` (a promise of a small copy of the image) is kept for reopening the job later. */
+async function submit(card, send, picture = null) {
+  showProgress(card, null, Date.now());
+  let job;
+  try {
+    job = await api("/v1/jobs", send instanceof FormData ? { method: "POST", body: send }
+      : { method: "POST", json: send });
+  } catch (error) {
+    const state = card.querySelector(".state");
+    state.textContent = "not sent";
+    state.dataset.status = "error";
+    card.dataset.status = "error";
+    showProgress(card, { status: "error" }, Date.now());
+    cardError(card, `Not sent: ${error.message}`);
+    announce(`${card.querySelector("h3").textContent} not sent: ${error.message}`);
+    return;
+  }
+  setState(card, job);
+  announce(`Job ${job.id} ${job.status}.`);
+  picture?.then((src) => keepPicture(job.id, card.querySelector("h3").textContent, src));
+  await follow(card, job);
+  refreshRecent();
+}
+
+/** Poll the job until it ends, showing each status change and how long it has been in it;
+ * then show its result. */
 async function follow(card, job) {
   const started = Date.now();
   let seen = job.status;
+  let since = Date.now();
+  showProgress(card, job, since);
   while (!TERMINAL.has(job.status) && Date.now() - started < POLL_LIMIT_MS) {
     await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-    job = await api(`/v1/jobs/${job.id}`);
+    try {
+      job = await api(`/v1/jobs/${job.id}`);
+    } catch (error) {
+      cardError(card, `Lost track of the job: ${error.message}`);
+      return;
+    }
     if (job.status !== seen) {
       seen = job.status;
+      since = Date.now();
       setState(card, job);
       announce(`Job ${job.id} ${job.status}.`);
     }
+    showProgress(card, job, since);
   }
   setState(card, job);
-  if (job.status === "succeeded") await showResult(card, job);
-  refreshRecent();
+  showProgress(card, job, since);
+  if (job.status === "succeeded") {
+    try {
+      await showResult(card, job);
+    } catch (error) {
+      cardError(card, `The caption is ready, but not its attention: ${error.message}`);
+    }
+  }
 }
 
 /** The caption as word buttons, the attention over the image, the download and the form. */
@@ -171,14 +303,12 @@ async function showResult(card, job) {
   const figure = card.querySelector(".figure");
   const canvas = figure.querySelector("canvas");
   const image = figure.querySelector("img");
-  figure.hidden = false;
   if (image) await image.decode().catch(() => {});
-  const width = image?.naturalWidth || 299;
-  const height = image?.naturalHeight || 299;
+  const width = image?.naturalWidth || job.image?.width || 299;
+  const height = image?.naturalHeight || job.image?.height || 299;
   const scale = Math.min(1, OVERLAY_MAX_SIDE / Math.max(width, height));
   canvas.width = Math.max(1, Math.round(width * scale));
   canvas.height = Math.max(1, Math.round(height * scale));
-  if (!image) figure.style.aspectRatio = "1 / 1";
 
   const tokens = job.result.tokens || [];
   const caption = card.querySelector(".caption");
@@ -212,13 +342,36 @@ async function showResult(card, job) {
   hint.hidden = buttons.length === 0;
   hint.textContent = "Hover or focus a word (Left/Right arrows move) to see where it looked.";
   if (buttons.length) choose(0);
+  if (!buttons.length) {
+    caption.append(el("p", { class: "note", text: "The caption is empty: no word to show." }));
+  }
 
   const download = el("a", { href: URL.createObjectURL(new Blob([npy])),
                              download: `${job.id}.attention.npy`,
                              text: "Download attention (.npy)" });
   const links = card.querySelector(".links");
-  links.replaceChildren(download, ` · model ${job.result.model_version || "?"}`);
+  links.replaceChildren(download, el("span", { text: `model ${job.result.model_version || "?"}` }));
+  if (!image) links.append(apiPictureButton(card, job));
   card.querySelector(".correction-slot").replaceChildren(correctionForm(job));
+}
+
+/** For a job whose image this page does not have: the API's own picture of the attention over
+ * the image, one panel per word (GET /v1/jobs/{id}/attention.png), on request. */
+function apiPictureButton(card, job) {
+  const button = el("button", { type: "button", text: "Show the attention over the image (PNG)" });
+  button.addEventListener("click", async () => {
+    const slot = card.querySelector(".api-picture-slot");
+    try {
+      const png = await api(job.urls.attention_png, { binary: true });
+      const src = URL.createObjectURL(new Blob([png], { type: "image/png" }));
+      slot.replaceChildren(el("img", { class: "api-picture", src,
+        alt: `the image with each word's attention over it: ${job.result.caption}` }));
+      button.remove();
+    } catch (error) {
+      slot.replaceChildren(el("p", { class: "error", text: error.message }));
+    }
+  });
+  return button;
 }
 
 /** "Correct this caption": POST {"caption"} to /v1/jobs/{id}/feedback. */
@@ -228,7 +381,7 @@ function correctionForm(job) {
                               value: job.result.caption || "", autocomplete: "off" });
   const result = el("p", { class: "correction-result", role: "status" });
   const form = el("form", { class: "correction" },
-    el("label", { for: id, text: "Correct this caption" }), input,
+    el("div", { class: "field" }, el("label", { for: id, text: "Correct this caption" }), input),
     el("button", { type: "submit", text: "Send correction" }), result);
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -250,9 +403,8 @@ function correctionForm(job) {
 
 // ---- submitting ----
 
-/** The form's decoding fields and the request fields they set. */
-const FIELDS = { "max-length": "max_length", "beam-size": "beam_size", temperature: "temperature",
-  seed: "seed" };
+/** The decoding fields: each input's id and name are the request field it sets. */
+const FIELDS = ["max_length", "beam_size", "temperature", "seed"];
 
 /** Each decoding field starts at the default the API documents and takes its limits from
  * there (GET /openapi.json), the one place they are written. A field the user already changed
@@ -261,8 +413,8 @@ async function loadDefaults() {
   try {
     const document = await (await fetch("/openapi.json")).json();
     const properties = document.components.schemas.JobForm.properties; // text: no nulls
-    for (const [id, name] of Object.entries(FIELDS)) {
-      const input = $(`#${id}`);
+    for (const name of FIELDS) {
+      const input = $(`#${name}`);
       const { default: start, minimum, maximum } = properties[name];
       if (minimum !== undefined) input.min = minimum;
       if (maximum !== undefined) input.max = maximum;
@@ -274,13 +426,16 @@ async function loadDefaults() {
   $("#temperature").dispatchEvent(new Event("input"));
 }
 
+/** A field's label in words, without the API name shown beside it. */
+const labelOf = (input) => input.labels[0].firstChild.textContent.trim();
+
 /** The decoding options the form asks for: only the fields that are set, and no beams when
  * sampling (the API samples with one beam). Throws when a field holds what the API does not
  * take. */
 function options() {
   const chosen = {};
-  for (const [id, name] of Object.entries(FIELDS)) {
-    const input = $(`#${id}`);
+  for (const name of FIELDS) {
+    const input = $(`#${name}`);
     if (input.value === "" && !input.validity.badInput) continue;
     const value = Number(input.value);
     const low = Number(input.min || 0), high = input.max === "" ? Infinity : Number(input.max);
@@ -288,7 +443,7 @@ function options() {
     if (!input.validity.valid || !(value >= low && value <= high)
         || (whole && !/^\d+$/.test(input.value))) {
       const what = whole ? "a whole number" : "a number";
-      throw new Error(`${input.labels[0].textContent} must be ${what} from ${low} to ${high}`
+      throw new Error(`${labelOf(input)} must be ${what} from ${low} to ${high}`
         + (name === "seed" ? ", or empty." : "."));
     }
     chosen[name] = value;
@@ -301,7 +456,7 @@ function options() {
 /** While the temperature is above 0 the beams control is 1 and disabled; the hint says why. */
 function setupSampling() {
   const temperature = $("#temperature");
-  const beams = $("#beam-size");
+  const beams = $("#beam_size");
   let kept = beams.value; // the beams asked for before sampling, given back at temperature 0
   const update = () => {
     const sampling = Number(temperature.value) > 0;
@@ -319,12 +474,12 @@ function setupSampling() {
   update();
 }
 
-/** The options a job was decoded with, in words. */
+/** The options a job was decoded with, spelt as the API's fields. */
 function optionsLine(options) {
   if (!options) return "";
-  const parts = [`at most ${options.max_length} words`];
-  if (options.temperature > 0) parts.push(`sampled at temperature ${options.temperature}`);
-  else parts.push(`temperature 0, ${options.beam_size} beam${options.beam_size === 1 ? "" : "s"}`);
+  const parts = [`max_length ${options.max_length}`];
+  if (options.temperature > 0) parts.push(`temperature ${options.temperature} (sampled)`);
+  else parts.push(`beam_size ${options.beam_size} (beam search)`);
   if (options.seed !== null && options.seed !== undefined) parts.push(`seed ${options.seed}`);
   return `Options: ${parts.join(", ")}.`;
 }
@@ -352,7 +507,7 @@ function submitFiles(files) {
     const form = new FormData();
     form.append("image", file, file.name);
     for (const [name, value] of Object.entries(chosen)) form.append(name, String(value));
-    submit(jobCard(file.name, URL.createObjectURL(file)), form);
+    submit(jobCard(file.name, URL.createObjectURL(file)), form, smallCopy(file));
   }
 }
 
@@ -376,24 +531,51 @@ function setupSubmission() {
   $("#url-form").addEventListener("submit", (event) => {
     event.preventDefault();
     showError(null);
-    const url = $("#image-url").value.trim();
+    const url = $("#image_url").value.trim();
     const chosen = url ? checkedOptions() : null;
     if (chosen) submit(jobCard(url, null), { image_url: url, ...chosen });
   });
 }
 
-// ---- recent jobs and the model ----
+// ---- recent jobs (reopened on a click) and the model ----
+
+/** Show the job `id` on a card of its own (or go to its card if it has one). */
+async function openJob(id) {
+  const shown = [...$("#jobs").children].find((card) => card.dataset.jobId === id);
+  if (shown) {
+    shown.querySelector("h3").focus();
+    return;
+  }
+  showError(null);
+  let job;
+  try {
+    job = await api(`/v1/jobs/${id}`);
+  } catch (error) {
+    showError(error);
+    return;
+  }
+  const kept = keptPictures()[id];
+  const card = jobCard(kept?.name || job.image?.url || `Job ${id.slice(0, 8)}`,
+    kept?.src || null, job.image);
+  setState(card, job);
+  card.querySelector("h3").focus();
+  announce(`Job ${id} opened: ${job.status}.`);
+  await follow(card, job);
+}
 
 async function refreshRecent() {
   try {
     const { jobs } = await api("/v1/jobs?limit=10");
-    const rows = jobs.map((job) =>
-      el("li", { "data-job-id": job.id },
-        el("span", { class: "badge", "data-status": job.status, text: job.status }), " ",
-        el("span", { text: job.result?.caption || job.error?.code || "—" }), " ",
+    const rows = jobs.map((job) => {
+      const open = el("button", { type: "button", class: "recent-job" },
+        el("span", { class: "badge", "data-status": job.status, text: job.status }),
+        el("span", { class: "what", text: job.result?.caption || job.error?.code || "—" }),
         job.options?.temperature > 0 ? el("small", { class: "sampling", text:
-          `temperature ${job.options.temperature}, seed ${job.options.seed} ` }) : null,
-        el("small", { text: job.timings.created_at || "" })));
+          `temperature ${job.options.temperature}, seed ${job.options.seed}` }) : null,
+        el("small", {}, timeElement(job.timings.created_at)));
+      open.addEventListener("click", () => openJob(job.id));
+      return el("li", { "data-job-id": job.id }, open);
+    });
     $("#recent").replaceChildren(...rows);
     if (!rows.length) $("#recent").append(el("li", { text: "No jobs yet." }));
   } catch (error) {
@@ -401,26 +583,16 @@ async function refreshRecent() {
   }
 }
 
-async function refreshModel() {
-  try {
-    const { active } = await listModels();
-    $("#model").textContent = active
-      ? `Active model version: ${active}`
-      : "No registered version is active: workers serve the bundle they were started with.";
-  } catch (error) {
-    $("#model").textContent = error.message;
-  }
-}
-
 function refresh() {
   if (!apiKey()) return; // nothing to show yet: every call would answer 401
   refreshRecent();
-  refreshModel();
+  showModelState($("#model"));
 }
 
 setupKeyForm(refresh);
 setupSubmission();
 setupSampling();
 loadDefaults();
+keepTimesCurrent();
 $("#refresh").addEventListener("click", refresh);
 refresh();

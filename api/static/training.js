@@ -1,24 +1,30 @@
 // The training page: start a run (the shapes or scenes set, or an uploaded dataset; a GRU or
-// Transformer decoder), watch its progress as
-// a line chart, list runs and model versions, promote a version (admin keys only).
+// Transformer decoder), upload a dataset, watch a run's progress on one chart and cancel it,
+// list runs and model versions, promote a version (admin keys only).
 
 import {
   $,
   announce,
   api,
   apiKey,
+  ApiError,
+  duration,
   el,
+  keepTimesCurrent,
   listModels,
   metricsLine,
   setupKeyForm,
   showError,
+  showModelState,
+  timeElement,
 } from "/web/common.js";
 
 const POLL_MS = 500;
 const ENDED = new Set(["succeeded", "failed", "canceled"]);
 const TRAINING = new Set(["epoch", "loss", "accuracy"]); // a history row's keys that are not
 // validation metrics
-let watched = null; // {id, steps: [{x, y}], timer}
+const HYPERPARAMETERS = ["epochs", "batch_size", "learning_rate"]; // the form's, by API name
+let watched = null; // {id, steps: [{x, y}], status, timer, run}
 
 // ---- starting a run ----
 
@@ -31,15 +37,38 @@ function datasetRequest() {
   return { type, size: Number($(`#${type}-size`).value) };
 }
 
-/** A fresh run's request (the page never fine-tunes, so it always names its decoder). */
+/** A fresh run's request (the page never fine-tunes, so it always names its decoder); a
+ * hyperparameter left empty is not sent, and the API applies its default. */
 function runRequest() {
+  const hyperparameters = {};
+  for (const name of HYPERPARAMETERS) {
+    const value = $(`#${name}`).value;
+    if (value !== "") hyperparameters[name] = Number(value);
+  }
   return {
     dataset: datasetRequest(),
-    hyperparameters: { epochs: Number($("#epochs").value),
-                       batch_size: Number($("#batch-size").value) },
+    hyperparameters,
     model: { decoder: $("#decoder").value },
     promotion: $("#promotion").value,
   };
+}
+
+/** The limits (and, for an empty field, the default) of each hyperparameter, as the API
+ * documents them (GET /openapi.json). */
+async function loadDefaults() {
+  try {
+    const document = await (await fetch("/openapi.json")).json();
+    const properties = document.components.schemas.Hyperparameters.properties;
+    for (const name of HYPERPARAMETERS) {
+      const input = $(`#${name}`);
+      const { default: start, minimum, maximum } = properties[name];
+      if (minimum !== undefined) input.min = minimum;
+      if (maximum !== undefined) input.max = maximum;
+      if (start !== undefined && start !== null && input.value === "") input.value = start;
+    }
+  } catch {
+    // the fields keep the page's limits; an empty one takes the API's default
+  }
 }
 
 /** What a run or version trained on: "shapes (200)", "scenes (200)" or the upload's name. */
@@ -55,7 +84,7 @@ async function startRun(event) {
   event.preventDefault();
   showError(null);
   if ($("#use-upload").checked && !$("#dataset").value) {
-    showError(new Error("Choose an uploaded dataset (or upload one with POST /v1/datasets)."));
+    showError(new Error("Choose an uploaded dataset, or upload one below."));
     return;
   }
   const button = $("#start");
@@ -73,11 +102,72 @@ async function startRun(event) {
   }
 }
 
+// ---- uploading a dataset ----
+
+/** POST the form to /v1/datasets, reporting the share sent (0…1) as it goes: the dataset, or
+ * an ApiError (a bad archive's `problem.problems` names every bad entry). */
+function sendArchive(form, progress) {
+  return new Promise((resolve, reject) => {
+    const request = new XMLHttpRequest(); // fetch cannot report an upload's progress
+    request.open("POST", "/v1/datasets");
+    if (apiKey()) request.setRequestHeader("Authorization", `Bearer ${apiKey()}`);
+    request.responseType = "json";
+    request.upload.addEventListener("progress", (event) => {
+      if (event.lengthComputable) progress(event.loaded / event.total);
+    });
+    request.addEventListener("load", () => {
+      if (request.status >= 200 && request.status < 300) resolve(request.response);
+      else reject(new ApiError(request.status, request.response || { detail: request.statusText }));
+    });
+    request.addEventListener("error", () =>
+      reject(new ApiError(0, { detail: "the upload was cut off" })));
+    request.send(form);
+  });
+}
+
+async function uploadDataset(event) {
+  event.preventDefault();
+  const file = $("#archive").files[0];
+  const result = $("#upload-result");
+  if (!file) return;
+  const form = new FormData();
+  form.append("archive", file, file.name);
+  const name = $("#dataset-name").value.trim();
+  if (name) form.append("name", name);
+  const bar = $("#upload-progress");
+  bar.hidden = false;
+  bar.value = 0;
+  $("#upload").disabled = true;
+  result.replaceChildren(el("p", { text: `Uploading ${file.name}…` }));
+  try {
+    const dataset = await sendArchive(form, (share) => (bar.value = share));
+    const splits = Object.entries(dataset.splits || {})
+      .map(([split, counts]) => `${split} ${counts.images}`).join(", ");
+    result.replaceChildren(el("p", { class: "uploaded", text: `Uploaded “${dataset.name}”: `
+      + `${dataset.images} images and ${dataset.captions} captions (${splits}). It is chosen `
+      + "for the next run above." }));
+    $("#upload-form").reset();
+    await loadDatasets(dataset.id);
+    $("#use-upload").checked = true;
+    announce(result.textContent);
+  } catch (error) {
+    const problems = error.problem?.problems || [];
+    result.replaceChildren(el("div", { class: "error" },
+      el("p", { text: `Not uploaded: ${error.message}` }),
+      problems.length ? el("ul", {}, ...problems.slice(0, 20).map((p) => el("li", { text: p })))
+        : null));
+    announce(`Not uploaded: ${error.message}`);
+  } finally {
+    bar.hidden = true;
+    $("#upload").disabled = false;
+  }
+}
+
 // ---- watching one ----
 
 function watch(run) {
   if (watched?.timer) clearTimeout(watched.timer);
-  watched = { id: run.id, steps: [], status: null, timer: null };
+  watched = { id: run.id, steps: [], status: null, timer: null, run: null };
   showCurvesLink(run.id);
   show(run);
   poll();
@@ -105,27 +195,45 @@ async function poll() {
   if (current === watched) current.timer = setTimeout(poll, POLL_MS);
 }
 
-/** One line that says where the run is. */
+/** One line that says where the run is (an ended run: how long it took, no time left). */
 function describe(run) {
   const parts = [`Run ${run.id.slice(0, 8)}: ${run.status}`];
   const p = run.progress;
-  if (p?.phase === "training") {
+  if (ENDED.has(run.status)) {
+    const took = Date.parse(run.finished_at) - Date.parse(run.started_at);
+    if (took >= 0) parts.push(`took ${duration(took / 1000)}`);
+  } else if (run.cancel_requested) {
+    parts.push("canceling: it stops before its next step");
+  } else if (p?.phase === "training") {
     parts.push(`epoch ${p.epoch}/${p.epochs}, step ${p.step}/${p.steps}`);
     if (typeof p.loss === "number") parts.push(`loss ${p.loss.toFixed(4)}`);
-    if (typeof p.eta_s === "number") parts.push(`about ${Math.round(p.eta_s)} s left`);
+    if (typeof p.eta_s === "number") {
+      parts.push(p.eta_s >= 1 ? `about ${duration(p.eta_s)} left` : "almost done");
+    }
   } else if (p) {
     parts.push(`${p.phase}${p.total ? ` ${p.done}/${p.total}` : ""}`);
+  } else if (run.status === "queued") {
+    parts.push("waiting for a training worker");
   }
   const last = run.history.at(-1);
   if (last) parts.push(`validation after epoch ${last.epoch}: ${metricsLine(validation(last))}`);
   if (run.model_version) parts.push(`made ${run.model_version}`);
+  if (run.promotion_result?.promoted) parts.push("promoted");
   if (run.error) parts.push(`error: ${run.error.message || run.error.code}`);
   return parts.join(" · ");
 }
 
-function show(run) {
+/** The share of the run done (0…1), or null while it is not training yet. */
+function share(run) {
   const p = run.progress;
-  if (p?.phase === "training" && typeof p.loss === "number") {
+  if (p?.phase !== "training" || !p.epochs || !p.steps) return null;
+  return Math.min(1, (p.epoch - 1 + p.step / p.steps) / p.epochs);
+}
+
+function show(run) {
+  watched.run = run;
+  const p = run.progress;
+  if (p?.phase === "training" && typeof p.loss === "number" && !ENDED.has(run.status)) {
     const x = p.epoch - 1 + p.step / p.steps;
     const last = watched.steps.at(-1);
     if (!last || last.x !== x) watched.steps.push({ x, y: p.loss });
@@ -133,21 +241,39 @@ function show(run) {
   const state = $("#run-state");
   state.textContent = describe(run);
   state.dataset.status = run.status;
+  const bar = $("#run-progress");
+  bar.hidden = ENDED.has(run.status);
+  const done = share(run);
+  if (done === null) bar.removeAttribute("value");
+  else bar.value = done;
+  const cancel = $("#cancel-run");
+  cancel.hidden = ENDED.has(run.status);
+  cancel.disabled = run.cancel_requested;
+  cancel.textContent = run.cancel_requested ? "Canceling…" : "Cancel run";
   if (run.status !== watched.status) {
     announce(`Training run ${run.id} ${run.status}.`);
     watched.status = run.status;
   }
-  const epochs = run.history.map((e) => ({ x: e.epoch, y: e.loss }));
-  const metric = run.hyperparameters.monitor;
-  const validation = run.history.filter((e) => typeof e[metric] === "number")
-    .map((e) => ({ x: e.epoch, y: e[metric] }));
-  $("#chart-metric").textContent = metric;
-  drawChart($("#chart"), [
-    { points: watched.steps, colour: "#1f5fbf" },
-    { points: epochs, colour: "#e07b00" },
-    { points: validation, colour: "#2e8b57", top: 1 },
-  ], run.hyperparameters.epochs);
+  $("#chart-metric").textContent = run.hyperparameters.monitor;
+  redraw();
   showHistory(run.history);
+}
+
+/** Draw the watched run's chart (again: after each poll, and when the chart's size changes). */
+function redraw() {
+  if (!watched?.run) return;
+  const run = watched.run;
+  const colour = (name) => getComputedStyle(document.documentElement)
+    .getPropertyValue(`--series-${name}`).trim();
+  const metric = run.hyperparameters.monitor;
+  const of = (key) => run.history.filter((e) => typeof e[key] === "number")
+    .map((e) => ({ x: e.epoch, y: e[key] }));
+  drawChart($("#chart"), [
+    { points: watched.steps, colour: colour("steps") },
+    { points: of("loss"), colour: colour("epochs") },
+    { points: of("accuracy"), colour: colour("accuracy"), top: 1, dashed: true },
+    { points: of(metric), colour: colour("validation"), top: 1 },
+  ], run.hyperparameters.epochs);
 }
 
 function showHistory(history) {
@@ -156,36 +282,45 @@ function showHistory(history) {
   // Runs from before token accuracy was recorded have none in their rows: "—".
   const fixed = (value, digits) => (typeof value === "number" ? value.toFixed(digits) : "—");
   table.tBodies[0].replaceChildren(...history.map((e) =>
-    el("tr", {}, el("td", { text: String(e.epoch) }), el("td", { text: fixed(e.loss, 4) }),
-      el("td", { class: "accuracy", text: fixed(e.accuracy, 3) }),
-      el("td", { text: metricsLine(validation(e)) }))));
+    el("tr", {}, el("td", { "data-label": "epoch", text: String(e.epoch) }),
+      el("td", { "data-label": "training loss", text: fixed(e.loss, 4) }),
+      el("td", { class: "accuracy", "data-label": "token accuracy", text: fixed(e.accuracy, 3) }),
+      el("td", { "data-label": "validation", text: metricsLine(validation(e)) }))));
+}
+
+async function cancelRun() {
+  if (!watched) return;
+  const button = $("#cancel-run");
+  button.disabled = true;
+  try {
+    const run = await api(`/v1/training-runs/${watched.id}/cancel`, { method: "POST" });
+    announce(run.status === "canceled" ? `Training run ${run.id} canceled.`
+      : `Training run ${run.id} stops before its next step.`);
+    show(run);
+  } catch (error) {
+    showError(error);
+    button.disabled = false;
+  }
 }
 
 // ---- the learning curves as the API draws them (GET /v1/training-runs/{id}/curves.png) ----
 
-/** Point the "curves (PNG)" link at the watched run; the picture shows once it is clicked. */
+/** Offer the watched run's curves as the API draws them, as a download (the chart above shows
+ * the same curves). */
 function showCurvesLink(id) {
-  const path = `/v1/training-runs/${id}/curves.png`;
-  $("#curves-link").href = path;
-  $("#curves-path").textContent = path;
+  $("#curves-path").textContent = `/v1/training-runs/${id}/curves.png`;
   $("#curves").hidden = false;
-  const image = $("#curves-image");
-  if (image.src) URL.revokeObjectURL(image.src);
-  image.removeAttribute("src");
-  image.hidden = true;
 }
 
-/** Fetch the PNG with the key (a plain link would carry none) and show it under the link. */
-async function showCurves(event) {
-  event.preventDefault();
+/** Fetch the PNG with the key (a plain link would carry none) and save it. */
+async function downloadCurves() {
   if (!watched) return;
-  const image = $("#curves-image");
   try {
     const png = await api(`/v1/training-runs/${watched.id}/curves.png`, { binary: true });
-    if (image.src) URL.revokeObjectURL(image.src);
-    image.src = URL.createObjectURL(new Blob([png], { type: "image/png" }));
-    image.hidden = false;
-    announce("Learning curves drawn: training loss, token accuracy and validation per epoch.");
+    const link = el("a", { href: URL.createObjectURL(new Blob([png], { type: "image/png" })),
+                           download: `${watched.id}.curves.png` });
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
   } catch (error) {
     showError(error);
   }
@@ -193,8 +328,9 @@ async function showCurves(event) {
 
 // ---- the chart: lines on a canvas, x in epochs ----
 
-/** Draw `series` ({points: [{x, y}], colour, top?}) with axes from 0 to `epochs`: losses share
- * the left axis; a series with `top` (a score from 0 to 1) is drawn on the right one. */
+/** Draw `series` ({points: [{x, y}], colour, top?, dashed?}) with axes from 0 to `epochs`:
+ * losses share the left axis; a series with `top` (a share from 0 to 1) is drawn on the right
+ * one. */
 function drawChart(canvas, series, epochs) {
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth || 600;
@@ -211,8 +347,8 @@ function drawChart(canvas, series, epochs) {
   const top = Math.max(1e-6, ...losses.map((p) => p.y)) * 1.1;
   const px = (x) => pad.left + (x / Math.max(1, epochs)) * (width - pad.left - pad.right);
   const py = (y, most = top) => height - pad.bottom - (y / most) * (height - pad.top - pad.bottom);
-  c.strokeStyle = "#5a6272";
-  c.fillStyle = "#5a6272";
+  c.strokeStyle = "#505868";
+  c.fillStyle = "#505868";
   c.lineWidth = 1;
   c.font = "12px system-ui, sans-serif";
   c.beginPath();
@@ -227,26 +363,32 @@ function drawChart(canvas, series, epochs) {
   c.textAlign = "center";
   const every = Math.max(1, Math.ceil(epochs / 10));
   for (let e = 0; e <= epochs; e += every) c.fillText(String(e), px(e), height - 10);
-  for (const { points, colour, top: most = top } of series) {
+  for (const { points, colour, top: most = top, dashed } of series) {
     const y = (p) => py(p.y, most);
     c.strokeStyle = c.fillStyle = colour;
     c.lineWidth = 2;
+    c.setLineDash(dashed ? [6, 4] : []);
     c.beginPath();
     points.forEach((p, i) => (i ? c.lineTo(px(p.x), y(p)) : c.moveTo(px(p.x), y(p))));
     c.stroke();
     for (const p of points) c.fillRect(px(p.x) - 2, y(p) - 2, 4, 4);
   }
+  c.setLineDash([]);
 }
 
 // ---- lists ----
 
-async function loadDatasets() {
+/** Fill the datasets list (`chosen`: the id to select). */
+async function loadDatasets(chosen = null) {
   const select = $("#dataset");
   try {
     const { datasets } = await api("/v1/datasets");
     select.replaceChildren(...datasets.map((d) =>
       el("option", { value: d.id, text: `${d.name} (${d.images} images)` })));
-    if (!datasets.length) select.append(el("option", { value: "", text: "none uploaded" }));
+    if (!datasets.length) {
+      select.append(el("option", { value: "", text: "none uploaded yet: upload one below" }));
+    }
+    if (chosen) select.value = chosen;
   } catch (error) {
     select.replaceChildren(el("option", { value: "", text: error.message }));
   }
@@ -256,12 +398,14 @@ async function loadRuns() {
   try {
     const { training_runs: runs } = await api("/v1/training-runs");
     $("#runs").replaceChildren(...runs.slice(0, 20).map((run) => {
-      const button = el("button", { type: "button", text: "Watch" });
+      const button = el("button", { type: "button", text: "Watch",
+                                    "aria-label": `Watch run ${run.id.slice(0, 8)}` });
       button.addEventListener("click", () => watch(run));
-      return el("li", { "data-run-id": run.id }, el("span", { class: "badge",
-        "data-status": run.status, text: run.status }), ` ${run.id.slice(0, 8)} on `,
-        `${datasetName(run.dataset)} `,
-        run.model_version ? `→ ${run.model_version} ` : "", button);
+      return el("li", { "data-run-id": run.id },
+        el("span", { class: "badge", "data-status": run.status, text: run.status }),
+        el("span", { text: `${run.id.slice(0, 8)} on ${datasetName(run.dataset)}`
+          + (run.model_version ? ` → ${run.model_version}` : "") }),
+        el("small", {}, timeElement(run.created_at)), button);
     }));
     if (!runs.length) $("#runs").append(el("li", { text: "No runs yet." }));
   } catch (error) {
@@ -271,11 +415,13 @@ async function loadRuns() {
 
 async function loadModels() {
   const body = $("#models").tBodies[0];
+  showModelState($("#model"), { training: true });
   try {
     const { models } = await listModels();
     body.replaceChildren(...models.map(modelRow));
     if (!models.length) {
-      body.append(el("tr", {}, el("td", { colspan: 6, text: "No versions registered yet." })));
+      body.append(el("tr", {}, el("td", { colspan: 6, text: "No versions registered yet: "
+        + "start a training run above." })));
     }
   } catch (error) {
     body.replaceChildren(el("tr", {}, el("td", { colspan: 6, text: error.message })));
@@ -287,11 +433,14 @@ function modelRow(model) {
   const button = model.active ? null
     : el("button", { type: "button", text: `Promote ${model.version}` });
   button?.addEventListener("click", () => promote(model.version));
-  return el("tr", { "data-version": model.version }, el("td", { text: model.version }),
-    el("td", { text: model.active ? "active" : "" }),
-    el("td", { class: "decoder", text: decoder ? DECODERS[decoder] || decoder : "—" }),
-    el("td", { text: metricsLine(model.metrics) }), el("td", { text: datasetName(model.dataset) }),
-    el("td", {}, button));
+  return el("tr", { "data-version": model.version },
+    el("td", { "data-label": "version", text: model.version }),
+    el("td", { "data-label": "active", text: model.active ? "active" : "" }),
+    el("td", { class: "decoder", "data-label": "decoder",
+               text: decoder ? DECODERS[decoder] || decoder : "—" }),
+    el("td", { "data-label": "validation", text: metricsLine(model.metrics) }),
+    el("td", { "data-label": "trained on", text: datasetName(model.dataset) }),
+    el("td", { class: "action" }, button));
 }
 
 async function promote(version) {
@@ -316,9 +465,13 @@ function refresh() {
 }
 
 setupKeyForm(refresh);
+loadDefaults();
+keepTimesCurrent();
 $("#run-form").addEventListener("submit", startRun);
-$("#curves-link").addEventListener("click", showCurves);
-$("#reload-datasets").addEventListener("click", loadDatasets);
+$("#upload-form").addEventListener("submit", uploadDataset);
+$("#cancel-run").addEventListener("click", cancelRun);
+$("#curves-download").addEventListener("click", downloadCurves);
+$("#reload-datasets").addEventListener("click", () => loadDatasets());
 $("#reload-runs").addEventListener("click", () => {
   loadRuns();
   loadModels();
@@ -326,4 +479,5 @@ $("#reload-runs").addEventListener("click", () => {
 $("#dataset").addEventListener("change", () => ($("#use-upload").checked = true));
 $("#shapes-size").addEventListener("input", () => ($("#use-shapes").checked = true));
 $("#scenes-size").addEventListener("input", () => ($("#use-scenes").checked = true));
+new ResizeObserver(redraw).observe($("#chart"));
 refresh();
