@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -25,6 +26,9 @@ def quiet(verbose: bool) -> None:
     if not verbose:
         for name, value in QUIET_ENVIRONMENT.items():
             os.environ.setdefault(name, value)
+        # Celery's seven-line SecurityWarning, once per worker, when run as root (a container's
+        # or a CI machine's user): said once by --verbose, not three times by `captioner up`.
+        warnings.filterwarnings("ignore", message="You're running the worker with superuser")
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.ERROR)
 

@@ -22,7 +22,7 @@ from captioner_client import cli as client_cli
 from harness.http import free_port
 from tests.helpers import png, settings_free_env
 
-NOISE = ("absl", "oneDNN", "cuda", "No hostname", "port.cc", "cpu_feature_guard")
+NOISE = ("absl", "oneDNN", "cuda", "No hostname", "port.cc", "cpu_feature_guard", "superuser")
 RENAMED = [  # (a command line, old spelling, new spelling, the value's name, a value)
     (["caption", "b", "i.png"], "--beam", "--beam-size", "beam_size", 3),
     (["caption", "b", "i.png"], "--sample-seed", "--seed", "seed", 7),
