@@ -109,21 +109,67 @@ def test_bundle_save_load_gives_identical_captions(
     assert loaded.encoder == encoder.info
 
 
+def teacher_forced(decoder, features, tokens) -> tuple[tf.Tensor, tf.Tensor]:
+    """Each token's log-probability (B, T) and the attention (B, T, L) of one teacher-forced
+    pass of `decoder` over `tokens` (B, T), fed after <start>."""
+    inputs = tf.concat([tf.fill([tokens.shape[0], 1], START_ID), tokens[:, :-1]], axis=1)
+    logits, attention = decoder(features, inputs)
+    return tf.gather(word_log_probs(logits), tokens, batch_dims=2), attention
+
+
 def test_each_step_gives_what_teacher_forcing_gives(any_bundle):
     """The search's step (with the GRU state or the key/value cache) computes the same words,
     log-probabilities and attention as one teacher-forced pass over the caption it found."""
     decoder = any_bundle.decoder
     features = tf.random.normal((4, 64, 2048), seed=5)
     found = tf.function(lambda f: greedy_search(decoder, f, 8), jit_compile=True)(features)
-    inputs = tf.concat([tf.fill([4, 1], START_ID), found.tokens[:, :-1]], axis=1)
-    logits, attention = decoder(features, inputs)
-    forced = tf.gather(word_log_probs(logits), found.tokens, batch_dims=2)  # (B, T)
+    forced, attention = teacher_forced(decoder, features, found.tokens)
     emitted = (found.tokens != PAD_ID).numpy()
     assert emitted.sum() > 8
     np.testing.assert_allclose(forced.numpy()[emitted], found.log_probs.numpy()[emitted], atol=1e-4)
     np.testing.assert_allclose(
         attention.numpy()[emitted], found.attention.numpy()[emitted], atol=1e-5
     )
+
+
+class SlotStamped:
+    """A decoder whose attention row is the one-hot beam slot (of `beam_size`) each step ran in.
+
+    Beam search reorders attention by parent beam as it reorders the state, so the rows of the
+    caption it returns name the slot its ancestor held at each step: more than one slot means
+    the caption's parents switched."""
+
+    def __init__(self, decoder, beam_size: int) -> None:
+        self.decoder, self.beam_size = decoder, beam_size
+        self.vocab_size, self.output_layer = decoder.vocab_size, decoder.output_layer
+
+    def encode(self, features):
+        return self.decoder.encode(features)
+
+    def initial_state(self, batch_size, max_length: int):
+        return self.decoder.initial_state(batch_size, max_length)
+
+    def step(self, tokens, memory, state, t):
+        logits, state, weights = self.decoder.step(tokens, memory, state, t)
+        slots = tf.range(tf.shape(tokens)[0]) % self.beam_size  # rows are (image, beam)
+        return logits, state, tf.one_hot(slots, weights.shape[-1])  # (B·K, L)
+
+
+@pytest.mark.parametrize("beam_size", [3, 4])
+def test_each_beam_step_gives_what_teacher_forcing_gives(any_bundle, beam_size):
+    """Beam search moves the decoder state with each beam's parent: the caption it returns, whose
+    ancestors switched beam slots, has the log-probabilities of a teacher-forced pass over it."""
+    decoder = any_bundle.decoder
+    features = tf.constant(np.random.default_rng(0).normal(size=(4, 64, 2048)), tf.float32)
+    stamped = SlotStamped(decoder, beam_size)
+    search = tf.function(lambda f: beam_search(stamped, f, 6, beam_size), jit_compile=True)
+    found = search(features)
+    forced, _ = teacher_forced(decoder, features, found.tokens)
+    emitted = (found.tokens != PAD_ID).numpy()
+    np.testing.assert_allclose(forced.numpy()[emitted], found.log_probs.numpy()[emitted], atol=1e-4)
+    slots = found.attention.numpy().argmax(-1)  # (B, T)
+    switched = [len(set(row[kept])) > 1 for row, kept in zip(slots, emitted, strict=True)]
+    assert sum(switched) >= 2  # untrained, flat output: parents switch, so the check has teeth
 
 
 def test_the_transformer_cache_changes_the_cost_not_the_captions(random_transformer):
