@@ -112,6 +112,17 @@ def _shift(x: tf.Tensor, bits: int) -> tf.Tensor:
     return tf.bitwise.right_shift(x, tf.constant(bits, tf.uint32))
 
 
+class Beams(NamedTuple):
+    """Per image, every beam: token ids (B, K, T), their log-probabilities (B, K, T), attention
+    (B, K, T, L), each beam's total log-probability (B, K) and whether it emitted <end> (B, K)."""
+
+    tokens: tf.Tensor
+    log_probs: tf.Tensor
+    attention: tf.Tensor
+    scores: tf.Tensor
+    finished: tf.Tensor
+
+
 def beam_search(
     decoder: Decoder,
     features: tf.Tensor,
@@ -124,6 +135,18 @@ def beam_search(
     Beams that emitted <end> are preferred; when none did by `max_length`, the best unfinished
     beam is returned, so every image gets a caption.
     """
+    beams = all_beams(decoder, features, max_length, beam_size)
+    best = best_beams(beams.scores, beams.finished, beams.tokens, length_penalty)  # (B,)
+    return SearchOutput(
+        *(
+            tf.gather(x, best, batch_dims=1)
+            for x in (beams.tokens, beams.log_probs, beams.attention)
+        )
+    )
+
+
+def all_beams(decoder: Decoder, features: tf.Tensor, max_length: int, beam_size: int) -> Beams:
+    """The K beams of a batched beam search, each with the decoder state of its own ancestors."""
     k, vocab = beam_size, decoder.vocab_size
     batch, locations = tf.shape(features)[0], features.shape[1]
     memory = tf.nest.map_structure(  # once per image, then one copy per beam: (B·K, …)
@@ -178,12 +201,7 @@ def beam_search(
     ]
     loop = tf.while_loop(cond, body, start, maximum_iterations=max_length)
     _, _, _, scores, finished, seqs, seq_log_probs, seq_attention = loop
-    best = best_beams(scores, finished, seqs, length_penalty)  # (B,)
-    return SearchOutput(
-        tf.gather(seqs, best, batch_dims=1),
-        tf.gather(seq_log_probs, best, batch_dims=1),
-        tf.gather(seq_attention, best, batch_dims=1),
-    )
+    return Beams(seqs, seq_log_probs, seq_attention, scores, finished)
 
 
 def best_beams(scores, finished, seqs, length_penalty: float) -> tf.Tensor:

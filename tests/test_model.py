@@ -14,7 +14,7 @@ from core.errors import BundleError
 from model.bundle import EncoderMismatch, load_bundle, save_bundle
 from model.encoder import Encoder
 from model.inference import Captioner, Decoding, Sampling
-from model.search import beam_search, greedy_search, word_log_probs
+from model.search import all_beams, beam_search, greedy_search, word_log_probs
 from model.vocab import PAD_ID, START_ID
 
 
@@ -157,19 +157,25 @@ class SlotStamped:
 
 @pytest.mark.parametrize("beam_size", [3, 4])
 def test_each_beam_step_gives_what_teacher_forcing_gives(any_bundle, beam_size):
-    """Beam search moves the decoder state with each beam's parent: the caption it returns, whose
-    ancestors switched beam slots, has the log-probabilities of a teacher-forced pass over it."""
+    """Beam search moves the decoder state with each beam's parent: every one of the K beams,
+    whose ancestors switched beam slots, has the log-probabilities of a teacher-forced pass over
+    its tokens, and so does the caption it returns."""
     decoder = any_bundle.decoder
     features = tf.constant(np.random.default_rng(0).normal(size=(4, 64, 2048)), tf.float32)
     stamped = SlotStamped(decoder, beam_size)
-    search = tf.function(lambda f: beam_search(stamped, f, 6, beam_size), jit_compile=True)
-    found = search(features)
-    forced, _ = teacher_forced(decoder, features, found.tokens)
-    emitted = (found.tokens != PAD_ID).numpy()
-    np.testing.assert_allclose(forced.numpy()[emitted], found.log_probs.numpy()[emitted], atol=1e-4)
-    slots = found.attention.numpy().argmax(-1)  # (B, T)
+    beams = tf.function(lambda f: all_beams(stamped, f, 6, beam_size), jit_compile=True)(features)
+    every = tf.reshape(beams.tokens, (4 * beam_size, 6))  # one row per (image, beam)
+    forced, _ = teacher_forced(decoder, tf.repeat(features, beam_size, axis=0), every)
+    emitted = (every != PAD_ID).numpy()
+    found = tf.reshape(beams.log_probs, (4 * beam_size, 6)).numpy()
+    np.testing.assert_allclose(forced.numpy()[emitted], found[emitted], atol=1e-4)
+    slots = tf.reshape(beams.attention, (4 * beam_size, 6, -1)).numpy().argmax(-1)  # (B·K, T)
     switched = [len(set(row[kept])) > 1 for row, kept in zip(slots, emitted, strict=True)]
-    assert sum(switched) >= 2  # untrained, flat output: parents switch, so the check has teeth
+    assert sum(switched) >= beam_size  # untrained, flat output: parents switch, so it has teeth
+    best = tf.function(lambda f: beam_search(decoder, f, 6, beam_size), jit_compile=True)(features)
+    forced, _ = teacher_forced(decoder, features, best.tokens)
+    kept = (best.tokens != PAD_ID).numpy()
+    np.testing.assert_allclose(forced.numpy()[kept], best.log_probs.numpy()[kept], atol=1e-4)
 
 
 def test_the_transformer_cache_changes_the_cost_not_the_captions(random_transformer):
