@@ -8,9 +8,11 @@ import os
 import sys
 from pathlib import Path
 
+from captioner.limits import limit_notes
 from captioner.noise import import_tensorflow, quiet
 from captioner.options import renamed, verbose_everywhere
 from captioner.progress import TrainingBars, progress_bar
+from core.decoders import DECODERS, defaults_by_decoder, training_defaults
 from core.errors import ImageError
 from core.images import open_image
 
@@ -58,7 +60,13 @@ def parser() -> argparse.ArgumentParser:
     _encoder_option(train, "seed:0")
     train.add_argument("--epochs", type=int, default=20)
     train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
+    train.add_argument(
+        "--learning-rate",
+        type=float,
+        help="Adam learning rate (default: the decoder's: "
+        + ", ".join(f"{v:g} for {d}" for d, v in defaults_by_decoder("learning_rate").items())
+        + ")",
+    )
     renamed(train, "--lr", "--learning-rate")
     train.add_argument("--vocab-size", type=int, default=5000, help="words kept")
     train.add_argument("--max-words", type=int, default=30, help="training captions cut to this")
@@ -138,7 +146,7 @@ def _dataset_options(command: argparse.ArgumentParser) -> None:
 
 def _architecture_options(command: argparse.ArgumentParser) -> None:
     """The decoder's architecture and sizes (model/config.py ModelConfig's defaults)."""
-    from model.config import DECODERS, ModelConfig
+    from model.config import ModelConfig
 
     default = ModelConfig()
     group = command.add_argument_group("decoder architecture")
@@ -179,6 +187,25 @@ def model_config_of(args: argparse.Namespace):
     )
 
 
+def train_settings_of(args: argparse.Namespace) -> dict:
+    """TrainConfig's fields as `captioner train`'s flags set them; a flag left out whose default
+    depends on the decoder (--learning-rate) takes --decoder's (core/decoders.py)."""
+    chosen = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "vocab_size": args.vocab_size,
+        "max_caption_words": args.max_words,
+        "attention_reg": args.attention_reg,
+        "clip_norm": args.clip_norm or None,
+        "seed": args.seed,
+        "patience": args.patience,
+        "output_bias": args.output_bias,
+    }
+    defaults = training_defaults(args.decoder)
+    return chosen | {k: v for k, v in defaults.items() if chosen[k] is None}
+
+
 def _decoding_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--beam-size", type=int, default=1, help="beams searched (1: greedy)")
     renamed(command, "--beam", "--beam-size")
@@ -216,18 +243,7 @@ def run_train(args: argparse.Namespace) -> None:
         if not splits.get(role):
             raise ValueError(f"{args.data} has no {role} split")
         check_images(splits[role])
-    config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        vocab_size=args.vocab_size,
-        max_caption_words=args.max_words,
-        attention_reg=args.attention_reg,
-        clip_norm=args.clip_norm or None,
-        seed=args.seed,
-        patience=args.patience,
-        output_bias=args.output_bias,
-    )
+    config = TrainConfig(**train_settings_of(args))
     encoder = Encoder(args.encoder or DEFAULT_WEIGHTS)
     with TrainingBars() as bars:
         bundle = train(
@@ -283,8 +299,14 @@ def run_caption(args: argparse.Namespace) -> int:
 
 def format_caption(path: Path, result, picture: Path | None, as_json: bool) -> str:
     """One output line for a captioned image."""
+    ood = result.ood and {
+        "score": round(result.ood.score, 3),
+        "threshold": round(result.ood.threshold, 3),
+        "flagged": result.ood.flagged,
+    }
     if not as_json:
-        return f"{path}: {result.text}" + (f"  [{picture}]" if picture else "")
+        notes = limit_notes(result.confidence, ood)
+        return f"{path}: {result.text}" + (f"  [{picture}]" if picture else "") + notes
     return json.dumps(
         {
             "image": str(path),
@@ -294,6 +316,8 @@ def format_caption(path: Path, result, picture: Path | None, as_json: bool) -> s
             "score": round(result.score, 5),
             "ended": result.ended,
             "attention_png": str(picture) if picture else None,
+            "confidence": None if result.confidence is None else round(result.confidence, 4),
+            "ood": ood,  # None for a bundle made before OOD scores
         }
     )
 

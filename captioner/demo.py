@@ -4,7 +4,8 @@ Starts the service in the embedded mode (the HTTP API, a training worker and an 
 worker), trains a model through the API on the built-in synthetic shapes set, waits for it with
 a progress bar, and, once the inference worker serves the new version, captions freshly drawn
 shapes images through the API and prints each caption beside the true one with its attention
-picture, then the accuracy.
+picture, then the accuracy; last, it captions a photo, unlike any shapes image, to show the
+out-of-distribution warning beside its caption.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from captioner.banner import shown
 from captioner.keys import KEY_FILE, local_admin_key
+from captioner.limits import demo_photo, limit_notes
 from captioner.options import renamed
 from captioner.processes import api_server, start_worker, stop, tail
 from captioner.progress import TrainingBars, progress_bar
@@ -28,7 +30,7 @@ from core.settings import from_env
 if TYPE_CHECKING:
     from captioner_client import Client, Job, TrainingRun
 
-STEPS = 4
+STEPS = 5
 KEPT = ("datasets", "features")  # reused by the next demo: the shapes set and its features
 HELD_OUT_SEED = 12345  # the images to caption are drawn apart from the training set
 CLIENT_TIMEOUT_S = 120.0
@@ -86,12 +88,14 @@ def run_demo(args: argparse.Namespace) -> int:
         jobs = caption_through_api(
             client, examples, workers["inference"], service / "inference.log"
         )
+        photo = caption_photo(client)
     correct = report(examples, jobs, args.data / "attention")
     share = correct / len(examples)
     print(
         f"\naccuracy: {correct}/{len(examples)} captions exactly right ({share:.0%}) by model "
         f"{version}; the demo took {time.monotonic() - started:.0f} s"
     )
+    print(f"\n{photo_line(photo)}")
     print(use_it_now(args.data, settings.data_dir / KEY_FILE))
     return 0 if all(job.status == "succeeded" for job, _ in jobs) else 1
 
@@ -277,3 +281,19 @@ def report(examples, jobs: list[tuple[Job, bytes | None]], pictures: Path) -> in
             f"{timing['total_ms']:.0f} ms after submit)"
         )
     return correct
+
+
+def caption_photo(client: Client) -> Job:
+    """Caption the package's photo (captioner/photos) through the API and wait for it."""
+    step(5, "a photo, unlike the shapes the model learned from: is it flagged?")
+    return client.wait(client.submit(demo_photo()), timeout=CLIENT_TIMEOUT_S)
+
+
+def photo_line(job: Job) -> str:
+    """The photo's caption with its confidence and the out-of-distribution warning; read from
+    the job's JSON, so a service without OOD scores prints the caption alone."""
+    if job.status != "succeeded":
+        return f"photo (astronaut.jpg): {job.status}: {job.raw.get('error')}"
+    result = job.raw.get("result") or {}
+    notes = limit_notes(result.get("confidence"), result.get("ood"))
+    return f"photo (astronaut.jpg): {result.get('caption', '')}{notes}"

@@ -33,6 +33,9 @@ BUNDLE_VOCAB = "vocab.json"
 BUNDLE_WEIGHTS = "decoder.weights.h5"
 BUNDLE_NORMALIZATION = "normalization.npz"  # per-channel mean and std of encoder features
 BUNDLE_METRICS = "metrics.json"  # validation scores, per-epoch history, training settings
+# Confidence calibration breakpoints and training-feature statistics (model/limits.py); absent
+# from bundles made before them, which serve captions without confidence or OOD scores.
+BUNDLE_LIMITS = "limits.npz"
 
 
 @dataclass(frozen=True)
@@ -63,3 +66,22 @@ def weights_digest(bundle_dir: Path) -> str:
 
 # Validation metrics, as model.scores computes them and training runs may promote on.
 CAPTION_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "cider", "exact_match")
+
+
+# A caption's limits (issue 29): a bundle's metrics.json may hold "calibration" ({method,
+# ece_before, ece_after, images}) and "ood" ({method, threshold, false_alarm_rate, images});
+# bundles from before them have neither. A job whose image the OOD score flags carries this
+# warning.
+OUT_OF_DISTRIBUTION = "out_of_distribution"
+
+
+def bundle_limits(metrics: dict[str, Any] | None) -> dict[str, float | None]:
+    """A version's calibration error (ECE after calibration) and OOD threshold, from its
+    metrics.json; None for each a bundle lacks."""
+    metrics = metrics or {}
+    calibration = metrics.get("calibration") or {}
+    ood = metrics.get("ood") or {}
+    return {
+        "calibration_error": calibration.get("ece_after"),
+        "ood_threshold": ood.get("threshold"),
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import numpy as np
 from core.errors import BundleError, EncoderMismatch
 from core.formats import (
     BUNDLE_CONFIG,
+    BUNDLE_LIMITS,
     BUNDLE_METRICS,
     BUNDLE_NORMALIZATION,
     BUNDLE_VOCAB,
@@ -22,10 +24,13 @@ from core.formats import (
 from model.config import ModelConfig
 from model.decoders import Decoder, build_decoder
 from model.encoder import EncoderInfo
+from model.limits import Limits
 from model.vocab import Vocabulary
 
 FORMAT = 2  # 2: the model settings name their decoder architecture
 READS = (1, 2)  # format 1 is 2 with the GRU decoder, the only one there was
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class Bundle:
     norm: FeatureNorm
     encoder: EncoderInfo
     metrics: dict[str, Any] = field(default_factory=dict)
+    limits: Limits | None = None  # None in bundles made before confidence and OOD scores
 
     def check_encoder(self, encoder: EncoderInfo) -> None:
         """Raise EncoderMismatch unless `encoder` has the fingerprint this bundle was trained on."""
@@ -87,6 +93,8 @@ def save_bundle(bundle: Bundle, path: Path) -> Path:
     bundle.decoder.save_weights(staging / BUNDLE_WEIGHTS)
     np.savez(staging / BUNDLE_NORMALIZATION, mean=bundle.norm.mean, std=bundle.norm.std)
     (staging / BUNDLE_METRICS).write_text(json.dumps(bundle.metrics, indent=2))
+    if bundle.limits is not None:
+        bundle.limits.save(staging / BUNDLE_LIMITS)
     if path.exists():
         shutil.rmtree(path)
     staging.rename(path)
@@ -118,4 +126,18 @@ def load_bundle(path: Path) -> Bundle:
         norm=FeatureNorm(stats["mean"], stats["std"]),
         encoder=EncoderInfo(**config["encoder"]),
         metrics=json.loads(metrics_file.read_text()) if metrics_file.is_file() else {},
+        limits=load_limits(path),
     )
+
+
+def load_limits(path: Path) -> Limits | None:
+    """A bundle's limits, or None (said once in the log) for a bundle made before them."""
+    if (path / BUNDLE_LIMITS).is_file():
+        return Limits.load(path / BUNDLE_LIMITS)
+    # INFO: the workers' logs show it; `captioner caption` keeps stderr for errors.
+    log.info(
+        "bundle %s has no confidence calibration or OOD statistics (made before they "
+        "existed): captions carry none",
+        path,
+    )
+    return None

@@ -6,9 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from core.decoders import DECODERS
 from core.errors import BundleError
-
-DECODERS = ("gru", "transformer")  # the decoder architectures this version can build
 
 
 @dataclass(frozen=True)

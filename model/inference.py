@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import tensorflow as tf
@@ -11,6 +11,7 @@ import tensorflow as tf
 from model.bundle import Bundle
 from model.encoder import Encoder
 from model.images import IMAGE_SIZE, decode_image
+from model.limits import Limits, OodScore
 from model.search import SearchOutput, beam_search, greedy_search
 from model.vocab import END_ID
 
@@ -25,6 +26,10 @@ class CaptionResult:
     attention: np.ndarray  # (T, 64) float32, one row per word, each row sums to 1
     ended: bool  # False when max_length cut the caption before <end>
     end_log_prob: float | None  # log-probability of <end>, when emitted
+    # From the bundle's limits (None for a bundle made before them): the probability that the
+    # caption is right, and how unlike the training images the image is.
+    confidence: float | None = None
+    ood: OodScore | None = None
 
     @property
     def score(self) -> float:
@@ -166,6 +171,20 @@ def to_results(output: SearchOutput, words: Sequence[str]) -> list[CaptionResult
     return results
 
 
+def with_limits(
+    results: list[CaptionResult], features, limits: Limits | None
+) -> list[CaptionResult]:
+    """The results with their confidence and OOD score, from raw features (B, 64, 2048)."""
+    if limits is None:
+        return results
+    confidence = limits.confidence(np.array([r.score for r in results]))
+    pooled = tf.reduce_mean(features, axis=1).numpy()  # (B, 2048)
+    return [
+        replace(result, confidence=float(c), ood=ood)
+        for result, c, ood in zip(results, confidence, limits.ood(pooled), strict=True)
+    ]
+
+
 class Captioner:
     """A bundle on a matching encoder: preprocessed images (B, 299, 299, 3) → captions."""
 
@@ -189,7 +208,8 @@ class Captioner:
         if len(images) == 0:
             return []
         features = self.encoder(images)  # (B, 64, 2048), stays a tensor
-        return self.decoding.caption_features(features, beam_size, max_length, sampling)
+        results = self.decoding.caption_features(features, beam_size, max_length, sampling)
+        return with_limits(results, features, self.bundle.limits)
 
     def caption_bytes(self, images: Sequence[bytes], **options) -> list[CaptionResult]:
         """Decode image files (raising ImageError for bad bytes) and caption them."""

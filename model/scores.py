@@ -41,8 +41,13 @@ def caption_scores(
     # verbose=0: Bleu prints its n-gram totals to stdout otherwise.
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     cider, _ = Cider().compute_score(gts, res)
-    exact = np.mean([res[key][0] in gts[key] for key in predictions])
+    exact = np.mean([exact_match(references[key], text) for key, text in predictions.items()])
     return dict(zip(CAPTION_METRICS, map(float, [*bleu, cider, exact]), strict=True))
+
+
+def exact_match(references: Sequence[str], prediction: str) -> bool:
+    """Whether the prediction equals one of the references, once both are standardised."""
+    return _normalise(prediction) in {_normalise(ref) for ref in references}
 
 
 def region_mask(bbox: Sequence[float], image_size: tuple[int, int], grid: int = 8) -> np.ndarray:

@@ -6,13 +6,14 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from core.decoders import training_defaults
 from core.errors import TrainingStopped
 from model.bundle import Bundle, FeatureNorm, save_bundle
 from model.config import ModelConfig
@@ -22,6 +23,8 @@ from model.encoder import Encoder
 from model.evaluation import caption_features, score
 from model.features import extract_features
 from model.inference import Decoding
+from model.limits import Limits, fit_limits, pooled_features
+from model.scores import exact_match
 from model.vocab import PAD_ID, Vocabulary
 
 
@@ -31,7 +34,7 @@ class TrainConfig:
 
     epochs: int = 10
     batch_size: int = 64
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None  # Adam's; None: the decoder's (core/decoders.py)
     vocab_size: int = 5000  # words kept; the four specials come on top
     max_caption_words: int = 30  # longer training captions are cut
     attention_reg: float = 0.0  # λ of the doubly stochastic attention penalty (SAT eq. 14)
@@ -286,12 +289,16 @@ def train(
     val_features = _features(encoder, val_examples, cache_dir, "val", callbacks)
     keras.utils.set_random_seed(config.seed)
     bundle = base or new_bundle(train_examples, train_features, encoder, config, model_config)
+    config = with_decoder_defaults(config, bundle.config.decoder)
     index, tokens = encode_captions(train_examples, bundle.vocab, config.max_caption_words)
     if base is None and config.output_bias:
         start_at_word_frequencies(bundle.decoder, tokens)
     trainer = Trainer(bundle, config, work_dir)
     started = time.monotonic()
     history = trainer.fit((train_features, index, tokens), (val_examples, val_features), callbacks)
+    bundle.limits, limits_metrics = fit_bundle_limits(
+        trainer.decoding, train_features, val_examples, val_features
+    )
     best = max(history, key=lambda row: row[config.monitor] or -math.inf)
     bundle.metrics = {
         "val": {k: v for k, v in best.items() if k not in ("epoch", "loss", "accuracy")},
@@ -302,9 +309,31 @@ def train(
         "val_images": len(val_examples),
         "train_config": asdict(config),
         "fit_seconds": round(time.monotonic() - started, 1),
+        **limits_metrics,  # "calibration" and "ood"
     }
     save_bundle(bundle, out)
     return bundle
+
+
+def fit_bundle_limits(
+    decoding: Decoding, train_features: np.ndarray, val_examples: Sequence[Example], val_features
+) -> tuple[Limits, dict]:
+    """Calibrate confidence on the val captions of the final decoder and record the training
+    images' feature statistics (model/limits.py); with the metrics to keep."""
+    results = caption_features(decoding, val_features)
+    correct = [exact_match(e.captions, r.text) for e, r in zip(val_examples, results, strict=True)]
+    return fit_limits(
+        pooled_features(train_features),
+        pooled_features(val_features),
+        np.array([r.score for r in results]),
+        np.array(correct),
+    )
+
+
+def with_decoder_defaults(config: TrainConfig, decoder: str) -> TrainConfig:
+    """`config` with each setting it leaves at None set to `decoder`'s default."""
+    unset = {k: v for k, v in training_defaults(decoder).items() if getattr(config, k) is None}
+    return replace(config, **unset)
 
 
 def new_bundle(

@@ -87,6 +87,8 @@ class JobResult:
     attention_shape: list[int]
     predict_ms: float
     batch_size: int
+    confidence: float | None = None  # calibrated probability the caption is right
+    ood: dict | None = None  # {"score", "threshold", "flagged"}: the image unlike the training's
 
 
 def values(record) -> dict:

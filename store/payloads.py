@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from core.formats import OUT_OF_DISTRIBUTION, bundle_limits
 from store.blob_keys import checkpoint_prefix
 from store.tables import (
     ApiKey,
@@ -92,9 +93,12 @@ def job_json(job: Job) -> dict[str, Any]:
             "token_log_probs": job.token_log_probs,
             "model_version": job.model_version,
             "attention_shape": job.attention_shape,
+            "confidence": job.confidence,
+            "ood": job.ood,
         }
         if done
         else None,
+        "warnings": job_warnings(job),
         "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
         "timings": {
             "created_at": iso(job.created_at),
@@ -108,6 +112,12 @@ def job_json(job: Job) -> dict[str, Any]:
         "webhook": webhook_json(job),
         "urls": job_urls(job, done),
     }
+
+
+def job_warnings(job: Job) -> list[str]:
+    """What the caller should know before trusting the caption: `out_of_distribution` when the
+    image is unlike the model's training images ([] when nothing)."""
+    return [OUT_OF_DISTRIBUTION] if (job.ood or {}).get("flagged") else []
 
 
 def feedback_json(row: Feedback) -> dict[str, Any]:
@@ -249,6 +259,7 @@ def model_json(version: ModelVersion) -> dict[str, Any]:
         },
         "metrics": metrics.get("val", {}),
         "best_epoch": metrics.get("best_epoch"),
+        **bundle_limits(metrics),
         "history": metrics.get("history", []),
         "bundle": {"key": version.bundle_key, "digest": version.digest},
         "created_at": iso(version.created_at),

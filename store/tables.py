@@ -175,6 +175,10 @@ class Job(Base):
     # The (T, 64) float16 weights as .npy bytes (about 1.2 KB), read only when asked for.
     attention: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     attention_shape: Mapped[list[int] | None] = mapped_column(Json)
+    # The caption's limits (null: a model without them): the calibrated probability it is
+    # right, and the out-of-distribution score {"score", "threshold", "flagged"}
+    confidence: Mapped[float | None] = mapped_column(Float)
+    ood: Mapped[dict | None] = mapped_column(Json)
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     # Timings

@@ -132,10 +132,12 @@ def succeeded_job(
     image: bytes | None = None,
     in_row: bool = True,
     image_in_row: bool = False,
+    **limits,
 ) -> uuid.UUID:
     """A job of OWNER taken through create, claim and finish in the app's store, captioned
     TOKENS by "v1", its .npy `attention` in its row, or (as before migration 0005) in the blob
-    store; `attention` None leaves it out. Its image is an object, or kept in its row."""
+    store; `attention` None leaves it out. Its image is an object, or kept in its row. `limits`:
+    the result's confidence and ood, if any."""
     from store import jobs
     from store.blob_keys import attention_key, image_key
 
@@ -165,6 +167,7 @@ def succeeded_job(
             attention_shape=[len(TOKENS), 64],
             predict_ms=1.0,
             batch_size=1,
+            **limits,
         )
         assert jobs.finish_jobs(session, claim.token, {job_id: result}) == [job_id]
     if attention is not None and not in_row:

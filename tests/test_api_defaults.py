@@ -7,7 +7,9 @@ made, the value the service used. A default the document gains without a probe h
 first test, so a new field cannot skip the check.
 
 A `null` default means "not set" (the answer shows none), or, where the field's description
-says so in words, the rule it names (a run's promotion, model and webhook secret grace).
+says so in words, the rule it names (a run's promotion, model, learning rate and webhook secret
+grace). A default that depends on the run's decoder is documented per decoder
+(`x-default-by-decoder`), and each decoder's is probed too.
 """
 
 from __future__ import annotations
@@ -145,6 +147,24 @@ def promotion_by_rule(run: dict) -> Any:
     return None if run["promotion"] == {"policy": "if_better", "metric": "bleu4"} else run
 
 
+def by_decoder(document: dict) -> dict[str, dict[str, Any]]:
+    """Hyperparameter → {decoder: its documented default}, for those that depend on the
+    decoder."""
+    properties = document["components"]["schemas"]["Hyperparameters"]["properties"]
+    key = "x-default-by-decoder"
+    return {name: p[key] for name, p in properties.items() if key in p}
+
+
+def hyperparameters_by_rule(client, *_) -> dict[str, Any]:
+    """A run's hyperparameters (not `monitor`), each one that depends on the decoder null when
+    it is the run's decoder's documented default (as its description says in words)."""
+    run = start_run(client, {})
+    chosen = {k: v for k, v in run["hyperparameters"].items() if k != "monitor"}
+    documented = by_decoder(client.get("/openapi.json").get_json())
+    decoder = run["model"]["decoder"]
+    return chosen | {n: None for n, d in documented.items() if chosen[n] == d[decoder]}
+
+
 RUN = {
     "base_version": run_probe({}, lambda run: run["base_version"]),
     "promotion": run_probe({}, promotion_by_rule),
@@ -155,11 +175,10 @@ RUN = {
     "webhook_events": run_probe({"webhook": HOOK}, lambda run: run["webhook"]["events"]),
     "feedback": run_probe({}, lambda run: run["dataset"].get("feedback")),
     "model": run_probe({}, architecture_by_rule),
-    "hyperparameters": run_probe(
-        {}, lambda run: {k: v for k, v in run["hyperparameters"].items() if k != "monitor"}
-    ),
+    "hyperparameters": hyperparameters_by_rule,
+    "hyperparameters.learning_rate": lambda c, *_: hyperparameters_by_rule(c)["learning_rate"],
 }
-for _name in ("epochs", "batch_size", "learning_rate", "vocab_size", "seed", "patience"):
+for _name in ("epochs", "batch_size", "vocab_size", "seed", "patience"):
     RUN[f"hyperparameters.{_name}"] = run_probe({}, lambda run, n=_name: run["hyperparameters"][n])
 for _name in ModelAsked.model_fields:
     RUN[f"model(ModelAsked).{_name}"] = run_probe(
@@ -273,3 +292,14 @@ def test_the_service_applies_each_documented_default(client, document, key):
     operation, media, field = key
     path = operation.split(" ", 1)[1]
     assert PROBES[key](client, path, media) == documented_defaults(document)[key]
+
+
+def test_each_decoder_gets_its_documented_defaults(client, document):
+    documented = by_decoder(document)
+    assert documented["learning_rate"] == {"gru": 1e-3, "transformer": 5e-4}  # issue 29
+    decoders = resolve(document, document["components"]["schemas"]["ModelAsked"])
+    for decoder in decoders["properties"]["decoder"]["enum"]:
+        run = start_run(client, {"model": {"decoder": decoder}})
+        assert {n: run["hyperparameters"][n] for n in documented} == {
+            n: d[decoder] for n, d in documented.items()
+        }

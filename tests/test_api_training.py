@@ -139,6 +139,17 @@ def test_a_fine_tune_keeps_its_base_versions_architecture(client, queue, app):
     assert queue.llen("training") == 1  # only the first run
 
 
+def test_a_fine_tune_without_a_learning_rate_gets_its_base_decoders(client, queue, app):
+    rates = []
+    for architecture in (None, {"decoder": "gru"}, {"decoder": "transformer"}):  # None: a GRU
+        base = register(app, architecture, bleu4=0.5)
+        run = start(client, base_version=base).get_json()
+        rates.append(run["hyperparameters"]["learning_rate"])
+    assert rates == [1e-3, 1e-3, 5e-4]
+    chosen = start(client, base_version=base, hyperparameters={"learning_rate": 0.01})
+    assert chosen.get_json()["hyperparameters"]["learning_rate"] == 0.01
+
+
 def test_a_run_may_train_on_the_scenes_set(client, queue):
     run = start(client, dataset={"type": "scenes", "size": 60, "seed": 7}).get_json()
     assert run["dataset"] == {"type": "scenes", "size": 60, "seed": 7}

@@ -71,6 +71,15 @@ SMOKE = {
         ("encoder_ips_b1", "caption_ips_b1", "caption_vs_encoder", "decode_speedup_vs_eager",
          "train_steps_per_s_compiled"),
     ),
+    "bench_ood.py": Smoke(  # a shapes and a scenes model of one epoch on 30 images
+        "--work {tmp}/work --size 30 --epochs 1 --scenes-size 30 --scenes-epochs 1 --held-out 6"
+        " --decoders gru",
+        ("shapes_model.photos.auroc.mahalanobis", "shapes_model.photos.flagged",
+         "shapes_model.held_out_flagged", "shapes_model.scenes.auroc.mahalanobis",
+         "shapes_model.cost.share_of_encoder", "calibration_on_held_out_scenes.gru.ece_before",
+         "calibration_on_held_out_scenes.gru.ece_after"),
+        slow=True,
+    ),
     "bench_pipeline.py": Smoke(
         "--jobs 8 --latency-jobs 2 --reps 1 --batch 1 --auth-requests 5 --clients 2"
         " --closed-loop-jobs 4",

@@ -229,3 +229,27 @@ def test_the_light_distributions_script_has_the_same_verbs(to_api):
     assert done.returncode == 0 and done.stdout.split()[0] == "v1", done.stderr
     helped = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
     assert all(verb in helped.stdout for verb in ("submit", "jobs", "models", "runs"))
+
+
+def test_a_jobs_line_shows_its_confidence_and_warns_of_an_image_unlike_the_training_ones():
+    from captioner_client import Job, ModelVersion, Ood
+    from captioner_client.cli import job_line, model_line
+
+    ood = {"score": 41.2, "threshold": 17.4, "flagged": True}
+    result = {"caption": "a red circle", "tokens": ["a", "red", "circle"], "confidence": 0.934}
+    raw = {"id": "j1", "status": "succeeded", "result": result | {"ood": ood}}
+    flagged = Job.from_json(raw | {"warnings": ["out_of_distribution"]})
+    assert flagged.caption.confidence == 0.934 and flagged.caption.ood == Ood(41.2, 17.4, True)
+    assert flagged.out_of_distribution and flagged.warnings == ("out_of_distribution",)
+    line = job_line(flagged)
+    assert line == (
+        "j1  succeeded  a red circle  (confidence 93%)  ⚠ out of distribution: unlike the "
+        "training images (score 41 > threshold 17)"
+    )
+    older = Job.from_json({"id": "j2", "status": "succeeded", "result": {"caption": "a circle"}})
+    assert (older.caption.confidence, older.caption.ood, older.warnings) == (None, None, ())
+    assert job_line(older) == "j2  succeeded  a circle"
+    version = {"version": "v2", "active": True, "metrics": {"bleu4": 0.5}}
+    limited = ModelVersion.from_json(version | {"calibration_error": 0.031, "ood_threshold": 1.5})
+    assert model_line(limited).endswith("bleu4=0.500 ece=0.031 ood>1.5")
+    assert model_line(ModelVersion.from_json(version)).endswith("bleu4=0.500")

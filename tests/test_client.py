@@ -78,6 +78,8 @@ def test_a_path_and_bytes_each_become_a_typed_job_with_its_caption(api, tmp_path
     assert job.done and job.status == "succeeded" and job.id == queued.id
     assert job.caption.words == STANDIN_WORDS and job.caption.caption == " ".join(STANDIN_WORDS)
     assert job.caption.model_version and len(job.caption.log_probs) == 3
+    # The stand-in says nothing of its captions' limits: through worker, store and API, nulls
+    assert (job.caption.confidence, job.caption.ood, job.warnings) == (None, None, ())
     assert api.job(job.id) == job and api.job(job.id).raw["result"]["tokens"] == list(STANDIN_WORDS)
 
 
@@ -266,6 +268,7 @@ def test_an_uploaded_dataset_is_listed_and_a_run_can_train_on_it(api, tmp_path):
 def test_models_lists_the_registered_version(api):
     (model,) = api.models()
     assert model.version == "v1" and not model.active and model.raw["urls"]["promote"]
+    assert (model.calibration_error, model.ood_threshold) == (None, None)  # an older bundle
 
 
 def test_a_webhook_signed_by_the_service_verifies(api):

@@ -82,6 +82,22 @@ def test_concurrent_jobs_get_the_models_own_captions_once_each(
     assert {row.worker for row in rows.values()} == set(WORKERS)  # both workers took a share
 
 
+def test_a_photo_is_flagged_out_of_distribution_and_shapes_images_are_not(stack, val_images):
+    """The trained bundle carries its limits (model/limits.py): through worker, store and API,
+    each caption has a confidence, and a photo, unlike any shapes image, is flagged."""
+    from captioner.limits import demo_photo
+
+    submitted = [stack.client.submit(image) for image in [demo_photo(), *val_images[:10]]]
+    photo, *shapes = stack.client.wait_all(submitted, timeout=300, progress=False)
+    assert {job.status for job in [photo, *shapes]} == {"succeeded"}
+    assert all(0 <= job.caption.confidence <= 1 for job in [photo, *shapes])
+    assert photo.warnings == ("out_of_distribution",)
+    assert photo.caption.ood.flagged and photo.caption.ood.score > photo.caption.ood.threshold
+    calm = [job for job in shapes if not job.caption.ood.flagged]
+    assert len(calm) >= 8 and all(job.warnings == () for job in calm)  # 5 % of val: false alarms
+    assert {job.caption.ood.threshold for job in shapes} == {photo.caption.ood.threshold}
+
+
 def pause(stack) -> None:
     stack.celery.control.cancel_consumer("inference", destination=list(WORKERS), reply=True)
 

@@ -74,6 +74,23 @@ def test_migration_0011_names_every_earlier_version_a_gru(kind, tmp_path):
         engine.dispose()
 
 
+@pytest.mark.parametrize("kind", ["postgres", "sqlite"])
+def test_migration_0015_adds_the_caption_limits_and_takes_them_back(kind, tmp_path):
+    with fresh_postgres() if kind == "postgres" else _sqlite(tmp_path) as url:
+        upgrade(url, "0014")
+        engine = create_engine(url)
+
+        def limits() -> set[str]:
+            return {c["name"] for c in inspect(engine).get_columns("jobs")} & {"confidence", "ood"}
+
+        assert limits() == set()
+        upgrade(url)
+        assert limits() == {"confidence", "ood"}
+        downgrade(url, "0014")
+        assert limits() == set()
+        engine.dispose()
+
+
 class _sqlite:
     def __init__(self, tmp_path):
         self.url = f"sqlite:///{tmp_path / 'm.db'}"
@@ -107,6 +124,20 @@ def test_a_job_runs_once_and_its_result_is_final(db):
         assert job.attention == b"npy bytes"
         assert job.total_ms >= job.queue_ms >= 0
         assert jobs.get_job(s, job_id, owner="someone else") is None
+
+
+def test_a_result_keeps_its_confidence_and_ood_score(db):
+    ood = {"score": 2.5, "threshold": 1.25, "flagged": True}
+    with db.session() as s:
+        ids = [jobs.create_job(s, new_job()).id for _ in range(2)]
+    with db.session() as s:
+        claim = jobs.claim_jobs(s, ids, lease_seconds=60, max_attempts=3)
+        results = {ids[0]: result(confidence=0.25, ood=ood), ids[1]: result()}
+        assert sorted(jobs.finish_jobs(s, claim.token, results)) == sorted(ids)
+    with db.session() as s:
+        limited, older = (jobs.get_job(s, job_id) for job_id in ids)
+        assert (limited.confidence, limited.ood) == (0.25, ood)
+        assert (older.confidence, older.ood) == (None, None)  # a model without them
 
 
 def test_a_canceled_job_is_never_claimed(db):

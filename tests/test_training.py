@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from captioner.cli import main
+from captioner.cli import main, parser, train_settings_of
 from model.bundle import load_bundle
-from model.config import ModelConfig
 from model.data import load_dataset
 from model.features import cache_path, extract_features
 from model.training import (
@@ -17,11 +16,13 @@ from model.training import (
     TrainConfig,
     start_at_word_frequencies,
     train,
+    with_decoder_defaults,
     word_log_frequencies,
 )
 from model.vocab import END_ID, PAD_ID, START_ID
 
 pytestmark = pytest.mark.slow
+DECODER_RATES = [("gru", 1e-3), ("transformer", 5e-4)]  # issue 29: each decoder's learning rate
 
 
 def test_trained_model_captions_held_out_images(trained_bundle, shapes_dir, capsys):
@@ -125,22 +126,33 @@ def test_word_log_frequencies_count_the_target_words_only():
         assert log_p[word] == pytest.approx(np.log(counts.get(word, 0.5) / total), rel=1e-5)
 
 
-@pytest.mark.parametrize("decoder", ["gru", "transformer"])
-def test_each_decoder_trains_and_records_loss_and_token_accuracy(
-    decoder, shapes_dir, encoder, tmp_path
+@pytest.mark.parametrize(("decoder", "rate"), DECODER_RATES)
+def test_each_decoder_trains_with_its_defaults_and_records_loss_and_token_accuracy(
+    decoder, rate, shapes_dir, tmp_path
 ):
-    splits = load_dataset(shapes_dir)
-    model = ModelConfig(
-        decoder=decoder, embedding_dim=64, units=64, attention_units=64, ff_units=128
-    )
-    config = TrainConfig(epochs=2, val_images=20, learning_rate=5e-4, patience=5)
-    bundle = train(
-        splits, encoder, tmp_path / "bundle", config, model, cache_dir=shapes_dir / "features"
-    )
+    out = tmp_path / "bundle"
+    small = "--embedding-dim 64 --units 64 --attention-units 64 --ff-units 128".split()
+    args = ["train", "--data", str(shapes_dir), "--out", str(out), "--decoder", decoder, *small]
+    assert main([*args, "--epochs", "2", "--cache", str(shapes_dir / "features")]) == 0
+    bundle = load_bundle(out)
+    assert bundle.config.decoder == decoder
+    assert bundle.metrics["train_config"]["learning_rate"] == rate  # no flag: the decoder's
     first, second = bundle.metrics["history"]
     assert 0 < first["accuracy"] < second["accuracy"] <= 1
     assert first["loss"] > second["loss"] > 0
-    assert load_bundle(tmp_path / "bundle").config.decoder == decoder
+
+
+@pytest.mark.parametrize(("decoder", "rate"), DECODER_RATES)
+def test_the_learning_rate_defaults_to_the_decoders(decoder, rate, capsys):
+    command = ["train", "--data", "d", "--out", "o", "--decoder", decoder]
+    assert train_settings_of(parser().parse_args(command))["learning_rate"] == rate
+    chosen = parser().parse_args([*command, "--learning-rate", "0.01"])
+    assert train_settings_of(chosen)["learning_rate"] == 0.01
+    assert with_decoder_defaults(TrainConfig(), decoder).learning_rate == rate  # train()'s
+    assert with_decoder_defaults(TrainConfig(learning_rate=0.01), decoder).learning_rate == 0.01
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "0.001 for gru, 0.0005 for transformer" in " ".join(capsys.readouterr().out.split())
 
 
 def test_a_new_decoders_output_bias_can_start_at_the_word_frequencies(random_transformer):

@@ -275,6 +275,8 @@ def test_an_uploaded_image_is_captioned_live(page, site, scene):
     job = api(site, f"/v1/jobs/{card.get_attribute('data-job-id')}")
     assert job["status"] == "succeeded"
     assert card.locator(".word").all_inner_texts() == job["result"]["tokens"]
+    # This model says nothing of its limits: no confidence, no badge
+    assert card.locator(".ood-warning").is_hidden() and card.locator(".confidence").is_hidden()
     said = " ".join(page.evaluate("window.said"))
     assert said.index(" queued.") < said.index(" succeeded."), said  # running: if polled then
     assert card.locator("img").evaluate("img => img.src.startsWith('blob:') && img.naturalWidth")
@@ -352,6 +354,50 @@ def test_a_queued_card_shows_its_image_and_live_progress(page, site, scene):
     assert card.get_by_role("progressbar").is_visible()
     card.locator(".elapsed").filter(has_text=re.compile(r"Queued for [1-9] s")).wait_for()
     assert "Options: max_length 20, beam_size 3" in card.locator(".options").inner_text()
+
+
+def test_a_flagged_jobs_card_warns_that_the_caption_is_probably_wrong(checked_page, site, scene):
+    """The API is answered by the test: the job succeeds at once, its image flagged out of
+    distribution (the stack's model has no OOD score)."""
+    page, job_id = checked_page, "00000000-0000-4000-8000-000000000002"
+    tokens = ["a", "red", "circle"]
+    flagged = {
+        "id": job_id,
+        "status": "succeeded",
+        "options": {"beam_size": 3, "max_length": 20, "temperature": 0.0, "seed": None},
+        "image": {"format": "png", "width": 299, "height": 299, "bytes": len(scene)},
+        "result": {"caption": " ".join(tokens), "tokens": tokens, "model_version": "v1",
+                   "token_log_probs": [-0.1] * 3, "attention_shape": [3, 64],
+                   "confidence": 0.93, "ood": {"score": 3.2, "threshold": 1.5, "flagged": True}},
+        "warnings": ["out_of_distribution"],
+        "error": None,
+        "timings": {"created_at": "2030-01-01T00:00:00Z", "total_ms": 900.0, "queue_ms": 100.0},
+        "urls": {"self": f"/v1/jobs/{job_id}", "attention": f"/v1/jobs/{job_id}/attention"},
+    }  # fmt: skip
+    weights = io.BytesIO()
+    np.save(weights, np.random.default_rng(0).dirichlet(np.ones(64), 3).astype(np.float16))
+
+    def answer(route) -> None:
+        if route.request.method != "POST":
+            route.fallback()
+            return
+        route.fulfill(status=202, body=json.dumps(flagged), content_type="application/json")
+
+    page.route("**/v1/jobs", answer)
+    page.route(
+        f"**/v1/jobs/{job_id}/attention",
+        lambda r: r.fulfill(body=weights.getvalue(), content_type="application/octet-stream"),
+    )
+    open_page(page, site)
+    pick_image(page, "photo.png", scene)
+    card = page.locator(f".job[data-job-id='{job_id}']")
+    card.locator(".word").first.wait_for()
+    badge = card.get_by_role("note")
+    assert badge.is_visible()
+    assert "Unlike the training images: this caption is probably wrong" in badge.inner_text()
+    assert "confidence 93 %" in card.locator(".confidence").inner_text()
+    assert any(overlay_pixels(card)[3::4])  # the attention overlay still works
+    assert not serious_violations(page)
 
 
 def test_a_refused_image_shows_its_error_on_its_card(page, site):
@@ -514,7 +560,7 @@ def test_the_training_page_starts_a_run_and_charts_its_progress(checked_page, si
     check_a_scenes_transformer_request(page)
     page.get_by_label("Generated shapes set").check()
     page.get_by_label("shapes set: images").fill(str(IMAGES))
-    page.get_by_label("Decoder").select_option("gru")
+    check_the_learning_rate_follows_the_decoder(page)  # ends on the GRU
     page.evaluate("""() => {
         window.states = [];
         const line = document.querySelector("#run-state");
@@ -568,12 +614,27 @@ def check_a_scenes_transformer_request(page) -> None:
     decoder.focus()  # a native select: the keyboard chooses
     page.keyboard.press("ArrowDown")
     assert decoder.input_value() == "transformer"
+    assert page.get_by_label("Learning rate").input_value() == "0.0005"  # the Transformer's
     page.get_by_role("button", name="Start training run").click()
     page.get_by_role("alert").filter(has_text="answered by the test").wait_for()
     page.unroute("**/v1/training-runs", answer)
     asked = {"dataset": {"type": "scenes", "size": 30}, "model": {"decoder": "transformer"}}
-    hyperparameters = {"epochs": EPOCHS, "batch_size": 8, "learning_rate": 0.001}  # its default
+    hyperparameters = {"epochs": EPOCHS, "batch_size": 8, "learning_rate": 0.0005}  # its default
     assert sent == [{**asked, "hyperparameters": hyperparameters, "promotion": "never"}]
+
+
+def check_the_learning_rate_follows_the_decoder(page) -> None:
+    """The learning rate shows the chosen decoder's documented default, until one is typed."""
+    rate, decoder = page.get_by_label("Learning rate"), page.get_by_label("Decoder")
+    for chosen, shown in (("gru", "0.001"), ("transformer", "0.0005"), ("gru", "0.001")):
+        decoder.select_option(chosen)
+        assert rate.input_value() == shown, chosen
+    rate.fill("0.002")
+    decoder.select_option("transformer")
+    assert rate.input_value() == "0.002"  # typed: kept
+    rate.fill("")
+    decoder.select_option("gru")
+    assert rate.input_value() == "0.001"  # emptied: it follows the decoder again
 
 
 def check_the_curves_png(page) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import time
 import uuid
@@ -34,6 +35,7 @@ from core.metrics import (
     IMAGES,
     JOB_SECONDS,
     JOBS_FINISHED,
+    JOBS_FLAGGED,
     JOBS_PUT_BACK,
     PREDICT_SECONDS,
     STORE_SECONDS,
@@ -248,6 +250,7 @@ class Inference:
             jobs.release_jobs(session, claim.token, waiting, wait_s, refund=True)
         self._log_ended(claim, results, finished, failures, failed)
         count_ended(claim.jobs, finished, {job_id: failures[job_id].code for job_id in failed})
+        count_flagged(results, finished)
         self.notifier.finished_many(finished + failed)
         if retry or waiting:
             delay = max(RETRY_DELAY_S if retry else 0, wait_s)
@@ -308,6 +311,14 @@ def count_ended(claimed: list, finished: list, failed: dict[uuid.UUID, str]) -> 
                 )
 
 
+def count_flagged(results: dict[uuid.UUID, jobs.JobResult], finished: list) -> None:
+    """Jobs stored with an out-of-distribution flag, by the version that captioned them."""
+    for job_id in finished:
+        result = results[job_id]
+        if (result.ood or {}).get("flagged"):
+            JOBS_FLAGGED.labels(result.model_version).inc()
+
+
 def _outcome(future) -> Outcome:
     try:
         return future.result()
@@ -330,7 +341,30 @@ def _stored(captioned: Captioned) -> jobs.JobResult:
         attention_shape=list(attention.shape),
         predict_ms=captioned.predict_ms,
         batch_size=captioned.batch_size,
+        **limits(result),
     )
+
+
+def limits(result) -> dict:
+    """A CaptionResult's confidence and OOD score as row values (None for a model without them:
+    older bundles, the stand-in; and for a value JSON cannot carry, NaN or infinite)."""
+    confidence = getattr(result, "confidence", None)
+    ood = getattr(result, "ood", None)
+    if ood is not None and not all(map(math.isfinite, (ood.score, ood.threshold))):
+        log.warning("an OOD score of %r over %r is not stored", ood.score, ood.threshold)
+        ood = None
+    return {
+        "confidence": min(max(float(confidence), 0.0), 1.0)
+        if confidence is not None and math.isfinite(confidence)
+        else None,
+        "ood": None
+        if ood is None
+        else {
+            "score": float(ood.score),
+            "threshold": float(ood.threshold),
+            "flagged": bool(ood.flagged),
+        },
+    }
 
 
 def _standin(settings: Settings):

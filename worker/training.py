@@ -21,6 +21,7 @@ from pathlib import Path
 
 from core.archives import extract_archive
 from core.errors import BundleError, DatasetError, LostLease, RunSkipped, TrainingStopped
+from core.formats import bundle_limits
 from core.settings import Settings
 from store import feedback, registry, training
 from store.blob_keys import checkpoint_prefix, dataset_key
@@ -244,6 +245,7 @@ class Training:
                 "metric": metric,
                 "candidate": candidate,
                 "active": current,
+                **bundle_limits(bundle.metrics),  # the new version's, as GET /v1/models shows
             }
 
         if policy != "if_better":

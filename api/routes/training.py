@@ -18,7 +18,7 @@ from api.submissions import webhook_of
 from core.errors import ErrorResponse
 from store import datasets, feedback, registry, training
 from store.payloads import iso, run_json
-from store.tables import Scope, utcnow
+from store.tables import ModelVersion, Scope, utcnow
 
 bp = Blueprint("training", __name__, url_prefix="/v1/training-runs")
 
@@ -37,19 +37,22 @@ def start_run():
     """Record the run its schema passed, put it on the training queue: 201."""
     asked: schema.RunCreate = validated()
     promotion = promotion_of(asked.promotion)
-    hyperparameters = asked.hyperparameters.model_dump() | {"monitor": promotion["metric"]}
     webhook_url, webhook_events = webhook_of(asked)
     with services().db.session() as session:
         dataset, dataset_id = dataset_of(session, asked.dataset)
         dataset |= feedback_of(session, asked.feedback)
         base = base_of(session, asked.base_version)
-        if base is None:
-            hyperparameters["model"] = (asked.model or schema.ModelAsked()).model_dump()
+        if base is None:  # a fresh decoder: the architecture asked for, or the default one
+            model = (asked.model or schema.ModelAsked()).model_dump()
+            hyperparameters = asked.hyperparameters.applied(model["decoder"]) | {"model": model}
+        else:  # a fine-tune keeps its base's architecture
+            hyperparameters = asked.hyperparameters.applied(decoder_of(base))
+        hyperparameters["monitor"] = promotion["metric"]
         new = training.NewRun(
             owner=tenant(),
             dataset=dataset,
             dataset_id=dataset_id,
-            base_version=base,
+            base_version=None if base is None else base.number,
             hyperparameters=hyperparameters,
             promotion=promotion,
             webhook_url=webhook_url,
@@ -112,14 +115,20 @@ def dataset_of(session, asked) -> tuple[dict[str, Any], uuid.UUID | None]:
     return {"type": "upload", "id": str(dataset_id), "name": found.name}, dataset_id
 
 
-def base_of(session, asked: str | int | None) -> int | None:
+def base_of(session, asked: str | int | None) -> ModelVersion | None:
     """A registered version to start from ("v3"), or None."""
     if asked is None:
         return None
     number = registry.version_number(str(asked))
-    if number is None or registry.get_version(session, number) is None:
+    version = None if number is None else registry.get_version(session, number)
+    if version is None:
         raise ErrorResponse(400, "invalid_base_version", f"no model version {asked!r}")
-    return number
+    return version
+
+
+def decoder_of(version: ModelVersion) -> str:
+    """A version's decoder architecture (one whose bundle did not name it is a GRU)."""
+    return (version.architecture or {}).get("decoder", "gru")
 
 
 @bp.get("")

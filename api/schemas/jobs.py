@@ -20,6 +20,7 @@ from api.schemas.base import (
     event_names,
     refused,
 )
+from core.formats import OUT_OF_DISTRIBUTION
 from core.options import (
     DEFAULT_BEAM_SIZE,
     DEFAULT_MAX_LENGTH,
@@ -250,14 +251,43 @@ class JobImage(BaseModel):
     url: str | None = Field(None, description="where the worker fetches it (URL jobs only)")
 
 
+class OodScore(BaseModel):
+    """How unlike the model's training images the image is (out of distribution)."""
+
+    score: float = Field(description="the image's distance from the training images' features")
+    threshold: float = Field(
+        description="the version's threshold: scores above it are flagged (set so that few "
+        "validation images, its false-alarm rate, are)"
+    )
+    flagged: bool = Field(
+        description="the score is above the threshold: the image is unlike the training "
+        "images, and the caption is probably wrong"
+    )
+
+
 class JobResult(BaseModel):
-    """The caption, word by word, with the log-probability of each word."""
+    """The caption, word by word, with the log-probability of each word, and how far to trust
+    it."""
 
     caption: str | None
     tokens: list[str] | None
     token_log_probs: list[float] | None
     model_version: str | None
     attention_shape: list[int] | None = Field(description="(words, 64): the attention's shape")
+    confidence: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="the calibrated probability that the caption is right: on the synthetic "
+        "sets (shapes, scenes), that it is exactly the true caption; for COCO-style data, that "
+        "it matches a reference caption exactly, a conservative proxy for right (null: a "
+        "model version without calibration)",
+    )
+    ood: OodScore | None = Field(
+        None,
+        description="the out-of-distribution score of the image (null: a model version "
+        "without one)",
+    )
 
 
 class Failure(BaseModel):
@@ -312,6 +342,11 @@ class Job(BaseModel):
     deadline_at: str | None
     image: JobImage
     result: JobResult | None
+    warnings: list[str] = Field(
+        description="what to know before trusting the caption ([] when nothing): "
+        f"`{OUT_OF_DISTRIBUTION}`, the image is unlike the model's training images (`result.ood` "
+        "is flagged) and the caption is probably wrong"
+    )
     error: Failure | None
     timings: JobTimings
     webhook: WebhookTarget | None

@@ -64,6 +64,14 @@ class ModelVersion(BaseModel):
     encoder: Encoder
     metrics: dict[str, float | None] = Field(description="validation metrics of its best epoch")
     best_epoch: int | None
+    calibration_error: float | None = Field(
+        description="expected calibration error of its captions' confidence after calibration, "
+        "on held-out images (null: a version without calibration)"
+    )
+    ood_threshold: float | None = Field(
+        description="the out-of-distribution score above which its jobs are flagged (null: a "
+        "version without an OOD score)"
+    )
     history: list[Epoch] = Field(description="validation metrics per epoch")
     bundle: Bundle
     created_at: str

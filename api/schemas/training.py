@@ -20,13 +20,14 @@ from pydantic import (
 
 from api.schemas.base import Strict, WebUrl, coded, event_names, refused
 from api.schemas.jobs import Failure, WebhookTarget
+from core.decoders import DECODERS, defaults_by_decoder, training_defaults
 from core.formats import CAPTION_METRICS
 from store.tables import RunStatus
 from store.training import EVENTS
 
 Metric = Literal[CAPTION_METRICS]  # type: ignore[valid-type]
 Policy = Literal["never", "always", "if_better"]
-Decoder = Literal["gru", "transformer"]
+Decoder = Literal[DECODERS]  # type: ignore[valid-type]
 DEFAULT_METRIC = "bleu4"
 DATASET_MUST_BE = (
     'dataset must be {"type": "shapes", "size": N}, {"type": "scenes", "size": N} '
@@ -74,11 +75,19 @@ DatasetChoice = Annotated[
 
 
 class Hyperparameters(Strict):
-    """Training settings; each one left out takes its default."""
+    """Training settings; each one left out takes its default (learning_rate: the decoder's)."""
 
     epochs: int = Field(10, ge=1, le=1000)
     batch_size: int = Field(64, ge=1, le=1024)
-    learning_rate: float = Field(1e-3, ge=1e-7, le=1.0, allow_inf_nan=False)
+    learning_rate: float | None = Field(
+        None,
+        ge=1e-7,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Adam's; left out, the decoder's (a fine-tune: its base version's decoder's): "
+        + ", ".join(f"{v:g} for {d}" for d, v in defaults_by_decoder("learning_rate").items()),
+        json_schema_extra={"x-default-by-decoder": defaults_by_decoder("learning_rate")},
+    )
     vocab_size: int = Field(
         5000,
         ge=10,
@@ -89,6 +98,13 @@ class Hyperparameters(Strict):
     patience: int = Field(
         3, ge=1, le=1000, description="early stopping: epochs without a better validation metric"
     )
+
+    def applied(self, decoder: str) -> dict[str, Any]:
+        """The settings a run of `decoder` trains with: each one left out that depends on the
+        decoder (learning_rate) is `decoder`'s."""
+        asked = self.model_dump()
+        defaults = training_defaults(decoder)
+        return asked | {k: v for k, v in defaults.items() if asked[k] is None}
 
 
 class ModelAsked(Strict):
@@ -249,7 +265,9 @@ class RunHyperparameters(BaseModel):
 
     epochs: int
     batch_size: int
-    learning_rate: float
+    learning_rate: float = Field(
+        description="the one it trains with: its decoder's default if the run left it out"
+    )
     vocab_size: int
     seed: int
     patience: int
@@ -318,6 +336,16 @@ class PromotionResult(BaseModel):
     metric: str | None
     candidate: float | None = Field(description="the new version's score on the metric")
     active: float | None = Field(description="the active version's score, where compared")
+    calibration_error: float | None = Field(
+        None,
+        description="the new version's expected calibration error of its confidence, after "
+        "calibration (null: none, or a run from before)",
+    )
+    ood_threshold: float | None = Field(
+        None,
+        description="the new version's out-of-distribution threshold (null: none, or a run "
+        "from before)",
+    )
 
 
 class Checkpoint(BaseModel):

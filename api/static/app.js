@@ -169,7 +169,9 @@ function jobCard(title, picture, size = null) {
         el("span", { class: "elapsed", text: "Sending the image…" })),
       el("p", { class: "options note" }),
       el("div", { class: "error job-error", role: "alert", hidden: true }),
+      el("p", { class: "ood-warning", role: "note", hidden: true }),
       el("div", { class: "caption", role: "group", "aria-label": "caption words" }),
+      el("p", { class: "confidence note", hidden: true }),
       el("p", { class: "hint", hidden: true }),
       el("p", { class: "links" }),
       el("div", { class: "api-picture-slot" }),
@@ -286,11 +288,33 @@ async function follow(card, job) {
   setState(card, job);
   showProgress(card, job, since);
   if (job.status === "succeeded") {
+    showTrust(card, job);
     try {
       await showResult(card, job);
     } catch (error) {
       cardError(card, `The caption is ready, but not its attention: ${error.message}`);
     }
+  }
+}
+
+/** How far to trust the caption: its confidence, and a badge when the image is unlike the
+ * model's training images (the job's `out_of_distribution` warning). */
+function showTrust(card, job) {
+  const confidence = job.result?.confidence;
+  const line = card.querySelector(".confidence");
+  line.hidden = typeof confidence !== "number";
+  if (!line.hidden) {
+    line.textContent = `confidence ${Math.round(confidence * 100)} %: the model's calibrated `
+      + "chance that this caption is right";
+  }
+  const flagged = (job.warnings || []).includes("out_of_distribution");
+  const badge = card.querySelector(".ood-warning");
+  badge.hidden = !flagged;
+  card.dataset.warning = flagged ? "out_of_distribution" : "";
+  if (flagged) {
+    badge.textContent = "⚠ Unlike the training images: this caption is probably wrong.";
+    announce(`Job ${job.id}: the image is unlike the training images; the caption is probably `
+      + "wrong.");
   }
 }
 
@@ -570,6 +594,8 @@ async function refreshRecent() {
       const open = el("button", { type: "button", class: "recent-job" },
         el("span", { class: "badge", "data-status": job.status, text: job.status }),
         el("span", { class: "what", text: job.result?.caption || job.error?.code || "—" }),
+        job.warnings?.includes("out_of_distribution")
+          ? el("small", { class: "ood-mark", text: "⚠ unlike the training images" }) : null,
         job.options?.temperature > 0 ? el("small", { class: "sampling", text:
           `temperature ${job.options.temperature}, seed ${job.options.seed}` }) : null,
         el("small", {}, timeElement(job.timings.created_at)));

@@ -53,22 +53,46 @@ function runRequest() {
   };
 }
 
-/** The limits (and, for an empty field, the default) of each hyperparameter, as the API
- * documents them (GET /openapi.json). */
+/** Hyperparameter → {decoder: its default}, for those whose default depends on the decoder
+ * (learning_rate), as the API documents them (x-default-by-decoder). */
+const decoderDefaults = {};
+
+/** The limits (and, for an empty field, the default: the chosen decoder's where it has one)
+ * of each hyperparameter, as the API documents them (GET /openapi.json). */
 async function loadDefaults() {
   try {
     const document = await (await fetch("/openapi.json")).json();
     const properties = document.components.schemas.Hyperparameters.properties;
     for (const name of HYPERPARAMETERS) {
       const input = $(`#${name}`);
-      const { default: start, minimum, maximum } = properties[name];
+      const property = properties[name];
+      // a field that may be left out for the decoder's default is "a number or null"
+      const { minimum, maximum } = (property.anyOf || [property]).find((s) => s.type !== "null");
       if (minimum !== undefined) input.min = minimum;
       if (maximum !== undefined) input.max = maximum;
+      const byDecoder = property["x-default-by-decoder"];
+      if (byDecoder) decoderDefaults[name] = byDecoder;
+      const start = decoderDefaults[name]?.[$("#decoder").value] ?? property.default;
       if (start !== undefined && start !== null && input.value === "") input.value = start;
     }
   } catch {
     // the fields keep the page's limits; an empty one takes the API's default
   }
+}
+
+/** The fields whose default depends on the decoder show the chosen decoder's, unless the
+ * user typed a value of their own. */
+function followDecoder() {
+  for (const [name, byDecoder] of Object.entries(decoderDefaults)) {
+    const input = $(`#${name}`);
+    if (!input.dataset.typed) input.value = byDecoder[$("#decoder").value] ?? "";
+  }
+}
+
+/** A hyperparameter the user typed in is theirs (emptied, it follows the decoder again). */
+function markTyped(event) {
+  if (event.target.value === "") delete event.target.dataset.typed;
+  else event.target.dataset.typed = "yes";
 }
 
 /** What a run or version trained on: "shapes (200)", "scenes (200)" or the upload's name. */
@@ -143,12 +167,12 @@ async function uploadDataset(event) {
     const dataset = await sendArchive(form, (share) => (bar.value = share));
     const splits = Object.entries(dataset.splits || {})
       .map(([split, counts]) => `${split} ${counts.images}`).join(", ");
+    $("#upload-form").reset();
+    await loadDatasets(dataset.id);
+    $("#use-upload").checked = true;  // chosen before it is said to be
     result.replaceChildren(el("p", { class: "uploaded", text: `Uploaded “${dataset.name}”: `
       + `${dataset.images} images and ${dataset.captions} captions (${splits}). It is chosen `
       + "for the next run above." }));
-    $("#upload-form").reset();
-    await loadDatasets(dataset.id);
-    $("#use-upload").checked = true;
     announce(result.textContent);
   } catch (error) {
     const problems = error.problem?.problems || [];
@@ -420,11 +444,11 @@ async function loadModels() {
     const { models } = await listModels();
     body.replaceChildren(...models.map(modelRow));
     if (!models.length) {
-      body.append(el("tr", {}, el("td", { colspan: 6, text: "No versions registered yet: "
+      body.append(el("tr", {}, el("td", { colspan: 7, text: "No versions registered yet: "
         + "start a training run above." })));
     }
   } catch (error) {
-    body.replaceChildren(el("tr", {}, el("td", { colspan: 6, text: error.message })));
+    body.replaceChildren(el("tr", {}, el("td", { colspan: 7, text: error.message })));
   }
 }
 
@@ -439,8 +463,21 @@ function modelRow(model) {
     el("td", { class: "decoder", "data-label": "decoder",
                text: decoder ? DECODERS[decoder] || decoder : "—" }),
     el("td", { "data-label": "validation", text: metricsLine(model.metrics) }),
+    el("td", { class: "limits", "data-label": "limits", text: limitsLine(model) }),
     el("td", { "data-label": "trained on", text: datasetName(model.dataset) }),
     el("td", { class: "action" }, button));
+}
+
+/** A version's calibration error and OOD threshold, or "—" for a version without them. */
+function limitsLine(model) {
+  const parts = [];
+  if (typeof model.calibration_error === "number") {
+    parts.push(`calibration error ${model.calibration_error.toFixed(3)}`);
+  }
+  if (typeof model.ood_threshold === "number") {
+    parts.push(`OOD threshold ${model.ood_threshold.toPrecision(3)}`);
+  }
+  return parts.join(", ") || "—";
 }
 
 async function promote(version) {
@@ -468,6 +505,8 @@ setupKeyForm(refresh);
 loadDefaults();
 keepTimesCurrent();
 $("#run-form").addEventListener("submit", startRun);
+$("#decoder").addEventListener("change", followDecoder);
+for (const name of HYPERPARAMETERS) $(`#${name}`).addEventListener("input", markTyped);
 $("#upload-form").addEventListener("submit", uploadDataset);
 $("#cancel-run").addEventListener("click", cancelRun);
 $("#curves-download").addEventListener("click", downloadCurves);

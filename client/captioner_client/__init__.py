@@ -26,12 +26,13 @@ from captioner_client._types import (
     Dataset,
     Job,
     ModelVersion,
+    Ood,
     TrainingRun,
 )
 from captioner_client._webhooks import WebhookVerificationError, verify_webhook
 
 __all__ = [
     "ApiError", "Batch", "Caption", "CaptionerError", "Client", "Correction", "Dataset", "Job",
-    "JobPage", "ModelVersion", "RetryPolicy", "ServerUnreachable", "TrainingRun",
+    "JobPage", "ModelVersion", "Ood", "RetryPolicy", "ServerUnreachable", "TrainingRun",
     "WebhookVerificationError", "default_api_key", "default_api_url", "verify_webhook",
 ]  # fmt: skip

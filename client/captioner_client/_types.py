@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
+OUT_OF_DISTRIBUTION = "out_of_distribution"  # a job's warning: the image is unlike the training's
 Raw = dict[str, Any]
 
 
@@ -14,13 +15,30 @@ def _raw() -> Any:
 
 
 @dataclass(frozen=True)
+class Ood:
+    """How unlike the model's training images an image is: flagged above the threshold."""
+
+    score: float
+    threshold: float
+    flagged: bool
+
+    @classmethod
+    def from_json(cls, raw: Raw | None) -> Ood | None:
+        """From a result's `ood` object (None: the version has no OOD score)."""
+        return cls(raw["score"], raw["threshold"], raw["flagged"]) if raw else None
+
+
+@dataclass(frozen=True)
 class Caption:
-    """A succeeded job's result: the caption, its words, and the version that wrote it."""
+    """A succeeded job's result: the caption, its words, the version that wrote it, and how far
+    to trust it (None where the version does not say)."""
 
     caption: str
     words: tuple[str, ...]
     log_probs: tuple[float, ...]
     model_version: str | None
+    confidence: float | None = None  # calibrated probability that the caption is right
+    ood: Ood | None = None
     raw: Raw = _raw()
 
     @classmethod
@@ -31,6 +49,8 @@ class Caption:
             tuple(raw.get("tokens") or ()),
             tuple(raw.get("token_log_probs") or ()),
             raw.get("model_version"),
+            raw.get("confidence"),
+            Ood.from_json(raw.get("ood")),
             raw,
         )
 
@@ -45,12 +65,19 @@ class Job:
     error_code: str | None
     error_message: str | None
     batch_id: str | None
+    warnings: tuple[str, ...] = ()  # "out_of_distribution": the caption is probably wrong
     raw: Raw = _raw()
 
     @property
     def done(self) -> bool:
         """Whether the status is terminal (succeeded, failed, canceled, aborted)."""
         return self.status in TERMINAL
+
+    @property
+    def out_of_distribution(self) -> bool:
+        """Whether the image is unlike the model's training images (the caption is probably
+        wrong)."""
+        return OUT_OF_DISTRIBUTION in self.warnings
 
     @classmethod
     def from_json(cls, raw: Raw) -> Job:
@@ -64,6 +91,7 @@ class Job:
             error.get("code"),
             error.get("message"),
             raw.get("batch_id"),
+            tuple(raw.get("warnings") or ()),
             raw,
         )
 
@@ -155,6 +183,16 @@ class ModelVersion:
     def decoder(self) -> str:
         """Its decoder architecture ("gru", "transformer"), or "?" where the API does not say."""
         return (self.raw.get("architecture") or {}).get("decoder", "?")
+
+    @property
+    def calibration_error(self) -> float | None:
+        """Its confidence's expected calibration error after calibration (None: not known)."""
+        return self.raw.get("calibration_error")
+
+    @property
+    def ood_threshold(self) -> float | None:
+        """The OOD score above which its jobs are flagged (None: not known)."""
+        return self.raw.get("ood_threshold")
 
     @classmethod
     def from_json(cls, raw: Raw) -> ModelVersion:

@@ -312,9 +312,16 @@ def save_png(api: Client, job: Job, name: str, folder: Path | None) -> Path | No
 
 
 def job_line(job: Job, name: str = "", picture: Path | None = None) -> str:
-    """One line for a job: its id, status, and caption or error (its code and why)."""
+    """One line for a job: its id, status, and caption (with its confidence, and a warning when
+    the image is unlike the training images) or error (its code and why)."""
     outcome = job.caption.caption if job.caption else failure(job.error_code, job.error_message)
     line = f"{job.id}  {job.status:<9}  {name + ': ' if name else ''}{outcome}"
+    if job.caption and job.caption.confidence is not None:
+        line += f"  (confidence {job.caption.confidence:.0%})"
+    if job.out_of_distribution:
+        ood = job.caption.ood if job.caption else None
+        line += "  ⚠ out of distribution: unlike the training images"  # as `captioner caption`
+        line += f" (score {ood.score:.0f} > threshold {ood.threshold:.0f})" if ood else ""
     return line + (f"  [{picture}]" if picture else "")
 
 
@@ -352,9 +359,14 @@ def run_jobs_correct(args: argparse.Namespace) -> None:
 
 
 def model_line(model: ModelVersion) -> str:
-    """One line for a version: * if it serves, its parent, and its validation BLEU-4."""
+    """One line for a version: * if it serves, its parent, its validation BLEU-4, and its
+    calibration error and OOD threshold where it has them."""
     bleu = model.metrics.get("bleu4")
     score = f"bleu4={bleu:.3f}" if isinstance(bleu, float) else ""
+    if model.calibration_error is not None:
+        score += f" ece={model.calibration_error:.3f}"
+    if model.ood_threshold is not None:
+        score += f" ood>{model.ood_threshold:.3g}"
     return (
         f"{'*' if model.active else ' '} {model.version:<6} {model.decoder:<11} "
         f"{model.created_at:<26} from {model.parent or '-':<6} {score}"
