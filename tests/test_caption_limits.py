@@ -50,13 +50,14 @@ class Ood:
 
 
 def caption_result(**more) -> SimpleNamespace:
-    """A CaptionResult's fields (`more`: the model side's confidence and ood, when it has them)."""
+    """A CaptionResult's fields (`more`: its confidence and ood; None, as a bundle without
+    limits gives, when left out)."""
     return SimpleNamespace(
         text="a red circle",
         tokens=["a", "red", "circle"],
         log_probs=[-0.1, -0.2, -0.3],
         attention=np.full((3, 64), 1 / 64, np.float32),
-        **more,
+        **{"confidence": None, "ood": None, **more},
     )
 
 
@@ -112,7 +113,7 @@ def test_the_worker_stores_what_the_caption_result_carries():
         "confidence": 0.875,
         "ood": FLAGGED,
     }
-    assert limits(caption_result()) == {"confidence": None, "ood": None}  # before the model side
+    assert limits(caption_result()) == {"confidence": None, "ood": None}  # no limits in the bundle
     # What JSON cannot carry is not stored; a probability stays in [0, 1]
     assert limits(caption_result(confidence=math.nan, ood=Ood(math.inf, 1.0, True))) == {
         "confidence": None,

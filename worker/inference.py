@@ -348,8 +348,7 @@ def _stored(captioned: Captioned) -> jobs.JobResult:
 def limits(result) -> dict:
     """A CaptionResult's confidence and OOD score as row values (None for a model without them:
     older bundles, the stand-in; and for a value JSON cannot carry, NaN or infinite)."""
-    confidence = getattr(result, "confidence", None)
-    ood = getattr(result, "ood", None)
+    confidence, ood = result.confidence, result.ood
     if ood is not None and not all(map(math.isfinite, (ood.score, ood.threshold))):
         log.warning("an OOD score of %r over %r is not stored", ood.score, ood.threshold)
         ood = None
