@@ -3,6 +3,8 @@ API on a real stack (Postgres, Redis, moto S3, an inference worker and a trainin
 
 The inference worker serves the untrained random bundle, not the stand-in model: the stand-in's
 attention is the same uniform map for every word, and the overlay must change from word to word.
+The bundle carries limits fitted as training fits them (on a small shapes set), so the worker
+gives every caption a confidence and an OOD score: a shapes scene is not flagged, a photo is.
 Both pages are checked at a phone's width (360 px) and a desktop's (1280 px): nothing scrolls
 sideways, and axe-core (vendored: tests/data/axe.min.js) finds nothing serious or critical.
 Set CAPTIONER_SCREENSHOT=1 to rewrite docs/web-page.png (the README shows it),
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import struct
@@ -23,6 +26,7 @@ from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -30,6 +34,9 @@ import pytest
 from core.archives import pack_dataset
 from harness.stack import running_stack
 from model.shapes import render_scene, write_shapes_dataset
+
+if TYPE_CHECKING:
+    from model.limits import Limits
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; CI installs it (apt-get install chromium)
@@ -42,19 +49,25 @@ WIDTHS = {"phone": {"width": 360, "height": 740}, "desktop": {"width": 1280, "he
 EPOCHS, IMAGES = (4, 100) if SHOOT else (1, 20)  # the watched run's; more for the screenshot
 JOB_S = 30_000  # ms for a job to be captioned (the worker is up; the model runs on CPU)
 RUN_S = 60_000  # ms for a 1-epoch run on 20 shapes images
+# The shapes set the served bundle's limits are fitted on: 30 train, 30 val images (15 to 25 s
+# on 2 cores, mostly the encoder). Half for val: with 10 val images a fresh scene was often
+# over the threshold (then the farthest of too few distances).
+LIMITS_IMAGES, LIMITS_VAL = 60, 0.5
+PHOTO = ROOT / "captioner" / "photos" / "astronaut.jpg"  # a photograph: unlike any shapes scene
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture(scope="module")
 def stack(request, tmp_path_factory) -> Iterator:
     """A stack with an inference and a training worker. The worker serves the untrained random
-    bundle; for the screenshots, the suite's trained bundle (minutes to train, but its captions
-    read well)."""
+    bundle with fitted limits; for the screenshots, the suite's trained bundle (minutes to train,
+    but its captions read well)."""
     folder = tmp_path_factory.mktemp("web")
     if SHOOT:
         bundle = request.getfixturevalue("trained_bundle")
     else:
-        bundle = talkative(request.getfixturevalue("random_bundle"), folder)
+        random_bundle, encoder = map(request.getfixturevalue, ("random_bundle", "encoder"))
+        bundle = talkative(random_bundle, encoder, folder)
     # A short training lease: the run's heartbeat (a quarter of it) brings a cancel within a
     # second, not five (no beat runs here, so no sweeper takes a lapsed lease back).
     with running_stack(
@@ -74,16 +87,39 @@ def site(stack) -> tuple[str, str]:
     return stack.client.base_url, stack.api_key
 
 
-def talkative(bundle, folder: Path) -> Path:
-    """The untrained bundle saved with <end> made unlikely: an untrained decoder's first word
-    is a near-tie, and an empty caption would leave the page no word to show."""
+def talkative(bundle, encoder, folder: Path) -> Path:
+    """The untrained bundle saved with <end> made unlikely (an untrained decoder's first word
+    is a near-tie, and an empty caption would leave the page no word to show) and with limits
+    (confidence and OOD score) fitted on a shapes set."""
     from model.bundle import load_bundle, save_bundle
     from model.vocab import END_ID
 
     copy = load_bundle(save_bundle(bundle, folder / "untrained"))
     bias = copy.decoder.output_layer.bias
     bias.assign(bias.numpy() - 3.0 * (np.arange(bias.shape[0]) == END_ID))
+    copy.limits = shapes_limits(copy, encoder, folder / "shapes")
     return save_bundle(copy, folder / "bundle")
+
+
+def shapes_limits(bundle, encoder, folder: Path) -> Limits:
+    """Limits fitted as `model.training.train` fits them, on a small shapes set drawn with seed
+    0 (the tests' scene, drawn with seed 3, is none of its images). Serving needs only these, no
+    metrics."""
+    from model.data import load_dataset
+    from model.features import extract_features
+    from model.inference import Decoding
+    from model.training import fit_bundle_limits
+
+    write_shapes_dataset(folder, LIMITS_IMAGES, seed=0, val_fraction=LIMITS_VAL)
+    splits = load_dataset(folder)
+    train, val = splits["train"], splits["val"]
+    limits, _ = fit_bundle_limits(
+        Decoding(bundle),
+        extract_features(encoder, train, folder / "features"),  # (30, 64, 2048)
+        val,
+        extract_features(encoder, val, folder / "features"),
+    )
+    return limits
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +172,11 @@ def open_page(page, site: tuple[str, str], path: str = "/", key: str | None = No
     page.get_by_role("button", name="Use key").click()
 
 
-def upload(page, scene: bytes):
-    """Pick the scene with the file input; the job's card once its caption is shown."""
+def upload(page, scene: bytes, name: str = "scene.png", mime: str = "image/png"):
+    """Pick the scene (or another image) with the file input; the job's card once its caption
+    is shown."""
     page.get_by_label("Choose images").set_input_files(
-        files=[{"name": "scene.png", "mimeType": "image/png", "buffer": scene}]
+        files=[{"name": name, "mimeType": mime, "buffer": scene}]
     )
     card = page.locator(".job").first
     card.locator(".state[data-status='succeeded']").wait_for()
@@ -167,6 +204,11 @@ def answering(sent: list[dict]):
         route.fulfill(status=400, content_type="application/problem+json", body=refusal)
 
     return answer
+
+
+def percent(confidence: float) -> int:
+    """A confidence as the page rounds it (JavaScript's Math.round: halves up)."""
+    return math.floor(confidence * 100 + 0.5)
 
 
 def overlay_pixels(card) -> list[int]:
@@ -275,8 +317,12 @@ def test_an_uploaded_image_is_captioned_live(page, site, scene):
     job = api(site, f"/v1/jobs/{card.get_attribute('data-job-id')}")
     assert job["status"] == "succeeded"
     assert card.locator(".word").all_inner_texts() == job["result"]["tokens"]
-    # This model says nothing of its limits: no confidence, no badge
-    assert card.locator(".ood-warning").is_hidden() and card.locator(".confidence").is_hidden()
+    # The bundle knows its limits: a confidence, and no badge for a scene like its training ones
+    assert job["result"]["ood"]["flagged"] is False and job["warnings"] == [], job["result"]
+    assert card.locator(".ood-warning").is_hidden() and card.get_attribute("data-warning") == ""
+    shown = f"confidence {percent(job['result']['confidence'])} %: the model's calibrated chance"
+    confidence = card.locator(".confidence")
+    assert confidence.is_visible() and confidence.inner_text().startswith(shown)
     said = " ".join(page.evaluate("window.said"))
     assert said.index(" queued.") < said.index(" succeeded."), said  # running: if polled then
     assert card.locator("img").evaluate("img => img.src.startsWith('blob:') && img.naturalWidth")
@@ -356,20 +402,49 @@ def test_a_queued_card_shows_its_image_and_live_progress(page, site, scene):
     assert "Options: max_length 20, beam_size 3" in card.locator(".options").inner_text()
 
 
-def test_a_flagged_jobs_card_warns_that_the_caption_is_probably_wrong(checked_page, site, scene):
-    """The API is answered by the test: the job succeeds at once, its image flagged out of
-    distribution (the stack's model has no OOD score)."""
-    page, job_id = checked_page, "00000000-0000-4000-8000-000000000002"
+def test_a_photo_is_flagged_and_its_card_warns_that_the_caption_is_probably_wrong(
+    checked_page, site
+):
+    """The vendored photograph, captioned by the real worker: the bundle's limits flag it (its
+    features are far from the shapes scenes'), the job carries the `out_of_distribution`
+    warning, and the card shows the badge beside the confidence; the overlay still draws, the
+    recent list marks the job, and axe finds nothing serious on the page."""
+    page = checked_page
+    open_page(page, site)
+    card = upload(page, PHOTO.read_bytes(), "astronaut.jpg", "image/jpeg")
+    job = api(site, f"/v1/jobs/{card.get_attribute('data-job-id')}")
+    ood = job["result"]["ood"]
+    assert ood["flagged"] is True and ood["score"] > ood["threshold"], ood
+    assert job["warnings"] == ["out_of_distribution"]
+    badge = card.get_by_role("note")
+    assert badge.is_visible() and card.get_attribute("data-warning") == "out_of_distribution"
+    assert "Unlike the training images: this caption is probably wrong" in badge.inner_text()
+    confidence = card.locator(".confidence")
+    shown = f"confidence {percent(job['result']['confidence'])} %"
+    assert confidence.is_visible() and confidence.inner_text().startswith(shown)
+    assert any(overlay_pixels(card)[3::4])  # the attention overlay still works
+    recent = page.locator(f"#recent li[data-job-id='{job['id']}']")
+    recent.wait_for()
+    assert "unlike the training images" in recent.locator(".ood-mark").inner_text()
+    assert not serious_violations(page)
+
+
+def test_an_old_bundles_job_shows_no_confidence_and_no_badge(page, site, scene):
+    """The API is answered by the test: the job succeeds at once, captioned by a bundle made
+    before limits (result.confidence and result.ood null, no warnings), as a worker serving an
+    old version answers; the stack's own bundle has limits. The card shows neither a confidence
+    nor a badge, and still its words and overlay."""
+    job_id = "00000000-0000-4000-8000-000000000002"
     tokens = ["a", "red", "circle"]
-    flagged = {
+    old = {
         "id": job_id,
         "status": "succeeded",
         "options": {"beam_size": 3, "max_length": 20, "temperature": 0.0, "seed": None},
         "image": {"format": "png", "width": 299, "height": 299, "bytes": len(scene)},
         "result": {"caption": " ".join(tokens), "tokens": tokens, "model_version": "v1",
                    "token_log_probs": [-0.1] * 3, "attention_shape": [3, 64],
-                   "confidence": 0.93, "ood": {"score": 3.2, "threshold": 1.5, "flagged": True}},
-        "warnings": ["out_of_distribution"],
+                   "confidence": None, "ood": None},
+        "warnings": [],
         "error": None,
         "timings": {"created_at": "2030-01-01T00:00:00Z", "total_ms": 900.0, "queue_ms": 100.0},
         "urls": {"self": f"/v1/jobs/{job_id}", "attention": f"/v1/jobs/{job_id}/attention"},
@@ -381,7 +456,7 @@ def test_a_flagged_jobs_card_warns_that_the_caption_is_probably_wrong(checked_pa
         if route.request.method != "POST":
             route.fallback()
             return
-        route.fulfill(status=202, body=json.dumps(flagged), content_type="application/json")
+        route.fulfill(status=202, body=json.dumps(old), content_type="application/json")
 
     page.route("**/v1/jobs", answer)
     page.route(
@@ -389,15 +464,13 @@ def test_a_flagged_jobs_card_warns_that_the_caption_is_probably_wrong(checked_pa
         lambda r: r.fulfill(body=weights.getvalue(), content_type="application/octet-stream"),
     )
     open_page(page, site)
-    pick_image(page, "photo.png", scene)
+    pick_image(page, "scene.png", scene)
     card = page.locator(f".job[data-job-id='{job_id}']")
     card.locator(".word").first.wait_for()
-    badge = card.get_by_role("note")
-    assert badge.is_visible()
-    assert "Unlike the training images: this caption is probably wrong" in badge.inner_text()
-    assert "confidence 93 %" in card.locator(".confidence").inner_text()
-    assert any(overlay_pixels(card)[3::4])  # the attention overlay still works
-    assert not serious_violations(page)
+    assert card.locator(".word").all_inner_texts() == tokens
+    assert card.locator(".ood-warning").is_hidden() and card.locator(".confidence").is_hidden()
+    assert card.get_attribute("data-warning") == ""
+    assert any(overlay_pixels(card)[3::4])
 
 
 def test_a_refused_image_shows_its_error_on_its_card(page, site):
