@@ -64,11 +64,16 @@ STORE_SECONDS = Histogram(
 )
 BATCH_SIZE = Histogram("captioner_batch_size", "Images in one forward pass", buckets=SIZES)
 IMAGES = Counter("captioner_images", "Images captioned (rate: images per second)")
-# Over captioner_images, the share of images unlike the training images: when it rises, the
-# traffic has drifted from what the version was trained on, and a retraining is due.
+# Flagged over scored, by version: the share of images unlike the version's training images.
+# When it rises, the traffic has drifted from what the version was trained on: retrain.
 JOBS_FLAGGED = Counter(
     "captioner_jobs_flagged",
     "Jobs captioned with an out-of-distribution warning, by model version",
+    ["model_version"],
+)
+JOBS_SCORED = Counter(
+    "captioner_jobs_scored",
+    "Jobs captioned with an out-of-distribution score (a bundle with limits), by model version",
     ["model_version"],
 )
 MODEL_INFO = Gauge(

@@ -122,14 +122,16 @@ def test_the_worker_stores_what_the_caption_result_carries():
     assert limits(caption_result(confidence=np.float32(1.0000001)))["confidence"] == 1.0
 
 
-def test_the_counter_counts_stored_flagged_jobs_by_version():
-    def flagged(version: str) -> float:
-        sample = REGISTRY.get_sample_value(
-            "captioner_jobs_flagged_total", {"model_version": version}
+def test_the_counters_count_stored_scored_and_flagged_jobs_by_version():
+    def counted(version: str) -> tuple[float, float]:
+        """(flagged, scored) jobs of a version so far."""
+        return tuple(
+            REGISTRY.get_sample_value(f"captioner_jobs_{name}_total", {"model_version": version})
+            or 0.0
+            for name in ("flagged", "scored")
         )
-        return sample or 0.0
 
-    before = flagged("v-count"), flagged("v-other")
+    before = counted("v-count"), counted("v-other"), counted("v-none")
     results = {
         uuid.uuid4(): _stored(Captioned(caption_result(ood=Ood(**ood)), 1, 1, version))
         for ood, version in [
@@ -139,9 +141,13 @@ def test_the_counter_counts_stored_flagged_jobs_by_version():
             (FLAGGED, "v-other"),
         ]
     }
+    unscored = uuid.uuid4()  # a bundle without limits: neither flagged nor scored
+    results[unscored] = _stored(Captioned(caption_result(), 1, 1, "v-none"))
     stale = list(results)[1]  # its attempt was claimed again: not stored, not counted
     count_flagged(results, [job_id for job_id in results if job_id != stale])
-    assert (flagged("v-count") - before[0], flagged("v-other") - before[1]) == (1, 1)
+    after = counted("v-count"), counted("v-other"), counted("v-none")
+    gained = [(f - f0, s - s0) for (f, s), (f0, s0) in zip(after, before, strict=True)]
+    assert gained == [(1, 2), (1, 1), (0, 0)]  # v-count: 1 of its 2 stored jobs flagged
 
 
 @pytest.mark.parametrize(

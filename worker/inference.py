@@ -37,6 +37,7 @@ from core.metrics import (
     JOBS_FINISHED,
     JOBS_FLAGGED,
     JOBS_PUT_BACK,
+    JOBS_SCORED,
     PREDICT_SECONDS,
     STORE_SECONDS,
 )
@@ -312,11 +313,13 @@ def count_ended(claimed: list, finished: list, failed: dict[uuid.UUID, str]) -> 
 
 
 def count_flagged(results: dict[uuid.UUID, jobs.JobResult], finished: list) -> None:
-    """Jobs stored with an out-of-distribution flag, by the version that captioned them."""
+    """Jobs stored with an out-of-distribution score, and those flagged, by the version that
+    captioned them."""
     for job_id in finished:
         result = results[job_id]
-        if (result.ood or {}).get("flagged"):
-            JOBS_FLAGGED.labels(result.model_version).inc()
+        if result.ood is not None:
+            JOBS_SCORED.labels(result.model_version).inc()
+            JOBS_FLAGGED.labels(result.model_version).inc(bool(result.ood.get("flagged")))
 
 
 def _outcome(future) -> Outcome:
