@@ -12,7 +12,7 @@
 3. The cost: the added work per batch of 32 (confidence and OOD score) against the encoder's.
 
 Prints one JSON object. Run: `python benchmarks/bench_ood.py --work /tmp/bench-ood [--size 600]
-[--epochs 6] [--scenes-size 1000] [--scenes-epochs 12] [--held-out 200]
+[--epochs 6] [--scenes-size 1000] [--scenes-epochs 12] [--held-out 500]
 [--decoders gru transformer]`
 """
 
@@ -137,7 +137,10 @@ def separation(args: argparse.Namespace) -> dict:
     write_scenes_dataset(work / "scenes-near", args.held_out, HELD_OUT_SEED, val_fraction=1.0)
     inside = scorer(folder_images(work / "held-out")[0])
     outside = {"photos": scorer(photos()), "scenes": scorer(folder_images(work / "scenes-near")[0])}
+    recorded = json.loads((bundle / "metrics.json").read_text())["ood"]
     report = {"threshold": scorer.bundle.limits.threshold, "held_out_shapes": args.held_out}
+    report["threshold_images"] = recorded["threshold_images"]
+    report["expected_false_alarm_rate"] = recorded["expected_false_alarm_rate"]
     report["held_out_flagged"] = float(inside["flagged"].mean())
     for name, scores in outside.items():
         report[name] = {
@@ -169,8 +172,18 @@ def calibration(args: argparse.Namespace, decoder: str) -> dict:
         "exact_match": float(correct.mean()),
         "ece_before": expected_calibration_error(scores["raw"], correct),
         "ece_after": expected_calibration_error(scores["confidence"], correct),
+        "ece_noise_floor": noise_floor(scores["confidence"]),
         "recorded_in_bundle": json.loads((bundle / "metrics.json").read_text())["calibration"],
     }
+
+
+def noise_floor(confidence: np.ndarray, draws: int = 1000) -> float:
+    """The ECE these confidences would show were they exactly right: the mean over draws of
+    outcomes each true with its image's confidence. An ECE near it is as low as this many
+    images can measure."""
+    rng = np.random.default_rng(0)
+    outcomes = rng.uniform(size=(draws, len(confidence))) < confidence
+    return float(np.mean([expected_calibration_error(confidence, drawn) for drawn in outcomes]))
 
 
 def cost(scorer: Scorer, reps: int = 5) -> dict:
@@ -197,7 +210,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--scenes-size", type=int, default=1000)
     parser.add_argument("--scenes-epochs", type=int, default=12)
-    parser.add_argument("--held-out", type=int, default=200, help="held-out images per set")
+    parser.add_argument("--held-out", type=int, default=500, help="held-out images per set")
     parser.add_argument("--decoders", nargs="+", default=["gru", "transformer"])
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

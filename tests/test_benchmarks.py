@@ -77,7 +77,8 @@ SMOKE = {
         ("shapes_model.photos.auroc.mahalanobis", "shapes_model.photos.flagged",
          "shapes_model.held_out_flagged", "shapes_model.scenes.auroc.mahalanobis",
          "shapes_model.cost.share_of_encoder", "calibration_on_held_out_scenes.gru.ece_before",
-         "calibration_on_held_out_scenes.gru.ece_after"),
+         "calibration_on_held_out_scenes.gru.ece_after",
+         "calibration_on_held_out_scenes.gru.ece_noise_floor", "shapes_model.threshold_images"),
         slow=True,
     ),
     "bench_pipeline.py": Smoke(
