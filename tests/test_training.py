@@ -9,6 +9,7 @@ import pytest
 
 from captioner.cli import main, parser, train_settings_of
 from model.bundle import load_bundle
+from model.config import ModelConfig
 from model.data import load_dataset
 from model.features import cache_path, extract_features
 from model.training import (
@@ -23,6 +24,7 @@ from model.vocab import END_ID, PAD_ID, START_ID
 
 pytestmark = pytest.mark.slow
 DECODER_RATES = [("gru", 1e-3), ("transformer", 5e-4)]  # issue 29: each decoder's learning rate
+BLEU4_FLOOR = 0.12  # validation BLEU-4 after 2 epochs with a decoder's defaults (issue 29)
 
 
 def test_trained_model_captions_held_out_images(trained_bundle, shapes_dir, capsys):
@@ -127,19 +129,22 @@ def test_word_log_frequencies_count_the_target_words_only():
 
 
 @pytest.mark.parametrize(("decoder", "rate"), DECODER_RATES)
-def test_each_decoder_trains_with_its_defaults_and_records_loss_and_token_accuracy(
+def test_each_decoder_trains_with_its_defaults_past_a_floor_and_records_loss_and_accuracy(
     decoder, rate, shapes_dir, tmp_path
 ):
     out = tmp_path / "bundle"
-    small = "--embedding-dim 64 --units 64 --attention-units 64 --ff-units 128".split()
-    args = ["train", "--data", str(shapes_dir), "--out", str(out), "--decoder", decoder, *small]
+    args = ["train", "--data", str(shapes_dir), "--out", str(out), "--decoder", decoder]
     assert main([*args, "--epochs", "2", "--cache", str(shapes_dir / "features")]) == 0
     bundle = load_bundle(out)
-    assert bundle.config.decoder == decoder
+    assert bundle.config == ModelConfig(decoder=decoder, vocab_size=bundle.config.vocab_size)
     assert bundle.metrics["train_config"]["learning_rate"] == rate  # no flag: the decoder's
     first, second = bundle.metrics["history"]
     assert 0 < first["accuracy"] < second["accuracy"] <= 1
     assert first["loss"] > second["loss"] > 0
+    # A floor that catches a broken default: after 2 epochs with the defaults validation BLEU-4
+    # was 0.21-0.33 over seeds 0-2, at 1e-5 0.00 (GRU) and 0.05 (Transformer). It cannot tell
+    # 5e-4 from 1e-3: up to 4 epochs, the two rates' scores overlap across seeds.
+    assert bundle.metrics["val"]["bleu4"] >= BLEU4_FLOOR
 
 
 @pytest.mark.parametrize(("decoder", "rate"), DECODER_RATES)
