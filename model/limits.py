@@ -187,10 +187,10 @@ def out_of_fold_distances(
 
 
 def shrunk_distances(fitted: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Distances (K,) of points (K, F) under the Ledoit-Wolf estimate of `fitted` (M, F),
-    computed in sample space: O(M² F), not the O(F³) of inverting an (F, F) covariance. With
+    """Distances (K,) of points (K, F) under the Ledoit-Wolf estimate of `fitted` (M, F). With
     Z the centred samples and G = Z Zᵀ (M, M), the estimate is a ZᵀZ + b I, a = (1 − s) / M,
-    b = s μ, and by Woodbury d² = (‖g‖² − a (Zg)ᵀ (b I + a G)⁻¹ Zg) / b for each gap g."""
+    b = s μ. Fewer samples than features: in sample space, O(M² F) rather than the O(F³) of an
+    (F, F) system, by Woodbury d² = (‖g‖² − a (Zg)ᵀ (b I + a G)⁻¹ Zg) / b for each gap g."""
     m, features = fitted.shape
     mean = fitted.mean(axis=0)
     z, gaps = fitted - mean, points - mean  # (M, F), (K, F)
@@ -199,11 +199,16 @@ def shrunk_distances(fitted: np.ndarray, points: np.ndarray) -> np.ndarray:
     s_norm = np.sum(gram**2) / m**2  # ‖S‖²_F
     gap_to_target = s_norm / features - mu**2  # ‖S − μI‖²_F / F
     noise = (np.sum(np.diag(gram) ** 2) - m * s_norm) / (features * m**2)
-    shrinkage = min(noise, gap_to_target) / gap_to_target  # Ledoit and Wolf (2004)
+    # Ledoit and Wolf (2004); S already a multiple of I: all of it (any shrinkage is the same).
+    shrinkage = min(noise, gap_to_target) / gap_to_target if gap_to_target > 0 else 1.0
     a, b = (1 - shrinkage) / m, shrinkage * mu
-    projected = z @ gaps.T  # (M, K)
-    solved = np.linalg.solve(b * np.eye(m) + a * gram, projected)  # (M, K)
-    squared = (np.sum(gaps**2, axis=1) - a * np.sum(projected * solved, axis=0)) / b
+    if m > features:  # the (F, F) system is the smaller, and b may be 0
+        solved = np.linalg.solve(a * z.T @ z + b * np.eye(features), gaps.T)  # (F, K)
+        squared = np.sum(gaps.T * solved, axis=0)
+    else:
+        projected = z @ gaps.T  # (M, K)
+        solved = np.linalg.solve(b * np.eye(m) + a * gram, projected)  # (M, K)
+        squared = (np.sum(gaps**2, axis=1) - a * np.sum(projected * solved, axis=0)) / b
     return np.sqrt(np.maximum(squared, 0.0))
 
 

@@ -109,6 +109,10 @@ def test_the_ledoit_wolf_estimate_matches_the_textbook_formula_and_its_sample_sp
     points = rng.normal(size=(4, 80))
     direct = mahalanobis(points, mean, np.linalg.inv(covariance))
     assert np.allclose(shrunk_distances(wide, points), direct, rtol=1e-4)
+    # and with more samples than features, in feature space:
+    mean, covariance, _ = fit_detector(x)
+    direct = mahalanobis(points[:, :5], mean, np.linalg.inv(covariance))
+    assert np.allclose(shrunk_distances(x, points[:, :5]), direct, rtol=1e-4)
 
 
 def test_out_of_fold_distances_are_those_of_unseen_images():
