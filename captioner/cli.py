@@ -12,7 +12,7 @@ from captioner.limits import limit_notes
 from captioner.noise import import_tensorflow, quiet
 from captioner.options import renamed, verbose_everywhere
 from captioner.progress import TrainingBars, progress_bar
-from core.decoders import DECODERS, defaults_by_decoder, training_defaults
+from core.decoders import DECODERS, described_defaults, with_defaults
 from core.errors import ImageError
 from core.images import open_image
 
@@ -63,9 +63,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--learning-rate",
         type=float,
-        help="Adam learning rate (default: the decoder's: "
-        + ", ".join(f"{v:g} for {d}" for d, v in defaults_by_decoder("learning_rate").items())
-        + ")",
+        help=f"Adam learning rate (default: the decoder's: {described_defaults('learning_rate')})",
     )
     renamed(train, "--lr", "--learning-rate")
     train.add_argument("--vocab-size", type=int, default=5000, help="words kept")
@@ -202,8 +200,7 @@ def train_settings_of(args: argparse.Namespace) -> dict:
         "patience": args.patience,
         "output_bias": args.output_bias,
     }
-    defaults = training_defaults(args.decoder)
-    return chosen | {k: v for k, v in defaults.items() if chosen[k] is None}
+    return with_defaults(chosen, args.decoder)
 
 
 def _decoding_options(command: argparse.ArgumentParser) -> None:

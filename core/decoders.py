@@ -32,6 +32,17 @@ def training_defaults(decoder: str) -> dict[str, Any]:
     return asdict(TRAINING_DEFAULTS[decoder])
 
 
+def with_defaults(settings: dict[str, Any], decoder: str) -> dict[str, Any]:
+    """`settings` with each decoder-dependent one left at None set to `decoder`'s default."""
+    defaults = training_defaults(decoder)
+    return settings | {k: v for k, v in defaults.items() if settings.get(k) is None}
+
+
 def defaults_by_decoder(name: str) -> dict[str, Any]:
     """One setting's default for each decoder: {"gru": 0.001, "transformer": 0.0005}."""
     return {decoder: training_defaults(decoder)[name] for decoder in DECODERS}
+
+
+def described_defaults(name: str) -> str:
+    """One setting's defaults in words, for help texts: "0.001 for gru, 0.0005 for transformer"."""
+    return ", ".join(f"{v:g} for {d}" for d, v in defaults_by_decoder(name).items())

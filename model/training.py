@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core.decoders import training_defaults
+from core.decoders import with_defaults
 from core.errors import TrainingStopped
 from model.bundle import Bundle, FeatureNorm, save_bundle
 from model.config import ModelConfig
@@ -332,8 +332,7 @@ def fit_bundle_limits(
 
 def with_decoder_defaults(config: TrainConfig, decoder: str) -> TrainConfig:
     """`config` with each setting it leaves at None set to `decoder`'s default."""
-    unset = {k: v for k, v in training_defaults(decoder).items() if getattr(config, k) is None}
-    return replace(config, **unset)
+    return replace(config, **with_defaults(asdict(config), decoder))
 
 
 def new_bundle(

@@ -20,7 +20,7 @@ from pydantic import (
 
 from api.schemas.base import Strict, WebUrl, coded, event_names, refused
 from api.schemas.jobs import Failure, WebhookTarget
-from core.decoders import DECODERS, defaults_by_decoder, training_defaults
+from core.decoders import DECODERS, defaults_by_decoder, described_defaults, with_defaults
 from core.formats import CAPTION_METRICS
 from store.tables import RunStatus
 from store.training import EVENTS
@@ -85,7 +85,7 @@ class Hyperparameters(Strict):
         le=1.0,
         allow_inf_nan=False,
         description="Adam's; left out, the decoder's (a fine-tune: its base version's decoder's): "
-        + ", ".join(f"{v:g} for {d}" for d, v in defaults_by_decoder("learning_rate").items()),
+        + described_defaults("learning_rate"),
         json_schema_extra={"x-default-by-decoder": defaults_by_decoder("learning_rate")},
     )
     vocab_size: int = Field(
@@ -102,9 +102,7 @@ class Hyperparameters(Strict):
     def applied(self, decoder: str) -> dict[str, Any]:
         """The settings a run of `decoder` trains with: each one left out that depends on the
         decoder (learning_rate) is `decoder`'s."""
-        asked = self.model_dump()
-        defaults = training_defaults(decoder)
-        return asked | {k: v for k, v in defaults.items() if asked[k] is None}
+        return with_defaults(self.model_dump(), decoder)
 
 
 class ModelAsked(Strict):
