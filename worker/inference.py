@@ -352,21 +352,18 @@ def limits(result) -> dict:
     """A CaptionResult's confidence and OOD score as row values (None for a model without them:
     older bundles, the stand-in; and for a value JSON cannot carry, NaN or infinite)."""
     confidence, ood = result.confidence, result.ood
+    if confidence is not None:
+        confidence = min(max(float(confidence), 0.0), 1.0) if math.isfinite(confidence) else None
     if ood is not None and not all(map(math.isfinite, (ood.score, ood.threshold))):
         log.warning("an OOD score of %r over %r is not stored", ood.score, ood.threshold)
         ood = None
-    return {
-        "confidence": min(max(float(confidence), 0.0), 1.0)
-        if confidence is not None and math.isfinite(confidence)
-        else None,
-        "ood": None
-        if ood is None
-        else {
+    if ood is not None:
+        ood = {
             "score": float(ood.score),
             "threshold": float(ood.threshold),
             "flagged": bool(ood.flagged),
-        },
-    }
+        }
+    return {"confidence": confidence, "ood": ood}
 
 
 def _standin(settings: Settings):
